@@ -1,0 +1,270 @@
+"""Ratings as CSR by user, with the canonical per-user order, splits and a synthetic generator.
+
+Inside a user, ratings are sorted by item index, ties kept in input order (a stable sort), so the
+same ratings give the same order (and so the same per-epoch permutation) at training and at
+serving time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _as_numpy(x, name: str) -> np.ndarray:
+    """numpy view of a numpy array, torch tensor, pandas Series or sequence."""
+    if hasattr(x, "detach"):  # torch.Tensor
+        x = x.detach().cpu().numpy()
+    elif hasattr(x, "to_numpy"):  # pandas
+        x = x.to_numpy()
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {x.shape}")
+    return x
+
+
+def _check_ids(ids: np.ndarray, n: int | None, name: str) -> tuple[np.ndarray, int]:
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
+            raise ValueError(f"{name} must be integer indices, got non-integer values")
+    ids = ids.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        row = int(np.argmin(ids))
+        raise ValueError(f"{name} must be >= 0: row {row} has {name} {ids[row]}")
+    if n is None:
+        n = int(ids.max()) + 1 if ids.size else 0
+    elif ids.size and ids.max() >= n:
+        row = int(np.argmax(ids))
+        raise ValueError(f"{name} out of range: row {row} has {name} {ids[row]} >= {n}")
+    return ids, int(n)
+
+
+@dataclass(frozen=True, eq=False)
+class Ratings:
+    """Ratings ``(user, item, rating, weight)`` as CSR by user.
+
+    Attributes:
+        indptr: int64 ``[n_users + 1]``; user ``u``'s ratings are rows ``indptr[u]:indptr[u+1]``.
+        items: int64 ``[nnz]`` item indices in ``[0, n_items)``, sorted inside each user.
+        ratings: float32 ``[nnz]``.
+        weights: float32 ``[nnz]``, ``>= 0``.
+        user_ids: int64 ``[n_users]`` original user ids (they key each user's init and schedule).
+        item_ids: int64 ``[n_items]`` original item ids.
+    """
+
+    indptr: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    weights: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_coo(cls, users, items, ratings, weights=None, *, n_users=None, n_items=None,
+                 user_ids=None, item_ids=None) -> "Ratings":
+        """Build from parallel arrays of user and item *indices* (numpy, torch or sequences).
+
+        ``n_users`` / ``n_items`` default to ``max + 1``; ``user_ids`` / ``item_ids`` (original ids)
+        default to the indices.  Raises ValueError naming the first bad row.
+        """
+        users = _as_numpy(users, "users")
+        items = _as_numpy(items, "items")
+        ratings = _as_numpy(ratings, "ratings").astype(np.float64)
+        if weights is None:
+            weights = np.ones(len(ratings))
+        weights = _as_numpy(weights, "weights").astype(np.float64)
+        lengths = {len(users), len(items), len(ratings), len(weights)}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"users, items, ratings and weights must have equal lengths, got "
+                f"{len(users)}, {len(items)}, {len(ratings)}, {len(weights)}"
+            )
+        if len(ratings) == 0:
+            raise ValueError("ratings is empty: need at least one rating")
+        users, n_users = _check_ids(users, n_users, "user")
+        items, n_items = _check_ids(items, n_items, "item")
+        for name, values in (("rating", ratings), ("weight", weights)):
+            bad = ~np.isfinite(values)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise ValueError(f"{name} must be finite: row {row} has {name} {values[row]}")
+        if (weights < 0).any():
+            row = int(np.argmax(weights < 0))
+            raise ValueError(f"weight must be >= 0: row {row} has weight {weights[row]}")
+        user_ids = np.arange(n_users, dtype=np.int64) if user_ids is None else _as_numpy(user_ids, "user_ids").astype(np.int64)
+        item_ids = np.arange(n_items, dtype=np.int64) if item_ids is None else _as_numpy(item_ids, "item_ids").astype(np.int64)
+        if len(user_ids) != n_users or len(item_ids) != n_items:
+            raise ValueError(
+                f"user_ids/item_ids must have n_users={n_users}/n_items={n_items} entries, "
+                f"got {len(user_ids)}/{len(item_ids)}"
+            )
+        return cls._from_valid(users, items, ratings, weights, n_users, user_ids, item_ids)
+
+    @classmethod
+    def from_ids(cls, user_ids, item_ids, ratings, weights=None) -> "Ratings":
+        """Build from original (arbitrary int64) ids; users and items are indexed in sorted id order."""
+        uniq_u, users = np.unique(_as_numpy(user_ids, "user_ids").astype(np.int64), return_inverse=True)
+        uniq_i, items = np.unique(_as_numpy(item_ids, "item_ids").astype(np.int64), return_inverse=True)
+        return cls.from_coo(users, items, ratings, weights, user_ids=uniq_u, item_ids=uniq_i)
+
+    @classmethod
+    def from_scipy(cls, matrix, weights=None) -> "Ratings":
+        """Build from a scipy.sparse matrix ``[n_users, n_items]`` whose stored entries are ratings."""
+        coo = matrix.tocoo()
+        return cls.from_coo(coo.row, coo.col, coo.data, weights, n_users=coo.shape[0], n_items=coo.shape[1])
+
+    @classmethod
+    def from_pandas(cls, frame, user="user", item="item", rating="rating", weight=None) -> "Ratings":
+        """Build from a DataFrame of original ids (columns named by the arguments)."""
+        for column in (user, item, rating) + ((weight,) if weight else ()):
+            if column not in frame.columns:
+                raise ValueError(f"column {column!r} not in the frame (columns: {list(frame.columns)})")
+        return cls.from_ids(frame[user], frame[item], frame[rating], frame[weight] if weight else None)
+
+    @classmethod
+    def _from_valid(cls, users, items, ratings, weights, n_users, user_ids, item_ids) -> "Ratings":
+        order = np.lexsort((items, users))  # by user, then item; lexsort is stable
+        counts = np.bincount(users, minlength=n_users)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(indptr, items[order].astype(np.int64), ratings[order].astype(np.float32),
+                   weights[order].astype(np.float32), np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64))
+
+    # ----------------------------------------------------------------- views
+    @property
+    def n_users(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def nnz(self) -> int:
+        return len(self.items)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Ratings per user, int64 ``[n_users]``."""
+        return np.diff(self.indptr)
+
+    def user_of_row(self) -> np.ndarray:
+        """User index of every stored rating, int64 ``[nnz]``."""
+        return np.repeat(np.arange(self.n_users, dtype=np.int64), self.counts)
+
+    def __repr__(self) -> str:
+        return f"Ratings(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz})"
+
+    # ----------------------------------------------------------------- derived sets
+    def _subset_rows(self, keep: np.ndarray) -> "Ratings":
+        """The same users and items, keeping the rows where ``keep`` is true (order preserved)."""
+        users = self.user_of_row()[keep]
+        counts = np.bincount(users, minlength=self.n_users)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Ratings(indptr, self.items[keep], self.ratings[keep], self.weights[keep], self.user_ids, self.item_ids)
+
+    def split_random(self, fraction: float = 0.2, seed: int = 0) -> tuple["Ratings", "Ratings"]:
+        """Split all ratings at random (not per user) into (rest, ``fraction`` of the ratings)."""
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        chosen = np.random.default_rng(seed).random(self.nnz) < fraction
+        return self._subset_rows(~chosen), self._subset_rows(chosen)
+
+    def split_per_user(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["Ratings", "Ratings"]:
+        """Split each user's ratings at random into (train, val), ``round(val_fraction * n_u)`` to val.
+
+        Both parts keep every user and item index, so they describe the same users.
+        """
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        rng = np.random.default_rng(seed)
+        key = rng.random(self.nnz)
+        users = self.user_of_row()
+        order = np.lexsort((key, users))  # random order inside each user
+        rank = np.empty(self.nnz, dtype=np.int64)
+        rank[order] = np.arange(self.nnz) - np.repeat(self.indptr[:-1], self.counts)
+        n_val = np.round(self.counts * val_fraction).astype(np.int64)
+        to_val = rank < n_val[users]
+        return self._subset_rows(~to_val), self._subset_rows(to_val)
+
+    def select_users(self, users) -> "Ratings":
+        """Ratings of the given user indices only, re-indexed ``0..len(users)-1`` in that order."""
+        users = np.asarray(users, dtype=np.int64)
+        if users.size and (users.min() < 0 or users.max() >= self.n_users):
+            raise ValueError(f"user index out of range [0, {self.n_users})")
+        starts, ends = self.indptr[users], self.indptr[users + 1]
+        counts = ends - starts
+        rows = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if users.size else np.zeros(0, np.int64)
+        rows = rows.astype(np.int64)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Ratings(indptr, self.items[rows], self.ratings[rows], self.weights[rows], self.user_ids[users], self.item_ids)
+
+    def subsample_users(self, fraction: float, seed: int = 0) -> "Ratings":
+        """A seeded random ``fraction`` of the users (at least one), in index order.
+
+        The choice depends only on ``(n_users, fraction, seed)``, so a train and a val set of the
+        same users subsample to the same users.
+        """
+        return self.select_users(sample_users(self.n_users, fraction, seed))
+
+    def split_users(self, fraction: float, seed: int = 0) -> tuple["Ratings", "Ratings"]:
+        """Hold out a random ``fraction`` of the users: returns (kept users, held-out users)."""
+        held = sample_users(self.n_users, fraction, seed)
+        kept = np.setdiff1d(np.arange(self.n_users), held)
+        return self.select_users(kept), self.select_users(held)
+
+    def with_items(self, item_ids) -> "Ratings":
+        """Re-index items onto another item-id space (e.g. a model's); unknown item ids raise."""
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        order = np.argsort(item_ids, kind="stable")
+        original = self.item_ids[self.items]
+        pos = np.searchsorted(item_ids[order], original)
+        pos = np.minimum(pos, len(item_ids) - 1)
+        found = item_ids[order][pos] == original
+        if not found.all():
+            row = int(np.argmin(found))
+            raise ValueError(f"item id {original[row]} (row {row}) is not in the model's items")
+        return Ratings.from_coo(self.user_of_row(), order[pos], self.ratings, self.weights,
+                                n_users=self.n_users, n_items=len(item_ids), user_ids=self.user_ids,
+                                item_ids=item_ids) if self.nnz else Ratings(
+            self.indptr, self.items, self.ratings, self.weights, self.user_ids, item_ids)
+
+
+def sample_users(n_users: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random ``fraction`` of ``n_users`` users (at least one)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = max(1, int(round(n_users * fraction)))
+    return np.sort(np.random.default_rng(seed).permutation(n_users)[:k])
+
+
+def synthetic_ratings(n_users: int = 2000, n_items: int = 1000, mean_ratings_per_user: float = 40.0,
+                      rank: int = 8, noise: float = 0.5, seed: int = 0) -> Ratings:
+    """Realistic synthetic ratings on a 1-5 star scale.
+
+    User activity and item popularity follow power laws (Zipf-like); each rating is a planted
+    low-rank model ``mu + b_u + b_i + p_u . q_i`` plus Gaussian noise of std ``noise``, rounded to
+    whole stars and clipped to ``[1, 5]``.  Each user rates at least 2 and at most ``n_items``
+    distinct items.  ``user_ids`` / ``item_ids`` are the indices.
+    """
+    if n_users < 1 or n_items < 2 or mean_ratings_per_user <= 0 or rank < 1:
+        raise ValueError("synthetic_ratings needs n_users >= 1, n_items >= 2, mean_ratings_per_user > 0, rank >= 1")
+    rng = np.random.default_rng(seed)
+    # Activity ~ Pareto (alpha 1.5) scaled to the requested mean, at least 2 per user.
+    activity = rng.pareto(1.5, n_users) + 1.0
+    counts = np.clip(np.round(activity / activity.mean() * mean_ratings_per_user), 2, n_items).astype(np.int64)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    popularity = popularity[rng.permutation(n_items)]
+    popularity /= popularity.sum()
+    users = np.repeat(np.arange(n_users, dtype=np.int64), counts)
+    items = rng.choice(n_items, size=len(users), p=popularity)
+    pairs = np.unique(users * n_items + items)  # drop repeated (user, item) pairs
+    users, items = pairs // n_items, pairs % n_items
+    sigma = (0.5 / rank) ** 0.25  # the interaction p_u . q_i has variance 0.5
+    p = rng.normal(0, sigma, (n_users, rank)).astype(np.float32)
+    q = rng.normal(0, sigma, (n_items, rank)).astype(np.float32)
+    bu = rng.normal(0, 0.4, n_users).astype(np.float32)
+    bi = rng.normal(0, 0.4, n_items).astype(np.float32)
+    signal = 3.5 + bu[users] + bi[items] + np.einsum("nk,nk->n", p[users], q[items])
+    r = np.clip(np.round(signal + rng.normal(0, noise, len(users))), 1, 5)
+    return Ratings.from_coo(users, items, r, n_users=n_users, n_items=n_items)

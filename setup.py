@@ -1,0 +1,42 @@
+"""Builds the C++ extension ``retrain._C`` from ``csrc/*.cpp`` and installs ``retrain``.
+
+The top-level ``kernels/`` folder is installed as the subpackage ``retrain.kernels``: a top-level
+``kernels`` import would collide with the PyPI project of that name.
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+
+def get_extensions():
+    from pybind11.setup_helpers import Pybind11Extension
+
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    if not sources:
+        return []
+    openmp = ["-fopenmp"] if sys.platform != "darwin" else []
+    return [
+        Pybind11Extension(
+            "retrain._C",
+            sources,
+            cxx_std=17,
+            extra_compile_args=["-O3", "-march=x86-64-v2", "-fno-fast-math"] + openmp,
+            extra_link_args=openmp,
+        )
+    ]
+
+
+setup(
+    name="retrain-embeddings",
+    version="0.1.0",
+    description="Retrain user embeddings with a frozen item side; NLopt tuning with concurrent probes.",
+    packages=["retrain", "retrain.backends", "retrain.kernels"],
+    package_dir={"retrain": "retrain", "retrain.kernels": "kernels"},
+    ext_modules=get_extensions(),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy", "nlopt>=2.7", "safetensors", "tqdm", "matplotlib"],
+    extras_require={"gpu": ["triton>=3.6"], "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "pandas"]},
+    entry_points={"console_scripts": ["retrain=retrain.cli:main"]},
+)

@@ -1,0 +1,60 @@
+"""Random problems shared by the test files: heads of every kind and ratings with awkward users."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from retrain.data import Ratings
+from retrain.heads import Head, Layer
+
+
+def random_head(kind: str, n_items: int, d: int = 8, h: int | None = None, seed: int = 0) -> Head:
+    """``kind``: ``biases``, ``mf`` (d = h), ``tower1`` / ``tower2`` (tanh / relu layers, d -> h)."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randn(n_items, generator=g) * 0.3
+    if kind == "biases":
+        return Head.user_item_biases(b, 3.5)
+    if kind == "mf":
+        return Head.matrix_factorization(torch.randn(n_items, d, generator=g) / d**0.5, b, 3.5)
+    h = h or d
+    if kind == "tower1":
+        tower = [Layer(torch.randn(h, d, generator=g) / d**0.5, torch.randn(h, generator=g) * 0.1, "tanh")]
+    elif kind == "tower2":
+        tower = [Layer(torch.randn(h + 3, d, generator=g) / d**0.5, torch.randn(h + 3, generator=g) * 0.1, "relu"),
+                 Layer(torch.randn(h, h + 3, generator=g) / (h + 3)**0.5, torch.randn(h, generator=g) * 0.1, "identity")]
+    else:
+        raise ValueError(kind)
+    return Head(torch.randn(n_items, h, generator=g) / h**0.5, b, 3.5, tower, init="glorot", name=f"mlp_{d}x{h}")
+
+
+def random_ratings(n_users: int, n_items: int, counts=None, seed: int = 0) -> Ratings:
+    """Ratings with the given per-user counts (default: a mix with 0, 1 and many ratings).
+
+    Users have original ids ``1000 + 7 * index`` (so keys differ from indices).
+    """
+    rng = np.random.default_rng(seed)
+    if counts is None:
+        counts = rng.integers(2, 12, n_users)
+        counts[0], counts[1] = 0, 1
+        counts[2] = min(150, n_items * 3)
+    counts = np.asarray(counts)
+    users = np.repeat(np.arange(n_users), counts)
+    items = rng.integers(0, n_items, len(users))  # repeats allowed: ties keep input order
+    ratings = rng.integers(1, 6, len(users)).astype(np.float32)
+    weights = rng.uniform(0.5, 2.0, len(users)).astype(np.float32)
+    return Ratings.from_coo(users, items, ratings, weights, n_users=n_users, n_items=n_items,
+                            user_ids=1000 + 7 * np.arange(n_users))
+
+
+def rel_err(a, b) -> float:
+    """``max|a - b| / max|b|`` (0 when both are zero)."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    scale = b.abs().max().clamp_min(1e-30)
+    return float((a - b).abs().max() / scale)
+
+
+def describe_mismatch(a, b, tol: float) -> str:
+    """Where ``a`` and ``b`` differ by more than ``tol`` relative (for assertion messages)."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    bad = ((a - b).abs() > tol * b.abs().max().clamp_min(1e-30)).nonzero()[:5]
+    return "; ".join(f"at {tuple(i.tolist())}: {a[tuple(i)].item():.9g} vs {b[tuple(i)].item():.9g}" for i in bad)

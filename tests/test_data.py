@@ -1,0 +1,81 @@
+"""Ratings: construction from every source, canonical order, checks, splits and subsamples."""
+import numpy as np
+import pytest
+import torch
+
+from retrain.data import Ratings, synthetic_ratings
+
+
+def test_canonical_order_sorted_by_item_ties_in_input_order():
+    r = Ratings.from_coo([1, 0, 1, 1, 0], [3, 2, 1, 3, 0], [1, 2, 3, 4, 5])
+    assert r.indptr.tolist() == [0, 2, 5]
+    assert r.items.tolist() == [0, 2, 1, 3, 3]
+    assert r.ratings.tolist() == [5, 2, 3, 1, 4]  # the two (1, 3) ratings keep input order
+
+
+def test_sources_agree():
+    users, items, vals = np.array([0, 2, 1, 2]), np.array([1, 0, 1, 2]), np.array([4.0, 3.0, 5.0, 1.0])
+    a = Ratings.from_coo(users, items, vals)
+    b = Ratings.from_coo(torch.tensor(users), torch.tensor(items), torch.tensor(vals))
+    scipy = pytest.importorskip("scipy.sparse")
+    c = Ratings.from_scipy(scipy.coo_matrix((vals, (users, items)), shape=(3, 3)))
+    pd = pytest.importorskip("pandas")
+    d = Ratings.from_pandas(pd.DataFrame({"user": users + 10, "item": items + 100, "rating": vals}))
+    for other in (b, c, d):
+        assert np.array_equal(a.indptr, other.indptr) and np.array_equal(a.items, other.items)
+        assert np.array_equal(a.ratings, other.ratings)
+    assert d.user_ids.tolist() == [10, 11, 12] and d.item_ids.tolist() == [100, 101, 102]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(users=[0, -1], items=[0, 1], ratings=[1, 2]), "user must be >= 0: row 1"),
+    (dict(users=[0, 1], items=[0, 5], ratings=[1, 2], n_items=3), "item out of range: row 1"),
+    (dict(users=[0, 1], items=[0, 1], ratings=[1, np.nan]), "rating must be finite: row 1"),
+    (dict(users=[0, 1], items=[0, 1], ratings=[np.inf, 1]), "rating must be finite: row 0"),
+    (dict(users=[0, 1], items=[0, 1], ratings=[1, 2], weights=[1, -0.5]), "weight must be >= 0: row 1"),
+    (dict(users=[], items=[], ratings=[]), "empty"),
+    (dict(users=[0, 1], items=[0], ratings=[1, 2]), "equal lengths"),
+    (dict(users=[0.5, 1], items=[0, 1], ratings=[1, 2]), "integer"),
+])
+def test_bad_input_names_the_problem(kwargs, message):
+    users, items, ratings = kwargs.pop("users"), kwargs.pop("items"), kwargs.pop("ratings")
+    with pytest.raises(ValueError, match=message):
+        Ratings.from_coo(users, items, ratings, **kwargs)
+
+
+def test_split_per_user_partitions_each_user():
+    r = synthetic_ratings(200, 80, 12, seed=3)
+    train, val = r.split_per_user(0.25, seed=1)
+    assert train.n_users == val.n_users == r.n_users and train.nnz + val.nnz == r.nnz
+    assert np.array_equal(val.counts, np.round(r.counts * 0.25))
+    for u in (0, 7, 199):
+        rows = lambda x: sorted(zip(x.items[x.indptr[u]:x.indptr[u + 1]], x.ratings[x.indptr[u]:x.indptr[u + 1]]))
+        assert sorted(rows(train) + rows(val)) == rows(r)
+    again = r.split_per_user(0.25, seed=1)[1]
+    assert np.array_equal(again.items, val.items)
+
+
+def test_subsample_users_same_users_for_train_and_val():
+    r = synthetic_ratings(100, 50, 10, seed=0)
+    train, val = r.split_per_user(0.2, seed=0)
+    a, b = train.subsample_users(0.3, seed=7), val.subsample_users(0.3, seed=7)
+    assert a.n_users == 30 and np.array_equal(a.user_ids, b.user_ids)
+    assert not np.array_equal(a.user_ids, train.subsample_users(0.3, seed=8).user_ids)
+
+
+def test_split_users_is_disjoint():
+    r = synthetic_ratings(50, 30, 8, seed=0)
+    kept, held = r.split_users(0.2, seed=0)
+    assert held.n_users == 10 and kept.n_users == 40
+    assert not set(kept.user_ids) & set(held.user_ids)
+    assert kept.nnz + held.nnz == r.nnz
+
+
+def test_synthetic_is_realistic():
+    r = synthetic_ratings(3000, 800, 30, seed=0)
+    counts = r.counts
+    assert counts.min() >= 2 and counts.max() > 8 * np.median(counts)  # heavy-tailed activity
+    pop = np.sort(np.bincount(r.items, minlength=r.n_items))[::-1]
+    assert pop[:80].sum() > 0.3 * r.nnz  # the top 10% of items get a large share
+    assert set(np.unique(r.ratings)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert 3.0 < r.ratings.mean() < 4.0

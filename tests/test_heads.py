@@ -1,0 +1,71 @@
+"""Heads and models: checks, predictions, and the safetensors file format."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from problems import random_head
+from retrain.heads import Head, Layer, Model, load_head
+
+
+def test_dimension_mismatch_is_named():
+    with pytest.raises(ValueError, match="tower outputs 4 values but item_vectors have h=3"):
+        Head(torch.zeros(5, 3), torch.zeros(5), 0.0, [Layer(torch.zeros(4, 2), torch.zeros(4), "relu")])
+    with pytest.raises(ValueError, match="item_bias must be"):
+        Head(torch.zeros(5, 3), torch.zeros(4), 0.0)
+    with pytest.raises(ValueError, match="activation"):
+        Head(torch.zeros(5, 3), torch.zeros(5), 0.0, [Layer(torch.zeros(3, 2), torch.zeros(3), "gelu")])
+    with pytest.raises(ValueError, match=r"user_embeddings must be \[n_users, d=3\]"):
+        Model(Head(torch.zeros(5, 3), torch.zeros(5), 0.0), torch.zeros(2, 4), [0, 1])
+    with pytest.raises(ValueError, match="finite"):
+        Head(torch.full((5, 3), float("nan")), torch.zeros(5), 0.0)
+
+
+@pytest.mark.parametrize("kind", ["biases", "mf", "tower1", "tower2"])
+def test_save_load_roundtrip(tmp_path, kind):
+    head = random_head(kind, 17, d=5, h=3)
+    model = Model(head, torch.randn(6, head.d), np.arange(6) * 3)
+    path = tmp_path / "sub" / "model.safetensors"
+    model.save(path)
+    back = Model.load(path)
+    assert torch.equal(back.user_embeddings, model.user_embeddings)
+    assert back.head.name == head.name and back.head.init == head.init
+    users, items = np.array([0, 5, 2]), np.array([16, 0, 3])
+    assert torch.equal(back.predict(users, items), model.predict(users, items))
+    assert load_head(path).n_items == 17
+    assert [f for f in os.listdir(path.parent) if f.startswith(".tmp")] == []
+
+
+def test_load_rejects_other_files(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a safetensors model file"):
+        Model.load(path)
+    with pytest.raises(ValueError, match="not found"):
+        Model.load(tmp_path / "missing.safetensors")
+
+
+def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    model = Model(random_head("mf", 4, d=2), torch.ones(2, 2), [0, 1])
+    model.save(path)
+    before = path.read_bytes()
+
+    def boom(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        Model(model.head, torch.zeros(2, 2), [0, 1]).save(path)
+    assert path.read_bytes() == before
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+
+
+def test_linear_form_matches_predict():
+    head = random_head("tower2", 9, d=4, h=3)
+    head.tower[0].activation = "identity"
+    A, c = head.linear_form()
+    e = torch.randn(9, 4)
+    items = torch.arange(9)
+    assert torch.allclose((A[items] * e.double()).sum(1) + c, head.predict(e, items).double(), atol=1e-5)

@@ -1,0 +1,47 @@
+"""Pretraining a base model: it must beat simple baselines, and reach RMSE <= 0.87 on ml-latest-small."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrain.data import synthetic_ratings
+from retrain.movielens import load_movielens
+from retrain.pretrain import pretrain
+
+ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
+
+
+def _rmse(model, test):
+    pred = model.predict(test.user_of_row(), test.items).numpy()
+    return float(np.sqrt(np.mean((pred - test.ratings) ** 2)))
+
+
+def test_models_beat_the_global_mean_on_synthetic_data():
+    train, test = synthetic_ratings(600, 300, 30, seed=1).split_per_user(0.2, seed=0)
+    baseline = float(np.sqrt(np.mean((test.ratings - train.ratings.mean()) ** 2)))
+    biases = _rmse(pretrain(train, "user_item_biases"), test)
+    mf = _rmse(pretrain(train, "matrix_factorization_8"), test)
+    mlp = _rmse(pretrain(train, "mlp_8x6", iterations=10), test)
+    assert biases < 0.9 * baseline and mf < biases and mlp < baseline
+    model = pretrain(train, "matrix_factorization_8")
+    assert model.head.name == "matrix_factorization_8" and model.head.d == 8
+    assert np.all(model.head.item_vectors[:, -1].numpy() == 1.0)  # the constant column: last dim is a user bias
+
+
+def test_bad_model_names():
+    data = synthetic_ratings(20, 10, 5)
+    with pytest.raises(ValueError, match="unknown model name"):
+        pretrain(data, "svd_8")
+    with pytest.raises(ValueError, match="K >= 2"):
+        pretrain(data, "matrix_factorization_1")
+
+
+@pytest.mark.movielens
+def test_ml_latest_small_test_rmse():
+    if not ML_SMALL.exists():
+        pytest.skip(f"{ML_SMALL} not present")
+    ratings = load_movielens(ML_SMALL)
+    train, test = ratings.split_random(0.2, seed=0)
+    rmse = _rmse(pretrain(train, "matrix_factorization_32"), test)
+    print(f"ml-latest-small matrix_factorization_32 test RMSE {rmse:.4f}")
+    assert rmse <= 0.87
