@@ -10,7 +10,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(DEPS)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)

@@ -1,0 +1,11 @@
+"""Triton kernels of the ``triton`` backend, installed as ``retrain.kernels``.
+
+* ``train``: fused probe training, several epochs per launch (and the in-kernel permutation).
+* ``validate``: per-probe validation loss.
+* ``score``: item scores for recommend.
+* ``tower``: the frozen tower and the products shared by the three; ``blocks``: block sizes;
+  ``inputs``: the launchers' argument checks.
+
+The modules define ``@triton.jit`` functions at import: set ``TRITON_INTERPRET=1`` before the
+first import to run them on the CPU.  They receive tensors and scalars only.
+"""

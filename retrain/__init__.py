@@ -9,8 +9,6 @@
 
 The contract every backend implements is in docs/semantics.md.
 """
-from importlib import import_module
-
 from .backends import available_backends, get_backend
 from .data import Ratings, synthetic_ratings
 from .heads import Head, Layer, Model, load_head
@@ -18,24 +16,14 @@ from .hyperparams import HyperParams, lr_from_a, reg_from_b
 from .movielens import load_movielens
 from .pretrain import pretrain
 from .ridge import ridge_embeddings
+from .pipeline import RetrainResult, retrain_user_embeddings
+from .serving import fold_in, recommend
 from .trainer import ProbeResult, train_embeddings, train_probes
-
-# The tuner, pipeline and serving import nlopt and friends: loaded on first use.
-_LAZY = {
-    "tune": "tune", "TuneResult": "tune",
-    "retrain_user_embeddings": "pipeline", "RetrainResult": "pipeline",
-    "fold_in": "serving", "recommend": "serving",
-}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'retrain' has no attribute {name!r}")
-
+from .tune import TuneResult, tune
 
 __all__ = [
     "Ratings", "synthetic_ratings", "load_movielens", "Head", "Layer", "Model", "load_head", "HyperParams",
     "lr_from_a", "reg_from_b", "pretrain", "ridge_embeddings", "ProbeResult", "train_probes", "train_embeddings",
-    "get_backend", "available_backends", *_LAZY,
+    "get_backend", "available_backends", "tune", "TuneResult", "retrain_user_embeddings", "RetrainResult",
+    "fold_in", "recommend",
 ]

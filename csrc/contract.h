@@ -1,0 +1,83 @@
+// The training contract's integer arithmetic (retrain/contract.py states it; this is the same
+// function, word for word): hashing, initial embeddings, per-user permutations, Adam step count.
+#pragma once
+
+#include <cstdint>
+
+namespace retrain {
+
+constexpr uint32_t kGolden = 0x9E3779B9u;
+constexpr uint32_t kInitDomain = 0x1D2E3F40u;
+constexpr uint32_t kPermDomain = 0x5A17C0DEu;
+constexpr int kPermRounds = 4;
+
+// MurmurHash3's 32-bit finalizer.
+inline uint32_t fmix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
+    return x;
+}
+
+// Folds one more word into a hash (all arithmetic mod 2**32).
+inline uint32_t combine(uint32_t h, uint32_t v) { return fmix32(h ^ (v + kGolden)); }
+
+// Dimension j of the initial embedding of the user with key `key`: uniform on [-scale, scale).
+// (h >> 8) * 2**-24 is exact in float, and so is 2u - 1; only the final product rounds.
+inline float initial_value(uint32_t seed, uint32_t key, uint32_t j, float scale) {
+    const uint32_t h = combine(combine(combine(kInitDomain, seed), key), j);
+    const float u = static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
+    return (2.0f * u - 1.0f) * scale;
+}
+
+// The visiting order of a user's n training ratings in one epoch: a 4-round bijection of
+// [0, 2**bits) restricted to [0, n) by cycle walking.
+class Permutation {
+public:
+    Permutation(uint32_t seed, uint32_t epoch, uint32_t key, uint32_t n) : n_(n) {
+        // bits = bit length of n - 1 (0 for n <= 1, when the order is trivially 0).
+        int bits = 0;
+        for (uint32_t x = n > 0 ? n - 1 : 0; x != 0; x >>= 1) ++bits;
+        mask_ = static_cast<uint32_t>((uint64_t{1} << bits) - 1);
+        shift_ = static_cast<uint32_t>((bits + 1) / 2);
+        const uint32_t base = combine(combine(combine(kPermDomain, seed), epoch), key);
+        for (int r = 0; r < kPermRounds; ++r) {
+            mult_[r] = combine(base, static_cast<uint32_t>(2 * r)) | 1u;
+            add_[r] = combine(base, static_cast<uint32_t>(2 * r + 1));
+        }
+    }
+
+    // Fills order[0..n) with the rating index visited at each position.
+    void fill(uint32_t* order) const {
+        if (n_ <= 1) {
+            if (n_ == 1) order[0] = 0;
+            return;
+        }
+        for (uint32_t i = 0; i < n_; ++i) {
+            uint32_t x = bijection(i);
+            while (x >= n_) x = bijection(x);  // ends: the bijection's cycle through i re-enters [0, n)
+            order[i] = x;
+        }
+    }
+
+private:
+    uint32_t bijection(uint32_t x) const {
+        for (int r = 0; r < kPermRounds; ++r) {
+            x = (x * mult_[r] + add_[r]) & mask_;
+            x ^= x >> shift_;
+        }
+        return x;
+    }
+
+    uint32_t n_, mask_, shift_;
+    uint32_t mult_[kPermRounds], add_[kPermRounds];
+};
+
+// 1-based Adam step count of a user's chunk-th step (0-based) in `epoch` (bias correction).
+inline int64_t adam_step(int64_t epoch, int64_t n, int64_t batch_size, int64_t chunk) {
+    return epoch * ((n + batch_size - 1) / batch_size) + chunk + 1;
+}
+
+}  // namespace retrain

@@ -1,0 +1,70 @@
+// The fused kernels for AVX2 + FMA: 8 probes per register, fused multiply-adds.  Chosen at run
+// time (fused.cpp) when the CPU has both; the build flags stay x86-64-v2.
+//
+// The headers come first so that only this file's kernels (all in an anonymous namespace) are
+// compiled for AVX2: an inline function shared with other files must never be, or the linker
+// could hand the AVX2 copy to the SSE4 path.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "contract.h"
+#include "fused.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+#include "fused_kernels.h"
+
+namespace retrain {
+namespace {
+
+struct VecAvx2 {
+    static constexpr int W = 8;
+    using reg = __m256;
+    static reg load(const float* p) { return _mm256_load_ps(p); }
+    static void store(float* p, reg x) { _mm256_store_ps(p, x); }
+    static reg set1(float x) { return _mm256_set1_ps(x); }
+    static reg zero() { return _mm256_setzero_ps(); }
+    static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+    static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+    static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+    static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+    static reg sqrt(reg a) { return _mm256_sqrt_ps(a); }
+    static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+    // maxps returns its second operand when either is NaN: NaN stays NaN, like torch.relu.
+    static reg relu(reg x) { return _mm256_max_ps(_mm256_setzero_ps(), x); }
+    static reg where_positive(reg g, reg y) {
+        return _mm256_and_ps(g, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ));
+    }
+    static void add_to_double(double* acc, reg x) {
+        _mm256_store_pd(acc, _mm256_add_pd(_mm256_load_pd(acc), _mm256_cvtps_pd(_mm256_castps256_ps128(x))));
+        _mm256_store_pd(acc + 4, _mm256_add_pd(_mm256_load_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1))));
+    }
+};
+
+}  // namespace
+
+void train_epochs_avx2(const TrainArgs& args, const int64_t* order, int64_t n_order) {
+    run_training<VecAvx2>(args, order, n_order);
+}
+
+void validation_loss_avx2(const ValidationArgs& args) { run_validation<VecAvx2>(args); }
+
+}  // namespace retrain
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif

@@ -1,0 +1,39 @@
+// The fused kernels for x86-64-v2 (SSE4.2): 4 probes per register, multiply and add separately.
+#include <immintrin.h>
+
+#include "fused_kernels.h"
+
+namespace retrain {
+namespace {
+
+struct VecSse4 {
+    static constexpr int W = 4;
+    using reg = __m128;
+    static reg load(const float* p) { return _mm_load_ps(p); }
+    static void store(float* p, reg x) { _mm_store_ps(p, x); }
+    static reg set1(float x) { return _mm_set1_ps(x); }
+    static reg zero() { return _mm_setzero_ps(); }
+    static reg add(reg a, reg b) { return _mm_add_ps(a, b); }
+    static reg sub(reg a, reg b) { return _mm_sub_ps(a, b); }
+    static reg mul(reg a, reg b) { return _mm_mul_ps(a, b); }
+    static reg div(reg a, reg b) { return _mm_div_ps(a, b); }
+    static reg sqrt(reg a) { return _mm_sqrt_ps(a); }
+    static reg fmadd(reg a, reg b, reg c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+    // maxps returns its second operand when either is NaN: NaN stays NaN, like torch.relu.
+    static reg relu(reg x) { return _mm_max_ps(_mm_setzero_ps(), x); }
+    static reg where_positive(reg g, reg y) { return _mm_and_ps(g, _mm_cmpgt_ps(y, _mm_setzero_ps())); }
+    static void add_to_double(double* acc, reg x) {
+        _mm_store_pd(acc, _mm_add_pd(_mm_load_pd(acc), _mm_cvtps_pd(x)));
+        _mm_store_pd(acc + 2, _mm_add_pd(_mm_load_pd(acc + 2), _mm_cvtps_pd(_mm_movehl_ps(x, x))));
+    }
+};
+
+}  // namespace
+
+void train_epochs_sse4(const TrainArgs& args, const int64_t* order, int64_t n_order) {
+    run_training<VecSse4>(args, order, n_order);
+}
+
+void validation_loss_sse4(const ValidationArgs& args) { run_validation<VecSse4>(args); }
+
+}  // namespace retrain

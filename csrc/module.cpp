@@ -1,0 +1,298 @@
+// Python bindings of retrain._C: the contract functions (for tests) and the fused CPU routines.
+//
+// Every argument is checked here, before any work (arrays are used in place, never converted, so
+// the caller's arguments keep them alive), and a bad one raises ValueError naming it
+// (pybind11 turns std::invalid_argument into ValueError).  The kernels then run on raw pointers
+// with the GIL released; they touch no Python object.
+#include <omp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "contract.h"
+#include "fused.h"
+
+namespace py = pybind11;
+
+namespace retrain {
+namespace {
+
+void require(bool ok, const std::string& message) {
+    if (!ok) throw std::invalid_argument(message);
+}
+
+std::string shape_of(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// `obj` as a C-contiguous numpy array of T with `ndim` dimensions, else ValueError naming `name`.
+template <class T>
+py::array array_arg(const py::handle& obj, const std::string& name, py::ssize_t ndim, bool writeable = false) {
+    require(py::isinstance<py::array>(obj),
+            name + " must be a numpy array (tensor.numpy()), got " + std::string(py::str(py::type::of(obj))));
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    const py::dtype want = py::dtype::of<T>();
+    require(a.dtype().is(want), name + " must have dtype " + std::string(py::str(want)) + ", got " +
+                                    std::string(py::str(a.dtype())));
+    require(a.ndim() == ndim, name + " must have " + std::to_string(ndim) + " dimensions, got shape " + shape_of(a));
+    require((a.flags() & py::array::c_style) != 0, name + " must be C-contiguous");
+    require(!writeable || a.writeable(), name + " must be writeable (it is updated in place)");
+    return a;
+}
+
+template <class T>
+const T* ptr(const py::array& a) { return static_cast<const T*>(a.data()); }
+
+void require_shape(const py::array& a, const std::string& name, const std::vector<py::ssize_t>& shape) {
+    bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
+    std::string want = "(";
+    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+    want += shape.size() == 1 ? ",)" : ")";
+    require(same, name + " must have shape " + want + ", got " + shape_of(a));
+}
+
+HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, double global_bias,
+                  const py::sequence& tower_weights, const py::sequence& tower_biases,
+                  const py::sequence& tower_activations) {
+    HeadView head;
+    const auto Q = array_arg<float>(item_vectors, "item_vectors", 2);
+    head.n_items = Q.shape(0);
+    head.h = static_cast<int>(Q.shape(1));
+    require(head.n_items >= 1 && head.h >= 1, "item_vectors must be [n_items >= 1, h >= 1], got " + shape_of(Q));
+    const auto b = array_arg<float>(item_bias, "item_bias", 1);
+    require_shape(b, "item_bias", {head.n_items});
+    head.item_vectors = ptr<float>(Q);
+    head.item_bias = ptr<float>(b);
+    head.global_bias = static_cast<float>(global_bias);
+
+    const auto n_layers = static_cast<int>(py::len(tower_weights));
+    require(n_layers <= kMaxLayers, "tower_weights: a tower has at most 2 layers, got " + std::to_string(n_layers));
+    require(py::len(tower_biases) == static_cast<size_t>(n_layers) &&
+                py::len(tower_activations) == static_cast<size_t>(n_layers),
+            "tower_weights, tower_biases and tower_activations must have the same length");
+    TowerView& t = head.tower;
+    t.n_layers = n_layers;
+    for (int l = 0; l < n_layers; ++l) {
+        const std::string at = "[" + std::to_string(l) + "]";
+        const auto W = array_arg<float>(tower_weights[l], "tower_weights" + at, 2);
+        const auto c = array_arg<float>(tower_biases[l], "tower_biases" + at, 1);
+        t.out[l] = static_cast<int>(W.shape(0));
+        t.in[l] = static_cast<int>(W.shape(1));
+        require(t.out[l] >= 1 && t.in[l] >= 1, "tower_weights" + at + " must be [out >= 1, in >= 1], got " + shape_of(W));
+        require(l == 0 || t.in[l] == t.out[l - 1], "tower_weights" + at + " takes " + std::to_string(t.in[l]) +
+                                                       " inputs but layer " + std::to_string(l - 1) + " gives " +
+                                                       std::to_string(t.out[l - 1]));
+        require_shape(c, "tower_biases" + at, {t.out[l]});
+        const py::object code = tower_activations[l];
+        int act = -1;
+        try {
+            act = code.cast<int>();
+        } catch (const py::cast_error&) {  // not an int: reported below, naming the argument
+        }
+        require(act == kIdentity || act == kRelu || act == kTanh,
+                "tower_activations" + at + " must be 0 (identity), 1 (relu) or 2 (tanh), got " +
+                    std::string(py::repr(code)));
+        t.weight[l] = ptr<float>(W);
+        t.bias[l] = ptr<float>(c);
+        t.act[l] = act;
+    }
+    require(n_layers == 0 || t.out[n_layers - 1] == head.h,
+            "tower_weights: the tower gives " + std::to_string(n_layers ? t.out[n_layers - 1] : 0) +
+                " features but item_vectors have h = " + std::to_string(head.h));
+    head.d = n_layers ? t.in[0] : head.h;
+    return head;
+}
+
+// CSR ratings; checks indptr (starts at 0, non-decreasing, ends at nnz) and every item index.
+CsrView csr_arg(const py::handle& indptr, const py::handle& items, const py::handle& ratings,
+                const py::handle& weights, const HeadView& head) {
+    CsrView data;
+    const auto ip = array_arg<int64_t>(indptr, "indptr", 1);
+    require(ip.shape(0) >= 1, "indptr must have n_users + 1 >= 1 entries");
+    data.n_users = ip.shape(0) - 1;
+    const auto it = array_arg<int32_t>(items, "items", 1);
+    const py::ssize_t nnz = it.shape(0);
+    const auto r = array_arg<float>(ratings, "ratings", 1);
+    const auto w = array_arg<float>(weights, "weights", 1);
+    require_shape(r, "ratings", {nnz});
+    require_shape(w, "weights", {nnz});
+    data.indptr = ptr<int64_t>(ip);
+    data.items = ptr<int32_t>(it);
+    data.ratings = ptr<float>(r);
+    data.weights = ptr<float>(w);
+    require(data.indptr[0] == 0, "indptr[0] must be 0, got " + std::to_string(data.indptr[0]));
+    for (int64_t u = 0; u < data.n_users; ++u) {
+        const int64_t n = data.indptr[u + 1] - data.indptr[u];
+        require(n >= 0, "indptr must be non-decreasing: indptr[" + std::to_string(u + 1) + "] < indptr[" +
+                            std::to_string(u) + "]");
+        require(n < (int64_t{1} << 31), "indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
+    }
+    require(data.indptr[data.n_users] == nnz, "indptr[-1] must equal len(items) = " + std::to_string(nnz) +
+                                                  ", got " + std::to_string(data.indptr[data.n_users]));
+    for (py::ssize_t k = 0; k < nnz; ++k)
+        require(data.items[k] >= 0 && data.items[k] < head.n_items,
+                "items: row " + std::to_string(k) + " has item " + std::to_string(data.items[k]) +
+                    " outside [0, n_items = " + std::to_string(head.n_items) + ")");
+    return data;
+}
+
+int threads_arg(int num_threads) {
+    require(num_threads >= 0, "num_threads must be >= 0 (0: OpenMP's default), got " + std::to_string(num_threads));
+    return num_threads ? num_threads : omp_get_max_threads();
+}
+
+Simd simd_arg(const std::string& simd) {
+    if (simd == "auto") return best_simd();
+    Simd s;
+    if (simd == "sse4")
+        s = Simd::kSse4;
+    else if (simd == "avx2")
+        s = Simd::kAvx2;
+    else
+        throw std::invalid_argument("simd must be 'auto', 'sse4' or 'avx2', got '" + simd + "'");
+    require(simd_supported(s), "simd: this CPU does not support '" + simd + "'");
+    return s;
+}
+
+void train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::handle& adam_v, const py::handle& lrs,
+                     const py::handle& regs, const py::handle& indptr, const py::handle& items,
+                     const py::handle& ratings, const py::handle& weights, const py::handle& keys,
+                     const py::handle& item_vectors, const py::handle& item_bias, double global_bias,
+                     const py::sequence& tower_weights, const py::sequence& tower_biases,
+                     const py::sequence& tower_activations, int64_t epoch_start, int64_t n_epochs,
+                     int64_t batch_size, const std::string& optimizer, int64_t seed, int num_threads,
+                     const std::string& simd) {
+    TrainArgs a;
+    a.head = head_arg(item_vectors, item_bias, global_bias, tower_weights, tower_biases, tower_activations);
+    a.data = csr_arg(indptr, items, ratings, weights, a.head);
+    auto e = array_arg<float>(emb, "emb", 3, true);
+    require_shape(e, "emb", {a.data.n_users, e.shape(1), a.head.d});
+    a.n_probes = static_cast<int>(e.shape(1));
+    a.emb = static_cast<float*>(e.mutable_data());
+    require(optimizer == "adam" || optimizer == "sgd", "optimizer must be 'adam' or 'sgd', got '" + optimizer + "'");
+    a.adam = optimizer == "adam";
+    if (a.adam) {
+        auto m = array_arg<float>(adam_m, "adam_m", 3, true);
+        require_shape(m, "adam_m", {e.shape(0), e.shape(1), e.shape(2)});
+        a.adam_m = static_cast<float*>(m.mutable_data());
+        auto v = array_arg<float>(adam_v, "adam_v", 3, true);
+        require_shape(v, "adam_v", {e.shape(0), e.shape(1), e.shape(2)});
+        a.adam_v = static_cast<float*>(v.mutable_data());
+    }
+    const auto lr = array_arg<float>(lrs, "lrs", 1);
+    require_shape(lr, "lrs", {a.n_probes});
+    const auto reg = array_arg<float>(regs, "regs", 1);
+    require_shape(reg, "regs", {a.n_probes});
+    a.lrs = ptr<float>(lr);
+    a.regs = ptr<float>(reg);
+    const auto k = array_arg<int64_t>(keys, "keys", 1);
+    require_shape(k, "keys", {a.data.n_users});
+    a.data.keys = ptr<int64_t>(k);
+    require(epoch_start >= 0, "epoch_start must be >= 0, got " + std::to_string(epoch_start));
+    require(n_epochs >= 0, "n_epochs must be >= 0, got " + std::to_string(n_epochs));
+    require(batch_size >= 1, "batch_size must be >= 1, got " + std::to_string(batch_size));
+    a.epoch_start = epoch_start;
+    a.n_epochs = n_epochs;
+    a.batch_size = batch_size;
+    a.seed = static_cast<uint32_t>(seed);  // the contract uses seed mod 2**32
+    a.num_threads = threads_arg(num_threads);
+    const Simd s = simd_arg(simd);
+    py::gil_scoped_release release;
+    train_epochs(a, s);
+}
+
+py::array_t<double> validation_loss_py(const py::handle& emb, const py::handle& indptr, const py::handle& items,
+                                       const py::handle& ratings, const py::handle& weights,
+                                       const py::handle& item_vectors, const py::handle& item_bias,
+                                       double global_bias, const py::sequence& tower_weights,
+                                       const py::sequence& tower_biases, const py::sequence& tower_activations,
+                                       int num_threads, const std::string& simd) {
+    ValidationArgs a;
+    a.head = head_arg(item_vectors, item_bias, global_bias, tower_weights, tower_biases, tower_activations);
+    a.data = csr_arg(indptr, items, ratings, weights, a.head);
+    const auto e = array_arg<float>(emb, "emb", 3);
+    require_shape(e, "emb", {a.data.n_users, e.shape(1), a.head.d});
+    a.n_probes = static_cast<int>(e.shape(1));
+    a.emb = ptr<float>(e);
+    a.num_threads = threads_arg(num_threads);
+    const Simd s = simd_arg(simd);
+    py::array_t<double> loss(a.n_probes);
+    a.loss = loss.mutable_data();
+    {
+        py::gil_scoped_release release;
+        validation_loss(a, s);
+    }
+    return loss;
+}
+
+py::array_t<int64_t> permutation_py(int64_t seed, int64_t epoch, int64_t key, int64_t n) {
+    require(n >= 0 && n <= 0xFFFFFFFFll, "n must be in [0, 2**32), got " + std::to_string(n));
+    std::vector<uint32_t> order(static_cast<size_t>(n));
+    Permutation(static_cast<uint32_t>(seed), static_cast<uint32_t>(epoch), static_cast<uint32_t>(key),
+                static_cast<uint32_t>(n))
+        .fill(order.data());
+    py::array_t<int64_t> out(n);
+    int64_t* o = out.mutable_data();
+    for (int64_t i = 0; i < n; ++i) o[i] = order[static_cast<size_t>(i)];
+    return out;
+}
+
+py::array_t<float> initial_embeddings_py(const py::handle& keys, int d, int64_t seed, double scale) {
+    const auto k = array_arg<int64_t>(keys, "keys", 1);
+    require(d >= 0, "d must be >= 0, got " + std::to_string(d));
+    const py::ssize_t n = k.shape(0);
+    py::array_t<float> out({n, static_cast<py::ssize_t>(d)});
+    float* o = out.mutable_data();
+    const int64_t* key = ptr<int64_t>(k);
+    for (py::ssize_t u = 0; u < n; ++u)
+        for (int j = 0; j < d; ++j)
+            o[u * d + j] = initial_value(static_cast<uint32_t>(seed), static_cast<uint32_t>(key[u]),
+                                         static_cast<uint32_t>(j), static_cast<float>(scale));
+    return out;
+}
+
+std::vector<std::string> simd_paths() {
+    std::vector<std::string> names;
+    if (simd_supported(Simd::kSse4)) names.emplace_back("sse4");
+    if (simd_supported(Simd::kAvx2)) names.emplace_back("avx2");
+    return names;
+}
+
+}  // namespace
+}  // namespace retrain
+
+PYBIND11_MODULE(_C, m) {
+    using namespace retrain;
+    using namespace pybind11::literals;
+    m.doc() = "retrain's fused CPU backend (see retrain/backends/cpu.py) and the contract in C++.";
+    m.def("fmix32", &fmix32, "MurmurHash3's 32-bit finalizer.", "x"_a);
+    m.def("combine", &combine, "fmix32(h ^ (v + GOLDEN)) mod 2**32.", "h"_a, "v"_a);
+    m.def("permutation", &permutation_py,
+          "Visiting order (int64 [n]) of a user's n ratings in an epoch (seed, epoch, key taken mod 2**32).",
+          "seed"_a, "epoch"_a, "key"_a, "n"_a);
+    m.def("initial_embeddings", &initial_embeddings_py, "Initial embeddings float32 [len(keys), d].", "keys"_a, "d"_a,
+          "seed"_a, "scale"_a);
+    m.def("simd_paths", &simd_paths, "Instruction sets with a kernel this CPU can run ('sse4', 'avx2').");
+    m.def("train_epochs", &train_epochs_py,
+          "Advance P probes by n_epochs epochs in place: emb, adam_m, adam_v float32 [U, P, d] (moments "
+          "ignored for sgd), lrs/regs float32 [P], CSR ratings (indptr int64, items int32, ratings/weights "
+          "float32, keys int64), the frozen head (item_vectors [I, h], item_bias [I], global_bias, tower "
+          "lists; activations 0 identity, 1 relu, 2 tanh).  num_threads 0: OpenMP's default.",
+          "emb"_a, "adam_m"_a, "adam_v"_a, "lrs"_a, "regs"_a, "indptr"_a, "items"_a, "ratings"_a, "weights"_a,
+          "keys"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a, "tower_weights"_a, "tower_biases"_a,
+          "tower_activations"_a, py::kw_only(), "epoch_start"_a, "n_epochs"_a, "batch_size"_a, "optimizer"_a,
+          "seed"_a, "num_threads"_a = 0, "simd"_a = "auto");
+    m.def("validation_loss", &validation_loss_py,
+          "Per-probe sum of w (pred - r)^2 over all ratings, float64 [P]; emb float32 [U, P, d].", "emb"_a,
+          "indptr"_a, "items"_a, "ratings"_a, "weights"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a,
+          "tower_weights"_a, "tower_biases"_a, "tower_activations"_a, py::kw_only(), "num_threads"_a = 0,
+          "simd"_a = "auto");
+}

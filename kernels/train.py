@@ -1,0 +1,333 @@
+"""Fused probe training: ``n_epochs`` epochs of minibatch Adam/SGD for every (user, probe block).
+
+One program owns one user and a block of ``BLOCK_P`` probes.  It loads the user's embeddings and
+Adam moments for those probes once, keeps them in registers for all epochs of the launch, and for
+every step: computes the step's rating positions through the contract's permutation (in-kernel,
+cycle walking), gathers those ratings and their item rows once for the whole probe block, runs the
+frozen tower forward, the predictions, the weighted squared error, the backward pass, the L2 term
+and the optimizer update.  Learning rates and L2 weights are per-probe runtime vectors.
+
+The arithmetic is ``retrain/contract.py``'s (uint32 hashing, permutation, Adam step counts) and
+``retrain/backends/reference.py``'s (loss, gradient, Adam with bias correction); docs/semantics.md
+states both in words.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from retrain.contract import GOLDEN, PERM_DOMAIN
+
+from .blocks import Blocks, pick_blocks
+from .inputs import check_items, check_ratings, check_tensor
+from .tower import _mm, _tower_backward, _tower_forward, check_precision, tower_args
+
+OPTIMIZERS = ("adam", "sgd")
+_GOLDEN = tl.constexpr(GOLDEN)
+_PERM_DOMAIN = tl.constexpr(PERM_DOMAIN)
+
+
+# ----------------------------------------------------------------------------- the contract's hashing
+# uint32 arithmetic wraps: products and sums are formed in uint64 and cut to their low word (which
+# the compiler turns back into 32-bit instructions), so no overflow check ever fires.
+@triton.jit
+def _combine(h, v):
+    """``fmix32(h ^ (v + GOLDEN))`` on uint32 (broadcasts)."""
+    x = h ^ (tl.cast(v, tl.uint64) + _GOLDEN).to(tl.uint32)
+    x ^= x >> 16
+    x = (x.to(tl.uint64) * 0x85EBCA6B).to(tl.uint32)
+    x ^= x >> 13
+    x = (x.to(tl.uint64) * 0xC2B2AE35).to(tl.uint32)
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def _epoch_rounds(seed, epoch, key):
+    """The bijection's round constants ``(M_0, K_0, ..., M_3, K_3)`` of a user (uint32 ``key``) in
+    ``epoch``: ``M_r = combine(base, 2r) | 1``, ``K_r = combine(base, 2r + 1)``."""
+    base = _combine(_combine(_combine(tl.full((), _PERM_DOMAIN, tl.uint32), seed), epoch), key)
+    j = tl.arange(0, 8)
+    words = _combine(base, j)  # all eight at once, then picked out
+    m0 = tl.max(tl.where(j == 0, words, 0), axis=0) | 1
+    k0 = tl.max(tl.where(j == 1, words, 0), axis=0)
+    m1 = tl.max(tl.where(j == 2, words, 0), axis=0) | 1
+    k1 = tl.max(tl.where(j == 3, words, 0), axis=0)
+    m2 = tl.max(tl.where(j == 4, words, 0), axis=0) | 1
+    k2 = tl.max(tl.where(j == 5, words, 0), axis=0)
+    m3 = tl.max(tl.where(j == 6, words, 0), axis=0) | 1
+    k3 = tl.max(tl.where(j == 7, words, 0), axis=0)
+    return m0, k0, m1, k1, m2, k2, m3, k3
+
+
+@triton.jit
+def _visit(pos, valid, n, mask, shift, m0, k0, m1, k1, m2, k2, m3, k3):
+    """Canonical indices (int64) visited at epoch positions ``pos``: the contract's four-round
+    bijection of ``[0, mask]``, re-applied while the value is outside ``[0, n)`` (cycle walking).
+    Lanes with ``valid`` false give 0."""
+    n32 = n.to(tl.uint32)
+    x = pos.to(tl.uint32)
+    todo = valid
+    while tl.max(todo.to(tl.int32), axis=0) > 0:
+        y = (x.to(tl.uint64) * m0 + k0).to(tl.uint32) & mask
+        y ^= y >> shift
+        y = (y.to(tl.uint64) * m1 + k1).to(tl.uint32) & mask
+        y ^= y >> shift
+        y = (y.to(tl.uint64) * m2 + k2).to(tl.uint32) & mask
+        y ^= y >> shift
+        y = (y.to(tl.uint64) * m3 + k3).to(tl.uint32) & mask
+        y ^= y >> shift
+        x = tl.where(todo, y, x)
+        todo = valid & (x >= n32)
+    return tl.where(valid, x, 0).to(tl.int64)
+
+
+@triton.jit
+def _permutation_params(n):
+    """``(mask, shift)`` of a user with ``n`` ratings: ``bits = ceil(log2 n)`` (0 for n <= 1)."""
+    bits = 0
+    while (1 << bits) < n:
+        bits += 1
+    mask = ((1 << bits) - 1).to(tl.uint32)
+    shift = ((bits + 1) // 2).to(tl.uint32)
+    return mask, shift
+
+
+@triton.jit
+def _power(base, exponent):
+    """``base ** exponent`` for a float64 ``base`` and an integer ``exponent >= 0`` (binary powering)."""
+    result = tl.full((), 1.0, tl.float64)
+    while exponent > 0:
+        result = tl.where((exponent & 1) == 1, result * base, result)
+        base = base * base
+        exponent = exponent // 2
+    return result
+
+
+@triton.jit
+def _gather_ratings(first, end, start, n, items_ptr, ratings_ptr, weights_ptr, mask, shift,
+                    m0, k0, m1, k1, m2, k2, m3, k3, BLOCK_B: tl.constexpr):
+    """The ratings at epoch positions ``[first, first + BLOCK_B)`` below ``end`` of the user whose
+    ratings are ``start ... start + n - 1``: ``(valid, item int64, rating, weight)``, each [BLOCK_B]."""
+    pos = first + tl.arange(0, BLOCK_B)
+    valid = pos < end
+    rows = start + _visit(pos, valid, n, mask, shift, m0, k0, m1, k1, m2, k2, m3, k3)
+    item = tl.load(items_ptr + rows, mask=valid, other=0).to(tl.int64)
+    rating = tl.load(ratings_ptr + rows, mask=valid, other=0.0)
+    weight = tl.load(weights_ptr + rows, mask=valid, other=0.0)
+    return valid, item, rating, weight
+
+
+@triton.jit
+def _gather_items(item, valid, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H: tl.constexpr):
+    """Item rows ``Q[item]`` [BLOCK_B, BLOCK_H] and biases ``b[item]`` [BLOCK_B] (zeros where not valid)."""
+    offs_h = tl.arange(0, BLOCK_H)
+    q = tl.load(q_ptr + item[:, None] * stride_q + offs_h[None, :], mask=valid[:, None] & (offs_h[None, :] < h),
+                other=0.0)
+    item_bias = tl.load(item_bias_ptr + item, mask=valid, other=0.0)
+    return q, item_bias
+
+
+@triton.jit
+def _features_grad(features, q, item_bias, rating, weight, valid, global_bias, scale, PRECISION: tl.constexpr):
+    """Gradient of ``scale / 2 * sum w (pred - r)^2`` over a tile of ratings w.r.t. the tower's
+    output ``features`` [BLOCK_P, BLOCK_H] (one row per probe)."""
+    pred = _mm(features, tl.trans(q), PRECISION) + item_bias[None, :] + global_bias
+    coef = tl.where(valid[None, :], (pred - rating[None, :]) * (weight * scale)[None, :], 0.0)
+    return _mm(coef, q, PRECISION)
+
+
+# ----------------------------------------------------------------------------- kernels
+@triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size"])
+def _train_epochs_kernel(
+    emb_ptr, m_ptr, v_ptr, lr_ptr, reg_ptr,
+    order_ptr, indptr_ptr, keys_ptr, items_ptr, ratings_ptr, weights_ptr,
+    q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
+    stride_state_u, stride_state_p, stride_q,
+    n_probes, n_probe_blocks, d, h1, h,
+    global_bias, seed, epoch_start, n_epochs, batch_size,
+    N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
+    ADAM: tl.constexpr, ADAM_BETA1: tl.constexpr, ADAM_BETA2: tl.constexpr, ADAM_EPS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    user = tl.load(order_ptr + pid // n_probe_blocks)
+    probe_block = pid % n_probe_blocks
+    start = tl.load(indptr_ptr + user)
+    n = tl.load(indptr_ptr + user + 1) - start
+    key = tl.load(keys_ptr + user)
+
+    offs_p = probe_block * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_p = offs_p < n_probes
+    mask_state = mask_p[:, None] & (offs_d[None, :] < d)  # a user without ratings: stored unchanged
+    state_offs = user * stride_state_u + offs_p[:, None] * stride_state_p + offs_d[None, :]
+    e = tl.load(emb_ptr + state_offs, mask=mask_state, other=0.0)
+    if ADAM:
+        m = tl.load(m_ptr + state_offs, mask=mask_state, other=0.0)
+        v = tl.load(v_ptr + state_offs, mask=mask_state, other=0.0)
+    lr = tl.load(lr_ptr + offs_p, mask=mask_p, other=0.0)[:, None]
+    reg2 = 2.0 * tl.load(reg_ptr + offs_p, mask=mask_p, other=0.0)[:, None]
+
+    n_steps = (n + batch_size - 1) // batch_size
+    mask_bits, shift = _permutation_params(n)
+    seed32 = seed.to(tl.uint32)
+    key32 = key.to(tl.uint32)
+    if ADAM:
+        # beta^k for the user's step count k, carried in float64 (k = epoch * n_steps + step + 1).
+        power1 = _power(tl.full((), ADAM_BETA1, tl.float64), epoch_start * n_steps)
+        power2 = _power(tl.full((), ADAM_BETA2, tl.float64), epoch_start * n_steps)
+    for epoch in range(epoch_start, epoch_start + n_epochs):
+        m0, k0, m1, k1, m2, k2, m3, k3 = _epoch_rounds(seed32, epoch, key32)
+        # Software pipeline over steps: step s's item rows and step s+1's ratings are loaded one
+        # step ahead, so their latency hides behind the previous step's arithmetic.  (Only a
+        # step's first BLOCK_B ratings travel this way; further sub-tiles load in the step.)
+        valid, item, rating, weight = _gather_ratings(0, tl.minimum(batch_size, n), start, n, items_ptr, ratings_ptr,
+                                                      weights_ptr, mask_bits, shift, m0, k0, m1, k1, m2, k2, m3, k3,
+                                                      BLOCK_B)
+        q, item_bias = _gather_items(item, valid, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H)
+        valid1, item1, rating1, weight1 = _gather_ratings(batch_size, tl.minimum(2 * batch_size, n), start, n,
+                                                          items_ptr, ratings_ptr, weights_ptr, mask_bits, shift,
+                                                          m0, k0, m1, k1, m2, k2, m3, k3, BLOCK_B)
+        for step in range(0, n_steps):
+            first = step * batch_size
+            end = tl.minimum(first + batch_size, n)
+            q1, item_bias1 = _gather_items(item1, valid1, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H)
+            first2 = first + 2 * batch_size
+            valid2, item2, rating2, weight2 = _gather_ratings(first2, tl.minimum(first2 + batch_size, n), start, n,
+                                                              items_ptr, ratings_ptr, weights_ptr, mask_bits, shift,
+                                                              m0, k0, m1, k1, m2, k2, m3, k3, BLOCK_B)
+
+            hidden, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
+                                              N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
+            scale = 2.0 / (end - first).to(tl.float32)  # d/dpred of mean(w (pred - r)^2)
+            grad_features = _features_grad(features, q, item_bias, rating, weight, valid, global_bias, scale,
+                                           DOT_PRECISION)
+            for sub in range(first + BLOCK_B, end, BLOCK_B):  # the other sub-tiles when batch_size > BLOCK_B
+                valid_s, item_s, rating_s, weight_s = _gather_ratings(sub, end, start, n, items_ptr, ratings_ptr,
+                                                                      weights_ptr, mask_bits, shift,
+                                                                      m0, k0, m1, k1, m2, k2, m3, k3, BLOCK_B)
+                q_s, item_bias_s = _gather_items(item_s, valid_s, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H)
+                grad_features += _features_grad(features, q_s, item_bias_s, rating_s, weight_s, valid_s, global_bias,
+                                                scale, DOT_PRECISION)
+            valid, rating, weight, q, item_bias = valid1, rating1, weight1, q1, item_bias1
+            valid1, item1, rating1, weight1 = valid2, item2, rating2, weight2
+            grad = _tower_backward(grad_features, hidden, features, w1_ptr, w2_ptr, d, h1, h,
+                                   N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
+            grad += reg2 * e
+            if ADAM:
+                power1 *= ADAM_BETA1
+                power2 *= ADAM_BETA2
+                m = ADAM_BETA1 * m + (1.0 - ADAM_BETA1) * grad
+                v = ADAM_BETA2 * v + (1.0 - ADAM_BETA2) * grad * grad
+                m_hat = m / (1.0 - power1).to(tl.float32)
+                v_hat = v / (1.0 - power2).to(tl.float32)
+                e -= lr * m_hat / (tl.sqrt(v_hat) + ADAM_EPS)
+            else:
+                e -= lr * grad
+    tl.store(emb_ptr + state_offs, e, mask=mask_state)
+    if ADAM:
+        tl.store(m_ptr + state_offs, m, mask=mask_state)
+        tl.store(v_ptr + state_offs, v, mask=mask_state)
+
+
+@triton.jit(do_not_specialize=["seed", "epoch"])
+def _permutation_kernel(out_ptr, indptr_ptr, keys_ptr, seed, epoch, BLOCK_B: tl.constexpr):
+    """Debug entry: writes each user's visiting order (canonical indices) for one epoch."""
+    user = tl.program_id(0).to(tl.int64)
+    start = tl.load(indptr_ptr + user)
+    n = tl.load(indptr_ptr + user + 1) - start
+    mask_bits, shift = _permutation_params(n)
+    m0, k0, m1, k1, m2, k2, m3, k3 = _epoch_rounds(seed.to(tl.uint32), epoch, tl.load(keys_ptr + user).to(tl.uint32))
+    for first in range(0, n, BLOCK_B):
+        pos = first + tl.arange(0, BLOCK_B)
+        valid = pos < n
+        idx = _visit(pos, valid, n, mask_bits, shift, m0, k0, m1, k1, m2, k2, m3, k3)
+        tl.store(out_ptr + start + pos, idx, mask=valid)
+
+
+# ----------------------------------------------------------------------------- launchers
+def heavy_first(indptr: torch.Tensor) -> torch.Tensor:
+    """Users by decreasing rating count (int64 [U]): the longest programs start first, which keeps
+    the tail of a launch short when activity is heavy-tailed."""
+    return torch.argsort(indptr[1:] - indptr[:-1], descending=True, stable=True)
+
+
+def train_epochs(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, weights,
+                 item_vectors, item_bias, global_bias: float, tower, *, epoch_start: int, n_epochs: int,
+                 batch_size: int, optimizer: str, seed: int, adam: tuple[float, float, float],
+                 order: torch.Tensor | None = None, blocks: Blocks | None = None,
+                 precision: str = "ieee") -> None:
+    """Advance P probes by ``n_epochs`` epochs (``epoch_start`` ...), in place.
+
+    Args:
+        emb, adam_m, adam_v: float32 ``[U, P, d]`` (moments unused, may be empty, for SGD).
+        lrs, regs: float32 ``[P]``.
+        indptr, keys, items, ratings, weights: the training ratings, CSR by user
+            (``kernels/inputs.py``); ``keys`` are the contract's user keys.
+        item_vectors, item_bias, global_bias, tower: the frozen head; ``tower`` is a list of
+            ``(W [out, in], c [out], activation code)``.
+        adam: Adam's ``(beta1, beta2, eps)`` (unused for SGD).
+        order: users in launch order (default ``heavy_first(indptr)``).
+        blocks: override ``pick_blocks`` (tests, benchmarks).
+        precision: ``kernels/tower.py``'s dot precision (``"ieee"``, or ``"tf32x3"`` to measure).
+    """
+    device = emb.device
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if batch_size < 1 or n_epochs < 0 or epoch_start < 0:
+        raise ValueError(f"need batch_size >= 1, n_epochs >= 0, epoch_start >= 0; got {batch_size}, "
+                         f"{n_epochs}, {epoch_start}")
+    check_ratings(indptr, items, ratings, weights, device, keys=keys)
+    check_items(item_vectors, item_bias, device)
+    n_users, h = indptr.shape[0] - 1, item_vectors.shape[1]
+    check_tensor("emb", emb, torch.float32, (n_users, None, None), device)
+    _, n_probes, d = emb.shape
+    is_adam = optimizer == "adam"
+    if is_adam:
+        check_tensor("adam_m", adam_m, torch.float32, tuple(emb.shape), device)
+        check_tensor("adam_v", adam_v, torch.float32, tuple(emb.shape), device)
+    check_tensor("lrs", lrs, torch.float32, (n_probes,), device)
+    check_tensor("regs", regs, torch.float32, (n_probes,), device)
+    w1, c1, w2, c2, h1, n_layers, act1, act2 = tower_args(tower, d, h, item_bias)
+    if item_vectors.stride(1) != 1:
+        raise ValueError("item_vectors rows must be contiguous")
+    if n_users == 0 or n_probes == 0 or n_epochs == 0:
+        return
+    order = heavy_first(indptr) if order is None else order
+    check_tensor("order", order, torch.int64, (n_users,), device)
+    blocks = blocks or pick_blocks("train", n_probes, d, h1, h, batch_size)
+    n_probe_blocks = triton.cdiv(n_probes, blocks.rows)
+    moments = (adam_m, adam_v) if is_adam else (emb, emb)
+    beta1, beta2, eps = adam
+    _train_epochs_kernel[(n_users * n_probe_blocks,)](
+        emb, *moments, lrs, regs,
+        order, indptr, keys, items, ratings, weights,
+        item_vectors, item_bias, w1, c1, w2, c2,
+        emb.stride(0), emb.stride(1), item_vectors.stride(0),
+        n_probes, n_probe_blocks, d, h1, h,
+        float(global_bias), seed & 0xFFFFFFFF, epoch_start, n_epochs, batch_size,
+        N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
+        ADAM=is_adam, ADAM_BETA1=float(beta1), ADAM_BETA2=float(beta2), ADAM_EPS=float(eps),
+        BLOCK_P=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_B=blocks.cols,
+        DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps,
+    )
+
+
+def permutations(indptr: torch.Tensor, keys: torch.Tensor, *, seed: int, epoch: int) -> torch.Tensor:
+    """Every user's visiting order in ``epoch`` as computed in the kernels: int64 ``[nnz]`` where
+    ``out[indptr[u] + i]`` is the canonical index of the rating user ``u`` visits at position ``i``
+    (``retrain.contract.permutation``).  For tests."""
+    device = indptr.device
+    check_tensor("indptr", indptr, torch.int64, (None,), device)
+    n_users = indptr.shape[0] - 1
+    if n_users < 0:
+        raise ValueError("indptr must have at least one entry")
+    check_tensor("keys", keys, torch.int64, (n_users,), device)
+    out = torch.full((int(indptr[-1]),), -1, dtype=torch.int64, device=device)
+    if n_users > 0:
+        blocks = pick_blocks("train", 1, 1, 1, 1, 64)
+        _permutation_kernel[(n_users,)](out, indptr, keys, seed & 0xFFFFFFFF, epoch, BLOCK_B=blocks.cols)
+    return out

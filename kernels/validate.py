@@ -1,0 +1,84 @@
+"""Fused validation loss: per-probe ``sum w (pred - r)^2`` over all ratings, without the regulariser.
+
+One program per (user, probe block): the tower runs once for the user's probe block, then the
+user's ratings stream through in tiles, each item row gathered once for the whole block.  Each
+program writes its float32 per-probe partial sums; a float64 sum over users in PyTorch finishes
+the job (no atomics: the result is the same run to run).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .blocks import Blocks, pick_blocks
+from .inputs import check_items, check_ratings, check_tensor
+from .tower import _mm, _tower_forward, check_precision, tower_args
+
+
+@triton.jit
+def _validation_loss_kernel(
+    out_ptr, emb_ptr, indptr_ptr, items_ptr, ratings_ptr, weights_ptr,
+    q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
+    stride_emb_u, stride_emb_p, stride_q,
+    n_probes, n_probe_blocks, d, h1, h, global_bias,
+    N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    user = pid // n_probe_blocks
+    offs_p = (pid % n_probe_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_p = offs_p < n_probes
+    start = tl.load(indptr_ptr + user)
+    end = tl.load(indptr_ptr + user + 1)
+    e = tl.load(emb_ptr + user * stride_emb_u + offs_p[:, None] * stride_emb_p + offs_d[None, :],
+                mask=mask_p[:, None] & (offs_d[None, :] < d), other=0.0)
+    _, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
+                                 N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
+    total = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    for first in range(start, end, BLOCK_B):
+        rows = first + tl.arange(0, BLOCK_B)
+        valid = rows < end
+        item = tl.load(items_ptr + rows, mask=valid, other=0).to(tl.int64)
+        rating = tl.load(ratings_ptr + rows, mask=valid, other=0.0)
+        weight = tl.load(weights_ptr + rows, mask=valid, other=0.0)
+        q = tl.load(q_ptr + item[:, None] * stride_q + offs_h[None, :],
+                    mask=valid[:, None] & (offs_h[None, :] < h), other=0.0)
+        item_bias = tl.load(item_bias_ptr + item, mask=valid, other=0.0)
+        error = _mm(features, tl.trans(q), DOT_PRECISION) + item_bias[None, :] + global_bias - rating[None, :]
+        total += tl.sum(tl.where(valid[None, :], weight[None, :] * error * error, 0.0), axis=1)
+    tl.store(out_ptr + user * n_probes + offs_p, total, mask=mask_p)
+
+
+def validation_loss(emb, indptr, items, ratings, weights, item_vectors, item_bias, global_bias: float,
+                    tower, *, blocks: Blocks | None = None, precision: str = "ieee") -> torch.Tensor:
+    """Per-probe ``sum w (pred - r)^2`` over all ratings: float64 ``[P]``.
+
+    ``emb`` is float32 ``[U, P, d]``; the ratings are CSR by user (``kernels/inputs.py``); ``tower``
+    as in ``kernels/train.py``; ``blocks`` overrides ``pick_blocks``; ``precision`` as in
+    ``kernels/tower.py``.  Users without ratings add nothing.
+    """
+    device = emb.device
+    check_ratings(indptr, items, ratings, weights, device)
+    check_items(item_vectors, item_bias, device)
+    n_users, h = indptr.shape[0] - 1, item_vectors.shape[1]
+    check_tensor("emb", emb, torch.float32, (n_users, None, None), device)
+    _, n_probes, d = emb.shape
+    w1, c1, w2, c2, h1, n_layers, act1, act2 = tower_args(tower, d, h, item_bias)
+    partial = torch.zeros((n_users, n_probes), dtype=torch.float32, device=device)
+    if n_users and n_probes:
+        blocks = blocks or pick_blocks("validate", n_probes, d, h1, h, 0)
+        n_probe_blocks = triton.cdiv(n_probes, blocks.rows)
+        _validation_loss_kernel[(n_users * n_probe_blocks,)](
+            partial, emb, indptr, items, ratings, weights,
+            item_vectors, item_bias, w1, c1, w2, c2,
+            emb.stride(0), emb.stride(1), item_vectors.stride(0),
+            n_probes, n_probe_blocks, d, h1, h, float(global_bias),
+            N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
+            BLOCK_P=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_B=blocks.cols,
+            DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps,
+        )
+    return partial.sum(dim=0, dtype=torch.float64)

@@ -1,0 +1,82 @@
+"""PNG plots of a retrain: the tuning landscape over (a, b) and the final retrain's validation curve.
+
+matplotlib runs with the Agg backend (no display needed); each function writes one file and
+closes its figure.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: must precede the pyplot import
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_tuning_landscape(path, evaluations, bounds, best=None, title="Tuning landscape") -> None:
+    """Every evaluated ``(a, b)`` coloured by its validation loss, and each optimizer's path.
+
+    Args:
+        path: the PNG to write.
+        evaluations: objects with ``a``, ``b``, ``loss``, ``diverged`` and ``optimizer`` (the id of
+            the NLopt optimizer that asked for the point; ``-1`` for the space-filling batch), in
+            the order they were evaluated (``retrain.tune.Evaluation``).
+        bounds: ``((a_lo, a_hi), (b_lo, b_hi))`` of the search box.
+        best: the chosen ``(a, b)``, marked with a star.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 7))
+    finite = [e for e in evaluations if not e.diverged]
+    diverged = [e for e in evaluations if e.diverged]
+    if finite:
+        losses = np.array([e.loss for e in finite])
+        # Clip the colour scale at the 90th percentile so that a few bad points do not wash out
+        # the region the optimizers care about.
+        vmin = float(losses.min())
+        vmax = max(float(np.percentile(losses, 90)) if len(losses) > 2 else float(losses.max()), vmin + 1e-12)
+        points = None
+        for marker, label, chosen in (("s", "space-filling batch", [e for e in finite if e.optimizer < 0]),
+                                      ("o", "asked by an optimizer", [e for e in finite if e.optimizer >= 0])):
+            if chosen:
+                points = ax.scatter([e.a for e in chosen], [e.b for e in chosen], c=[e.loss for e in chosen],
+                                    cmap="viridis_r", vmin=vmin, vmax=vmax, marker=marker, s=40,
+                                    edgecolors="black", linewidths=0.4, zorder=3, label=label)
+        fig.colorbar(points, ax=ax, label="validation loss (MSE)", extend="max")
+    if diverged:
+        ax.scatter([e.a for e in diverged], [e.b for e in diverged], marker="x", color="red", s=45,
+                   zorder=3, label="diverged")
+    for opt_id in sorted({e.optimizer for e in evaluations if e.optimizer >= 0}):
+        path_points = [(e.a, e.b) for e in evaluations if e.optimizer == opt_id]
+        xs, ys = zip(*path_points)
+        ax.plot(xs, ys, "-", linewidth=1.0, alpha=0.7, zorder=2, label=f"optimizer {opt_id}")
+    if best is not None:
+        ax.scatter([best[0]], [best[1]], marker="*", s=260, color="gold", edgecolors="black", zorder=4,
+                   label=f"best (a={best[0]:.2f}, b={best[1]:.2f})")
+    (a_lo, a_hi), (b_lo, b_hi) = bounds
+    ax.set_xlim(a_lo - 0.05 * (a_hi - a_lo), a_hi + 0.05 * (a_hi - a_lo))
+    ax.set_ylim(b_lo - 0.05 * (b_hi - b_lo), b_hi + 0.05 * (b_hi - b_lo))
+    ax.set_xlabel("a   (learning rate = 1e-3 * 10^a)")
+    ax.set_ylabel("b   (L2 regularisation = 1e-5 * 10^b)")
+    ax.set_title(f"{title}: {len(evaluations)} evaluations")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_validation_curve(path, history, best_epoch=None, title="Final retrain") -> None:
+    """Validation loss per checkpoint ``history = [(epoch, loss), ...]``; the kept epoch is marked."""
+    if not history:
+        raise ValueError("plot_validation_curve needs a non-empty history of (epoch, loss)")
+    epochs, losses = zip(*history)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(epochs, losses, "o-", markersize=3)
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="gray", linestyle="--", label=f"kept: epoch {best_epoch}")
+        ax.legend()
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss (MSE)")
+    ax.set_title(f"{title}: validation loss per epoch")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

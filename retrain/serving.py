@@ -1,0 +1,105 @@
+"""Serving: fold new users in with the retrain's recipe, and recommend top-k items.
+
+A new user's embedding is trained exactly as the retrain trained every user: same init (keyed by
+the original user id), same per-epoch permutations, same hyper-parameters and the same number of
+epochs.  Users are independent, so folding in many users at once gives each the row a full
+retrain would have given it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .backends import get_backend
+from .backends.base import head_tensors
+from .data import Ratings
+from .heads import Head, Model
+from .hyperparams import HyperParams
+from .ridge import ridge_embeddings
+from .trainer import train_embeddings
+
+SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are computed this many bytes at a time
+
+
+def check_item_ids(head: Head, ratings: Ratings, name: str) -> None:
+    """ValueError unless ``ratings`` index items exactly as ``head`` does."""
+    if ratings.n_items != head.n_items or not np.array_equal(ratings.item_ids, head.item_ids):
+        raise ValueError(f"{name} index items differently from the model ({ratings.n_items} vs {head.n_items} "
+                         "items, or other ids): re-index with ratings.with_items(head.item_ids)")
+
+
+def fold_in(head: Head, new_users_ratings: Ratings, hyp: HyperParams, epochs: int, *,
+            backend="auto", solver: str = "train") -> torch.Tensor:
+    """Embeddings ``[n_new, d]`` (float32, CPU) of the users in ``new_users_ratings``.
+
+    ``solver="train"`` (the default, the retrain's recipe) trains each user for exactly
+    ``epochs`` epochs with ``hyp`` (use ``RetrainResult.hyp`` and ``RetrainResult.epochs``).
+    ``hyp.num_users`` must be the retrain's user count when the head uses the Glorot init,
+    because the init's bound depends on it.  ``solver="ridge"`` returns instead the exact
+    minimiser of the full-batch objective with ``hyp.regularization`` (linear heads only;
+    ``epochs`` is ignored; users without ratings keep their init).
+    """
+    if solver not in ("train", "ridge"):
+        raise ValueError(f"solver must be 'train' or 'ridge', got {solver!r}")
+    if head.init == "glorot" and hyp.num_users is None:
+        raise ValueError("hyp.num_users must be the user count of the retrain being reproduced (it sets the "
+                         "Glorot bound of the init); RetrainResult.hyp carries it")
+    check_item_ids(head, new_users_ratings, "new_users_ratings")
+    if solver == "ridge":
+        init = train_embeddings(head, new_users_ratings, hyp, 0, backend="reference")
+        return ridge_embeddings(head, new_users_ratings, hyp.regularization, init=init).float()
+    return train_embeddings(head, new_users_ratings, hyp, epochs, backend=backend)
+
+
+def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = None, k: int = 10, *,
+              exclude_seen: Ratings | None = None, backend="auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` items for each row of ``embeddings`` (default: the model's user table).
+
+    Args:
+        model_or_head: a ``Model`` or its ``Head``.
+        embeddings: ``[n, d]`` user embeddings; required with a bare ``Head``.
+        k: items per user, ``1 <= k <= n_items``.
+        exclude_seen: ratings of the same ``n`` users (row ``u`` of it is row ``u`` of
+            ``embeddings``); their items are never recommended (score ``-inf``; when fewer than
+            ``k`` items remain, the last entries have score ``-inf``).
+        backend: the backend whose ``score`` computes ``tower(e) . Q[i] + b[i] + mu``.
+
+    Returns ``(items, scores)``: int64 item indices ``[n, k]`` (``head.item_ids[items]`` are the
+    original ids) and float32 scores ``[n, k]``, best first, on the CPU.
+    """
+    model = model_or_head if isinstance(model_or_head, Model) else None
+    head = model.head if model is not None else model_or_head
+    if not isinstance(head, Head):
+        raise ValueError(f"model_or_head must be a Model or a Head, got {type(model_or_head).__name__}")
+    if embeddings is None:
+        if model is None:
+            raise ValueError("embeddings are required when recommending from a Head")
+        embeddings = model.user_embeddings
+    embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+    if embeddings.ndim != 2 or embeddings.shape[1] != head.d:
+        raise ValueError(f"embeddings must be [n, d={head.d}], got {tuple(embeddings.shape)}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= head.n_items:
+        raise ValueError(f"k must be an integer in [1, n_items={head.n_items}], got {k!r}")
+    n = embeddings.shape[0]
+    if exclude_seen is not None:
+        if exclude_seen.n_users != n:
+            raise ValueError(f"exclude_seen has {exclude_seen.n_users} users but embeddings have {n} rows")
+        check_item_ids(head, exclude_seen, "exclude_seen")
+
+    be = get_backend(backend)
+    head_t = head_tensors(head, be.device)
+    rows = max(1, SCORE_BLOCK_BYTES // (4 * head.n_items))
+    items_out, scores_out = [], []
+    for first in range(0, n, rows):
+        last = min(n, first + rows)
+        scores = be.score(head_t, embeddings[first:last].to(be.device))
+        if exclude_seen is not None:
+            seen = exclude_seen.select_users(np.arange(first, last))
+            users = torch.from_numpy(seen.user_of_row()).to(scores.device)
+            scores[users, torch.from_numpy(seen.items).to(scores.device)] = -torch.inf
+        top = torch.topk(scores, k, dim=1)
+        items_out.append(top.indices.cpu())
+        scores_out.append(top.values.float().cpu())
+    if not items_out:
+        return torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k, dtype=torch.float32)
+    return torch.cat(items_out), torch.cat(scores_out)

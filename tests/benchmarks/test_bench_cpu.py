@@ -1,0 +1,226 @@
+"""CPU throughput: the fused C++ backend against the reference and the plain-PyTorch baselines.
+
+Unit: rating·probe·epochs per second (one probe visiting one training rating once).  Every
+backend trains the same matrix-factorization head (d = h = 32, random item vectors) with Adam and
+minibatches of 16 ratings (the project default) or 1024 (where the torch baselines do best); the
+baselines draw minibatches across users (``retrain.baselines``), the fused backends per user (the
+contract).  The slow backends are timed on a slice (a few steps, the reference on its first users).
+
+Flops counted per rating·probe: 4h = 128 (prediction dot product 2h, gradient axpy 2h; DESIGN.md §6
+with no tower).  Adam's O(d) work per step and the O(1) terms per rating are not counted, so the
+fraction of peak is a lower bound.  The peak is a large FP32 matmul in torch on the same threads,
+measured in the same run.
+
+    .venv/bin/python -m pytest tests/benchmarks/test_bench_cpu.py --benchmark-enable
+
+prints a summary table at the end (and writes it to runs/bench_cpu.md).  Under ``make test``
+(``--benchmark-disable``) only the quick cpu cases run, once each, as a smoke test.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrain.backends import get_backend
+from retrain.backends.base import csr_tensors, head_tensors, new_state
+from retrain.backends.cpu import HAS_CPU_EXTENSION, CpuBackend
+from retrain.baselines import batched, eager_loop
+from retrain.data import synthetic_ratings
+from retrain.heads import Head
+
+ML_SMALL = Path(__file__).parents[3] / "shared/data/ml-latest-small/ratings.csv"
+RUNS = Path(__file__).parents[2] / "runs"
+D = 32
+PROBES = (1, 8, 64)
+# 16 is the project default; 1024 is where the plain-PyTorch baselines are at their best.
+BATCHES = (16, 1024)
+THREADS = 2  # the cpu backend and the peak; the torch baselines run with 1 and 2, the faster counts
+FLOPS_PER_RATING_PROBE = 4 * D
+DATASETS = ("ml-latest-small", "synthetic-1M")
+ROUNDS = 5
+# Work per timed round for the slow backends (the fused one trains full epochs).
+EAGER_STEPS = 48           # optimizer steps over all probes (at least 2 per probe)
+BATCHED_STEPS = 40         # minibatches
+REFERENCE_RATINGS = 400    # a slice of the first users
+
+
+def _skip_when_disabled(request):
+    config = request.config
+    if config.getoption("benchmark_disable") and not config.getoption("benchmark_enable"):
+        pytest.skip("heavy benchmark: runs with --benchmark-enable")
+
+
+class Summary:
+    """Throughputs collected over the module, printed and written as one markdown table."""
+
+    ORDER = ("cpu", "reference", "eager", "batched", "batched+compile")
+
+    def __init__(self):
+        self.rows = {}  # (dataset, batch, P) -> {backend: (rating·probe·epochs / s, threads)}
+        self.peak = None
+
+    def add(self, benchmark, key: tuple, backend: str, work: float, threads: int = THREADS) -> None:
+        if benchmark.stats is None:  # benchmarks disabled
+            return
+        rate = work / benchmark.stats.stats.min
+        speeds = self.rows.setdefault(key, {})
+        if backend not in speeds or speeds[backend][0] < rate:
+            speeds[backend] = (rate, threads)
+
+    def table(self) -> str:
+        lines = [f"FP32 peak (torch matmul, {THREADS} threads): {self.peak / 1e9:.1f} GFLOP/s; "
+                 f"{FLOPS_PER_RATING_PROBE} flops per rating·probe; best of {ROUNDS} rounds", "",
+                 "| data set | batch | P | backend | threads | rating·probe·epochs/s | cpu speed-up | GFLOP/s | % of peak |",
+                 "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for key in sorted(self.rows, key=lambda k: (DATASETS.index(k[0]), k[1], k[2])):
+            speeds = self.rows[key]
+            cpu = speeds.get("cpu", (None,))[0]
+            for backend in (b for b in self.ORDER if b in speeds):
+                rate, threads = speeds[backend]
+                ratio = f"{cpu / rate:,.0f}x" if cpu and backend != "cpu" else ""
+                gflops = rate * FLOPS_PER_RATING_PROBE / 1e9
+                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {backend} | {threads} | {rate:.3g} | {ratio} | "
+                             f"{gflops:.3g} | {100 * gflops * 1e9 / self.peak:.2g} |")
+        return "\n".join(lines)
+
+
+def _matmul_peak(threads: int, n: int = 3072, repeats: int = 5) -> float:
+    """FP32 flop/s of an n x n matmul in torch on ``threads`` threads (best of ``repeats``)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(saved)
+    return 2 * n**3 / best
+
+
+@pytest.fixture(scope="module")
+def summary(request):
+    s = Summary()
+    yield s
+    if s.rows:
+        s.peak = _matmul_peak(THREADS)
+        text = s.table()
+        RUNS.mkdir(exist_ok=True)
+        (RUNS / "bench_cpu.md").write_text(text + "\n")
+        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            print("\n\nCPU benchmark summary (also in runs/bench_cpu.md):\n" + text)
+
+
+@pytest.fixture(params=(1, 2), ids=lambda t: f"{t}thr")
+def torch_threads(request):
+    """Threads for the torch baselines: tiny ops often run faster on one."""
+    _skip_when_disabled(request)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(saved)
+
+
+_CACHE = {}
+
+
+def _load(name: str):
+    if name not in _CACHE:
+        if name == "ml-latest-small":
+            from retrain.movielens import load_movielens
+            _CACHE[name] = load_movielens(ML_SMALL)
+        else:
+            _CACHE[name] = synthetic_ratings(n_users=25_000, n_items=10_000, mean_ratings_per_user=45, seed=0)
+    return _CACHE[name]
+
+
+@pytest.fixture(params=DATASETS)
+def problem(request):
+    """(name, head tensors, CSR tensors, init [U, d]) for an MF head with random item vectors."""
+    name = request.param
+    if name == "ml-latest-small" and not ML_SMALL.exists():
+        pytest.skip(f"{ML_SMALL} not present")
+    if name == "synthetic-1M":
+        _skip_when_disabled(request)
+    ratings = _load(name)
+    g = torch.Generator().manual_seed(0)
+    head = Head.matrix_factorization(torch.randn(ratings.n_items, D, generator=g) / D**0.5,
+                                     torch.randn(ratings.n_items, generator=g) * 0.3, 3.5)
+    data = csr_tensors(ratings, "cpu")
+    init = new_state(data, 1, D, seed=0, scale=head.init_scale(ratings.n_users), optimizer="sgd").emb[:, 0]
+    return name, head_tensors(head, "cpu"), data, init, ratings
+
+
+def _hyper(P: int):
+    """P learning rates and regularisations, log-spaced over the useful range."""
+    return (torch.logspace(-3, -1, P, dtype=torch.float32) if P > 1 else torch.tensor([1e-2]),
+            torch.logspace(-5, -2, P, dtype=torch.float32) if P > 1 else torch.tensor([1e-3]))
+
+
+@pytest.mark.skipif(not HAS_CPU_EXTENSION, reason="retrain._C not built")
+@pytest.mark.parametrize("P", PROBES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_cpu(benchmark, summary, problem, batch, P):
+    name, head, data, init, ratings = problem
+    state = new_state(data, P, D, seed=0, scale=0.0, optimizer="adam", init=init)
+    lrs, regs = _hyper(P)
+    backend = CpuBackend(num_threads=THREADS)
+
+    def one_epoch():
+        backend.train_epochs(head, data, state, lrs, regs, epoch_start=0, n_epochs=1, batch_size=batch,
+                             optimizer="adam", seed=0)
+
+    benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
+    summary.add(benchmark, (name, batch, P), "cpu", ratings.nnz * P)
+    assert torch.isfinite(state.emb).all()
+
+
+@pytest.mark.parametrize("P", PROBES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_reference(benchmark, summary, problem, batch, P, request):
+    _skip_when_disabled(request)
+    name, head, _, init, ratings = problem
+    n_users = max(1, int(np.searchsorted(ratings.indptr, REFERENCE_RATINGS, side="right")) - 1)
+    part = ratings.select_users(np.arange(n_users))
+    data = csr_tensors(part, "cpu")
+    state = new_state(data, P, D, seed=0, scale=0.0, optimizer="adam", init=init[:n_users])
+    lrs, regs = _hyper(P)
+    backend = get_backend("reference")
+
+    def one_epoch():
+        backend.train_epochs(head, data, state, lrs, regs, epoch_start=0, n_epochs=1, batch_size=batch,
+                             optimizer="adam", seed=0)
+
+    benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
+    summary.add(benchmark, (name, batch, P), "reference", part.nnz * P, threads=torch.get_num_threads())
+
+
+@pytest.mark.parametrize("P", PROBES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_eager(benchmark, summary, problem, batch, P, torch_threads):
+    name, head, data, init, ratings = problem
+    lrs, regs = _hyper(P)
+    steps = max(2, EAGER_STEPS // P)  # per probe; the probes run one after another
+    benchmark.pedantic(lambda: eager_loop(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
+                                          max_steps=steps), rounds=ROUNDS, warmup_rounds=1)
+    summary.add(benchmark, (name, batch, P), "eager", P * steps * min(batch, ratings.nnz), torch_threads)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["plain", "compile"])
+@pytest.mark.parametrize("P", PROBES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_batched(benchmark, summary, problem, batch, P, compiled, torch_threads):
+    name, head, data, init, ratings = problem
+    lrs, regs = _hyper(P)
+    # The warm-up round includes torch.compile's compilation; it is not timed.
+    benchmark.pedantic(lambda: batched(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
+                                       max_steps=BATCHED_STEPS, compile=compiled), rounds=ROUNDS, warmup_rounds=1)
+    summary.add(benchmark, (name, batch, P), "batched+compile" if compiled else "batched",
+                P * BATCHED_STEPS * min(batch, ratings.nnz), torch_threads)

@@ -1,0 +1,73 @@
+"""The plain-PyTorch speed baselines: shapes, they train, probes are independent."""
+import pytest
+import torch
+
+from problems import random_head, random_ratings
+from retrain.backends.base import csr_tensors, head_tensors
+from retrain.backends.reference import tower_forward
+from retrain.baselines import batched, eager_loop
+
+BASELINES = {"eager_loop": eager_loop, "batched": batched}
+
+
+def _problem(kind, d=4, h=None, n_users=12, n_items=15, seed=0):
+    head = head_tensors(random_head(kind, n_items, d, h, seed=seed), "cpu")
+    data = csr_tensors(random_ratings(n_users, n_items, seed=seed), "cpu")
+    init = torch.empty(n_users, d).uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(seed))
+    return head, data, init
+
+
+def _training_loss(head, data, emb):
+    """Per-probe mean of w (pred - r)^2 over all ratings, emb [U, P, d]."""
+    counts = data.indptr[1:] - data.indptr[:-1]
+    users = torch.repeat_interleave(torch.arange(data.n_users), counts)
+    items = data.items.long()
+    features = tower_forward(head, emb[users])  # [nnz, P, h]
+    pred = (features * head.item_vectors[items][:, None, :]).sum(-1) + head.item_bias[items, None] + head.global_bias
+    return (data.weights[:, None] * (pred - data.ratings[:, None]) ** 2).mean(0)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("kind,d,h", [("mf", 4, None), ("tower2", 5, 3)])
+def test_shapes_and_training_lowers_the_loss(name, kind, d, h):
+    head, data, init = _problem(kind, d, h)
+    lrs, regs = torch.tensor([3e-2, 1e-1]), torch.tensor([1e-4, 1e-3])
+    kept = init.clone()
+    out = BASELINES[name](head, data, init, lrs, regs, n_epochs=8, batch_size=8, seed=1)
+    assert torch.equal(init, kept)
+    assert out.shape == (data.n_users, 2, d) and out.dtype == torch.float32
+    before = _training_loss(head, data, init[:, None, :].expand(-1, 2, -1))
+    after = _training_loss(head, data, out)
+    assert (after < 0.95 * before).all(), (before, after)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_probes_are_independent(name):
+    head, data, init = _problem("mf", seed=2)
+    lrs, regs = torch.tensor([1e-2, 5e-2, 1e-1]), torch.tensor([1e-3, 1e-1, 0.0])
+    together = BASELINES[name](head, data, init, lrs, regs, n_epochs=3, batch_size=5)
+    alone = BASELINES[name](head, data, init, lrs[1:2], regs[1:2], n_epochs=3, batch_size=5)
+    torch.testing.assert_close(together[:, 1], alone[:, 0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(together[:, 0], together[:, 1])
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_max_steps_and_seed(name):
+    head, data, init = _problem("mf", seed=3)
+    lrs, regs = torch.tensor([5e-2]), torch.tensor([1e-3])
+    run = lambda **kw: BASELINES[name](head, data, init, lrs, regs, n_epochs=2, batch_size=4, **kw)
+    assert torch.equal(run(max_steps=0)[:, 0], init)
+    assert torch.equal(run(seed=4), run(seed=4))
+    assert not torch.equal(run(seed=4), run(seed=5))
+    one_step = run(max_steps=1)[:, 0]
+    assert 1 <= int((one_step != init).any(dim=1).sum()) <= 4  # one minibatch of 4 ratings moved
+
+
+def test_bad_inputs_raise():
+    head, data, init = _problem("mf")
+    with pytest.raises(ValueError, match="init"):
+        batched(head, data, init[:-1], torch.ones(1), torch.ones(1), n_epochs=1, batch_size=2)
+    with pytest.raises(ValueError, match="lrs"):
+        eager_loop(head, data, init, torch.ones(2), torch.ones(1), n_epochs=1, batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        batched(head, data, init, torch.ones(1), torch.ones(1), n_epochs=1, batch_size=0)

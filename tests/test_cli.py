@@ -1,0 +1,238 @@
+"""The command line end to end on tiny synthetic data.
+
+The demo, fold-in and bench run as real processes (``python -m retrain``); the pretrain/tune/run
+chain and the bad inputs call ``retrain.cli.main`` in this process, since each process spends
+seconds importing torch, and a few bad inputs also run as real processes.
+"""
+import json
+import logging
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from retrain.cli import main, protocol_split
+from retrain.data import synthetic_ratings
+from retrain.heads import Model
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+USERS, MODEL, SEED = 150, "matrix_factorization_4", 0
+TINY = ["--users", USERS, "--model", MODEL, "--seed", SEED]
+TUNING = ["--max-evals", 6, "--n-starts", 2]
+ROWS = ("global mean", "item biases only", "base model", "retrained users", "fold-in of new users",
+        "closed-form ridge fold-in")
+
+
+def command(*args) -> list[str]:
+    return [sys.executable, "-m", "retrain", *map(str, args)]
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    # Without TRITON_INTERPRET (conftest sets it): 'auto' and 'bench' must not pick the interpreter.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(command(*args), capture_output=True, text=True, env=env, timeout=600)
+
+
+def in_process(capsys, *args) -> int:
+    """``main(args)`` in this process; argparse's exit becomes the returned status."""
+    capsys.readouterr()  # drop earlier output
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def check_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
+    assert width >= 300 and height >= 300 and len(data) > 10_000, (width, height, len(data))
+
+
+def tiny_split():
+    """The split the CLI makes of its synthetic data with TINY's settings (defaults otherwise)."""
+    return protocol_split(synthetic_ratings(n_users=USERS, n_items=100, seed=SEED), SEED)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = cli("demo", *TINY, *TUNING, "--out", out, "--quiet")
+    check_ok(proc)
+    return proc, out
+
+
+def test_demo_prints_the_table_and_writes_every_artifact(demo):
+    proc, out = demo
+    assert proc.stderr.strip() == ""  # --quiet: no bars, no log lines
+    for name in ROWS:
+        assert name in proc.stdout
+    for quantity in ("tuned learning rate", "tuned L2 regularisation", "epochs", "tuning wall time",
+                     "evaluations / probe batches", "probe throughput"):
+        assert quantity in proc.stdout
+
+    report = (out / "report.md").read_text()
+    assert "| predictor | RMSE, known users (test part) | RMSE, new users (test part) |" in report
+    for name in ROWS:
+        assert name in report
+    assert "## Protocol" in report and "tuning_landscape.png" in report
+    check_png(out / "tuning_landscape.png")
+    check_png(out / "validation_curve.png")
+
+    split = tiny_split()
+    model = Model.load(out / "model.safetensors")
+    assert model.head.name == MODEL
+    assert np.array_equal(model.user_ids, split.pretrain.user_ids)  # the known users only
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    assert len(journal) == 6 and all({"a", "b", "loss"} <= set(entry) for entry in journal)
+    hyp = json.loads((out / "model.safetensors.hyp.json").read_text())
+    assert hyp["hyperparams"]["num_users"] == split.pretrain.n_users and hyp["epochs"] >= 1
+
+
+def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
+    _, out = demo
+    split = tiny_split()
+    users = [3, 17, 42]
+    ratings = split.pretrain.select_users(users)  # what the retrain trained these users on
+    csv = tmp_path / "ratings.csv"
+    rows = [f"{ratings.user_ids[u]},{ratings.item_ids[i]},{r}"
+            for u, i, r in zip(ratings.user_of_row(), ratings.items, ratings.ratings)]
+    csv.write_text("userId,movieId,rating\n" + "\n".join(rows) + "\n")
+
+    proc = cli("fold-in", "--model", out / "model.safetensors", "--ratings", csv, "--out", tmp_path / "emb.safetensors",
+               "--recommendations", tmp_path / "top.csv", "--k", 5, "--quiet")
+    check_ok(proc)
+    folded = load_file(tmp_path / "emb.safetensors")
+    model = Model.load(out / "model.safetensors")
+    assert folded["user_ids"].tolist() == ratings.user_ids.tolist()
+    np.testing.assert_allclose(folded["embeddings"].numpy(), model.user_embeddings[users].numpy(), atol=1e-5)
+
+    top = [line.split(",") for line in (tmp_path / "top.csv").read_text().splitlines()[1:]]
+    assert len(top) == 3 * 5
+    seen = set(zip(ratings.user_ids[ratings.user_of_row()].tolist(), ratings.item_ids[ratings.items].tolist()))
+    assert not seen & {(int(user), int(item)) for user, _, item, _ in top}
+
+
+def test_fold_in_rejects_an_item_the_model_lacks(demo, tmp_path, capsys, restore_logger):
+    _, out = demo
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("userId,movieId,rating\n1,99999,4.0\n")
+    assert in_process(capsys, "fold-in", "--model", out / "model.safetensors", "--ratings", csv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "99999" in err
+
+
+def test_pretrain_tune_run_chain_resumes_from_the_journal(tmp_path, capsys, restore_logger):
+    # In this process (main() itself): each subprocess would spend seconds importing torch.
+    base, journal, retrained = tmp_path / "base.safetensors", tmp_path / "journal.jsonl", tmp_path / "new.safetensors"
+    assert in_process(capsys, "pretrain", *TINY, "--out", base) == 0
+    assert "validation RMSE" in capsys.readouterr().out and base.is_file()
+
+    assert in_process(capsys, "tune", "--model", base, "--journal", journal, "--plot", tmp_path / "landscape.png",
+                      *TINY[:2], *TUNING, "--quiet") == 0
+    assert "6 evaluations in" in capsys.readouterr().out and len(journal.read_text().splitlines()) == 6
+    check_png(tmp_path / "landscape.png")
+
+    # run tunes the same subsample with the same settings: every point comes from the journal.
+    assert in_process(capsys, "run", "--model", base, "--journal", journal, "--out", retrained, *TINY[:2], *TUNING,
+                      "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "6 evaluations in 0 probe batches" in out and "test RMSE" in out
+    assert Model.load(retrained).n_users == tiny_split().pretrain.n_users
+    assert (tmp_path / "new.safetensors.hyp.json").is_file()
+
+
+def test_bench_compares_backends_with_the_eager_loop():
+    proc = cli("bench", "--users", USERS, "--model", MODEL, "--probes", 2, "--epochs", 1, "--baseline-steps", 3,
+               "--quiet")
+    check_ok(proc)
+    assert "| backend " in proc.stdout and "eager PyTorch loop" in proc.stdout and "× eager loop" in proc.stdout
+
+
+def test_metered_backend_records_what_the_trainer_saw():
+    from retrain.backends import get_backend
+    from retrain.hyperparams import HyperParams
+    from retrain.pretrain import pretrain
+    from retrain.progress import MeteredBackend
+    from retrain.trainer import train_probes
+
+    train, val = synthetic_ratings(n_users=40, n_items=30, mean_ratings_per_user=8, seed=3).split_per_user(0.25, seed=0)
+    head = pretrain(train, "matrix_factorization_4", iterations=2).head
+    hyp = HyperParams(model="matrix_factorization_4", max_epochs=6, epochs_per_checkpoint=2, patience=1)
+    backend = MeteredBackend(get_backend("auto"))
+    with backend.stage("probes"):
+        several = train_probes(head, train, val, [0.01, 0.05, 0.3], [1e-4, 1e-3, 1e-2], hyp, backend)
+        (one,) = train_probes(head, train, val, [0.05], [1e-3], hyp.replace(epochs_per_checkpoint=1), backend)
+
+    assert backend.batches("probes") == [0, 1]
+    recorded = [(c.epoch, float(c.losses[0])) for c in backend.checkpoints if c.batch == 1]
+    assert [epoch for epoch, _ in recorded] == [epoch for epoch, _ in one.history]
+    assert [loss for _, loss in recorded] == pytest.approx([loss for _, loss in one.history], rel=1e-12)
+    work, _ = backend.totals("probes", [0])
+    # Each probe trains up to its last checkpoint; P shrinks as probes stop.
+    assert work == train.nnz * sum(r.epochs_trained for r in several)
+
+
+# Each bad input as a function of a folder holding malformed.csv and not_a_model.safetensors.
+BAD_INPUTS = {
+    "missing data file": lambda tmp: ["demo", "--data", tmp / "missing.csv"],
+    "malformed data file": lambda tmp: ["demo", "--data", tmp / "malformed.csv"],
+    "unknown model name": lambda tmp: ["demo", "--model", "transformer_9"],
+    "unknown option": lambda tmp: ["demo", "--no-such-option"],
+    "bad option value": lambda tmp: ["demo", "--max-evals", "0"],
+    "unknown backend": lambda tmp: ["bench", "--backends", "gpu"],
+    "missing model file": lambda tmp: ["fold-in", "--model", tmp / "missing.safetensors", "--ratings",
+                                       tmp / "malformed.csv"],
+    "malformed model file": lambda tmp: ["tune", "--model", tmp / "not_a_model.safetensors"],
+    "no command": lambda tmp: [],
+}
+# These also run as real processes (each one pays for importing torch, so only a few).
+IN_SUBPROCESS = ("missing data file", "unknown option")
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "malformed.csv").write_text("userId,movieId,rating\n1,2,4.0\n1,three,5.0\n")
+    (tmp / "not_a_model.safetensors").write_text("hello")
+    return tmp
+
+
+@pytest.fixture
+def restore_logger():
+    """main() configures the ``retrain`` logger; put it back for the tests that run after."""
+    logger = logging.getLogger("retrain")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def check_one_line_error(code, stdout, stderr) -> None:
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], stderr
+    assert "Traceback" not in stderr and stdout == ""
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_returns_2_with_one_line_on_stderr(case, bad_files, capsys, restore_logger):
+    code = in_process(capsys, *BAD_INPUTS[case](bad_files))
+    out, err = capsys.readouterr()
+    check_one_line_error(code, out, err)
+
+
+def test_bad_inputs_exit_2_in_a_real_process(bad_files):
+    procs = {case: subprocess.Popen(command(*BAD_INPUTS[case](bad_files)), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for case in IN_SUBPROCESS}
+    for case, proc in procs.items():  # started side by side: they spend their time importing torch
+        stdout, stderr = proc.communicate(timeout=600)
+        check_one_line_error(proc.returncode, stdout, stderr)

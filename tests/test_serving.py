@@ -1,0 +1,118 @@
+"""Serving: fold-in reproduces the retrain's rows; recommend matches a brute-force top-k."""
+import numpy as np
+import pytest
+import torch
+
+import retrain.serving as serving
+from problems import random_head, random_ratings, rel_err
+from retrain.backends import available_backends
+from retrain.data import Ratings
+from retrain.heads import Model
+from retrain.hyperparams import HyperParams
+from retrain.ridge import ridge_embeddings
+from retrain.serving import fold_in, recommend
+from retrain.trainer import train_embeddings, train_probes
+
+# Triton runs under the interpreter without a GPU: too slow for several epochs here.
+BACKENDS = [b for b in ("reference", "cpu") if b in available_backends()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["mf", "tower2"])
+def test_fold_in_of_held_out_users_equals_the_full_retrain(backend, kind):
+    head = random_head(kind, n_items=25, d=4, seed=1)
+    train = random_ratings(30, 25, seed=2)
+    val = train  # random ratings have no signal to validate on; this test is about reproducing rows
+    hyp = HyperParams(model="mlp_4x4" if kind != "mf" else "matrix_factorization_4", learning_rate=0.03,
+                      regularization=1e-3, batch_size=4, max_epochs=9, epochs_per_checkpoint=1, patience=2,
+                      num_users=train.n_users)
+    (probe,) = train_probes(head, train, val, [hyp.learning_rate], [hyp.regularization], hyp, backend=backend,
+                            return_embeddings=True)
+    assert probe.best_epoch > 0
+    held = np.array([0, 1, 2, 7, 19, 29])  # users with 0, 1 and many ratings among them
+    new_users = train.select_users(held)
+    emb = fold_in(head, new_users, hyp, probe.best_epoch, backend=backend)
+    assert emb.shape == (len(held), head.d)
+    assert rel_err(emb, probe.embeddings[held]) <= 1e-6
+    # The serving recipe on all users gives the same rows too.
+    everyone = train_embeddings(head, train, hyp, probe.best_epoch, backend=backend)
+    assert rel_err(emb, everyone[held]) <= 1e-6
+
+
+def test_fold_in_checks_its_inputs():
+    head = random_head("mf", n_items=10, d=3)
+    data = random_ratings(5, 10)
+    with pytest.raises(ValueError, match="num_users"):
+        fold_in(head, data, HyperParams(model="matrix_factorization_3"), 2)
+    other_items = Ratings(data.indptr, data.items, data.ratings, data.weights, data.user_ids, np.arange(100, 110))
+    with pytest.raises(ValueError, match="with_items"):
+        fold_in(head, other_items, HyperParams(model="matrix_factorization_3", num_users=5), 2)
+    with pytest.raises(ValueError, match="epochs"):
+        fold_in(head, data, HyperParams(model="matrix_factorization_3", num_users=5), -1)
+
+
+def test_fold_in_ridge_solver_is_the_closed_form():
+    head = random_head("mf", n_items=12, d=3, seed=4)
+    data = random_ratings(6, 12, counts=[0, 2, 5, 9, 3, 4], seed=5)
+    hyp = HyperParams(model="matrix_factorization_3", regularization=0.05, num_users=6)
+    init = train_embeddings(head, data, hyp, 0, backend="reference")
+    emb = fold_in(head, data, hyp, epochs=0, solver="ridge")
+    assert torch.equal(emb[0], init[0])  # no ratings: the init
+    assert rel_err(emb, ridge_embeddings(head, data, 0.05, init=init)) <= 1e-7
+    with pytest.raises(ValueError, match="solver"):
+        fold_in(head, data, hyp, 1, solver="als")
+    with pytest.raises(ValueError, match="linear head"):
+        fold_in(random_head("tower1", n_items=12, d=3), data, hyp, 1, solver="ridge")
+
+
+def _brute_force(head, emb, k, seen=None):
+    scores = torch.stack([head.predict(emb, torch.full((len(emb),), i)) for i in range(head.n_items)], dim=1)
+    if seen is not None:
+        for u in range(seen.n_users):
+            scores[u, seen.items[seen.indptr[u]:seen.indptr[u + 1]]] = -torch.inf
+    return torch.topk(scores, k, dim=1)
+
+
+@pytest.mark.parametrize("kind", ["mf", "tower1"])
+def test_recommend_matches_brute_force(kind, monkeypatch):
+    head = random_head(kind, n_items=40, d=5, seed=3)
+    emb = torch.randn(9, head.d, generator=torch.Generator().manual_seed(4))
+    seen = random_ratings(9, 40, counts=[0, 1, 3, 5, 8, 12, 2, 4, 6], seed=5)
+    items, scores = recommend(head, emb, k=6, backend="reference")
+    top = _brute_force(head, emb, 6)
+    assert items.dtype == torch.int64 and items.shape == scores.shape == (9, 6)
+    assert torch.equal(items, top.indices) and torch.allclose(scores, top.values, atol=1e-5)
+
+    monkeypatch.setattr(serving, "SCORE_BLOCK_BYTES", 4 * 40 * 2)  # two users per block
+    items, scores = recommend(head, emb, k=6, exclude_seen=seen, backend="reference")
+    top = _brute_force(head, emb, 6, seen)
+    assert torch.equal(items, top.indices) and torch.allclose(scores, top.values, atol=1e-5)
+    for u in range(9):
+        assert not set(items[u].tolist()) & set(seen.items[seen.indptr[u]:seen.indptr[u + 1]].tolist())
+
+
+def test_recommend_from_a_model_and_when_few_items_are_left():
+    head = random_head("mf", n_items=4, d=2)
+    model = Model(head, torch.randn(3, 2), np.array([10, 11, 12]))
+    seen = Ratings.from_coo([0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 0, 1, 2, 3], [4.0] * 7, n_users=3, n_items=4)
+    items, scores = recommend(model, k=2, exclude_seen=seen, backend="reference")
+    assert items.shape == (3, 2)
+    assert torch.isfinite(scores[0, 0]) and scores[0, 1] == -torch.inf  # one unseen item left
+    assert torch.all(scores[1] == -torch.inf)  # every item seen
+    assert torch.all(torch.isfinite(scores[2]))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda h, m: recommend(h, k=3), "embeddings are required"),
+    (lambda h, m: recommend(m, k=0), "k must be"),
+    (lambda h, m: recommend(m, k=11), "k must be"),
+    (lambda h, m: recommend(m, k=2.0), "k must be"),
+    (lambda h, m: recommend(h, torch.zeros(2, 5), k=3), r"\[n, d=3\]"),
+    (lambda h, m: recommend(m, k=3, exclude_seen=random_ratings(4, 10)), "4 users"),
+    (lambda h, m: recommend("head", torch.zeros(2, 3)), "Model or a Head"),
+])
+def test_recommend_checks_its_inputs(call, match):
+    head = random_head("mf", n_items=10, d=3)
+    model = Model(head, torch.zeros(2, 3), np.array([1, 2]))
+    with pytest.raises(ValueError, match=match):
+        call(head, model)

@@ -1,0 +1,212 @@
+"""The Triton kernels on their own: permutation, tiling corner cases, validation, scoring, tanh.
+
+Runs on a CUDA GPU, or on the CPU under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1
+when there is no GPU); the inputs are tiny because the interpreter runs every program in Python.
+The cross-backend training suite is tests/test_backend_parity.py.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from problems import describe_mismatch, random_head, random_ratings, rel_err
+from retrain.backends import get_backend
+from retrain.backends.base import ACTIVATION_CODES, csr_tensors, head_tensors, new_state
+from retrain.backends.reference import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ReferenceBackend
+from retrain.backends.triton import triton_device
+from retrain.contract import permutation, user_key
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from retrain.kernels.blocks import pick_blocks  # noqa: E402
+from retrain.kernels.tower import _tanh  # noqa: E402
+from retrain.kernels.train import permutations, train_epochs  # noqa: E402
+
+DEVICE = triton_device()
+pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+TOL = 1e-5
+ADAM = (ADAM_BETA1, ADAM_BETA2, ADAM_EPS)
+
+
+@triton.jit
+def _tanh_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, _tanh(tl.load(x_ptr + offs, mask=offs < n, other=0.0)), mask=offs < n)
+
+
+def _train(device, head, data, lrs, regs, *, batch_size, optimizer, blocks=None, seed=5):
+    """Embeddings after 2 epochs: the Triton launcher on ``DEVICE`` (optionally with forced blocks),
+    or the reference backend on the CPU when ``device`` is None."""
+    head_t, data_t = head_tensors(head, device or "cpu"), csr_tensors(data, device or "cpu")
+    state = new_state(data_t, len(lrs), head.d, seed=seed, scale=head.init_scale(data.n_users), optimizer=optimizer)
+    lr_t = torch.tensor(lrs, dtype=torch.float32, device=data_t.indptr.device)
+    reg_t = torch.tensor(regs, dtype=torch.float32, device=data_t.indptr.device)
+    args = dict(epoch_start=3, n_epochs=2, batch_size=batch_size, optimizer=optimizer, seed=seed)
+    if device is None:
+        ReferenceBackend().train_epochs(head_t, data_t, state, lr_t, reg_t, **args)
+    else:
+        tower = [(w, c, ACTIVATION_CODES[a]) for w, c, a in head_t.tower]
+        train_epochs(state.emb, state.adam_m, state.adam_v, lr_t, reg_t, data_t.indptr, data_t.keys,
+                     data_t.items, data_t.ratings, data_t.weights, head_t.item_vectors, head_t.item_bias,
+                     head_t.global_bias, tower, adam=ADAM, blocks=blocks, **args)
+    return state.emb.cpu()
+
+
+def _assert_matches_reference(head, data, lrs, regs, *, batch_size, optimizer="adam", blocks=None):
+    emb = _train(DEVICE, head, data, lrs, regs, batch_size=batch_size, optimizer=optimizer, blocks=blocks)
+    ref = _train(None, head, data, lrs, regs, batch_size=batch_size, optimizer=optimizer)
+    assert rel_err(emb, ref) <= TOL, describe_mismatch(emb, ref, TOL)
+    return emb, ref
+
+
+def test_permutation_matches_contract():
+    counts = [0, 1, 2, 3, 4, 5, 16, 17, 31, 64, 65, 100]
+    data = random_ratings(len(counts), 40, counts=counts, seed=1)
+    data_t = csr_tensors(data, DEVICE)
+    keys = user_key(data.user_ids)
+    for seed, epoch in ((0, 0), (2**32 - 3, 12345)):
+        got = permutations(data_t.indptr, data_t.keys, seed=seed, epoch=epoch).cpu().numpy()
+        for u, n in enumerate(counts):
+            want = permutation(seed, epoch, int(keys[u]), n)
+            np.testing.assert_array_equal(got[data.indptr[u]:data.indptr[u + 1]], want, err_msg=f"user {u}, n={n}")
+
+
+def test_batch_larger_than_tile_and_probe_remainder():
+    """batch_size > BLOCK_B (steps of several sub-tiles, one of 1 rating) and P = 20 in blocks of 16."""
+    head = random_head("mf", 30, 3, seed=2)
+    data = random_ratings(4, 30, counts=[0, 41, 7, 80], seed=3)
+    rng = np.random.default_rng(0)
+    lrs, regs = (10 ** rng.uniform(-3, -1, 20)).tolist(), (10 ** rng.uniform(-4, -1, 20)).tolist()
+    blocks = pick_blocks("train", 20, 3, 3, 3, 40, rows=16, cols=16)
+    emb, ref = _assert_matches_reference(head, data, lrs, regs, batch_size=40, blocks=blocks)
+    assert torch.equal(emb[0], ref[0])  # no ratings: untouched
+
+
+def test_odd_tower_dims_sgd():
+    head = random_head("tower2", 17, 3, 5, seed=4)  # d=3 -> 8 (relu) -> 5, none a power of two
+    data = random_ratings(5, 17, seed=6)
+    _assert_matches_reference(head, data, [0.05, 0.02, 0.01], [1e-3, 0.0, 1e-2], batch_size=3, optimizer="sgd")
+
+
+@pytest.mark.parametrize("n_probes", [1, 2])
+def test_dot_path_with_padding(n_probes):
+    """d = h = 20: the products run as tl.dot over K padded to 32, with 1 row (P = 1) or 16."""
+    head = random_head("mf", 19, 20, seed=7)
+    data = random_ratings(4, 19, counts=[3, 9, 0, 20], seed=8)
+    _assert_matches_reference(head, data, [1e-2, 3e-2][:n_probes], [1e-4, 1e-3][:n_probes], batch_size=4)
+
+
+def test_validation_loss_isolates_probes_and_skips_empty_users():
+    be = get_backend("triton")
+    head = random_head("tower1", 13, 4, 6, seed=9)
+    data = random_ratings(6, 13, counts=[0, 3, 1, 0, 8, 5], seed=10)
+    head_t, data_t = head_tensors(head, be.device), csr_tensors(data, be.device)
+    emb = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(0)) * 0.3
+    emb[0, 2] = float("nan")  # a user without ratings: adds nothing, even NaN
+    emb[4, 1] = float("nan")
+    got = be.validation_loss(head_t, data_t, emb.to(be.device)).cpu()
+    want = ReferenceBackend().validation_loss(head_tensors(head, "cpu"), csr_tensors(data, "cpu"), emb)
+    assert got.dtype == torch.float64
+    assert torch.isnan(got[1]) and torch.isfinite(got[[0, 2]]).all()
+    assert rel_err(got[[0, 2]], want[[0, 2]]) <= TOL
+    again = be.validation_loss(head_t, data_t, emb.to(be.device)).cpu()
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(again))
+
+
+@pytest.mark.parametrize("kind,d,h,n", [("biases", 1, 1, 1), ("mf", 20, 20, 7), ("tower2", 5, 3, 40)])
+def test_score_matches_torch(kind, d, h, n):
+    be = get_backend("triton")
+    head = random_head(kind, 70, d, h, seed=11)
+    emb = torch.randn(n, head.d, generator=torch.Generator().manual_seed(1))
+    got = be.score(head_tensors(head, be.device), emb.to(be.device)).cpu()
+    feats = head.user_features(emb.double())
+    want = feats @ head.item_vectors.double().T + head.item_bias.double() + head.global_bias
+    assert got.shape == (n, 70)
+    assert rel_err(got, want) <= TOL, describe_mismatch(got, want, TOL)
+
+
+def test_tanh_is_accurate():
+    x = torch.cat([torch.linspace(-12, 12, 2001), torch.logspace(-30, 0, 200), -torch.logspace(-30, 0, 200),
+                   torch.tensor([0.0, 0.5499999, 0.55, float("inf"), -float("inf")])])
+    y = torch.empty_like(x).to(DEVICE)
+    _tanh_kernel[(triton.cdiv(x.numel(), 1024),)](x.to(DEVICE), y, x.numel(), BLOCK=1024)
+    want = torch.tanh(x.double())
+    err = ((y.cpu().double() - want).abs() / want.abs().clamp_min(1e-38))
+    assert float(err.max()) < 2e-6  # the GPU's exp and division are approximate (a few ulps)
+
+
+def test_launcher_rejects_bad_inputs():
+    head_t = head_tensors(random_head("mf", 5, 2, seed=0), DEVICE)
+    data_t = csr_tensors(random_ratings(3, 5, seed=0), DEVICE)
+    state = new_state(data_t, 2, 2, seed=0, scale=0.1, optimizer="adam")
+    lr = torch.full((2,), 0.01, device=DEVICE)
+    good = dict(epoch_start=0, n_epochs=1, batch_size=2, optimizer="adam", seed=0, adam=ADAM)
+
+    def call(emb=state.emb, lrs=lr, items=data_t.items, **kw):
+        train_epochs(emb, state.adam_m, state.adam_v, lrs, lr, data_t.indptr, data_t.keys, items,
+                     data_t.ratings, data_t.weights, head_t.item_vectors, head_t.item_bias, 0.0, [],
+                     **{**good, **kw})
+
+    with pytest.raises(ValueError, match="items"):
+        call(items=data_t.items.long())
+    with pytest.raises(ValueError, match="lrs"):
+        call(lrs=lr[:1])
+    with pytest.raises(ValueError, match="emb"):
+        call(emb=state.emb.double())
+    with pytest.raises(ValueError, match="optimizer"):
+        call(optimizer="adagrad")
+    with pytest.raises(ValueError, match="batch_size"):
+        call(batch_size=0)
+    with pytest.raises(ValueError, match="rows"):
+        pick_blocks("train", 2, 2, 2, 2, 2, rows=3)
+
+
+_COMPILE_SM90 = textwrap.dedent("""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from retrain.kernels import score, train, validate
+    from retrain.kernels.blocks import pick_blocks
+
+    POINTERS = dict(order_ptr="*i64", indptr_ptr="*i64", keys_ptr="*i64", items_ptr="*i32")
+
+    def compile_sm90(kernel, constants, num_warps):
+        signature = {name: "constexpr" if name in constants else POINTERS.get(name, "*fp32")
+                     if name.endswith("_ptr") else "fp32" if name == "global_bias" else "i32"
+                     for name in kernel.arg_names}
+        src = ASTSource(kernel, signature, constexprs=constants)
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+
+    def blocks(kind, P, d, h1, h, cols, prefix="BLOCK_P"):
+        b = pick_blocks(kind, P, d, h1, h, cols)
+        return dict(BLOCK_D=b.d, BLOCK_H1=b.h1, BLOCK_H=b.h, DOT_PRECISION="ieee", **{prefix: b.rows}), b
+
+    # MF at the benchmark's size; one probe (M = 1) through a 1 -> 7 -> 20 tower (K = 1 and 8: no dot), SGD.
+    for P, d, h1, h, layers, acts, adam in [(64, 32, 32, 32, 0, (0, 0), True), (1, 1, 7, 20, 2, (1, 2), False)]:
+        c, b = blocks("train", P, d, h1, h, 16)
+        c.update(N_LAYERS=layers, ACT1=acts[0], ACT2=acts[1], ADAM=adam, ADAM_BETA1=0.9, ADAM_BETA2=0.999,
+                 ADAM_EPS=1e-8, BLOCK_B=b.cols)
+        assert compile_sm90(train._train_epochs_kernel, c, b.num_warps).asm["cubin"]
+    c, b = blocks("validate", 8, 5, 9, 3, 0)
+    c.update(N_LAYERS=2, ACT1=2, ACT2=1, BLOCK_B=b.cols)
+    assert compile_sm90(validate._validation_loss_kernel, c, b.num_warps).asm["cubin"]
+    c, b = blocks("score", 40, 32, 32, 32, 100, prefix="BLOCK_N")
+    c.update(N_LAYERS=0, ACT1=0, ACT2=0, BLOCK_I=b.cols)
+    assert compile_sm90(score._score_kernel, c, b.num_warps).asm["cubin"]
+    print("compiled")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the other tests compile and run the kernels")
+def test_kernels_compile_for_hopper():
+    """The interpreter never lowers the kernels to GPU code: compile them for sm_90 (Triton ships
+    ptxas; no GPU needed) in a process without TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-4000:]
