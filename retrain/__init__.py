@@ -19,7 +19,7 @@ from .ridge import ridge_embeddings
 from .pipeline import RetrainResult, retrain_user_embeddings
 from .serving import fold_in, recommend
 from .trainer import ProbeResult, train_embeddings, train_probes
-from .tune import TuneResult, tune
+from .tuner import TuneResult, tune
 
 __all__ = [
     "Ratings", "synthetic_ratings", "load_movielens", "Head", "Layer", "Model", "load_head", "HyperParams",

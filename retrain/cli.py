@@ -190,7 +190,7 @@ def cmd_demo(args) -> int:
     from .report import BiasBaseline, Row, model_rmse, render_demo_report, rmse_table
     from .ridge import ridge_embeddings
     from .serving import fold_in
-    from .tune import DEFAULT_BOUNDS
+    from .tuner import DEFAULT_BOUNDS
 
     model_family(args.model)  # an unknown model name fails before any work
     start = time.perf_counter()
@@ -326,7 +326,7 @@ def _known_parts(args, model: Model) -> ProtocolSplit:
 def cmd_tune(args) -> int:
     from .pipeline import tuning_subsample
     from .plots import plot_tuning_landscape
-    from .tune import DEFAULT_BOUNDS, tune
+    from .tuner import DEFAULT_BOUNDS, tune
 
     model = load_model(args.model)
     split = _known_parts(args, model)

@@ -17,7 +17,7 @@ from .heads import Model
 from .hyperparams import HyperParams
 from .serving import check_item_ids
 from .trainer import check_training_inputs, train_probes
-from .tune import TuneResult, tune
+from .tuner import TuneResult, tune
 
 log = logging.getLogger("retrain")
 

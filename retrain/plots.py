@@ -19,7 +19,7 @@ def plot_tuning_landscape(path, evaluations, bounds, best=None, title="Tuning la
         path: the PNG to write.
         evaluations: objects with ``a``, ``b``, ``loss``, ``diverged`` and ``optimizer`` (the id of
             the NLopt optimizer that asked for the point; ``-1`` for the space-filling batch), in
-            the order they were evaluated (``retrain.tune.Evaluation``).
+            the order they were evaluated (``retrain.tuner.Evaluation``).
         bounds: ``((a_lo, a_hi), (b_lo, b_hi))`` of the search box.
         best: the chosen ``(a, b)``, marked with a star.
     """

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import retrain.tune as tune_module
+import retrain.tuner as tune_module
 from retrain.backends import available_backends
 from retrain.data import Ratings
 from retrain.heads import Head
 from retrain.hyperparams import HyperParams, lr_from_a, reg_from_b
 from retrain.trainer import train_probes
-from retrain.tune import Journal, problem_fingerprint, tune
+from retrain.tuner import Journal, problem_fingerprint, tune
 
 # The C++ backend when built (fast); the reference otherwise (same numbers, slower).
 BACKEND = "cpu" if "cpu" in available_backends() else "reference"

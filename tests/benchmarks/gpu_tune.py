@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import retrain.tune as tune_module
+import retrain.tuner as tune_module
 from retrain.backends import get_backend
 from retrain.data import Ratings
 from retrain.heads import Head
 from retrain.hyperparams import HyperParams
 from retrain.trainer import train_probes
-from retrain.tune import tune
+from retrain.tuner import tune
 
 VARIANTS = ("lockstep-8", "seed-loop", "one-per-batch")
 
