@@ -29,7 +29,7 @@
 namespace retrain {
 namespace {
 
-constexpr int kTile = 64;                  // ratings gathered per tile (their Q rows stay in L1)
+constexpr int kTile = 64;  // ratings per tile: bounds the scratch; their Q rows stay in L1 between the products
 // Micro-kernel: kAccumulators registers (rows x vectors of lanes) sum independent chains, enough
 // to hide the multiply-add latency; with the operands they fit in 16 vector registers.
 constexpr int kAccumulators = 12;
@@ -40,10 +40,26 @@ constexpr float kAdamEps = 1e-8f;
 
 // --------------------------------------------------------------------------- small matrix products
 
-// C[m, :] (+)= sum_k A(m, k) * B[k, :] for MR rows and NR vectors of lanes; A(m, k) = A[m*a_m + k*a_k].
-template <class V, int MR, int NR, bool ACCUMULATE>
-inline void micro_kernel(int K, const float* A, ptrdiff_t a_m, ptrdiff_t a_k, const float* B, ptrdiff_t ldb,
-                         float* C, ptrdiff_t ldc) {
+// The left operand A(m, k) of a product, read in place (no copy).
+struct Strided {  // A(m, k) = a[m * m_step + k * k_step]: a tower weight or its transpose
+    const float* a;
+    ptrdiff_t m_step, k_step;
+    float operator()(int m, int k) const { return a[m * m_step + k * k_step]; }
+};
+
+struct ItemRows {  // A(m, k) = row[m][k]: the Q rows of a tile's ratings
+    const float* const* row;
+    float operator()(int m, int k) const { return row[m][k]; }
+};
+
+struct ItemColumns {  // A(m, k) = row[k][m]: their transpose
+    const float* const* row;
+    float operator()(int m, int k) const { return row[k][m]; }
+};
+
+// C[m, :] (+)= sum_k A(m0 + m, k) * B[k, :] for MR rows and NR vectors of lanes.
+template <class V, int MR, int NR, bool ACCUMULATE, class A>
+inline void micro_kernel(int m0, int K, const A& a, const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
     using R = typename V::reg;
     R acc[MR][NR];
     for (int m = 0; m < MR; ++m)
@@ -52,45 +68,41 @@ inline void micro_kernel(int K, const float* A, ptrdiff_t a_m, ptrdiff_t a_k, co
         R b[NR];
         for (int n = 0; n < NR; ++n) b[n] = V::load(B + k * ldb + n * V::W);
         for (int m = 0; m < MR; ++m) {
-            const R a = V::set1(A[m * a_m + k * a_k]);
-            for (int n = 0; n < NR; ++n) acc[m][n] = V::fmadd(a, b[n], acc[m][n]);
+            const R x = V::set1(a(m0 + m, k));
+            for (int n = 0; n < NR; ++n) acc[m][n] = V::fmadd(x, b[n], acc[m][n]);
         }
     }
     for (int m = 0; m < MR; ++m)
         for (int n = 0; n < NR; ++n) V::store(C + m * ldc + n * V::W, acc[m][n]);
 }
 
-// The last M % MR rows, with one micro-kernel of exactly that many rows.
-template <class V, int MR, int NR, bool ACCUMULATE>
-inline void gemm_tail(int rows, int K, const float* A, ptrdiff_t a_m, ptrdiff_t a_k, const float* B, ptrdiff_t ldb,
-                      float* C, ptrdiff_t ldc) {
+// The last `rows` (< MR + 1) rows, with one micro-kernel of exactly that many rows.
+template <class V, int MR, int NR, bool ACCUMULATE, class A>
+inline void gemm_tail(int rows, int m0, int K, const A& a, const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
     if constexpr (MR > 0) {
         if (rows == MR)
-            micro_kernel<V, MR, NR, ACCUMULATE>(K, A, a_m, a_k, B, ldb, C, ldc);
+            micro_kernel<V, MR, NR, ACCUMULATE>(m0, K, a, B, ldb, C, ldc);
         else
-            gemm_tail<V, MR - 1, NR, ACCUMULATE>(rows, K, A, a_m, a_k, B, ldb, C, ldc);
+            gemm_tail<V, MR - 1, NR, ACCUMULATE>(rows, m0, K, a, B, ldb, C, ldc);
     }
 }
 
-template <class V, int NR, bool ACCUMULATE>
-inline void gemm_rows(int M, int K, const float* A, ptrdiff_t a_m, ptrdiff_t a_k, const float* B, ptrdiff_t ldb,
-                      float* C, ptrdiff_t ldc) {
+template <class V, int NR, bool ACCUMULATE, class A>
+inline void gemm_rows(int M, int K, const A& a, const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
     constexpr int MR = kAccumulators / NR;
     int m = 0;
-    for (; m + MR <= M; m += MR)
-        micro_kernel<V, MR, NR, ACCUMULATE>(K, A + m * a_m, a_m, a_k, B, ldb, C + m * ldc, ldc);
-    gemm_tail<V, MR - 1, NR, ACCUMULATE>(M - m, K, A + m * a_m, a_m, a_k, B, ldb, C + m * ldc, ldc);
+    for (; m + MR <= M; m += MR) micro_kernel<V, MR, NR, ACCUMULATE>(m, K, a, B, ldb, C + m * ldc, ldc);
+    gemm_tail<V, MR - 1, NR, ACCUMULATE>(M - m, m, K, a, B, ldb, C + m * ldc, ldc);
 }
 
 // C [M][lanes] (+)= A [M x K] * B [K][lanes]; lanes is a multiple of V::W.  Each lane of C sums
 // its K terms in order k = 0, 1, ..., whatever the blocking.
-template <class V, bool ACCUMULATE>
-void gemm(int M, int K, int lanes, const float* A, ptrdiff_t a_m, ptrdiff_t a_k, const float* B, float* C) {
+template <class V, bool ACCUMULATE, class A>
+void gemm(int M, int K, int lanes, const A& a, const float* B, float* C) {
     constexpr int step = kBlockVectors * V::W;
     int n = 0;
-    for (; n + step <= lanes; n += step)
-        gemm_rows<V, kBlockVectors, ACCUMULATE>(M, K, A, a_m, a_k, B + n, lanes, C + n, lanes);
-    for (; n < lanes; n += V::W) gemm_rows<V, 1, ACCUMULATE>(M, K, A, a_m, a_k, B + n, lanes, C + n, lanes);
+    for (; n + step <= lanes; n += step) gemm_rows<V, kBlockVectors, ACCUMULATE>(M, K, a, B + n, lanes, C + n, lanes);
+    for (; n < lanes; n += V::W) gemm_rows<V, 1, ACCUMULATE>(M, K, a, B + n, lanes, C + n, lanes);
 }
 
 // --------------------------------------------------------------------------- the frozen tower
@@ -116,7 +128,7 @@ template <class V>
 const float* tower_forward(const TowerView& tower, const float* e, int lanes, float* const* act) {
     const float* x = e;
     for (int l = 0; l < tower.n_layers; ++l) {
-        gemm<V, false>(tower.out[l], tower.in[l], lanes, tower.weight[l], tower.in[l], 1, x, act[l]);
+        gemm<V, false>(tower.out[l], tower.in[l], lanes, Strided{tower.weight[l], tower.in[l], 1}, x, act[l]);
         bias_activation<V>(act[l], tower.bias[l], tower.out[l], lanes, tower.act[l]);
         x = act[l];
     }
@@ -141,7 +153,7 @@ float* tower_backward(const TowerView& tower, float* g, float* spare, int lanes,
             }
         }
         // d/dx of W x: W^T g, i.e. A(m = input, k = output) = W[k * in + m].
-        gemm<V, false>(tower.in[l], tower.out[l], lanes, tower.weight[l], 1, tower.in[l], g, spare);
+        gemm<V, false>(tower.in[l], tower.out[l], lanes, Strided{tower.weight[l], 1, tower.in[l]}, g, spare);
         float* t = g;
         g = spare;
         spare = t;
@@ -188,7 +200,8 @@ struct UserBuffers {
     float* act[kMaxLayers];
     float *g, *spare;             // feature / tower gradients (ping-pong)
     float *tile;                  // [kTile][lanes]: predictions, then d loss / d pred
-    float *rows, *offset, *rating, *coef;  // gathered Q rows [kTile][h], b + mu, r, w * scale
+    const float** rows;           // the tile's Q rows [kTile] (pointers into Q)
+    float *offset, *rating, *coef;  // b + mu, r, w * scale [kTile]
     double* loss;                 // [lanes] validation sums
     uint32_t* order;              // the epoch's permutation [max ratings of a user]
 
@@ -209,7 +222,7 @@ struct UserBuffers {
         t.g = c.take<float>(static_cast<size_t>(width) * lanes);
         t.spare = c.take<float>(static_cast<size_t>(width) * lanes);
         t.tile = c.take<float>(static_cast<size_t>(kTile) * lanes);
-        t.rows = c.take<float>(static_cast<size_t>(kTile) * head.h);
+        t.rows = c.take<const float*>(kTile);
         t.offset = c.take<float>(kTile);
         t.rating = c.take<float>(kTile);
         t.coef = c.take<float>(kTile);
@@ -234,17 +247,16 @@ void store_transposed(const float* buf, float* state, int P, int d, int lanes) {
         for (int i = 0; i < d; ++i) state[static_cast<ptrdiff_t>(p) * d + i] = buf[static_cast<ptrdiff_t>(i) * lanes + p];
 }
 
-// Copy the Q rows, b + mu, ratings and weights of `count` ratings (row ids from `row_of`).
+// The Q row pointers, b + mu, ratings and weights (times `scale`) of `count` ratings.
 template <class RowOf>
-void gather(const HeadView& head, const CsrView& data, int count, RowOf row_of, UserBuffers& b, float coef) {
-    const size_t row_bytes = sizeof(float) * head.h;
+void gather(const HeadView& head, const CsrView& data, int count, RowOf row_of, UserBuffers& b, float scale) {
     for (int k = 0; k < count; ++k) {
         const int64_t row = row_of(k);
         const int64_t item = data.items[row];
-        std::memcpy(b.rows + static_cast<ptrdiff_t>(k) * head.h, head.item_vectors + item * head.h, row_bytes);
+        b.rows[k] = head.item_vectors + item * head.h;
         b.offset[k] = head.item_bias[item] + head.global_bias;
         b.rating[k] = data.ratings[row];
-        b.coef[k] = data.weights[row] * coef;
+        b.coef[k] = data.weights[row] * scale;
     }
 }
 
@@ -298,18 +310,18 @@ void feature_gradient(const TrainArgs& a, int64_t start, const uint32_t* positio
     for (int t0 = 0; t0 < count; t0 += kTile) {
         const int n = count - t0 < kTile ? count - t0 : kTile;
         gather(head, a.data, n, [&](int k) { return start + positions[t0 + k]; }, b, coef);
-        gemm<V, false>(n, head.h, lanes, b.rows, head.h, 1, features, b.tile);  // pred - offset
+        gemm<V, false>(n, head.h, lanes, ItemRows{b.rows}, features, b.tile);  // pred - offset
         for (int k = 0; k < n; ++k) {
             float* row = b.tile + static_cast<ptrdiff_t>(k) * lanes;
             const R offset = V::set1(b.offset[k]), rating = V::set1(b.rating[k]), coef_k = V::set1(b.coef[k]);
             for (int v = 0; v < lanes; v += V::W)
                 V::store(row + v, V::mul(coef_k, V::sub(V::add(V::load(row + v), offset), rating)));
         }
-        // d loss / d features = sum_k (d loss / d pred_k) Q[i_k]: A(m = j, k) = rows[k * h + j].
+        // d loss / d features = sum_k (d loss / d pred_k) Q[i_k].
         if (t0 == 0)
-            gemm<V, false>(head.h, n, lanes, b.rows, 1, head.h, b.tile, b.g);
+            gemm<V, false>(head.h, n, lanes, ItemColumns{b.rows}, b.tile, b.g);
         else
-            gemm<V, true>(head.h, n, lanes, b.rows, 1, head.h, b.tile, b.g);
+            gemm<V, true>(head.h, n, lanes, ItemColumns{b.rows}, b.tile, b.g);
     }
 }
 
@@ -389,7 +401,7 @@ void validate_user(const ValidationArgs& a, int64_t user, UserBuffers& b, int la
     for (int64_t t0 = 0; t0 < n; t0 += kTile) {
         const int count = static_cast<int>(n - t0 < kTile ? n - t0 : kTile);
         gather(head, a.data, count, [&](int k) { return start + t0 + k; }, b, 1.0f);
-        gemm<V, false>(count, head.h, lanes, b.rows, head.h, 1, features, b.tile);
+        gemm<V, false>(count, head.h, lanes, ItemRows{b.rows}, features, b.tile);
         for (int k = 0; k < count; ++k) {
             const float* row = b.tile + static_cast<ptrdiff_t>(k) * lanes;
             const R offset = V::set1(b.offset[k]), rating = V::set1(b.rating[k]), weight = V::set1(b.coef[k]);

@@ -22,28 +22,29 @@ namespace py = pybind11;
 namespace retrain {
 namespace {
 
-void require(bool ok, const std::string& message) {
-    if (!ok) throw std::invalid_argument(message);
+// Checks read `if (bad) fail(message)`: a message is only built when a check fails.
+[[noreturn]] void fail(const std::string& message) { throw std::invalid_argument(message); }
+
+std::string shape_text(const std::vector<py::ssize_t>& shape) {
+    std::string s = "(";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-std::string shape_of(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
+std::string shape_of(const py::array& a) { return shape_text({a.shape(), a.shape() + a.ndim()}); }
 
 // `obj` as a C-contiguous numpy array of T with `ndim` dimensions, else ValueError naming `name`.
 template <class T>
 py::array array_arg(const py::handle& obj, const std::string& name, py::ssize_t ndim, bool writeable = false) {
-    require(py::isinstance<py::array>(obj),
-            name + " must be a numpy array (tensor.numpy()), got " + std::string(py::str(py::type::of(obj))));
+    if (!py::isinstance<py::array>(obj))
+        fail(name + " must be a numpy array (tensor.numpy()), got " + std::string(py::str(py::type::of(obj))));
     auto a = py::reinterpret_borrow<py::array>(obj);
     const py::dtype want = py::dtype::of<T>();
-    require(a.dtype().is(want), name + " must have dtype " + std::string(py::str(want)) + ", got " +
-                                    std::string(py::str(a.dtype())));
-    require(a.ndim() == ndim, name + " must have " + std::to_string(ndim) + " dimensions, got shape " + shape_of(a));
-    require((a.flags() & py::array::c_style) != 0, name + " must be C-contiguous");
-    require(!writeable || a.writeable(), name + " must be writeable (it is updated in place)");
+    if (!a.dtype().is(want))
+        fail(name + " must have dtype " + std::string(py::str(want)) + ", got " + std::string(py::str(a.dtype())));
+    if (a.ndim() != ndim) fail(name + " must have " + std::to_string(ndim) + " dimensions, got shape " + shape_of(a));
+    if ((a.flags() & py::array::c_style) == 0) fail(name + " must be C-contiguous");
+    if (writeable && !a.writeable()) fail(name + " must be writeable (it is updated in place)");
     return a;
 }
 
@@ -53,10 +54,7 @@ const T* ptr(const py::array& a) { return static_cast<const T*>(a.data()); }
 void require_shape(const py::array& a, const std::string& name, const std::vector<py::ssize_t>& shape) {
     bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
     for (size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
-    std::string want = "(";
-    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
-    want += shape.size() == 1 ? ",)" : ")";
-    require(same, name + " must have shape " + want + ", got " + shape_of(a));
+    if (!same) fail(name + " must have shape " + shape_text(shape) + ", got " + shape_of(a));
 }
 
 HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, double global_bias,
@@ -66,7 +64,7 @@ HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, d
     const auto Q = array_arg<float>(item_vectors, "item_vectors", 2);
     head.n_items = Q.shape(0);
     head.h = static_cast<int>(Q.shape(1));
-    require(head.n_items >= 1 && head.h >= 1, "item_vectors must be [n_items >= 1, h >= 1], got " + shape_of(Q));
+    if (head.n_items < 1 || head.h < 1) fail("item_vectors must be [n_items >= 1, h >= 1], got " + shape_of(Q));
     const auto b = array_arg<float>(item_bias, "item_bias", 1);
     require_shape(b, "item_bias", {head.n_items});
     head.item_vectors = ptr<float>(Q);
@@ -74,10 +72,10 @@ HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, d
     head.global_bias = static_cast<float>(global_bias);
 
     const auto n_layers = static_cast<int>(py::len(tower_weights));
-    require(n_layers <= kMaxLayers, "tower_weights: a tower has at most 2 layers, got " + std::to_string(n_layers));
-    require(py::len(tower_biases) == static_cast<size_t>(n_layers) &&
-                py::len(tower_activations) == static_cast<size_t>(n_layers),
-            "tower_weights, tower_biases and tower_activations must have the same length");
+    if (n_layers > kMaxLayers) fail("tower_weights: a tower has at most 2 layers, got " + std::to_string(n_layers));
+    if (py::len(tower_biases) != static_cast<size_t>(n_layers) ||
+        py::len(tower_activations) != static_cast<size_t>(n_layers))
+        fail("tower_weights, tower_biases and tower_activations must have the same length");
     TowerView& t = head.tower;
     t.n_layers = n_layers;
     for (int l = 0; l < n_layers; ++l) {
@@ -86,10 +84,10 @@ HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, d
         const auto c = array_arg<float>(tower_biases[l], "tower_biases" + at, 1);
         t.out[l] = static_cast<int>(W.shape(0));
         t.in[l] = static_cast<int>(W.shape(1));
-        require(t.out[l] >= 1 && t.in[l] >= 1, "tower_weights" + at + " must be [out >= 1, in >= 1], got " + shape_of(W));
-        require(l == 0 || t.in[l] == t.out[l - 1], "tower_weights" + at + " takes " + std::to_string(t.in[l]) +
-                                                       " inputs but layer " + std::to_string(l - 1) + " gives " +
-                                                       std::to_string(t.out[l - 1]));
+        if (t.out[l] < 1 || t.in[l] < 1) fail("tower_weights" + at + " must be [out >= 1, in >= 1], got " + shape_of(W));
+        if (l > 0 && t.in[l] != t.out[l - 1])
+            fail("tower_weights" + at + " takes " + std::to_string(t.in[l]) + " inputs but layer " +
+                 std::to_string(l - 1) + " gives " + std::to_string(t.out[l - 1]));
         require_shape(c, "tower_biases" + at, {t.out[l]});
         const py::object code = tower_activations[l];
         int act = -1;
@@ -97,16 +95,16 @@ HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, d
             act = code.cast<int>();
         } catch (const py::cast_error&) {  // not an int: reported below, naming the argument
         }
-        require(act == kIdentity || act == kRelu || act == kTanh,
-                "tower_activations" + at + " must be 0 (identity), 1 (relu) or 2 (tanh), got " +
-                    std::string(py::repr(code)));
+        if (act != kIdentity && act != kRelu && act != kTanh)
+            fail("tower_activations" + at + " must be 0 (identity), 1 (relu) or 2 (tanh), got " +
+                 std::string(py::repr(code)));
         t.weight[l] = ptr<float>(W);
         t.bias[l] = ptr<float>(c);
         t.act[l] = act;
     }
-    require(n_layers == 0 || t.out[n_layers - 1] == head.h,
-            "tower_weights: the tower gives " + std::to_string(n_layers ? t.out[n_layers - 1] : 0) +
-                " features but item_vectors have h = " + std::to_string(head.h));
+    if (n_layers > 0 && t.out[n_layers - 1] != head.h)
+        fail("tower_weights: the tower gives " + std::to_string(t.out[n_layers - 1]) +
+             " features but item_vectors have h = " + std::to_string(head.h));
     head.d = n_layers ? t.in[0] : head.h;
     return head;
 }
@@ -116,7 +114,7 @@ CsrView csr_arg(const py::handle& indptr, const py::handle& items, const py::han
                 const py::handle& weights, const HeadView& head) {
     CsrView data;
     const auto ip = array_arg<int64_t>(indptr, "indptr", 1);
-    require(ip.shape(0) >= 1, "indptr must have n_users + 1 >= 1 entries");
+    if (ip.shape(0) < 1) fail("indptr must have n_users + 1 >= 1 entries");
     data.n_users = ip.shape(0) - 1;
     const auto it = array_arg<int32_t>(items, "items", 1);
     const py::ssize_t nnz = it.shape(0);
@@ -128,37 +126,34 @@ CsrView csr_arg(const py::handle& indptr, const py::handle& items, const py::han
     data.items = ptr<int32_t>(it);
     data.ratings = ptr<float>(r);
     data.weights = ptr<float>(w);
-    require(data.indptr[0] == 0, "indptr[0] must be 0, got " + std::to_string(data.indptr[0]));
+    if (data.indptr[0] != 0) fail("indptr[0] must be 0, got " + std::to_string(data.indptr[0]));
     for (int64_t u = 0; u < data.n_users; ++u) {
         const int64_t n = data.indptr[u + 1] - data.indptr[u];
-        require(n >= 0, "indptr must be non-decreasing: indptr[" + std::to_string(u + 1) + "] < indptr[" +
-                            std::to_string(u) + "]");
-        require(n < (int64_t{1} << 31), "indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
+        if (n < 0)
+            fail("indptr must be non-decreasing: indptr[" + std::to_string(u + 1) + "] < indptr[" +
+                 std::to_string(u) + "]");
+        if (n >= (int64_t{1} << 31)) fail("indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
     }
-    require(data.indptr[data.n_users] == nnz, "indptr[-1] must equal len(items) = " + std::to_string(nnz) +
-                                                  ", got " + std::to_string(data.indptr[data.n_users]));
+    if (data.indptr[data.n_users] != nnz)
+        fail("indptr[-1] must equal len(items) = " + std::to_string(nnz) + ", got " +
+             std::to_string(data.indptr[data.n_users]));
     for (py::ssize_t k = 0; k < nnz; ++k)
-        require(data.items[k] >= 0 && data.items[k] < head.n_items,
-                "items: row " + std::to_string(k) + " has item " + std::to_string(data.items[k]) +
-                    " outside [0, n_items = " + std::to_string(head.n_items) + ")");
+        if (data.items[k] < 0 || data.items[k] >= head.n_items)
+            fail("items: row " + std::to_string(k) + " has item " + std::to_string(data.items[k]) +
+                 " outside [0, n_items = " + std::to_string(head.n_items) + ")");
     return data;
 }
 
 int threads_arg(int num_threads) {
-    require(num_threads >= 0, "num_threads must be >= 0 (0: OpenMP's default), got " + std::to_string(num_threads));
+    if (num_threads < 0) fail("num_threads must be >= 0 (0: OpenMP's default), got " + std::to_string(num_threads));
     return num_threads ? num_threads : omp_get_max_threads();
 }
 
 Simd simd_arg(const std::string& simd) {
     if (simd == "auto") return best_simd();
-    Simd s;
-    if (simd == "sse4")
-        s = Simd::kSse4;
-    else if (simd == "avx2")
-        s = Simd::kAvx2;
-    else
-        throw std::invalid_argument("simd must be 'auto', 'sse4' or 'avx2', got '" + simd + "'");
-    require(simd_supported(s), "simd: this CPU does not support '" + simd + "'");
+    if (simd != "sse4" && simd != "avx2") fail("simd must be 'auto', 'sse4' or 'avx2', got '" + simd + "'");
+    const Simd s = simd == "sse4" ? Simd::kSse4 : Simd::kAvx2;
+    if (!simd_supported(s)) fail("simd: this CPU does not support '" + simd + "'");
     return s;
 }
 
@@ -177,7 +172,7 @@ void train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::
     require_shape(e, "emb", {a.data.n_users, e.shape(1), a.head.d});
     a.n_probes = static_cast<int>(e.shape(1));
     a.emb = static_cast<float*>(e.mutable_data());
-    require(optimizer == "adam" || optimizer == "sgd", "optimizer must be 'adam' or 'sgd', got '" + optimizer + "'");
+    if (optimizer != "adam" && optimizer != "sgd") fail("optimizer must be 'adam' or 'sgd', got '" + optimizer + "'");
     a.adam = optimizer == "adam";
     if (a.adam) {
         auto m = array_arg<float>(adam_m, "adam_m", 3, true);
@@ -196,9 +191,9 @@ void train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::
     const auto k = array_arg<int64_t>(keys, "keys", 1);
     require_shape(k, "keys", {a.data.n_users});
     a.data.keys = ptr<int64_t>(k);
-    require(epoch_start >= 0, "epoch_start must be >= 0, got " + std::to_string(epoch_start));
-    require(n_epochs >= 0, "n_epochs must be >= 0, got " + std::to_string(n_epochs));
-    require(batch_size >= 1, "batch_size must be >= 1, got " + std::to_string(batch_size));
+    if (epoch_start < 0) fail("epoch_start must be >= 0, got " + std::to_string(epoch_start));
+    if (n_epochs < 0) fail("n_epochs must be >= 0, got " + std::to_string(n_epochs));
+    if (batch_size < 1) fail("batch_size must be >= 1, got " + std::to_string(batch_size));
     a.epoch_start = epoch_start;
     a.n_epochs = n_epochs;
     a.batch_size = batch_size;
@@ -234,7 +229,7 @@ py::array_t<double> validation_loss_py(const py::handle& emb, const py::handle& 
 }
 
 py::array_t<int64_t> permutation_py(int64_t seed, int64_t epoch, int64_t key, int64_t n) {
-    require(n >= 0 && n <= 0xFFFFFFFFll, "n must be in [0, 2**32), got " + std::to_string(n));
+    if (n < 0 || n > 0xFFFFFFFFll) fail("n must be in [0, 2**32), got " + std::to_string(n));
     std::vector<uint32_t> order(static_cast<size_t>(n));
     Permutation(static_cast<uint32_t>(seed), static_cast<uint32_t>(epoch), static_cast<uint32_t>(key),
                 static_cast<uint32_t>(n))
@@ -247,7 +242,7 @@ py::array_t<int64_t> permutation_py(int64_t seed, int64_t epoch, int64_t key, in
 
 py::array_t<float> initial_embeddings_py(const py::handle& keys, int d, int64_t seed, double scale) {
     const auto k = array_arg<int64_t>(keys, "keys", 1);
-    require(d >= 0, "d must be >= 0, got " + std::to_string(d));
+    if (d < 0) fail("d must be >= 0, got " + std::to_string(d));
     const py::ssize_t n = k.shape(0);
     py::array_t<float> out({n, static_cast<py::ssize_t>(d)});
     float* o = out.mutable_data();

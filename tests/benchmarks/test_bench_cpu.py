@@ -4,7 +4,9 @@ Unit: rating·probe·epochs per second (one probe visiting one training rating o
 backend trains the same matrix-factorization head (d = h = 32, random item vectors) with Adam and
 minibatches of 16 ratings (the project default) or 1024 (where the torch baselines do best); the
 baselines draw minibatches across users (``retrain.baselines``), the fused backends per user (the
-contract).  The slow backends are timed on a slice (a few steps, the reference on its first users).
+contract).  The slow backends are timed on a slice (a few steps, the reference on its first users);
+the baselines' set-up (allocating the [U, P, d] state, building modules), timed with
+``max_steps=0``, is subtracted, so what they are credited with is their speed per step.
 
 Flops counted per rating·probe: 4h = 128 (prediction dot product 2h, gradient axpy 2h; DESIGN.md §6
 with no tower).  Adam's O(d) work per step and the O(1) terms per rating are not counted, so the
@@ -19,6 +21,7 @@ prints a summary table at the end (and writes it to runs/bench_cpu.md).  Under `
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +46,8 @@ FLOPS_PER_RATING_PROBE = 4 * D
 DATASETS = ("ml-latest-small", "synthetic-1M")
 ROUNDS = 5
 # Work per timed round for the slow backends (the fused one trains full epochs).
-EAGER_STEPS = 48           # optimizer steps over all probes (at least 2 per probe)
-BATCHED_STEPS = 40         # minibatches
+EAGER_STEPS = 48           # optimizer steps over all probes (at least 2 per probe), or more ...
+BATCHED_STEPS = 40         # minibatches, or more: see _setup_and_steps
 REFERENCE_RATINGS = 400    # a slice of the first users
 
 
@@ -57,34 +60,41 @@ def _skip_when_disabled(request):
 class Summary:
     """Throughputs collected over the module, printed and written as one markdown table."""
 
-    ORDER = ("cpu", "reference", "eager", "batched", "batched+compile")
+    BACKENDS = ("cpu", "reference", "eager", "batched", "batched+compile")
 
     def __init__(self):
-        self.rows = {}  # (dataset, batch, P) -> {backend: (rating·probe·epochs / s, threads)}
+        self.rows = {}  # (dataset, batch, P) -> {backend: best rating·probe·epochs / s}
         self.peak = None
 
-    def add(self, benchmark, key: tuple, backend: str, work: float, threads: int = THREADS) -> None:
+    def add(self, benchmark, key: tuple, backend: str, work: float, setup: float = 0.0) -> None:
+        """Record ``work`` rating·probe·epochs done in the best round, less ``setup`` seconds."""
         if benchmark.stats is None:  # benchmarks disabled
             return
-        rate = work / benchmark.stats.stats.min
+        seconds = benchmark.stats.stats.min - setup
+        if seconds <= 0:
+            warnings.warn(f"{key} {backend}: the set-up time ({setup:.3g} s) swamps the steps; not recorded")
+            return
+        rate = work / seconds
         speeds = self.rows.setdefault(key, {})
-        if backend not in speeds or speeds[backend][0] < rate:
-            speeds[backend] = (rate, threads)
+        speeds[backend] = max(rate, speeds.get(backend, 0.0))  # the faster torch thread count
 
     def table(self) -> str:
-        lines = [f"FP32 peak (torch matmul, {THREADS} threads): {self.peak / 1e9:.1f} GFLOP/s; "
-                 f"{FLOPS_PER_RATING_PROBE} flops per rating·probe; best of {ROUNDS} rounds", "",
-                 "| data set | batch | P | backend | threads | rating·probe·epochs/s | cpu speed-up | GFLOP/s | % of peak |",
-                 "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        lines = [f"Rating·probe·epochs per second, best of {ROUNDS} rounds; torch baselines: the faster of 1 and "
+                 f"2 threads; cpu: {THREADS} threads. FP32 peak (torch matmul, {THREADS} threads): "
+                 f"{self.peak / 1e9:.1f} GFLOP/s; {FLOPS_PER_RATING_PROBE} flops per rating·probe.", "",
+                 "| data set | batch | P | " + " | ".join(self.BACKENDS) +
+                 " | cpu / eager | cpu / batched | cpu GFLOP/s | % of peak |",
+                 "|---|---:|---:|" + "---:|" * (len(self.BACKENDS) + 4)]
         for key in sorted(self.rows, key=lambda k: (DATASETS.index(k[0]), k[1], k[2])):
             speeds = self.rows[key]
-            cpu = speeds.get("cpu", (None,))[0]
-            for backend in (b for b in self.ORDER if b in speeds):
-                rate, threads = speeds[backend]
-                ratio = f"{cpu / rate:,.0f}x" if cpu and backend != "cpu" else ""
-                gflops = rate * FLOPS_PER_RATING_PROBE / 1e9
-                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {backend} | {threads} | {rate:.3g} | {ratio} | "
-                             f"{gflops:.3g} | {100 * gflops * 1e9 / self.peak:.2g} |")
+            cells = [f"{speeds[b]:.3g}" if b in speeds else "" for b in self.BACKENDS]
+            cpu = speeds.get("cpu")
+            best_batched = max(speeds.get("batched", 0.0), speeds.get("batched+compile", 0.0))
+            ratio = lambda base: f"{cpu / base:,.0f}x" if cpu and base else ""
+            gflops = cpu * FLOPS_PER_RATING_PROBE / 1e9 if cpu else None
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) +
+                         f" | {ratio(speeds.get('eager'))} | {ratio(best_batched)} | "
+                         + (f"{gflops:.3g} | {100 * gflops * 1e9 / self.peak:.2g} |" if cpu else " | |"))
         return "\n".join(lines)
 
 
@@ -199,7 +209,29 @@ def test_reference(benchmark, summary, problem, batch, P, request):
                              optimizer="adam", seed=0)
 
     benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
-    summary.add(benchmark, (name, batch, P), "reference", part.nnz * P, threads=torch.get_num_threads())
+    summary.add(benchmark, (name, batch, P), "reference", part.nnz * P)
+
+
+def _ratings_in(steps: int, nnz: int, batch: int) -> int:
+    """Ratings visited by the first ``steps`` minibatches (an epoch ends with a partial one)."""
+    epochs, extra = divmod(steps, -(-nnz // batch))
+    return epochs * nnz + min(extra * batch, nnz)
+
+
+def _seconds(run, steps: int) -> float:
+    start = time.perf_counter()
+    run(steps)
+    return time.perf_counter() - start
+
+
+def _setup_and_steps(run, steps: int) -> tuple[float, int]:
+    """A baseline's set-up time (best ``run(0)``: state, modules, no step) and a step count whose
+    steps take at least 4x that, so that subtracting it is not noise.  Warms up ``run`` (and
+    torch.compile) first."""
+    run(2)
+    setup = min(_seconds(run, 0) for _ in range(ROUNDS))
+    per_step = max(_seconds(run, steps) - setup, 1e-9) / steps
+    return setup, int(min(max(steps, 4 * setup / per_step), 50 * steps))
 
 
 @pytest.mark.parametrize("P", PROBES)
@@ -207,10 +239,12 @@ def test_reference(benchmark, summary, problem, batch, P, request):
 def test_eager(benchmark, summary, problem, batch, P, torch_threads):
     name, head, data, init, ratings = problem
     lrs, regs = _hyper(P)
-    steps = max(2, EAGER_STEPS // P)  # per probe; the probes run one after another
-    benchmark.pedantic(lambda: eager_loop(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
-                                          max_steps=steps), rounds=ROUNDS, warmup_rounds=1)
-    summary.add(benchmark, (name, batch, P), "eager", P * steps * min(batch, ratings.nnz), torch_threads)
+    # max_steps (per probe: the probes run one after another) ends the run, not n_epochs.
+    run = lambda max_steps: eager_loop(head, data, init, lrs, regs, n_epochs=max_steps + 1, batch_size=batch,
+                                       max_steps=max_steps)
+    setup, steps = _setup_and_steps(run, max(2, EAGER_STEPS // P))
+    benchmark.pedantic(run, args=(steps,), rounds=ROUNDS)
+    summary.add(benchmark, (name, batch, P), "eager", P * _ratings_in(steps, ratings.nnz, batch), setup)
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["plain", "compile"])
@@ -219,8 +253,9 @@ def test_eager(benchmark, summary, problem, batch, P, torch_threads):
 def test_batched(benchmark, summary, problem, batch, P, compiled, torch_threads):
     name, head, data, init, ratings = problem
     lrs, regs = _hyper(P)
-    # The warm-up round includes torch.compile's compilation; it is not timed.
-    benchmark.pedantic(lambda: batched(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
-                                       max_steps=BATCHED_STEPS, compile=compiled), rounds=ROUNDS, warmup_rounds=1)
+    run = lambda max_steps: batched(head, data, init, lrs, regs, n_epochs=max_steps + 1, batch_size=batch,
+                                    max_steps=max_steps, compile=compiled)
+    setup, steps = _setup_and_steps(run, BATCHED_STEPS)  # compiles, untimed
+    benchmark.pedantic(run, args=(steps,), rounds=ROUNDS)
     summary.add(benchmark, (name, batch, P), "batched+compile" if compiled else "batched",
-                P * BATCHED_STEPS * min(batch, ratings.nnz), torch_threads)
+                P * _ratings_in(steps, ratings.nnz, batch), setup)
