@@ -6,7 +6,6 @@ full-batch objective ``(1/n) sum w (A_i . e + c_i - r)^2 + reg ||e||^2`` is mini
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .data import Ratings

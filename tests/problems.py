@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from retrain.backends import available_backends
 from retrain.data import Ratings
 from retrain.heads import Head, Layer
+from retrain.hyperparams import HyperParams
 
 
 def random_head(kind: str, n_items: int, d: int = 8, h: int | None = None, seed: int = 0) -> Head:
@@ -58,3 +60,32 @@ def describe_mismatch(a, b, tol: float) -> str:
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     bad = ((a - b).abs() > tol * b.abs().max().clamp_min(1e-30)).nonzero()[:5]
     return "; ".join(f"at {tuple(i.tolist())}: {a[tuple(i)].item():.9g} vs {b[tuple(i)].item():.9g}" for i in bad)
+
+
+# The C++ backend when built (fast); the reference otherwise (same numbers, slower).
+BACKEND = "cpu" if "cpu" in available_backends() else "reference"
+
+
+def planted_problem(n_users=40, n_items=30, d=3, noise=0.5, seed=0):
+    """A matrix-factorisation head and ratings planted from it plus noise: (head, train, val).
+
+    The validation loss then has a clear optimum inside the default bounds (lr around 0.1, reg
+    around 0.1 with 16 epochs of Adam).  User ids are ``500 + 3 * index``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    head = Head.matrix_factorization(torch.randn(n_items, d, generator=g) / d**0.5,
+                                     torch.randn(n_items, generator=g) * 0.3, 3.5)
+    truth = torch.randn(n_users, d, generator=g) * 0.7
+    counts = rng.integers(4, 20, n_users)
+    users = np.repeat(np.arange(n_users), counts)
+    items = np.concatenate([rng.choice(n_items, c, replace=False) for c in counts])
+    ratings = head.predict(truth[users], torch.as_tensor(items)).numpy() + rng.normal(0, noise, len(users))
+    data = Ratings.from_coo(users, items, ratings, n_users=n_users, n_items=n_items,
+                            user_ids=500 + 3 * np.arange(n_users))
+    return (head, *data.split_per_user(0.3, seed=seed))
+
+
+def planted_hyp(**changes):
+    settings = dict(model="matrix_factorization_3", batch_size=8, max_epochs=16, epochs_per_checkpoint=2)
+    return HyperParams(**{**settings, **changes})

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 import retrain.pipeline as pipeline
-from problems import rel_err
+from problems import BACKEND, planted_hyp, planted_problem, rel_err
 from retrain.data import Ratings, sample_users
 from retrain.heads import Model
 from retrain.hyperparams import HyperParams
 from retrain.pipeline import retrain_user_embeddings
 from retrain.ridge import ridge_embeddings
 from retrain.serving import fold_in
-from test_tune import BACKEND, planted_hyp, planted_problem
 
 ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
 
