@@ -1,15 +1,28 @@
 """PNG plots of a retrain: the tuning landscape over (a, b) and the final retrain's validation curve.
 
-matplotlib runs with the Agg backend (no display needed); each function writes one file and
-closes its figure.
+matplotlib runs with the Agg backend (no display needed); each function writes one file
+atomically and closes its figure.
 """
 from __future__ import annotations
+
+import io
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: must precede the pyplot import
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .heads import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    """Write the figure as PNG atomically (a reader never sees half a file), then close it."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_tuning_landscape(path, evaluations, bounds, best=None, title="Tuning landscape") -> None:
@@ -58,9 +71,7 @@ def plot_tuning_landscape(path, evaluations, bounds, best=None, title="Tuning la
     ax.set_title(f"{title}: {len(evaluations)} evaluations")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_validation_curve(path, history, best_epoch=None, title="Final retrain") -> None:
@@ -77,6 +88,4 @@ def plot_validation_curve(path, history, best_epoch=None, title="Final retrain")
     ax.set_ylabel("validation loss (MSE)")
     ax.set_title(f"{title}: validation loss per epoch")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
