@@ -138,11 +138,13 @@ def _train_group(be, head_t, train_t, val_t, val_weight, lrs, regs, hyp, scale, 
         losses = be.validation_loss(head_t, val_t, state.emb).cpu().numpy() / max(val_weight, 1e-300)
         if val_weight == 0:
             losses = np.where(np.isfinite(losses), 0.0, losses)
+        # One device-to-host transfer per checkpoint, not one per probe.
+        emb_finite = torch.isfinite(state.emb).all(dim=2).all(dim=0).cpu().numpy()
         keep = []
         for slot, probe in enumerate(active):
             r, loss = results[probe], float(losses[slot])
             r.history.append((epoch, loss))
-            finite = math.isfinite(loss) and bool(torch.isfinite(state.emb[:, slot]).all())
+            finite = math.isfinite(loss) and bool(emb_finite[slot])
             if not finite:
                 r.diverged = True
                 log.debug("probe %d (lr %.3g, reg %.3g) diverged at epoch %d", probe, r.lr, r.reg, epoch)
