@@ -10,6 +10,7 @@
 The contract every backend implements is in docs/semantics.md.
 """
 from .backends import available_backends, get_backend
+from .errors import InputError
 from .data import Ratings, synthetic_ratings
 from .heads import Head, Layer, Model, load_head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
@@ -22,7 +23,7 @@ from .trainer import ProbeResult, train_embeddings, train_probes
 from .tuner import TuneResult, tune
 
 __all__ = [
-    "Ratings", "synthetic_ratings", "load_movielens", "Head", "Layer", "Model", "load_head", "HyperParams",
+    "InputError", "Ratings", "synthetic_ratings", "load_movielens", "Head", "Layer", "Model", "load_head", "HyperParams",
     "lr_from_a", "reg_from_b", "pretrain", "ridge_embeddings", "ProbeResult", "train_probes", "train_embeddings",
     "get_backend", "available_backends", "tune", "TuneResult", "retrain_user_embeddings", "RetrainResult",
     "fold_in", "recommend",

@@ -1,0 +1,54 @@
+"""The one exception type for a user's mistake, and the checks that raise it.
+
+``InputError`` is a ``ValueError``: code that catches ``ValueError`` keeps working.  It is raised for
+anything the caller can fix (a bad argument, row, id, file or option) and names the culprit; the
+command line turns exactly it (and ``OSError``) into one ``error:`` line and exit status 2.  Any other
+exception is a bug in retrain and keeps its traceback.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+
+class InputError(ValueError):
+    """A mistake in what the caller passed; the message names the argument, row, id or file."""
+
+
+def check_int(name: str, value, minimum: int | None = 0, maximum: int | None = None) -> int:
+    """``value`` as a Python int, or InputError naming ``name`` and the allowed range.
+
+    Accepts Python and numpy integers; rejects bools, floats (also ``16.0``) and strings.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be an integer{_range_text(minimum, maximum)}, got {value!r}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise InputError(f"{name} must be an integer{_range_text(minimum, maximum)}, got {value}")
+    return value
+
+
+def check_float(name: str, value, minimum: float | None = None, *, strict: bool = False,
+                maximum: float | None = None) -> float:
+    """``value`` as a finite float (``> minimum`` when ``strict``, else ``>=``), or InputError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    low_ok = minimum is None or (value > minimum if strict else value >= minimum)
+    high_ok = maximum is None or value <= maximum
+    if not math.isfinite(value) or not low_ok or not high_ok:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        if maximum is not None:
+            bound += f"{' and' if bound else ''} <= {maximum:g}"
+        raise InputError(f"{name} must be a finite number{bound}, got {value!r}")
+    return value
+
+
+def _range_text(minimum, maximum) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
