@@ -42,16 +42,25 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import nlopt
 import numpy as np
 
 from .backends import get_backend
+from .errors import InputError
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
 from .trainer import check_training_inputs, train_probes
 
-log = logging.getLogger("retrain")
+log = logging.getLogger(__name__)
+
+
+def _nlopt():
+    """The nlopt module, imported on first use so that ``import retrain`` does not need it."""
+    try:
+        import nlopt
+    except ImportError:
+        raise InputError("tuning needs the nlopt package, which is not installed (pip install nlopt)") from None
+    return nlopt
 
 KEY_DIGITS = 12  # points equal to this many decimals of (a, b) are the same evaluation
 FD_STEP = 0.01  # finite-difference step, as a fraction of each bound's range
@@ -341,7 +350,7 @@ def _fd_points(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> list[tupl
     return out
 
 
-def _objective(gate: _Gate, opt_id: int, opt: nlopt.opt, lower: np.ndarray, upper: np.ndarray):
+def _objective(gate: _Gate, opt_id: int, opt, lower: np.ndarray, upper: np.ndarray):
     def objective(x, grad):
         x = np.array(x, dtype=np.float64)
         fd = _fd_points(x, lower, upper) if grad.size else []
@@ -365,6 +374,7 @@ def _objective(gate: _Gate, opt_id: int, opt: nlopt.opt, lower: np.ndarray, uppe
 
 def _algorithm(name: str) -> int:
     """NLopt's code for ``name``; ValueError when unknown or not usable on its own."""
+    nlopt = _nlopt()
     is_name = isinstance(name, str) and name.startswith(("LN_", "LD_", "GN_", "GD_", "G_", "AUGLAG"))
     code = getattr(nlopt, name, None) if is_name else None  # nlopt also has int result codes: not algorithms
     if not isinstance(code, int):
@@ -490,6 +500,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
 
 def _run_lock_step(evaluator: _Evaluator, code: int, starts: np.ndarray, lower, upper, step, seed: int) -> None:
     """One NLopt optimizer per start in its own thread; this thread runs the gate's rounds."""
+    nlopt = _nlopt()
     gate = _Gate(range(len(starts)))
     errors: list[BaseException] = []
 
