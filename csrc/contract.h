@@ -2,6 +2,7 @@
 // function, word for word): hashing, initial embeddings, per-user permutations, Adam step count.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace retrain {
@@ -74,6 +75,23 @@ private:
     uint32_t n_, mask_, shift_;
     uint32_t mult_[kPermRounds], add_[kPermRounds];
 };
+
+// Exact sums (retrain.contract.fixed_point_limbs): a value truncated to a multiple of 2**-64 and
+// cut into six 32-bit limbs, value = sum_k limb[k] * 2**(32 k - 64).  Integer sums of limbs do not
+// depend on the order of the terms.  Returns false (adding nothing) for NaN, inf or |v| >= 2**127.
+constexpr int kFixedLimbs = 6;
+
+inline bool add_fixed(double v, int64_t* limbs) {
+    if (!(std::fabs(v) < 0x1p127)) return false;  // also false for NaN
+    double x = std::floor(std::ldexp(v, 64));
+    for (int k = 0; k < kFixedLimbs - 1; ++k) {
+        const double high = std::floor(std::ldexp(x, -32));
+        limbs[k] += static_cast<int64_t>(x - std::ldexp(high, 32));  // in [0, 2**32): every step is exact
+        x = high;
+    }
+    limbs[kFixedLimbs - 1] += static_cast<int64_t>(x);
+    return true;
+}
 
 // 1-based Adam step count of a user's chunk-th step (0-based) in `epoch` (bias correction).
 inline int64_t adam_step(int64_t epoch, int64_t n, int64_t batch_size, int64_t chunk) {

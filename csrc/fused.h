@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "contract.h"
+
 namespace retrain {
 
 enum Activation : int { kIdentity = 0, kRelu = 1, kTanh = 2 };
@@ -42,21 +44,41 @@ struct CsrView {
     int64_t n_users = 0;
 };
 
+// The optimizer of the step spec (retrain.contract.StepSpec) with its constants.
+struct OptimizerView {
+    bool adam = true;
+    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // Adam only
+};
+
 struct TrainArgs {
     HeadView head;
     CsrView data;
     float* emb = nullptr;     // [U, P, d], updated in place
     float* adam_m = nullptr;  // [U, P, d] (Adam only)
     float* adam_v = nullptr;  // [U, P, d] (Adam only)
+    // [U, d] or null.  When set, every probe of every user starts from it (the moments from zero)
+    // and emb / adam_m / adam_v are only written: a fresh probe batch needs no broadcast copy.
+    const float* init = nullptr;
     const float* lrs = nullptr;   // [P]
     const float* regs = nullptr;  // [P]
+    const int64_t* order = nullptr;  // users to visit, each once, heaviest first
+    int64_t n_order = 0;
     int n_probes = 0;
     int64_t epoch_start = 0;
     int64_t n_epochs = 0;
     int64_t batch_size = 1;
-    bool adam = true;
+    OptimizerView optimizer;
     uint32_t seed = 0;
     int num_threads = 1;
+    // Checkpoints inside the call: after checkpoint_ends[k] epochs (counted from epoch_start;
+    // increasing, the last equals n_epochs) the state of every visited user is checked for NaN/inf
+    // and, when val is set, validated on val (the same users) while it is in the thread's cache.
+    const int64_t* checkpoint_ends = nullptr;
+    int n_checkpoints = 0;
+    CsrView val;                     // val.indptr == nullptr: no validation
+    uint8_t* finite = nullptr;       // [n_checkpoints][P] out: 0 for a probe with a NaN/inf state or loss
+    int64_t* val_limbs = nullptr;    // [n_checkpoints][P][kFixedLimbs] out (with val)
+    float* snapshots = nullptr;      // [n_checkpoints - 1][U][P][d] out or null: embeddings at each checkpoint but the last
 };
 
 struct ValidationArgs {
@@ -65,7 +87,8 @@ struct ValidationArgs {
     const float* emb = nullptr;  // [U, P, d]
     int n_probes = 0;
     int num_threads = 1;
-    double* loss = nullptr;  // [P] out: sum over ratings of w (pred - r)^2
+    int64_t* limbs = nullptr;  // [P][kFixedLimbs] out: exact sum over users of sum w (pred - r)^2
+    uint8_t* finite = nullptr;  // [P] out: 0 where some user's sum was NaN/inf
 };
 
 // Instruction sets with a compiled kernel; `simd` below names one of them or is "auto".
@@ -73,15 +96,14 @@ enum class Simd { kSse4, kAvx2 };
 bool simd_supported(Simd simd);
 Simd best_simd();
 
-// Advance every probe of every user with ratings by n_epochs epochs (the contract's schedule).
+// Advance every probe of the users in args.order by n_epochs epochs (the contract's schedule).
 void train_epochs(const TrainArgs& args, Simd simd);
-// Per-probe sums of w (pred - r)^2, combined in a fixed order (independent of the thread count).
+// Per-probe exact sums of w (pred - r)^2 (independent of the thread count and the user order).
 void validation_loss(const ValidationArgs& args, Simd simd);
 
 // One instantiation of the kernels per instruction set (fused_sse4.cpp, fused_avx2.cpp).
-// `order` lists the users to train, heaviest first.
-void train_epochs_sse4(const TrainArgs& args, const int64_t* order, int64_t n_order);
-void train_epochs_avx2(const TrainArgs& args, const int64_t* order, int64_t n_order);
+void train_epochs_sse4(const TrainArgs& args);
+void train_epochs_avx2(const TrainArgs& args);
 void validation_loss_sse4(const ValidationArgs& args);
 void validation_loss_avx2(const ValidationArgs& args);
 

@@ -55,9 +55,7 @@ struct VecAvx2 {
 
 }  // namespace
 
-void train_epochs_avx2(const TrainArgs& args, const int64_t* order, int64_t n_order) {
-    run_training<VecAvx2>(args, order, n_order);
-}
+void train_epochs_avx2(const TrainArgs& args) { run_training<VecAvx2>(args); }
 
 void validation_loss_avx2(const ValidationArgs& args) { run_validation<VecAvx2>(args); }
 

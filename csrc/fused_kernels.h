@@ -34,9 +34,6 @@ constexpr int kTile = 64;  // ratings per tile: bounds the scratch; their Q rows
 // to hide the multiply-add latency; with the operands they fit in 16 vector registers.
 constexpr int kAccumulators = 12;
 constexpr int kBlockVectors = 2;
-constexpr int64_t kValidationUsers = 64;   // users per validation block (fixed: sums are ordered)
-constexpr double kBeta1 = 0.9, kBeta2 = 0.999;
-constexpr float kAdamEps = 1e-8f;
 
 // --------------------------------------------------------------------------- small matrix products
 
@@ -194,7 +191,8 @@ private:
     char* next_;
 };
 
-// What one thread needs for one user: the state, tower activations, gradients and one tile.
+// What one thread needs for one user: the state, tower activations, gradients, one tile and the
+// thread's share of the checkpoints' outputs.
 struct UserBuffers {
     float *lr, *reg2, *e, *m, *v;
     float* act[kMaxLayers];
@@ -202,11 +200,15 @@ struct UserBuffers {
     float *tile;                  // [kTile][lanes]: predictions, then d loss / d pred
     const float** rows;           // the tile's Q rows [kTile] (pointers into Q)
     float *offset, *rating, *coef;  // b + mu, r, w * scale [kTile]
-    double* loss;                 // [lanes] validation sums
+    float* probe;                 // [lanes] sum of x * 0 over checked values: NaN where one was not finite
+    double* loss;                 // [lanes] a user's validation sums
+    int64_t* limbs;               // [checkpoints][lanes][kFixedLimbs] exact validation sums, this thread's users
+    uint8_t* bad;                 // [checkpoints][lanes] 1 where this thread saw a non-finite state or loss
     uint32_t* order;              // the epoch's permutation [max ratings of a user]
 
     // Carve the buffers from `base`; with base = nullptr only measures (returns the bytes).
-    static size_t layout(UserBuffers* b, char* base, const HeadView& head, int lanes, int64_t max_ratings) {
+    static size_t layout(UserBuffers* b, char* base, const HeadView& head, int lanes, int64_t max_ratings,
+                         int checkpoints) {
         Carver c(base);
         int width = head.d > head.h ? head.d : head.h;
         for (int l = 0; l < head.tower.n_layers; ++l) width = head.tower.out[l] > width ? head.tower.out[l] : width;
@@ -226,10 +228,18 @@ struct UserBuffers {
         t.offset = c.take<float>(kTile);
         t.rating = c.take<float>(kTile);
         t.coef = c.take<float>(kTile);
+        t.probe = c.take<float>(lanes);
         t.loss = c.take<double>(lanes);
+        t.limbs = c.take<int64_t>(static_cast<size_t>(checkpoints) * lanes * kFixedLimbs);
+        t.bad = c.take<uint8_t>(static_cast<size_t>(checkpoints) * lanes);
         t.order = c.take<uint32_t>(static_cast<size_t>(max_ratings));
         if (b != nullptr) *b = t;
         return static_cast<size_t>(c.next() - base);
+    }
+
+    void clear_outputs(int checkpoints, int lanes) {
+        std::memset(limbs, 0, sizeof(int64_t) * static_cast<size_t>(checkpoints) * lanes * kFixedLimbs);
+        std::memset(bad, 0, static_cast<size_t>(checkpoints) * lanes);
     }
 };
 
@@ -242,9 +252,29 @@ void load_transposed(const float* state, float* buf, int P, int d, int lanes) {
         for (int i = 0; i < d; ++i) buf[static_cast<ptrdiff_t>(i) * lanes + p] = state[static_cast<ptrdiff_t>(p) * d + i];
 }
 
+// Every probe's row of buf [d][lanes] <- init [d]; padding lanes zero.
+void load_broadcast(const float* init, float* buf, int P, int d, int lanes) {
+    std::memset(buf, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+    for (int i = 0; i < d; ++i)
+        for (int p = 0; p < P; ++p) buf[static_cast<ptrdiff_t>(i) * lanes + p] = init[i];
+}
+
 void store_transposed(const float* buf, float* state, int P, int d, int lanes) {
     for (int p = 0; p < P; ++p)
         for (int i = 0; i < d; ++i) state[static_cast<ptrdiff_t>(p) * d + i] = buf[static_cast<ptrdiff_t>(i) * lanes + p];
+}
+
+// probe[v] += x * 0 over the d rows of buf [d][lanes]: stays 0 unless some x is NaN or infinite
+// (inf * 0 is NaN), which is one vector operation per value instead of a branch.
+template <class V>
+void accumulate_non_finite(const float* buf, float* probe, int d, int lanes) {
+    using R = typename V::reg;
+    const R zero = V::zero();
+    for (int v = 0; v < lanes; v += V::W) {
+        R acc = V::load(probe + v);
+        for (int i = 0; i < d; ++i) acc = V::add(acc, V::mul(V::load(buf + static_cast<ptrdiff_t>(i) * lanes + v), zero));
+        V::store(probe + v, acc);
+    }
 }
 
 // The Q row pointers, b + mu, ratings and weights (times `scale`) of `count` ratings.
@@ -260,16 +290,65 @@ void gather(const HeadView& head, const CsrView& data, int count, RowOf row_of, 
     }
 }
 
+// --------------------------------------------------------------------------- validation of one user
+
+// b.loss[v] = sum over the user's ratings in `data` of w (pred - r)^2 (per lane, in double), for
+// the tower's features [h][lanes] of the user's current embeddings.
+template <class V>
+void user_validation_sums(const HeadView& head, const CsrView& data, int64_t user, const float* features,
+                          UserBuffers& b, int lanes) {
+    using R = typename V::reg;
+    for (int v = 0; v < lanes; ++v) b.loss[v] = 0.0;
+    const int64_t start = data.indptr[user];
+    const int64_t n = data.indptr[user + 1] - start;
+    for (int64_t t0 = 0; t0 < n; t0 += kTile) {
+        const int count = static_cast<int>(n - t0 < kTile ? n - t0 : kTile);
+        gather(head, data, count, [&](int k) { return start + t0 + k; }, b, 1.0f);
+        gemm<V, false>(count, head.h, lanes, ItemRows{b.rows}, features, b.tile);
+        for (int k = 0; k < count; ++k) {
+            const float* row = b.tile + static_cast<ptrdiff_t>(k) * lanes;
+            const R offset = V::set1(b.offset[k]), rating = V::set1(b.rating[k]), weight = V::set1(b.coef[k]);
+            for (int v = 0; v < lanes; v += V::W) {
+                const R diff = V::sub(V::add(V::load(row + v), offset), rating);
+                V::add_to_double(b.loss + v, V::mul(weight, V::mul(diff, diff)));
+            }
+        }
+    }
+}
+
+// Adds the user's sums exactly to the thread's limbs of one checkpoint; flags lanes whose sum is
+// not finite.
+inline void add_user_sums(UserBuffers& b, int P, int lanes, int checkpoint) {
+    int64_t* limbs = b.limbs + static_cast<ptrdiff_t>(checkpoint) * lanes * kFixedLimbs;
+    uint8_t* bad = b.bad + static_cast<ptrdiff_t>(checkpoint) * lanes;
+    for (int p = 0; p < P; ++p)
+        if (!add_fixed(b.loss[p], limbs + p * kFixedLimbs)) bad[p] = 1;
+}
+
+// Each thread's outputs are added into the call's: integers and flags, so the schedule (which
+// thread ran which user, in which order) cannot change a bit.
+inline void merge_outputs(const UserBuffers& b, int checkpoints, int P, int lanes, int64_t* limbs, uint8_t* finite) {
+    for (int k = 0; k < checkpoints; ++k)
+        for (int p = 0; p < P; ++p) {
+            if (b.bad[k * lanes + p]) finite[k * P + p] = 0;
+            if (limbs != nullptr)
+                for (int j = 0; j < kFixedLimbs; ++j)
+                    limbs[(static_cast<ptrdiff_t>(k) * P + p) * kFixedLimbs + j] +=
+                        b.limbs[(static_cast<ptrdiff_t>(k) * lanes + p) * kFixedLimbs + j];
+        }
+}
+
 // --------------------------------------------------------------------------- training
 
+// The constants are the step spec's (in double, rounded to float once, as the reference does).
 template <class V>
-void adam_update(UserBuffers& b, const float* grad, int d, int lanes, int64_t step) {
+void adam_update(UserBuffers& b, const OptimizerView& opt, const float* grad, int d, int lanes, int64_t step) {
     using R = typename V::reg;
-    const R beta1 = V::set1(static_cast<float>(kBeta1)), beta2 = V::set1(static_cast<float>(kBeta2));
-    const R rest1 = V::set1(static_cast<float>(1.0 - kBeta1)), rest2 = V::set1(static_cast<float>(1.0 - kBeta2));
-    const R unbias1 = V::set1(static_cast<float>(1.0 / (1.0 - std::pow(kBeta1, static_cast<double>(step)))));
-    const R unbias2 = V::set1(static_cast<float>(1.0 / (1.0 - std::pow(kBeta2, static_cast<double>(step)))));
-    const R eps = V::set1(kAdamEps);
+    const R beta1 = V::set1(static_cast<float>(opt.beta1)), beta2 = V::set1(static_cast<float>(opt.beta2));
+    const R rest1 = V::set1(static_cast<float>(1.0 - opt.beta1)), rest2 = V::set1(static_cast<float>(1.0 - opt.beta2));
+    const R unbias1 = V::set1(static_cast<float>(1.0 / (1.0 - std::pow(opt.beta1, static_cast<double>(step)))));
+    const R unbias2 = V::set1(static_cast<float>(1.0 / (1.0 - std::pow(opt.beta2, static_cast<double>(step)))));
+    const R eps = V::set1(static_cast<float>(opt.eps));
     for (int i = 0; i < d; ++i) {
         const ptrdiff_t row = static_cast<ptrdiff_t>(i) * lanes;
         for (int v = 0; v < lanes; v += V::W) {
@@ -325,122 +404,148 @@ void feature_gradient(const TrainArgs& a, int64_t start, const uint32_t* positio
     }
 }
 
+// One epoch of the user's minibatch steps (the contract's permutation and step counts).
+template <class V>
+void train_epoch(const TrainArgs& a, int64_t start, int64_t n, uint32_t key, int64_t epoch, UserBuffers& b,
+                 int lanes) {
+    const HeadView& head = a.head;
+    const int64_t steps = (n + a.batch_size - 1) / a.batch_size;
+    Permutation(a.seed, static_cast<uint32_t>(epoch), key, static_cast<uint32_t>(n)).fill(b.order);
+    for (int64_t chunk = 0; chunk < steps; ++chunk) {
+        const int64_t first = chunk * a.batch_size;
+        const int count = static_cast<int>(n - first < a.batch_size ? n - first : a.batch_size);
+        const float* features = tower_forward<V>(head.tower, b.e, lanes, b.act);
+        feature_gradient<V>(a, start, b.order + first, count, features, b, lanes);
+        const float* grad = tower_backward<V>(head.tower, b.g, b.spare, lanes, b.act);
+        if (a.optimizer.adam)
+            adam_update<V>(b, a.optimizer, grad, head.d, lanes, adam_step(epoch, n, a.batch_size, chunk));
+        else
+            sgd_update<V>(b, grad, head.d, lanes);
+    }
+}
+
+// Checkpoint k of a user, while its state is in this thread's buffers: finiteness of the state,
+// the validation sums, and a snapshot of the embeddings.
+template <class V>
+void user_checkpoint(const TrainArgs& a, int64_t user, int k, UserBuffers& b, int lanes) {
+    const int P = a.n_probes, d = a.head.d;
+    std::memset(b.probe, 0, sizeof(float) * static_cast<size_t>(lanes));
+    accumulate_non_finite<V>(b.e, b.probe, d, lanes);
+    if (a.optimizer.adam) {
+        accumulate_non_finite<V>(b.m, b.probe, d, lanes);
+        accumulate_non_finite<V>(b.v, b.probe, d, lanes);
+    }
+    uint8_t* bad = b.bad + static_cast<ptrdiff_t>(k) * lanes;
+    for (int p = 0; p < P; ++p)
+        if (b.probe[p] != b.probe[p]) bad[p] = 1;  // NaN: some value was not finite
+    if (a.val.indptr != nullptr && a.val.indptr[user + 1] > a.val.indptr[user]) {
+        const float* features = tower_forward<V>(a.head.tower, b.e, lanes, b.act);
+        user_validation_sums<V>(a.head, a.val, user, features, b, lanes);
+        add_user_sums(b, P, lanes, k);
+    }
+    if (a.snapshots != nullptr && k < a.n_checkpoints - 1)
+        store_transposed(b.e, a.snapshots + (static_cast<ptrdiff_t>(k) * a.data.n_users + user) * P * d, P, d, lanes);
+}
+
 template <class V>
 void train_user(const TrainArgs& a, int64_t user, UserBuffers& b, int lanes) {
-    const HeadView& head = a.head;
-    const int P = a.n_probes, d = head.d;
+    const int P = a.n_probes, d = a.head.d;
     const int64_t start = a.data.indptr[user];
     const int64_t n = a.data.indptr[user + 1] - start;
     const ptrdiff_t offset = static_cast<ptrdiff_t>(user) * P * d;
-    load_transposed(a.emb + offset, b.e, P, d, lanes);
-    if (a.adam) {
-        load_transposed(a.adam_m + offset, b.m, P, d, lanes);
-        load_transposed(a.adam_v + offset, b.v, P, d, lanes);
-    }
-    const int64_t steps = (n + a.batch_size - 1) / a.batch_size;
-    const uint32_t key = static_cast<uint32_t>(a.data.keys[user]);
-    for (int64_t epoch = a.epoch_start; epoch < a.epoch_start + a.n_epochs; ++epoch) {
-        Permutation(a.seed, static_cast<uint32_t>(epoch), key, static_cast<uint32_t>(n)).fill(b.order);
-        for (int64_t chunk = 0; chunk < steps; ++chunk) {
-            const int64_t first = chunk * a.batch_size;
-            const int count = static_cast<int>(n - first < a.batch_size ? n - first : a.batch_size);
-            const float* features = tower_forward<V>(head.tower, b.e, lanes, b.act);
-            feature_gradient<V>(a, start, b.order + first, count, features, b, lanes);
-            const float* grad = tower_backward<V>(head.tower, b.g, b.spare, lanes, b.act);
-            if (a.adam)
-                adam_update<V>(b, grad, d, lanes, adam_step(epoch, n, a.batch_size, chunk));
-            else
-                sgd_update<V>(b, grad, d, lanes);
+    const bool adam = a.optimizer.adam, fresh = a.init != nullptr;
+    if (fresh) {  // a fresh batch: every probe from the init, moments from zero
+        load_broadcast(a.init + static_cast<ptrdiff_t>(user) * d, b.e, P, d, lanes);
+        if (adam) {
+            std::memset(b.m, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+            std::memset(b.v, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+        }
+    } else {
+        load_transposed(a.emb + offset, b.e, P, d, lanes);
+        if (adam) {
+            load_transposed(a.adam_m + offset, b.m, P, d, lanes);
+            load_transposed(a.adam_v + offset, b.v, P, d, lanes);
         }
     }
+    const uint32_t key = static_cast<uint32_t>(a.data.keys[user]);
+    int k = 0;
+    for (int64_t t = 0; t < a.n_epochs; ++t) {
+        if (n > 0) train_epoch<V>(a, start, n, key, a.epoch_start + t, b, lanes);
+        for (; k < a.n_checkpoints && a.checkpoint_ends[k] == t + 1; ++k) user_checkpoint<V>(a, user, k, b, lanes);
+    }
+    for (; k < a.n_checkpoints; ++k) user_checkpoint<V>(a, user, k, b, lanes);  // ends of 0 epochs
+    if (n == 0 && !fresh) return;  // nothing moved
     store_transposed(b.e, a.emb + offset, P, d, lanes);
-    if (a.adam) {
+    if (adam) {
         store_transposed(b.m, a.adam_m + offset, P, d, lanes);
         store_transposed(b.v, a.adam_v + offset, P, d, lanes);
     }
 }
 
 template <class V>
-void run_training(const TrainArgs& a, const int64_t* order, int64_t n_order) {
-    if (n_order == 0 || a.n_probes == 0 || a.n_epochs == 0) return;
-    const int lanes = padded_lanes(a.n_probes, V::W);
+void run_training(const TrainArgs& a) {
+    const int P = a.n_probes, K = a.n_checkpoints;
+    for (int64_t i = 0; i < static_cast<int64_t>(K) * P; ++i) a.finite[i] = 1;
+    if (a.val_limbs != nullptr)
+        std::memset(a.val_limbs, 0, sizeof(int64_t) * static_cast<size_t>(K) * P * kFixedLimbs);
+    if (a.n_order == 0 || P == 0) return;
+    const int lanes = padded_lanes(P, V::W);
     int64_t max_ratings = 0;
-    for (int64_t i = 0; i < n_order; ++i) {
-        const int64_t n = a.data.indptr[order[i] + 1] - a.data.indptr[order[i]];
+    for (int64_t i = 0; i < a.n_order; ++i) {
+        const int64_t n = a.data.indptr[a.order[i] + 1] - a.data.indptr[a.order[i]];
         max_ratings = n > max_ratings ? n : max_ratings;
     }
-    const int threads = static_cast<int>(n_order < a.num_threads ? n_order : a.num_threads);
-    const size_t per_thread = UserBuffers::layout(nullptr, nullptr, a.head, lanes, max_ratings);
+    const int threads = static_cast<int>(a.n_order < a.num_threads ? a.n_order : a.num_threads);
+    const size_t per_thread = UserBuffers::layout(nullptr, nullptr, a.head, lanes, max_ratings, K);
     Scratch scratch(per_thread * threads);
 #pragma omp parallel num_threads(threads)
     {
         UserBuffers b;
-        UserBuffers::layout(&b, scratch.data() + per_thread * omp_get_thread_num(), a.head, lanes, max_ratings);
+        UserBuffers::layout(&b, scratch.data() + per_thread * omp_get_thread_num(), a.head, lanes, max_ratings, K);
+        b.clear_outputs(K, lanes);
         for (int v = 0; v < lanes; ++v) {
-            b.lr[v] = v < a.n_probes ? a.lrs[v] : 0.0f;
-            b.reg2[v] = v < a.n_probes ? 2.0f * a.regs[v] : 0.0f;
+            b.lr[v] = v < P ? a.lrs[v] : 0.0f;
+            b.reg2[v] = v < P ? 2.0f * a.regs[v] : 0.0f;
         }
         // Users come heaviest first, so the dynamic schedule ends with small users.
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < n_order; ++i) train_user<V>(a, order[i], b, lanes);
+        for (int64_t i = 0; i < a.n_order; ++i) train_user<V>(a, a.order[i], b, lanes);
+#pragma omp critical
+        merge_outputs(b, K, P, lanes, a.val_limbs, a.finite);
     }
 }
 
 // --------------------------------------------------------------------------- validation
 
-// Adds sum over the user's ratings of w (pred - r)^2 to b.loss (per lane, in double).
-template <class V>
-void validate_user(const ValidationArgs& a, int64_t user, UserBuffers& b, int lanes) {
-    using R = typename V::reg;
-    const HeadView& head = a.head;
-    const int P = a.n_probes;
-    const int64_t start = a.data.indptr[user];
-    const int64_t n = a.data.indptr[user + 1] - start;
-    load_transposed(a.emb + static_cast<ptrdiff_t>(user) * P * head.d, b.e, P, head.d, lanes);
-    const float* features = tower_forward<V>(head.tower, b.e, lanes, b.act);
-    for (int64_t t0 = 0; t0 < n; t0 += kTile) {
-        const int count = static_cast<int>(n - t0 < kTile ? n - t0 : kTile);
-        gather(head, a.data, count, [&](int k) { return start + t0 + k; }, b, 1.0f);
-        gemm<V, false>(count, head.h, lanes, ItemRows{b.rows}, features, b.tile);
-        for (int k = 0; k < count; ++k) {
-            const float* row = b.tile + static_cast<ptrdiff_t>(k) * lanes;
-            const R offset = V::set1(b.offset[k]), rating = V::set1(b.rating[k]), weight = V::set1(b.coef[k]);
-            for (int v = 0; v < lanes; v += V::W) {
-                const R diff = V::sub(V::add(V::load(row + v), offset), rating);
-                V::add_to_double(b.loss + v, V::mul(weight, V::mul(diff, diff)));
-            }
-        }
-    }
-}
-
+// Each user's per-probe sum (double) is added exactly (add_fixed) to its thread's limbs; the
+// threads' limbs are then added as integers, so nothing depends on the schedule.
 template <class V>
 void run_validation(const ValidationArgs& a) {
     const int P = a.n_probes;
-    for (int p = 0; p < P; ++p) a.loss[p] = 0.0;
+    for (int p = 0; p < P; ++p) a.finite[p] = 1;
+    std::memset(a.limbs, 0, sizeof(int64_t) * static_cast<size_t>(P) * kFixedLimbs);
     const int64_t n_users = a.data.n_users;
     if (n_users == 0 || P == 0) return;
     const int lanes = padded_lanes(P, V::W);
-    const int64_t n_blocks = (n_users + kValidationUsers - 1) / kValidationUsers;
-    const int threads = static_cast<int>(n_blocks < a.num_threads ? n_blocks : a.num_threads);
-    const size_t per_thread = UserBuffers::layout(nullptr, nullptr, a.head, lanes, 0);
-    Scratch scratch(per_thread * threads + Scratch::round(sizeof(double) * n_blocks * P));
-    double* block_sums = reinterpret_cast<double*>(scratch.data() + per_thread * threads);  // [n_blocks][P]
+    const int threads = static_cast<int>(n_users < a.num_threads ? n_users : a.num_threads);
+    const size_t per_thread = UserBuffers::layout(nullptr, nullptr, a.head, lanes, 0, 1);
+    Scratch scratch(per_thread * threads);
 #pragma omp parallel num_threads(threads)
     {
         UserBuffers b;
-        UserBuffers::layout(&b, scratch.data() + per_thread * omp_get_thread_num(), a.head, lanes, 0);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t block = 0; block < n_blocks; ++block) {
-            for (int v = 0; v < lanes; ++v) b.loss[v] = 0.0;
-            const int64_t last = (block + 1) * kValidationUsers < n_users ? (block + 1) * kValidationUsers : n_users;
-            for (int64_t u = block * kValidationUsers; u < last; ++u)
-                if (a.data.indptr[u + 1] > a.data.indptr[u]) validate_user<V>(a, u, b, lanes);
-            for (int p = 0; p < P; ++p) block_sums[block * P + p] = b.loss[p];
+        UserBuffers::layout(&b, scratch.data() + per_thread * omp_get_thread_num(), a.head, lanes, 0, 1);
+        b.clear_outputs(1, lanes);
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t u = 0; u < n_users; ++u) {
+            if (a.data.indptr[u + 1] == a.data.indptr[u]) continue;
+            load_transposed(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, b.e, P, a.head.d, lanes);
+            const float* features = tower_forward<V>(a.head.tower, b.e, lanes, b.act);
+            user_validation_sums<V>(a.head, a.data, u, features, b, lanes);
+            add_user_sums(b, P, lanes, 0);
         }
+#pragma omp critical
+        merge_outputs(b, 1, P, lanes, a.limbs, a.finite);
     }
-    // Blocks are fixed and summed in order: the result does not depend on the thread count.
-    for (int64_t block = 0; block < n_blocks; ++block)
-        for (int p = 0; p < P; ++p) a.loss[p] += block_sums[block * P + p];
 }
 
 }  // namespace

@@ -30,9 +30,7 @@ struct VecSse4 {
 
 }  // namespace
 
-void train_epochs_sse4(const TrainArgs& args, const int64_t* order, int64_t n_order) {
-    run_training<VecSse4>(args, order, n_order);
-}
+void train_epochs_sse4(const TrainArgs& args) { run_training<VecSse4>(args); }
 
 void validation_loss_sse4(const ValidationArgs& args) { run_validation<VecSse4>(args); }
 

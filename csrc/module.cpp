@@ -157,14 +157,61 @@ Simd simd_arg(const std::string& simd) {
     return s;
 }
 
-void train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::handle& adam_v, const py::handle& lrs,
-                     const py::handle& regs, const py::handle& indptr, const py::handle& items,
-                     const py::handle& ratings, const py::handle& weights, const py::handle& keys,
-                     const py::handle& item_vectors, const py::handle& item_bias, double global_bias,
-                     const py::sequence& tower_weights, const py::sequence& tower_biases,
-                     const py::sequence& tower_activations, int64_t epoch_start, int64_t n_epochs,
-                     int64_t batch_size, const std::string& optimizer, int64_t seed, int num_threads,
-                     const std::string& simd) {
+OptimizerView optimizer_arg(const std::string& name, double beta1, double beta2, double eps) {
+    OptimizerView opt;
+    if (name != "adam" && name != "sgd") fail("optimizer must be 'adam' or 'sgd', got '" + name + "'");
+    opt.adam = name == "adam";
+    if (opt.adam && !(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0 && eps > 0.0))
+        fail("Adam needs 0 <= beta1, beta2 < 1 and eps > 0, got " + std::to_string(beta1) + ", " +
+             std::to_string(beta2) + ", " + std::to_string(eps));
+    opt.beta1 = beta1;
+    opt.beta2 = beta2;
+    opt.eps = eps;
+    return opt;
+}
+
+// The users to visit: int64 indices in [0, n_users), each at most once (two threads must never
+// own the same user).
+const int64_t* order_arg(const py::handle& order, int64_t n_users, int64_t* n_order) {
+    const auto o = array_arg<int64_t>(order, "order", 1);
+    const int64_t* p = ptr<int64_t>(o);
+    std::vector<uint8_t> seen(static_cast<size_t>(n_users), 0);
+    for (py::ssize_t i = 0; i < o.shape(0); ++i) {
+        if (p[i] < 0 || p[i] >= n_users)
+            fail("order[" + std::to_string(i) + "] = " + std::to_string(p[i]) + " is outside [0, n_users = " +
+                 std::to_string(n_users) + ")");
+        if (seen[static_cast<size_t>(p[i])]++) fail("order lists user " + std::to_string(p[i]) + " twice");
+    }
+    *n_order = o.shape(0);
+    return p;
+}
+
+// Epoch counts after which to check (and validate), from epoch_start: increasing, in [0, n_epochs],
+// the last equal to n_epochs.  None: one checkpoint at the end.
+std::vector<int64_t> checkpoint_ends_arg(const py::object& ends, int64_t n_epochs) {
+    if (ends.is_none()) return {n_epochs};
+    const auto e = array_arg<int64_t>(ends, "checkpoint_ends", 1);
+    const int64_t* p = ptr<int64_t>(e);
+    std::vector<int64_t> out(p, p + e.shape(0));
+    if (out.empty() || out.back() != n_epochs)
+        fail("checkpoint_ends must end with n_epochs = " + std::to_string(n_epochs));
+    for (size_t k = 0; k < out.size(); ++k)
+        if (out[k] < 0 || (k > 0 && out[k] <= out[k - 1]))
+            fail("checkpoint_ends must be increasing and >= 0, got " + std::to_string(out[k]) + " at " +
+                 std::to_string(k));
+    return out;
+}
+
+py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::handle& adam_v,
+                          const py::handle& lrs, const py::handle& regs, const py::handle& indptr,
+                          const py::handle& items, const py::handle& ratings, const py::handle& weights,
+                          const py::handle& keys, const py::handle& order, const py::handle& item_vectors,
+                          const py::handle& item_bias, double global_bias, const py::sequence& tower_weights,
+                          const py::sequence& tower_biases, const py::sequence& tower_activations, int64_t epoch_start,
+                          int64_t n_epochs, int64_t batch_size, const std::string& optimizer, double beta1,
+                          double beta2, double eps, int64_t seed, const py::object& init,
+                          const py::object& checkpoint_ends, const py::object& val, const py::object& snapshots,
+                          int num_threads, const std::string& simd) {
     TrainArgs a;
     a.head = head_arg(item_vectors, item_bias, global_bias, tower_weights, tower_biases, tower_activations);
     a.data = csr_arg(indptr, items, ratings, weights, a.head);
@@ -172,15 +219,19 @@ void train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::
     require_shape(e, "emb", {a.data.n_users, e.shape(1), a.head.d});
     a.n_probes = static_cast<int>(e.shape(1));
     a.emb = static_cast<float*>(e.mutable_data());
-    if (optimizer != "adam" && optimizer != "sgd") fail("optimizer must be 'adam' or 'sgd', got '" + optimizer + "'");
-    a.adam = optimizer == "adam";
-    if (a.adam) {
+    a.optimizer = optimizer_arg(optimizer, beta1, beta2, eps);
+    if (a.optimizer.adam) {
         auto m = array_arg<float>(adam_m, "adam_m", 3, true);
         require_shape(m, "adam_m", {e.shape(0), e.shape(1), e.shape(2)});
         a.adam_m = static_cast<float*>(m.mutable_data());
         auto v = array_arg<float>(adam_v, "adam_v", 3, true);
         require_shape(v, "adam_v", {e.shape(0), e.shape(1), e.shape(2)});
         a.adam_v = static_cast<float*>(v.mutable_data());
+    }
+    if (!init.is_none()) {
+        const auto i = array_arg<float>(init, "init", 2);
+        require_shape(i, "init", {a.data.n_users, a.head.d});
+        a.init = ptr<float>(i);
     }
     const auto lr = array_arg<float>(lrs, "lrs", 1);
     require_shape(lr, "lrs", {a.n_probes});
@@ -191,6 +242,7 @@ void train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::
     const auto k = array_arg<int64_t>(keys, "keys", 1);
     require_shape(k, "keys", {a.data.n_users});
     a.data.keys = ptr<int64_t>(k);
+    a.order = order_arg(order, a.data.n_users, &a.n_order);
     if (epoch_start < 0) fail("epoch_start must be >= 0, got " + std::to_string(epoch_start));
     if (n_epochs < 0) fail("n_epochs must be >= 0, got " + std::to_string(n_epochs));
     if (batch_size < 1) fail("batch_size must be >= 1, got " + std::to_string(batch_size));
@@ -199,17 +251,43 @@ void train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::
     a.batch_size = batch_size;
     a.seed = static_cast<uint32_t>(seed);  // the contract uses seed mod 2**32
     a.num_threads = threads_arg(num_threads);
+    const std::vector<int64_t> ends = checkpoint_ends_arg(checkpoint_ends, n_epochs);
+    a.checkpoint_ends = ends.data();
+    a.n_checkpoints = static_cast<int>(ends.size());
+    const auto K = static_cast<py::ssize_t>(ends.size());
+    if (!val.is_none()) {
+        const auto parts = val.cast<py::tuple>();
+        if (parts.size() != 4) fail("val must be a tuple (indptr, items, ratings, weights)");
+        a.val = csr_arg(parts[0], parts[1], parts[2], parts[3], a.head);
+        if (a.val.n_users != a.data.n_users)
+            fail("val has " + std::to_string(a.val.n_users) + " users, the ratings " + std::to_string(a.data.n_users));
+    }
+    if (!snapshots.is_none()) {
+        auto snap = array_arg<float>(snapshots, "snapshots", 4, true);
+        require_shape(snap, "snapshots", {K - 1, e.shape(0), e.shape(1), e.shape(2)});
+        a.snapshots = static_cast<float*>(snap.mutable_data());
+    }
     const Simd s = simd_arg(simd);
-    py::gil_scoped_release release;
-    train_epochs(a, s);
+    py::array_t<uint8_t> finite({K, static_cast<py::ssize_t>(a.n_probes)});
+    a.finite = finite.mutable_data();
+    py::object limbs = py::none();
+    if (a.val.indptr != nullptr) {
+        py::array_t<int64_t> l({K, static_cast<py::ssize_t>(a.n_probes), static_cast<py::ssize_t>(kFixedLimbs)});
+        a.val_limbs = l.mutable_data();
+        limbs = l;
+    }
+    {
+        py::gil_scoped_release release;
+        train_epochs(a, s);
+    }
+    return py::make_tuple(finite, limbs);
 }
 
-py::array_t<double> validation_loss_py(const py::handle& emb, const py::handle& indptr, const py::handle& items,
-                                       const py::handle& ratings, const py::handle& weights,
-                                       const py::handle& item_vectors, const py::handle& item_bias,
-                                       double global_bias, const py::sequence& tower_weights,
-                                       const py::sequence& tower_biases, const py::sequence& tower_activations,
-                                       int num_threads, const std::string& simd) {
+py::tuple validation_loss_py(const py::handle& emb, const py::handle& indptr, const py::handle& items,
+                             const py::handle& ratings, const py::handle& weights, const py::handle& item_vectors,
+                             const py::handle& item_bias, double global_bias, const py::sequence& tower_weights,
+                             const py::sequence& tower_biases, const py::sequence& tower_activations, int num_threads,
+                             const std::string& simd) {
     ValidationArgs a;
     a.head = head_arg(item_vectors, item_bias, global_bias, tower_weights, tower_biases, tower_activations);
     a.data = csr_arg(indptr, items, ratings, weights, a.head);
@@ -219,13 +297,15 @@ py::array_t<double> validation_loss_py(const py::handle& emb, const py::handle& 
     a.emb = ptr<float>(e);
     a.num_threads = threads_arg(num_threads);
     const Simd s = simd_arg(simd);
-    py::array_t<double> loss(a.n_probes);
-    a.loss = loss.mutable_data();
+    py::array_t<int64_t> limbs({static_cast<py::ssize_t>(a.n_probes), static_cast<py::ssize_t>(kFixedLimbs)});
+    py::array_t<uint8_t> finite(a.n_probes);
+    a.limbs = limbs.mutable_data();
+    a.finite = finite.mutable_data();
     {
         py::gil_scoped_release release;
         validation_loss(a, s);
     }
-    return loss;
+    return py::make_tuple(limbs, finite);
 }
 
 py::array_t<int64_t> permutation_py(int64_t seed, int64_t epoch, int64_t key, int64_t n) {
@@ -279,14 +359,24 @@ PYBIND11_MODULE(_C, m) {
     m.def("train_epochs", &train_epochs_py,
           "Advance P probes by n_epochs epochs in place: emb, adam_m, adam_v float32 [U, P, d] (moments "
           "ignored for sgd), lrs/regs float32 [P], CSR ratings (indptr int64, items int32, ratings/weights "
-          "float32, keys int64), the frozen head (item_vectors [I, h], item_bias [I], global_bias, tower "
-          "lists; activations 0 identity, 1 relu, 2 tanh).  num_threads 0: OpenMP's default.",
+          "float32, keys int64), order int64 (the users to visit, heaviest first), the frozen head "
+          "(item_vectors [I, h], item_bias [I], global_bias, tower lists; activations 0 identity, 1 relu, "
+          "2 tanh), the step spec's optimizer and constants.  init float32 [U, d] or None: start every probe "
+          "from it (moments from zero) instead of reading emb/adam_m/adam_v.  checkpoint_ends int64 [K] or "
+          "None: check (and with val = (indptr, items, ratings, weights) of the same users, validate) after "
+          "these many epochs, inside the call; snapshots float32 [K-1, U, P, d] or None receives the "
+          "embeddings at each checkpoint but the last.  Returns (finite uint8 [K, P]: 0 for a probe whose "
+          "state or loss became NaN/inf, limbs int64 [K, P, 6] with val else None).  num_threads 0: OpenMP's "
+          "default.",
           "emb"_a, "adam_m"_a, "adam_v"_a, "lrs"_a, "regs"_a, "indptr"_a, "items"_a, "ratings"_a, "weights"_a,
-          "keys"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a, "tower_weights"_a, "tower_biases"_a,
-          "tower_activations"_a, py::kw_only(), "epoch_start"_a, "n_epochs"_a, "batch_size"_a, "optimizer"_a,
-          "seed"_a, "num_threads"_a = 0, "simd"_a = "auto");
+          "keys"_a, "order"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a, "tower_weights"_a,
+          "tower_biases"_a, "tower_activations"_a, py::kw_only(), "epoch_start"_a, "n_epochs"_a, "batch_size"_a,
+          "optimizer"_a, "beta1"_a, "beta2"_a, "eps"_a, "seed"_a, "init"_a = py::none(),
+          "checkpoint_ends"_a = py::none(), "val"_a = py::none(), "snapshots"_a = py::none(), "num_threads"_a = 0,
+          "simd"_a = "auto");
     m.def("validation_loss", &validation_loss_py,
-          "Per-probe sum of w (pred - r)^2 over all ratings, float64 [P]; emb float32 [U, P, d].", "emb"_a,
+          "Per-probe exact sums of w (pred - r)^2 over all ratings: (limbs int64 [P, 6] as "
+          "retrain.contract.fixed_point_limbs, finite uint8 [P]); emb float32 [U, P, d].", "emb"_a,
           "indptr"_a, "items"_a, "ratings"_a, "weights"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a,
           "tower_weights"_a, "tower_biases"_a, "tower_activations"_a, py::kw_only(), "num_threads"_a = 0,
           "simd"_a = "auto");

@@ -138,10 +138,16 @@ def _features_grad(features, q, item_bias, rating, weight, valid, global_bias, s
     return _mm(coef, q, PRECISION)
 
 
+@triton.jit
+def _non_finite(x):
+    """True where ``x`` is NaN or infinite."""
+    return (x != x) | (tl.abs(x) == float("inf"))
+
+
 # ----------------------------------------------------------------------------- kernels
 @triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size"])
 def _train_epochs_kernel(
-    emb_ptr, m_ptr, v_ptr, lr_ptr, reg_ptr,
+    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr,
     order_ptr, indptr_ptr, keys_ptr, items_ptr, ratings_ptr, weights_ptr,
     q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
     stride_state_u, stride_state_p, stride_q,
@@ -150,7 +156,7 @@ def _train_epochs_kernel(
     N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
     ADAM: tl.constexpr, ADAM_BETA1: tl.constexpr, ADAM_BETA2: tl.constexpr, ADAM_EPS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, DOT_PRECISION: tl.constexpr, FRESH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     user = tl.load(order_ptr + pid // n_probe_blocks)
@@ -164,10 +170,17 @@ def _train_epochs_kernel(
     mask_p = offs_p < n_probes
     mask_state = mask_p[:, None] & (offs_d[None, :] < d)  # a user without ratings: stored unchanged
     state_offs = user * stride_state_u + offs_p[:, None] * stride_state_p + offs_d[None, :]
-    e = tl.load(emb_ptr + state_offs, mask=mask_state, other=0.0)
-    if ADAM:
-        m = tl.load(m_ptr + state_offs, mask=mask_state, other=0.0)
-        v = tl.load(v_ptr + state_offs, mask=mask_state, other=0.0)
+    if FRESH:  # every probe starts from the user's init, the moments from zero: nothing to read
+        init_offs = user * d + offs_d[None, :] + 0 * offs_p[:, None]
+        e = tl.load(init_ptr + init_offs, mask=mask_state, other=0.0)
+        if ADAM:
+            m = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+            v = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    else:
+        e = tl.load(emb_ptr + state_offs, mask=mask_state, other=0.0)
+        if ADAM:
+            m = tl.load(m_ptr + state_offs, mask=mask_state, other=0.0)
+            v = tl.load(v_ptr + state_offs, mask=mask_state, other=0.0)
     lr = tl.load(lr_ptr + offs_p, mask=mask_p, other=0.0)[:, None]
     reg2 = 2.0 * tl.load(reg_ptr + offs_p, mask=mask_p, other=0.0)[:, None]
 
@@ -227,10 +240,15 @@ def _train_epochs_kernel(
                 e -= lr * m_hat / (tl.sqrt(v_hat) + ADAM_EPS)
             else:
                 e -= lr * grad
+    # The probes' finiteness flags come from here, while the state is in registers.
+    bad = _non_finite(e)
     tl.store(emb_ptr + state_offs, e, mask=mask_state)
     if ADAM:
+        bad = bad | _non_finite(m) | _non_finite(v)
         tl.store(m_ptr + state_offs, m, mask=mask_state)
         tl.store(v_ptr + state_offs, v, mask=mask_state)
+    bad_p = tl.max(tl.where(mask_state & bad, 1, 0), axis=1)
+    tl.atomic_max(bad_ptr + offs_p, bad_p, mask=mask_p)
 
 
 @triton.jit(do_not_specialize=["seed", "epoch"])
@@ -249,17 +267,11 @@ def _permutation_kernel(out_ptr, indptr_ptr, keys_ptr, seed, epoch, BLOCK_B: tl.
 
 
 # ----------------------------------------------------------------------------- launchers
-def heavy_first(indptr: torch.Tensor) -> torch.Tensor:
-    """Users by decreasing rating count (int64 [U]): the longest programs start first, which keeps
-    the tail of a launch short when activity is heavy-tailed."""
-    return torch.argsort(indptr[1:] - indptr[:-1], descending=True, stable=True)
-
-
 def train_epochs(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, weights,
-                 item_vectors, item_bias, global_bias: float, tower, *, epoch_start: int, n_epochs: int,
-                 batch_size: int, optimizer: str, seed: int, adam: tuple[float, float, float],
-                 order: torch.Tensor | None = None, blocks: Blocks | None = None,
-                 precision: str = "ieee") -> None:
+                 item_vectors, item_bias, global_bias: float, tower, *, order: torch.Tensor, epoch_start: int,
+                 n_epochs: int, batch_size: int, optimizer: str, seed: int, adam: tuple[float, float, float],
+                 init: torch.Tensor | None = None, blocks: Blocks | None = None,
+                 precision: str = "ieee") -> torch.Tensor:
     """Advance P probes by ``n_epochs`` epochs (``epoch_start`` ...), in place.
 
     Args:
@@ -269,10 +281,14 @@ def train_epochs(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, w
             (``kernels/inputs.py``); ``keys`` are the contract's user keys.
         item_vectors, item_bias, global_bias, tower: the frozen head; ``tower`` is a list of
             ``(W [out, in], c [out], activation code)``.
-        adam: Adam's ``(beta1, beta2, eps)`` (unused for SGD).
-        order: users in launch order (default ``heavy_first(indptr)``).
+        order: int64 ``[n]``, the users to visit (each once), in launch order (heaviest first).
+        optimizer, adam: ``"adam"`` or ``"sgd"``; Adam's ``(beta1, beta2, eps)`` (the step spec's).
+        init: float32 ``[U, d]`` or None: start every probe from it and the moments from zero
+            instead of reading ``emb`` / ``adam_m`` / ``adam_v`` (a fresh probe batch).
         blocks: override ``pick_blocks`` (tests, benchmarks).
         precision: ``kernels/tower.py``'s dot precision (``"ieee"``, or ``"tf32x3"`` to measure).
+
+    Returns int32 ``[P]``: 1 for a probe whose state became NaN/inf for a visited user.
     """
     device = emb.device
     if optimizer not in OPTIMIZERS:
@@ -291,19 +307,21 @@ def train_epochs(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, w
         check_tensor("adam_v", adam_v, torch.float32, tuple(emb.shape), device)
     check_tensor("lrs", lrs, torch.float32, (n_probes,), device)
     check_tensor("regs", regs, torch.float32, (n_probes,), device)
+    check_tensor("order", order, torch.int64, (None,), device)
+    if init is not None:
+        check_tensor("init", init, torch.float32, (n_users, d), device)
     w1, c1, w2, c2, h1, n_layers, act1, act2 = tower_args(tower, d, h, item_bias)
     if item_vectors.stride(1) != 1:
         raise ValueError("item_vectors rows must be contiguous")
-    if n_users == 0 or n_probes == 0 or n_epochs == 0:
-        return
-    order = heavy_first(indptr) if order is None else order
-    check_tensor("order", order, torch.int64, (n_users,), device)
+    bad = torch.zeros(n_probes, dtype=torch.int32, device=device)
+    if order.shape[0] == 0 or n_probes == 0 or (n_epochs == 0 and init is None):
+        return bad
     blocks = blocks or pick_blocks("train", n_probes, d, h1, h, batch_size)
     n_probe_blocks = triton.cdiv(n_probes, blocks.rows)
     moments = (adam_m, adam_v) if is_adam else (emb, emb)
     beta1, beta2, eps = adam
-    _train_epochs_kernel[(n_users * n_probe_blocks,)](
-        emb, *moments, lrs, regs,
+    _train_epochs_kernel[(order.shape[0] * n_probe_blocks,)](
+        emb, *moments, emb if init is None else init, bad, lrs, regs,
         order, indptr, keys, items, ratings, weights,
         item_vectors, item_bias, w1, c1, w2, c2,
         emb.stride(0), emb.stride(1), item_vectors.stride(0),
@@ -312,8 +330,9 @@ def train_epochs(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, w
         N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
         ADAM=is_adam, ADAM_BETA1=float(beta1), ADAM_BETA2=float(beta2), ADAM_EPS=float(eps),
         BLOCK_P=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_B=blocks.cols,
-        DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps,
+        DOT_PRECISION=check_precision(precision), FRESH=init is not None, num_warps=blocks.num_warps,
     )
+    return bad
 
 
 def permutations(indptr: torch.Tensor, keys: torch.Tensor, *, seed: int, epoch: int) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""Fused validation loss: per-probe ``sum w (pred - r)^2`` over all ratings, without the regulariser.
+"""Fused validation loss: per-user, per-probe ``sum w (pred - r)^2``, without the regulariser.
 
 One program per (user, probe block): the tower runs once for the user's probe block, then the
 user's ratings stream through in tiles, each item row gathered once for the whole block.  Each
-program writes its float32 per-probe partial sums; a float64 sum over users in PyTorch finishes
-the job (no atomics: the result is the same run to run).
+program writes its float32 per-probe sums; the backend adds the users' sums exactly
+(``retrain.contract.fixed_point_limbs``), so the total is the same run to run.
 """
 from __future__ import annotations
 
@@ -53,13 +53,13 @@ def _validation_loss_kernel(
     tl.store(out_ptr + user * n_probes + offs_p, total, mask=mask_p)
 
 
-def validation_loss(emb, indptr, items, ratings, weights, item_vectors, item_bias, global_bias: float,
-                    tower, *, blocks: Blocks | None = None, precision: str = "ieee") -> torch.Tensor:
-    """Per-probe ``sum w (pred - r)^2`` over all ratings: float64 ``[P]``.
+def user_losses(emb, indptr, items, ratings, weights, item_vectors, item_bias, global_bias: float,
+                tower, *, blocks: Blocks | None = None, precision: str = "ieee") -> torch.Tensor:
+    """Per-user, per-probe ``sum w (pred - r)^2`` over each user's ratings: float32 ``[U, P]``.
 
     ``emb`` is float32 ``[U, P, d]``; the ratings are CSR by user (``kernels/inputs.py``); ``tower``
     as in ``kernels/train.py``; ``blocks`` overrides ``pick_blocks``; ``precision`` as in
-    ``kernels/tower.py``.  Users without ratings add nothing.
+    ``kernels/tower.py``.  Users without ratings get 0.
     """
     device = emb.device
     check_ratings(indptr, items, ratings, weights, device)
@@ -81,4 +81,4 @@ def validation_loss(emb, indptr, items, ratings, weights, item_vectors, item_bia
             BLOCK_P=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_B=blocks.cols,
             DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps,
         )
-    return partial.sum(dim=0, dtype=torch.float64)
+    return partial

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from .backends.base import CSRTensors, HeadTensors
-from .backends.reference import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, tower_forward
+from .backends.base import CSRTensors
+from .contract import Adam
+from .heads import Head
+
+_ADAM = Adam()  # the contract's constants
 
 
 def _rows(data: CSRTensors, device) -> tuple:
@@ -25,11 +28,6 @@ def _rows(data: CSRTensors, device) -> tuple:
     counts = (data.indptr[1:] - data.indptr[:-1]).to(device)
     users = torch.repeat_interleave(torch.arange(data.n_users, device=device), counts)
     return users, data.items.to(device).long(), data.ratings.to(device), data.weights.to(device)
-
-
-def _head_on(head: HeadTensors, device) -> HeadTensors:
-    tower = [(w.to(device), c.to(device), act) for w, c, act in head.tower]
-    return HeadTensors(tower, head.item_vectors.to(device), head.item_bias.to(device), head.global_bias)
 
 
 def _batches(n: int, batch_size: int, n_epochs: int, generator: torch.Generator, device, max_steps: int | None):
@@ -53,7 +51,7 @@ def _check(data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def eager_loop(head: HeadTensors, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, *,
+def eager_loop(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, *,
                n_epochs: int, batch_size: int, seed: int = 0, max_steps: int | None = None) -> torch.Tensor:
     """The loop a PyTorch user would write, one probe after another.
 
@@ -65,7 +63,7 @@ def eager_loop(head: HeadTensors, data: CSRTensors, init: torch.Tensor, lrs: tor
     """
     _check(data, init, lrs, regs, batch_size)
     device = init.device
-    head = _head_on(head, device)
+    head = head.to(device)
     users, items, ratings, weights = _rows(data, device)
     out = torch.empty(data.n_users, len(lrs), init.shape[1], device=device)
     for p, (lr, reg) in enumerate(zip(lrs.tolist(), regs.tolist())):
@@ -77,7 +75,7 @@ def eager_loop(head: HeadTensors, data: CSRTensors, init: torch.Tensor, lrs: tor
         for rows in _batches(len(users), batch_size, n_epochs, generator, device, max_steps):
             e = emb(users[rows])
             i = items[rows]
-            pred = (tower_forward(head, e) * head.item_vectors[i]).sum(-1) + head.item_bias[i] + head.global_bias
+            pred = (head.user_features(e) * head.item_vectors[i]).sum(-1) + head.item_bias[i] + head.global_bias
             loss = (weights[rows] * (pred - ratings[rows]) ** 2 + reg * (e * e).sum(-1)).mean()
             opt.zero_grad()
             loss.backward()
@@ -88,9 +86,9 @@ def eager_loop(head: HeadTensors, data: CSRTensors, init: torch.Tensor, lrs: tor
 
 def _lazy_adam(e, m, v, grad, lr, bias1, bias2):
     """Adam on the touched rows only (like ``torch.optim.SparseAdam``); returns new (e, m, v)."""
-    m = ADAM_BETA1 * m + (1 - ADAM_BETA1) * grad
-    v = ADAM_BETA2 * v + (1 - ADAM_BETA2) * grad * grad
-    e = e - lr * (m / bias1) / ((v / bias2).sqrt() + ADAM_EPS)
+    m = _ADAM.beta1 * m + (1 - _ADAM.beta1) * grad
+    v = _ADAM.beta2 * v + (1 - _ADAM.beta2) * grad * grad
+    e = e - lr * (m / bias1) / ((v / bias2).sqrt() + _ADAM.eps)
     return e, m, v
 
 
@@ -113,7 +111,7 @@ def _tower_update(e, m, v, inverse, q, offset, rating, weight, lr, reg, bias1, b
     """One step through a tower, the gradient by autograd; arguments as ``_linear_update``."""
     e_rows = e.detach().requires_grad_(True)
     e_c = e_rows[inverse]
-    pred = torch.einsum("bph,bh->bp", tower_forward(head, e_c), q) + offset[:, None]
+    pred = torch.einsum("bph,bh->bp", head.user_features(e_c), q) + offset[:, None]
     loss = (weight[:, None] * (pred - rating[:, None]) ** 2 + reg * (e_c * e_c).sum(-1)).mean(0).sum()
     (grad,) = torch.autograd.grad(loss, e_rows)
     return _lazy_adam(e, m, v, grad, lr, bias1, bias2)
@@ -129,7 +127,7 @@ def _compiled(update):
     return _COMPILED[update]
 
 
-def batched(head: HeadTensors, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, *,
+def batched(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, *,
             n_epochs: int, batch_size: int, seed: int = 0, max_steps: int | None = None,
             compile: bool = False) -> torch.Tensor:
     """All P probes in one ``[U, P, d]`` tensor, the strongest plain-PyTorch loop we could write.
@@ -143,7 +141,7 @@ def batched(head: HeadTensors, data: CSRTensors, init: torch.Tensor, lrs: torch.
     """
     _check(data, init, lrs, regs, batch_size)
     device = init.device
-    head = _head_on(head, device)
+    head = head.to(device)
     users, items, ratings, weights = _rows(data, device)
     n_probes = len(lrs)
     emb = init[:, None, :].repeat(1, n_probes, 1)  # a copy, also for P = 1
@@ -158,8 +156,8 @@ def batched(head: HeadTensors, data: CSRTensors, init: torch.Tensor, lrs: torch.
         touched, inverse = torch.unique(users[rows], return_inverse=True)
         i = items[rows]
         # Bias corrections as tensors, so that a compiled update is not re-specialised every step.
-        bias1 = torch.tensor(1 - ADAM_BETA1**step, device=device)
-        bias2 = torch.tensor(1 - ADAM_BETA2**step, device=device)
+        bias1 = torch.tensor(1 - _ADAM.beta1**step, device=device)
+        bias2 = torch.tensor(1 - _ADAM.beta2**step, device=device)
         e, m, v = update(emb[touched], adam_m[touched], adam_v[touched], inverse, head.item_vectors[i],
                          head.item_bias[i] + head.global_bias, ratings[rows], weights[rows], lr, reg, bias1, bias2,
                          *extra)

@@ -17,10 +17,26 @@ bit-identical values.  ``docs/semantics.md`` states the same functions in words.
   position ``i`` repeatedly until the value is below ``n`` (cycle walking).  Position ``i`` of the
   epoch visits the user's rating ``perm(i)`` (canonical order index).
 * Adam step count of a user's step ``c`` (0-based) in epoch ``t``: ``t * ceil(n / B) + c + 1``.
+* The step itself (loss, optimizer and its constants, batch size, seed) is a ``StepSpec``: every
+  backend receives one and takes its constants from it.
+* Validation sums are exact: each user's sum ``sum w (pred - r)^2`` (float64) is truncated to a
+  multiple of ``2**-64`` and the users' values are added as integers (``fixed_point_limbs``), so
+  the total does not depend on the order of the users, the thread count or how users are split
+  across processes.
+
+``CONTRACT_VERSION`` names this contract; model files record it, and a file written under another
+version is refused (its embeddings would not be reproducible here).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+import torch
+
+from .errors import InputError, check_float, check_int
+
+CONTRACT_VERSION = "1"
 
 MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
@@ -111,3 +127,107 @@ def permutation(seed: int, epoch: int, key: int, n: int) -> np.ndarray:
 def adam_step(epoch: int, n: int, batch_size: int, chunk: int) -> int:
     """1-based Adam step count of a user's ``chunk``-th step in ``epoch`` (bias correction)."""
     return epoch * (-(-n // batch_size)) + chunk + 1
+
+
+# --------------------------------------------------------------------------- the step
+@dataclass(frozen=True)
+class Adam:
+    """Adam with bias correction by the user's own step count (docs/semantics.md)."""
+
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    name = "adam"
+    n_moments = 2  # first and second moment, each the shape of the embeddings
+
+    def __post_init__(self):
+        check_float("beta1", self.beta1, 0.0, maximum=1.0)
+        check_float("beta2", self.beta2, 0.0, maximum=1.0)
+        check_float("eps", self.eps, 0.0, strict=True)
+        if self.beta1 == 1.0 or self.beta2 == 1.0:
+            raise InputError(f"Adam's beta1 and beta2 must be < 1, got {self.beta1} and {self.beta2}")
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Plain stochastic gradient descent: ``e -= lr * g``."""
+
+    name = "sgd"
+    n_moments = 0
+
+
+LOSSES = ("mse",)
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What one training step is, the same for every backend.
+
+    ``loss``: ``"mse"``: ``L_C = (1/|C|) sum_C w (pred - r)^2 + reg ||e||^2``.
+    ``optimizer``: ``Adam(beta1, beta2, eps)`` or ``SGD()`` (a name is accepted too).
+    ``batch_size``: ratings per step (a user's last step may be shorter).
+    ``seed``: keys the permutations and the initial embeddings (used mod 2**32).
+
+    Adding a loss or an optimizer means: this spec, the reference backend, each fast backend and
+    the parity suite; nothing else reads these constants.
+    """
+
+    loss: str = "mse"
+    optimizer: Adam | SGD = field(default_factory=Adam)
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.optimizer, str):
+            if self.optimizer not in OPTIMIZERS:
+                raise InputError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
+            object.__setattr__(self, "optimizer", OPTIMIZERS[self.optimizer]())
+        if not isinstance(self.optimizer, (Adam, SGD)):
+            raise InputError(f"optimizer must be Adam() or SGD(), got {self.optimizer!r}")
+        if self.loss not in LOSSES:
+            raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0)
+
+
+# --------------------------------------------------------------------------- exact sums
+FIXED_POINT_LIMBS = 6  # 32-bit limbs: value = sum_k limb_k * 2**(32 k - 64), |value| < 2**127
+_FRACTION_BITS = 64
+_LIMIT = 2.0**127
+
+
+def fixed_point_limbs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact fixed-point form of float64 ``values [...]``: ``(limbs int64 [..., 6], ok bool [...])``.
+
+    Each value is truncated to a multiple of ``2**-64`` (toward minus infinity) and cut into six
+    32-bit limbs, every step exact in float64.  Sums of limbs over any set of values, in any order,
+    are exact integers (up to 2**31 values per sum), so ``fixed_point_value`` of them does not depend
+    on the order.  ``ok`` is False where a value is NaN, infinite or ``|value| >= 2**127``; its limbs
+    are 0.
+    """
+    values = values.to(torch.float64)
+    ok = torch.isfinite(values) & (values.abs() < _LIMIT)
+    x = torch.floor(torch.where(ok, values, 0.0) * 2.0**_FRACTION_BITS)
+    limbs = []
+    for _ in range(FIXED_POINT_LIMBS - 1):
+        high = torch.floor(x * 2.0**-32)
+        limbs.append((x - high * 2.0**32).to(torch.int64))  # in [0, 2**32)
+        x = high
+    limbs.append(x.to(torch.int64))  # the signed top limb
+    return torch.stack(limbs, dim=-1), ok
+
+
+def fixed_point_value(limb_sums) -> np.ndarray:
+    """float64 ``[...]`` from summed limbs ``[..., 6]``: the exact sum, rounded once."""
+    sums = np.asarray(torch.as_tensor(limb_sums).cpu(), dtype=np.int64)
+    flat = sums.reshape(-1, FIXED_POINT_LIMBS)
+    out = [sum(int(limb) << (32 * k) for k, limb in enumerate(row)) / 2**_FRACTION_BITS for row in flat]
+    return np.asarray(out, dtype=np.float64).reshape(sums.shape[:-1])
+
+
+def exact_sum(values: torch.Tensor, dim: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum, ok)`` of float64 ``values`` along ``dim``, exactly as ``fixed_point_limbs`` defines
+    it; ``ok`` is False where some term was not finite."""
+    limbs, ok = fixed_point_limbs(values)
+    return fixed_point_value(limbs.sum(dim=dim)), ok.all(dim=dim).cpu().numpy()

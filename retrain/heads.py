@@ -5,34 +5,96 @@
 ``item_vectors [I, h]``, ``item_bias [I]``, ``global_bias [1]``, ``item_ids [I]`` (int64),
 ``tower.{l}.weight [out, in]``, ``tower.{l}.bias [out]`` and, for a model, ``user_embeddings
 [U, d]`` and ``user_ids [U]`` (int64); metadata ``format = "retrain.model"``, ``version = "1"``,
-``name``, ``init`` (``zeros`` | ``glorot``) and ``activations`` (comma-separated, one per layer).
+``contract`` (the training contract's version, ``retrain.contract.CONTRACT_VERSION``), ``name``,
+``init`` (``zeros`` | ``glorot``) and ``activations`` (comma-separated, one per layer).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from .contract import CONTRACT_VERSION, init_scale
+from .errors import InputError
 
 ACTIVATIONS = ("identity", "relu", "tanh")
 FORMAT = "retrain.model"
 VERSION = "1"
 
 
-@dataclass
+@runtime_checkable
+class HeadLike(Protocol):
+    """What the trainer and the ``reference`` backend need from a frozen item side.
+
+    ``Head`` (a dense tower and an item dot product) implements it and is what the fast backends
+    train; any object with these members can be trained by the ``reference`` backend, so a head
+    written in PyTorch needs nothing else.  It must not change while it is being trained.
+
+    * ``n_items``, ``d``: number of items and the user embedding's dimension.
+    * ``init``: the initial embeddings' scheme, ``"zeros"`` or ``"glorot"``; ``init_scale(n_users)``
+      their half-width (``retrain.contract.init_scale``).
+    * ``scores(emb, items)``: predictions ``[n, m]`` of embeddings ``emb [n, d]`` (float32) for
+      item indices ``items [m]`` (int64), differentiable in ``emb``.  Row ``r`` must depend on
+      ``emb[r]`` only: the probes of a user are the rows.
+    """
+
+    init: str
+
+    @property
+    def n_items(self) -> int: ...
+
+    @property
+    def d(self) -> int: ...
+
+    def init_scale(self, n_users: int) -> float: ...
+
+    def scores(self, emb: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
+
+
+def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return torch.relu(x)
+    if activation == "tanh":
+        return torch.tanh(x)
+    return x  # "identity": Layer checks the name at construction
+
+
+@dataclass(frozen=True, eq=False)
 class Layer:
-    """One frozen dense layer ``x -> act(weight @ x + bias)``; ``weight`` is ``[out, in]``."""
+    """One frozen dense layer ``x -> act(weight @ x + bias)``; ``weight`` is ``[out, in]``.
+
+    ``activation`` is one of ``ACTIVATIONS``; anything else raises here, at construction.
+    """
 
     weight: torch.Tensor
     bias: torch.Tensor
     activation: str = "identity"
 
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise InputError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        weight = torch.as_tensor(self.weight, dtype=torch.float32).contiguous()
+        bias = torch.as_tensor(self.bias, dtype=torch.float32).contiguous()
+        if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+            raise InputError(f"a layer's weight must be [out, in] and its bias [out], got {tuple(weight.shape)} "
+                             f"and {tuple(bias.shape)}")
+        object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "bias", bias)
 
-@dataclass
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(W x + c)`` on ``x [..., in]``, products as broadcast sums: a row's numbers do not
+        depend on how many rows share the call (BLAS picks shape-dependent kernels)."""
+        return _activate((x[..., None, :] * self.weight.to(x)).sum(-1) + self.bias.to(x), self.activation)
+
+
+@dataclass(frozen=True, eq=False)
 class Head:
-    """The frozen item side.
+    """The frozen item side: ``pred(e, i) = tower(e) . Q[i] + b[i] + mu`` (a ``HeadLike``).
 
     Attributes:
         item_vectors: ``Q [n_items, h]`` float32.
@@ -42,56 +104,65 @@ class Head:
         init: initial user embeddings, ``"zeros"`` or ``"glorot"`` (uniform, ``sqrt(6/(d+U))``).
         name: the model name (``user_item_biases``, ``matrix_factorization_K``, ``mlp_DxH``).
         item_ids: original item ids ``[n_items]`` int64 (default ``0..n_items-1``).
+
+    Frozen: the fields cannot be reassigned (``to`` and ``dataclasses.replace`` make copies), and
+    every check runs at construction.
     """
 
     item_vectors: torch.Tensor
     item_bias: torch.Tensor
     global_bias: float
-    tower: list[Layer] = field(default_factory=list)
+    tower: tuple = ()
     init: str = "glorot"
     name: str = "head"
     item_ids: np.ndarray | None = None
 
     def __post_init__(self):
-        self.item_vectors = torch.as_tensor(self.item_vectors, dtype=torch.float32).contiguous()
-        self.item_bias = torch.as_tensor(self.item_bias, dtype=torch.float32).contiguous()
-        self.global_bias = float(self.global_bias)
-        if self.item_ids is None:
-            self.item_ids = np.arange(self.item_vectors.shape[0], dtype=np.int64)
-        self.item_ids = np.asarray(self.item_ids, dtype=np.int64)
-        self.tower = [Layer(torch.as_tensor(l.weight, dtype=torch.float32).contiguous(),
-                            torch.as_tensor(l.bias, dtype=torch.float32).contiguous(), l.activation)
-                      for l in self.tower]
+        convert = lambda name, value: object.__setattr__(self, name, value)
+        convert("item_vectors", torch.as_tensor(self.item_vectors, dtype=torch.float32).contiguous())
+        convert("item_bias", torch.as_tensor(self.item_bias, dtype=torch.float32).contiguous())
+        convert("global_bias", float(self.global_bias))
+        n_items = self.item_vectors.shape[0] if self.item_vectors.ndim == 2 else 0
+        convert("item_ids", np.arange(n_items, dtype=np.int64) if self.item_ids is None
+                else np.asarray(self.item_ids, dtype=np.int64))
+        for l, layer in enumerate(self.tower):
+            if not isinstance(layer, Layer):
+                raise InputError(f"tower layer {l} must be a retrain.Layer, got {type(layer).__name__}")
+        convert("tower", tuple(self.tower))
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError if shapes disagree or values are not finite."""
+        """Raise InputError if shapes disagree or values are not finite."""
         Q, b = self.item_vectors, self.item_bias
         if Q.ndim != 2 or Q.shape[0] < 1 or Q.shape[1] < 1:
-            raise ValueError(f"item_vectors must be [n_items, h] with n_items, h >= 1, got {tuple(Q.shape)}")
+            raise InputError(f"item_vectors must be [n_items, h] with n_items, h >= 1, got {tuple(Q.shape)}")
         if b.shape != (Q.shape[0],):
-            raise ValueError(f"item_bias must be [n_items={Q.shape[0]}], got {tuple(b.shape)}")
+            raise InputError(f"item_bias must be [n_items={Q.shape[0]}], got {tuple(b.shape)}")
         if len(self.item_ids) != Q.shape[0]:
-            raise ValueError(f"item_ids must have n_items={Q.shape[0]} entries, got {len(self.item_ids)}")
+            raise InputError(f"item_ids must have n_items={Q.shape[0]} entries, got {len(self.item_ids)}")
         if len(self.tower) > 2:
-            raise ValueError(f"a tower has at most 2 layers, got {len(self.tower)}")
+            raise InputError(f"a tower has at most 2 layers, got {len(self.tower)}")
         if self.init not in ("zeros", "glorot"):
-            raise ValueError(f"init must be 'zeros' or 'glorot', got {self.init!r}")
+            raise InputError(f"init must be 'zeros' or 'glorot', got {self.init!r}")
         width = None
         for l, layer in enumerate(self.tower):
-            if layer.activation not in ACTIVATIONS:
-                raise ValueError(f"tower layer {l}: activation must be one of {ACTIVATIONS}, got {layer.activation!r}")
-            if layer.weight.ndim != 2 or layer.bias.shape != (layer.weight.shape[0],):
-                raise ValueError(f"tower layer {l}: weight must be [out, in] and bias [out], got "
-                                 f"{tuple(layer.weight.shape)} and {tuple(layer.bias.shape)}")
             if width is not None and layer.weight.shape[1] != width:
-                raise ValueError(f"tower layer {l} takes {layer.weight.shape[1]} inputs but layer {l-1} gives {width}")
+                raise InputError(f"tower layer {l} takes {layer.weight.shape[1]} inputs but layer {l-1} gives {width}")
             width = layer.weight.shape[0]
         if width is not None and width != Q.shape[1]:
-            raise ValueError(f"the tower outputs {width} values but item_vectors have h={Q.shape[1]} columns")
+            raise InputError(f"the tower outputs {width} values but item_vectors have h={Q.shape[1]} columns")
         tensors = [Q, b] + [t for layer in self.tower for t in (layer.weight, layer.bias)]
         if not all(bool(torch.isfinite(t).all()) for t in tensors) or not np.isfinite(self.global_bias):
-            raise ValueError("head parameters must be finite")
+            raise InputError("head parameters must be finite")
+
+    def to(self, device) -> "Head":
+        """This head with its tensors on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.item_vectors.device == device:
+            return self
+        tower = tuple(Layer(l.weight.to(device), l.bias.to(device), l.activation) for l in self.tower)
+        return dataclasses.replace(self, item_vectors=self.item_vectors.to(device),
+                                   item_bias=self.item_bias.to(device), tower=tower)
 
     @property
     def n_items(self) -> int:
@@ -113,19 +184,23 @@ class Head:
 
     def init_scale(self, n_users: int) -> float:
         """Half-width of the uniform init for ``n_users`` users (0 for zeros)."""
-        from .contract import init_scale
         return init_scale(self.init, self.d, n_users)
 
     def user_features(self, emb: torch.Tensor) -> torch.Tensor:
-        """``tower(emb)``: ``[..., d] -> [..., h]``."""
+        """``tower(emb)``: ``[..., d] -> [..., h]`` (matrix products: for scoring and evaluation)."""
         x = emb
         for layer in self.tower:
-            x = x @ layer.weight.to(x).T + layer.bias.to(x)
-            if layer.activation == "relu":
-                x = torch.relu(x)
-            elif layer.activation == "tanh":
-                x = torch.tanh(x)
+            x = _activate(x @ layer.weight.to(x).T + layer.bias.to(x), layer.activation)
         return x
+
+    def scores(self, emb: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``HeadLike.scores``: ``[n, m]`` for ``emb [n, d]`` and ``items [m]``, products as
+        broadcast sums so that each row's numbers do not depend on the other rows."""
+        x = emb
+        for layer in self.tower:
+            x = layer(x)
+        q = self.item_vectors.to(x)[items]  # [m, h]
+        return (x[:, None, :] * q).sum(-1) + self.item_bias.to(x)[items] + self.global_bias
 
     def predict(self, emb: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predictions for rows of embeddings ``emb [n, d]`` and item indices ``items [n]``."""
@@ -136,7 +211,7 @@ class Head:
     def linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
         """For a linear head: ``(A [I, d], c [I])`` with ``pred(e, i) = A[i] . e + c[i]`` (float64)."""
         if not self.is_linear:
-            raise ValueError("linear_form needs a linear head (no tower or identity activations)")
+            raise InputError("linear_form needs a linear head (no tower or identity activations)")
         A = self.item_vectors.double()
         c = self.item_bias.double() + self.global_bias
         for layer in reversed(self.tower):  # Q . (W x + c0) = (W^T Q) . x + Q . c0
@@ -170,10 +245,10 @@ class Model:
         self.user_embeddings = torch.as_tensor(self.user_embeddings, dtype=torch.float32).contiguous()
         self.user_ids = np.asarray(self.user_ids, dtype=np.int64)
         if self.user_embeddings.ndim != 2 or self.user_embeddings.shape[1] != self.head.d:
-            raise ValueError(f"user_embeddings must be [n_users, d={self.head.d}] for head {self.head.name!r}, "
+            raise InputError(f"user_embeddings must be [n_users, d={self.head.d}] for head {self.head.name!r}, "
                              f"got {tuple(self.user_embeddings.shape)}")
         if len(self.user_ids) != self.user_embeddings.shape[0]:
-            raise ValueError(f"user_ids has {len(self.user_ids)} entries for {self.user_embeddings.shape[0]} users")
+            raise InputError(f"user_ids has {len(self.user_ids)} entries for {self.user_embeddings.shape[0]} users")
 
     @property
     def n_users(self) -> int:
@@ -193,7 +268,7 @@ class Model:
     def load(path) -> "Model":
         head, tensors = _load(path)
         if "user_embeddings" not in tensors:
-            raise ValueError(f"{path}: no user_embeddings in the file (a head only?)")
+            raise InputError(f"{path}: no user_embeddings in the file (a head only?)")
         return Model(head, tensors["user_embeddings"], tensors["user_ids"].numpy())
 
 
@@ -212,7 +287,7 @@ def save_file(path, *, head: Head, user_embeddings=None, user_ids=None) -> None:
     if user_embeddings is not None:
         tensors["user_embeddings"] = torch.as_tensor(user_embeddings, dtype=torch.float32)
         tensors["user_ids"] = torch.as_tensor(np.asarray(user_ids), dtype=torch.int64)
-    metadata = {"format": FORMAT, "version": VERSION, "name": head.name, "init": head.init,
+    metadata = {"format": FORMAT, "version": VERSION, "contract": CONTRACT_VERSION, "name": head.name, "init": head.init,
                 "activations": ",".join(layer.activation for layer in head.tower)}
     blob = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     atomic_write_bytes(path, blob)
@@ -240,15 +315,21 @@ def _load(path) -> tuple[Head, dict]:
     from safetensors import safe_open
 
     if not os.path.isfile(path):
-        raise ValueError(f"model file not found: {path}")
+        raise InputError(f"model file not found: {path}")
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise ValueError(f"{path}: not a safetensors model file ({exc})") from None
+        raise InputError(f"{path}: not a safetensors model file ({exc})") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
+        raise InputError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    # Files written before the contract had a version were written under version 1.
+    contract = metadata.get("contract", "1")
+    if contract != CONTRACT_VERSION:
+        raise InputError(f"{path} was written under training contract version {contract!r}, but this retrain "
+                         f"implements version {CONTRACT_VERSION!r}: its embeddings cannot be reproduced here "
+                         "(retrain again with this version)")
     acts = [a for a in metadata.get("activations", "").split(",") if a]
     tower = [Layer(tensors[f"tower.{l}.weight"], tensors[f"tower.{l}.bias"], act) for l, act in enumerate(acts)]
     head = Head(tensors["item_vectors"], tensors["item_bias"], float(tensors["global_bias"][0]), tower,

@@ -72,7 +72,6 @@ def _pretrain_als(ratings: Ratings, name: str, factors: int, seed: int, reg: flo
         head = Head.user_item_biases(item_bias, mu, item_ids=ratings.item_ids)
     else:
         head = Head.matrix_factorization(torch.cat([item_factors, ones_items], 1), item_bias, mu, item_ids=ratings.item_ids)
-    head.name = name
     return Model(head, users.float(), ratings.user_ids)
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .backends.base import head_tensors
 from .data import Ratings
 from .heads import Head, Model
 from .hyperparams import HyperParams
@@ -87,12 +86,11 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
         check_item_ids(head, exclude_seen, "exclude_seen")
 
     be = get_backend(backend)
-    head_t = head_tensors(head, be.device)
     rows = max(1, SCORE_BLOCK_BYTES // (4 * head.n_items))
     items_out, scores_out = [], []
     for first in range(0, n, rows):
         last = min(n, first + rows)
-        scores = be.score(head_t, embeddings[first:last].to(be.device))
+        scores = be.score(head, embeddings[first:last])
         if exclude_seen is not None:
             seen = exclude_seen.select_users(np.arange(first, last))
             users = torch.from_numpy(seen.user_of_row()).to(scores.device)

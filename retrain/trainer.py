@@ -1,9 +1,12 @@
 """Train P hyper-parameter probes at once: checkpoints, early stopping, best state, divergence.
 
-Every backend runs the same contract; this module owns what happens between launches: a
-validation pass every ``epochs_per_checkpoint`` epochs (and one at epoch 0, the init), per-probe
-patience, keeping each probe's best embeddings, stopping probes whose loss is NaN/inf, and
-splitting the probes into groups that fit a memory budget.
+``prepare`` builds a backend's prepared problem once (head, ratings, keys, init and the probe
+state on the backend's device); ``run_probes`` runs the early-stopping loop on it for a batch of
+probes, and can be called again on the same problem (the tuner does, every round).
+``train_probes`` is both in one call.  The loop: a validation at epoch 0 (the init) and then
+every ``epochs_per_checkpoint`` epochs, per-probe patience, each probe's best embeddings kept on
+request, probes whose state or loss is NaN/inf stopped, and the probes split into groups that fit
+a memory budget.  It never touches the state itself: the problem does.
 """
 from __future__ import annotations
 
@@ -16,12 +19,14 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .backends.base import csr_tensors, head_tensors, new_state
+from .backends.base import Problem
+from .contract import StepSpec, initial_embeddings, user_key
 from .data import Ratings
+from .errors import InputError, check_int
 from .heads import Head
 from .hyperparams import HyperParams
 
-log = logging.getLogger("retrain")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,23 +54,54 @@ class ProbeResult:
 def _as_vector(values, name: str) -> np.ndarray:
     v = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-d sequence, got shape {v.shape}")
+        raise InputError(f"{name} must be a non-empty 1-d sequence, got shape {v.shape}")
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} must be finite, got {v.tolist()}")
+        raise InputError(f"{name} must be finite, got {v.tolist()}")
     return v
 
 
-def check_training_inputs(head: Head, train: Ratings, val: Ratings | None) -> None:
-    """Raise ValueError when the data and the head do not describe the same users and items."""
-    for name, data in (("train", train), ("val", val)):
-        if data is None:
-            continue
-        if data.n_items != head.n_items:
-            raise ValueError(f"{name} has {data.n_items} items but the head has {head.n_items}")
-        if data.nnz and int(data.items.max()) >= head.n_items:
-            raise ValueError(f"{name} has item index {int(data.items.max())} >= n_items {head.n_items}")
-    if val is not None and (val.n_users != train.n_users or not np.array_equal(val.user_ids, train.user_ids)):
-        raise ValueError(f"train and val must hold the same users (got {train.n_users} and {val.n_users} users)")
+def check_ratings(data: Ratings, name: str, n_items: int) -> None:
+    """InputError unless ``data`` is well-formed CSR whose item indices lie in ``[0, n_items)``.
+
+    ``Ratings`` built through its constructors are; one built by hand may not be, and a backend
+    must never read outside the head's tables.
+    """
+    indptr, nnz = np.asarray(data.indptr), len(data.items)
+    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
+        raise InputError(f"{name}: indptr must start at 0, never decrease and end at nnz = {nnz}")
+    if len(data.ratings) != nnz or len(data.weights) != nnz:
+        raise InputError(f"{name}: items, ratings and weights must have the same length")
+    if len(data.user_ids) != len(indptr) - 1:
+        raise InputError(f"{name}: {len(data.user_ids)} user ids for {len(indptr) - 1} users")
+    if data.n_items != n_items:
+        raise InputError(f"{name} has {data.n_items} items but the head has {n_items}")
+    if nnz:
+        for bad, what in ((data.items < 0, "item index < 0"), (data.items >= n_items, f"item index >= {n_items}")):
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise InputError(f"{name}: row {row} has an {what} ({int(data.items[row])})")
+        for values, what in ((data.ratings, "rating"), (data.weights, "weight")):
+            bad = ~np.isfinite(values)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise InputError(f"{name}: row {row} has a non-finite {what} ({values[row]})")
+        if (data.weights < 0).any():
+            row = int(np.argmax(data.weights < 0))
+            raise InputError(f"{name}: row {row} has a negative weight ({data.weights[row]})")
+
+
+def check_training_inputs(head, train: Ratings, val: Ratings | None) -> None:
+    """Raise InputError when the data and the head do not describe the same users and items."""
+    check_ratings(train, "train", head.n_items)
+    if val is not None:
+        check_ratings(val, "val", head.n_items)
+        if val.n_users != train.n_users or not np.array_equal(val.user_ids, train.user_ids):
+            raise InputError(f"train and val must hold the same users (got {train.n_users} and {val.n_users} users)")
+
+
+def step_spec(hyp: HyperParams) -> StepSpec:
+    """The step ``hyp`` describes: MSE, its optimizer with the default constants, batch size, seed."""
+    return StepSpec(loss="mse", optimizer=hyp.optimizer, batch_size=hyp.batch_size, seed=hyp.seed)
 
 
 def default_memory_budget(device: torch.device) -> int:
@@ -76,7 +112,34 @@ def default_memory_budget(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
-def train_probes(head: Head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams, backend="auto", *,
+def prepare(head, train: Ratings, val: Ratings | None, hyp: HyperParams, backend="auto", *,
+            init: torch.Tensor | None = None) -> Problem:
+    """Check the inputs and prepare them once on ``backend``: a ``Problem`` for ``run_probes``.
+
+    Args:
+        head: the frozen item side (a ``retrain.Head``, or any ``retrain.heads.HeadLike`` for the
+            ``reference`` backend, which ``"auto"`` then picks).
+        train, val: ratings of the same users; ``val`` for the checkpoints (may be empty or None).
+        hyp: fixes the step (optimizer, batch size, seed) and the init (the Glorot bound uses
+            ``hyp.num_users``, else ``train.n_users``); the other fields are ``run_probes``'.
+        backend: name or ``Backend``.
+        init: initial embeddings ``[U, d]`` instead of the contract's.
+    """
+    check_training_inputs(head, train, val)
+    if backend == "auto" and not isinstance(head, Head):
+        backend = "reference"  # the fast backends train the dense Head only
+    be = get_backend(backend)
+    if init is None:
+        scale = head.init_scale(hyp.num_users or train.n_users)
+        init = torch.from_numpy(initial_embeddings(user_key(train.user_ids), head.d, hyp.seed, scale))
+    else:
+        init = torch.as_tensor(init, dtype=torch.float32)
+        if init.shape != (train.n_users, head.d):
+            raise InputError(f"init must be [n_users={train.n_users}, d={head.d}], got {tuple(init.shape)}")
+    return be.prepare(head, train, val, step_spec(hyp), init=init)
+
+
+def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams, backend="auto", *,
                  return_embeddings: bool = False, memory_budget: int | None = None,
                  init: torch.Tensor | None = None) -> list[ProbeResult]:
     """Train ``P = len(lrs)`` probes (learning rate, L2) at once on the same data and schedule.
@@ -92,89 +155,99 @@ def train_probes(head: Head, train: Ratings, val: Ratings, lrs, regs, hyp: Hyper
         memory_budget: bytes for probe states; probes are split into groups to fit.
         init: optional initial embeddings ``[U, d]`` (default: the contract's init).
 
-    Returns one ``ProbeResult`` per probe, in order.
+    Returns one ``ProbeResult`` per probe, in order.  To train several batches on the same data,
+    ``prepare`` once and call ``run_probes``.
     """
+    problem = prepare(head, train, val, hyp, backend, init=init)
+    return run_probes(problem, lrs, regs, hyp, return_embeddings=return_embeddings, memory_budget=memory_budget)
+
+
+def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddings: bool = False,
+               memory_budget: int | None = None) -> list[ProbeResult]:
+    """``train_probes`` on a prepared problem (``prepare`` with the same ``hyp``)."""
     lrs, regs = _as_vector(lrs, "lrs"), _as_vector(regs, "regs")
     if lrs.shape != regs.shape:
-        raise ValueError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")
+        raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")
     if (lrs <= 0).any() or (regs < 0).any():
-        raise ValueError("learning rates must be > 0 and regularisations >= 0")
-    check_training_inputs(head, train, val)
-    be = get_backend(backend)
-    device = be.device
-    head_t = head_tensors(head, device)
-    train_t, val_t = csr_tensors(train, device), csr_tensors(val, device)
-    val_weight = float(val.weights.astype(np.float64).sum())
-    scale = head.init_scale(hyp.num_users or train.n_users)
-    if init is not None:
-        init = torch.as_tensor(init, dtype=torch.float32)
-        if init.shape != (train.n_users, head.d):
-            raise ValueError(f"init must be [n_users={train.n_users}, d={head.d}], got {tuple(init.shape)}")
-
-    per_probe = train.n_users * head.d * 4 * (3 if hyp.optimizer == "adam" else 1) * (2 if return_embeddings else 1) * 2
-    budget = memory_budget if memory_budget is not None else default_memory_budget(device)
+        raise InputError("learning rates must be > 0 and regularisations >= 0")
+    if step_spec(hyp) != problem.spec:
+        raise InputError(f"hyp describes the step {step_spec(hyp)} but the problem was prepared for {problem.spec}")
+    per_probe = problem.state_bytes(1, return_embeddings)
+    budget = memory_budget if memory_budget is not None else default_memory_budget(problem.device)
     group = max(1, min(len(lrs), int(budget // max(per_probe, 1))))
     if group < len(lrs):
         log.info("memory budget %.3g bytes: training %d probes in groups of %d", budget, len(lrs), group)
     results = []
     for first in range(0, len(lrs), group):
         sl = slice(first, first + group)
-        results += _train_group(be, head_t, train_t, val_t, val_weight, lrs[sl], regs[sl], hyp, scale,
-                                return_embeddings, init, head.d)
+        results += _train_group(problem, lrs[sl], regs[sl], hyp, return_embeddings, budget)
     return results
 
 
-def _train_group(be, head_t, train_t, val_t, val_weight, lrs, regs, hyp, scale, return_embeddings, init, d):
-    P = len(lrs)
+def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embeddings: bool,
+                 budget: int) -> list[ProbeResult]:
     results = [ProbeResult(float(lr), float(reg)) for lr, reg in zip(lrs, regs)]
-    state = new_state(train_t, P, d, seed=hyp.seed, scale=scale, optimizer=hyp.optimizer, init=init)
-    best = state.emb.clone() if return_embeddings else None
-    active = np.arange(P)  # probe ids still training, in state order
-    lr_t = torch.tensor(lrs, dtype=torch.float32, device=be.device)
-    reg_t = torch.tensor(regs, dtype=torch.float32, device=be.device)
-    since_best = np.zeros(P, dtype=np.int64)
+    problem.start(lrs, regs, keep_best=return_embeddings)
+    active = np.arange(len(lrs))  # probe ids still training, in slot order
+    since_best = np.zeros(len(lrs), dtype=np.int64)
     epoch = 0
+    checkpoints, epochs = [problem.validate()], [0]  # epoch 0: the init
     while True:
-        losses = be.validation_loss(head_t, val_t, state.emb).cpu().numpy() / max(val_weight, 1e-300)
-        if val_weight == 0:
-            losses = np.where(np.isfinite(losses), 0.0, losses)
-        # One device-to-host transfer per checkpoint, not one per probe.
-        emb_finite = torch.isfinite(state.emb).all(dim=2).all(dim=0).cpu().numpy()
-        keep = []
-        for slot, probe in enumerate(active):
-            r, loss = results[probe], float(losses[slot])
-            r.history.append((epoch, loss))
-            finite = math.isfinite(loss) and bool(emb_finite[slot])
-            if not finite:
-                r.diverged = True
-                log.debug("probe %d (lr %.3g, reg %.3g) diverged at epoch %d", probe, r.lr, r.reg, epoch)
-                continue
-            if loss < r.best_val_loss:
-                r.best_val_loss, r.best_epoch = loss, epoch
-                since_best[probe] = 0
-                if best is not None:
-                    best[:, probe] = state.emb[:, slot]
-            else:
-                since_best[probe] += 1
-            if since_best[probe] <= hyp.patience and epoch < hyp.max_epochs:
-                keep.append(slot)
-        if not keep:
+        stopped = np.zeros(len(active), dtype=bool)  # stopped at an earlier checkpoint of this call
+        for index, (checkpoint, n_epochs) in enumerate(zip(checkpoints, epochs)):
+            epoch += n_epochs
+            improved = []
+            for slot, probe in enumerate(active):
+                if stopped[slot]:
+                    continue
+                r, loss = results[probe], float(checkpoint.losses[slot])
+                r.history.append((epoch, loss))
+                if not (checkpoint.finite[slot] and math.isfinite(loss)):
+                    r.diverged, stopped[slot] = True, True
+                    log.debug("probe %d (lr %.3g, reg %.3g) diverged at epoch %d", probe, r.lr, r.reg, epoch)
+                    continue
+                if loss < r.best_val_loss:
+                    r.best_val_loss, r.best_epoch = loss, epoch
+                    since_best[probe] = 0
+                    improved.append(slot)
+                else:
+                    since_best[probe] += 1
+                if since_best[probe] > hyp.patience or epoch >= hyp.max_epochs:
+                    stopped[slot] = True
+            problem.keep_best(improved, index)
+        keep = np.flatnonzero(~stopped)
+        if len(keep) == 0:
             break
-        if len(keep) < len(active):
-            pick = torch.tensor(keep, device=be.device)
-            state, lr_t, reg_t = state.select(pick), lr_t[pick], reg_t[pick]
-            active = active[keep]
-        n_epochs = min(hyp.epochs_per_checkpoint, hyp.max_epochs - epoch)
-        be.train_epochs(head_t, train_t, state, lr_t, reg_t, epoch_start=epoch, n_epochs=n_epochs,
-                        batch_size=hyp.batch_size, optimizer=hyp.optimizer, seed=hyp.seed)
-        epoch += n_epochs
-    if best is not None:
+        problem.drop(keep)
+        active = active[keep]
+        epochs = _next_checkpoints(problem, hyp, epoch, since_best[active], return_embeddings, budget)
+        checkpoints = problem.checkpoints(epochs)
+    if return_embeddings:
+        best = problem.best_embeddings()
         for probe, r in enumerate(results):
-            r.embeddings = best[:, probe].cpu().clone()
+            r.embeddings = best[:, probe].clone()
     return results
 
 
-def train_embeddings(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, backend="auto", *,
+def _next_checkpoints(problem: Problem, hyp: HyperParams, epoch: int, since_best: np.ndarray,
+                      keep_best: bool, budget: int) -> list[int]:
+    """Epochs of each checkpoint of the next call: as many checkpoints as no live probe can stop
+    before (patience left, then ``max_epochs``), so a backend may validate them all in one pass
+    over the state and no probe trains past its stop; with ``keep_best``, as many as the budget
+    holds copies of the embeddings for."""
+    left = int((hyp.patience - since_best).min()) + 1  # >= 1: every live probe is within its patience
+    if keep_best:
+        spare = budget - problem.state_bytes(problem.n_probes, keep_best=True)
+        left = min(left, 1 + max(0, spare) // max(1, problem.snapshot_bytes()))
+    epochs = []
+    while len(epochs) < left and epoch < hyp.max_epochs:
+        n = min(hyp.epochs_per_checkpoint, hyp.max_epochs - epoch)
+        epochs.append(n)
+        epoch += n
+    return epochs
+
+
+def train_embeddings(head, ratings: Ratings, hyp: HyperParams, epochs: int, backend="auto", *,
                      init: torch.Tensor | None = None) -> torch.Tensor:
     """Train one configuration (``hyp.learning_rate``, ``hyp.regularization``) for exactly ``epochs``
     epochs, no validation: the serving-time recipe.  Returns embeddings ``[n_users, d]`` (CPU).
@@ -182,20 +255,8 @@ def train_embeddings(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int
     The Glorot bound uses ``hyp.num_users`` (set it to the user count of the retrain being
     reproduced), else ``ratings.n_users``.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    check_training_inputs(head, ratings, None)
-    be = get_backend(backend)
-    head_t, data_t = head_tensors(head, be.device), csr_tensors(ratings, be.device)
-    scale = head.init_scale(hyp.num_users or ratings.n_users)
-    if init is not None:
-        init = torch.as_tensor(init, dtype=torch.float32)
-        if init.shape != (ratings.n_users, head.d):
-            raise ValueError(f"init must be [n_users={ratings.n_users}, d={head.d}], got {tuple(init.shape)}")
-    state = new_state(data_t, 1, head.d, seed=hyp.seed, scale=scale, optimizer=hyp.optimizer, init=init)
-    if epochs:
-        lr = torch.tensor([hyp.learning_rate], dtype=torch.float32, device=be.device)
-        reg = torch.tensor([hyp.regularization], dtype=torch.float32, device=be.device)
-        be.train_epochs(head_t, data_t, state, lr, reg, epoch_start=0, n_epochs=epochs,
-                        batch_size=hyp.batch_size, optimizer=hyp.optimizer, seed=hyp.seed)
-    return state.emb[:, 0].cpu()
+    epochs = check_int("epochs", epochs, 0)
+    problem = prepare(head, ratings, None, hyp, backend, init=init)
+    problem.start([hyp.learning_rate], [hyp.regularization])
+    problem.train(epochs)
+    return problem.embeddings()[:, 0].cpu().clone()

@@ -3,7 +3,7 @@
 NLopt asks for one point at a time, but the probe trainer trains P configurations for about the
 price of one.  So several NLopt optimizers (a multi-start) run in lock-step, each in its own
 thread: an objective call parks its point(s) at a gate and waits; when every live optimizer is
-parked, the thread that called ``tune`` trains all parked points as ONE ``train_probes`` batch
+parked, the thread that called ``tune`` trains all parked points as ONE probe batch
 and hands each optimizer its value.  An optimizer that finishes leaves the gate, so it never
 holds the others up.  Training runs in the calling thread (CUDA context, exceptions and Ctrl-C
 stay where the user is); the optimizer threads only block on the gate's condition variable, which
@@ -44,12 +44,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends import get_backend
 from .errors import InputError
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
-from .trainer import check_training_inputs, train_probes
+from .trainer import check_training_inputs, prepare, run_probes
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ class TuneResult:
 
     ``val_loss`` is the best point's ``loss`` (a real validation loss unless every point diverged);
     ``hyp`` is the input ``HyperParams`` with the tuned ``learning_rate`` / ``regularization``;
-    ``epochs`` the best point's best epoch; ``n_batches`` the number of ``train_probes`` calls.
+    ``epochs`` the best point's best epoch; ``n_batches`` the number of probe batches trained.
     """
 
     a: float
@@ -215,6 +214,7 @@ class _Evaluator:
 
     def __init__(self, head, train, val, hyp, backend, max_evals, max_time, journal: Journal | None):
         self.head, self.train, self.val, self.hyp, self.backend = head, train, val, hyp, backend
+        self.problem = None  # the prepared problem, shared by every batch of the run
         self.max_evals, self.max_time = max_evals, max_time
         self.journal = journal
         self.journaled = journal.load() if journal else {}
@@ -266,8 +266,10 @@ class _Evaluator:
             return
         points = [fresh[k][0] for k in to_train]
         t0 = time.perf_counter()
-        probes = train_probes(self.head, self.train, self.val, [lr_from_a(p[0]) for p in points],
-                              [reg_from_b(p[1]) for p in points], self.hyp, self.backend)
+        if self.problem is None:  # prepared once per tuning run, on its first batch
+            self.problem = prepare(self.head, self.train, self.val, self.hyp, self.backend)
+        probes = run_probes(self.problem, [lr_from_a(p[0]) for p in points], [reg_from_b(p[1]) for p in points],
+                            self.hyp)
         for k, point, probe in zip(to_train, points, probes):
             diverged = probe.diverged or not math.isfinite(probe.best_val_loss)
             penalty = 2.0 * probe.history[0][1] + 1.0  # the init's loss: shared by every probe
@@ -472,7 +474,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
         raise ValueError(f"n_starts must be an integer >= 1, got {n_starts!r}")
 
     problem = problem_fingerprint(head, train, val, hyp)
-    evaluator = _Evaluator(head, train, val, hyp, get_backend(backend), int(max_evals), float(max_time),
+    evaluator = _Evaluator(head, train, val, hyp, backend, int(max_evals), float(max_time),
                            Journal(journal, problem) if journal is not None else None)
     # Each optimizer's first trust region is about the spacing between starts, so that the starts
     # explore their own neighbourhoods instead of each re-covering the whole box.

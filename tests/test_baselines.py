@@ -3,15 +3,14 @@ import pytest
 import torch
 
 from problems import random_head, random_ratings
-from retrain.backends.base import csr_tensors, head_tensors
-from retrain.backends.reference import tower_forward
-from retrain.baselines import batched, eager_loop
+from retrain.backends.base import csr_tensors
+from retrain.baselines import _linear_update, batched, eager_loop
 
 BASELINES = {"eager_loop": eager_loop, "batched": batched}
 
 
 def _problem(kind, d=4, h=None, n_users=12, n_items=15, seed=0):
-    head = head_tensors(random_head(kind, n_items, d, h, seed=seed), "cpu")
+    head = random_head(kind, n_items, d, h, seed=seed)
     data = csr_tensors(random_ratings(n_users, n_items, seed=seed), "cpu")
     init = torch.empty(n_users, d).uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(seed))
     return head, data, init
@@ -22,7 +21,7 @@ def _training_loss(head, data, emb):
     counts = data.indptr[1:] - data.indptr[:-1]
     users = torch.repeat_interleave(torch.arange(data.n_users), counts)
     items = data.items.long()
-    features = tower_forward(head, emb[users])  # [nnz, P, h]
+    features = head.user_features(emb[users])  # [nnz, P, h]
     pred = (features * head.item_vectors[items][:, None, :]).sum(-1) + head.item_bias[items, None] + head.global_bias
     return (data.weights[:, None] * (pred - data.ratings[:, None]) ** 2).mean(0)
 
@@ -71,3 +70,28 @@ def test_bad_inputs_raise():
         eager_loop(head, data, init, torch.ones(2), torch.ones(1), n_epochs=1, batch_size=2)
     with pytest.raises(ValueError, match="batch_size"):
         batched(head, data, init, torch.ones(1), torch.ones(1), n_epochs=1, batch_size=0)
+
+
+def test_hand_written_gradient_of_the_batched_baseline_is_autograds():
+    # With lr -> the gradient: Adam's first step moves e by lr * g / (|g| + eps) per element, so
+    # compare the gradient itself: run the update with beta1 = 0 through m (m = (1 - 0.9) g).
+    head, data, _ = _problem("mf", d=5, seed=4)
+    g = torch.Generator().manual_seed(5)
+    B, n_touched, P = 9, 4, 3
+    inverse = torch.randint(0, n_touched, (B,), generator=g)
+    items = torch.randint(0, head.n_items, (B,), generator=g)
+    rating, weight = torch.rand(B, generator=g) * 4 + 1, torch.rand(B, generator=g) + 0.5
+    e = torch.randn(n_touched, P, 5, generator=g, dtype=torch.float64)
+    reg = torch.tensor([1e-3, 1e-1, 0.5], dtype=torch.float64)
+    q, offset = head.item_vectors.double()[items], (head.item_bias.double() + head.global_bias)[items]
+    zeros = torch.zeros_like(e)
+    _, m, _ = _linear_update(e, zeros, zeros, inverse, q, offset, rating.double(), weight.double(),
+                             torch.zeros(1, P, 1, dtype=torch.float64), reg, 1.0, 1.0)
+    grad = m / 0.1  # m = (1 - beta1) * grad from zero moments
+
+    leaf = e.clone().requires_grad_(True)
+    e_c = leaf[inverse]
+    pred = torch.einsum("bpd,bd->bp", e_c, q) + offset[:, None]
+    loss = (weight.double()[:, None] * (pred - rating.double()[:, None]) ** 2 + reg * (e_c * e_c).sum(-1)).mean(0)
+    (want,) = torch.autograd.grad(loss.sum(), leaf)
+    torch.testing.assert_close(grad, want, rtol=1e-9, atol=1e-12)

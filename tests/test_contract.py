@@ -1,8 +1,97 @@
-"""The contract's pure functions: permutations, initial embeddings, keys and Adam step counts."""
+"""The contract's pure functions: permutations, initial embeddings, keys, Adam step counts, the
+step spec and exact sums.
+
+The pinned values below were written down once (from contract version 1) and are not recomputed:
+a change to any implementation of the contract (Python, C++, Triton) that alters a single value
+fails here, and would make saved models irreproducible (bump ``CONTRACT_VERSION`` then).
+"""
+import math
+
 import numpy as np
 import pytest
+import torch
 
-from retrain.contract import adam_step, fmix32, init_scale, initial_embeddings, permutation, user_key
+from retrain.backends import available_backends
+from retrain.contract import (SGD, Adam, StepSpec, adam_step, exact_sum, fixed_point_limbs, fixed_point_value, fmix32,
+                              init_scale, initial_embeddings, permutation, user_key)
+
+PINNED_KEYS = [(0, 0), (1, 1), (12345, 12345), (2**32 + 7, 1364076720), (-5, 2114883778), (2**62 + 3, 1869769535)]
+PINNED_PERMUTATIONS = [  # (seed, epoch, key, n) -> visiting order
+    ((0, 0, 1, 10), [2, 3, 7, 9, 0, 1, 6, 5, 4, 8]),
+    ((7, 3, 12345, 17), [2, 13, 11, 9, 12, 16, 14, 15, 6, 7, 10, 8, 3, 4, 1, 5, 0]),
+    ((2**32 - 1, 5, 2**32 - 1, 33), [31, 29, 20, 25, 1, 21, 26, 17, 30, 5, 32, 13, 28, 7, 10, 3, 15, 0, 22, 27, 4,
+                                     23, 19, 6, 24, 11, 12, 8, 16, 14, 2, 18, 9]),
+]
+# initial_embeddings(keys=[0, 12345, 2**32 - 1], d=3, seed=9, scale=0.25), exact float32 values.
+PINNED_INIT = [float.fromhex(x) for x in (
+    "-0x1.0b539p-4", "0x1.d1507p-3", "-0x1.161dap-6",
+    "-0x1.651a4cp-3", "0x1.0332p-5", "-0x1.81002p-4",
+    "-0x1.4a86cp-3", "0x1.38eap-3", "-0x1.66e578p-3")]
+
+
+def _permutation_impls():
+    impls = [pytest.param(permutation, id="python")]
+    if "cpu" in available_backends():
+        from retrain import _C
+        impls.append(pytest.param(_C.permutation, id="cpp"))
+    if "triton" in available_backends():
+        def triton_permutation(seed, epoch, key, n):
+            from retrain.backends.triton import triton_device
+            from retrain.kernels.train import permutations
+
+            device = triton_device()
+            indptr = torch.tensor([0, n], dtype=torch.int64, device=device)
+            keys = torch.tensor([key], dtype=torch.int64, device=device)
+            return permutations(indptr, keys, seed=seed, epoch=epoch).cpu().numpy()
+        impls.append(pytest.param(triton_permutation, id="triton"))
+    return impls
+
+
+def _init_impls():
+    impls = [pytest.param(initial_embeddings, id="python")]  # the Triton backend uploads these
+    if "cpu" in available_backends():
+        from retrain import _C
+        impls.append(pytest.param(lambda keys, d, seed, scale: _C.initial_embeddings(
+            np.asarray(keys, np.int64), d, seed, scale), id="cpp"))
+    return impls
+
+
+EDGE_N = [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 32, 33, 100, 255, 256, 257, 1000, 1023, 1024, 1025, 4096, 4097]
+EDGE_WORDS = [0, 1, 7, 12345, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]  # seeds, epochs and keys
+
+
+@pytest.mark.parametrize("impl", _permutation_impls()[1:] or [pytest.param(None, marks=pytest.mark.skip("python only"))])
+def test_other_implementations_agree_with_python(impl):
+    """Edge sizes (around powers of two: the cycle walking) and edge words, then random inputs."""
+    interpreted = "triton" in str(impl) and not torch.cuda.is_available()
+    sizes = EDGE_N[:12] if interpreted else EDGE_N
+    words = EDGE_WORDS[::3] if interpreted else EDGE_WORDS
+    for n in sizes:
+        for word in words:
+            assert np.array_equal(impl(word, 3, word, n), permutation(word, 3, word, n)), (word, n)
+            assert np.array_equal(impl(5, word, 2**32 - 1 - word, n), permutation(5, word, 2**32 - 1 - word, n))
+    rng = np.random.default_rng(1)
+    for _ in range(10 if interpreted else 300):
+        seed, epoch, key = (int(x) for x in rng.integers(0, 2**32, 3))
+        n = int(rng.integers(0, 300 if interpreted else 3000))
+        assert np.array_equal(impl(seed, epoch, key, n), permutation(seed, epoch, key, n))
+
+
+def test_user_keys_are_pinned():
+    ids, keys = zip(*PINNED_KEYS)
+    assert user_key(np.array(ids)).tolist() == list(keys)
+
+
+@pytest.mark.parametrize("impl", _permutation_impls())
+@pytest.mark.parametrize("args,expected", PINNED_PERMUTATIONS)
+def test_permutations_are_pinned(impl, args, expected):
+    assert np.asarray(impl(*args)).tolist() == expected
+
+
+@pytest.mark.parametrize("impl", _init_impls())
+def test_initial_embeddings_are_pinned(impl):
+    e = impl([0, 12345, 2**32 - 1], 3, 9, 0.25)
+    assert e.dtype == np.float32 and e.ravel().tolist() == PINNED_INIT
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 9, 64, 65, 1000, 4097])
@@ -61,3 +150,32 @@ def test_adam_step_counts_from_one():
     assert adam_step(0, 10, 4, 0) == 1
     assert adam_step(0, 10, 4, 2) == 3
     assert adam_step(1, 10, 4, 0) == 4  # ceil(10/4) = 3 steps per epoch
+
+
+def test_step_spec_names_and_checks_its_constants():
+    assert StepSpec(optimizer="sgd").optimizer == SGD() and StepSpec().optimizer == Adam(0.9, 0.999, 1e-8)
+    for kwargs, match in ((dict(optimizer="rmsprop"), "optimizer"), (dict(loss="huber"), "loss"),
+                          (dict(batch_size=0), "batch_size"), (dict(batch_size=2.0), "batch_size"),
+                          (dict(seed=-1), "seed")):
+        with pytest.raises(ValueError, match=match):
+            StepSpec(**kwargs)
+    with pytest.raises(ValueError, match="beta1"):
+        Adam(beta1=1.0)
+
+
+def test_exact_sums_do_not_depend_on_order_and_match_fsum():
+    rng = np.random.default_rng(0)
+    values = rng.random(20_000) * 10.0 ** rng.integers(-6, 9, 20_000)
+    total, ok = exact_sum(torch.from_numpy(values))
+    assert ok and total == math.fsum(np.floor(values * 2.0**64) / 2.0**64)
+    shuffled, _ = exact_sum(torch.from_numpy(rng.permutation(values)))
+    assert shuffled == total
+    halves = fixed_point_limbs(torch.from_numpy(values[:7000]))[0].sum(0) + \
+        fixed_point_limbs(torch.from_numpy(values[7000:]))[0].sum(0)
+    assert fixed_point_value(halves) == total  # split across processes: the same bits
+
+
+def test_exact_sums_flag_what_they_cannot_hold():
+    limbs, ok = fixed_point_limbs(torch.tensor([1.5, -2.25, float("nan"), float("inf"), 2.0**130]))
+    assert ok.tolist() == [True, True, False, False, False]
+    assert fixed_point_value(limbs[:2]).tolist() == [1.5, -2.25] and not limbs[2:].any()

@@ -1,4 +1,5 @@
 """Heads and models: checks, predictions, and the safetensors file format."""
+import dataclasses
 import os
 
 import numpy as np
@@ -6,7 +7,9 @@ import pytest
 import torch
 
 from problems import random_head
-from retrain.heads import Head, Layer, Model, load_head
+from retrain.heads import Head, HeadLike, Layer, Model, load_head
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 
 def test_dimension_mismatch_is_named():
@@ -63,9 +66,45 @@ def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_linear_form_matches_predict():
-    head = random_head("tower2", 9, d=4, h=3)
-    head.tower[0].activation = "identity"
+    tower2 = random_head("tower2", 9, d=4, h=3)
+    first, second = tower2.tower
+    head = dataclasses.replace(tower2, tower=[Layer(first.weight, first.bias, "identity"), second])
     A, c = head.linear_form()
     e = torch.randn(9, 4)
     items = torch.arange(9)
     assert torch.allclose((A[items] * e.double()).sum(1) + c, head.predict(e, items).double(), atol=1e-5)
+
+
+def test_an_unknown_activation_raises_at_construction_and_heads_are_frozen():
+    with pytest.raises(ValueError, match="activation must be one of"):
+        Layer(torch.zeros(3, 2), torch.zeros(3), "gelu")
+    head = random_head("tower1", 5, d=2, h=3)
+    for name, value in (("global_bias", 1.0), ("tower", ()), ("item_vectors", torch.zeros(5, 3))):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(head, name, value)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        head.tower[0].activation = "identity"
+    assert isinstance(head, HeadLike)
+
+
+@pytest.mark.parametrize("kind", ["biases", "mf", "tower1", "tower2"])
+def test_scores_are_the_predictions_of_every_pair(kind):
+    head = random_head(kind, 11, d=4, h=3)
+    emb, items = torch.randn(5, head.d), torch.tensor([3, 0, 10, 3])
+    grid = head.scores(emb, items)
+    pairs = head.predict(emb.repeat_interleave(len(items), 0), items.repeat(5)).view(5, len(items))
+    assert grid.shape == (5, 4) and torch.allclose(grid, pairs, rtol=1e-6, atol=1e-6)
+
+
+def test_a_file_of_another_contract_version_is_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    Model(random_head("mf", 4, d=2), torch.ones(2, 2), [0, 1]).save(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert metadata["contract"] == "1"
+    save_file(tensors, str(path), metadata={**metadata, "contract": "2"})
+    with pytest.raises(ValueError, match="training contract version '2'"):
+        Model.load(path)
+    del metadata["contract"]  # files from before the version was recorded were written under 1
+    save_file(tensors, str(path), metadata=metadata)
+    assert Model.load(path).n_users == 2

@@ -1,11 +1,13 @@
-"""The reference backend and the probe trainer: ridge oracle, fold-in, probe independence, checks."""
+"""The reference backend: the closed-form ridge oracle, fold-in, any HeadLike head, input checks."""
 import numpy as np
 import pytest
 import torch
 
 from problems import describe_mismatch, random_head, random_ratings, rel_err
-from retrain.contract import initial_embeddings, user_key
+from retrain.contract import initial_embeddings, permutation, user_key
+from retrain.heads import Head, HeadLike
 from retrain.hyperparams import HyperParams
+from retrain.errors import InputError
 from retrain.ridge import ridge_embeddings
 from retrain.trainer import train_embeddings, train_probes
 
@@ -39,73 +41,57 @@ def test_fold_in_one_user_reproduces_full_retrain():
         assert rel_err(one[0], full.embeddings[user]) <= 1e-6
 
 
-def _problem():
-    head = random_head("tower2", 14, 5, 4, seed=9)
-    train, val = random_ratings(10, 14, seed=4).split_per_user(0.3, seed=2)
-    hyp = HyperParams(model="mlp_5x4", batch_size=4, max_epochs=6, epochs_per_checkpoint=2, patience=1)
-    return head, train, val, hyp
+class SoftplusHead:
+    """A head the dense Head cannot express: ``pred = softplus(e . Q_i) + b_i``, in plain PyTorch."""
+
+    init = "glorot"
+
+    def __init__(self, n_items, d, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.q = torch.randn(n_items, d, generator=g)
+        self.b = torch.rand(n_items, generator=g) * 3
+
+    n_items = property(lambda self: self.q.shape[0])
+    d = property(lambda self: self.q.shape[1])
+
+    def init_scale(self, n_users):
+        return float(np.sqrt(6.0 / (self.d + n_users)))
+
+    def scores(self, emb, items):
+        return torch.nn.functional.softplus(emb @ self.q[items].T) + self.b[items]
 
 
-def test_probes_together_equal_probes_alone():
-    head, train, val, hyp = _problem()
-    lrs, regs = [1e-2, 3e-2, 1e-1], [1e-4, 1e-2, 1e-3]
-    together = train_probes(head, train, val, lrs, regs, hyp, backend="reference", return_embeddings=True)
-    for lr, reg, joint in zip(lrs, regs, together):
-        (alone,) = train_probes(head, train, val, [lr], [reg], hyp, backend="reference", return_embeddings=True)
-        assert np.allclose(alone.history, joint.history, rtol=1e-6, atol=0)
-        assert rel_err(joint.embeddings, alone.embeddings) <= 1e-6
-
-
-def test_diverging_probe_leaves_others_bit_identical():
-    head, train, val, hyp = _problem()
-    good = train_probes(head, train, val, [1e-2, 3e-2], [1e-4, 1e-3], hyp, backend="reference", return_embeddings=True)
-    mixed = train_probes(head, train, val, [1e-2, 1e30, 3e-2], [1e-4, 1e30, 1e-3], hyp, backend="reference",
-                         return_embeddings=True)
-    assert mixed[1].diverged and not mixed[0].diverged and not mixed[2].diverged
-    assert np.isfinite(mixed[1].best_val_loss)  # the init checkpoint is still a finite best
-    for a, b in ((mixed[0], good[0]), (mixed[2], good[1])):
-        assert a.history == b.history and torch.equal(a.embeddings, b.embeddings)
-
-
-def test_early_stopping_and_best_state():
-    head, train, val, hyp = _problem()
-    hyp = hyp.replace(max_epochs=40, epochs_per_checkpoint=1, patience=0)
-    (r,) = train_probes(head, train, val, [0.5], [0.0], hyp, backend="reference", return_embeddings=True)
-    losses = [loss for _, loss in r.history]
-    assert losses[-1] >= losses[-2]  # stopped at the first checkpoint that did not improve
-    assert all(b < a for a, b in zip(losses[:-2], losses[1:-1]))
-    assert r.best_epoch == r.history[-2][0] and r.best_val_loss == min(losses)
-    again = train_embeddings(head, train, hyp.replace(learning_rate=0.5, regularization=0.0), r.best_epoch,
-                             backend="reference")
-    assert torch.equal(again, r.embeddings)
-
-
-def test_memory_budget_splits_into_groups():
-    head, train, val, hyp = _problem()
-    lrs, regs = [1e-2, 2e-2, 3e-2], [1e-3] * 3
-    whole = train_probes(head, train, val, lrs, regs, hyp, backend="reference")
-    split = train_probes(head, train, val, lrs, regs, hyp, backend="reference", memory_budget=1)
-    assert np.allclose([r.history for r in whole], [r.history for r in split], rtol=1e-6, atol=0)
-
-
-def test_users_without_train_or_val_ratings():
-    head = random_head("mf", 10, 2)
-    data = random_ratings(6, 10, counts=[0, 1, 2, 5, 8, 4], seed=0)
-    train, val = data.split_per_user(0.25, seed=0)  # users 0 and 1 have no val ratings
-    assert val.counts[1] == 0 and train.counts[0] == 0
-    hyp = HyperParams(model="matrix_factorization_2", max_epochs=4, epochs_per_checkpoint=2)
-    (r,) = train_probes(head, train, val, [1e-2], [1e-3], hyp, backend="reference")
-    assert all(np.isfinite(loss) for _, loss in r.history)
-    empty_val = val._subset_rows(np.zeros(val.nnz, bool))
-    (r,) = train_probes(head, train, empty_val, [1e-2], [1e-3], hyp, backend="reference")
-    assert [loss for _, loss in r.history] == [0.0] * len(r.history)
+def test_reference_trains_any_head_like_object():
+    head = SoftplusHead(9, 3, seed=1)
+    assert isinstance(head, HeadLike) and not isinstance(head, Head)
+    data = random_ratings(5, 9, seed=2)
+    hyp = HyperParams(model="matrix_factorization_3", learning_rate=0.05, regularization=1e-3, batch_size=2, seed=4)
+    emb = train_embeddings(head, data, hyp, epochs=3)  # "auto" picks the reference for such a head
+    keys = user_key(data.user_ids)
+    init = initial_embeddings(keys, 3, hyp.seed, head.init_scale(data.n_users))
+    for u in range(data.n_users):  # the oracle: torch.optim.Adam on the user alone
+        e = torch.nn.Parameter(torch.from_numpy(init[u]).clone())
+        opt = torch.optim.Adam([e], lr=hyp.learning_rate)
+        rows = slice(data.indptr[u], data.indptr[u + 1])
+        items, r, w = (torch.from_numpy(a[rows]) for a in (data.items, data.ratings, data.weights))
+        for epoch in range(3):
+            order = torch.from_numpy(permutation(hyp.seed, epoch, int(keys[u]), len(items)))
+            for first in range(0, len(items), 2):
+                c = order[first:first + 2]
+                loss = (w[c] * (head.scores(e[None], items[c])[0] - r[c]) ** 2).mean() + hyp.regularization * (e * e).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        assert rel_err(emb[u], e.detach()) <= 1e-5, u
+    with pytest.raises(ValueError, match="backend 'cpu' trains retrain.Head"):
+        train_embeddings(head, data, hyp, epochs=1, backend="cpu")
 
 
 def test_bad_training_input_is_named():
     head = random_head("mf", 10, 2)
     train, val = random_ratings(5, 10, seed=0).split_per_user(0.3)
     hyp = HyperParams(model="matrix_factorization_2")
-    with pytest.raises(ValueError, match="train has 10 items but the head has 12"):
+    with pytest.raises(InputError, match="train has 10 items but the head has 12"):
         train_probes(random_head("mf", 12, 2), train, val, [1e-2], [0.0], hyp, backend="reference")
     with pytest.raises(ValueError, match="same users"):
         train_probes(head, train, val.select_users([0, 1]), [1e-2], [0.0], hyp, backend="reference")

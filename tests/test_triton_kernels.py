@@ -1,8 +1,9 @@
-"""The Triton kernels on their own: permutation, tiling corner cases, validation, scoring, tanh.
+"""The Triton kernels on their own: tiling corner cases, validation, scoring, tanh, compilation.
 
 Runs on a CUDA GPU, or on the CPU under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1
 when there is no GPU); the inputs are tiny because the interpreter runs every program in Python.
-The cross-backend training suite is tests/test_backend_parity.py.
+The cross-backend training suite is tests/test_backend_parity.py; the in-kernel permutation is
+pinned in tests/test_contract.py.
 """
 import os
 import subprocess
@@ -15,22 +16,24 @@ import torch
 
 from problems import describe_mismatch, random_head, random_ratings, rel_err
 from retrain.backends import get_backend
-from retrain.backends.base import ACTIVATION_CODES, csr_tensors, head_tensors, new_state
-from retrain.backends.reference import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ReferenceBackend
-from retrain.backends.triton import triton_device
-from retrain.contract import permutation, user_key
+from retrain.backends.base import csr_tensors, heaviest_first
+from retrain.backends.triton import kernel_head, triton_device
+from retrain.contract import initial_embeddings, user_key
+from retrain.hyperparams import HyperParams
+from retrain.trainer import prepare
 
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from retrain.kernels.blocks import pick_blocks  # noqa: E402
 from retrain.kernels.tower import _tanh  # noqa: E402
-from retrain.kernels.train import permutations, train_epochs  # noqa: E402
+from retrain.kernels.train import train_epochs  # noqa: E402
+from retrain.kernels.validate import user_losses  # noqa: E402
 
 DEVICE = triton_device()
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA GPU or TRITON_INTERPRET=1")
 TOL = 1e-5
-ADAM = (ADAM_BETA1, ADAM_BETA2, ADAM_EPS)
+ADAM = (0.9, 0.999, 1e-8)
 
 
 @triton.jit
@@ -40,21 +43,25 @@ def _tanh_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
 
 
 def _train(device, head, data, lrs, regs, *, batch_size, optimizer, blocks=None, seed=5):
-    """Embeddings after 2 epochs: the Triton launcher on ``DEVICE`` (optionally with forced blocks),
-    or the reference backend on the CPU when ``device`` is None."""
-    head_t, data_t = head_tensors(head, device or "cpu"), csr_tensors(data, device or "cpu")
-    state = new_state(data_t, len(lrs), head.d, seed=seed, scale=head.init_scale(data.n_users), optimizer=optimizer)
-    lr_t = torch.tensor(lrs, dtype=torch.float32, device=data_t.indptr.device)
-    reg_t = torch.tensor(regs, dtype=torch.float32, device=data_t.indptr.device)
-    args = dict(epoch_start=3, n_epochs=2, batch_size=batch_size, optimizer=optimizer, seed=seed)
+    """Embeddings after 2 epochs from the init: the Triton launcher on ``DEVICE`` (optionally with
+    forced blocks), or the reference backend on the CPU when ``device`` is None."""
+    init = torch.from_numpy(initial_embeddings(user_key(data.user_ids), head.d, seed, head.init_scale(data.n_users)))
     if device is None:
-        ReferenceBackend().train_epochs(head_t, data_t, state, lr_t, reg_t, **args)
-    else:
-        tower = [(w, c, ACTIVATION_CODES[a]) for w, c, a in head_t.tower]
-        train_epochs(state.emb, state.adam_m, state.adam_v, lr_t, reg_t, data_t.indptr, data_t.keys,
-                     data_t.items, data_t.ratings, data_t.weights, head_t.item_vectors, head_t.item_bias,
-                     head_t.global_bias, tower, adam=ADAM, blocks=blocks, **args)
-    return state.emb.cpu()
+        hyp = HyperParams(model="matrix_factorization_2", batch_size=batch_size, optimizer=optimizer, seed=seed)
+        problem = prepare(head, data, None, hyp, "reference", init=init)
+        problem.start(lrs, regs)
+        problem.train(2)
+        return problem.embeddings().cpu()
+    data_t = csr_tensors(data, device)
+    emb = init.to(device)[:, None, :].repeat(1, len(lrs), 1)
+    m, v = torch.zeros_like(emb), torch.zeros_like(emb)
+    lr_t = torch.tensor(lrs, dtype=torch.float32, device=device)
+    reg_t = torch.tensor(regs, dtype=torch.float32, device=device)
+    order = torch.from_numpy(heaviest_first(data.counts)).to(device)
+    train_epochs(emb, m, v, lr_t, reg_t, data_t.indptr, data_t.keys, data_t.items, data_t.ratings, data_t.weights,
+                 *kernel_head(head, device, "triton"), order=order, epoch_start=0, n_epochs=2,
+                 batch_size=batch_size, optimizer=optimizer, seed=seed, adam=ADAM, blocks=blocks)
+    return emb.cpu()
 
 
 def _assert_matches_reference(head, data, lrs, regs, *, batch_size, optimizer="adam", blocks=None):
@@ -62,18 +69,6 @@ def _assert_matches_reference(head, data, lrs, regs, *, batch_size, optimizer="a
     ref = _train(None, head, data, lrs, regs, batch_size=batch_size, optimizer=optimizer)
     assert rel_err(emb, ref) <= TOL, describe_mismatch(emb, ref, TOL)
     return emb, ref
-
-
-def test_permutation_matches_contract():
-    counts = [0, 1, 2, 3, 4, 5, 16, 17, 31, 64, 65, 100]
-    data = random_ratings(len(counts), 40, counts=counts, seed=1)
-    data_t = csr_tensors(data, DEVICE)
-    keys = user_key(data.user_ids)
-    for seed, epoch in ((0, 0), (2**32 - 3, 12345)):
-        got = permutations(data_t.indptr, data_t.keys, seed=seed, epoch=epoch).cpu().numpy()
-        for u, n in enumerate(counts):
-            want = permutation(seed, epoch, int(keys[u]), n)
-            np.testing.assert_array_equal(got[data.indptr[u]:data.indptr[u + 1]], want, err_msg=f"user {u}, n={n}")
 
 
 def test_batch_larger_than_tile_and_probe_remainder():
@@ -101,21 +96,20 @@ def test_dot_path_with_padding(n_probes):
     _assert_matches_reference(head, data, [1e-2, 3e-2][:n_probes], [1e-4, 1e-3][:n_probes], batch_size=4)
 
 
-def test_validation_loss_isolates_probes_and_skips_empty_users():
-    be = get_backend("triton")
+def test_user_losses_are_per_user_and_skip_empty_users():
     head = random_head("tower1", 13, 4, 6, seed=9)
     data = random_ratings(6, 13, counts=[0, 3, 1, 0, 8, 5], seed=10)
-    head_t, data_t = head_tensors(head, be.device), csr_tensors(data, be.device)
+    data_t = csr_tensors(data, DEVICE)
     emb = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(0)) * 0.3
-    emb[0, 2] = float("nan")  # a user without ratings: adds nothing, even NaN
-    emb[4, 1] = float("nan")
-    got = be.validation_loss(head_t, data_t, emb.to(be.device)).cpu()
-    want = ReferenceBackend().validation_loss(head_tensors(head, "cpu"), csr_tensors(data, "cpu"), emb)
-    assert got.dtype == torch.float64
-    assert torch.isnan(got[1]) and torch.isfinite(got[[0, 2]]).all()
-    assert rel_err(got[[0, 2]], want[[0, 2]]) <= TOL
-    again = be.validation_loss(head_t, data_t, emb.to(be.device)).cpu()
-    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(again))
+    emb[0, 2] = float("nan")  # a user without ratings: 0, even with a NaN embedding
+    got = user_losses(emb.to(DEVICE), data_t.indptr, data_t.items, data_t.ratings, data_t.weights,
+                      *kernel_head(head, DEVICE, "triton")).cpu()
+    assert got.shape == (6, 3) and got.dtype == torch.float32
+    for u in range(6):  # the oracle: the head's own predictions, in float64
+        rows = slice(data.indptr[u], data.indptr[u + 1])
+        pred = head.scores(emb[u].double(), torch.from_numpy(data.items[rows]))
+        want = (torch.from_numpy(data.weights[rows]).double() * (pred - torch.from_numpy(data.ratings[rows])) ** 2).sum(1)
+        assert rel_err(got[u], want) <= TOL, u
 
 
 @pytest.mark.parametrize("kind,d,h,n", [("biases", 1, 1, 1), ("mf", 20, 20, 7), ("tower2", 5, 3, 40)])
@@ -123,7 +117,7 @@ def test_score_matches_torch(kind, d, h, n):
     be = get_backend("triton")
     head = random_head(kind, 70, d, h, seed=11)
     emb = torch.randn(n, head.d, generator=torch.Generator().manual_seed(1))
-    got = be.score(head_tensors(head, be.device), emb.to(be.device)).cpu()
+    got = be.score(head, emb.to(be.device)).cpu()
     feats = head.user_features(emb.double())
     want = feats @ head.item_vectors.double().T + head.item_bias.double() + head.global_bias
     assert got.shape == (n, 70)
@@ -141,27 +135,31 @@ def test_tanh_is_accurate():
 
 
 def test_launcher_rejects_bad_inputs():
-    head_t = head_tensors(random_head("mf", 5, 2, seed=0), DEVICE)
+    item_vectors, item_bias, _, _ = kernel_head(random_head("mf", 5, 2, seed=0), DEVICE, "triton")
     data_t = csr_tensors(random_ratings(3, 5, seed=0), DEVICE)
-    state = new_state(data_t, 2, 2, seed=0, scale=0.1, optimizer="adam")
+    emb = torch.zeros(3, 2, 2, device=DEVICE)
     lr = torch.full((2,), 0.01, device=DEVICE)
-    good = dict(epoch_start=0, n_epochs=1, batch_size=2, optimizer="adam", seed=0, adam=ADAM)
+    order = torch.arange(3, device=DEVICE)
+    good = dict(epoch_start=0, n_epochs=1, batch_size=2, optimizer="adam", seed=0, adam=ADAM, order=order)
 
-    def call(emb=state.emb, lrs=lr, items=data_t.items, **kw):
-        train_epochs(emb, state.adam_m, state.adam_v, lrs, lr, data_t.indptr, data_t.keys, items,
-                     data_t.ratings, data_t.weights, head_t.item_vectors, head_t.item_bias, 0.0, [],
-                     **{**good, **kw})
+    def call(emb=emb, lrs=lr, items=data_t.items, **kw):
+        train_epochs(emb, torch.zeros_like(emb), torch.zeros_like(emb), lrs, lr, data_t.indptr, data_t.keys, items,
+                     data_t.ratings, data_t.weights, item_vectors, item_bias, 0.0, [], **{**good, **kw})
 
     with pytest.raises(ValueError, match="items"):
         call(items=data_t.items.long())
     with pytest.raises(ValueError, match="lrs"):
         call(lrs=lr[:1])
     with pytest.raises(ValueError, match="emb"):
-        call(emb=state.emb.double())
+        call(emb=emb.double())
     with pytest.raises(ValueError, match="optimizer"):
         call(optimizer="adagrad")
     with pytest.raises(ValueError, match="batch_size"):
         call(batch_size=0)
+    with pytest.raises(ValueError, match="order"):
+        call(order=order.int())
+    with pytest.raises(ValueError, match="init"):
+        call(init=torch.zeros(3, 3, device=DEVICE))
     with pytest.raises(ValueError, match="rows"):
         pick_blocks("train", 2, 2, 2, 2, 2, rows=3)
 
@@ -174,7 +172,7 @@ _COMPILE_SM90 = textwrap.dedent("""
     from retrain.kernels import score, train, validate
     from retrain.kernels.blocks import pick_blocks
 
-    POINTERS = dict(order_ptr="*i64", indptr_ptr="*i64", keys_ptr="*i64", items_ptr="*i32")
+    POINTERS = dict(order_ptr="*i64", indptr_ptr="*i64", keys_ptr="*i64", items_ptr="*i32", bad_ptr="*i32")
 
     def compile_sm90(kernel, constants, num_warps):
         signature = {name: "constexpr" if name in constants else POINTERS.get(name, "*fp32")
@@ -191,7 +189,7 @@ _COMPILE_SM90 = textwrap.dedent("""
     for P, d, h1, h, layers, acts, adam in [(64, 32, 32, 32, 0, (0, 0), True), (1, 1, 7, 20, 2, (1, 2), False)]:
         c, b = blocks("train", P, d, h1, h, 16)
         c.update(N_LAYERS=layers, ACT1=acts[0], ACT2=acts[1], ADAM=adam, ADAM_BETA1=0.9, ADAM_BETA2=0.999,
-                 ADAM_EPS=1e-8, BLOCK_B=b.cols)
+                 ADAM_EPS=1e-8, BLOCK_B=b.cols, FRESH=adam)
         assert compile_sm90(train._train_epochs_kernel, c, b.num_warps).asm["cubin"]
     c, b = blocks("validate", 8, 5, 9, 3, 0)
     c.update(N_LAYERS=2, ACT1=2, ACT2=1, BLOCK_B=b.cols)

@@ -8,7 +8,7 @@ import pytest
 
 import retrain.tuner as tune_module
 from retrain.hyperparams import lr_from_a, reg_from_b
-from retrain.trainer import train_probes
+from retrain.trainer import run_probes, train_probes
 from retrain.tuner import Journal, problem_fingerprint, tune
 
 from problems import BACKEND, planted_hyp, planted_problem
@@ -23,11 +23,11 @@ def count_batches(monkeypatch):
     """Record the (a, b) points of every train_probes call the tuner makes."""
     calls = []
 
-    def counting(head, train, val, lrs, regs, hyp, backend="auto", **kwargs):
+    def counting(problem, lrs, regs, hyp, **kwargs):
         calls.append([(math.log10(lr / 1e-3), math.log10(reg / 1e-5)) for lr, reg in zip(lrs, regs)])
-        return train_probes(head, train, val, lrs, regs, hyp, backend, **kwargs)
+        return run_probes(problem, lrs, regs, hyp, **kwargs)
 
-    monkeypatch.setattr(tune_module, "train_probes", counting)
+    monkeypatch.setattr(tune_module, "run_probes", counting)
     return calls
 
 
@@ -196,9 +196,9 @@ def test_a_failing_batch_ends_every_optimizer_and_is_raised(problem, monkeypatch
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("out of memory")
-        return train_probes(*args, **kwargs)
+        return run_probes(*args, **kwargs)
 
-    monkeypatch.setattr(tune_module, "train_probes", failing)
+    monkeypatch.setattr(tune_module, "run_probes", failing)
     before = threading.active_count()
     with pytest.raises(RuntimeError, match="out of memory"):
         tune(head, train, val, planted_hyp(), max_evals=40, n_starts=4, backend=BACKEND)

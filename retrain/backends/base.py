@@ -1,11 +1,23 @@
-"""What every backend receives: plain tensors and scalars, already checked.
+"""The backend interface: a backend *prepares* a problem, and the prepared problem trains probes.
 
-Backends know nothing of ``Ratings``, ``HyperParams`` or the tuner.  The probe trainer converts
-its inputs with ``head_tensors`` / ``csr_tensors`` (which validate), allocates a ``ProbeState``
-and then calls ``Backend.train_epochs`` and ``Backend.validation_loss``.
+``Backend.prepare(head, train, val, spec, init=...)`` returns a ``Problem`` that owns, on the
+backend's device, everything fixed across probe batches (the head's tensors, the CSR ratings, user
+keys, the heaviest-first user order, the initial embeddings, the validation weight) and the probe
+state.  The trainer's early-stopping loop only talks to it:
 
-Layouts: user-major, so that one user's embeddings for all probes are contiguous:
-``emb``, ``adam_m``, ``adam_v`` are float32 ``[U, P, d]``.
+    problem.start(lrs, regs, keep_best=True)   # a probe batch; every probe at the init
+    cp = problem.validate()                    # epoch 0: losses and finite flags of the live probes
+    cps = problem.checkpoints([2, 2, 1])       # train 2 epochs, validate, 2 more, validate, 1 more, ...
+    problem.keep_best(slots, index=1)          # remember those probes' embeddings at checkpoint 1
+    problem.drop(keep)                         # go on with these probes only
+    problem.best_embeddings()                  # [U, P, d] at each probe's best checkpoint
+
+Several checkpoints in one call let a backend validate each user while its state is in cache
+(the ``cpu`` backend does), instead of streaming the whole state in and out once per checkpoint.
+Backends implement two methods on their ``Problem`` subclass, ``_train`` and ``_validate``, and may
+override ``checkpoints``; the state bookkeeping here is shared.  Layouts are user-major, so one user's probes are contiguous:
+embeddings and optimizer moments are float32 ``[U, P, d]``.  The finiteness flag of a probe comes out
+of the training call's epilogue and the validation pass, never from an extra sweep over the state.
 """
 from __future__ import annotations
 
@@ -14,14 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..contract import initial_embeddings, user_key
+from ..contract import FIXED_POINT_LIMBS, StepSpec, exact_sum, fixed_point_limbs, fixed_point_value, user_key
+from ..errors import InputError
+from ..heads import Head
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "tanh": 2}
+_COMPACT_CHUNK = 1 << 22  # floats moved at a time when dropping probes in place
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadTensors:
-    """A frozen head as tensors on one device: ``tower`` is a list of ``(W [out,in], c [out], act)``."""
+    """A dense ``Head`` as tensors on one device: ``tower`` is a list of ``(W [out,in], c [out], act)``."""
 
     tower: list
     item_vectors: torch.Tensor  # Q [I, h] float32
@@ -37,7 +52,7 @@ class HeadTensors:
         return self.item_vectors.shape[1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CSRTensors:
     """Ratings as CSR by user on one device, canonical order inside each user."""
 
@@ -51,97 +66,292 @@ class CSRTensors:
     def n_users(self) -> int:
         return self.indptr.shape[0] - 1
 
-
-@dataclass
-class ProbeState:
-    """Embeddings and optimizer moments of P probes, ``[U, P, d]`` (moments empty for SGD)."""
-
-    emb: torch.Tensor
-    adam_m: torch.Tensor
-    adam_v: torch.Tensor
-
-    def select(self, probes: torch.Tensor) -> "ProbeState":
-        """The state of a subset of probes (a copy, contiguous)."""
-        pick = lambda t: t.index_select(1, probes).contiguous() if t.numel() else t
-        return ProbeState(pick(self.emb), pick(self.adam_m), pick(self.adam_v))
+    @property
+    def nnz(self) -> int:
+        return self.items.shape[0]
 
 
-def head_tensors(head, device) -> HeadTensors:
-    """Convert a ``Head`` for a backend on ``device``."""
-    tower = [(layer.weight.to(device).contiguous(), layer.bias.to(device).contiguous(), layer.activation)
-             for layer in head.tower]
-    return HeadTensors(tower, head.item_vectors.to(device).contiguous(), head.item_bias.to(device).contiguous(),
-                       float(head.global_bias))
+@dataclass(frozen=True)
+class Checkpoint:
+    """One validation of the live probes: ``losses`` float64 ``[P]`` (``sum w (pred - r)^2 / sum w``,
+    0 without validation ratings) and ``finite`` bool ``[P]`` (False once a probe's state or loss
+    became NaN/inf)."""
+
+    losses: np.ndarray
+    finite: np.ndarray
+
+
+def head_tensors(head: Head, device, backend: str) -> HeadTensors:
+    """A dense ``Head`` as ``HeadTensors`` on ``device``; InputError for another kind of head."""
+    if not isinstance(head, Head):
+        raise InputError(f"backend {backend!r} trains retrain.Head (a dense tower and an item dot product); "
+                         f"got a {type(head).__name__}: train it with backend='reference'")
+    tower = [(layer.weight.to(device), layer.bias.to(device), layer.activation) for layer in head.tower]
+    return HeadTensors(tower, head.item_vectors.to(device), head.item_bias.to(device), float(head.global_bias))
 
 
 def csr_tensors(ratings, device) -> CSRTensors:
-    """Convert ``Ratings`` for a backend on ``device``; keys come from the original user ids."""
+    """``Ratings`` as ``CSRTensors`` on ``device``; keys come from the original user ids."""
     if ratings.n_items >= 2**31:
-        raise ValueError(f"at most 2**31 - 1 items are supported, got {ratings.n_items}")
+        raise InputError(f"at most 2**31 - 1 items are supported, got {ratings.n_items}")
     as_t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
     return CSRTensors(as_t(ratings.indptr, torch.int64), as_t(ratings.items, torch.int32),
                       as_t(ratings.ratings, torch.float32), as_t(ratings.weights, torch.float32),
                       as_t(user_key(ratings.user_ids), torch.int64))
 
 
-def new_state(data: CSRTensors, n_probes: int, d: int, *, seed: int, scale: float, optimizer: str,
-              init: torch.Tensor | None = None) -> ProbeState:
-    """Every probe starts from the contract's initial embeddings (common random numbers)."""
-    device = data.indptr.device
-    if init is None:
-        init = torch.from_numpy(initial_embeddings(data.keys.cpu().numpy(), d, seed, scale))
-    emb = init.to(device).unsqueeze(1).expand(-1, n_probes, -1).contiguous()
-    moment = (lambda: torch.zeros_like(emb)) if optimizer == "adam" else (lambda: emb.new_zeros(0))
-    return ProbeState(emb, moment(), moment())
+def heaviest_first(counts: np.ndarray) -> np.ndarray:
+    """User indices by decreasing rating count, ties in index order (int64): the longest users
+    start first, so the threads or programs of a launch finish together."""
+    return np.argsort(-np.asarray(counts, dtype=np.int64), kind="stable").astype(np.int64)
 
 
-def tower_forward(head: HeadTensors, x: torch.Tensor) -> torch.Tensor:
-    """Apply the frozen tower to ``x [..., d]``.
+class _StateBuffer:
+    """A ``[U, P, d]`` float32 tensor that is a view of a reusable flat buffer.
 
-    Products are written as broadcast-multiply-and-sum rather than matmul so that each probe's
-    numbers do not depend on how many probes share the call (BLAS picks shape-dependent kernels).
+    Starting a batch reuses the buffer when it is large enough, and dropping probes compacts the
+    live ones in place, so the state never exists twice in memory.
     """
-    for weight, bias, activation in head.tower:
-        x = (x[..., None, :] * weight).sum(-1) + bias
-        if activation == "relu":
-            x = torch.relu(x)
-        elif activation == "tanh":
-            x = torch.tanh(x)
-    return x
+
+    def __init__(self, n_users: int, d: int, device):
+        self.n_users, self.d, self.device = n_users, d, device
+        self.flat = torch.empty(0, dtype=torch.float32, device=device)
+        self.tensor = self.flat.view(n_users, 0, d)
+
+    def resize(self, n_probes: int) -> None:
+        size = self.n_users * n_probes * self.d
+        if self.flat.numel() < size:
+            self.flat = torch.empty(0, dtype=torch.float32, device=self.device)  # free the old one first
+            self.flat = torch.empty(size, dtype=torch.float32, device=self.device)
+        self.tensor = self.flat[:size].view(self.n_users, n_probes, self.d)
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Keep probes ``slots`` (increasing) in place: user blocks move to lower addresses in order,
+        each read before anything is written over it."""
+        old, n_new = self.tensor, len(slots)
+        new = self.flat[:self.n_users * n_new * self.d].view(self.n_users, n_new, self.d)
+        chunk = max(1, _COMPACT_CHUNK // max(1, old.shape[1] * self.d))
+        for first in range(0, self.n_users, chunk):
+            rows = slice(first, first + chunk)
+            new[rows] = old[rows].index_select(1, slots)  # index_select copies before the write
+        self.tensor = new
+
+
+class Problem:
+    """A training problem prepared on a backend's device; see the module docstring.
+
+    Subclasses implement ``_train(epoch_start, n_epochs, fresh) -> finite bool [P]`` (advance the
+    live probes in ``self.emb`` / ``self.moments`` with ``self.lrs`` / ``self.regs``; when ``fresh``,
+    every probe starts from ``self.init`` and the moments from zero, and the state is only
+    written) and ``_validate(emb) -> (limbs int64 [P, 6], finite bool [P])`` (per-probe exact sums of
+    ``w (pred - r)^2`` over the validation ratings, ``retrain.contract.fixed_point_limbs``).
+    """
+
+    def __init__(self, backend: "Backend", head, train, val, spec: StepSpec, init: torch.Tensor):
+        self.backend, self.head, self.spec = backend, head, spec
+        self.device = backend.device
+        self.n_users, self.d = train.n_users, head.d
+        self.n_train = train.nnz
+        if init.shape != (self.n_users, self.d):
+            raise InputError(f"init must be [n_users={self.n_users}, d={self.d}], got {tuple(init.shape)}")
+        self.init = init.to(device=self.device, dtype=torch.float32).contiguous()
+        counts = train.counts
+        self.order = heaviest_first(counts)  # every user: the ones without ratings come last
+        self.n_with_ratings = int((counts > 0).sum())
+        weight, _ = exact_sum(torch.from_numpy(val.weights.astype(np.float64))) if val is not None else (0.0, None)
+        self.val_weight = float(weight)
+        self.has_val = val is not None and val.nnz > 0
+        self._emb = _StateBuffer(self.n_users, self.d, self.device)
+        self._moments = [_StateBuffer(self.n_users, self.d, self.device) for _ in range(spec.optimizer.n_moments)]
+        self._best = None
+        self._snapshots = []  # embeddings [U, P, d] at the checkpoints of the last call but its last
+        self._init_losses = None  # the init's validation, the same for every probe and batch
+        self.live = np.zeros(0, dtype=np.int64)
+        self.epoch = 0
+        self.fresh = True
+
+    # ----------------------------------------------------------------- views of the state
+    @property
+    def n_probes(self) -> int:
+        """Live probes (state slots)."""
+        return len(self.live)
+
+    @property
+    def emb(self) -> torch.Tensor:
+        """Embeddings ``[U, P, d]`` of the live probes (meaningless while ``fresh``)."""
+        return self._emb.tensor
+
+    @property
+    def moments(self) -> list[torch.Tensor]:
+        """The optimizer's state, each ``[U, P, d]`` (Adam: first and second moment)."""
+        return [m.tensor for m in self._moments]
+
+    def embeddings(self) -> torch.Tensor:
+        """Current embeddings ``[U, P, d]`` of the live probes, on the device."""
+        if self.fresh:
+            return self.init.unsqueeze(1).expand(-1, self.n_probes, -1)
+        return self.emb
+
+    def state_bytes(self, n_probes: int, keep_best: bool) -> int:
+        """Device bytes of the state of ``n_probes`` probes (embeddings, moments, best copy)."""
+        copies = 1 + self.spec.optimizer.n_moments + (1 if keep_best else 0)
+        return self.n_users * n_probes * self.d * 4 * copies
+
+    def snapshot_bytes(self) -> int:
+        """Device bytes one more checkpoint per call costs with ``keep_best`` (a copy of the live
+        probes' embeddings)."""
+        return self.n_users * self.n_probes * self.d * 4
+
+    # ----------------------------------------------------------------- a probe batch
+    def start(self, lrs, regs, *, keep_best: bool = False) -> None:
+        """Begin a batch of ``P = len(lrs)`` probes, all at the init (epoch 0).
+
+        ``lrs``, ``regs``: length-P float sequences.  ``keep_best``: keep each probe's embeddings
+        at its best checkpoint (``keep_best``, ``best_embeddings``).
+        """
+        lrs = torch.as_tensor(np.asarray(lrs, dtype=np.float32), device=self.device)
+        regs = torch.as_tensor(np.asarray(regs, dtype=np.float32), device=self.device)
+        P = len(lrs)
+        for buffer in [self._emb, *self._moments]:
+            buffer.resize(P)
+        self.lrs, self.regs = lrs, regs
+        self.live = np.arange(P, dtype=np.int64)
+        self._state_finite = np.ones(P, dtype=bool)
+        self._best = torch.empty((self.n_users, P, self.d), device=self.device) if keep_best else None
+        self._snapshots = []
+        self.epoch = 0
+        self.fresh = True
+
+    def train(self, n_epochs: int) -> None:
+        """Advance the live probes by ``n_epochs`` epochs of the contract's schedule."""
+        if n_epochs <= 0 or self.n_probes == 0:
+            return
+        finite = self._train(self.epoch, n_epochs, self.fresh)
+        self._state_finite &= np.asarray(finite, dtype=bool)
+        self.epoch += n_epochs
+        self.fresh = False
+
+    def validate(self) -> Checkpoint:
+        """Validation losses and finite flags of the live probes at the current epoch."""
+        if self.fresh:
+            losses, finite = self._init_checkpoint()
+            return Checkpoint(np.full(self.n_probes, losses), np.full(self.n_probes, finite))
+        losses, finite = self._mean_losses(self.emb)
+        return Checkpoint(losses, finite & self._state_finite)
+
+    def checkpoint(self, n_epochs: int) -> Checkpoint:
+        """``train(n_epochs)`` then ``validate()``: ``checkpoints([n_epochs])[0]``."""
+        return self.checkpoints([n_epochs])[0]
+
+    def checkpoints(self, epochs) -> list[Checkpoint]:
+        """Train ``epochs[0]`` epochs and validate, then ``epochs[1]`` more and validate, ...: one
+        ``Checkpoint`` per entry (each ``>= 1``).  With ``keep_best``, the embeddings at each of
+        these checkpoints stay available to ``keep_best(slots, index)`` until the next call.
+
+        Here, one pass over the state per entry; a backend may do them all in one pass.
+        """
+        out, self._snapshots = [], []
+        for j, n_epochs in enumerate(epochs):
+            self.train(n_epochs)
+            out.append(self.validate())
+            if self._best is not None and j < len(epochs) - 1:
+                self._snapshots.append(self.emb.clone())
+        return out
+
+    def keep_best(self, slots, index: int | None = None) -> None:
+        """Record the embeddings of the live probes in ``slots`` at checkpoint ``index`` (0-based) of
+        the last ``checkpoints`` call (None: the current state, its last checkpoint) as their best."""
+        if self._best is None or len(slots) == 0:
+            return
+        slots = torch.as_tensor(np.asarray(slots, dtype=np.int64), device=self.device)
+        probes = torch.as_tensor(self.live, device=self.device)[slots]
+        last = index is None or index == len(self._snapshots)
+        source = self.embeddings() if last else self._snapshots[index]
+        self._best.index_copy_(1, probes, source.index_select(1, slots))
+
+    def drop(self, keep) -> None:
+        """Go on with the live probes in ``keep`` (slot indices, increasing) only."""
+        keep = np.asarray(keep, dtype=np.int64)
+        if len(keep) == self.n_probes:
+            return
+        slots = torch.as_tensor(keep, device=self.device)
+        if not self.fresh:  # a fresh state is the init: nothing to move
+            for buffer in [self._emb, *self._moments]:
+                buffer.keep(slots)
+        else:
+            for buffer in [self._emb, *self._moments]:
+                buffer.resize(len(keep))
+        self.lrs, self.regs = self.lrs[slots], self.regs[slots]
+        self.live = self.live[keep]
+        self._state_finite = self._state_finite[keep]
+        self._snapshots = []
+
+    def best_embeddings(self) -> torch.Tensor:
+        """``[U, P, d]`` (CPU) of every probe of the batch at its best checkpoint (``keep_best``)."""
+        if self._best is None:
+            raise RuntimeError("start(..., keep_best=True) was not called for this batch")
+        return self._best.cpu()
+
+    # ----------------------------------------------------------------- validation
+    def _init_checkpoint(self) -> tuple[float, bool]:
+        if self._init_losses is None:
+            losses, finite = self._mean_losses(self.init.unsqueeze(1))
+            self._init_losses = (float(losses[0]), bool(finite[0]))
+        return self._init_losses
+
+    def _mean_losses(self, emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        P = emb.shape[1]
+        if not self.has_val:
+            return np.zeros(P), np.ones(P, dtype=bool)
+        limbs, finite = self._validate(emb)
+        return fixed_point_value(limbs) / self.val_weight, np.asarray(finite, dtype=bool)
+
+    # ----------------------------------------------------------------- what a backend implements
+    def _train(self, epoch_start: int, n_epochs: int, fresh: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def _validate(self, emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
 
 class Backend:
-    """A probe-training backend.  Subclasses set ``name`` and implement the two methods.
+    """A probe-training backend: ``prepare`` builds its ``Problem``; ``score`` serves.
 
-    ``available`` says whether it can run here; ``device`` is where its tensors live.
+    ``name`` identifies it; ``device`` is where its tensors live.
     """
 
     name = "base"
-    available = True
 
     def __init__(self, device=None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
-    def train_epochs(self, head: HeadTensors, data: CSRTensors, state: ProbeState, lrs: torch.Tensor,
-                     regs: torch.Tensor, *, epoch_start: int, n_epochs: int, batch_size: int,
-                     optimizer: str, seed: int) -> None:
-        """Advance all P probes by ``n_epochs`` epochs (``epoch_start`` ...) in place.
-
-        ``lrs`` and ``regs`` are float32 ``[P]``; the schedule is the contract's (docs/semantics.md).
-        """
+    def prepare(self, head, train, val, spec: StepSpec, *, init: torch.Tensor) -> Problem:
+        """A ``Problem`` for ``head`` (frozen), ``train`` and ``val`` (ratings of the same users, or
+        ``val=None``), the step ``spec`` and the initial embeddings ``init [U, d]``.  The inputs are
+        checked by the caller (``retrain.trainer.prepare``)."""
         raise NotImplementedError
 
-    def validation_loss(self, head: HeadTensors, data: CSRTensors, emb: torch.Tensor) -> torch.Tensor:
-        """Per-probe ``sum w (pred - r)^2`` over all ratings in ``data``: float64 ``[P]``."""
-        raise NotImplementedError
-
-    def score(self, head: HeadTensors, emb: torch.Tensor) -> torch.Tensor:
+    def score(self, head: Head, emb: torch.Tensor) -> torch.Tensor:
         """Scores of every item for embeddings ``emb [n, d]``: float32 ``[n, n_items]``.
 
         Plain PyTorch here; a backend with a fused scoring kernel overrides it.
         """
-        features = tower_forward(head, emb.to(head.item_vectors))
-        return features @ head.item_vectors.T + head.item_bias + head.global_bias
+        head = head.to(self.device)
+        return head.user_features(emb.to(self.device)) @ head.item_vectors.T + head.item_bias + head.global_bias
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.device})"
+
+
+def limbs_of_partials(partial: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """Exact per-probe sums of per-user partial sums ``[U, P]`` (any float dtype, any device):
+    ``(limbs int64 [P, 6], finite bool [P])``; users in chunks so the limbs stay small."""
+    P = partial.shape[1]
+    total = torch.zeros((P, FIXED_POINT_LIMBS), dtype=torch.int64, device=partial.device)
+    finite = torch.ones(P, dtype=torch.bool, device=partial.device)
+    chunk = max(1, _COMPACT_CHUNK // max(1, P * FIXED_POINT_LIMBS))
+    for first in range(0, partial.shape[0], chunk):
+        limbs, ok = fixed_point_limbs(partial[first:first + chunk])
+        total += limbs.sum(dim=0)
+        finite &= ok.all(dim=0)
+    return total.cpu(), finite.cpu().numpy()

@@ -3,13 +3,17 @@
 For each user, all P probes train together with the user's embeddings and Adam moments held in a
 local buffer for the whole call; the probes sit in SIMD lanes (AVX2 + FMA when the CPU has them,
 else SSE4), so a probe's result does not depend on the other probes or on the thread count.
-Tensors are passed zero-copy (``tensor.numpy()``): they must be contiguous CPU tensors.
+Tensors are passed zero-copy (``tensor.numpy()``); the prepared problem keeps the numpy views of
+everything fixed, so a call converts nothing.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from .base import ACTIVATION_CODES, Backend, CSRTensors, HeadTensors
+from ..contract import Adam, fixed_point_value
+from ..errors import check_int
+from .base import ACTIVATION_CODES, Backend, Checkpoint, Problem, csr_tensors, head_tensors
 
 try:
     from .. import _C
@@ -21,23 +25,76 @@ except ImportError as exc:  # not built: the registry reports why
     IMPORT_ERROR = str(exc)
 
 
-def _np(t: torch.Tensor, name: str):
-    """Zero-copy numpy view of a CPU tensor (ValueError otherwise)."""
-    if t.device.type != "cpu":
-        raise ValueError(f"backend 'cpu' needs CPU tensors, {name} is on {t.device}")
-    return t.detach().numpy()
+def _csr_arrays(data) -> tuple:
+    return tuple(t.numpy() for t in (data.indptr, data.items, data.ratings, data.weights))
 
 
-def _head_args(head: HeadTensors) -> tuple:
-    tower = head.tower
-    return (_np(head.item_vectors, "item_vectors"), _np(head.item_bias, "item_bias"), head.global_bias,
-            [_np(w, "tower weight") for w, _, _ in tower], [_np(c, "tower bias") for _, c, _ in tower],
-            [ACTIVATION_CODES[act] for _, _, act in tower])
+class CpuProblem(Problem):
+    def __init__(self, backend, head, train, val, spec, init):
+        super().__init__(backend, head, train, val, spec, init)
+        dense = head_tensors(head, "cpu", backend.name)
+        self._head = (dense.item_vectors.numpy(), dense.item_bias.numpy(), dense.global_bias,
+                      [w.numpy() for w, _, _ in dense.tower], [c.numpy() for _, c, _ in dense.tower],
+                      [ACTIVATION_CODES[act] for _, _, act in dense.tower])
+        train_t = csr_tensors(train, "cpu")
+        self._train_csr = _csr_arrays(train_t)
+        self._keys = train_t.keys.numpy()
+        self._val_csr = _csr_arrays(csr_tensors(val, "cpu")) if val is not None else None
+        self._order = np.ascontiguousarray(self.order)
+        self._init_np = self.init.numpy()
+        self._snapshot_flat = torch.empty(0, dtype=torch.float32)
+        opt = spec.optimizer
+        self._optimizer = dict(optimizer=opt.name, beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps) \
+            if isinstance(opt, Adam) else dict(optimizer=opt.name, beta1=0.0, beta2=0.0, eps=1.0)
 
+    def _call(self, ends: np.ndarray, *, validate: bool, snapshots=None):
+        """One ``_C.train_epochs`` call of ``ends[-1]`` epochs with checkpoints after ``ends``."""
+        moments = self.moments
+        empty = np.zeros((0, 0, 0), dtype=np.float32)
+        m, v = (moments[0].numpy(), moments[1].numpy()) if moments else (empty, empty)
+        # A fresh batch, or a call that validates or snapshots, visits every user; otherwise only
+        # the users with training ratings move.
+        every = self.fresh or validate or snapshots is not None
+        order = self._order if every else self._order[:self.n_with_ratings]
+        return _C.train_epochs(self.emb.numpy(), m, v, self.lrs.numpy(), self.regs.numpy(), *self._train_csr,
+                               self._keys, order, *self._head, epoch_start=self.epoch, n_epochs=int(ends[-1]),
+                               batch_size=self.spec.batch_size, seed=self.spec.seed,
+                               init=self._init_np if self.fresh else None, checkpoint_ends=ends,
+                               val=self._val_csr if validate else None,
+                               snapshots=None if snapshots is None else snapshots.numpy(),
+                               num_threads=self.backend.threads(), simd=self.backend.simd, **self._optimizer)
 
-def _csr_args(data: CSRTensors) -> tuple:
-    return (_np(data.indptr, "indptr"), _np(data.items, "items"), _np(data.ratings, "ratings"),
-            _np(data.weights, "weights"))
+    def _train(self, epoch_start, n_epochs, fresh):
+        finite, _ = self._call(np.array([n_epochs], dtype=np.int64), validate=False)
+        return finite[0].astype(bool)
+
+    def checkpoints(self, epochs):
+        """All the checkpoints in one pass: each user trains through every epoch of the call and is
+        checked and validated at each checkpoint while its state is in this thread's cache."""
+        epochs = [int(n) for n in epochs]
+        if self.n_probes == 0 or min(epochs) < 1:
+            return super().checkpoints(epochs)
+        ends = np.cumsum(epochs).astype(np.int64)
+        K, snapshots = len(epochs), None
+        if self._best is not None and K > 1:
+            size = (K - 1) * self.n_users * self.n_probes * self.d
+            if self._snapshot_flat.numel() < size:
+                self._snapshot_flat = torch.empty(size, dtype=torch.float32)
+            snapshots = self._snapshot_flat[:size].view(K - 1, self.n_users, self.n_probes, self.d)
+        finite, limbs = self._call(ends, validate=self.has_val, snapshots=snapshots)
+        finite = finite.astype(bool)
+        self._state_finite &= finite[-1]
+        self.epoch += int(ends[-1])
+        self.fresh = False
+        self._snapshots = list(snapshots) if snapshots is not None else []
+        if not self.has_val:
+            return [Checkpoint(np.zeros(self.n_probes), finite[k]) for k in range(K)]
+        return [Checkpoint(fixed_point_value(limbs[k]) / self.val_weight, finite[k]) for k in range(K)]
+
+    def _validate(self, emb):
+        limbs, finite = _C.validation_loss(emb.numpy(), *self._val_csr, *self._head,
+                                           num_threads=self.backend.threads(), simd=self.backend.simd)
+        return limbs, finite.astype(bool)
 
 
 class CpuBackend(Backend):
@@ -50,25 +107,14 @@ class CpuBackend(Backend):
     """
 
     name = "cpu"
-    available = HAS_CPU_EXTENSION
 
     def __init__(self, num_threads: int | None = None, simd: str = "auto"):
         super().__init__("cpu")
-        if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-        self.num_threads = num_threads
+        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1)
         self.simd = simd
 
-    def _threads(self) -> int:
+    def threads(self) -> int:
         return self.num_threads or torch.get_num_threads()
 
-    def train_epochs(self, head, data, state, lrs, regs, *, epoch_start, n_epochs, batch_size, optimizer, seed):
-        _C.train_epochs(_np(state.emb, "emb"), _np(state.adam_m, "adam_m"), _np(state.adam_v, "adam_v"),
-                        _np(lrs, "lrs"), _np(regs, "regs"), *_csr_args(data), _np(data.keys, "keys"),
-                        *_head_args(head), epoch_start=epoch_start, n_epochs=n_epochs, batch_size=batch_size,
-                        optimizer=optimizer, seed=seed, num_threads=self._threads(), simd=self.simd)
-
-    def validation_loss(self, head, data, emb):
-        loss = _C.validation_loss(_np(emb, "emb"), *_csr_args(data), *_head_args(head),
-                                  num_threads=self._threads(), simd=self.simd)
-        return torch.from_numpy(loss)
+    def prepare(self, head, train, val, spec, *, init):
+        return CpuProblem(self, head, train, val, spec, init)

@@ -39,7 +39,7 @@ from retrain.backends import get_backend
 from retrain.data import Ratings
 from retrain.heads import Head
 from retrain.hyperparams import HyperParams
-from retrain.trainer import train_probes
+from retrain.trainer import run_probes, train_probes
 from retrain.tuner import tune
 
 VARIANTS = ("lockstep-8", "seed-loop", "one-per-batch")
@@ -65,16 +65,16 @@ def planted_problem(n_users: int, n_items: int, mean_ratings: float, d: int = 32
 
 
 class _OnePointPerCall:
-    """Stands in for ``train_probes`` inside the tuner: trains the points of a batch one by one."""
+    """Stands in for ``run_probes`` inside the tuner: trains the points of a batch one by one."""
 
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, head, train, val, lrs, regs, hyp, backend="auto", **kwargs):
+    def __call__(self, problem, lrs, regs, hyp, **kwargs):
         results = []
         for lr, reg in zip(lrs, regs):
             self.calls += 1
-            results += train_probes(head, train, val, [lr], [reg], hyp, backend, **kwargs)
+            results += run_probes(problem, [lr], [reg], hyp, **kwargs)
         return results
 
 
@@ -85,7 +85,7 @@ def run_variant(name: str, head, train, val, hyp, backend, max_evals: int) -> di
         kwargs.update(n_starts=1, space_filling_first_batch=False)
     one_by_one = _OnePointPerCall() if name == "one-per-batch" else None
     if one_by_one is not None:
-        tune_module.train_probes = one_by_one
+        tune_module.run_probes = one_by_one
     try:
         synchronize(backend)
         start = time.perf_counter()
@@ -93,7 +93,7 @@ def run_variant(name: str, head, train, val, hyp, backend, max_evals: int) -> di
         synchronize(backend)
         wall = time.perf_counter() - start
     finally:
-        tune_module.train_probes = train_probes
+        tune_module.run_probes = run_probes
     calls = one_by_one.calls if one_by_one is not None else result.n_batches
     return dict(variant=name, wall_s=wall, evals=result.n_evals, train_probes_calls=calls,
                 best_val_loss=result.val_loss, best_a=result.a, best_b=result.b, best_epochs=result.epochs,

@@ -28,12 +28,14 @@ import numpy as np
 import pytest
 import torch
 
-from retrain.backends import get_backend
-from retrain.backends.base import csr_tensors, head_tensors, new_state
+from retrain.backends.base import csr_tensors
 from retrain.backends.cpu import HAS_CPU_EXTENSION, CpuBackend
 from retrain.baselines import batched, eager_loop
+from retrain.contract import initial_embeddings, user_key
 from retrain.data import synthetic_ratings
 from retrain.heads import Head
+from retrain.hyperparams import HyperParams
+from retrain.trainer import prepare
 
 ML_SMALL = Path(__file__).parents[3] / "shared/data/ml-latest-small/ratings.csv"
 RUNS = Path(__file__).parents[2] / "runs"
@@ -153,7 +155,7 @@ def _load(name: str):
 
 @pytest.fixture(params=DATASETS)
 def problem(request):
-    """(name, head tensors, CSR tensors, init [U, d]) for an MF head with random item vectors."""
+    """(name, head, CSR tensors, init [U, d], ratings) for an MF head with random item vectors."""
     name = request.param
     if name == "ml-latest-small" and not ML_SMALL.exists():
         pytest.skip(f"{ML_SMALL} not present")
@@ -164,8 +166,17 @@ def problem(request):
     head = Head.matrix_factorization(torch.randn(ratings.n_items, D, generator=g) / D**0.5,
                                      torch.randn(ratings.n_items, generator=g) * 0.3, 3.5)
     data = csr_tensors(ratings, "cpu")
-    init = new_state(data, 1, D, seed=0, scale=head.init_scale(ratings.n_users), optimizer="sgd").emb[:, 0]
-    return name, head_tensors(head, "cpu"), data, init, ratings
+    init = torch.from_numpy(initial_embeddings(user_key(ratings.user_ids), D, 0, head.init_scale(ratings.n_users)))
+    return name, head, data, init, ratings
+
+
+def _epochs(backend, head, ratings, init, batch: int, P: int):
+    """A function that trains one more epoch of P probes on a prepared problem (after a first one)."""
+    hyp = HyperParams(model=f"matrix_factorization_{D}", batch_size=batch)
+    problem = prepare(head, ratings, None, hyp, backend, init=init)
+    problem.start(*_hyper(P))
+    problem.train(1)  # the fresh start; timed calls continue from there
+    return problem, lambda: problem.train(1)
 
 
 def _hyper(P: int):
@@ -178,18 +189,11 @@ def _hyper(P: int):
 @pytest.mark.parametrize("P", PROBES)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_cpu(benchmark, summary, problem, batch, P):
-    name, head, data, init, ratings = problem
-    state = new_state(data, P, D, seed=0, scale=0.0, optimizer="adam", init=init)
-    lrs, regs = _hyper(P)
-    backend = CpuBackend(num_threads=THREADS)
-
-    def one_epoch():
-        backend.train_epochs(head, data, state, lrs, regs, epoch_start=0, n_epochs=1, batch_size=batch,
-                             optimizer="adam", seed=0)
-
+    name, head, _, init, ratings = problem
+    prepared, one_epoch = _epochs(CpuBackend(num_threads=THREADS), head, ratings, init, batch, P)
     benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
     summary.add(benchmark, (name, batch, P), "cpu", ratings.nnz * P)
-    assert torch.isfinite(state.emb).all()
+    assert torch.isfinite(prepared.embeddings()).all()
 
 
 @pytest.mark.parametrize("P", PROBES)
@@ -199,15 +203,7 @@ def test_reference(benchmark, summary, problem, batch, P, request):
     name, head, _, init, ratings = problem
     n_users = max(1, int(np.searchsorted(ratings.indptr, REFERENCE_RATINGS, side="right")) - 1)
     part = ratings.select_users(np.arange(n_users))
-    data = csr_tensors(part, "cpu")
-    state = new_state(data, P, D, seed=0, scale=0.0, optimizer="adam", init=init[:n_users])
-    lrs, regs = _hyper(P)
-    backend = get_backend("reference")
-
-    def one_epoch():
-        backend.train_epochs(head, data, state, lrs, regs, epoch_start=0, n_epochs=1, batch_size=batch,
-                             optimizer="adam", seed=0)
-
+    _, one_epoch = _epochs("reference", head, part, init[:n_users], batch, P)
     benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
     summary.add(benchmark, (name, batch, P), "reference", part.nnz * P)
 
