@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .errors import InputError
+
 ACTIVATIONS = ("identity", "relu", "tanh")
 FORMAT = "retrain.model"
 VERSION = "1"
@@ -193,7 +195,7 @@ class Model:
     def load(path) -> "Model":
         head, tensors = _load(path)
         if "user_embeddings" not in tensors:
-            raise ValueError(f"{path}: no user_embeddings in the file (a head only?)")
+            raise InputError(f"{path}: no user_embeddings in the file (a head only?)")
         return Model(head, tensors["user_embeddings"], tensors["user_ids"].numpy())
 
 
@@ -240,15 +242,15 @@ def _load(path) -> tuple[Head, dict]:
     from safetensors import safe_open
 
     if not os.path.isfile(path):
-        raise ValueError(f"model file not found: {path}")
+        raise InputError(f"model file not found: {path}")
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise ValueError(f"{path}: not a safetensors model file ({exc})") from None
+        raise InputError(f"{path}: not a safetensors model file ({exc})") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
+        raise InputError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
     acts = [a for a in metadata.get("activations", "").split(",") if a]
     tower = [Layer(tensors[f"tower.{l}.weight"], tensors[f"tower.{l}.bias"], act) for l, act in enumerate(acts)]
     head = Head(tensors["item_vectors"], tensors["item_bias"], float(tensors["global_bias"][0]), tower,

@@ -1,12 +1,13 @@
 """Backend registry: ``reference`` (PyTorch oracle), ``cpu`` (C++), ``triton`` (GPU kernels), ``auto``.
 
 Each backend module sets an availability flag instead of failing at import, like implicit's
-``gpu.HAS_CUDA``; ``get_backend`` raises a ValueError that says why one is missing.
+``gpu.HAS_CUDA``; ``get_backend`` raises an InputError that says why one is missing.
 """
 from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
 from .base import Backend, CSRTensors, HeadTensors, ProbeState
 from .reference import ReferenceBackend
 
@@ -16,17 +17,17 @@ BACKENDS = ("reference", "cpu", "triton", "auto")
 def _cpu_backend():
     from .cpu import HAS_CPU_EXTENSION, CpuBackend, IMPORT_ERROR
     if not HAS_CPU_EXTENSION:
-        raise ValueError(f"backend 'cpu' is not available: the C++ extension retrain._C did not import ({IMPORT_ERROR})")
+        raise InputError(f"backend 'cpu' is not available: the C++ extension retrain._C did not import ({IMPORT_ERROR})")
     return CpuBackend()
 
 
 def _triton_backend(device):
     from .triton import HAS_TRITON, TritonBackend, triton_device
     if not HAS_TRITON:
-        raise ValueError("backend 'triton' is not available: triton is not installed")
+        raise InputError("backend 'triton' is not available: triton is not installed")
     dev = triton_device(device)
     if dev is None:
-        raise ValueError("backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run on the CPU)")
+        raise InputError("backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run on the CPU)")
     return TritonBackend(dev)
 
 
@@ -66,7 +67,7 @@ def get_backend(name="auto", device=None) -> Backend:
             return _cpu_backend()
         except ValueError:
             return ReferenceBackend(device)
-    raise ValueError(f"unknown backend {name!r}: expected one of {BACKENDS}")
+    raise InputError(f"unknown backend {name!r}: expected one of {BACKENDS}")
 
 
 __all__ = ["Backend", "CSRTensors", "HeadTensors", "ProbeState", "available_backends", "get_backend", "BACKENDS"]
