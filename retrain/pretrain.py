@@ -20,7 +20,7 @@ from .heads import Head, Layer, Model
 from .hyperparams import model_family
 from .ridge import ridge_embeddings
 
-log = logging.getLogger("retrain")
+log = logging.getLogger(__name__)
 
 
 def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: int = 0, reg: float | None = None,
