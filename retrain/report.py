@@ -163,3 +163,15 @@ def render_demo_report(settings: dict, parts: dict, rows: list[Row], tuning: lis
     ]
     return "\n".join(lines)
 
+
+def demo_summary(settings: dict, rows: list[Row], tuning: list, total_s: float, out) -> str:
+    """What the demo prints: the source, the RMSE table, the tuning figures and where the files are.
+
+    ``settings`` and ``tuning`` as for ``render_demo_report``; ``total_s``: seconds; ``out``: the folder.
+    """
+    lines = [f"retrain demo: {settings['source']}; model {settings['model']}; backend {settings['backend']}", "",
+             rmse_table(rows), ""]
+    lines += [f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}" for key, value in tuning]
+    lines += ["", f"total {total_s:.1f} s; artifacts in {out}/ "
+                  "(report.md, model.safetensors, journal.jsonl, tuning_landscape.png, validation_curve.png)"]
+    return "\n".join(lines)
