@@ -2,12 +2,13 @@
 
     import retrain
     data = retrain.synthetic_ratings()                      # or retrain.load_movielens(path)
-    train, val = data.split_per_user(val_fraction=0.2, seed=0)
-    model = retrain.pretrain(train, "matrix_factorization_32")
+    split = retrain.protocol_split(data, new_users=0.2, val=0.2, test=0.2, seed=0)   # leak-free parts
+    model = retrain.pretrain(split.pretrain, "matrix_factorization_32")
     hyp = retrain.HyperParams(model="matrix_factorization_32", seed=0)
-    probes = retrain.train_probes(model.head, train, val, lrs, regs, hyp)
+    probes = retrain.train_probes(model.head, split.pretrain, split.val, lrs, regs, hyp)
 
-The contract every backend implements is in docs/semantics.md.
+The contract every backend implements is in docs/semantics.md; the evaluation protocol in
+docs/pipeline.md.  Mistakes in what the caller passes raise ``retrain.InputError``.
 """
 from .backends import available_backends, get_backend
 from .errors import InputError
@@ -16,6 +17,7 @@ from .heads import Head, Layer, Model, load_head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
 from .movielens import load_movielens
 from .pretrain import pretrain
+from .protocol import ProtocolSplit, protocol_split
 from .ridge import ridge_embeddings
 from .pipeline import RetrainResult, retrain_user_embeddings
 from .serving import fold_in, recommend
@@ -24,7 +26,7 @@ from .tuner import TuneResult, tune
 
 __all__ = [
     "InputError", "Ratings", "synthetic_ratings", "load_movielens", "Head", "Layer", "Model", "load_head", "HyperParams",
-    "lr_from_a", "reg_from_b", "pretrain", "ridge_embeddings", "ProbeResult", "train_probes", "train_embeddings",
-    "get_backend", "available_backends", "tune", "TuneResult", "retrain_user_embeddings", "RetrainResult",
-    "fold_in", "recommend",
+    "lr_from_a", "reg_from_b", "ProtocolSplit", "protocol_split", "pretrain", "ridge_embeddings", "ProbeResult",
+    "train_probes", "train_embeddings", "get_backend", "available_backends", "tune", "TuneResult",
+    "retrain_user_embeddings", "RetrainResult", "fold_in", "recommend",
 ]

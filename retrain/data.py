@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError, check_float, check_fraction, check_int
+
 
 def _as_numpy(x, name: str) -> np.ndarray:
     """numpy view of a numpy array, torch tensor, pandas Series or sequence."""
@@ -19,23 +21,23 @@ def _as_numpy(x, name: str) -> np.ndarray:
         x = x.to_numpy()
     x = np.asarray(x)
     if x.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {x.shape}")
+        raise InputError(f"{name} must be one-dimensional, got shape {x.shape}")
     return x
 
 
 def _check_ids(ids: np.ndarray, n: int | None, name: str) -> tuple[np.ndarray, int]:
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
-            raise ValueError(f"{name} must be integer indices, got non-integer values")
+            raise InputError(f"{name} must be integer indices, got non-integer values")
     ids = ids.astype(np.int64)
     if ids.size and ids.min() < 0:
         row = int(np.argmin(ids))
-        raise ValueError(f"{name} must be >= 0: row {row} has {name} {ids[row]}")
+        raise InputError(f"{name} must be >= 0: row {row} has {name} {ids[row]}")
     if n is None:
         n = int(ids.max()) + 1 if ids.size else 0
     elif ids.size and ids.max() >= n:
         row = int(np.argmax(ids))
-        raise ValueError(f"{name} out of range: row {row} has {name} {ids[row]} >= {n}")
+        raise InputError(f"{name} out of range: row {row} has {name} {ids[row]} >= {n}")
     return ids, int(n)
 
 
@@ -66,7 +68,7 @@ class Ratings:
         """Build from parallel arrays of user and item *indices* (numpy, torch or sequences).
 
         ``n_users`` / ``n_items`` default to ``max + 1``; ``user_ids`` / ``item_ids`` (original ids)
-        default to the indices.  Raises ValueError naming the first bad row.
+        default to the indices.  Raises InputError naming the first bad row.
         """
         users = _as_numpy(users, "users")
         items = _as_numpy(items, "items")
@@ -76,26 +78,26 @@ class Ratings:
         weights = _as_numpy(weights, "weights").astype(np.float64)
         lengths = {len(users), len(items), len(ratings), len(weights)}
         if len(lengths) != 1:
-            raise ValueError(
+            raise InputError(
                 f"users, items, ratings and weights must have equal lengths, got "
                 f"{len(users)}, {len(items)}, {len(ratings)}, {len(weights)}"
             )
         if len(ratings) == 0:
-            raise ValueError("ratings is empty: need at least one rating")
+            raise InputError("ratings is empty: need at least one rating")
         users, n_users = _check_ids(users, n_users, "user")
         items, n_items = _check_ids(items, n_items, "item")
         for name, values in (("rating", ratings), ("weight", weights)):
             bad = ~np.isfinite(values)
             if bad.any():
                 row = int(np.argmax(bad))
-                raise ValueError(f"{name} must be finite: row {row} has {name} {values[row]}")
+                raise InputError(f"{name} must be finite: row {row} has {name} {values[row]}")
         if (weights < 0).any():
             row = int(np.argmax(weights < 0))
-            raise ValueError(f"weight must be >= 0: row {row} has weight {weights[row]}")
+            raise InputError(f"weight must be >= 0: row {row} has weight {weights[row]}")
         user_ids = np.arange(n_users, dtype=np.int64) if user_ids is None else _as_numpy(user_ids, "user_ids").astype(np.int64)
         item_ids = np.arange(n_items, dtype=np.int64) if item_ids is None else _as_numpy(item_ids, "item_ids").astype(np.int64)
         if len(user_ids) != n_users or len(item_ids) != n_items:
-            raise ValueError(
+            raise InputError(
                 f"user_ids/item_ids must have n_users={n_users}/n_items={n_items} entries, "
                 f"got {len(user_ids)}/{len(item_ids)}"
             )
@@ -119,7 +121,7 @@ class Ratings:
         """Build from a DataFrame of original ids (columns named by the arguments)."""
         for column in (user, item, rating) + ((weight,) if weight else ()):
             if column not in frame.columns:
-                raise ValueError(f"column {column!r} not in the frame (columns: {list(frame.columns)})")
+                raise InputError(f"column {column!r} not in the frame (columns: {list(frame.columns)})")
         return cls.from_ids(frame[user], frame[item], frame[rating], frame[weight] if weight else None)
 
     @classmethod
@@ -165,8 +167,7 @@ class Ratings:
 
     def split_random(self, fraction: float = 0.2, seed: int = 0) -> tuple["Ratings", "Ratings"]:
         """Split all ratings at random (not per user) into (rest, ``fraction`` of the ratings)."""
-        if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        fraction, seed = check_fraction("fraction", fraction), check_int("seed", seed, 0)
         chosen = np.random.default_rng(seed).random(self.nnz) < fraction
         return self._subset_rows(~chosen), self._subset_rows(chosen)
 
@@ -175,8 +176,7 @@ class Ratings:
 
         Both parts keep every user and item index, so they describe the same users.
         """
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        val_fraction, seed = check_fraction("val_fraction", val_fraction), check_int("seed", seed, 0)
         rng = np.random.default_rng(seed)
         key = rng.random(self.nnz)
         users = self.user_of_row()
@@ -191,7 +191,7 @@ class Ratings:
         """Ratings of the given user indices only, re-indexed ``0..len(users)-1`` in that order."""
         users = np.asarray(users, dtype=np.int64)
         if users.size and (users.min() < 0 or users.max() >= self.n_users):
-            raise ValueError(f"user index out of range [0, {self.n_users})")
+            raise InputError(f"user index out of range [0, {self.n_users})")
         starts, ends = self.indptr[users], self.indptr[users + 1]
         counts = ends - starts
         rows = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if users.size else np.zeros(0, np.int64)
@@ -223,7 +223,7 @@ class Ratings:
         found = item_ids[order][pos] == original
         if not found.all():
             row = int(np.argmin(found))
-            raise ValueError(f"item id {original[row]} (row {row}) is not in the model's items")
+            raise InputError(f"item id {original[row]} (row {row}) is not in the model's items")
         return Ratings.from_coo(self.user_of_row(), order[pos], self.ratings, self.weights,
                                 n_users=self.n_users, n_items=len(item_ids), user_ids=self.user_ids,
                                 item_ids=item_ids) if self.nnz else Ratings(
@@ -232,8 +232,7 @@ class Ratings:
 
 def sample_users(n_users: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of a seeded random ``fraction`` of ``n_users`` users (at least one)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    fraction, seed = check_fraction("fraction", fraction, zero=False, one=True), check_int("seed", seed, 0)
     k = max(1, int(round(n_users * fraction)))
     return np.sort(np.random.default_rng(seed).permutation(n_users)[:k])
 
@@ -247,8 +246,10 @@ def synthetic_ratings(n_users: int = 2000, n_items: int = 1000, mean_ratings_per
     whole stars and clipped to ``[1, 5]``.  Each user rates at least 2 and at most ``n_items``
     distinct items.  ``user_ids`` / ``item_ids`` are the indices.
     """
-    if n_users < 1 or n_items < 2 or mean_ratings_per_user <= 0 or rank < 1:
-        raise ValueError("synthetic_ratings needs n_users >= 1, n_items >= 2, mean_ratings_per_user > 0, rank >= 1")
+    n_users, n_items = check_int("n_users", n_users, 1), check_int("n_items", n_items, 2)
+    rank, seed = check_int("rank", rank, 1), check_int("seed", seed, 0)
+    mean_ratings_per_user = check_float("mean_ratings_per_user", mean_ratings_per_user, 0.0, strict=True)
+    noise = check_float("noise", noise, 0.0)
     rng = np.random.default_rng(seed)
     # Activity ~ Pareto (alpha 1.5) scaled to the requested mean, at least 2 per user.
     activity = rng.pareto(1.5, n_users) + 1.0

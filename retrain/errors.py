@@ -44,6 +44,22 @@ def check_float(name: str, value, minimum: float | None = None, *, strict: bool 
     return value
 
 
+def check_fraction(name: str, value, *, zero: bool = True, one: bool = False) -> float:
+    """``value`` as a float in [0, 1], or InputError naming ``name`` and the interval.
+
+    ``zero`` / ``one`` say whether the interval includes 0 / 1 (by default ``[0, 1)``).
+    """
+    interval = f"{'[' if zero else '('}0, 1{']' if one else ')'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a fraction in {interval}, got {value!r}")
+    value = float(value)
+    low_ok = value >= 0.0 if zero else value > 0.0
+    high_ok = value <= 1.0 if one else value < 1.0
+    if not (low_ok and high_ok):  # NaN fails both
+        raise InputError(f"{name} must be a fraction in {interval}, got {value!r}")
+    return value
+
+
 def _range_text(minimum, maximum) -> str:
     if minimum is not None and maximum is not None:
         return f" in [{minimum}, {maximum}]"

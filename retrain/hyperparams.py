@@ -5,6 +5,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from .errors import InputError, check_float, check_fraction, check_int
+
 OPTIMIZERS = ("adam", "sgd")
 _MODEL_RE = re.compile(r"^(user_item_biases|matrix_factorization_(\d+)|mlp_(\d+)x(\d+))$")
 
@@ -28,10 +30,10 @@ def reg_from_b(b: float) -> float:
 
 
 def model_family(model: str) -> str:
-    """``user_item_biases``, ``matrix_factorization`` or ``mlp``; ValueError for unknown names."""
-    m = _MODEL_RE.match(model)
+    """``user_item_biases``, ``matrix_factorization`` or ``mlp``; InputError for unknown names."""
+    m = _MODEL_RE.match(model) if isinstance(model, str) else None
     if m is None:
-        raise ValueError(
+        raise InputError(
             f"unknown model name {model!r}: expected 'user_item_biases', 'matrix_factorization_K' or 'mlp_DxH'"
         )
     return model.rsplit("_", 1)[0] if m.group(2) else ("mlp" if m.group(3) else model)
@@ -44,7 +46,8 @@ class HyperParams:
     ``learning_rate`` and ``regularization`` are what the tuner searches (``lr = 1e-3 * 10**a``,
     ``reg = 1e-5 * 10**b``).  Fields left as ``None`` take the model family's default.
     ``patience`` counts checkpoints without improvement before a probe stops; ``num_users`` is the
-    user count that sets the Glorot bound (``None``: the data's).
+    user count that sets the Glorot bound (``None``: the data's).  A bad value (a float or a bool
+    where an integer belongs, a negative count, a non-finite rate) raises InputError naming the field.
     """
 
     model: str = "matrix_factorization_32"
@@ -60,25 +63,27 @@ class HyperParams:
     num_users: int | None = None
 
     def __post_init__(self):
+        # Every field is checked and stored as a plain Python value (a numpy integer becomes an
+        # int), so that ``to_dict`` is JSON as it is and a bad value fails here, naming its field.
         defaults = _DEFAULTS[model_family(self.model)]
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        for name in ("batch_size", "max_epochs", "epochs_per_checkpoint"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if not 0.0 < self.subsampling_factor <= 1.0:
-            raise ValueError(f"subsampling_factor must be in (0, 1], got {self.subsampling_factor}")
-        if not (self.learning_rate > 0 and self.regularization >= 0):
-            raise ValueError(
-                f"learning_rate must be > 0 and regularization >= 0, got {self.learning_rate}, {self.regularization}"
-            )
-        if self.num_users is not None and self.num_users < 1:
-            raise ValueError(f"num_users must be >= 1, got {self.num_users}")
+            raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        checked = dict(
+            learning_rate=check_float("learning_rate", self.learning_rate, 0.0, strict=True),
+            regularization=check_float("regularization", self.regularization, 0.0),
+            batch_size=check_int("batch_size", self.batch_size, 1),
+            seed=check_int("seed", self.seed, 0),
+            max_epochs=check_int("max_epochs", self.max_epochs, 1),
+            epochs_per_checkpoint=check_int("epochs_per_checkpoint", self.epochs_per_checkpoint, 1),
+            patience=check_int("patience", self.patience, 0),
+            subsampling_factor=check_fraction("subsampling_factor", self.subsampling_factor, zero=False, one=True),
+            num_users=None if self.num_users is None else check_int("num_users", self.num_users, 1),
+        )
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def replace(self, **changes) -> "HyperParams":
         """A copy with ``changes`` applied (like ``dataclasses.replace``)."""

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from .data import Ratings
+from .errors import InputError
 
 
 def _parse(path: str) -> np.ndarray:
@@ -32,19 +33,19 @@ def _parse(path: str) -> np.ndarray:
         try:
             rows.append((float(int(fields[0])), float(int(fields[1])), float(fields[2])))
         except (ValueError, IndexError):
-            raise ValueError(f"{path}:{number}: malformed MovieLens line {line[:80]!r}") from None
+            raise InputError(f"{path}:{number}: malformed MovieLens line {line[:80]!r}") from None
     if not rows:
-        raise ValueError(f"{path}: no ratings in the file")
+        raise InputError(f"{path}: no ratings in the file")
     return np.asarray(rows, dtype=np.float64)
 
 
 def load_movielens(path) -> Ratings:
     """Load a MovieLens ratings file (``u.data``, ``ratings.dat`` or ``ratings.csv``).
 
-    Raises ValueError with one clear line for a missing file or a malformed line.
+    Raises InputError with one clear line for a missing file or a malformed line.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"ratings file not found: {path}")
+        raise InputError(f"ratings file not found: {path}")
     table = _parse(path)
     return Ratings.from_ids(table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2])

@@ -1,27 +1,37 @@
 """PNG plots of a retrain: the tuning landscape over (a, b) and the final retrain's validation curve.
 
-matplotlib runs with the Agg backend (no display needed); each function writes one file
-atomically and closes its figure.
+Each figure is a ``matplotlib.figure.Figure`` drawn on its own Agg canvas: no pyplot, no global
+backend switch (importing retrain never changes the caller's matplotlib set-up) and no display
+needed.  matplotlib is imported on first use, so the rest of retrain runs without it.  Each
+function writes one PNG atomically.
 """
 from __future__ import annotations
 
 import io
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # headless: must precede the pyplot import
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .errors import InputError
+from .heads import atomic_write_bytes
 
-from .heads import atomic_write_bytes  # noqa: E402
+
+def _figure(size: tuple[float, float]):
+    """A new figure of ``size`` inches and its axes (InputError when matplotlib is missing)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise InputError("plots need the matplotlib package, which is not installed (pip install matplotlib)") from None
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)  # attaches itself to the figure: savefig renders with Agg
+    return fig, fig.add_subplot()
 
 
 def _save(fig, path) -> None:
-    """Write the figure as PNG atomically (a reader never sees half a file), then close it."""
+    """Write the figure as PNG atomically (a reader never sees half a file)."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -36,7 +46,7 @@ def plot_tuning_landscape(path, evaluations, bounds, best=None, title="Tuning la
         bounds: ``((a_lo, a_hi), (b_lo, b_hi))`` of the search box.
         best: the chosen ``(a, b)``, marked with a star.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 7))
+    fig, ax = _figure((7.5, 7))
     finite = [e for e in evaluations if not e.diverged]
     diverged = [e for e in evaluations if e.diverged]
     if finite:
@@ -77,9 +87,9 @@ def plot_tuning_landscape(path, evaluations, bounds, best=None, title="Tuning la
 def plot_validation_curve(path, history, best_epoch=None, title="Final retrain") -> None:
     """Validation loss per checkpoint ``history = [(epoch, loss), ...]``; the kept epoch is marked."""
     if not history:
-        raise ValueError("plot_validation_curve needs a non-empty history of (epoch, loss)")
+        raise InputError("plot_validation_curve needs a non-empty history of (epoch, loss)")
     epochs, losses = zip(*history)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure((7, 4.5))
     ax.plot(epochs, losses, "o-", markersize=3)
     if best_epoch is not None:
         ax.axvline(best_epoch, color="gray", linestyle="--", label=f"kept: epoch {best_epoch}")

@@ -15,11 +15,12 @@ import torch
 
 from .contract import initial_embeddings, user_key
 from .data import Ratings
+from .errors import InputError, check_float, check_int
 from .heads import Head, Layer, Model
 from .hyperparams import model_family
 from .ridge import ridge_embeddings
 
-log = logging.getLogger("retrain")
+log = logging.getLogger(__name__)
 
 
 def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: int = 0, reg: float | None = None,
@@ -32,16 +33,21 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
         seed: seeds the item-side initialisation.
         reg: ridge penalty per rating (ALS; default 0.1) or Adam weight decay (MLP; default 1e-4).
         iterations: ALS sweeps (default 10) or Adam epochs (default 20).
+
+    Raises InputError for an unknown model name, no ratings, or a bad ``seed``/``reg``/``iterations``.
     """
     family = model_family(model)
+    seed = check_int("seed", seed, 0)
+    reg = None if reg is None else check_float("reg", reg, 0.0)
+    iterations = None if iterations is None else check_int("iterations", iterations, 1)
     if ratings.nnz == 0:
-        raise ValueError("pretrain needs at least one rating")
+        raise InputError("pretrain needs at least one rating")
     if family == "mlp":
         d, h = (int(x) for x in model.split("_")[1].split("x"))
         return _pretrain_mlp(ratings, d, h, seed, 1e-4 if reg is None else reg, iterations or 20)
     k = 1 if family == "user_item_biases" else int(model.rsplit("_", 1)[1])
     if family == "matrix_factorization" and k < 2:
-        raise ValueError(f"{model}: matrix_factorization_K needs K >= 2 (one dimension is the user bias)")
+        raise InputError(f"{model}: matrix_factorization_K needs K >= 2 (one dimension is the user bias)")
     return _pretrain_als(ratings, model, k - 1, seed, 0.1 if reg is None else reg, iterations or 10)
 
 

@@ -1,5 +1,8 @@
 """Progress bars, logging set-up and training meters for the command line.
 
+Bars need tqdm, imported on first use: without it there are no bars, and log lines are plain
+lines on stderr.
+
 The pipeline and the tuner take a backend *instance* as well as a name, so the command line hands
 them a ``MeteredBackend``: it forwards every call to the real backend and, on the way, counts
 what was trained (for the throughput figures), keeps the validation loss of every checkpoint (for
@@ -13,6 +16,7 @@ is a batch of its own.  Each ``stage`` starts a new batch too.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -21,24 +25,39 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .backends.base import Backend
 
 LOGGER = "retrain"
 
 
+@functools.lru_cache(maxsize=None)
+def _tqdm():
+    """tqdm's bar class, or None when tqdm is not installed (looked up once)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
 def progress_enabled(quiet: bool) -> bool:
-    """Bars are drawn unless ``--quiet`` or stderr is not a terminal (a pipe, a log file, CI)."""
-    return not quiet and sys.stderr.isatty()
+    """Bars are drawn unless ``--quiet``, stderr is not a terminal (a pipe, a log file, CI) or
+    tqdm is not installed."""
+    return not quiet and sys.stderr.isatty() and _tqdm() is not None
 
 
-class _TqdmHandler(logging.Handler):
-    """Writes log lines through ``tqdm.write`` so that they do not break a bar being drawn."""
+class _LogHandler(logging.Handler):
+    """Writes log lines to stderr, through ``tqdm.write`` when tqdm is there, so that a line does
+    not break a bar being drawn."""
 
     def emit(self, record):
         try:
-            tqdm.write(self.format(record), file=sys.stderr)
+            tqdm = _tqdm()
+            if tqdm is None:
+                sys.stderr.write(self.format(record) + "\n")
+            else:
+                tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # logging's contract: a handler never raises
             self.handleError(record)
 
@@ -46,9 +65,9 @@ class _TqdmHandler(logging.Handler):
 def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     """One stderr handler on the ``retrain`` logger: INFO (DEBUG with ``verbose``, WARNING when quiet)."""
     logger = logging.getLogger(LOGGER)
-    for handler in [h for h in logger.handlers if isinstance(h, _TqdmHandler)]:
+    for handler in [h for h in logger.handlers if isinstance(h, _LogHandler)]:
         logger.removeHandler(handler)
-    handler = _TqdmHandler()
+    handler = _LogHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
@@ -86,14 +105,15 @@ class Checkpoint:
 class MeteredBackend(Backend):
     """Forwards to ``inner`` and records ``TrainCall``s and ``Checkpoint``s (see the module doc).
 
-    ``stage(name, ...)`` labels what runs inside it and sets up its bars.
+    ``stage(name, ...)`` labels what runs inside it and sets up its bars (with ``progress`` and
+    tqdm installed).
     """
 
     def __init__(self, inner: Backend, *, progress: bool = False):
         super().__init__(inner.device)
         self.inner = inner
         self.name = inner.name
-        self.progress = progress
+        self.progress = progress and _tqdm() is not None
         self.calls: list[TrainCall] = []
         self.checkpoints: list[Checkpoint] = []
         self._stage = "other"
@@ -175,10 +195,11 @@ class _Bars:
     """A bar of probes trained against the tuning budget, and a per-batch bar of epochs."""
 
     def __init__(self, stage: str, max_epochs, max_evals, final_users):
+        self.tqdm = _tqdm()  # not None: MeteredBackend draws bars only with tqdm
         self.stage, self.max_epochs, self.final_users = stage, max_epochs, final_users
         self.batch = 0
-        self.probes = (tqdm(total=max_evals, desc=f"{stage}: probes", unit="probe", leave=True, file=sys.stderr,
-                            dynamic_ncols=True) if max_evals else None)
+        self.probes = (self.tqdm(total=max_evals, desc=f"{stage}: probes", unit="probe", leave=True,
+                                 file=sys.stderr, dynamic_ncols=True) if max_evals else None)
         self.epoch_bar = None
 
     def new_batch(self, n_users: int, probes: int) -> None:
@@ -192,8 +213,8 @@ class _Bars:
             desc = f"{self.stage}: tuning batch {self.batch} ({probes} probes, {n_users} users)"
             if self.probes is not None:
                 self.probes.update(probes)
-        self.epoch_bar = tqdm(total=self.max_epochs, desc=desc, unit="epoch", leave=not tuning, file=sys.stderr,
-                              dynamic_ncols=True)
+        self.epoch_bar = self.tqdm(total=self.max_epochs, desc=desc, unit="epoch", leave=not tuning,
+                                   file=sys.stderr, dynamic_ncols=True)
 
     def epochs(self, n: int, live_probes: int) -> None:
         if self.epoch_bar is not None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .data import Ratings
+from .errors import InputError
 from .heads import Head
 
 ITEM_BIAS_DAMPING = 5.0  # pseudo-ratings at the global mean that shrink a rarely rated item's bias
@@ -21,7 +22,7 @@ def weighted_rmse(pred, ratings: Ratings) -> float:
     """``sqrt(sum w (pred - r)^2 / sum w)`` for predictions ``pred [nnz]`` of ``ratings``' rows."""
     pred = np.asarray(pred, dtype=np.float64)
     if pred.shape != (ratings.nnz,):
-        raise ValueError(f"pred must have one value per rating ({ratings.nnz}), got shape {pred.shape}")
+        raise InputError(f"pred must have one value per rating ({ratings.nnz}), got shape {pred.shape}")
     w = ratings.weights.astype(np.float64)
     if w.sum() == 0:
         return math.nan
@@ -31,7 +32,7 @@ def weighted_rmse(pred, ratings: Ratings) -> float:
 def model_rmse(head: Head, embeddings: torch.Tensor, ratings: Ratings) -> float:
     """RMSE of ``head`` with user embeddings ``[ratings.n_users, d]`` (row u is ratings' user u)."""
     if embeddings.shape != (ratings.n_users, head.d):
-        raise ValueError(f"embeddings must be [n_users={ratings.n_users}, d={head.d}], got {tuple(embeddings.shape)}")
+        raise InputError(f"embeddings must be [n_users={ratings.n_users}, d={head.d}], got {tuple(embeddings.shape)}")
     users = torch.from_numpy(ratings.user_of_row())
     items = torch.from_numpy(ratings.items)
     with torch.no_grad():
@@ -160,4 +161,17 @@ def render_demo_report(settings: dict, parts: dict, rows: list[Row], tuning: lis
         "![validation loss per epoch](validation_curve.png)", "",
         "## Artifacts", "", markdown_table(["file", "contents"], [[f"`{f}`", what] for f, what in artifacts]), "",
     ]
+    return "\n".join(lines)
+
+
+def demo_summary(settings: dict, rows: list[Row], tuning: list, total_s: float, out) -> str:
+    """What the demo prints: the source, the RMSE table, the tuning figures and where the files are.
+
+    ``settings`` and ``tuning`` as for ``render_demo_report``; ``total_s``: seconds; ``out``: the folder.
+    """
+    lines = [f"retrain demo: {settings['source']}; model {settings['model']}; backend {settings['backend']}", "",
+             rmse_table(rows), ""]
+    lines += [f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}" for key, value in tuning]
+    lines += ["", f"total {total_s:.1f} s; artifacts in {out}/ "
+                  "(report.md, model.safetensors, journal.jsonl, tuning_landscape.png, validation_curve.png)"]
     return "\n".join(lines)

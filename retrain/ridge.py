@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .data import Ratings
+from .errors import InputError, check_float
 from .heads import Head
 
 _GRAM_CHUNK_BYTES = 64 << 20
@@ -18,13 +19,13 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
     """Per-user ridge solution ``[n_users, d]`` (float64).
 
     Users without ratings get ``init`` (their initial embedding; zeros when not given), as in
-    the contract where they keep their init.  Raises ValueError for a non-linear head or when
-    ``reg == 0`` leaves a user's system singular.
+    the contract where they keep their init.  Raises InputError for a bad ``reg``, ratings on
+    other items than the head's, or when ``reg == 0`` leaves a user's system singular, and
+    ValueError for a non-linear head.
     """
-    if reg < 0:
-        raise ValueError(f"reg must be >= 0, got {reg}")
+    reg = check_float("reg", reg, 0.0)
     if ratings.n_items != head.n_items:
-        raise ValueError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
+        raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
     A, c = head.linear_form()  # [I, d], [I]
     d, U = A.shape[1], ratings.n_users
     n = torch.from_numpy(ratings.counts).double()
@@ -36,7 +37,7 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
         try:
             out[has] = torch.linalg.solve(lhs, rhs[has] / n[has, None])
         except RuntimeError:  # torch raises a RuntimeError subclass for singular systems
-            raise ValueError("the ridge system is singular for some user: use reg > 0") from None
+            raise InputError("the ridge system is singular for some user: use reg > 0") from None
     return out
 
 

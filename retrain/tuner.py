@@ -190,12 +190,12 @@ class Journal:
                 float(entry[name])
             bool(entry["diverged"])
         except (ValueError, KeyError, TypeError):
-            raise ValueError(f"journal {self.path} line {number} is not a journal entry: {line[:80]!r}") from None
+            raise InputError(f"journal {self.path} line {number} is not a journal entry: {line[:80]!r}") from None
         return entry
 
     def _add(self, entries: dict, entry: dict, number: int) -> None:
         if entry.get("problem") != self.problem:
-            raise ValueError(f"journal {self.path} line {number} was written for another problem (data, head or "
+            raise InputError(f"journal {self.path} line {number} was written for another problem (data, head or "
                              "hyper-parameters other than lr/reg differ): use a new journal file")
         entries[_key((entry["a"], entry["b"]))] = entry
 
@@ -375,12 +375,12 @@ def _objective(gate: _Gate, opt_id: int, opt, lower: np.ndarray, upper: np.ndarr
 
 
 def _algorithm(name: str) -> int:
-    """NLopt's code for ``name``; ValueError when unknown or not usable on its own."""
+    """NLopt's code for ``name``; InputError when unknown or not usable on its own."""
     nlopt = _nlopt()
     is_name = isinstance(name, str) and name.startswith(("LN_", "LD_", "GN_", "GD_", "G_", "AUGLAG"))
     code = getattr(nlopt, name, None) if is_name else None  # nlopt also has int result codes: not algorithms
     if not isinstance(code, int):
-        raise ValueError(f"unknown NLopt algorithm {name!r}: expected a name such as 'LN_BOBYQA', 'LN_SBPLX', "
+        raise InputError(f"unknown NLopt algorithm {name!r}: expected a name such as 'LN_BOBYQA', 'LN_SBPLX', "
                          "'GN_DIRECT_L' or 'LD_LBFGS'")
     trial = nlopt.opt(code, 2)  # catches algorithms this build lacks or that need a subsidiary optimizer
     trial.set_lower_bounds([-1.0, -1.0])
@@ -392,7 +392,7 @@ def _algorithm(name: str) -> int:
     except nlopt.RoundoffLimited:
         pass
     except nlopt.invalid_argument:
-        raise ValueError(f"NLopt algorithm {name!r} cannot run on its own here "
+        raise InputError(f"NLopt algorithm {name!r} cannot run on its own here "
                          "(it needs a subsidiary optimizer, or this NLopt build lacks it)") from None
     return code
 

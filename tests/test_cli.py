@@ -1,8 +1,9 @@
-"""The command line end to end on tiny synthetic data.
+"""The command line end to end on tiny synthetic data, and its exit statuses.
 
 The demo, fold-in and bench run as real processes (``python -m retrain``); the pretrain/tune/run
 chain and the bad inputs call ``retrain.cli.main`` in this process, since each process spends
-seconds importing torch, and a few bad inputs also run as real processes.
+seconds importing torch, and a few bad inputs also run as real processes.  Exit statuses: 2 and
+one ``error:`` line for a mistake in the input, 1 and a traceback for a bug, 130 when interrupted.
 """
 import json
 import logging
@@ -15,9 +16,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from retrain.cli import main, protocol_split
-from retrain.data import synthetic_ratings
+from retrain import protocol_split
+from retrain.cli import main
+from retrain.data import Ratings, synthetic_ratings
+from retrain.demo import load_ratings, run_demo
 from retrain.heads import Model
+from retrain.report import rmse_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 USERS, MODEL, SEED = 150, "matrix_factorization_4", 0
@@ -60,7 +64,7 @@ def check_png(path) -> None:
 
 def tiny_split():
     """The split the CLI makes of its synthetic data with TINY's settings (defaults otherwise)."""
-    return protocol_split(synthetic_ratings(n_users=USERS, n_items=100, seed=SEED), SEED)
+    return protocol_split(synthetic_ratings(n_users=USERS, n_items=100, seed=SEED), seed=SEED)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +100,14 @@ def test_demo_prints_the_table_and_writes_every_artifact(demo):
     assert len(journal) == 6 and all({"a", "b", "loss"} <= set(entry) for entry in journal)
     hyp = json.loads((out / "model.safetensors.hyp.json").read_text())
     assert hyp["hyperparams"]["num_users"] == split.pretrain.n_users and hyp["epochs"] >= 1
+
+
+def test_run_demo_returns_the_rows_of_the_table_it_prints(tmp_path):
+    data, source = load_ratings(n_users=USERS, seed=SEED)
+    result = run_demo(data, source, model=MODEL, seed=SEED, out=tmp_path / "run", max_evals=4, n_starts=2)
+    assert len(result.rows) == len(ROWS) and all(row.name.startswith(n) for row, n in zip(result.rows, ROWS))
+    assert rmse_table(result.rows) in result.text and f"artifacts in {result.out}/" in result.text
+    assert (result.out / "report.md").is_file() and result.out == tmp_path / "run"
 
 
 def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
@@ -182,18 +194,28 @@ def test_metered_backend_records_what_the_trainer_saw():
     assert work == train.nnz * sum(r.epochs_trained for r in several)
 
 
-# Each bad input as a function of a folder holding malformed.csv and not_a_model.safetensors.
+# Each bad input as a function of a folder holding malformed.csv and not_a_model.safetensors, and
+# what its error line must name.
 BAD_INPUTS = {
-    "missing data file": lambda tmp: ["demo", "--data", tmp / "missing.csv"],
-    "malformed data file": lambda tmp: ["demo", "--data", tmp / "malformed.csv"],
-    "unknown model name": lambda tmp: ["demo", "--model", "transformer_9"],
-    "unknown option": lambda tmp: ["demo", "--no-such-option"],
-    "bad option value": lambda tmp: ["demo", "--max-evals", "0"],
-    "unknown backend": lambda tmp: ["bench", "--backends", "gpu"],
-    "missing model file": lambda tmp: ["fold-in", "--model", tmp / "missing.safetensors", "--ratings",
-                                       tmp / "malformed.csv"],
-    "malformed model file": lambda tmp: ["tune", "--model", tmp / "not_a_model.safetensors"],
-    "no command": lambda tmp: [],
+    "missing data file": (lambda tmp: ["demo", "--data", tmp / "missing.csv"], "not found"),
+    "malformed data file": (lambda tmp: ["demo", "--data", tmp / "malformed.csv"], "malformed.csv:3"),
+    "unknown model name": (lambda tmp: ["demo", "--model", "transformer_9"], "transformer_9"),
+    "unknown option": (lambda tmp: ["demo", "--no-such-option"], "--no-such-option"),
+    "bad option value": (lambda tmp: ["demo", "--max-evals", "0"], "--max-evals"),
+    "negative seed": (lambda tmp: ["pretrain", "--seed", "-1"], "--seed"),
+    "non-integer seed": (lambda tmp: ["demo", "--seed", "1.5"], "--seed"),
+    "non-integer users": (lambda tmp: ["demo", "--users", "16.0"], "--users"),
+    "split fraction out of range": (lambda tmp: ["demo", "--users", 40, "--test", "1.2"], "test must be"),
+    "split fractions adding up to 1": (lambda tmp: ["pretrain", "--users", 40, "--val", "0.5", "--test", "0.5"],
+                                       "val + test"),
+    "nan regularisation": (lambda tmp: ["pretrain", "--users", 40, "--reg", "nan"], "--reg"),
+    "unknown backend": (lambda tmp: ["bench", "--backends", "gpu"], "gpu"),
+    "missing model file": (lambda tmp: ["fold-in", "--model", tmp / "missing.safetensors", "--ratings",
+                                        tmp / "malformed.csv"], "missing.safetensors"),
+    "malformed model file": (lambda tmp: ["tune", "--model", tmp / "not_a_model.safetensors"], "not_a_model"),
+    "unwritable output (OSError)": (lambda tmp: ["pretrain", "--users", 40, "--iterations", 1, "--quiet", "--out",
+                                                 tmp / "malformed.csv" / "model.safetensors"], "malformed.csv"),
+    "no command": (lambda tmp: [], "COMMAND"),
 }
 # These also run as real processes (each one pays for importing torch, so only a few).
 IN_SUBPROCESS = ("missing data file", "unknown option")
@@ -216,23 +238,60 @@ def restore_logger():
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
-def check_one_line_error(code, stdout, stderr) -> None:
+def check_one_line_error(code, stdout, stderr, names: str) -> None:
     assert code == 2, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "error:" in lines[0], stderr
+    assert len(lines) == 1 and "error:" in lines[0] and names in lines[0], stderr
     assert "Traceback" not in stderr and stdout == ""
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_returns_2_with_one_line_on_stderr(case, bad_files, capsys, restore_logger):
-    code = in_process(capsys, *BAD_INPUTS[case](bad_files))
+    args, names = BAD_INPUTS[case]
+    code = in_process(capsys, *args(bad_files))
     out, err = capsys.readouterr()
-    check_one_line_error(code, out, err)
+    check_one_line_error(code, out, err, names)
 
 
 def test_bad_inputs_exit_2_in_a_real_process(bad_files):
-    procs = {case: subprocess.Popen(command(*BAD_INPUTS[case](bad_files)), stdout=subprocess.PIPE,
+    procs = {case: subprocess.Popen(command(*BAD_INPUTS[case][0](bad_files)), stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True) for case in IN_SUBPROCESS}
     for case, proc in procs.items():  # started side by side: they spend their time importing torch
         stdout, stderr = proc.communicate(timeout=600)
-        check_one_line_error(proc.returncode, stdout, stderr)
+        check_one_line_error(proc.returncode, stdout, stderr, BAD_INPUTS[case][1])
+
+
+def test_verbose_shows_the_traceback_of_an_input_error_and_still_exits_2(capsys, restore_logger):
+    code = in_process(capsys, "demo", "--users", 40, "--test", "1.2", "--verbose")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" in err and "retrain.errors.InputError" in err
+    assert err.strip().splitlines()[-1].startswith("retrain demo: error: test must be")
+
+
+def _raise(exc):
+    def raiser(*args, **kwargs):
+        raise exc
+    return raiser
+
+
+def test_a_bug_prints_its_traceback_and_exits_1(tmp_path, capsys, monkeypatch, restore_logger):
+    # A RuntimeError deep inside the library (the split the command makes) is a bug, not an input error.
+    monkeypatch.setattr(Ratings, "split_per_user", _raise(RuntimeError("planted bug")))
+    code = in_process(capsys, "pretrain", "--users", 40, "--out", tmp_path / "model.safetensors")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" in err and "RuntimeError: planted bug" in err and "split_per_user" in err
+
+
+def test_a_plain_value_error_is_a_bug_too(tmp_path, capsys, monkeypatch, restore_logger):
+    # Only InputError means "your mistake": a ValueError from a bug must not be hidden as one.
+    monkeypatch.setattr(Ratings, "split_per_user", _raise(ValueError("planted bug")))
+    code = in_process(capsys, "pretrain", "--users", 40, "--out", tmp_path / "model.safetensors")
+    assert code == 1 and "Traceback" in capsys.readouterr().err
+
+
+def test_an_interrupt_exits_130(tmp_path, capsys, monkeypatch, restore_logger):
+    monkeypatch.setattr(Ratings, "split_per_user", _raise(KeyboardInterrupt()))
+    code = in_process(capsys, "pretrain", "--users", 40, "--out", tmp_path / "model.safetensors")
+    assert code == 130 and capsys.readouterr().err.strip() == "retrain pretrain: interrupted"

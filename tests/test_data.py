@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrain.data import Ratings, synthetic_ratings
+from retrain import InputError
+from retrain.data import Ratings, sample_users, synthetic_ratings
 
 
 def test_canonical_order_sorted_by_item_ties_in_input_order():
@@ -39,8 +40,32 @@ def test_sources_agree():
 ])
 def test_bad_input_names_the_problem(kwargs, message):
     users, items, ratings = kwargs.pop("users"), kwargs.pop("items"), kwargs.pop("ratings")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         Ratings.from_coo(users, items, ratings, **kwargs)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda r: r.split_per_user(1.0), r"val_fraction must be a fraction in \[0, 1\), got 1.0"),
+    (lambda r: r.split_per_user(float("nan")), "val_fraction must be"),
+    (lambda r: r.split_per_user(0.2, seed=-1), "seed must be an integer >= 0"),
+    (lambda r: r.split_random(-0.1), "fraction must be a fraction"),
+    (lambda r: r.split_users(0.0), r"fraction must be a fraction in \(0, 1\]"),
+    (lambda r: r.subsample_users(0.5, seed=1.5), "seed must be an integer"),
+    (lambda r: sample_users(10, 1.5, 0), "fraction must be"),
+])
+def test_bad_fractions_and_seeds_name_the_argument(call, message):
+    with pytest.raises(InputError, match=message):
+        call(synthetic_ratings(20, 10, 5))
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(n_users=0), "n_users"), (dict(n_users=10.0), "n_users"), (dict(n_items=1), "n_items"),
+    (dict(n_items=True), "n_items"), (dict(rank=0), "rank"), (dict(seed=-3), "seed"), (dict(seed="1"), "seed"),
+    (dict(mean_ratings_per_user=0), "mean_ratings_per_user"), (dict(noise=float("nan")), "noise"),
+])
+def test_synthetic_ratings_checks_its_arguments(kwargs, name):
+    with pytest.raises(InputError, match=rf"^{name} must be"):
+        synthetic_ratings(**{"n_users": 20, "n_items": 10, **kwargs})
 
 
 def test_split_per_user_partitions_each_user():

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrain import InputError
 from retrain.movielens import load_movielens
 
 ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
@@ -37,11 +38,11 @@ def test_ml_latest_ratings_csv(tmp_path):
 
 
 def test_missing_and_malformed(tmp_path):
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(InputError, match="not found"):
         load_movielens(tmp_path / "nope.csv")
     bad = tmp_path / "ratings.csv"
     bad.write_text("userId,movieId,rating,timestamp\n1,2,3,4\n1,x,3,4\n")
-    with pytest.raises(ValueError, match=r"ratings.csv:3: malformed"):
+    with pytest.raises(InputError, match=r"ratings.csv:3: malformed"):
         load_movielens(bad)
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrain import InputError
 from retrain.data import synthetic_ratings
 from retrain.movielens import load_movielens
 from retrain.pretrain import pretrain
@@ -28,12 +29,18 @@ def test_models_beat_the_global_mean_on_synthetic_data():
     assert np.all(model.head.item_vectors[:, -1].numpy() == 1.0)  # the constant column: last dim is a user bias
 
 
-def test_bad_model_names():
-    data = synthetic_ratings(20, 10, 5)
-    with pytest.raises(ValueError, match="unknown model name"):
-        pretrain(data, "svd_8")
-    with pytest.raises(ValueError, match="K >= 2"):
-        pretrain(data, "matrix_factorization_1")
+@pytest.mark.parametrize("model,kwargs,message", [
+    ("svd_8", {}, "unknown model name"),
+    ("matrix_factorization_1", {}, "K >= 2"),
+    ("matrix_factorization_4", dict(iterations=2.0), "iterations must be an integer >= 1"),
+    ("matrix_factorization_4", dict(iterations=0), "iterations must be an integer >= 1"),
+    ("matrix_factorization_4", dict(reg=float("nan")), "reg must be a finite number >= 0"),
+    ("mlp_4x4", dict(reg=-1.0), "reg must be a finite number >= 0"),
+    ("user_item_biases", dict(seed=-1), "seed must be an integer >= 0"),
+])
+def test_bad_arguments_name_the_problem(model, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        pretrain(synthetic_ratings(20, 10, 5), model, **kwargs)
 
 
 @pytest.mark.movielens

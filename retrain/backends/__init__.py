@@ -1,7 +1,7 @@
 """Backend registry: ``reference`` (PyTorch oracle), ``cpu`` (C++), ``triton`` (GPU kernels), ``auto``.
 
 Each backend module sets an availability flag instead of failing at import, like implicit's
-``gpu.HAS_CUDA``; ``get_backend`` raises a ValueError that says why one is missing.
+``gpu.HAS_CUDA``; ``get_backend`` raises an InputError that says why one is missing.
 """
 from __future__ import annotations
 

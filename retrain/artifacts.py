@@ -1,0 +1,100 @@
+"""The files a retrain writes besides the model itself, and the folder of a demo run.
+
+* ``<model>.hyp.json`` (``write_hyp`` / ``read_hyp``): the tuned hyper-parameters and the epoch
+  count, written beside a retrained model; with them ``fold_in`` reproduces a retrained row.
+* the fold-in's embeddings (``write_embeddings``): safetensors with ``embeddings [n, d]``
+  (float32) and ``user_ids [n]`` (int64), metadata ``format = "retrain.embeddings"``, ``model``
+  and ``epochs``.
+* the recommendations (``write_recommendations``): CSV ``user_id,rank,item_id,score`` in original
+  ids, ranks from 1.
+
+Every file is written atomically (a reader sees the old file or the new one, never a part).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError, check_int
+from .heads import atomic_write_bytes
+from .hyperparams import HyperParams
+
+HYP_SUFFIX = ".hyp.json"
+
+
+def hyp_path(model_path) -> Path:
+    """Where ``write_hyp`` puts the hyper-parameters of the model at ``model_path``."""
+    return Path(str(model_path) + HYP_SUFFIX)
+
+
+def write_hyp(model_path, hyp: HyperParams, epochs: int, val_loss: float) -> Path:
+    """Write ``hyp``, the epoch count and the validation loss beside a retrained model; returns the path."""
+    path = hyp_path(model_path)
+    text = json.dumps({"hyperparams": hyp.to_dict(), "epochs": int(epochs), "val_loss": float(val_loss)}, indent=2)
+    atomic_write_bytes(path, (text + "\n").encode())
+    return path
+
+
+def read_hyp(path) -> tuple[HyperParams, int]:
+    """``(HyperParams, epochs)`` from a file written by ``write_hyp``.
+
+    Raises OSError when it cannot be read and InputError naming the file when it is not such a file.
+    """
+    with open(path) as f:
+        text = f.read()
+    try:
+        entry = json.loads(text)
+        return HyperParams(**entry["hyperparams"]), check_int("epochs", entry["epochs"], 0)
+    except (json.JSONDecodeError, KeyError, TypeError, InputError) as exc:
+        raise InputError(f"{path}: not a hyper-parameter file written by 'run' or 'demo' ({exc})") from None
+
+
+def write_embeddings(path, embeddings: torch.Tensor, user_ids: np.ndarray, *, model: str, epochs: int) -> None:
+    """Write folded-in ``embeddings [n, d]`` of the users ``user_ids [n]`` (original ids).
+
+    ``model`` (the head's name) and ``epochs`` (of the fold-in) go into the metadata.
+    """
+    from safetensors.torch import save
+
+    blob = save({"embeddings": embeddings.contiguous(), "user_ids": torch.as_tensor(user_ids, dtype=torch.int64)},
+                metadata={"format": "retrain.embeddings", "model": model, "epochs": str(epochs)})
+    atomic_write_bytes(path, blob)
+
+
+def write_recommendations(path, items: torch.Tensor, scores: torch.Tensor, user_ids: np.ndarray,
+                          item_ids: np.ndarray) -> None:
+    """Write the top-k lists of ``recommend`` as CSV ``user_id,rank,item_id,score``.
+
+    ``items`` / ``scores``: ``[n, k]`` item indices and scores; row ``r`` belongs to user
+    ``user_ids[r]``; ``item_ids`` maps item indices to original ids.  Entries scored ``-inf``
+    (fewer than ``k`` unseen items) are left out.
+    """
+    lines = ["user_id,rank,item_id,score"]
+    for row, user in enumerate(user_ids):
+        lines += [f"{user},{rank + 1},{item_ids[item]},{score:.6g}"
+                  for rank, (item, score) in enumerate(zip(items[row].tolist(), scores[row].tolist()))
+                  if np.isfinite(score)]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def make_out_dir(out=None) -> Path:
+    """The folder ``out`` (created if needed), or a fresh ``runs/<timestamp>`` when ``out`` is None."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise InputError(f"output folder {out} exists and is not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in [""] + [f"-{i}" for i in range(2, 100)]:
+        path = Path("runs") / (stamp + suffix)
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise InputError(f"could not create a fresh folder runs/{stamp}-N: name an output folder")

@@ -1,0 +1,50 @@
+"""HyperParams: per-model defaults, and every bad field raises InputError naming it."""
+import json
+
+import numpy as np
+import pytest
+
+from retrain import HyperParams, InputError
+
+INTEGER_FIELDS = ("batch_size", "max_epochs", "epochs_per_checkpoint", "patience", "seed", "num_users")
+NOT_INTEGERS = (16.0, 2.5, True, "16")
+BAD_INTEGERS = ([(field, value) for field in INTEGER_FIELDS for value in NOT_INTEGERS]
+                + [("batch_size", 0), ("max_epochs", 0), ("epochs_per_checkpoint", 0), ("patience", -1), ("seed", -1),
+                   ("num_users", 0), ("patience", None), ("seed", None)])  # None: "the default" for the others
+BAD_FLOATS = [
+    ("learning_rate", 0.0), ("learning_rate", -1e-3), ("learning_rate", float("nan")), ("learning_rate", float("inf")),
+    ("learning_rate", "0.01"),
+    ("regularization", -1e-5), ("regularization", float("nan")), ("regularization", float("inf")),
+    ("subsampling_factor", 0.0), ("subsampling_factor", 1.5), ("subsampling_factor", float("nan")),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_INTEGERS)
+def test_integer_fields_reject_non_integers_and_values_below_their_range(field, value):
+    with pytest.raises(InputError, match=rf"^{field} must be an integer"):
+        HyperParams(model="matrix_factorization_4", **{field: value})
+
+
+@pytest.mark.parametrize("field,value", BAD_FLOATS)
+def test_float_fields_reject_non_finite_and_out_of_range_values(field, value):
+    with pytest.raises(InputError, match=rf"^{field} must be"):
+        HyperParams(model="matrix_factorization_4", **{field: value})
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model", "svd_8", "unknown model name 'svd_8'"),
+    ("model", None, "unknown model name None"),
+    ("optimizer", "rmsprop", "optimizer must be one of"),
+])
+def test_names_must_be_known(field, value, match):
+    with pytest.raises(InputError, match=match):
+        HyperParams(**{field: value})
+
+
+def test_defaults_follow_the_model_and_values_are_stored_as_plain_python():
+    hyp = HyperParams(model="user_item_biases", seed=np.int64(3), learning_rate=np.float32(0.5), num_users=np.int32(7))
+    assert (hyp.batch_size, hyp.max_epochs, hyp.epochs_per_checkpoint) == (16, 64, 2)
+    assert HyperParams(model="matrix_factorization_8").max_epochs == 128
+    assert type(hyp.seed) is int and type(hyp.num_users) is int and type(hyp.learning_rate) is float
+    assert HyperParams(**json.loads(json.dumps(hyp.to_dict()))) == hyp  # a .hyp.json file round-trips
+    assert HyperParams(model="matrix_factorization_4", subsampling_factor=1, regularization=0).subsampling_factor == 1.0
