@@ -1,4 +1,4 @@
-"""A quick throughput comparison: each backend's ``train_epochs`` against the plain-PyTorch loops.
+"""A quick throughput comparison: each backend's training calls against the plain-PyTorch loops.
 
 The backends train P probes on synthetic data for a few epochs, after a warm-up epoch; the eager
 loop (one probe after another) and the batched PyTorch loop are timed on their first steps only.
@@ -12,7 +12,7 @@ import time
 import torch
 
 from .backends import BACKENDS, available_backends, get_backend
-from .backends.base import csr_tensors, head_tensors, new_state
+from .backends.base import csr_tensors
 from .baselines import batched, eager_loop
 from .contract import initial_embeddings, user_key
 from .data import Ratings
@@ -21,6 +21,7 @@ from .errors import InputError
 from .hyperparams import HyperParams, model_family
 from .pretrain import pretrain
 from .report import markdown_table
+from .trainer import prepare
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +38,12 @@ def _seconds(fn, device: torch.device) -> float:
 
 
 def _bench_backend(be, head, data: Ratings, lrs, regs, hyp: HyperParams, epochs: int) -> float:
-    """Seconds of ``epochs`` epochs of ``train_epochs`` for all probes, after a warm-up epoch."""
-    head_t, data_t = head_tensors(head, be.device), csr_tensors(data, be.device)
-    lrs, regs = lrs.to(be.device), regs.to(be.device)
-
-    def train(n_epochs):
-        state = new_state(data_t, len(lrs), head.d, seed=hyp.seed, scale=head.init_scale(data.n_users),
-                          optimizer=hyp.optimizer)
-        return lambda: be.train_epochs(head_t, data_t, state, lrs, regs, epoch_start=0, n_epochs=n_epochs,
-                                       batch_size=hyp.batch_size, optimizer=hyp.optimizer, seed=hyp.seed)
-
-    _seconds(train(1), be.device)  # warm-up: kernel compilation, caches, the thread pool
-    return _seconds(train(epochs), be.device)
+    """Seconds of one call training ``epochs`` epochs of all probes on a prepared problem, after a
+    warm-up epoch (kernel compilation, caches, the thread pool, the fresh start)."""
+    problem = prepare(head, data, None, hyp, be)
+    problem.start(lrs.tolist(), regs.tolist())
+    _seconds(lambda: problem.train(1), be.device)
+    return _seconds(lambda: problem.train(epochs), be.device)
 
 
 def _fast_backends() -> list[str]:
@@ -91,7 +86,7 @@ def run_bench(*, model: str, users: int, seed: int = 0, probes: int = 8, epochs:
     eager_rate = None
     if baselines:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        head_t, data_t = head_tensors(head, device), csr_tensors(data, device)
+        data_t = csr_tensors(data, device)
         init = torch.from_numpy(initial_embeddings(user_key(data.user_ids), head.d, hyp.seed,
                                                    head.init_scale(data.n_users))).to(device)
         # The baselines are timed on their first baseline_steps minibatches (per probe for the
@@ -100,7 +95,7 @@ def run_bench(*, model: str, users: int, seed: int = 0, probes: int = 8, epochs:
         for label, loop in (("eager PyTorch loop (one probe after another)", eager_loop),
                             ("batched PyTorch (all probes in one tensor)", batched)):
             def run(steps):
-                return lambda: loop(head_t, data_t, init, lrs.to(device), regs.to(device), n_epochs=epochs,
+                return lambda: loop(head, data_t, init, lrs.to(device), regs.to(device), n_epochs=epochs,
                                     batch_size=hyp.batch_size, seed=seed, max_steps=steps)
 
             _seconds(run(2), device)  # warm-up

@@ -4,15 +4,10 @@ Bars need tqdm, imported on first use: without it there are no bars, and log lin
 lines on stderr.
 
 The pipeline and the tuner take a backend *instance* as well as a name, so the command line hands
-them a ``MeteredBackend``: it forwards every call to the real backend and, on the way, counts
-what was trained (for the throughput figures), keeps the validation loss of every checkpoint (for
-the plots) and moves the progress bars.  Nothing below the command line knows about it.
-
-How calls are grouped: the probe trainer validates at epoch 0, then alternates
-``train_epochs`` / ``validation_loss`` until every probe stops; so a validation that does not
-follow a training call starts a new *batch* (one ``train_probes`` call) at epoch 0.  A training
-call from epoch 0 that does not follow that first validation (``train_embeddings``, the fold-in)
-is a batch of its own.  Each ``stage`` starts a new batch too.
+them a ``MeteredBackend``: the problems it prepares forward every call to the real backend's and,
+on the way, count what was trained (for the throughput figures), keep the validation loss of every
+checkpoint (for the plots) and move the progress bars.  Nothing below the command line knows about
+it.  Every ``Problem.start`` is a new *batch* (a group of probes trained from the init).
 """
 from __future__ import annotations
 
@@ -76,7 +71,7 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 @dataclass(frozen=True)
 class TrainCall:
-    """One ``train_epochs`` call: ``probes`` configurations x ``n_epochs`` epochs over ``nnz`` ratings."""
+    """One training call: ``probes`` configurations x ``n_epochs`` epochs over ``nnz`` ratings."""
 
     stage: str
     batch: int
@@ -93,8 +88,8 @@ class TrainCall:
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """One ``validation_loss`` call: the per-probe mean validation loss after ``epoch`` epochs."""
+class CheckpointRecord:
+    """One checkpoint: the per-probe mean validation loss after ``epoch`` epochs."""
 
     stage: str
     batch: int
@@ -103,10 +98,9 @@ class Checkpoint:
 
 
 class MeteredBackend(Backend):
-    """Forwards to ``inner`` and records ``TrainCall``s and ``Checkpoint``s (see the module doc).
-
-    ``stage(name, ...)`` labels what runs inside it and sets up its bars (with ``progress`` and
-    tqdm installed).
+    """Wraps ``inner``: its problems record ``TrainCall``s and ``CheckpointRecord``s (see the module
+    doc).  ``stage(name, ...)`` labels what runs inside it and sets up its bars (with ``progress``
+    and tqdm installed).
     """
 
     def __init__(self, inner: Backend, *, progress: bool = False):
@@ -115,11 +109,9 @@ class MeteredBackend(Backend):
         self.name = inner.name
         self.progress = progress and _tqdm() is not None
         self.calls: list[TrainCall] = []
-        self.checkpoints: list[Checkpoint] = []
+        self.checkpoints: list[CheckpointRecord] = []
         self._stage = "other"
         self._batch = -1
-        self._last = None  # "train" or "validation": the previous call
-        self._epoch = 0  # epochs trained so far in the current batch
         self._bars = None
 
     # ----------------------------------------------------------------- stages and bars
@@ -133,7 +125,6 @@ class MeteredBackend(Backend):
         retrain (shown as such); other batches are tuning batches.
         """
         self._stage = name
-        self._last = None  # a stage starts a new batch
         self._bars = _Bars(name, max_epochs, max_evals, final_users) if self.progress else None
         try:
             yield self
@@ -143,45 +134,31 @@ class MeteredBackend(Backend):
             self._bars = None
             self._stage = "other"
 
-    def _new_batch(self, n_users: int, probes: int) -> None:
-        self._batch += 1
-        self._epoch = 0
-        if self._bars is not None:
-            self._bars.new_batch(n_users, probes)
-
     # ----------------------------------------------------------------- the Backend interface
-    def train_epochs(self, head, data, state, lrs, regs, *, epoch_start, n_epochs, batch_size, optimizer, seed):
-        if epoch_start == 0 and not (self._last == "validation" and self._epoch == 0):
-            self._new_batch(data.n_users, int(lrs.shape[0]))
-        start = time.perf_counter()
-        self.inner.train_epochs(head, data, state, lrs, regs, epoch_start=epoch_start, n_epochs=n_epochs,
-                                batch_size=batch_size, optimizer=optimizer, seed=seed)
-        if state.emb.device.type == "cuda":
-            torch.cuda.synchronize(state.emb.device)  # count the kernel's time, not its launch
-        seconds = time.perf_counter() - start
-        self.calls.append(TrainCall(self._stage, self._batch, data.n_users, int(data.items.shape[0]),
-                                    int(lrs.shape[0]), epoch_start, n_epochs, seconds))
-        self._epoch = epoch_start + n_epochs
-        self._last = "train"
-        if self._bars is not None:
-            self._bars.epochs(n_epochs, int(lrs.shape[0]))
-
-    def validation_loss(self, head, data, emb):
-        if self._last != "train":
-            self._new_batch(data.n_users, int(emb.shape[1]))
-        losses = self.inner.validation_loss(head, data, emb)
-        weight = float(data.weights.double().sum())
-        mean = losses.detach().cpu().numpy().astype(np.float64) / weight if weight > 0 else np.zeros(len(losses))
-        self.checkpoints.append(Checkpoint(self._stage, self._batch, self._epoch, mean))
-        self._last = "validation"
-        return losses
+    def prepare(self, head, train, val, spec, *, init):
+        return _MeteredProblem(self, self.inner.prepare(head, train, val, spec, init=init))
 
     def score(self, head, emb):
         return self.inner.score(head, emb)
 
+    # ----------------------------------------------------------------- what the problems report
+    def _new_batch(self, n_users: int, probes: int) -> None:
+        self._batch += 1
+        if self._bars is not None:
+            self._bars.new_batch(n_users, probes)
+
+    def _trained(self, problem, epoch_start: int, n_epochs: int, probes: int, seconds: float) -> None:
+        self.calls.append(TrainCall(self._stage, self._batch, problem.n_users, problem.n_train, probes,
+                                    epoch_start, n_epochs, seconds))
+        if self._bars is not None:
+            self._bars.epochs(n_epochs, probes)
+
+    def _validated(self, epoch: int, losses: np.ndarray) -> None:
+        self.checkpoints.append(CheckpointRecord(self._stage, self._batch, epoch, np.asarray(losses, np.float64)))
+
     # ----------------------------------------------------------------- summaries
     def totals(self, stage: str, batches=None) -> tuple[int, float]:
-        """``(rating·probe·epochs, seconds inside train_epochs)`` of a stage (optionally some batches)."""
+        """``(rating·probe·epochs, seconds inside training calls)`` of a stage (optionally some batches)."""
         calls = [c for c in self.calls if c.stage == stage and (batches is None or c.batch in batches)]
         return sum(c.rating_probe_epochs for c in calls), sum(c.seconds for c in calls)
 
@@ -189,6 +166,49 @@ class MeteredBackend(Backend):
         """Batch numbers of a stage, in order."""
         seen = [c.batch for c in self.checkpoints if c.stage == stage] + [c.batch for c in self.calls if c.stage == stage]
         return sorted(set(seen))
+
+
+class _MeteredProblem:
+    """A backend's ``Problem`` whose training and validation calls are timed and recorded by its
+    ``MeteredBackend``; everything else is the inner problem's."""
+
+    def __init__(self, meter: MeteredBackend, inner):
+        self._meter, self._inner = meter, inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def start(self, lrs, regs, **kwargs) -> None:
+        self._inner.start(lrs, regs, **kwargs)
+        self._meter._new_batch(self._inner.n_users, self._inner.n_probes)
+
+    def _timed(self, run, n_epochs: int):
+        epoch, probes = self._inner.epoch, self._inner.n_probes
+        start = time.perf_counter()
+        out = run()
+        if self._inner.device.type == "cuda":
+            torch.cuda.synchronize(self._inner.device)  # count the kernels' time, not their launch
+        self._meter._trained(self._inner, epoch, n_epochs, probes, time.perf_counter() - start)
+        return out
+
+    def train(self, n_epochs: int) -> None:
+        self._timed(lambda: self._inner.train(n_epochs), n_epochs)
+
+    def validate(self):
+        checkpoint = self._inner.validate()
+        self._meter._validated(self._inner.epoch, checkpoint.losses)
+        return checkpoint
+
+    def checkpoint(self, n_epochs: int):
+        return self.checkpoints([n_epochs])[0]
+
+    def checkpoints(self, epochs):
+        epoch = self._inner.epoch
+        out = self._timed(lambda: self._inner.checkpoints(epochs), sum(epochs))
+        for n_epochs, checkpoint in zip(epochs, out):
+            epoch += n_epochs
+            self._meter._validated(epoch, checkpoint.losses)
+        return out
 
 
 class _Bars:
