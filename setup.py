@@ -21,6 +21,7 @@ def get_extensions():
         Pybind11Extension(
             "retrain._C",
             sources,
+            depends=sorted(glob.glob(os.path.join("csrc", "*.h"))),  # a header change rebuilds every source
             cxx_std=17,
             extra_compile_args=["-O3", "-march=x86-64-v2", "-fno-fast-math"] + openmp,
             extra_link_args=openmp,

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace retrain {
 
@@ -83,15 +84,46 @@ constexpr int kFixedLimbs = 6;
 
 inline bool add_fixed(double v, int64_t* limbs) {
     if (!(std::fabs(v) < 0x1p127)) return false;  // also false for NaN
-    double x = std::floor(std::ldexp(v, 64));
+    // Products with powers of two are exact (no overflow or underflow in this range).
+    double x = std::floor(v * 0x1p64);
     for (int k = 0; k < kFixedLimbs - 1; ++k) {
-        const double high = std::floor(std::ldexp(x, -32));
-        limbs[k] += static_cast<int64_t>(x - std::ldexp(high, 32));  // in [0, 2**32): every step is exact
+        const double high = std::floor(x * 0x1p-32);
+        limbs[k] += static_cast<int64_t>(x - high * 0x1p32);  // in [0, 2**32): every step is exact
         x = high;
     }
     limbs[kFixedLimbs - 1] += static_cast<int64_t>(x);
     return true;
 }
+
+// The same exact sum, fast for what validation sums are (0 <= v < 2**63): those go into one
+// 128-bit integer of units 2**-64 straight from the bits of the double; anything else takes
+// add_fixed.  add_to() writes the total as limbs (they need not be normalised to be summed).
+class FixedSum {
+public:
+    bool add(double v) {
+        if (!(v >= 0.0 && v < 0x1p63)) return add_fixed(v, big_);  // NaN, negatives, huge values
+        uint64_t bits;
+        std::memcpy(&bits, &v, sizeof(bits));
+        const int exponent = static_cast<int>(bits >> 52);  // the sign bit is 0
+        if (exponent == 0) return true;                      // below 2**-1022: truncates to 0
+        const unsigned __int128 mantissa = (bits & ((uint64_t{1} << 52) - 1)) | (uint64_t{1} << 52);
+        const int shift = exponent - 1075 + 64;  // v * 2**64 = mantissa * 2**shift
+        if (shift >= 0)
+            small_ += mantissa << shift;  // < 2**127
+        else if (shift > -64)
+            small_ += mantissa >> -shift;  // truncation toward zero = floor for v >= 0
+        return true;
+    }
+
+    void add_to(int64_t* limbs) const {
+        for (int k = 0; k < 4; ++k) limbs[k] += static_cast<int64_t>((small_ >> (32 * k)) & 0xFFFFFFFFu);
+        for (int k = 0; k < kFixedLimbs; ++k) limbs[k] += big_[k];
+    }
+
+private:
+    unsigned __int128 small_ = 0;  // sums of fewer than 2**64 values below 2**63, in units of 2**-64
+    int64_t big_[kFixedLimbs] = {};
+};
 
 // 1-based Adam step count of a user's chunk-th step (0-based) in `epoch` (bias correction).
 inline int64_t adam_step(int64_t epoch, int64_t n, int64_t batch_size, int64_t chunk) {

@@ -202,7 +202,7 @@ struct UserBuffers {
     float *offset, *rating, *coef;  // b + mu, r, w * scale [kTile]
     float* probe;                 // [lanes] sum of x * 0 over checked values: NaN where one was not finite
     double* loss;                 // [lanes] a user's validation sums
-    int64_t* limbs;               // [checkpoints][lanes][kFixedLimbs] exact validation sums, this thread's users
+    FixedSum* sums;               // [checkpoints][lanes] exact validation sums of this thread's users
     uint8_t* bad;                 // [checkpoints][lanes] 1 where this thread saw a non-finite state or loss
     uint32_t* order;              // the epoch's permutation [max ratings of a user]
 
@@ -230,7 +230,7 @@ struct UserBuffers {
         t.coef = c.take<float>(kTile);
         t.probe = c.take<float>(lanes);
         t.loss = c.take<double>(lanes);
-        t.limbs = c.take<int64_t>(static_cast<size_t>(checkpoints) * lanes * kFixedLimbs);
+        t.sums = c.take<FixedSum>(static_cast<size_t>(checkpoints) * lanes);
         t.bad = c.take<uint8_t>(static_cast<size_t>(checkpoints) * lanes);
         t.order = c.take<uint32_t>(static_cast<size_t>(max_ratings));
         if (b != nullptr) *b = t;
@@ -238,7 +238,7 @@ struct UserBuffers {
     }
 
     void clear_outputs(int checkpoints, int lanes) {
-        std::memset(limbs, 0, sizeof(int64_t) * static_cast<size_t>(checkpoints) * lanes * kFixedLimbs);
+        for (size_t i = 0; i < static_cast<size_t>(checkpoints) * lanes; ++i) sums[i] = FixedSum();
         std::memset(bad, 0, static_cast<size_t>(checkpoints) * lanes);
     }
 };
@@ -319,10 +319,10 @@ void user_validation_sums(const HeadView& head, const CsrView& data, int64_t use
 // Adds the user's sums exactly to the thread's limbs of one checkpoint; flags lanes whose sum is
 // not finite.
 inline void add_user_sums(UserBuffers& b, int P, int lanes, int checkpoint) {
-    int64_t* limbs = b.limbs + static_cast<ptrdiff_t>(checkpoint) * lanes * kFixedLimbs;
+    FixedSum* sums = b.sums + static_cast<ptrdiff_t>(checkpoint) * lanes;
     uint8_t* bad = b.bad + static_cast<ptrdiff_t>(checkpoint) * lanes;
     for (int p = 0; p < P; ++p)
-        if (!add_fixed(b.loss[p], limbs + p * kFixedLimbs)) bad[p] = 1;
+        if (!sums[p].add(b.loss[p])) bad[p] = 1;
 }
 
 // Each thread's outputs are added into the call's: integers and flags, so the schedule (which
@@ -331,10 +331,7 @@ inline void merge_outputs(const UserBuffers& b, int checkpoints, int P, int lane
     for (int k = 0; k < checkpoints; ++k)
         for (int p = 0; p < P; ++p) {
             if (b.bad[k * lanes + p]) finite[k * P + p] = 0;
-            if (limbs != nullptr)
-                for (int j = 0; j < kFixedLimbs; ++j)
-                    limbs[(static_cast<ptrdiff_t>(k) * P + p) * kFixedLimbs + j] +=
-                        b.limbs[(static_cast<ptrdiff_t>(k) * lanes + p) * kFixedLimbs + j];
+            if (limbs != nullptr) b.sums[k * lanes + p].add_to(limbs + (static_cast<ptrdiff_t>(k) * P + p) * kFixedLimbs);
         }
 }
 
@@ -425,13 +422,15 @@ void train_epoch(const TrainArgs& a, int64_t start, int64_t n, uint32_t key, int
 }
 
 // Checkpoint k of a user, while its state is in this thread's buffers: finiteness of the state,
-// the validation sums, and a snapshot of the embeddings.
+// the validation sums, and a snapshot of the embeddings.  The moments are checked at the last
+// checkpoint only: a NaN there reaches the embeddings at the next step, and it is the embeddings
+// (and their loss) that a checkpoint judges.
 template <class V>
 void user_checkpoint(const TrainArgs& a, int64_t user, int k, UserBuffers& b, int lanes) {
     const int P = a.n_probes, d = a.head.d;
     std::memset(b.probe, 0, sizeof(float) * static_cast<size_t>(lanes));
     accumulate_non_finite<V>(b.e, b.probe, d, lanes);
-    if (a.optimizer.adam) {
+    if (a.optimizer.adam && k == a.n_checkpoints - 1) {
         accumulate_non_finite<V>(b.m, b.probe, d, lanes);
         accumulate_non_finite<V>(b.v, b.probe, d, lanes);
     }

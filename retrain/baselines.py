@@ -18,6 +18,7 @@ import torch
 
 from .backends.base import CSRTensors
 from .contract import Adam
+from .errors import InputError
 from .heads import Head
 
 _ADAM = Adam()  # the contract's constants
@@ -44,11 +45,11 @@ def _batches(n: int, batch_size: int, n_epochs: int, generator: torch.Generator,
 
 def _check(data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, batch_size: int) -> None:
     if init.ndim != 2 or init.shape[0] != data.n_users:
-        raise ValueError(f"init must be [n_users={data.n_users}, d], got {tuple(init.shape)}")
+        raise InputError(f"init must be [n_users={data.n_users}, d], got {tuple(init.shape)}")
     if lrs.ndim != 1 or lrs.shape != regs.shape:
-        raise ValueError(f"lrs and regs must be [P] vectors of one length, got {tuple(lrs.shape)} and {tuple(regs.shape)}")
+        raise InputError(f"lrs and regs must be [P] vectors of one length, got {tuple(lrs.shape)} and {tuple(regs.shape)}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
 
 
 def eager_loop(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, *,

@@ -83,7 +83,7 @@ def init_scale(scheme: str, d: int, n_users: int) -> float:
         return 0.0
     if scheme == "glorot":
         return float(np.float32(np.sqrt(6.0 / (d + n_users))))
-    raise ValueError(f"init scheme must be 'zeros' or 'glorot', got {scheme!r}")
+    raise InputError(f"init scheme must be 'zeros' or 'glorot', got {scheme!r}")
 
 
 def initial_embeddings(keys, d: int, seed: int, scale: float) -> np.ndarray:

@@ -48,7 +48,7 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
     k = 1 if family == "user_item_biases" else int(model.rsplit("_", 1)[1])
     if family == "matrix_factorization" and k < 2:
         raise InputError(f"{model}: matrix_factorization_K needs K >= 2 (one dimension is the user bias)")
-    return _pretrain_als(ratings, model, k - 1, seed, 0.1 if reg is None else reg, iterations or 10)
+    return _pretrain_als(ratings, k - 1, seed, 0.1 if reg is None else reg, iterations or 10)
 
 
 def _item_view(ratings: Ratings) -> Ratings:
@@ -57,7 +57,7 @@ def _item_view(ratings: Ratings) -> Ratings:
                             n_users=ratings.n_items, n_items=ratings.n_users)
 
 
-def _pretrain_als(ratings: Ratings, name: str, factors: int, seed: int, reg: float, iterations: int) -> Model:
+def _pretrain_als(ratings: Ratings, factors: int, seed: int, reg: float, iterations: int) -> Model:
     w = ratings.weights.astype(np.float64)
     mu = float((w * ratings.ratings).sum() / w.sum())
     rng = np.random.default_rng(seed)

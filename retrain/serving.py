@@ -12,6 +12,7 @@ import torch
 
 from .backends import get_backend
 from .data import Ratings
+from .errors import InputError
 from .heads import Head, Model
 from .hyperparams import HyperParams
 from .ridge import ridge_embeddings
@@ -23,7 +24,7 @@ SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are compute
 def check_item_ids(head: Head, ratings: Ratings, name: str) -> None:
     """ValueError unless ``ratings`` index items exactly as ``head`` does."""
     if ratings.n_items != head.n_items or not np.array_equal(ratings.item_ids, head.item_ids):
-        raise ValueError(f"{name} index items differently from the model ({ratings.n_items} vs {head.n_items} "
+        raise InputError(f"{name} index items differently from the model ({ratings.n_items} vs {head.n_items} "
                          "items, or other ids): re-index with ratings.with_items(head.item_ids)")
 
 
@@ -39,9 +40,9 @@ def fold_in(head: Head, new_users_ratings: Ratings, hyp: HyperParams, epochs: in
     ``epochs`` is ignored; users without ratings keep their init).
     """
     if solver not in ("train", "ridge"):
-        raise ValueError(f"solver must be 'train' or 'ridge', got {solver!r}")
+        raise InputError(f"solver must be 'train' or 'ridge', got {solver!r}")
     if head.init == "glorot" and hyp.num_users is None:
-        raise ValueError("hyp.num_users must be the user count of the retrain being reproduced (it sets the "
+        raise InputError("hyp.num_users must be the user count of the retrain being reproduced (it sets the "
                          "Glorot bound of the init); RetrainResult.hyp carries it")
     check_item_ids(head, new_users_ratings, "new_users_ratings")
     if solver == "ridge":
@@ -69,20 +70,20 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     model = model_or_head if isinstance(model_or_head, Model) else None
     head = model.head if model is not None else model_or_head
     if not isinstance(head, Head):
-        raise ValueError(f"model_or_head must be a Model or a Head, got {type(model_or_head).__name__}")
+        raise InputError(f"model_or_head must be a Model or a Head, got {type(model_or_head).__name__}")
     if embeddings is None:
         if model is None:
-            raise ValueError("embeddings are required when recommending from a Head")
+            raise InputError("embeddings are required when recommending from a Head")
         embeddings = model.user_embeddings
     embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
     if embeddings.ndim != 2 or embeddings.shape[1] != head.d:
-        raise ValueError(f"embeddings must be [n, d={head.d}], got {tuple(embeddings.shape)}")
+        raise InputError(f"embeddings must be [n, d={head.d}], got {tuple(embeddings.shape)}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= head.n_items:
-        raise ValueError(f"k must be an integer in [1, n_items={head.n_items}], got {k!r}")
+        raise InputError(f"k must be an integer in [1, n_items={head.n_items}], got {k!r}")
     n = embeddings.shape[0]
     if exclude_seen is not None:
         if exclude_seen.n_users != n:
-            raise ValueError(f"exclude_seen has {exclude_seen.n_users} users but embeddings have {n} rows")
+            raise InputError(f"exclude_seen has {exclude_seen.n_users} users but embeddings have {n} rows")
         check_item_ids(head, exclude_seen, "exclude_seen")
 
     be = get_backend(backend)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,13 +30,19 @@ from .hyperparams import HyperParams
 log = logging.getLogger(__name__)
 
 
+STOP_REASONS = ("patience", "max_epochs", "diverged", "deadline")
+
+
 @dataclass
 class ProbeResult:
     """The outcome of one probe.
 
     ``history`` holds ``(epoch, val_loss)`` at every checkpoint (epoch 0 is the init).
     ``best_epoch`` / ``best_val_loss`` are the best finite checkpoint; ``embeddings`` (``[U, d]``,
-    only when asked for) are the embeddings at ``best_epoch``.
+    only when asked for) are the embeddings at ``best_epoch``.  ``stop_reason`` says why it
+    stopped: ``"patience"`` (no improvement for ``patience + 1`` checkpoints), ``"max_epochs"``
+    (the cap; it may still have been improving), ``"diverged"`` (its state or loss became NaN/inf)
+    or ``"deadline"`` (``run_probes``' time budget ran out: its result is not final).
     """
 
     lr: float
@@ -43,8 +50,17 @@ class ProbeResult:
     history: list = field(default_factory=list)
     best_epoch: int = 0
     best_val_loss: float = math.inf
-    diverged: bool = False
+    stop_reason: str = ""
     embeddings: torch.Tensor | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.stop_reason == "diverged"
+
+    @property
+    def finished(self) -> bool:
+        """False when the time budget stopped it before early stopping or the cap did."""
+        return self.stop_reason != "deadline"
 
     @property
     def epochs_trained(self) -> int:
@@ -141,7 +157,7 @@ def prepare(head, train: Ratings, val: Ratings | None, hyp: HyperParams, backend
 
 def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams, backend="auto", *,
                  return_embeddings: bool = False, memory_budget: int | None = None,
-                 init: torch.Tensor | None = None) -> list[ProbeResult]:
+                 init: torch.Tensor | None = None, deadline: float | None = None) -> list[ProbeResult]:
     """Train ``P = len(lrs)`` probes (learning rate, L2) at once on the same data and schedule.
 
     Args:
@@ -154,16 +170,19 @@ def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams
         return_embeddings: keep each probe's best embeddings ``[U, d]`` (CPU tensors).
         memory_budget: bytes for probe states; probes are split into groups to fit.
         init: optional initial embeddings ``[U, d]`` (default: the contract's init).
+        deadline: a ``time.monotonic()`` instant; once it has passed, the probes stop at their next
+            checkpoint with ``stop_reason == "deadline"`` (checked between training calls).
 
     Returns one ``ProbeResult`` per probe, in order.  To train several batches on the same data,
     ``prepare`` once and call ``run_probes``.
     """
     problem = prepare(head, train, val, hyp, backend, init=init)
-    return run_probes(problem, lrs, regs, hyp, return_embeddings=return_embeddings, memory_budget=memory_budget)
+    return run_probes(problem, lrs, regs, hyp, return_embeddings=return_embeddings, memory_budget=memory_budget,
+                      deadline=deadline)
 
 
 def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddings: bool = False,
-               memory_budget: int | None = None) -> list[ProbeResult]:
+               memory_budget: int | None = None, deadline: float | None = None) -> list[ProbeResult]:
     """``train_probes`` on a prepared problem (``prepare`` with the same ``hyp``)."""
     lrs, regs = _as_vector(lrs, "lrs"), _as_vector(regs, "regs")
     if lrs.shape != regs.shape:
@@ -180,12 +199,12 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     results = []
     for first in range(0, len(lrs), group):
         sl = slice(first, first + group)
-        results += _train_group(problem, lrs[sl], regs[sl], hyp, return_embeddings, budget)
+        results += _train_group(problem, lrs[sl], regs[sl], hyp, return_embeddings, budget, deadline)
     return results
 
 
-def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embeddings: bool,
-                 budget: int) -> list[ProbeResult]:
+def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embeddings: bool, budget: int,
+                 deadline: float | None) -> list[ProbeResult]:
     results = [ProbeResult(float(lr), float(reg)) for lr, reg in zip(lrs, regs)]
     problem.start(lrs, regs, keep_best=return_embeddings)
     active = np.arange(len(lrs))  # probe ids still training, in slot order
@@ -203,7 +222,7 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                 r, loss = results[probe], float(checkpoint.losses[slot])
                 r.history.append((epoch, loss))
                 if not (checkpoint.finite[slot] and math.isfinite(loss)):
-                    r.diverged, stopped[slot] = True, True
+                    r.stop_reason, stopped[slot] = "diverged", True
                     log.debug("probe %d (lr %.3g, reg %.3g) diverged at epoch %d", probe, r.lr, r.reg, epoch)
                     continue
                 if loss < r.best_val_loss:
@@ -212,16 +231,27 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                     improved.append(slot)
                 else:
                     since_best[probe] += 1
-                if since_best[probe] > hyp.patience or epoch >= hyp.max_epochs:
-                    stopped[slot] = True
+                if since_best[probe] > hyp.patience:
+                    r.stop_reason, stopped[slot] = "patience", True
+                elif epoch >= hyp.max_epochs:
+                    r.stop_reason, stopped[slot] = "max_epochs", True
             problem.keep_best(improved, index)
         keep = np.flatnonzero(~stopped)
+        if len(keep) and deadline is not None and time.monotonic() >= deadline:
+            for probe in active[keep]:
+                results[probe].stop_reason = "deadline"
+            log.info("time budget spent: %d probes stopped at epoch %d before early stopping did", len(keep), epoch)
+            keep = keep[:0]
         if len(keep) == 0:
             break
         problem.drop(keep)
         active = active[keep]
         epochs = _next_checkpoints(problem, hyp, epoch, since_best[active], return_embeddings, budget)
         checkpoints = problem.checkpoints(epochs)
+    capped = [r for r in results if r.stop_reason == "max_epochs" and r.best_epoch == r.epochs_trained]
+    if capped:
+        log.info("%d of %d probes were still improving when max_epochs = %d stopped them", len(capped), len(results),
+                 hyp.max_epochs)
     if return_embeddings:
         best = problem.best_embeddings()
         for probe, r in enumerate(results):

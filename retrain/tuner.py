@@ -400,9 +400,9 @@ def _algorithm(name: str) -> int:
 def _check_bounds(bounds) -> tuple[np.ndarray, np.ndarray]:
     array = np.asarray(bounds, dtype=np.float64)
     if array.shape != (2, 2) or not np.all(np.isfinite(array)):
-        raise ValueError(f"bounds must be finite ((a_lo, a_hi), (b_lo, b_hi)), got {bounds!r}")
+        raise InputError(f"bounds must be finite ((a_lo, a_hi), (b_lo, b_hi)), got {bounds!r}")
     if not np.all(array[:, 0] < array[:, 1]):
-        raise ValueError(f"bounds must have lo < hi for a and for b, got {bounds!r}")
+        raise InputError(f"bounds must have lo < hi for a and for b, got {bounds!r}")
     return array[:, 0].copy(), array[:, 1].copy()
 
 
@@ -457,21 +457,21 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
         backend: backend name or instance used for every batch.
         seed: seeds the Halton design and stochastic NLopt algorithms (``hyp.seed`` seeds training).
 
-    Returns a ``TuneResult``.  Raises ValueError for bad arguments.
+    Returns a ``TuneResult``.  Raises InputError for bad arguments.
     """
     code = _algorithm(algorithm)
     lower, upper = _check_bounds(bounds)
     if not isinstance(max_evals, (int, np.integer)) or max_evals < 1:
-        raise ValueError(f"max_evals must be an integer >= 1, got {max_evals!r}")
+        raise InputError(f"max_evals must be an integer >= 1, got {max_evals!r}")
     if not max_time > 0:
-        raise ValueError(f"max_time must be > 0 seconds, got {max_time!r}")
+        raise InputError(f"max_time must be > 0 seconds, got {max_time!r}")
     check_training_inputs(head, train, val)
     if starts is not None:
         starts = np.asarray(starts, dtype=np.float64).reshape(-1, 2) if len(starts) else np.zeros((0, 2))
         if len(starts) == 0 or not np.all((starts >= lower) & (starts <= upper)):
-            raise ValueError(f"starts must be a non-empty list of (a, b) inside the bounds, got {starts.tolist()}")
+            raise InputError(f"starts must be a non-empty list of (a, b) inside the bounds, got {starts.tolist()}")
     elif not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
-        raise ValueError(f"n_starts must be an integer >= 1, got {n_starts!r}")
+        raise InputError(f"n_starts must be an integer >= 1, got {n_starts!r}")
 
     problem = problem_fingerprint(head, train, val, hyp)
     evaluator = _Evaluator(head, train, val, hyp, backend, int(max_evals), float(max_time),

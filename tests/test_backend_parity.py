@@ -11,6 +11,7 @@ early stopping, best-state keeping, divergence, memory groups, checkpoint cadenc
 one problem.  Under the Triton interpreter every program runs in Python: those cases stay small.
 """
 import os
+import time
 
 import numpy as np
 import pytest
@@ -210,6 +211,7 @@ def test_trainer_isolates_a_diverging_probe(backend):
     mixed = train_probes(head, train, val, [1e-2, 1e30, 3e-2], [1e-4, 1e30, 1e-3], hyp, backend=backend,
                          return_embeddings=True)
     assert mixed[1].diverged and not mixed[0].diverged and not mixed[2].diverged
+    assert mixed[1].stop_reason == "diverged"
     assert mixed[1].best_epoch == 0 and np.isfinite(mixed[1].best_val_loss)  # the init stays its best
     assert torch.equal(mixed[1].embeddings, prepare(head, train, val, hyp).init)
     for a, b in ((mixed[0], good[0]), (mixed[2], good[1])):
@@ -226,6 +228,7 @@ def test_early_stopping_and_best_state(backend):
     assert losses[-1] >= losses[-2]  # stopped at the first checkpoint that did not improve
     assert all(b < a for a, b in zip(losses[:-2], losses[1:-1]))
     assert r.best_epoch == r.history[-2][0] and r.best_val_loss == min(losses)
+    assert r.stop_reason == "patience" and r.finished and not r.diverged
     again = train_embeddings(head, train, hyp.replace(learning_rate=0.5, regularization=0.0), r.best_epoch,
                              backend=backend)
     assert torch.equal(again, r.embeddings)
@@ -310,3 +313,13 @@ def test_several_checkpoints_in_one_call_equal_one_call_each(backend):
         assert joint[index].finite.tolist() == alone.finite.tolist() == [True, False, True]
         together.keep_best([0, 2], index)
         assert torch.equal(together.best_embeddings()[:, [0, 2]], one.embeddings()[:, [0, 2]].cpu())
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_stop_reasons_max_epochs_and_deadline(backend):
+    head, train, val, hyp = _trainer_problem()
+    capped = train_probes(head, train, val, [1e-3, 3e-2], [0.0, 1e-3], hyp.replace(patience=100), backend=backend)
+    assert [r.stop_reason for r in capped] == ["max_epochs"] * 2 and [r.epochs_trained for r in capped] == [6, 6]
+    late = train_probes(head, train, val, [1e-3, 3e-2], [0.0, 1e-3], hyp, backend=backend, deadline=time.monotonic())
+    assert [r.stop_reason for r in late] == ["deadline"] * 2 and not any(r.finished for r in late)
+    assert [len(r.history) for r in late] == [1, 1]  # the init's checkpoint, then the clock

@@ -196,3 +196,23 @@ def test_validation_sums_edge_cases():
     emb[3, 1] = float("nan")
     _, finite = _C.validation_loss(emb.numpy(), **args)
     assert finite.tolist() == [1, 0, 1, 1]
+
+
+def test_validation_sums_are_the_contract_fixed_point_sums():
+    # One rating per user, so each user's sum is one float32 term: the limbs must be exactly
+    # retrain.contract.fixed_point_limbs of those terms, in the fast path (0 <= v < 2**63), the
+    # general one (v >= 2**63) and below the resolution (v < 2**-64 truncates to 0).
+    from retrain.contract import fixed_point_limbs
+
+    weights = np.array([1.0, 3.0, 1e30, 1e-30, 0.0, 2.5e20], np.float32)
+    n = len(weights)
+    item_bias = np.linspace(-1.0, 1.0, n).astype(np.float32)
+    ratings = np.linspace(0.5, 4.5, n).astype(np.float32)
+    diff = (item_bias + np.float32(3.0)) - ratings  # pred = b + mu: the embeddings are zero
+    terms = weights * (diff * diff)
+    limbs, finite = _C.validation_loss(np.zeros((n, 1, 1), np.float32), np.arange(n + 1, dtype=np.int64),
+                                       np.arange(n, dtype=np.int32), ratings, weights, np.ones((n, 1), np.float32),
+                                       item_bias, 3.0, [], [], [])
+    want, ok = fixed_point_limbs(torch.from_numpy(terms.astype(np.float64)))
+    assert finite.all() and ok.all() and terms.max() > 2.0**63 and 0 < terms[3] < 2.0**-64
+    assert fixed_point_value(limbs[0]) == fixed_point_value(want.sum(0))

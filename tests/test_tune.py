@@ -8,7 +8,7 @@ import pytest
 
 import retrain.tuner as tune_module
 from retrain.hyperparams import lr_from_a, reg_from_b
-from retrain.trainer import run_probes, train_probes
+from retrain.trainer import prepare, run_probes, train_probes
 from retrain.tuner import Journal, problem_fingerprint, tune
 
 from problems import BACKEND, planted_hyp, planted_problem
@@ -231,3 +231,16 @@ def test_bad_arguments_raise_value_error(problem, kwargs, match):
     head, train, val = problem
     with pytest.raises(ValueError, match=match):
         tune(head, train, val, planted_hyp(), backend=BACKEND, **kwargs)
+
+
+def test_a_tuning_run_prepares_the_data_once(problem, monkeypatch, count_batches):
+    head, train, val = problem
+    prepared = []
+
+    def counting_prepare(*args, **kwargs):
+        prepared.append(prepare(*args, **kwargs))
+        return prepared[-1]
+
+    monkeypatch.setattr(tune_module, "prepare", counting_prepare)
+    result = tune(head, train, val, planted_hyp(), max_evals=64, n_starts=8, backend=BACKEND)
+    assert result.n_batches == len(count_batches) > 5 and len(prepared) == 1

@@ -13,6 +13,7 @@ import os
 import torch
 
 from ..contract import Adam
+from ..errors import InputError
 from .base import ACTIVATION_CODES, Backend, Problem, csr_tensors, head_tensors, limbs_of_partials
 
 try:
@@ -78,7 +79,7 @@ class TritonBackend(Backend):
     def __init__(self, device=None):
         dev = triton_device(device)
         if not HAS_TRITON or dev is None:
-            raise ValueError("backend 'triton' needs triton and a CUDA GPU (or TRITON_INTERPRET=1 on the CPU)")
+            raise InputError("backend 'triton' needs triton and a CUDA GPU (or TRITON_INTERPRET=1 on the CPU)")
         super().__init__(dev)
 
     def prepare(self, head, train, val, spec, *, init):
