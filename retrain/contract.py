@@ -29,6 +29,7 @@ version is refused (its embeddings would not be reproducible here).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,15 +66,29 @@ def combine(h, v):
         return fmix32(h ^ (v + np.uint32(GOLDEN)))
 
 
+def id_words(user_ids) -> np.ndarray:
+    """The 64-bit word (uint64) each original id is keyed by: the id itself for integers (int64 or
+    uint64: negatives wrap, as two's complement), the first 8 bytes of BLAKE2b of the UTF-8 text
+    (little-endian) for strings.  Stable across runs, processes and machines."""
+    ids = np.asarray(user_ids)
+    if ids.dtype.kind in "US" or (ids.dtype == object and all(isinstance(x, str) for x in ids.ravel())):
+        digest = lambda text: hashlib.blake2b(str(text).encode("utf-8"), digest_size=8).digest()
+        return np.frombuffer(b"".join(digest(x) for x in ids.ravel()), dtype="<u8").reshape(ids.shape).copy()
+    if ids.dtype == np.uint64:
+        return ids.copy()
+    return ids.astype(np.int64).view(np.uint64)
+
+
 def user_key(user_ids) -> np.ndarray:
-    """Stable 32-bit key of each original user id (int64): ``lo ^ fmix32(hi)`` of its two words.
+    """Stable 32-bit key of each original user id: ``lo ^ fmix32(hi)`` of the two 32-bit halves of
+    its 64-bit word (``id_words``: integers as they are, strings hashed).
 
     Keys depend on the id alone, so a user gets the same initial embedding and schedule in a full
     retrain and when folded in at serving time.  Returned as int64 in ``[0, 2**32)``.
     """
-    ids = np.asarray(user_ids, dtype=np.int64).view(np.uint64)
-    lo = (ids & np.uint64(MASK32)).astype(np.uint32)
-    hi = (ids >> np.uint64(32)).astype(np.uint32)
+    words = id_words(user_ids)
+    lo = (words & np.uint64(MASK32)).astype(np.uint32)
+    hi = (words >> np.uint64(32)).astype(np.uint32)
     return (lo ^ fmix32(hi)).astype(np.int64)
 
 

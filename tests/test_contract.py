@@ -15,6 +15,7 @@ from retrain.backends import available_backends
 from retrain.contract import (SGD, Adam, StepSpec, adam_step, exact_sum, fixed_point_limbs, fixed_point_value, fmix32,
                               init_scale, initial_embeddings, permutation, user_key)
 
+PINNED_STRING_KEYS = [50747558, 3736593416, 3650754705]  # "alice", "bob", "Zoë"
 PINNED_KEYS = [(0, 0), (1, 1), (12345, 12345), (2**32 + 7, 1364076720), (-5, 2114883778), (2**62 + 3, 1869769535)]
 PINNED_PERMUTATIONS = [  # (seed, epoch, key, n) -> visiting order
     ((0, 0, 1, 10), [2, 3, 7, 9, 0, 1, 6, 5, 4, 8]),
@@ -179,3 +180,12 @@ def test_exact_sums_flag_what_they_cannot_hold():
     limbs, ok = fixed_point_limbs(torch.tensor([1.5, -2.25, float("nan"), float("inf"), 2.0**130]))
     assert ok.tolist() == [True, True, False, False, False]
     assert fixed_point_value(limbs[:2]).tolist() == [1.5, -2.25] and not limbs[2:].any()
+
+
+def test_keys_of_wide_integer_and_string_ids():
+    # uint64 ids above 2**63 are their own 64-bit words (as int64 -1 is 2**64 - 1), and string ids
+    # are keyed by a fixed hash of their UTF-8 bytes: the values are pinned.
+    wide = user_key(np.array([2**64 - 1, 2**63 + 5], dtype=np.uint64))
+    assert wide.tolist() == user_key(np.array([-1, -(2**63) + 5])).tolist()
+    assert user_key(["alice", "bob", "Zoë"]).tolist() == PINNED_STRING_KEYS
+    assert user_key(np.array(["alice", "bob", "Zoë"], dtype=object)).tolist() == PINNED_STRING_KEYS
