@@ -20,6 +20,7 @@ import torch
 from problems import describe_mismatch, random_head, random_ratings, rel_err
 from retrain.backends import available_backends
 from retrain.contract import initial_embeddings, permutation, user_key
+from retrain.data import Ratings
 from retrain.hyperparams import HyperParams
 from retrain.trainer import prepare, run_probes, train_embeddings, train_probes
 
@@ -292,8 +293,10 @@ def test_users_without_train_or_val_ratings(backend):
     (r,) = train_probes(head, train, val, [1e-2], [1e-3], hyp, backend=backend)
     assert len(r.history) == 3 and all(np.isfinite(loss) and loss > 0 for _, loss in r.history)
     empty_val = val._subset_rows(np.zeros(val.nnz, bool))
-    (r,) = train_probes(head, train, empty_val, [1e-2], [1e-3], hyp, backend=backend)
-    assert [loss for _, loss in r.history] == [0.0, 0.0]  # nothing improves on 0: patience 0 stops
+    weightless = Ratings(val.indptr, val.items, val.ratings, np.zeros_like(val.weights), val.user_ids, val.item_ids)
+    for no_val in (empty_val, weightless):
+        (r,) = train_probes(head, train, no_val, [1e-2], [1e-3], hyp, backend=backend)
+        assert [loss for _, loss in r.history] == [0.0, 0.0]  # nothing improves on 0: patience 0 stops
 
 
 @pytest.mark.parametrize("backend", ALL)

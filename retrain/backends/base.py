@@ -160,7 +160,7 @@ class Problem:
         self.n_with_ratings = int((counts > 0).sum())
         weight, _ = exact_sum(torch.from_numpy(val.weights.astype(np.float64))) if val is not None else (0.0, None)
         self.val_weight = float(weight)
-        self.has_val = val is not None and val.nnz > 0
+        self.has_val = self.val_weight > 0  # validation ratings that all weigh 0 validate nothing
         self._emb = _StateBuffer(self.n_users, self.d, self.device)
         self._moments = [_StateBuffer(self.n_users, self.d, self.device) for _ in range(spec.optimizer.n_moments)]
         self._best = None
