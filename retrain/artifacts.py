@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, check_int
-from .heads import atomic_write_bytes
+from .files import atomic_write_bytes
 from .hyperparams import HyperParams
 
 HYP_SUFFIX = ".hyp.json"

@@ -19,7 +19,8 @@ from .artifacts import make_out_dir, write_hyp
 from .backends import get_backend
 from .data import Ratings, synthetic_ratings
 from .errors import InputError
-from .heads import Head, Model, atomic_write_bytes
+from .files import atomic_write_bytes
+from .heads import Head, Model
 from .hyperparams import HyperParams, model_family
 from .movielens import load_movielens
 from .pipeline import RetrainResult, retrain_user_embeddings, tuning_subsample

@@ -22,7 +22,7 @@ ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-
 
 def _val_loss(model: Model, val: Ratings) -> float:
     """Weighted mean squared error of the model's table on ``val`` (users in the same order)."""
-    pred = model.predict(val.user_of_row(), val.items).double().numpy()
+    pred = model.predict_indices(val.user_of_row(), val.items).double().numpy()
     w = val.weights.astype(np.float64)
     return float((w * (pred - val.ratings) ** 2).sum() / w.sum())
 
