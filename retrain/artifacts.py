@@ -1,7 +1,8 @@
 """The files a retrain writes besides the model itself, and the folder of a demo run.
 
-* ``<model>.hyp.json`` (``write_hyp`` / ``read_hyp``): the tuned hyper-parameters and the epoch
-  count, written beside a retrained model; with them ``fold_in`` reproduces a retrained row.
+* ``<model>.hyp.json`` (``read_hyp``): the tuned hyper-parameters and the epoch count that older
+  versions wrote beside a retrained model; the model file now holds its recipe
+  (``retrain.bundle``), and such pairs are only read.
 * the fold-in's embeddings (``write_embeddings``): safetensors with ``embeddings [n, d]``
   (float32) and ``user_ids [n]`` (int64), metadata ``format = "retrain.embeddings"``, ``model``
   and ``epochs``.
@@ -27,20 +28,12 @@ HYP_SUFFIX = ".hyp.json"
 
 
 def hyp_path(model_path) -> Path:
-    """Where ``write_hyp`` puts the hyper-parameters of the model at ``model_path``."""
+    """Where older versions put the hyper-parameters of the model at ``model_path``."""
     return Path(str(model_path) + HYP_SUFFIX)
 
 
-def write_hyp(model_path, hyp: HyperParams, epochs: int, val_loss: float) -> Path:
-    """Write ``hyp``, the epoch count and the validation loss beside a retrained model; returns the path."""
-    path = hyp_path(model_path)
-    text = json.dumps({"hyperparams": hyp.to_dict(), "epochs": int(epochs), "val_loss": float(val_loss)}, indent=2)
-    atomic_write_bytes(path, (text + "\n").encode())
-    return path
-
-
 def read_hyp(path) -> tuple[HyperParams, int]:
-    """``(HyperParams, epochs)`` from a file written by ``write_hyp``.
+    """``(HyperParams, epochs)`` from a ``.hyp.json`` file of an older version.
 
     Raises OSError when it cannot be read and InputError naming the file when it is not such a file.
     """

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import make_out_dir, write_hyp
+from .artifacts import make_out_dir
 from .backends import get_backend
 from .data import Ratings, synthetic_ratings
 from .errors import InputError
@@ -55,14 +55,16 @@ def describe(data: Ratings) -> str:
 
 
 def run_pipeline(base: Model, split: ProtocolSplit, backend: MeteredBackend, *, seed: int, max_evals: int,
-                 n_starts: int, max_time: float, path=None, journal=None) -> RetrainResult:
+                 n_starts: int, max_time: float, path=None, journal=None, refit: bool = True) -> RetrainResult:
     """``retrain_user_embeddings`` of the known users (pretraining part, early-stopped on the
-    validation part), its backend calls recorded as the stage ``"pipeline"``."""
+    validation part, refitted on both unless ``refit`` is False), its backend calls recorded as
+    the stage ``"pipeline"``."""
     hyp = HyperParams(model=base.head.name, seed=seed)
     with backend.stage("pipeline", max_epochs=hyp.max_epochs, max_evals=max_evals,
                        final_users=split.pretrain.n_users):
         return retrain_user_embeddings(base, split.pretrain, split.val, hyp, max_iters=max_evals, backend=backend,
-                                       path=path, journal=journal, n_starts=n_starts, max_time=max_time)
+                                       path=path, journal=journal, n_starts=n_starts, max_time=max_time,
+                                       refit=refit)
 
 
 def run_tune(head: Head, split: ProtocolSplit, backend: MeteredBackend, *, seed: int, max_evals: int,
@@ -134,7 +136,6 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     model_path, journal = out / "model.safetensors", out / "journal.jsonl"
     result = run_pipeline(base, split, backend, seed=seed, max_evals=max_evals, n_starts=n_starts,
                           max_time=max_time, path=model_path, journal=journal)
-    hyp_path = write_hyp(model_path, result.hyp, result.epochs, result.val_loss)
     pipeline_s = time.perf_counter() - t
     throughput = tuning_throughput(backend, result)
     timings["tuning"] = throughput["wall_s"]
@@ -186,8 +187,8 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
         ("time inside the backend's training calls", f"{throughput['train_s']:.2f} s"),
     ]
     artifacts = [
-        (model_path.name, "the retrained model (safetensors: frozen head + retrained user table)"),
-        (hyp_path.name, "the tuned hyper-parameters and epoch count (what `fold-in` needs)"),
+        (model_path.name, "the retrained model in one file (safetensors: frozen head, refitted user table, ids "
+                          "and the recipe `fold-in` needs)"),
         (journal.name, "the tuning journal: one JSON line per trained point (a rerun with it resumes)"),
         ("tuning_landscape.png", "every evaluated (a, b) coloured by validation loss, each optimizer's path"),
         ("validation_curve.png", "validation loss per epoch of the final retrain"),

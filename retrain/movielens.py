@@ -70,12 +70,11 @@ def _parse(path: str) -> Ratings:
         columns = find_columns(header, {}, path)
         positions = {name: header.index(c) for name, c in columns.items() if c is not None}
         rows, numbers = rows[1:], numbers[1:]
-        log.info("%s: header %s; users from column %r, items from %r, ratings from %r%s", path, ",".join(header),
-                 columns["user"], columns["item"], columns["rating"],
-                 f", weights from {columns['weight']!r}" if columns["weight"] else "")
+        used = (f"header {','.join(header)}; users from column {columns['user']!r}, items from {columns['item']!r}, "
+                f"ratings from {columns['rating']!r}" + (f", weights from {columns['weight']!r}" if columns["weight"] else ""))
     else:
         positions = {"user": 0, "item": 1, "rating": 2}
-        log.info("%s: no header; columns by position (MovieLens): user, item, rating", path)
+        used = "no header; columns by position (MovieLens): user, item, rating"
     if not rows:
         raise InputError(f"{path}: no ratings in the file")
     width = max(positions.values()) + 1
@@ -94,9 +93,11 @@ def _parse(path: str) -> Ratings:
     users = _id_column(path, column("user"), numbers, header[positions["user"]] if header else "user")
     items = _id_column(path, column("item"), numbers, header[positions["item"]] if header else "item")
     try:
-        return Ratings.from_ids(users, items, values["rating"], values.get("weight"))
+        ratings = Ratings.from_ids(users, items, values["rating"], values.get("weight"))
     except InputError as exc:  # rows of the arrays are the file's data lines
         raise InputError(f"{path}: {exc}") from None
+    log.info("%s: %s", path, used)  # once it has read well: an error stays one line
+    return ratings
 
 
 def load_movielens(path) -> Ratings:
