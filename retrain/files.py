@@ -150,10 +150,9 @@ def check_writable(path, what: str) -> None:
         raise InputError(f"{what} {path} is a folder, expected a file name")
     directory = os.path.dirname(os.path.abspath(path))
     existing = directory
-    while not os.path.isdir(existing):
-        parent = os.path.dirname(existing)
-        if parent == existing:
-            break
-        existing = parent
+    while not os.path.exists(existing):  # the folders that makedirs would create
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{what} {path} cannot be written: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{what} {path} cannot be written (no write permission in {existing})")
