@@ -212,12 +212,15 @@ class Head:
         Q = self.item_vectors.to(feats)
         return (feats * Q[items]).sum(-1) + self.item_bias.to(feats)[items] + self.global_bias
 
-    def linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """For a linear head: ``(A [I, d], c [I])`` with ``pred(e, i) = A[i] . e + c[i]`` (float64)."""
+    def linear_form(self, items=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a linear head: ``(A [m, d], c [m])`` with ``pred(e, i) = A[i] . e + c[i]`` (float64)
+        for the item indices ``items [m]`` (default: every item; serving asks only for a user's)."""
         if not self.is_linear:
             raise InputError("linear_form needs a linear head (no tower or identity activations)")
-        A = self.item_vectors.double()
-        c = self.item_bias.double() + self.global_bias
+        Q, b = (self.item_vectors, self.item_bias) if items is None else (
+            self.item_vectors[torch.as_tensor(items)], self.item_bias[torch.as_tensor(items)])
+        A = Q.double()
+        c = b.double() + self.global_bias
         for layer in reversed(self.tower):  # Q . (W x + c0) = (W^T Q) . x + Q . c0
             c = c + A @ layer.bias.double()
             A = A @ layer.weight.double()

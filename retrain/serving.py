@@ -50,7 +50,7 @@ def fold_in(model_or_head: Model | Head, new_users_ratings: Ratings, hyp: HyperP
     """
     head = _head_of(model_or_head)
     emb = fold_in_rows(head, new_users_ratings, hyp, epochs, backend=backend, solver=solver)
-    bad = np.flatnonzero(~torch.isfinite(emb).all(1).numpy())
+    bad = np.flatnonzero(~np.isfinite(emb.numpy()).all(1))
     if len(bad):
         raise InputError(diverged_message(new_users_ratings.user_ids[bad], len(emb), hyp))
     return emb
@@ -66,9 +66,13 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
                          "Glorot bound of the init); RetrainResult.hyp carries it")
     check_item_ids(head, ratings, "new_users_ratings")
     if solver == "ridge":
-        scale = head.init_scale(hyp.num_users or ratings.n_users)
-        init = torch.from_numpy(initial_embeddings(user_key(ratings.user_ids), head.d, hyp.seed, scale))
-        return ridge_embeddings(head, ratings, hyp.regularization, init=init).float()
+        emb = ridge_embeddings(head, ratings, hyp.regularization).float()
+        empty = np.flatnonzero(ratings.counts == 0)
+        if len(empty):  # they keep the contract's init (computed only for them: it is per user)
+            scale = head.init_scale(hyp.num_users or ratings.n_users)
+            emb[empty] = torch.from_numpy(initial_embeddings(user_key(ratings.user_ids[empty]), head.d, hyp.seed,
+                                                             scale))
+        return emb
     return train_embeddings(head, ratings, hyp, epochs, backend=backend)
 
 
