@@ -217,10 +217,11 @@ class Head:
         for the item indices ``items [m]`` (default: every item; serving asks only for a user's)."""
         if not self.is_linear:
             raise InputError("linear_form needs a linear head (no tower or identity activations)")
-        Q, b = (self.item_vectors, self.item_bias) if items is None else (
-            self.item_vectors[torch.as_tensor(items)], self.item_bias[torch.as_tensor(items)])
-        A = Q.double()
-        c = b.double() + self.global_bias
+        Q, b = self.item_vectors.cpu().numpy(), self.item_bias.cpu().numpy()  # views: gathers in numpy
+        if items is not None:
+            Q, b = Q[items], b[items]
+        A = torch.from_numpy(Q.astype(np.float64))
+        c = torch.from_numpy(b.astype(np.float64) + self.global_bias)
         for layer in reversed(self.tower):  # Q . (W x + c0) = (W^T Q) . x + Q . c0
             c = c + A @ layer.bias.double()
             A = A @ layer.weight.double()

@@ -40,9 +40,9 @@ def exact_ids(values, name: str) -> np.ndarray:
         raise InputError(f"{name} must be one-dimensional, got shape {ids.shape}")
     kind = ids.dtype.kind
     if kind == "i":
-        return ids.astype(np.int64)
+        return ids.astype(np.int64, copy=False)  # no copy: a model's own ids stay the same object
     if kind == "u":
-        return ids.astype(np.int64) if ids.size == 0 or ids.max() <= _INT64_MAX else ids.astype(np.uint64)
+        return ids.astype(np.int64) if ids.size == 0 or ids.max() <= _INT64_MAX else ids.astype(np.uint64, copy=False)
     if kind == "U":
         return ids
     if kind == "S":

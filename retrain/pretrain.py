@@ -35,10 +35,11 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
         seed: seeds the item-side initialisation.
         reg: ridge penalty per rating (ALS; default 0.1) or Adam weight decay (MLP; default 1e-4).
         iterations: ALS sweeps (default 10) or Adam epochs (default 20).
-        item_damping: ALS only: each item also gets this weight of pseudo-ratings at the global
-            mean from a user with no factors, which shrinks the bias (and, through the count-scaled
-            penalty, the factors) of a rarely rated item toward zero: an item with one 5-star rating
-            no longer tops everyone's list.  0 gives plain weighted-lambda ALS.
+        item_damping: ALS only: a penalty ``item_damping * ||[q_i, b_i]||^2`` on each item that,
+            unlike the count-scaled ``reg``, does not grow with the item's rating count
+            (``ridge_embeddings(damping=...)``): it shrinks a rarely rated item toward predicting the
+            global mean, so an item with one 5-star rating no longer tops everyone's list.  0 gives
+            plain weighted-lambda ALS.
 
     Raises InputError for an unknown model name, no ratings, or a bad ``seed``/``reg``/``iterations``.
     """
@@ -58,16 +59,10 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
     return _pretrain_als(ratings, k - 1, seed, 0.1 if reg is None else reg, iterations or 10, item_damping)
 
 
-def _item_view(ratings: Ratings, mu: float, damping: float) -> Ratings:
-    """The same ratings with items as rows (for the item half-step); with ``damping > 0`` every
-    item also has one rating ``mu`` of weight ``damping`` by an extra last "user" (the prior)."""
-    items, users = ratings.items, ratings.user_of_row()
-    r, w = ratings.ratings, ratings.weights
-    if damping > 0:
-        every = np.arange(ratings.n_items)
-        items, users = np.concatenate([items, every]), np.concatenate([users, np.full(ratings.n_items, ratings.n_users)])
-        r, w = np.concatenate([r, np.full(ratings.n_items, mu)]), np.concatenate([w, np.full(ratings.n_items, damping)])
-    return Ratings.from_coo(items, users, r, w, n_users=ratings.n_items, n_items=ratings.n_users + (damping > 0))
+def _item_view(ratings: Ratings) -> Ratings:
+    """The same ratings with items as rows (for the item half-step)."""
+    return Ratings.from_coo(ratings.items, ratings.user_of_row(), ratings.ratings, ratings.weights,
+                            n_users=ratings.n_items, n_items=ratings.n_users)
 
 
 def _pretrain_als(ratings: Ratings, factors: int, seed: int, reg: float, iterations: int, damping: float) -> Model:
@@ -76,16 +71,15 @@ def _pretrain_als(ratings: Ratings, factors: int, seed: int, reg: float, iterati
     rng = np.random.default_rng(seed)
     item_factors = torch.from_numpy(rng.normal(0, 0.1, (ratings.n_items, factors)))
     item_bias = torch.zeros(ratings.n_items, dtype=torch.float64)
-    by_item = _item_view(ratings, mu, damping)
+    by_item = _item_view(ratings)
     ones_items = torch.ones(ratings.n_items, 1, dtype=torch.float64)
-    ones_users = torch.ones(by_item.n_items, 1, dtype=torch.float64)
-    prior = torch.zeros(1, factors + 1, dtype=torch.float64)  # the prior "user": no factors, bias 0
+    ones_users = torch.ones(ratings.n_users, 1, dtype=torch.float64)
     for sweep in range(iterations):
         # Users: solve [p_u, bu] against item rows [q_i, 1] with offsets b_i + mu.
         users = ridge_embeddings(Head(torch.cat([item_factors, ones_items], 1), item_bias, mu), ratings, reg)
         # Items: solve [q_i, b_i] against user rows [p_u, 1] with offsets bu + mu.
-        rows = torch.cat([users, prior])[: by_item.n_items]
-        items = ridge_embeddings(Head(torch.cat([rows[:, :factors], ones_users], 1), rows[:, factors], mu), by_item, reg)
+        items = ridge_embeddings(Head(torch.cat([users[:, :factors], ones_users], 1), users[:, factors], mu), by_item,
+                                 reg, damping=damping)
         item_factors, item_bias = items[:, :factors], items[:, factors]
         log.debug("ALS sweep %d/%d done", sweep + 1, iterations)
     users = ridge_embeddings(Head(torch.cat([item_factors, ones_items], 1), item_bias, mu), ratings, reg)

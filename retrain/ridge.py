@@ -3,8 +3,8 @@
 For a linear head ``pred(e, i) = A[i] . e + c[i]`` and a user's ``n`` training ratings, the
 full-batch objective ``(1/n) sum w (A_i . e + c_i - r)^2 + reg ||e||^2`` is minimised by
 ``(A^T W A / n + reg I) e = A^T W (r - c) / n``.  Solved in float64 (numpy) for all users at once,
-with ``A`` formed only for the items the ratings touch: a one-user fold-in costs a few small
-matrix products, not a float64 copy of the whole item table.
+with ``A`` formed only for the items the ratings touch: a one-user fold-in costs two small
+matrix products and a solve, not a float64 copy of the whole item table.
 """
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ from .errors import InputError, check_float
 from .heads import Head
 
 _GRAM_CHUNK_BYTES = 64 << 20
-_OUTER_PRODUCT_LIMIT = 1 << 16  # nnz * d * d up to this: per-rating outer products beat the bucketing
+_FEW_USERS = 8  # up to this many users, a loop of small products beats the bucketing's bookkeeping
 
 
-def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Tensor | None = None) -> torch.Tensor:
+def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Tensor | None = None,
+                     damping: float = 0.0) -> torch.Tensor:
     """Per-user ridge solution ``[n_users, d]`` (float64).
+
+    ``damping`` adds a penalty that does not grow with the rating count: the objective becomes
+    ``(1/n) (sum w (A_i . e + c_i - r)^2 + damping ||e||^2) + reg ||e||^2``, which shrinks rows
+    with few ratings much more than rows with many (pretraining uses it for the items).
 
     Users without ratings get ``init`` (their initial embedding; zeros when not given), as in
     the contract where they keep their init.  Raises InputError for a bad ``reg``, ratings on
@@ -28,36 +33,46 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
     ValueError for a non-linear head.
     """
     reg = check_float("reg", reg, 0.0)
+    damping = check_float("damping", damping, 0.0)
     if ratings.n_items != head.n_items:
         raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
-    used, local = np.unique(ratings.items, return_inverse=True)
-    A, c = (t.cpu().numpy() for t in head.linear_form(used))  # [m, d], [m]: the rated items only
+    few = ratings.nnz < head.n_items  # then A row by rating beats a float64 copy of the whole item table
+    A, c = (t.numpy() for t in head.linear_form(ratings.items if few else None))
+    rows = np.arange(ratings.nnz) if few else ratings.items  # each rating's row of A
     d, U = A.shape[1], ratings.n_users
     counts = ratings.counts
     out = np.zeros((U, d)) if init is None else torch.as_tensor(init, dtype=torch.float64).numpy().copy()
     has = np.flatnonzero(counts > 0)
     if len(has):
-        local = local.reshape(-1)
-        small = ratings.nnz * d * d <= _OUTER_PRODUCT_LIMIT
-        gram, rhs = (_small_normal_equations if small else _normal_equations)(A, c, local, ratings, has)
+        normal_equations = _few_users_normal_equations if len(has) <= _FEW_USERS else _normal_equations
+        gram, rhs = normal_equations(A, c, rows, ratings, has)
         n = counts[has].astype(np.float64)
-        lhs = gram / n[:, None, None] + reg * np.eye(d)
+        gram /= n[:, None, None]
+        diagonal = np.arange(d)
+        gram[:, diagonal, diagonal] += (reg + damping / n)[:, None]
         try:
-            out[has] = np.linalg.solve(lhs, (rhs / n[:, None])[..., None])[..., 0]
+            if len(has) == 1:  # numpy's batched solve costs more for one system
+                out[has[0]] = np.linalg.solve(gram[0], rhs[0] / n[0])
+            else:
+                out[has] = np.linalg.solve(gram, (rhs / n[:, None])[..., None])[..., 0]
         except np.linalg.LinAlgError:
             raise InputError("the ridge system is singular for some user: use reg > 0") from None
     return torch.from_numpy(out)
 
 
-def _small_normal_equations(A: np.ndarray, c: np.ndarray, items: np.ndarray, ratings: Ratings,
-                            users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``_normal_equations`` for a few ratings (a serving request): each rating's outer product,
-    summed per user, in a handful of numpy calls."""
-    sqrt_w = np.sqrt(ratings.weights.astype(np.float64))
-    X = A[items] * sqrt_w[:, None]  # [nnz, d]
-    y = (ratings.ratings - c[items]) * sqrt_w
-    starts = ratings.indptr[users]  # the rated users' rows are contiguous runs in this order
-    return np.add.reduceat(X[:, :, None] * X[:, None, :], starts), np.add.reduceat(X * y[:, None], starts)
+def _few_users_normal_equations(A: np.ndarray, c: np.ndarray, items: np.ndarray, ratings: Ratings,
+                               users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_normal_equations`` for a few users (a serving request): one small product per user,
+    with none of the bucketing's bookkeeping."""
+    d = A.shape[1]
+    gram, rhs = np.empty((len(users), d, d)), np.empty((len(users), d))
+    for j, u in enumerate(users):
+        rows = slice(ratings.indptr[u], ratings.indptr[u + 1])
+        X = A[items[rows]]
+        w = ratings.weights[rows].astype(np.float64)
+        gram[j] = X.T @ (X * w[:, None])
+        rhs[j] = X.T @ (w * (ratings.ratings[rows] - c[items[rows]]))
+    return gram, rhs
 
 
 def _normal_equations(A: np.ndarray, c: np.ndarray, items: np.ndarray, ratings: Ratings,

@@ -25,7 +25,8 @@ SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are compute
 
 def check_item_ids(head: Head, ratings: Ratings, name: str) -> None:
     """ValueError unless ``ratings`` index items exactly as ``head`` does."""
-    if ratings.n_items != head.n_items or not np.array_equal(ratings.item_ids, head.item_ids):
+    same = ratings.item_ids is head.item_ids  # with_items(head.item_ids) shares the array: no O(items) check
+    if not same and (ratings.n_items != head.n_items or not np.array_equal(ratings.item_ids, head.item_ids)):
         raise InputError(f"{name} index items differently from the model ({ratings.n_items} vs {head.n_items} "
                          "items, or other ids): re-index with ratings.with_items(head.item_ids)")
 
