@@ -150,7 +150,7 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     ridge_known = ridge_new = None
     if head.is_linear:
         reg = result.hyp.regularization
-        ridge_known = model_rmse(head, ridge_embeddings(head, split.pretrain, reg), split.test)
+        ridge_known = model_rmse(head, ridge_embeddings(head, result.seen, reg), split.test)  # the same ratings
         ridge_new = model_rmse(head, ridge_embeddings(head, split.new_fold_in, reg), split.new_test)
     timings["closed-form ridge fold-in"] = time.perf_counter() - t
 
@@ -159,8 +159,8 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
         Row("global mean", biases.global_mean_rmse(split.test), biases.global_mean_rmse(split.new_test)),
         Row("item biases only", biases.item_bias_rmse(split.test), biases.item_bias_rmse(split.new_test)),
         Row("base model (pretrained user table)", model_rmse(base.head, base.user_embeddings, split.test), None),
-        Row("retrained users (tuned, early-stopped)", model_rmse(head, result.model.user_embeddings, split.test),
-            None),
+        Row(f"retrained users (tuned, {'refitted' if result.refit else 'early-stopped'})",
+            model_rmse(head, result.model.user_embeddings, split.test), None),
         Row("fold-in of new users (same recipe)", None, model_rmse(head, new_emb, split.new_test)),
         Row("closed-form ridge fold-in (tuned reg)", ridge_known, ridge_new),
     ]

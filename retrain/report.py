@@ -143,8 +143,9 @@ PROTOCOL = """\
    probe batch, after a space-filling first batch that chooses the starts ({max_evals} evaluations
    at most).
 5. **Final retrain.** Every known user is re-initialised and trained with the tuned values, a
-   checkpoint every epoch; the best checkpoint (on the validation part) and its epoch count are
-   kept.
+   checkpoint every epoch; the best checkpoint (on the validation part) picks the epoch count.
+   Then every known user is refitted: trained from its init on its pretraining and validation
+   parts for that epoch count (the serving recipe; the retrained users' row scores these).
 6. **Serving.** Each new user's ratings are split {fold:.0%} fold-in / {test:.0%} test. The new users
    are folded in with exactly the retrain's recipe (same init keyed by user id, same permutations,
    the tuned hyper-parameters, the same epoch count), and, for comparison, with the closed-form

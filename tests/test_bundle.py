@@ -163,3 +163,24 @@ def test_a_file_missing_a_tensor_is_named(tmp_path):
     save_file(tensors, str(tmp_path / "broken.safetensors"), metadata=metadata)
     with pytest.raises(InputError, match=r"broken.safetensors: the file lacks the tensor\(s\) \['item_bias'\]"):
         retrain.load(tmp_path / "broken.safetensors")
+
+
+def test_the_cli_folds_in_string_user_ids_and_writes_them(tmp_path, capsys):
+    from retrain.cli import main
+    from retrain.ids import decode
+
+    served, ratings = _served(*ID_KINDS["str"])
+    served.save(tmp_path / "m.safetensors")
+    items = ratings.item_ids
+    (tmp_path / "new.csv").write_text(f"item,user,rating\n{items[0]},ann,4\n{items[3]},ann,2\n{items[5]},bo,5\n")
+    code = main(["fold-in", "--model", str(tmp_path / "m.safetensors"), "--ratings", str(tmp_path / "new.csv"),
+                 "--out", str(tmp_path / "emb.safetensors"), "--recommendations", str(tmp_path / "top.csv"),
+                 "--k", "3", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    from retrain.files import read_safetensors
+    tensors, _ = read_safetensors(tmp_path / "emb.safetensors")
+    assert decode(tensors, "user_ids").tolist() == ["ann", "bo"]
+    expected = served.fold_in(Ratings.from_ids(["ann", "ann", "bo"], items[[0, 3, 5]], [4, 2, 5.0]))
+    np.testing.assert_array_equal(tensors["embeddings"], expected.embeddings.numpy())
+    top = (tmp_path / "top.csv").read_text().splitlines()
+    assert top[0] == "user_id,rank,item_id,score" and top[1].startswith("ann,1,film ")
