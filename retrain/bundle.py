@@ -147,6 +147,8 @@ class ServedModel:
         ratings get their initial embedding and are flagged.  A batch flags diverged users
         (``diverged``); for a single user a divergence is an InputError.
         """
+        if not isinstance(ratings, Ratings) and not hasattr(ratings, "columns"):
+            raise InputError(f"ratings must be a retrain.Ratings or a pandas DataFrame, got {type(ratings).__name__}")
         raw = ratings if isinstance(ratings, Ratings) else Ratings.from_pandas(ratings)
         _, found = raw.known_items(self.head.item_ids)
         dropped = np.bincount(raw.user_of_row()[~found], minlength=raw.n_users).astype(np.int64)
