@@ -17,6 +17,7 @@ from .heads import Head
 
 _GRAM_CHUNK_BYTES = 64 << 20
 _FEW_USERS = 8  # up to this many users, a loop of small products beats the bucketing's bookkeeping
+_SINGULAR = "the ridge system is singular for some user: use reg > 0"
 
 
 def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Tensor | None = None,
@@ -36,43 +37,41 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
     damping = check_float("damping", damping, 0.0)
     if ratings.n_items != head.n_items:
         raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
-    few = ratings.nnz < head.n_items  # then A row by rating beats a float64 copy of the whole item table
-    A, c = (t.numpy() for t in head.linear_form(ratings.items if few else None))
-    rows = np.arange(ratings.nnz) if few else ratings.items  # each rating's row of A
+    per_rating = ratings.nnz < head.n_items  # then A row by rating beats a float64 copy of the whole item table
+    A, c = (t.numpy() for t in head.linear_form(ratings.items if per_rating else None))
+    rows = np.arange(ratings.nnz) if per_rating else ratings.items  # each rating's row of A
     d, U = A.shape[1], ratings.n_users
     counts = ratings.counts
     out = np.zeros((U, d)) if init is None else torch.as_tensor(init, dtype=torch.float64).numpy().copy()
     has = np.flatnonzero(counts > 0)
-    if len(has):
-        normal_equations = _few_users_normal_equations if len(has) <= _FEW_USERS else _normal_equations
-        gram, rhs = normal_equations(A, c, rows, ratings, has)
+    if len(has) <= _FEW_USERS:
+        _solve_few_users(A, c, rows, ratings, has, reg, damping, out)
+    else:
+        gram, rhs = _normal_equations(A, c, rows, ratings, has)
         n = counts[has].astype(np.float64)
         gram /= n[:, None, None]
         diagonal = np.arange(d)
         gram[:, diagonal, diagonal] += (reg + damping / n)[:, None]
         try:
-            if len(has) == 1:  # numpy's batched solve costs more for one system
-                out[has[0]] = np.linalg.solve(gram[0], rhs[0] / n[0])
-            else:
-                out[has] = np.linalg.solve(gram, (rhs / n[:, None])[..., None])[..., 0]
+            out[has] = np.linalg.solve(gram, (rhs / n[:, None])[..., None])[..., 0]
         except np.linalg.LinAlgError:
-            raise InputError("the ridge system is singular for some user: use reg > 0") from None
+            raise InputError(_SINGULAR) from None
     return torch.from_numpy(out)
 
 
-def _few_users_normal_equations(A: np.ndarray, c: np.ndarray, items: np.ndarray, ratings: Ratings,
-                               users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``_normal_equations`` for a few users (a serving request): one small product per user,
-    with none of the bucketing's bookkeeping."""
-    d = A.shape[1]
-    gram, rhs = np.empty((len(users), d, d)), np.empty((len(users), d))
-    for j, u in enumerate(users):
-        rows = slice(ratings.indptr[u], ratings.indptr[u + 1])
-        X = A[items[rows]]
-        w = ratings.weights[rows].astype(np.float64)
-        gram[j] = X.T @ (X * w[:, None])
-        rhs[j] = X.T @ (w * (ratings.ratings[rows] - c[items[rows]]))
-    return gram, rhs
+def _solve_few_users(A: np.ndarray, c: np.ndarray, rows: np.ndarray, ratings: Ratings, users: np.ndarray,
+                     reg: float, damping: float, out: np.ndarray) -> None:
+    """The closed form user by user into ``out`` (a serving request): two small products and a solve
+    each, none of the bucketing's bookkeeping.  ``rows`` are the ratings' rows of ``A``."""
+    eye = np.eye(A.shape[1])
+    for u in users:
+        span = slice(ratings.indptr[u], ratings.indptr[u + 1])
+        X, w, n = A[rows[span]], ratings.weights[span].astype(np.float64), span.stop - span.start
+        try:
+            out[u] = np.linalg.solve(X.T @ (X * w[:, None]) / n + (reg + damping / n) * eye,
+                                     X.T @ (w * (ratings.ratings[span] - c[rows[span]])) / n)
+        except np.linalg.LinAlgError:
+            raise InputError(_SINGULAR) from None
 
 
 def _normal_equations(A: np.ndarray, c: np.ndarray, items: np.ndarray, ratings: Ratings,

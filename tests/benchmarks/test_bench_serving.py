@@ -48,7 +48,8 @@ def setup(request):
     data = synthetic_ratings(n_users, N_ITEMS if full else 500, 40, seed=0)
     g = torch.Generator().manual_seed(0)
     head = Head.matrix_factorization(torch.randn(data.n_items, D, generator=g) / D**0.5,
-                                     torch.randn(data.n_items, generator=g) * 0.3, 3.5)
+                                     torch.randn(data.n_items, generator=g) * 0.3, 3.5,
+                                     item_ids=data.item_ids)  # shared, as pretrain and with_items leave it
     hyp = HyperParams(model=f"matrix_factorization_{D}", learning_rate=0.05, regularization=REG, batch_size=16,
                       num_users=n_users)
     return full, data, head, hyp
