@@ -6,6 +6,11 @@
     model = retrain.pretrain(split.pretrain, "matrix_factorization_32")
     hyp = retrain.HyperParams(model="matrix_factorization_32", seed=0)
     probes = retrain.train_probes(model.head, split.pretrain, split.val, lrs, regs, hyp)
+    result = retrain.retrain_user_embeddings(model, split.pretrain, split.val, hyp)  # tune, retrain, refit
+    result.save("model.safetensors")                        # one file: head, users, ids, recipe
+    served = retrain.load("model.safetensors")
+    served.add_users(new_ratings_frame)                     # original ids; unknown items dropped
+    served.recommend([user_id], k=10)
 
 The contract every backend implements is in docs/semantics.md; the evaluation protocol in
 docs/pipeline.md.  Mistakes in what the caller passes raise ``retrain.InputError``.
@@ -21,6 +26,7 @@ from .protocol import ProtocolSplit, protocol_split
 from .ridge import ridge_embeddings
 from .pipeline import RetrainResult, retrain_user_embeddings
 from .serving import fold_in, recommend
+from .bundle import FoldInResult, Recipe, Recommendations, ServedModel, load
 from .trainer import ProbeResult, train_embeddings, train_probes
 from .tuner import TuneResult, tune
 
@@ -28,5 +34,6 @@ __all__ = [
     "InputError", "Ratings", "synthetic_ratings", "load_movielens", "Head", "Layer", "Model", "load_head", "HyperParams",
     "lr_from_a", "reg_from_b", "ProtocolSplit", "protocol_split", "pretrain", "ridge_embeddings", "ProbeResult",
     "train_probes", "train_embeddings", "get_backend", "available_backends", "tune", "TuneResult",
-    "retrain_user_embeddings", "RetrainResult", "fold_in", "recommend",
+    "retrain_user_embeddings", "RetrainResult", "fold_in", "recommend", "load", "ServedModel", "Recipe",
+    "FoldInResult", "Recommendations",
 ]

@@ -1,9 +1,10 @@
 """The files a retrain writes besides the model itself, and the folder of a demo run.
 
-* ``<model>.hyp.json`` (``write_hyp`` / ``read_hyp``): the tuned hyper-parameters and the epoch
-  count, written beside a retrained model; with them ``fold_in`` reproduces a retrained row.
+* ``<model>.hyp.json`` (``read_hyp``): the tuned hyper-parameters and the epoch count that older
+  versions wrote beside a retrained model; the model file now holds its recipe
+  (``retrain.bundle``), and such pairs are only read.
 * the fold-in's embeddings (``write_embeddings``): safetensors with ``embeddings [n, d]``
-  (float32) and ``user_ids [n]`` (int64), metadata ``format = "retrain.embeddings"``, ``model``
+  (float32) and the user ids (``user_ids [n]``, int64 or uint64, or UTF-8 for strings), metadata ``format = "retrain.embeddings"``, ``model``
   and ``epochs``.
 * the recommendations (``write_recommendations``): CSV ``user_id,rank,item_id,score`` in original
   ids, ranks from 1.
@@ -20,27 +21,20 @@ import numpy as np
 import torch
 
 from .errors import InputError, check_int
-from .heads import atomic_write_bytes
+from .files import atomic_write_bytes, safetensors_bytes
+from .ids import encode, exact_ids
 from .hyperparams import HyperParams
 
 HYP_SUFFIX = ".hyp.json"
 
 
 def hyp_path(model_path) -> Path:
-    """Where ``write_hyp`` puts the hyper-parameters of the model at ``model_path``."""
+    """Where older versions put the hyper-parameters of the model at ``model_path``."""
     return Path(str(model_path) + HYP_SUFFIX)
 
 
-def write_hyp(model_path, hyp: HyperParams, epochs: int, val_loss: float) -> Path:
-    """Write ``hyp``, the epoch count and the validation loss beside a retrained model; returns the path."""
-    path = hyp_path(model_path)
-    text = json.dumps({"hyperparams": hyp.to_dict(), "epochs": int(epochs), "val_loss": float(val_loss)}, indent=2)
-    atomic_write_bytes(path, (text + "\n").encode())
-    return path
-
-
 def read_hyp(path) -> tuple[HyperParams, int]:
-    """``(HyperParams, epochs)`` from a file written by ``write_hyp``.
+    """``(HyperParams, epochs)`` from a ``.hyp.json`` file of an older version.
 
     Raises OSError when it cannot be read and InputError naming the file when it is not such a file.
     """
@@ -54,15 +48,14 @@ def read_hyp(path) -> tuple[HyperParams, int]:
 
 
 def write_embeddings(path, embeddings: torch.Tensor, user_ids: np.ndarray, *, model: str, epochs: int) -> None:
-    """Write folded-in ``embeddings [n, d]`` of the users ``user_ids [n]`` (original ids).
+    """Write folded-in ``embeddings [n, d]`` of the users ``user_ids [n]`` (original ids, stored as
+    ``retrain.ids.encode`` does: ``user_ids`` or ``user_ids.utf8`` / ``user_ids.offsets``).
 
     ``model`` (the head's name) and ``epochs`` (of the fold-in) go into the metadata.
     """
-    from safetensors.torch import save
-
-    blob = save({"embeddings": embeddings.contiguous(), "user_ids": torch.as_tensor(user_ids, dtype=torch.int64)},
-                metadata={"format": "retrain.embeddings", "model": model, "epochs": str(epochs)})
-    atomic_write_bytes(path, blob)
+    tensors = {"embeddings": embeddings.contiguous(), **encode(exact_ids(user_ids, "user_ids"), "user_ids")}
+    atomic_write_bytes(path, safetensors_bytes(tensors, {"format": "retrain.embeddings", "model": model,
+                                                         "epochs": str(epochs)}))
 
 
 def write_recommendations(path, items: torch.Tensor, scores: torch.Tensor, user_ids: np.ndarray,

@@ -14,6 +14,7 @@ ratings that ``tune`` and ``run`` validate on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -22,13 +23,16 @@ import time
 import traceback
 from contextlib import contextmanager
 
-from .artifacts import hyp_path, read_hyp, write_embeddings, write_hyp, write_recommendations
+from .artifacts import read_hyp, write_embeddings, write_recommendations
 from .backends import BACKENDS, get_backend
 from .bench import run_bench
+from .bundle import Recipe, ServedModel
+from .bundle import load as load_bundle
 from .data import Ratings
 from .demo import (DEFAULT_MAX_EVALS, DEFAULT_MODEL, DEMO_USERS, describe, load_ratings, run_demo, run_pipeline,
                    run_tune)
 from .errors import InputError
+from .files import check_writable
 from .heads import Model
 from .hyperparams import HyperParams, model_family
 from .movielens import load_movielens
@@ -37,7 +41,7 @@ from .pretrain import pretrain
 from .progress import MeteredBackend, configure_logging, progress_enabled
 from .protocol import ProtocolSplit, protocol_split
 from .report import model_rmse
-from .serving import fold_in, recommend
+from .serving import diverged_message, recommend
 from .tuner import DEFAULT_BOUNDS
 
 log = logging.getLogger(__name__)
@@ -117,52 +121,67 @@ def cmd_tune(args) -> int:
 
 
 def cmd_run(args) -> int:
+    check_writable(args.out, "--out")  # before the data is loaded and the tuning starts
     model = Model.load(args.model)
     split = _known_parts(args, model)
     result = run_pipeline(model, split, _metered(args), seed=args.seed, max_evals=args.max_evals,
-                          n_starts=args.n_starts, max_time=args.max_time, path=args.out, journal=args.journal)
-    hyp_file = write_hyp(args.out, result.hyp, result.epochs, result.val_loss)
+                          n_starts=args.n_starts, max_time=args.max_time, path=args.out, journal=args.journal,
+                          refit=not args.no_refit)
     print(f"retrained {split.pretrain.n_users} users: lr {result.hyp.learning_rate:.4g}, "
-          f"reg {result.hyp.regularization:.4g}, {result.epochs} epochs, validation loss {result.val_loss:.4f}")
+          f"reg {result.hyp.regularization:.4g}, {result.epochs} epochs, validation loss {result.val_loss:.4f}"
+          + ("; refitted on training + validation ratings" if result.refit else ""))
     if split.test.nnz:
         print(f"  test RMSE {model_rmse(result.model.head, result.model.user_embeddings, split.test):.4f}")
     print(f"  tuning: {result.tune.n_evals} evaluations in {result.tune.n_batches} probe batches")
-    print(f"wrote {args.out} and {hyp_file}")
+    print(f"wrote {args.out} (model, ids and recipe in one file)")
     return 0
 
 
-def _fold_in_recipe(args, model: Model) -> tuple[HyperParams, int]:
-    """The hyper-parameters and epoch count of ``--hyp`` (default: the file beside the model), or
-    of the options alone when there is no such file; the options override the file."""
-    path = args.hyp or hyp_path(args.model)
-    if args.hyp or os.path.isfile(path):
-        hyp, epochs = read_hyp(path)
-    elif None in (args.lr, args.reg, args.epochs, args.num_users):
-        raise InputError(f"no {path}: pass --hyp FILE, or all of --lr, --reg, --epochs and --num-users")
+def _served(args) -> ServedModel:
+    """The ``--model`` bundle with its recipe (or an old model's ``--hyp`` file, or the options
+    alone); ``--lr`` / ``--reg`` / ``--epochs`` / ``--num-users`` override it."""
+    if args.hyp:
+        hyp, epochs = read_hyp(args.hyp)
+        served = ServedModel(Model.load(args.model), Recipe(hyp, epochs))
     else:
-        hyp, epochs = HyperParams(model=model.head.name, seed=args.seed), args.epochs
+        try:
+            served = load_bundle(args.model)
+        except InputError as exc:
+            if "holds no recipe" not in str(exc) or None in (args.lr, args.reg, args.epochs, args.num_users):
+                raise
+            model = Model.load(args.model)  # a model without a recipe: the options are the recipe
+            served = ServedModel(model, Recipe(HyperParams(model=model.head.name, seed=args.seed, num_users=1), 0))
+    recipe = served.recipe
     changes = {name: value for name, value in (("learning_rate", args.lr), ("regularization", args.reg),
                                                ("num_users", args.num_users)) if value is not None}
-    return hyp.replace(**changes), args.epochs if args.epochs is not None else epochs
+    served.recipe = dataclasses.replace(recipe, hyp=recipe.hyp.replace(**changes),
+                                        epochs=recipe.epochs if args.epochs is None else args.epochs)
+    return served
 
 
 def cmd_fold_in(args) -> int:
-    model = Model.load(args.model)
-    hyp, epochs = _fold_in_recipe(args, model)
+    served = _served(args)
+    hyp, epochs = served.recipe.hyp, served.recipe.epochs
     new_users = load_movielens(args.ratings)
-    with _blame(args.ratings):
-        ratings = new_users.with_items(model.head.item_ids)
     backend = _metered(args)
-    with backend.stage("fold-in", max_epochs=epochs):
-        emb = fold_in(model.head, ratings, hyp, epochs, backend=backend)
-    write_embeddings(args.out, emb, ratings.user_ids, model=model.head.name, epochs=epochs)
-    print(f"folded in {ratings.n_users} users ({ratings.nnz} ratings): lr {hyp.learning_rate:.4g}, "
-          f"reg {hyp.regularization:.4g}, {epochs} epochs; wrote {args.out} (embeddings [{emb.shape[0]}, "
-          f"{emb.shape[1]}], user_ids)")
+    with backend.stage("fold-in", max_epochs=epochs), _blame(args.ratings):
+        result = served.fold_in(new_users, backend=backend)
+    if result.n_dropped:
+        print(f"dropped {result.n_dropped} ratings on items the model does not know")
+    if result.no_known_items.any():
+        print(f"{int(result.no_known_items.sum())} users have no rating on a known item: they get the initial "
+              "embedding")
+    if result.diverged.any():
+        raise InputError(diverged_message(result.user_ids[result.diverged], len(result.user_ids), hyp)
+                         + f"; wrote nothing")
+    write_embeddings(args.out, result.embeddings, result.user_ids, model=served.head.name, epochs=epochs)
+    print(f"folded in {len(result.user_ids)} users ({result.ratings.nnz} ratings): lr {hyp.learning_rate:.4g}, "
+          f"reg {hyp.regularization:.4g}, {epochs} epochs; wrote {args.out} (embeddings "
+          f"[{result.embeddings.shape[0]}, {result.embeddings.shape[1]}], user_ids)")
     if args.recommendations:
-        k = min(args.k, model.head.n_items)
-        items, scores = recommend(model.head, emb, k, exclude_seen=ratings, backend=backend)
-        write_recommendations(args.recommendations, items, scores, ratings.user_ids, model.head.item_ids)
+        k = min(args.k, served.head.n_items)
+        items, scores = recommend(served.head, result.embeddings, k, exclude_seen=result.ratings, backend=backend)
+        write_recommendations(args.recommendations, items, scores, result.user_ids, served.head.item_ids)
         print(f"wrote the top {k} unseen items per user to {args.recommendations}")
     return 0
 
@@ -251,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Hold out new users; split every other user's ratings into pretraining / "
                                    "validation / test parts; pretrain a base model on the pretraining part; tune and "
                                    "retrain the user embeddings; fold in the new users; print the RMSE table.  Writes "
-                                   "report.md, the model (+ .hyp.json), the journal and two plots to --out.")
+                                   "report.md, the model (one file with its recipe), the journal and two plots to --out.")
     _common(p)
     _tuning(p)
     p.add_argument("--model", type=_model_name, default=DEFAULT_MODEL, help=model_help)
@@ -284,23 +303,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the pipeline: tune, retrain every known user, write the retrained model",
                        description="Tune, retrain all known users with the tuned values (keeping the best epoch), "
-                                   "write the model and <out>.hyp.json (what 'fold-in' needs), print the test RMSE.")
+                                   "refit every known user on its training + validation ratings with the tuned recipe, write "
+                                   "one model file holding the head, the users, the ids and the recipe (what 'fold-in' "
+                                   "needs), print the test RMSE.")
     _common(p)
     _tuning(p)
     p.add_argument("--model", required=True, metavar="FILE", help="base model file written by 'pretrain'")
     p.add_argument("--out", default="retrained.safetensors", metavar="FILE",
                    help="retrained model file (default retrained.safetensors)")
     p.add_argument("--journal", metavar="FILE", help="tuning journal to append to and resume from")
+    p.add_argument("--no-refit", action="store_true",
+                   help="keep the early-stopped rows (trained on the pretraining part only) instead of the refit")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("fold-in", help="embeddings of new users, trained with the retrain's recipe",
                        description="Train each user of --ratings with the retrain's hyper-parameters and epoch count "
-                                   "(<model>.hyp.json, --hyp, or --lr/--reg/--epochs/--num-users).  Writes "
+                                   "(the recipe inside --model; an older model's --hyp FILE or <model>.hyp.json; or "
+                                   "--lr/--reg/--epochs/--num-users).  Ratings on unknown items are dropped.  Writes "
                                    "'embeddings' [n, d] and 'user_ids' [n] as safetensors, and the top-k as CSV.")
     _common(p, data=False)
     p.add_argument("--model", required=True, metavar="FILE", help="retrained model file written by 'run' or 'demo'")
     p.add_argument("--ratings", required=True, metavar="FILE", help="the new users' ratings, MovieLens format")
-    p.add_argument("--hyp", metavar="JSON", help="hyper-parameter file (default <model>.hyp.json)")
+    p.add_argument("--hyp", metavar="JSON", help="hyper-parameter file of an older model (default: the recipe "
+                                                 "inside --model, else <model>.hyp.json)")
     p.add_argument("--epochs", type=_positive_int, help="override the epoch count")
     p.add_argument("--lr", type=_positive_float, help="override the learning rate")
     p.add_argument("--reg", type=_non_negative_float, help="override the L2 regularisation")

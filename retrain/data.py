@@ -6,11 +6,19 @@ serving time.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError, check_float, check_fraction, check_int
+from .ids import exact_ids, lookup
+
+log = logging.getLogger(__name__)
+
+# Column names ``from_pandas`` and the CSV loader look for, in order: MovieLens, then plain.
+COLUMN_NAMES = {"user": ("userId", "user"), "item": ("movieId", "item"), "rating": ("rating",),
+                "weight": ("weight",)}
 
 
 def _as_numpy(x, name: str) -> np.ndarray:
@@ -29,6 +37,9 @@ def _check_ids(ids: np.ndarray, n: int | None, name: str) -> tuple[np.ndarray, i
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
             raise InputError(f"{name} must be integer indices, got non-integer values")
+    if ids.dtype == np.uint64 and ids.size and ids.max() > np.iinfo(np.int64).max:
+        row = int(np.argmax(ids))
+        raise InputError(f"{name} index out of range: row {row} has {name} {ids[row]}")
     ids = ids.astype(np.int64)
     if ids.size and ids.min() < 0:
         row = int(np.argmin(ids))
@@ -50,8 +61,9 @@ class Ratings:
         items: int64 ``[nnz]`` item indices in ``[0, n_items)``, sorted inside each user.
         ratings: float32 ``[nnz]``.
         weights: float32 ``[nnz]``, ``>= 0``.
-        user_ids: int64 ``[n_users]`` original user ids (they key each user's init and schedule).
-        item_ids: int64 ``[n_items]`` original item ids.
+        user_ids: ``[n_users]`` original user ids, int64, uint64 or str (``retrain.ids``); they key
+            each user's init and schedule (``retrain.contract.user_key``).
+        item_ids: ``[n_items]`` original item ids, int64, uint64 or str.
     """
 
     indptr: np.ndarray
@@ -87,15 +99,17 @@ class Ratings:
         users, n_users = _check_ids(users, n_users, "user")
         items, n_items = _check_ids(items, n_items, "item")
         for name, values in (("rating", ratings), ("weight", weights)):
-            bad = ~np.isfinite(values)
+            with np.errstate(over="ignore"):  # 1e39 is finite in float64 but inf in float32
+                bad = ~np.isfinite(values) | ~np.isfinite(values.astype(np.float32))
             if bad.any():
                 row = int(np.argmax(bad))
-                raise InputError(f"{name} must be finite: row {row} has {name} {values[row]}")
+                why = " (beyond float32's range)" if np.isfinite(values[row]) else ""
+                raise InputError(f"{name} must be finite: row {row} has {name} {values[row]}{why}")
         if (weights < 0).any():
             row = int(np.argmax(weights < 0))
             raise InputError(f"weight must be >= 0: row {row} has weight {weights[row]}")
-        user_ids = np.arange(n_users, dtype=np.int64) if user_ids is None else _as_numpy(user_ids, "user_ids").astype(np.int64)
-        item_ids = np.arange(n_items, dtype=np.int64) if item_ids is None else _as_numpy(item_ids, "item_ids").astype(np.int64)
+        user_ids = np.arange(n_users, dtype=np.int64) if user_ids is None else exact_ids(user_ids, "user_ids")
+        item_ids = np.arange(n_items, dtype=np.int64) if item_ids is None else exact_ids(item_ids, "item_ids")
         if len(user_ids) != n_users or len(item_ids) != n_items:
             raise InputError(
                 f"user_ids/item_ids must have n_users={n_users}/n_items={n_items} entries, "
@@ -104,11 +118,12 @@ class Ratings:
         return cls._from_valid(users, items, ratings, weights, n_users, user_ids, item_ids)
 
     @classmethod
-    def from_ids(cls, user_ids, item_ids, ratings, weights=None) -> "Ratings":
-        """Build from original (arbitrary int64) ids; users and items are indexed in sorted id order."""
-        uniq_u, users = np.unique(_as_numpy(user_ids, "user_ids").astype(np.int64), return_inverse=True)
-        uniq_i, items = np.unique(_as_numpy(item_ids, "item_ids").astype(np.int64), return_inverse=True)
-        return cls.from_coo(users, items, ratings, weights, user_ids=uniq_u, item_ids=uniq_i)
+    def from_ids(cls, user_ids, item_ids, ratings, weights=None, *, names=("user_ids", "item_ids")) -> "Ratings":
+        """Build from original ids (integers of any width, or strings: ``retrain.ids``); users and
+        items are indexed in sorted id order.  ``names`` name the two columns in error messages."""
+        uniq_u, users = np.unique(exact_ids(user_ids, names[0]), return_inverse=True)
+        uniq_i, items = np.unique(exact_ids(item_ids, names[1]), return_inverse=True)
+        return cls.from_coo(users.reshape(-1), items.reshape(-1), ratings, weights, user_ids=uniq_u, item_ids=uniq_i)
 
     @classmethod
     def from_scipy(cls, matrix, weights=None) -> "Ratings":
@@ -117,12 +132,20 @@ class Ratings:
         return cls.from_coo(coo.row, coo.col, coo.data, weights, n_users=coo.shape[0], n_items=coo.shape[1])
 
     @classmethod
-    def from_pandas(cls, frame, user="user", item="item", rating="rating", weight=None) -> "Ratings":
-        """Build from a DataFrame of original ids (columns named by the arguments)."""
-        for column in (user, item, rating) + ((weight,) if weight else ()):
-            if column not in frame.columns:
-                raise InputError(f"column {column!r} not in the frame (columns: {list(frame.columns)})")
-        return cls.from_ids(frame[user], frame[item], frame[rating], frame[weight] if weight else None)
+    def from_pandas(cls, frame, user=None, item=None, rating=None, weight=None) -> "Ratings":
+        """Build from a DataFrame of original ids (integers or strings).
+
+        Columns not named by the arguments are found by name: ``userId`` or ``user``, ``movieId``
+        or ``item``, ``rating``, and ``weight`` when present (else every weight is 1).  A log line
+        says which columns were used.
+        """
+        columns = find_columns(list(frame.columns), dict(user=user, item=item, rating=rating, weight=weight),
+                               "the frame")
+        log.info("from_pandas: users from column %r, items from %r, ratings from %r%s", columns["user"],
+                 columns["item"], columns["rating"], f", weights from {columns['weight']!r}" if columns["weight"] else "")
+        weights = frame[columns["weight"]] if columns["weight"] else None
+        return cls.from_ids(frame[columns["user"]], frame[columns["item"]], frame[columns["rating"]], weights,
+                            names=(f"column {columns['user']!r}", f"column {columns['item']!r}"))
 
     @classmethod
     def _from_valid(cls, users, items, ratings, weights, n_users, user_ids, item_ids) -> "Ratings":
@@ -130,7 +153,7 @@ class Ratings:
         counts = np.bincount(users, minlength=n_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return cls(indptr, items[order].astype(np.int64), ratings[order].astype(np.float32),
-                   weights[order].astype(np.float32), np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64))
+                   weights[order].astype(np.float32), user_ids, item_ids)
 
     # ----------------------------------------------------------------- views
     @property
@@ -213,21 +236,56 @@ class Ratings:
         kept = np.setdiff1d(np.arange(self.n_users), held)
         return self.select_users(kept), self.select_users(held)
 
-    def with_items(self, item_ids) -> "Ratings":
-        """Re-index items onto another item-id space (e.g. a model's); unknown item ids raise."""
-        item_ids = np.asarray(item_ids, dtype=np.int64)
-        order = np.argsort(item_ids, kind="stable")
-        original = self.item_ids[self.items]
-        pos = np.searchsorted(item_ids[order], original)
-        pos = np.minimum(pos, len(item_ids) - 1)
-        found = item_ids[order][pos] == original
-        if not found.all():
+    def with_items(self, item_ids, *, drop_unknown: bool = False) -> "Ratings":
+        """Re-index items onto another item-id space (e.g. a model's ``head.item_ids``).
+
+        An item id that space lacks raises InputError naming it, or with ``drop_unknown`` its
+        ratings are dropped (``known_items`` counts them).
+        """
+        item_ids = exact_ids(item_ids, "item_ids")
+        index, found = self.known_items(item_ids)
+        if not found.all() and not drop_unknown:
             row = int(np.argmin(found))
-            raise InputError(f"item id {original[row]} (row {row}) is not in the model's items")
-        return Ratings.from_coo(self.user_of_row(), order[pos], self.ratings, self.weights,
-                                n_users=self.n_users, n_items=len(item_ids), user_ids=self.user_ids,
-                                item_ids=item_ids) if self.nnz else Ratings(
-            self.indptr, self.items, self.ratings, self.weights, self.user_ids, item_ids)
+            raise InputError(f"item id {self.item_ids[self.items[row]]} (row {row}) is not in the model's items")
+        kept = self._subset_rows(found)
+        return Ratings.from_coo(kept.user_of_row(), index[found], kept.ratings, kept.weights, n_users=self.n_users,
+                                n_items=len(item_ids), user_ids=self.user_ids, item_ids=item_ids) if kept.nnz else Ratings(
+            kept.indptr, kept.items, kept.ratings, kept.weights, self.user_ids, item_ids)
+
+    def known_items(self, item_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Per stored rating: ``(index int64 [nnz], found bool [nnz])`` of its item in ``item_ids``."""
+        index, found = lookup(exact_ids(item_ids, "item_ids"), self.item_ids)
+        return index[self.items], found[self.items]
+
+    def union(self, other: "Ratings") -> "Ratings":
+        """Every rating of ``self`` and of ``other``, which must hold the same users and items
+        (e.g. a train and a validation part)."""
+        if (other.n_users != self.n_users or not np.array_equal(other.user_ids, self.user_ids)
+                or not np.array_equal(other.item_ids, self.item_ids)):
+            raise InputError("union needs ratings of the same users and items (e.g. train and val of one split)")
+        return Ratings.from_coo(np.concatenate([self.user_of_row(), other.user_of_row()]),
+                                np.concatenate([self.items, other.items]),
+                                np.concatenate([self.ratings, other.ratings]),
+                                np.concatenate([self.weights, other.weights]), n_users=self.n_users,
+                                n_items=self.n_items, user_ids=self.user_ids, item_ids=self.item_ids)
+
+
+def find_columns(available: list, chosen: dict, where: str) -> dict:
+    """The column used for each of ``user``, ``item``, ``rating``, ``weight``: ``chosen[name]``
+    when given (it must exist), else the first of ``COLUMN_NAMES[name]`` present; ``weight`` may
+    be None (no such column).  InputError naming the missing column and those ``where`` has."""
+    out = {}
+    for name, candidates in COLUMN_NAMES.items():
+        if chosen.get(name) is not None:
+            if chosen[name] not in available:
+                raise InputError(f"column {chosen[name]!r} not in {where} (columns: {available})")
+            out[name] = chosen[name]
+            continue
+        out[name] = next((c for c in candidates if c in available), None)
+        if out[name] is None and name != "weight":
+            raise InputError(f"{where} has no {name} column: expected one of {list(candidates)} "
+                             f"(columns: {available}); name it explicitly")
+    return out
 
 
 def sample_users(n_users: int, fraction: float, seed: int) -> np.ndarray:

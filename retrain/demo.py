@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import make_out_dir, write_hyp
+from .artifacts import make_out_dir
 from .backends import get_backend
 from .data import Ratings, synthetic_ratings
 from .errors import InputError
-from .heads import Head, Model, atomic_write_bytes
+from .files import atomic_write_bytes
+from .heads import Head, Model
 from .hyperparams import HyperParams, model_family
 from .movielens import load_movielens
 from .pipeline import RetrainResult, retrain_user_embeddings, tuning_subsample
@@ -54,14 +55,16 @@ def describe(data: Ratings) -> str:
 
 
 def run_pipeline(base: Model, split: ProtocolSplit, backend: MeteredBackend, *, seed: int, max_evals: int,
-                 n_starts: int, max_time: float, path=None, journal=None) -> RetrainResult:
+                 n_starts: int, max_time: float, path=None, journal=None, refit: bool = True) -> RetrainResult:
     """``retrain_user_embeddings`` of the known users (pretraining part, early-stopped on the
-    validation part), its backend calls recorded as the stage ``"pipeline"``."""
+    validation part, refitted on both unless ``refit`` is False), its backend calls recorded as
+    the stage ``"pipeline"``."""
     hyp = HyperParams(model=base.head.name, seed=seed)
     with backend.stage("pipeline", max_epochs=hyp.max_epochs, max_evals=max_evals,
                        final_users=split.pretrain.n_users):
         return retrain_user_embeddings(base, split.pretrain, split.val, hyp, max_iters=max_evals, backend=backend,
-                                       path=path, journal=journal, n_starts=n_starts, max_time=max_time)
+                                       path=path, journal=journal, n_starts=n_starts, max_time=max_time,
+                                       refit=refit)
 
 
 def run_tune(head: Head, split: ProtocolSplit, backend: MeteredBackend, *, seed: int, max_evals: int,
@@ -133,7 +136,6 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     model_path, journal = out / "model.safetensors", out / "journal.jsonl"
     result = run_pipeline(base, split, backend, seed=seed, max_evals=max_evals, n_starts=n_starts,
                           max_time=max_time, path=model_path, journal=journal)
-    hyp_path = write_hyp(model_path, result.hyp, result.epochs, result.val_loss)
     pipeline_s = time.perf_counter() - t
     throughput = tuning_throughput(backend, result)
     timings["tuning"] = throughput["wall_s"]
@@ -148,7 +150,7 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     ridge_known = ridge_new = None
     if head.is_linear:
         reg = result.hyp.regularization
-        ridge_known = model_rmse(head, ridge_embeddings(head, split.pretrain, reg), split.test)
+        ridge_known = model_rmse(head, ridge_embeddings(head, result.seen, reg), split.test)  # the same ratings
         ridge_new = model_rmse(head, ridge_embeddings(head, split.new_fold_in, reg), split.new_test)
     timings["closed-form ridge fold-in"] = time.perf_counter() - t
 
@@ -157,8 +159,8 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
         Row("global mean", biases.global_mean_rmse(split.test), biases.global_mean_rmse(split.new_test)),
         Row("item biases only", biases.item_bias_rmse(split.test), biases.item_bias_rmse(split.new_test)),
         Row("base model (pretrained user table)", model_rmse(base.head, base.user_embeddings, split.test), None),
-        Row("retrained users (tuned, early-stopped)", model_rmse(head, result.model.user_embeddings, split.test),
-            None),
+        Row(f"retrained users (tuned, {'refitted' if result.refit else 'early-stopped'})",
+            model_rmse(head, result.model.user_embeddings, split.test), None),
         Row("fold-in of new users (same recipe)", None, model_rmse(head, new_emb, split.new_test)),
         Row("closed-form ridge fold-in (tuned reg)", ridge_known, ridge_new),
     ]
@@ -185,8 +187,8 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
         ("time inside the backend's training calls", f"{throughput['train_s']:.2f} s"),
     ]
     artifacts = [
-        (model_path.name, "the retrained model (safetensors: frozen head + retrained user table)"),
-        (hyp_path.name, "the tuned hyper-parameters and epoch count (what `fold-in` needs)"),
+        (model_path.name, "the retrained model in one file (safetensors: frozen head, refitted user table, ids "
+                          "and the recipe `fold-in` needs)"),
         (journal.name, "the tuning journal: one JSON line per trained point (a rerun with it resumes)"),
         ("tuning_landscape.png", "every evaluated (a, b) coloured by validation loss, each optimizer's path"),
         ("validation_curve.png", "validation loss per epoch of the final retrain"),

@@ -2,17 +2,19 @@
 
 ``pred(u, i) = tower(e_u) . Q[i] + b[i] + mu`` where ``tower`` is 0-2 frozen dense layers
 ``x -> act(W x + c)``.  File format (``docs/semantics.md``): a safetensors file with tensors
-``item_vectors [I, h]``, ``item_bias [I]``, ``global_bias [1]``, ``item_ids [I]`` (int64),
+``item_vectors [I, h]``, ``item_bias [I]``, ``global_bias [1]``, the item ids,
 ``tower.{l}.weight [out, in]``, ``tower.{l}.bias [out]`` and, for a model, ``user_embeddings
-[U, d]`` and ``user_ids [U]`` (int64); metadata ``format = "retrain.model"``, ``version = "1"``,
-``contract`` (the training contract's version, ``retrain.contract.CONTRACT_VERSION``), ``name``,
-``init`` (``zeros`` | ``glorot``) and ``activations`` (comma-separated, one per layer).
+[U, d]`` and the user ids; metadata ``format = "retrain.model"``, ``version = "1"``, ``contract``
+(the training contract's version, ``retrain.contract.CONTRACT_VERSION``), ``name``, ``init``
+(``zeros`` | ``glorot``) and ``activations`` (comma-separated, one per layer).  Ids are
+``item_ids [I]`` / ``user_ids [U]`` (int64 or uint64) or, for string ids, ``item_ids.utf8``
+(uint8, the UTF-8 texts one after the other) and ``item_ids.offsets [I + 1]`` (int64), likewise
+for users.  The header is written deterministically (``retrain.files``): the same model gives the
+same bytes.  A served bundle (``retrain.bundle``) adds its recipe to the same file.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +23,8 @@ import torch
 
 from .contract import CONTRACT_VERSION, init_scale
 from .errors import InputError
+from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
+from .ids import decode, encode, exact_ids, format_id, lookup
 
 ACTIVATIONS = ("identity", "relu", "tanh")
 FORMAT = "retrain.model"
@@ -103,7 +107,7 @@ class Head:
         tower: up to two ``Layer``s mapping the user embedding (``d``) to ``h``.
         init: initial user embeddings, ``"zeros"`` or ``"glorot"`` (uniform, ``sqrt(6/(d+U))``).
         name: the model name (``user_item_biases``, ``matrix_factorization_K``, ``mlp_DxH``).
-        item_ids: original item ids ``[n_items]`` int64 (default ``0..n_items-1``).
+        item_ids: original item ids ``[n_items]``, int64, uint64 or str (default ``0..n_items-1``).
 
     Frozen: the fields cannot be reassigned (``to`` and ``dataclasses.replace`` make copies), and
     every check runs at construction.
@@ -124,7 +128,7 @@ class Head:
         convert("global_bias", float(self.global_bias))
         n_items = self.item_vectors.shape[0] if self.item_vectors.ndim == 2 else 0
         convert("item_ids", np.arange(n_items, dtype=np.int64) if self.item_ids is None
-                else np.asarray(self.item_ids, dtype=np.int64))
+                else exact_ids(self.item_ids, "item_ids"))
         for l, layer in enumerate(self.tower):
             if not isinstance(layer, Layer):
                 raise InputError(f"tower layer {l} must be a retrain.Layer, got {type(layer).__name__}")
@@ -208,12 +212,16 @@ class Head:
         Q = self.item_vectors.to(feats)
         return (feats * Q[items]).sum(-1) + self.item_bias.to(feats)[items] + self.global_bias
 
-    def linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """For a linear head: ``(A [I, d], c [I])`` with ``pred(e, i) = A[i] . e + c[i]`` (float64)."""
+    def linear_form(self, items=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a linear head: ``(A [m, d], c [m])`` with ``pred(e, i) = A[i] . e + c[i]`` (float64)
+        for the item indices ``items [m]`` (default: every item; serving asks only for a user's)."""
         if not self.is_linear:
             raise InputError("linear_form needs a linear head (no tower or identity activations)")
-        A = self.item_vectors.double()
-        c = self.item_bias.double() + self.global_bias
+        Q, b = self.item_vectors.cpu().numpy(), self.item_bias.cpu().numpy()  # views: gathers in numpy
+        if items is not None:
+            Q, b = Q[items], b[items]
+        A = torch.from_numpy(Q.astype(np.float64))
+        c = torch.from_numpy(b.astype(np.float64) + self.global_bias)
         for layer in reversed(self.tower):  # Q . (W x + c0) = (W^T Q) . x + Q . c0
             c = c + A @ layer.bias.double()
             A = A @ layer.weight.double()
@@ -235,7 +243,8 @@ class Head:
 
 @dataclass
 class Model:
-    """A head and a user table: ``user_embeddings [n_users, d]`` with original ``user_ids``."""
+    """A head and a user table: ``user_embeddings [n_users, d]`` with original ``user_ids``
+    (int64, uint64 or str: ``retrain.ids``)."""
 
     head: Head
     user_embeddings: torch.Tensor
@@ -243,7 +252,7 @@ class Model:
 
     def __post_init__(self):
         self.user_embeddings = torch.as_tensor(self.user_embeddings, dtype=torch.float32).contiguous()
-        self.user_ids = np.asarray(self.user_ids, dtype=np.int64)
+        self.user_ids = exact_ids(self.user_ids, "user_ids")
         if self.user_embeddings.ndim != 2 or self.user_embeddings.shape[1] != self.head.d:
             raise InputError(f"user_embeddings must be [n_users, d={self.head.d}] for head {self.head.name!r}, "
                              f"got {tuple(self.user_embeddings.shape)}")
@@ -254,74 +263,84 @@ class Model:
     def n_users(self) -> int:
         return self.user_embeddings.shape[0]
 
-    def predict(self, users, items) -> torch.Tensor:
-        """Predictions for user indices and item indices (equal-length arrays)."""
+    def user_index(self, user_ids) -> np.ndarray:
+        """Rows of the original ``user_ids`` in the user table; InputError naming an unknown one."""
+        return _positions(self.user_ids, user_ids, "user")
+
+    def predict(self, user_ids, item_ids) -> torch.Tensor:
+        """Predictions ``[n]`` for equal-length arrays of original user and item ids (not row
+        indices: ``predict_indices`` takes those); InputError naming an unknown id."""
+        return self.predict_indices(self.user_index(user_ids), _positions(self.head.item_ids, item_ids, "item"))
+
+    def predict_indices(self, users, items) -> torch.Tensor:
+        """Predictions ``[n]`` for user row indices and item indices (equal-length arrays)."""
         users = torch.as_tensor(np.asarray(users), dtype=torch.long)
         items = torch.as_tensor(np.asarray(items), dtype=torch.long)
+        if len(users) != len(items):
+            raise InputError(f"users and items must have equal lengths, got {len(users)} and {len(items)}")
         return self.head.predict(self.user_embeddings[users], items)
 
     def save(self, path) -> None:
-        """Write the model atomically (temporary file, fsync, rename) in the documented format."""
+        """Write the model atomically and byte-reproducibly in the documented format."""
         save_file(path, head=self.head, user_embeddings=self.user_embeddings, user_ids=self.user_ids)
 
     @staticmethod
     def load(path) -> "Model":
-        head, tensors = _load(path)
-        if "user_embeddings" not in tensors:
-            raise InputError(f"{path}: no user_embeddings in the file (a head only?)")
-        return Model(head, tensors["user_embeddings"], tensors["user_ids"].numpy())
+        head, tensors, _ = read_model_file(path)
+        return model_from_tensors(path, head, tensors)
 
 
-def save_file(path, *, head: Head, user_embeddings=None, user_ids=None) -> None:
-    """Atomically write a head (and optionally a user table) as safetensors."""
-    from safetensors.torch import save as st_save
+def _positions(known: np.ndarray, query, what: str) -> np.ndarray:
+    query = exact_ids(np.atleast_1d(np.asarray(query)) if not hasattr(query, "to_numpy") else query, f"{what}_ids")
+    index, found = lookup(known, query)
+    if not found.all():
+        row = int(np.argmin(found))
+        raise InputError(f"{what} id {format_id(query[row])!r} (entry {row}) is not in the model")
+    return index
 
+
+def model_from_tensors(path, head: Head, tensors: dict) -> Model:
+    """The ``Model`` of a file's tensors; InputError naming the file when the user table is missing."""
+    user_ids = decode(tensors, "user_ids")
+    if "user_embeddings" not in tensors or user_ids is None:
+        raise InputError(f"{path}: no user_embeddings / user_ids in the file (a head only?)")
+    return Model(head, torch.from_numpy(np.array(tensors["user_embeddings"])), user_ids)
+
+
+def head_tensors(head: Head) -> dict:
+    """The tensors of a head in the file format (``user_embeddings`` etc. are added by the caller)."""
     tensors = {
-        "item_vectors": head.item_vectors, "item_bias": head.item_bias,
+        "item_vectors": head.item_vectors.cpu(), "item_bias": head.item_bias.cpu(),
         "global_bias": torch.tensor([head.global_bias], dtype=torch.float32),
-        "item_ids": torch.as_tensor(head.item_ids, dtype=torch.int64),
+        **encode(head.item_ids, "item_ids"),
     }
     for l, layer in enumerate(head.tower):
-        tensors[f"tower.{l}.weight"] = layer.weight
-        tensors[f"tower.{l}.bias"] = layer.bias
+        tensors[f"tower.{l}.weight"] = layer.weight.cpu()
+        tensors[f"tower.{l}.bias"] = layer.bias.cpu()
+    return tensors
+
+
+def head_metadata(head: Head) -> dict:
+    return {"format": FORMAT, "version": VERSION, "contract": CONTRACT_VERSION, "name": head.name, "init": head.init,
+            "activations": ",".join(layer.activation for layer in head.tower)}
+
+
+def save_file(path, *, head: Head, user_embeddings=None, user_ids=None, extra_tensors=None,
+              extra_metadata=None) -> None:
+    """Atomically write a head (and optionally a user table, and more tensors and metadata
+    entries) as safetensors, the same bytes for the same content."""
+    tensors = head_tensors(head)
     if user_embeddings is not None:
         tensors["user_embeddings"] = torch.as_tensor(user_embeddings, dtype=torch.float32)
-        tensors["user_ids"] = torch.as_tensor(np.asarray(user_ids), dtype=torch.int64)
-    metadata = {"format": FORMAT, "version": VERSION, "contract": CONTRACT_VERSION, "name": head.name, "init": head.init,
-                "activations": ",".join(layer.activation for layer in head.tower)}
-    blob = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, blob)
+        tensors.update(encode(exact_ids(user_ids, "user_ids"), "user_ids"))
+    tensors.update(extra_tensors or {})
+    atomic_write_bytes(path, safetensors_bytes(tensors, {**head_metadata(head), **(extra_metadata or {})}))
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _load(path) -> tuple[Head, dict]:
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise InputError(f"model file not found: {path}")
-    try:
-        with safe_open(os.fspath(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise InputError(f"{path}: not a safetensors model file ({exc})") from None
+def read_model_file(path) -> tuple[Head, dict, dict]:
+    """``(head, tensors, metadata)`` of a model or head file; InputError naming the file and what
+    is wrong (not safetensors, another format, another contract version, a missing tensor)."""
+    tensors, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT:
         raise InputError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
     # Files written before the contract had a version were written under version 1.
@@ -331,13 +350,19 @@ def _load(path) -> tuple[Head, dict]:
                          f"implements version {CONTRACT_VERSION!r}: its embeddings cannot be reproduced here "
                          "(retrain again with this version)")
     acts = [a for a in metadata.get("activations", "").split(",") if a]
-    tower = [Layer(tensors[f"tower.{l}.weight"], tensors[f"tower.{l}.bias"], act) for l, act in enumerate(acts)]
-    head = Head(tensors["item_vectors"], tensors["item_bias"], float(tensors["global_bias"][0]), tower,
-                init=metadata.get("init", "glorot"), name=metadata.get("name", "head"),
-                item_ids=tensors["item_ids"].numpy())
-    return head, tensors
+    needed = ["item_vectors", "item_bias", "global_bias"] + [f"tower.{l}.{t}" for l in range(len(acts))
+                                                             for t in ("weight", "bias")]
+    missing = [name for name in needed if name not in tensors]
+    item_ids = decode(tensors, "item_ids")
+    if missing or item_ids is None:
+        raise InputError(f"{path}: the file lacks the tensor(s) {missing or ['item_ids']}: not a complete model file")
+    t = lambda name: torch.from_numpy(np.array(tensors[name]))
+    tower = [Layer(t(f"tower.{l}.weight"), t(f"tower.{l}.bias"), act) for l, act in enumerate(acts)]
+    head = Head(t("item_vectors"), t("item_bias"), float(tensors["global_bias"][0]), tower,
+                init=metadata.get("init", "glorot"), name=metadata.get("name", "head"), item_ids=item_ids)
+    return head, tensors, metadata
 
 
 def load_head(path) -> Head:
     """Load the head of a saved model or head file."""
-    return _load(path)[0]
+    return read_model_file(path)[0]

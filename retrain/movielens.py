@@ -1,51 +1,111 @@
-"""MovieLens loaders: ml-100k ``u.data``, ml-1m ``ratings.dat``, ml-latest(-small) ``ratings.csv``.
+"""MovieLens-style loaders: ml-100k ``u.data``, ml-1m ``ratings.dat``, ml-latest(-small)
+``ratings.csv``, and any CSV with a header naming its columns.
 
-Users and items are indexed in sorted original-id order; ``Ratings.user_ids`` / ``item_ids`` keep
-the original ids.
+A file with a header is read by column name: ``userId`` / ``movieId`` / ``rating`` (MovieLens) or
+``user`` / ``item`` / ``rating`` (and ``weight`` when present), in any order; only the headerless
+MovieLens formats (``u.data``, ``ratings.dat``, a headerless CSV) are read by position (user,
+item, rating).  A log line says which columns were used.  Ids are integers of any width, or
+strings when a column holds no integer at all (``retrain.ids``).  Users and items are indexed in
+sorted original-id order; ``Ratings.user_ids`` / ``item_ids`` keep the original ids.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 
-from .data import Ratings
+from .data import Ratings, find_columns
 from .errors import InputError
 
+log = logging.getLogger(__name__)
 
-def _parse(path: str) -> np.ndarray:
-    """Rows ``(user id, item id, rating)`` as float64 ``[n, 3]``."""
-    name = os.path.basename(path)
-    with open(path, "r", encoding="latin-1") as f:
-        text = f.read()
-    lines = text.splitlines()
-    if name.endswith(".csv") or (lines and lines[0].startswith("userId,")):
-        sep, skip = ",", 1 if lines and not lines[0][:1].isdigit() else 0
-    elif "::" in (lines[0] if lines else ""):
-        sep, skip = "::", 0
-    else:
-        sep, skip = None, 0  # u.data: whitespace (tab) separated
-    rows = []
-    for number, line in enumerate(lines[skip:], start=skip + 1):
-        if not line.strip():
-            continue
-        fields = line.split(sep)
+
+def _split_lines(path: str) -> tuple[list[list[str]], list[int], str | None]:
+    """Rows of fields, their 1-based line numbers, and the separator (None: whitespace)."""
+    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
+        lines = f.read().splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    sep = "::" if "::" in first else "," if "," in first else "\t" if "\t" in first else None
+    rows, numbers = [], []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            rows.append([field.strip() for field in line.split(sep)])
+            numbers.append(number)
+    return rows, numbers, sep
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _id_column(path: str, values: list[str], numbers: list[int], column: str) -> np.ndarray:
+    """Integers when every value is one, strings when none is; a mix names the first odd line."""
+    parsed = []
+    for text in values:
         try:
-            rows.append((float(int(fields[0])), float(int(fields[1])), float(fields[2])))
-        except (ValueError, IndexError):
-            raise InputError(f"{path}:{number}: malformed MovieLens line {line[:80]!r}") from None
+            parsed.append(int(text))
+        except ValueError:
+            parsed.append(None)
+    is_int = [p is not None for p in parsed]
+    if all(is_int):
+        return np.asarray(parsed) if max(parsed) < 2**63 and min(parsed) >= -(2**63) else np.asarray(parsed, dtype=object)
+    if not any(is_int):
+        return np.asarray(values, dtype=str)
+    odd = is_int.index(not is_int[0])
+    raise InputError(f"{path}:{numbers[odd]}: malformed id: column {column!r} has {values[odd]!r} but line {numbers[0]} has "
+                     f"{values[0]!r}: ids must be all integers or all strings")
+
+
+def _parse(path: str) -> Ratings:
+    rows, numbers, sep = _split_lines(path)
     if not rows:
         raise InputError(f"{path}: no ratings in the file")
-    return np.asarray(rows, dtype=np.float64)
+    header = None if any(_is_number(field) for field in rows[0]) else rows[0]
+    if header is not None:
+        columns = find_columns(header, {}, path)
+        positions = {name: header.index(c) for name, c in columns.items() if c is not None}
+        rows, numbers = rows[1:], numbers[1:]
+        used = (f"header {','.join(header)}; users from column {columns['user']!r}, items from {columns['item']!r}, "
+                f"ratings from {columns['rating']!r}" + (f", weights from {columns['weight']!r}" if columns["weight"] else ""))
+    else:
+        positions = {"user": 0, "item": 1, "rating": 2}
+        used = "no header; columns by position (MovieLens): user, item, rating"
+    if not rows:
+        raise InputError(f"{path}: no ratings in the file")
+    width = max(positions.values()) + 1
+    for fields, number in zip(rows, numbers):
+        if len(fields) < width:
+            raise InputError(f"{path}:{number}: malformed line: {len(fields)} fields, expected at least {width} "
+                             f"({sep or 'whitespace'}-separated)")
+    column = lambda name: [fields[positions[name]] for fields in rows]
+    values = {}
+    for name in [n for n in ("rating", "weight") if n in positions]:
+        try:
+            values[name] = np.asarray([float(x) for x in column(name)])
+        except ValueError:
+            bad = next(i for i, x in enumerate(column(name)) if not _is_number(x))
+            raise InputError(f"{path}:{numbers[bad]}: malformed {name} {column(name)[bad]!r}") from None
+    users = _id_column(path, column("user"), numbers, header[positions["user"]] if header else "user")
+    items = _id_column(path, column("item"), numbers, header[positions["item"]] if header else "item")
+    try:
+        ratings = Ratings.from_ids(users, items, values["rating"], values.get("weight"))
+    except InputError as exc:  # rows of the arrays are the file's data lines
+        raise InputError(f"{path}: {exc}") from None
+    log.info("%s: %s", path, used)  # once it has read well: an error stays one line
+    return ratings
 
 
 def load_movielens(path) -> Ratings:
-    """Load a MovieLens ratings file (``u.data``, ``ratings.dat`` or ``ratings.csv``).
+    """Load a ratings file (``u.data``, ``ratings.dat``, ``ratings.csv`` or a CSV with a header).
 
     Raises InputError with one clear line for a missing file or a malformed line.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"ratings file not found: {path}")
-    table = _parse(path)
-    return Ratings.from_ids(table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2])
+    return _parse(path)

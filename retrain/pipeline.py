@@ -10,13 +10,20 @@ on held-out users.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
+
+from .bundle import Recipe, ServedModel
 from .data import Ratings, sample_users
+from .errors import InputError, check_float
+from .files import check_writable
 from .heads import Model
 from .hyperparams import HyperParams
 from .serving import check_item_ids
-from .trainer import check_training_inputs, train_probes
+from .trainer import check_training_inputs, train_embeddings, train_probes
 from .tuner import TuneResult, tune
 
 log = logging.getLogger("retrain")
@@ -27,10 +34,15 @@ class RetrainResult:
     """What ``retrain_user_embeddings`` returns.
 
     ``model``: the same head with the retrained user table (``train``'s users);
-    ``val_loss``: its weighted mean squared validation error; ``epochs``: the epoch count of the
-    kept checkpoint; ``hyp``: the tuned hyper-parameters with ``num_users`` set to the full user
-    count, so that ``fold_in(head, ratings, hyp, epochs)`` reproduces a retrained user's row;
-    ``tune``: the tuning run; ``history``: the final retrain's ``(epoch, val_loss)`` checkpoints.
+    ``val_loss``: the early-stopped retrain's weighted mean squared validation error; ``epochs``:
+    the epoch count of its kept checkpoint; ``hyp``: the tuned hyper-parameters with ``num_users``
+    set to the full user count; ``tune``: the tuning run; ``history``: the early-stopped retrain's
+    ``(epoch, val_loss)`` checkpoints; ``refit``: whether the user table was then trained on
+    train + validation ratings for ``epochs`` epochs; ``seen``: the ratings the user table was
+    trained on; ``stop_reason``: why the early-stopped retrain stopped (``ProbeResult``'s).
+
+    ``recipe`` / ``served()`` / ``save(path)`` carry all of it to serving: a fold-in with the
+    recipe reproduces a retrained (refitted) user's row.
     """
 
     model: Model
@@ -39,6 +51,25 @@ class RetrainResult:
     hyp: HyperParams
     tune: TuneResult
     history: list = field(default_factory=list)
+    refit: bool = False
+    seen: Ratings | None = None
+    stop_reason: str = ""
+
+    @property
+    def recipe(self) -> Recipe:
+        rating_range = None
+        if self.seen is not None and self.seen.nnz:
+            rating_range = (float(self.seen.ratings.min()), float(self.seen.ratings.max()))
+        return Recipe(self.hyp, self.epochs, rating_range, float(self.val_loss), self.refit)
+
+    def served(self) -> ServedModel:
+        """The retrained model as ``retrain.load`` would return it from ``save``'s file."""
+        support = None if self.seen is None else np.bincount(self.seen.items, minlength=self.model.head.n_items)
+        return ServedModel(self.model, self.recipe, self.seen, support)
+
+    def save(self, path) -> None:
+        """Write the model, its ids and its recipe as one file (``retrain.bundle``), atomically."""
+        self.served().save(path)
 
 
 def tuning_subsample(train: Ratings, val: Ratings, hyp: HyperParams) -> tuple[Ratings, Ratings, HyperParams]:
@@ -50,7 +81,8 @@ def tuning_subsample(train: Ratings, val: Ratings, hyp: HyperParams) -> tuple[Ra
 
 def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: HyperParams, max_iters: int = 64, *,
                             backend="auto", path=None, journal=None, n_starts: int = 8,
-                            max_time: float = 3600.0) -> RetrainResult:
+                            max_time: float = 3600.0, refit: bool = True,
+                            final_max_time: float | None = None) -> RetrainResult:
     """Re-initialise and retrain every user embedding of ``model`` against its frozen head.
 
     1. Tune ``(lr, reg)`` with ``tune`` (``max_iters`` evaluations, ``n_starts`` lock-step starts,
@@ -58,9 +90,17 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
        ``hyp.subsampling_factor`` of the users; as in the seed, the Glorot bound of the init
        follows the subsample's user count.  Each evaluation early-stops as ``hyp`` says (a
        checkpoint every ``hyp.epochs_per_checkpoint`` epochs, ``hyp.patience``, 0 in the seed).
+       If every point diverged, InputError: there is nothing to retrain with.
     2. Retrain all users with the tuned values, a checkpoint every epoch and patience
-       ``hyp.epochs_per_checkpoint``, and keep the best checkpoint and its epoch count.
-    3. Save the new model atomically to ``path`` when given.
+       ``hyp.epochs_per_checkpoint``, and keep the best checkpoint and its epoch count.  This
+       retrain stops after ``final_max_time`` seconds (default ``max_time``) at its next
+       checkpoint, keeping the best checkpoint so far (``stop_reason == "deadline"``, logged).
+    3. With ``refit`` (the default), train every user again from its init on all of its ratings
+       (``train`` and ``val``) for that epoch count with the tuned values: the serving recipe
+       exactly, so a fold-in of the same ratings reproduces each row (docs/pipeline.md gives the
+       measured effect).  ``refit=False`` keeps step 2's rows.
+    4. Save the bundle (``RetrainResult.save``) atomically to ``path`` when given; ``path`` is
+       checked to be writable before any work.
 
     ``train`` and ``val`` hold the same users (``val`` may leave some users without ratings) and
     index items as ``model.head`` does.  ``val`` must be ratings the head never saw: see the
@@ -70,20 +110,43 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     check_item_ids(head, train, "train")
     check_item_ids(head, val, "val")
     check_training_inputs(head, train, val)
+    final_max_time = check_float("final_max_time", max_time if final_max_time is None else final_max_time, 0.0,
+                                 strict=True)
+    if path is not None:
+        check_writable(path, "path")
 
     sub_train, sub_val, sub_hyp = tuning_subsample(train, val, hyp)
     tuned = tune(head, sub_train, sub_val, sub_hyp, max_evals=max_iters, max_time=max_time, n_starts=n_starts,
                  journal=journal, backend=backend, seed=hyp.seed)
+    if getattr(tuned, "all_diverged", False):
+        raise InputError(f"every one of the {tuned.n_evals} tuning points diverged: no learning rate in the "
+                         "searched range trains this model on these ratings; check the ratings (their scale) "
+                         "and the head")
     log.info("tuned on %d of %d users: lr %.4g, reg %.4g (val loss %.6g, %d evaluations in %d batches)",
              sub_train.n_users, train.n_users, tuned.lr, tuned.reg, tuned.val_loss, tuned.n_evals, tuned.n_batches)
 
     retrain_hyp = hyp.replace(learning_rate=tuned.lr, regularization=tuned.reg, num_users=train.n_users)
     (probe,) = train_probes(head, train, val, [tuned.lr], [tuned.reg],
                             retrain_hyp.replace(epochs_per_checkpoint=1, patience=hyp.epochs_per_checkpoint),
-                            backend=backend, return_embeddings=True)
+                            backend=backend, return_embeddings=True,
+                            deadline=time.monotonic() + final_max_time)
     if probe.diverged:
         log.warning("the retrain diverged after epoch %d; keeping its best checkpoint", probe.best_epoch)
-    new_model = Model(head, probe.embeddings, train.user_ids)
+    if probe.stop_reason == "deadline":
+        log.warning("the final retrain used its %.0f s budget: keeping its best checkpoint (epoch %d) before early "
+                    "stopping chose one", final_max_time, probe.best_epoch)
+    embeddings, seen = probe.embeddings, train
+    if refit:
+        seen = train.union(val)
+        refitted = train_embeddings(head, seen, retrain_hyp, probe.best_epoch, backend=backend)
+        bad = ~torch.isfinite(refitted).all(1)
+        if bad.any():
+            log.warning("the refit diverged for %d of %d users: they keep the early-stopped rows", int(bad.sum()),
+                        len(bad))
+            refitted[bad] = embeddings[bad]
+        embeddings = refitted
+    result = RetrainResult(Model(head, embeddings, train.user_ids), probe.best_val_loss, probe.best_epoch,
+                           retrain_hyp, tuned, probe.history, refit, seen, probe.stop_reason)
     if path is not None:
-        new_model.save(path)
-    return RetrainResult(new_model, probe.best_val_loss, probe.best_epoch, retrain_hyp, tuned, probe.history)
+        result.save(path)
+    return result

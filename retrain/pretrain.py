@@ -22,9 +22,11 @@ from .ridge import ridge_embeddings
 
 log = logging.getLogger(__name__)
 
+DEFAULT_ITEM_DAMPING = 5.0  # measured in docs/pipeline.md ("Recommendation quality")
+
 
 def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: int = 0, reg: float | None = None,
-             iterations: int | None = None) -> Model:
+             iterations: int | None = None, item_damping: float = DEFAULT_ITEM_DAMPING) -> Model:
     """Fit a base model on ``ratings``; returns the head and the fitted user table.
 
     Args:
@@ -33,12 +35,18 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
         seed: seeds the item-side initialisation.
         reg: ridge penalty per rating (ALS; default 0.1) or Adam weight decay (MLP; default 1e-4).
         iterations: ALS sweeps (default 10) or Adam epochs (default 20).
+        item_damping: ALS only: a penalty ``item_damping * ||[q_i, b_i]||^2`` on each item that,
+            unlike the count-scaled ``reg``, does not grow with the item's rating count
+            (``ridge_embeddings(damping=...)``): it shrinks a rarely rated item toward predicting the
+            global mean, so an item with one 5-star rating no longer tops everyone's list.  0 gives
+            plain weighted-lambda ALS.
 
     Raises InputError for an unknown model name, no ratings, or a bad ``seed``/``reg``/``iterations``.
     """
     family = model_family(model)
     seed = check_int("seed", seed, 0)
     reg = None if reg is None else check_float("reg", reg, 0.0)
+    item_damping = check_float("item_damping", item_damping, 0.0)
     iterations = None if iterations is None else check_int("iterations", iterations, 1)
     if ratings.nnz == 0:
         raise InputError("pretrain needs at least one rating")
@@ -48,7 +56,7 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
     k = 1 if family == "user_item_biases" else int(model.rsplit("_", 1)[1])
     if family == "matrix_factorization" and k < 2:
         raise InputError(f"{model}: matrix_factorization_K needs K >= 2 (one dimension is the user bias)")
-    return _pretrain_als(ratings, k - 1, seed, 0.1 if reg is None else reg, iterations or 10)
+    return _pretrain_als(ratings, k - 1, seed, 0.1 if reg is None else reg, iterations or 10, item_damping)
 
 
 def _item_view(ratings: Ratings) -> Ratings:
@@ -57,7 +65,7 @@ def _item_view(ratings: Ratings) -> Ratings:
                             n_users=ratings.n_items, n_items=ratings.n_users)
 
 
-def _pretrain_als(ratings: Ratings, factors: int, seed: int, reg: float, iterations: int) -> Model:
+def _pretrain_als(ratings: Ratings, factors: int, seed: int, reg: float, iterations: int, damping: float) -> Model:
     w = ratings.weights.astype(np.float64)
     mu = float((w * ratings.ratings).sum() / w.sum())
     rng = np.random.default_rng(seed)
@@ -70,7 +78,8 @@ def _pretrain_als(ratings: Ratings, factors: int, seed: int, reg: float, iterati
         # Users: solve [p_u, bu] against item rows [q_i, 1] with offsets b_i + mu.
         users = ridge_embeddings(Head(torch.cat([item_factors, ones_items], 1), item_bias, mu), ratings, reg)
         # Items: solve [q_i, b_i] against user rows [p_u, 1] with offsets bu + mu.
-        items = ridge_embeddings(Head(torch.cat([users[:, :factors], ones_users], 1), users[:, factors], mu), by_item, reg)
+        items = ridge_embeddings(Head(torch.cat([users[:, :factors], ones_users], 1), users[:, factors], mu), by_item,
+                                 reg, damping=damping)
         item_factors, item_bias = items[:, :factors], items[:, factors]
         log.debug("ALS sweep %d/%d done", sweep + 1, iterations)
     users = ridge_embeddings(Head(torch.cat([item_factors, ones_items], 1), item_bias, mu), ratings, reg)

@@ -40,6 +40,36 @@ def model_rmse(head: Head, embeddings: torch.Tensor, ratings: Ratings) -> float:
     return weighted_rmse(pred.numpy(), ratings)
 
 
+def ranking_metrics(top_items, test: Ratings, threshold: float = 4.0) -> tuple[float, float]:
+    """Mean recall@k and NDCG@k (binary relevance) of top-k lists ``top_items [n, k]`` (item
+    indices, ``-1`` or anything out of range for an empty slot; row ``u`` is ``test``'s user ``u``)
+    against the items each user rated at least ``threshold`` in ``test``.  Users without such an
+    item are left out; recall divides by ``min(k, relevant)`` so that a perfect list scores 1."""
+    top = np.asarray(top_items, dtype=np.int64)
+    if top.ndim != 2 or top.shape[0] != test.n_users:
+        raise InputError(f"top_items must be [n_users={test.n_users}, k], got shape {top.shape}")
+    k = top.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    recalls, ndcgs = [], []
+    for u in range(test.n_users):
+        rows = slice(test.indptr[u], test.indptr[u + 1])
+        relevant = set(test.items[rows][test.ratings[rows] >= threshold].tolist())
+        if not relevant:
+            continue
+        hits = np.array([item in relevant for item in top[u].tolist()])
+        best = min(k, len(relevant))
+        recalls.append(hits.sum() / best)
+        ndcgs.append((hits * discounts).sum() / discounts[:best].sum())
+    return (float(np.mean(recalls)) if recalls else math.nan, float(np.mean(ndcgs)) if ndcgs else math.nan)
+
+
+def rare_item_share(top_items, support, max_support: int = 2) -> float:
+    """Share of the slots of top-k lists ``top_items [n, k]`` (item indices) that hold an item with
+    at most ``max_support`` training ratings (``support [n_items]``)."""
+    top = np.asarray(top_items, dtype=np.int64)
+    return float((np.asarray(support)[top] <= max_support).mean())
+
+
 @dataclass(frozen=True)
 class BiasBaseline:
     """``pred(u, i) = mu + b_i``: the global mean and damped item means of some ratings.
@@ -113,8 +143,9 @@ PROTOCOL = """\
    probe batch, after a space-filling first batch that chooses the starts ({max_evals} evaluations
    at most).
 5. **Final retrain.** Every known user is re-initialised and trained with the tuned values, a
-   checkpoint every epoch; the best checkpoint (on the validation part) and its epoch count are
-   kept.
+   checkpoint every epoch; the best checkpoint (on the validation part) picks the epoch count.
+   Then every known user is refitted: trained from its init on its pretraining and validation
+   parts for that epoch count (the serving recipe; the retrained users' row scores these).
 6. **Serving.** Each new user's ratings are split {fold:.0%} fold-in / {test:.0%} test. The new users
    are folded in with exactly the retrain's recipe (same init keyed by user id, same permutations,
    the tuned hyper-parameters, the same epoch count), and, for comparison, with the closed-form

@@ -2,10 +2,13 @@
 
 For a linear head ``pred(e, i) = A[i] . e + c[i]`` and a user's ``n`` training ratings, the
 full-batch objective ``(1/n) sum w (A_i . e + c_i - r)^2 + reg ||e||^2`` is minimised by
-``(A^T W A / n + reg I) e = A^T W (r - c) / n``.  Solved in float64 for all users at once.
+``(A^T W A / n + reg I) e = A^T W (r - c) / n``.  Solved in float64 (numpy) for all users at once,
+with ``A`` formed only for the items the ratings touch: a one-user fold-in costs two small
+matrix products and a solve, not a float64 copy of the whole item table.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .data import Ratings
@@ -13,10 +16,17 @@ from .errors import InputError, check_float
 from .heads import Head
 
 _GRAM_CHUNK_BYTES = 64 << 20
+_FEW_USERS = 8  # up to this many users, a loop of small products beats the bucketing's bookkeeping
+_SINGULAR = "the ridge system is singular for some user: use reg > 0"
 
 
-def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Tensor | None = None) -> torch.Tensor:
+def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Tensor | None = None,
+                     damping: float = 0.0) -> torch.Tensor:
     """Per-user ridge solution ``[n_users, d]`` (float64).
+
+    ``damping`` adds a penalty that does not grow with the rating count: the objective becomes
+    ``(1/n) (sum w (A_i . e + c_i - r)^2 + damping ||e||^2) + reg ||e||^2``, which shrinks rows
+    with few ratings much more than rows with many (pretraining uses it for the items).
 
     Users without ratings get ``init`` (their initial embedding; zeros when not given), as in
     the contract where they keep their init.  Raises InputError for a bad ``reg``, ratings on
@@ -24,49 +34,73 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
     ValueError for a non-linear head.
     """
     reg = check_float("reg", reg, 0.0)
+    damping = check_float("damping", damping, 0.0)
     if ratings.n_items != head.n_items:
         raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
-    A, c = head.linear_form()  # [I, d], [I]
+    per_rating = ratings.nnz < head.n_items  # then A row by rating beats a float64 copy of the whole item table
+    A, c = (t.numpy() for t in head.linear_form(ratings.items if per_rating else None))
+    rows = np.arange(ratings.nnz) if per_rating else ratings.items  # each rating's row of A
     d, U = A.shape[1], ratings.n_users
-    n = torch.from_numpy(ratings.counts).double()
-    gram, rhs = _normal_equations(A, c, ratings)
-    has = n > 0
-    out = torch.zeros(U, d, dtype=torch.float64) if init is None else torch.as_tensor(init, dtype=torch.float64).clone()
-    if has.any():
-        lhs = gram[has] / n[has, None, None] + reg * torch.eye(d, dtype=torch.float64)
+    counts = ratings.counts
+    out = np.zeros((U, d)) if init is None else torch.as_tensor(init, dtype=torch.float64).numpy().copy()
+    has = np.flatnonzero(counts > 0)
+    if len(has) <= _FEW_USERS:
+        _solve_few_users(A, c, rows, ratings, has, reg, damping, out)
+    else:
+        gram, rhs = _normal_equations(A, c, rows, ratings, has)
+        n = counts[has].astype(np.float64)
+        gram /= n[:, None, None]
+        diagonal = np.arange(d)
+        gram[:, diagonal, diagonal] += (reg + damping / n)[:, None]
         try:
-            out[has] = torch.linalg.solve(lhs, rhs[has] / n[has, None])
-        except RuntimeError:  # torch raises a RuntimeError subclass for singular systems
-            raise InputError("the ridge system is singular for some user: use reg > 0") from None
-    return out
+            out[has] = np.linalg.solve(gram, (rhs / n[:, None])[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            raise InputError(_SINGULAR) from None
+    return torch.from_numpy(out)
 
 
-def _normal_equations(A: torch.Tensor, c: torch.Tensor, ratings: Ratings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-user ``A^T W A`` ``[U, d, d]`` and ``A^T W (r - c)`` ``[U, d]`` (float64).
+def _solve_few_users(A: np.ndarray, c: np.ndarray, rows: np.ndarray, ratings: Ratings, users: np.ndarray,
+                     reg: float, damping: float, out: np.ndarray) -> None:
+    """The closed form user by user into ``out`` (a serving request): two small products and a solve
+    each, none of the bucketing's bookkeeping.  ``rows`` are the ratings' rows of ``A``."""
+    eye = np.eye(A.shape[1])
+    for u in users:
+        span = slice(ratings.indptr[u], ratings.indptr[u + 1])
+        X, w, n = A[rows[span]], ratings.weights[span].astype(np.float64), span.stop - span.start
+        try:
+            out[u] = np.linalg.solve(X.T @ (X * w[:, None]) / n + (reg + damping / n) * eye,
+                                     X.T @ (w * (ratings.ratings[span] - c[rows[span]])) / n)
+        except np.linalg.LinAlgError:
+            raise InputError(_SINGULAR) from None
+
+
+def _normal_equations(A: np.ndarray, c: np.ndarray, items: np.ndarray, ratings: Ratings,
+                      users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``A^T W A`` ``[u, d, d]`` and ``A^T W (r - c)`` ``[u, d]`` (float64) of the rated ``users``;
+    ``items`` are the ratings' rows of ``A``.
 
     Users are grouped by rating count into power-of-two buckets and padded to the bucket's length
     (padding rows get weight 0), so each group is one batched matrix product: at most twice the
     exact flop count, in BLAS, with memory bounded per chunk of users.
     """
-    U, d = ratings.n_users, A.shape[1]
-    counts = torch.from_numpy(ratings.counts)
-    starts = torch.from_numpy(ratings.indptr[:-1])
-    items = torch.from_numpy(ratings.items)
-    sqrt_w = torch.from_numpy(ratings.weights).double().sqrt()
-    target = torch.from_numpy(ratings.ratings).double() - c[items]
-    gram = torch.zeros(U, d, d, dtype=torch.float64)
-    rhs = torch.zeros(U, d, dtype=torch.float64)
-    length = torch.where(counts > 0, 2 ** torch.ceil(torch.log2(counts.clamp_min(1).double())).long(), 0)
-    for bucket_len in torch.unique(length[length > 0]).tolist():
-        group = (length == bucket_len).nonzero().squeeze(1)
-        per_chunk = max(1, _GRAM_CHUNK_BYTES // (8 * bucket_len * (d + 1)))
-        for users in group.split(per_chunk):
-            offsets = torch.arange(bucket_len)
-            valid = offsets[None, :] < counts[users, None]  # [u, L]
-            rows = torch.where(valid, starts[users, None] + offsets[None, :], 0)
-            scale = torch.where(valid, sqrt_w[rows], 0.0)  # padding rows weigh nothing
+    d = A.shape[1]
+    counts, starts = ratings.counts[users], ratings.indptr[:-1][users]
+    sqrt_w = np.sqrt(ratings.weights.astype(np.float64))
+    target = ratings.ratings.astype(np.float64) - c[items]
+    gram = np.empty((len(users), d, d))
+    rhs = np.empty((len(users), d))
+    length = 2 ** np.ceil(np.log2(counts)).astype(np.int64)
+    for bucket_len in np.unique(length):
+        group = np.flatnonzero(length == bucket_len)
+        per_chunk = max(1, _GRAM_CHUNK_BYTES // (8 * int(bucket_len) * (d + 1)))
+        offsets = np.arange(bucket_len)
+        for first in range(0, len(group), per_chunk):
+            chunk = group[first:first + per_chunk]
+            valid = offsets[None, :] < counts[chunk, None]  # [u, L]
+            rows = np.where(valid, starts[chunk, None] + offsets[None, :], 0)
+            scale = np.where(valid, sqrt_w[rows], 0.0)  # padding rows weigh nothing
             X = A[items[rows]] * scale[..., None]  # [u, L, d]
-            y = target[rows] * scale
-            gram[users] = X.transpose(1, 2) @ X
-            rhs[users] = (X.transpose(1, 2) @ y[..., None]).squeeze(-1)
+            Xt = X.transpose(0, 2, 1)
+            gram[chunk] = Xt @ X
+            rhs[chunk] = (Xt @ (target[rows] * scale)[..., None])[..., 0]
     return gram, rhs

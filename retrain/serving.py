@@ -11,9 +11,11 @@ import numpy as np
 import torch
 
 from .backends import get_backend
+from .contract import initial_embeddings, user_key
 from .data import Ratings
 from .errors import InputError
 from .heads import Head, Model
+from .ids import format_id
 from .hyperparams import HyperParams
 from .ridge import ridge_embeddings
 from .trainer import train_embeddings
@@ -23,14 +25,19 @@ SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are compute
 
 def check_item_ids(head: Head, ratings: Ratings, name: str) -> None:
     """ValueError unless ``ratings`` index items exactly as ``head`` does."""
-    if ratings.n_items != head.n_items or not np.array_equal(ratings.item_ids, head.item_ids):
+    same = ratings.item_ids is head.item_ids  # with_items(head.item_ids) shares the array: no O(items) check
+    if not same and (ratings.n_items != head.n_items or not np.array_equal(ratings.item_ids, head.item_ids)):
         raise InputError(f"{name} index items differently from the model ({ratings.n_items} vs {head.n_items} "
                          "items, or other ids): re-index with ratings.with_items(head.item_ids)")
 
 
-def fold_in(head: Head, new_users_ratings: Ratings, hyp: HyperParams, epochs: int, *,
+def fold_in(model_or_head: Model | Head, new_users_ratings: Ratings, hyp: HyperParams, epochs: int, *,
             backend="auto", solver: str = "train") -> torch.Tensor:
     """Embeddings ``[n_new, d]`` (float32, CPU) of the users in ``new_users_ratings``.
+
+    The low-level fold-in: ``retrain.load(path).fold_in(...)`` takes the recipe from the model
+    file, maps original ids and drops unknown items; this function takes the recipe as arguments
+    and ratings already indexed as the head's items.
 
     ``solver="train"`` (the default, the retrain's recipe) trains each user for exactly
     ``epochs`` epochs with ``hyp`` (use ``RetrainResult.hyp`` and ``RetrainResult.epochs``).
@@ -38,21 +45,56 @@ def fold_in(head: Head, new_users_ratings: Ratings, hyp: HyperParams, epochs: in
     because the init's bound depends on it.  ``solver="ridge"`` returns instead the exact
     minimiser of the full-batch objective with ``hyp.regularization`` (linear heads only;
     ``epochs`` is ignored; users without ratings keep their init).
+
+    Raises InputError when some user's embedding is not finite (the recipe diverged on its
+    ratings), naming the users: never NaN rows.
     """
+    head = _head_of(model_or_head)
+    emb = fold_in_rows(head, new_users_ratings, hyp, epochs, backend=backend, solver=solver)
+    bad = np.flatnonzero(~np.isfinite(emb.numpy()).all(1))
+    if len(bad):
+        raise InputError(diverged_message(new_users_ratings.user_ids[bad], len(emb), hyp))
+    return emb
+
+
+def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *, backend="auto",
+                 solver: str = "train") -> torch.Tensor:
+    """``fold_in`` without the divergence check: rows of diverged users are not finite."""
     if solver not in ("train", "ridge"):
         raise InputError(f"solver must be 'train' or 'ridge', got {solver!r}")
     if head.init == "glorot" and hyp.num_users is None:
         raise InputError("hyp.num_users must be the user count of the retrain being reproduced (it sets the "
                          "Glorot bound of the init); RetrainResult.hyp carries it")
-    check_item_ids(head, new_users_ratings, "new_users_ratings")
+    check_item_ids(head, ratings, "new_users_ratings")
     if solver == "ridge":
-        init = train_embeddings(head, new_users_ratings, hyp, 0, backend="reference")
-        return ridge_embeddings(head, new_users_ratings, hyp.regularization, init=init).float()
-    return train_embeddings(head, new_users_ratings, hyp, epochs, backend=backend)
+        emb = ridge_embeddings(head, ratings, hyp.regularization).float()
+        empty = np.flatnonzero(ratings.counts == 0)
+        if len(empty):  # they keep the contract's init (computed only for them: it is per user)
+            scale = head.init_scale(hyp.num_users or ratings.n_users)
+            emb[empty] = torch.from_numpy(initial_embeddings(user_key(ratings.user_ids[empty]), head.d, hyp.seed,
+                                                             scale))
+        return emb
+    return train_embeddings(head, ratings, hyp, epochs, backend=backend)
+
+
+def diverged_message(user_ids, n: int, hyp: HyperParams) -> str:
+    """The error for users whose fold-in is not finite."""
+    shown = ", ".join(format_id(u) for u in user_ids[:5]) + (", ..." if len(user_ids) > 5 else "")
+    return (f"the fold-in diverged for {len(user_ids)} of {n} users (user ids {shown}): their embeddings are not "
+            f"finite with learning rate {hyp.learning_rate:.4g} and regularisation {hyp.regularization:.4g}; "
+            "check their ratings and the recipe")
+
+
+def _head_of(model_or_head) -> Head:
+    head = model_or_head.head if isinstance(model_or_head, Model) else model_or_head
+    if not isinstance(head, Head):
+        raise InputError(f"expected a retrain Model or a Head, got {type(model_or_head).__name__}")
+    return head
 
 
 def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = None, k: int = 10, *,
-              exclude_seen: Ratings | None = None, backend="auto") -> tuple[torch.Tensor, torch.Tensor]:
+              exclude_seen: Ratings | None = None, exclude_items=None,
+              backend="auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` items for each row of ``embeddings`` (default: the model's user table).
 
     Args:
@@ -62,15 +104,17 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
         exclude_seen: ratings of the same ``n`` users (row ``u`` of it is row ``u`` of
             ``embeddings``); their items are never recommended (score ``-inf``; when fewer than
             ``k`` items remain, the last entries have score ``-inf``).
+        exclude_items: optional bool ``[n_items]``: items never recommended to anyone (e.g. too
+            little support).
         backend: the backend whose ``score`` computes ``tower(e) . Q[i] + b[i] + mu``.
 
     Returns ``(items, scores)``: int64 item indices ``[n, k]`` (``head.item_ids[items]`` are the
-    original ids) and float32 scores ``[n, k]``, best first, on the CPU.
+    original ids) and float32 scores ``[n, k]``, best first, on the CPU.  A score that is NaN is
+    never ranked (it counts as ``-inf``); an embedding that is not finite is an InputError naming
+    its row.
     """
     model = model_or_head if isinstance(model_or_head, Model) else None
-    head = model.head if model is not None else model_or_head
-    if not isinstance(head, Head):
-        raise InputError(f"model_or_head must be a Model or a Head, got {type(model_or_head).__name__}")
+    head = _head_of(model_or_head)
     if embeddings is None:
         if model is None:
             raise InputError("embeddings are required when recommending from a Head")
@@ -78,6 +122,10 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
     if embeddings.ndim != 2 or embeddings.shape[1] != head.d:
         raise InputError(f"embeddings must be [n, d={head.d}], got {tuple(embeddings.shape)}")
+    bad = ~torch.isfinite(embeddings).all(1)
+    if bad.any():
+        raise InputError(f"embeddings row {int(bad.nonzero()[0])} is not finite ({int(bad.sum())} of "
+                         f"{len(embeddings)} rows): refusing to rank its scores")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= head.n_items:
         raise InputError(f"k must be an integer in [1, n_items={head.n_items}], got {k!r}")
     n = embeddings.shape[0]
@@ -85,6 +133,10 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
         if exclude_seen.n_users != n:
             raise InputError(f"exclude_seen has {exclude_seen.n_users} users but embeddings have {n} rows")
         check_item_ids(head, exclude_seen, "exclude_seen")
+    if exclude_items is not None:
+        exclude_items = torch.as_tensor(np.asarray(exclude_items), dtype=torch.bool)
+        if exclude_items.shape != (head.n_items,):
+            raise InputError(f"exclude_items must be bool [n_items={head.n_items}], got {tuple(exclude_items.shape)}")
 
     be = get_backend(backend)
     rows = max(1, SCORE_BLOCK_BYTES // (4 * head.n_items))
@@ -92,6 +144,9 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     for first in range(0, n, rows):
         last = min(n, first + rows)
         scores = be.score(head, embeddings[first:last])
+        scores = scores.masked_fill(torch.isnan(scores), -torch.inf)  # topk would rank NaN first
+        if exclude_items is not None:
+            scores[:, exclude_items.to(scores.device)] = -torch.inf
         if exclude_seen is not None:
             seen = exclude_seen.select_users(np.arange(first, last))
             users = torch.from_numpy(seen.user_of_row()).to(scores.device)

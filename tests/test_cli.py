@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+import retrain
 from retrain import protocol_split
 from retrain.cli import main
 from retrain.data import Ratings, synthetic_ratings
@@ -98,8 +99,9 @@ def test_demo_prints_the_table_and_writes_every_artifact(demo):
     assert np.array_equal(model.user_ids, split.pretrain.user_ids)  # the known users only
     journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
     assert len(journal) == 6 and all({"a", "b", "loss"} <= set(entry) for entry in journal)
-    hyp = json.loads((out / "model.safetensors.hyp.json").read_text())
-    assert hyp["hyperparams"]["num_users"] == split.pretrain.n_users and hyp["epochs"] >= 1
+    recipe = retrain.load(out / "model.safetensors").recipe  # the recipe lives in the model file
+    assert recipe.hyp.num_users == split.pretrain.n_users and recipe.epochs >= 1 and recipe.refit
+    assert not (out / "model.safetensors.hyp.json").exists()
 
 
 def test_run_demo_returns_the_rows_of_the_table_it_prints(tmp_path):
@@ -114,7 +116,7 @@ def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
     _, out = demo
     split = tiny_split()
     users = [3, 17, 42]
-    ratings = split.pretrain.select_users(users)  # what the retrain trained these users on
+    ratings = split.pretrain.union(split.val).select_users(users)  # what the refit trained these users on
     csv = tmp_path / "ratings.csv"
     rows = [f"{ratings.user_ids[u]},{ratings.item_ids[i]},{r}"
             for u, i, r in zip(ratings.user_of_row(), ratings.items, ratings.ratings)]
@@ -134,13 +136,17 @@ def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
     assert not seen & {(int(user), int(item)) for user, _, item, _ in top}
 
 
-def test_fold_in_rejects_an_item_the_model_lacks(demo, tmp_path, capsys, restore_logger):
+def test_fold_in_drops_items_the_model_lacks_and_flags_users_left_without_ratings(demo, tmp_path, capsys,
+                                                                                  restore_logger):
     _, out = demo
     csv = tmp_path / "ratings.csv"
-    csv.write_text("userId,movieId,rating\n1,99999,4.0\n")
-    assert in_process(capsys, "fold-in", "--model", out / "model.safetensors", "--ratings", csv) == 2
-    err = capsys.readouterr().err
-    assert err.strip().count("\n") == 0 and "99999" in err
+    csv.write_text("userId,movieId,rating\n1,99999,4.0\n2,99999,4.0\n2,1,3.0\n")
+    assert in_process(capsys, "fold-in", "--model", out / "model.safetensors", "--ratings", csv, "--out",
+                      tmp_path / "emb.safetensors", "--quiet") == 0
+    printed = capsys.readouterr().out
+    assert "dropped 2 ratings on items the model does not know" in printed
+    assert "1 users have no rating on a known item" in printed
+    assert load_file(tmp_path / "emb.safetensors")["user_ids"].tolist() == [1, 2]
 
 
 def test_pretrain_tune_run_chain_resumes_from_the_journal(tmp_path, capsys, restore_logger):
@@ -160,7 +166,7 @@ def test_pretrain_tune_run_chain_resumes_from_the_journal(tmp_path, capsys, rest
     out = capsys.readouterr().out
     assert "6 evaluations in 0 probe batches" in out and "test RMSE" in out
     assert Model.load(retrained).n_users == tiny_split().pretrain.n_users
-    assert (tmp_path / "new.safetensors.hyp.json").is_file()
+    assert retrain.load(retrained).recipe.epochs >= 1 and not (tmp_path / "new.safetensors.hyp.json").exists()
 
 
 def test_bench_compares_backends_with_the_eager_loop():

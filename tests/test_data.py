@@ -104,3 +104,70 @@ def test_synthetic_is_realistic():
     assert pop[:80].sum() > 0.3 * r.nnz  # the top 10% of items get a large share
     assert set(np.unique(r.ratings)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
     assert 3.0 < r.ratings.mean() < 4.0
+
+
+# ----------------------------------------------------------------------------- exact ids
+BIG = 2**63 + 5  # a uint64 id that astype(int64) would wrap negative
+
+
+def test_uint64_ids_above_2_63_stay_exact():
+    ids = np.array([BIG, 7, BIG + 1], dtype=np.uint64)
+    r = Ratings.from_ids(ids, [1, 2, 3], [4.0, 3.0, 2.0])
+    assert r.user_ids.dtype == np.uint64 and r.user_ids.tolist() == [7, BIG, BIG + 1]
+    # Python ints in an object column (a pandas column of big ids) are kept just as exactly
+    r2 = Ratings.from_ids(np.array([BIG, 7, BIG + 1], dtype=object), [1, 2, 3], [4.0, 3.0, 2.0])
+    assert r2.user_ids.tolist() == [7, BIG, BIG + 1]
+
+
+def test_string_ids_are_indexed_in_sorted_order_and_kept():
+    r = Ratings.from_ids(["bob", "alice", "bob"], ["x", "y", "x2"], [1.0, 2.0, 3.0])
+    assert r.user_ids.tolist() == ["alice", "bob"] and r.item_ids.tolist() == ["x", "x2", "y"]
+    assert r.indptr.tolist() == [0, 1, 3] and r.items.tolist() == [2, 0, 1]
+
+
+@pytest.mark.parametrize("users, message", [
+    ([1, 1.5, 2], r"user_ids must be integers or strings: row 1 has 1.5"),
+    ([1.0, float("nan")], r"row 1 has nan"),
+    (np.array([1, None, 2], dtype=object), r"row 1 has None"),
+    (np.array([1, "a"], dtype=object), r"row 1 has 'a' \(str\), expected integers"),
+    (np.array(["a", 3], dtype=object), r"row 1 has 3 \(int\), expected strings"),
+    (np.array([True, False]), r"got bool values"),
+    (np.array([-1, 2**63], dtype=object), r"row 1 has 9223372036854775808"),
+    (np.array([2**64], dtype=object), r"row 0 has 18446744073709551616"),
+])
+def test_bad_ids_name_the_row(users, message):
+    with pytest.raises(InputError, match=message):
+        Ratings.from_ids(users, np.arange(len(users)), np.ones(len(users)))
+
+
+def test_rating_beyond_float32_is_an_error():
+    with pytest.raises(InputError, match=r"rating must be finite: row 1 has rating 1e\+39 \(beyond float32"):
+        Ratings.from_ids([1, 2], [1, 2], [3.0, 1e39])
+
+
+def test_from_pandas_finds_movielens_and_plain_columns(caplog):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"movieId": [10, 20, 10], "userId": [7, 7, 3], "rating": [4.0, 2.0, 5.0],
+                          "timestamp": [0, 0, 0]})
+    with caplog.at_level("INFO", logger="retrain.data"):
+        r = Ratings.from_pandas(frame)
+    assert "users from column 'userId', items from 'movieId'" in caplog.text
+    assert r.user_ids.tolist() == [3, 7] and r.item_ids.tolist() == [10, 20]
+    plain = Ratings.from_pandas(pd.DataFrame({"user": ["b", "a"], "item": [1, 2], "rating": [1.0, 2.0],
+                                              "weight": [0.5, 2.0]}))
+    assert plain.user_ids.tolist() == ["a", "b"] and plain.weights.tolist() == [2.0, 0.5]
+    with pytest.raises(InputError, match=r"column 'userId' must be integers or strings: row 1 has 1.5"):
+        Ratings.from_pandas(frame.assign(userId=[7, 1.5, 3]))
+    with pytest.raises(InputError, match=r"column 'userId' must be integers or strings: row 1 has nan"):
+        Ratings.from_pandas(frame.assign(userId=pd.array([7, None, 3], dtype="Int64")))
+    with pytest.raises(InputError, match=r"no user column: expected one of \['userId', 'user'\]"):
+        Ratings.from_pandas(frame.rename(columns={"userId": "u"}))
+
+
+def test_with_items_matches_ids_across_integer_widths():
+    r = Ratings.from_ids([1, 1, 2], np.array([BIG, 5, 5], dtype=np.uint64), [1.0, 2.0, 3.0])
+    model_items = np.array([5, 9], dtype=np.int64)  # an int64 space cannot hold BIG: it is dropped
+    moved = r.with_items(model_items, drop_unknown=True)
+    assert moved.nnz == 2 and moved.items.tolist() == [0, 0] and moved.ratings.tolist() == [2.0, 3.0]
+    with pytest.raises(InputError, match=f"item id {BIG}"):
+        r.with_items(model_items)

@@ -35,7 +35,7 @@ def test_save_load_roundtrip(tmp_path, kind):
     assert torch.equal(back.user_embeddings, model.user_embeddings)
     assert back.head.name == head.name and back.head.init == head.init
     users, items = np.array([0, 5, 2]), np.array([16, 0, 3])
-    assert torch.equal(back.predict(users, items), model.predict(users, items))
+    assert torch.equal(back.predict_indices(users, items), model.predict_indices(users, items))
     assert load_head(path).n_items == 17
     assert [f for f in os.listdir(path.parent) if f.startswith(".tmp")] == []
 
@@ -43,7 +43,7 @@ def test_save_load_roundtrip(tmp_path, kind):
 def test_load_rejects_other_files(tmp_path):
     path = tmp_path / "x.safetensors"
     path.write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="not a safetensors model file"):
+    with pytest.raises(ValueError, match="not a safetensors file"):
         Model.load(path)
     with pytest.raises(ValueError, match="not found"):
         Model.load(tmp_path / "missing.safetensors")

@@ -53,3 +53,30 @@ def test_ml_latest_small():
     r = load_movielens(ML_SMALL)
     assert (r.n_users, r.n_items, r.nnz) == (610, 9724, 100836)
     assert np.isclose(r.ratings.mean(), 3.5016, atol=1e-3)
+
+
+def test_header_columns_are_read_by_name(tmp_path, caplog):
+    path = tmp_path / "swapped.csv"  # items first: reading by position would swap users and items
+    path.write_text("movieId,userId,rating\n" + "".join(f"{i},{u},{r}\n" for u, i, r in ROWS))
+    with caplog.at_level("INFO", logger="retrain.movielens"):
+        _check(load_movielens(path))
+    assert "users from column 'userId', items from 'movieId', ratings from 'rating'" in caplog.text
+    plain = tmp_path / "plain.csv"
+    plain.write_text("weight,rating,item,user\n2,4,b,alice\n1,3,a,bob\n")
+    r = load_movielens(plain)
+    assert r.user_ids.tolist() == ["alice", "bob"] and r.item_ids.tolist() == ["a", "b"]
+    assert r.weights.tolist() == [2.0, 1.0]
+
+
+def test_ids_in_files_are_exact(tmp_path):
+    path = tmp_path / "big.csv"
+    path.write_text(f"user,item,rating\n{2**63 + 1},1,4\n{2**64 - 1},2,3\n")
+    assert load_movielens(path).user_ids.tolist() == [2**63 + 1, 2**64 - 1]
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("user,item,rating\n1,1,4\n1.5,2,3\n")
+    with pytest.raises(InputError, match=r"mixed.csv:3: malformed id: column 'user' has '1.5'"):
+        load_movielens(mixed)
+    missing = tmp_path / "nouser.csv"
+    missing.write_text("uid,item,rating\n1,1,4\n")
+    with pytest.raises(InputError, match=r"no user column: expected one of \['userId', 'user'\]"):
+        load_movielens(missing)

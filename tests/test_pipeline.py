@@ -1,5 +1,6 @@
 """The retrain pipeline end to end: subsampled tuning, full retrain, atomic save, fold-in, and the
 ml-latest-small check against the closed-form ridge fold-in."""
+import dataclasses
 import importlib
 import math
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import retrain
 import retrain.pipeline as pipeline
 from problems import BACKEND, planted_hyp, planted_problem, rel_err
 from retrain.data import Ratings, sample_users
@@ -22,7 +24,7 @@ ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-
 
 def _val_loss(model: Model, val: Ratings) -> float:
     """Weighted mean squared error of the model's table on ``val`` (users in the same order)."""
-    pred = model.predict(val.user_of_row(), val.items).double().numpy()
+    pred = model.predict_indices(val.user_of_row(), val.items).double().numpy()
     w = val.weights.astype(np.float64)
     return float((w * (pred - val.ratings) ** 2).sum() / w.sum())
 
@@ -49,7 +51,7 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "train_probes", spy_train_probes)
     path, journal = tmp_path / "model.safetensors", tmp_path / "tune.jsonl"
     result = retrain_user_embeddings(_pretrained(head, train), train, val, hyp, max_iters=24, n_starts=4,
-                                     backend=BACKEND, path=path, journal=journal)
+                                     backend=BACKEND, path=path, journal=journal, refit=False)
 
     # Tuning ran on the seeded half of the users, with the Glorot bound of the subsample.
     sub_train, sub_val, tune_hyp, kwargs = seen["tune"]
@@ -98,7 +100,8 @@ def test_ml_latest_small_pipeline_is_within_two_percent_of_the_best_ridge_fold_i
     # A few ALS sweeps are enough: both fold-ins below use the same frozen item side.
     model = pretrain(kept, "matrix_factorization_32", seed=0, iterations=4)
     train, val = held.split_per_user(0.2, seed=0)
-    result = retrain_user_embeddings(model, train, val, HyperParams(model="matrix_factorization_32", seed=0))
+    result = retrain_user_embeddings(model, train, val, HyperParams(model="matrix_factorization_32", seed=0),
+                                     refit=False)
 
     def rmse(emb):
         return math.sqrt(_val_loss(Model(model.head, emb, train.user_ids), val))
@@ -107,3 +110,38 @@ def test_ml_latest_small_pipeline_is_within_two_percent_of_the_best_ridge_fold_i
     pipeline_rmse = math.sqrt(result.val_loss)
     assert pipeline_rmse == pytest.approx(rmse(result.model.user_embeddings), rel=1e-5)
     assert pipeline_rmse <= 1.02 * best_ridge, (pipeline_rmse, best_ridge)
+
+
+def test_refit_trains_every_user_on_all_its_ratings_with_the_serving_recipe(tmp_path):
+    head, train, val = planted_problem(n_users=40)
+    hyp = planted_hyp(subsampling_factor=0.5, seed=1)
+    path = tmp_path / "bundle.safetensors"
+    result = retrain_user_embeddings(_pretrained(head, train), train, val, hyp, max_iters=8, n_starts=4,
+                                     backend=BACKEND, path=path)
+    assert result.refit and result.seen.nnz == train.nnz + val.nnz
+    # Oracle: the low-level fold-in of train + val with the returned recipe, user by user.
+    held = np.array([0, 7, 39])
+    emb = fold_in(head, train.union(val).select_users(held), result.hyp, result.epochs, backend="reference")
+    assert rel_err(emb, result.model.user_embeddings[held]) <= 1e-6
+    # The bundle carries the recipe: a served fold-in of the same users' ratings gives the same rows.
+    served = retrain.load(path)
+    assert served.recipe.epochs == result.epochs and served.recipe.hyp == result.hyp and served.recipe.refit
+    part = train.union(val).select_users(held)
+    folded = served.fold_in(part)
+    assert torch.equal(folded.embeddings, result.model.user_embeddings[held])
+    assert not folded.diverged.any() and folded.n_dropped == 0
+
+
+def test_all_diverged_tuning_is_refused(monkeypatch):
+    head, train, val = planted_problem(n_users=20)
+    real_tune = pipeline.tune
+
+    def all_diverged(*args, **kwargs):
+        result = real_tune(*args, **kwargs)
+        object.__setattr__(result, "all_diverged", True) if dataclasses.is_dataclass(result) else None
+        return result
+
+    monkeypatch.setattr(pipeline, "tune", all_diverged)
+    with pytest.raises(retrain.InputError, match="every one of the 4 tuning points diverged"):
+        retrain_user_embeddings(_pretrained(head, train), train, val, planted_hyp(), max_iters=4, n_starts=4,
+                                backend=BACKEND)

@@ -13,7 +13,7 @@ ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-
 
 
 def _rmse(model, test):
-    pred = model.predict(test.user_of_row(), test.items).numpy()
+    pred = model.predict_indices(test.user_of_row(), test.items).numpy()
     return float(np.sqrt(np.mean((pred - test.ratings) ** 2)))
 
 

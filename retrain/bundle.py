@@ -1,0 +1,268 @@
+"""One file that serves: the model, its original ids and its recipe, and ``retrain.load``.
+
+``RetrainResult.save(path)`` writes a model file (``retrain.heads``: head, user table, original
+user and item ids) whose metadata also holds the *recipe*, one JSON entry ``recipe`` with sorted
+keys: the tuned hyper-parameters (``num_users`` included: it sets the Glorot bound), the epoch
+count, the contract version, the rating range and whether the user table was refitted.  Two more
+tensors serve recommendations: ``seen.indptr [U + 1]`` / ``seen.items [nnz]`` (int64, the items
+each user was trained on, so they are not recommended back) and ``item_support [I]`` (int64,
+training ratings per item, for ``min_support``).  One atomic write, byte-reproducible.
+
+``load(path)`` returns a ``ServedModel``: ``fold_in``, ``add_users``, ``predict`` and
+``recommend`` speak original ids and take the recipe from the file, so it cannot be mismatched by
+hand.  An older model with a ``<model>.hyp.json`` beside it still loads (its recipe is read from
+there; it has no seen items or support).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .artifacts import hyp_path, read_hyp
+from .contract import CONTRACT_VERSION
+from .data import Ratings
+from .errors import InputError, check_int
+from .heads import Head, Model, model_from_tensors, read_model_file, save_file
+from .hyperparams import HyperParams
+from .ids import lookup
+from .serving import diverged_message, fold_in_rows, recommend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How every user of a model was trained, so that a new user is trained the same way.
+
+    ``hyp``: the hyper-parameters (``num_users``: the retrain's user count); ``epochs``: epochs
+    of training; ``rating_range``: ``(low, high)`` of the training ratings (predictions are
+    clipped to it) or None; ``val_loss``: the retrain's validation loss; ``refit``: whether the
+    user table was trained on train + validation ratings (``retrain_user_embeddings(refit=True)``).
+    """
+
+    hyp: HyperParams
+    epochs: int
+    rating_range: tuple[float, float] | None = None
+    val_loss: float | None = None
+    refit: bool = False
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs, 0)
+        if self.hyp.num_users is None:
+            raise InputError("a recipe's hyp.num_users must be set: it is the retrain's user count")
+        if self.rating_range is not None:
+            low, high = (float(x) for x in self.rating_range)
+            if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+                raise InputError(f"rating_range must be finite (low, high) with low <= high, got {self.rating_range}")
+            object.__setattr__(self, "rating_range", (low, high))
+
+    def to_json(self) -> str:
+        entry = dict(contract=CONTRACT_VERSION, hyperparams=self.hyp.to_dict(), epochs=self.epochs,
+                     rating_range=None if self.rating_range is None else list(self.rating_range),
+                     val_loss=self.val_loss, refit=self.refit)
+        return json.dumps(entry, sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def from_json(text: str, where: str) -> "Recipe":
+        try:
+            entry = json.loads(text)
+            rating_range = entry.get("rating_range")
+            return Recipe(HyperParams(**entry["hyperparams"]), entry["epochs"],
+                          None if rating_range is None else tuple(rating_range), entry.get("val_loss"),
+                          bool(entry.get("refit", False)))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, InputError) as exc:
+            raise InputError(f"{where}: the recipe in the file is malformed ({exc})") from None
+
+
+@dataclass
+class FoldInResult:
+    """What ``ServedModel.fold_in`` returns, row ``r`` for user ``user_ids[r]``.
+
+    ``embeddings [n, d]`` (float32); ``ratings``: the users' ratings on the model's items (those
+    used); ``dropped [n]`` (int64): ratings per user on items the model does not know (left out);
+    ``no_known_items [n]`` (bool): users left with no rating, who get their initial embedding;
+    ``diverged [n]`` (bool): users whose embedding is not finite (never served).
+    """
+
+    user_ids: np.ndarray
+    embeddings: torch.Tensor
+    ratings: Ratings
+    dropped: np.ndarray
+    no_known_items: np.ndarray
+    diverged: np.ndarray
+
+    @property
+    def n_dropped(self) -> int:
+        """Ratings on unknown items, left out."""
+        return int(self.dropped.sum())
+
+
+@dataclass
+class Recommendations:
+    """Top-k lists: ``item_ids [n, k]`` (original ids), ``scores [n, k]`` (float32, best first) and
+    ``counts [n]``: how many entries of each row are real (fewer than ``k`` items were left)."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    scores: np.ndarray
+    counts: np.ndarray
+
+
+class ServedModel:
+    """A model with its recipe: fold in, add, predict and recommend in original ids.
+
+    ``model``: the ``Model`` (head, user table, ids); ``recipe``: a ``Recipe``; ``seen``: the
+    ratings each user of the table was trained on (indexed as ``model``'s users and items) or
+    None; ``item_support [n_items]``: training ratings per item, or None.
+    """
+
+    def __init__(self, model: Model, recipe: Recipe, seen: Ratings | None = None, item_support=None):
+        if recipe.hyp.model != model.head.name:
+            raise InputError(f"the recipe is for model {recipe.hyp.model!r} but the head is {model.head.name!r}")
+        if seen is not None and (seen.n_users != model.n_users or seen.n_items != model.head.n_items):
+            raise InputError(f"seen ratings describe {seen.n_users} users and {seen.n_items} items, the model "
+                             f"{model.n_users} and {model.head.n_items}")
+        self.model, self.recipe, self.seen = model, recipe, seen
+        self.item_support = None if item_support is None else np.asarray(item_support, dtype=np.int64)
+
+    @property
+    def head(self) -> Head:
+        return self.model.head
+
+    def __repr__(self) -> str:
+        return (f"ServedModel({self.head.name}, {self.model.n_users} users, {self.head.n_items} items, "
+                f"{self.recipe.epochs} epochs)")
+
+    # ----------------------------------------------------------------- new users
+    def fold_in(self, ratings, *, solver: str = "train", backend="auto") -> FoldInResult:
+        """Train embeddings for the users of ``ratings`` (a DataFrame as ``Ratings.from_pandas``
+        reads it, or ``Ratings`` with original ids) with the model's recipe.
+
+        Ratings on items the model does not know are dropped and counted; users left without
+        ratings get their initial embedding and are flagged.  A batch flags diverged users
+        (``diverged``); for a single user a divergence is an InputError.
+        """
+        if not isinstance(ratings, Ratings) and not hasattr(ratings, "columns"):
+            raise InputError(f"ratings must be a retrain.Ratings or a pandas DataFrame, got {type(ratings).__name__}")
+        raw = ratings if isinstance(ratings, Ratings) else Ratings.from_pandas(ratings)
+        _, found = raw.known_items(self.head.item_ids)
+        dropped = np.bincount(raw.user_of_row()[~found], minlength=raw.n_users).astype(np.int64)
+        if dropped.any():
+            log.info("fold-in: dropped %d ratings on items the model does not know", int(dropped.sum()))
+        known = raw.with_items(self.head.item_ids, drop_unknown=True)
+        emb = fold_in_rows(self.head, known, self.recipe.hyp, self.recipe.epochs, backend=backend, solver=solver)
+        diverged = ~torch.isfinite(emb).all(1).numpy()
+        if diverged.any() and known.n_users == 1:
+            raise InputError(diverged_message(known.user_ids, 1, self.recipe.hyp))
+        return FoldInResult(known.user_ids, emb, known, dropped, known.counts == 0, diverged)
+
+    def add_users(self, ratings_or_result, **fold_in_options) -> FoldInResult:
+        """Fold in users (as ``fold_in``, or a ``FoldInResult`` already computed) and put them in the
+        user table: a new id is appended, a known id's row and seen items are replaced.  Diverged
+        users are an InputError (nothing is added)."""
+        result = (ratings_or_result if isinstance(ratings_or_result, FoldInResult)
+                  else self.fold_in(ratings_or_result, **fold_in_options))
+        if result.diverged.any():
+            raise InputError(diverged_message(result.user_ids[result.diverged], len(result.user_ids),
+                                              self.recipe.hyp) + ": not added")
+        index, found = lookup(self.model.user_ids, result.user_ids)
+        table = self.model.user_embeddings.clone()
+        table[torch.from_numpy(index[found])] = result.embeddings[torch.from_numpy(found)]
+        user_ids = np.concatenate([self.model.user_ids, result.user_ids[~found]])
+        table = torch.cat([table, result.embeddings[torch.from_numpy(~found)]])
+        if self.seen is not None:
+            self.seen = _replace_seen(self.seen, result.ratings, index, found, user_ids)
+        self.model = Model(self.head, table, user_ids)
+        return result
+
+    # ----------------------------------------------------------------- serving
+    def predict(self, user_ids, item_ids, *, clip: bool = True) -> np.ndarray:
+        """Predicted ratings (float32 ``[n]``) for equal-length original ``user_ids`` and ``item_ids``,
+        clipped to the recipe's rating range when ``clip``; InputError naming an unknown id."""
+        pred = self.model.predict(user_ids, item_ids).numpy()
+        if clip and self.recipe.rating_range is not None:
+            pred = np.clip(pred, *self.recipe.rating_range).astype(np.float32)
+        return pred
+
+    def recommend(self, user_ids, k: int = 10, *, exclude_seen: bool = True, min_support: int = 0,
+                  backend="auto") -> Recommendations:
+        """Top-``k`` items for original ``user_ids``: the items each user was trained on are left
+        out when ``exclude_seen`` (and the model knows them), and items with fewer than
+        ``min_support`` training ratings (when the model knows the support)."""
+        min_support = check_int("min_support", min_support, 0)
+        rows = self.model.user_index(user_ids)
+        exclude = None
+        if min_support > 0:
+            if self.item_support is None:
+                raise InputError("min_support needs the item support, which this model file does not hold")
+            exclude = self.item_support < min_support
+        seen = self.seen.select_users(rows) if exclude_seen and self.seen is not None else None
+        k = min(check_int("k", k, 1), self.head.n_items)
+        items, scores = recommend(self.head, self.model.user_embeddings[torch.from_numpy(rows)], k,
+                                  exclude_seen=seen, exclude_items=exclude, backend=backend)
+        scores = scores.numpy()
+        return Recommendations(self.model.user_ids[rows], self.head.item_ids[items.numpy()], scores,
+                               np.isfinite(scores).sum(1))
+
+    # ----------------------------------------------------------------- files
+    def save(self, path) -> None:
+        """Write the bundle (module docstring) in one atomic, byte-reproducible write."""
+        save_bundle(path, self.model, self.recipe, self.seen, self.item_support)
+
+
+def _replace_seen(seen: Ratings, new: Ratings, index: np.ndarray, found: np.ndarray, user_ids: np.ndarray) -> Ratings:
+    """``seen`` with the rows of re-added users replaced by ``new``'s and new users appended."""
+    new_row = np.where(found, index, seen.n_users + np.cumsum(~found) - 1)  # table row of each new user
+    keep = ~np.isin(seen.user_of_row(), index[found])
+    users = np.concatenate([seen.user_of_row()[keep], new_row[new.user_of_row()]])
+    return Ratings.from_coo(users, np.concatenate([seen.items[keep], new.items]),
+                            np.concatenate([seen.ratings[keep], new.ratings]),
+                            np.concatenate([seen.weights[keep], new.weights]), n_users=len(user_ids),
+                            n_items=seen.n_items, user_ids=user_ids, item_ids=seen.item_ids)
+
+
+def save_bundle(path, model: Model, recipe: Recipe, seen: Ratings | None = None, item_support=None) -> None:
+    """Write ``model`` with its recipe (and the seen items and item support when given) to ``path``."""
+    extra = {}
+    if seen is not None:
+        extra["seen.indptr"], extra["seen.items"] = seen.indptr, seen.items
+    if item_support is not None:
+        extra["item_support"] = np.asarray(item_support, dtype=np.int64)
+    save_file(path, head=model.head, user_embeddings=model.user_embeddings, user_ids=model.user_ids,
+              extra_tensors=extra, extra_metadata={"recipe": recipe.to_json()})
+
+
+def load(path) -> ServedModel:
+    """The ``ServedModel`` of a file written by ``RetrainResult.save`` (or ``python -m retrain
+    run``), or of an older model with its ``<model>.hyp.json``.  InputError naming the file when
+    it is no model, has no recipe, or lacks a tensor."""
+    path = os.fspath(path)
+    head, tensors, metadata = read_model_file(path)
+    model = model_from_tensors(path, head, tensors)
+    if "recipe" in metadata:
+        recipe = Recipe.from_json(metadata["recipe"], path)
+    elif os.path.isfile(hyp_path(path)):
+        hyp, epochs = read_hyp(hyp_path(path))
+        log.info("%s has no recipe inside: using %s (an older model + .hyp.json pair)", path, hyp_path(path))
+        recipe = Recipe(hyp, epochs)
+    else:
+        raise InputError(f"{path} holds no recipe (hyper-parameters and epochs): it was not written by "
+                         "RetrainResult.save or 'run' (a pretrained model?), and there is no "
+                         f"{hyp_path(path).name} beside it")
+    seen = None
+    if "seen.indptr" in tensors and "seen.items" in tensors:
+        indptr, items = np.array(tensors["seen.indptr"]), np.array(tensors["seen.items"])
+        if len(indptr) != model.n_users + 1 or indptr[-1] != len(items):
+            raise InputError(f"{path}: seen.indptr / seen.items do not describe {model.n_users} users")
+        seen = Ratings.from_coo(np.repeat(np.arange(model.n_users), np.diff(indptr)), items, np.zeros(len(items)),
+                                n_users=model.n_users, n_items=head.n_items, user_ids=model.user_ids,
+                                item_ids=head.item_ids)
+    support = tensors.get("item_support")
+    if support is not None and support.shape != (head.n_items,):
+        raise InputError(f"{path}: item_support must be [n_items={head.n_items}], got {support.shape}")
+    return ServedModel(model, recipe, seen, support)

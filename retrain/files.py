@@ -1,0 +1,158 @@
+"""Files as retrain writes them: atomic, byte-reproducible safetensors, honouring the umask.
+
+* ``atomic_write_bytes``: a reader sees the old file or the new one, never a part.  The bytes go
+  to ``.tmp-<pid>-<random>-<name>`` beside the target, are fsynced and renamed over it.  A process
+  killed in between leaves its temporary file behind; the next write to the same target removes
+  those of processes that no longer run (on this machine).  The new file gets the mode of the
+  file it replaces, else ``0o666`` less the umask (as ``open`` would give), not mkstemp's 0600.
+* ``safetensors_bytes``: the safetensors format (an 8-byte little-endian header length, a JSON
+  header, the raw little-endian tensor bytes) with the header written deterministically (sorted
+  keys, tensors in name order, no whitespace), so equal content gives equal bytes.
+* ``read_safetensors``: tensors (numpy) and metadata of a safetensors file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import tempfile
+
+import numpy as np
+
+from .errors import InputError
+
+_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int64): "I64",
+           np.dtype(np.int32): "I32", np.dtype(np.uint64): "U64", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
+_TMP_PREFIX = ".tmp-"
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
+    """The safetensors file of ``tensors`` (name -> numpy array or CPU torch tensor) and
+    ``metadata`` (str -> str), byte-for-byte the same for the same content."""
+    header, chunks, offset = {}, [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(_numpy(tensors[name]))
+        if array.dtype not in _DTYPES:
+            raise TypeError(f"tensor {name!r}: dtype {array.dtype} is not stored by retrain")
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _DTYPES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to a multiple of 8 bytes
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file; InputError when it is missing or not one."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"model file not found: {path}")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise InputError(f"{path}: not a safetensors file ({exc})") from None
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    name = os.path.basename(path)
+    remove_stale_temporaries(directory, name)
+    mode = _mode_for(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{_TMP_PREFIX}{os.getpid()}-", suffix=f"-{name}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def remove_stale_temporaries(directory: str, name: str) -> list[str]:
+    """Remove ``.tmp-<pid>-*-<name>`` files in ``directory`` whose process no longer runs; returns them."""
+    pattern = re.compile(rf"^{re.escape(_TMP_PREFIX)}(\d+)-.+-{re.escape(name)}$")
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry)
+        if match and not _process_runs(int(match.group(1))):
+            try:
+                os.unlink(os.path.join(directory, entry))
+                removed.append(entry)
+            except FileNotFoundError:  # another writer removed it first
+                pass
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # a thread of ours may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+def _mode_for(path: str) -> int:
+    """The permission bits of the file being replaced, else ``0o666`` less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so that nothing changes it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path, what: str) -> None:
+    """InputError unless a file could be written at ``path`` (its folder exists or can be created,
+    and is writable; ``path`` is not a folder).  Lets a long run fail before it starts."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path} is a folder, expected a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    existing = directory
+    while not os.path.exists(existing):  # the folders that makedirs would create
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{what} {path} cannot be written: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path} cannot be written (no write permission in {existing})")

@@ -1,0 +1,168 @@
+"""Original user and item ids, kept exact: integers of any width, or strings.
+
+An id column is one of
+
+* integers: int64, or uint64 when some id is at least ``2**63`` (then none may be negative);
+  integral floats up to ``2**53`` (a pandas column that met a NaN once) are accepted as integers;
+* strings (numpy ``str_``).
+
+Anything else (a float id like ``1.5``, NaN, None, a bool, integers mixed with strings, an integer
+that fits neither int64 nor uint64) is an InputError naming the column and the row.  Ids are never
+cast blindly: ``1.5`` would merge into user 1, NaN would become ``INT64_MIN`` and a uint64 above
+``2**63`` would wrap negative.
+
+``lookup`` finds ids of one column in another (a model's), whatever their integer widths;
+``encode`` / ``decode`` store a column in safetensors tensors (strings as UTF-8 bytes and offsets).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import InputError
+
+_INT64_MAX = np.iinfo(np.int64).max
+_FLOAT_EXACT = 2.0**53  # every integer up to here is exact in float64
+
+
+def exact_ids(values, name: str) -> np.ndarray:
+    """``values`` (numpy, pandas, torch or a sequence) as an exact id column: int64, uint64 or str.
+
+    Raises InputError naming ``name`` and the first bad row.
+    """
+    if hasattr(values, "detach"):  # torch.Tensor
+        values = values.detach().cpu().numpy()
+    elif hasattr(values, "to_numpy"):  # pandas Series (nullable dtypes give objects with pd.NA)
+        values = values.to_numpy()
+    ids = np.asarray(values)
+    if ids.ndim != 1:
+        raise InputError(f"{name} must be one-dimensional, got shape {ids.shape}")
+    kind = ids.dtype.kind
+    if kind == "i":
+        return ids.astype(np.int64, copy=False)  # no copy: a model's own ids stay the same object
+    if kind == "u":
+        return ids.astype(np.int64) if ids.size == 0 or ids.max() <= _INT64_MAX else ids.astype(np.uint64, copy=False)
+    if kind == "U":
+        return ids
+    if kind == "S":
+        return _strings([_decode(x, name, row) for row, x in enumerate(ids)], name)
+    if kind == "f":
+        return _integral_floats(ids, name)
+    if kind == "O":
+        return _objects(ids, name)
+    row = 0 if ids.size else None
+    raise InputError(f"{name} must be integers or strings, got {ids.dtype} values"
+                     + (f" (row {row} has {ids[row]!r})" if row is not None else ""))
+
+
+def _integral_floats(ids: np.ndarray, name: str) -> np.ndarray:
+    bad = ~np.isfinite(ids) | (ids != np.round(ids)) | (np.abs(ids) > _FLOAT_EXACT)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(f"{name} must be integers or strings: row {row} has {ids[row].item()!r} "
+                         "(a float id that is not an exact integer)")
+    return ids.astype(np.int64)
+
+
+def _decode(value: bytes, name: str, row: int) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: row {row} is not UTF-8 text ({value[:20]!r})") from None
+
+
+def _objects(ids: np.ndarray, name: str) -> np.ndarray:
+    """An object column: all Python/numpy integers, or all strings."""
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    first = ids[0]
+    want_str = isinstance(first, str)
+    for row, x in enumerate(ids):
+        is_int = isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+        if want_str and not isinstance(x, str) or not want_str and not is_int:
+            expected = "strings like row 0" if want_str else "integers like row 0"
+            raise InputError(f"{name} must be all integers or all strings: row {row} has {x!r} "
+                             f"({type(x).__name__}), expected {expected} ({first!r})")
+    if want_str:
+        return _strings(list(ids), name)
+    as_int = [int(x) for x in ids]
+    low, high = min(as_int), max(as_int)
+    if low >= -(2**63) and high <= _INT64_MAX:
+        return np.asarray(as_int, dtype=np.int64)
+    if low >= 0 and high < 2**64:
+        return np.asarray(as_int, dtype=np.uint64)
+    too_big = [x < -(2**63) or x >= 2**64 for x in as_int]
+    if not any(too_big):  # both negatives and ids >= 2**63: blame the first big one
+        too_big = [x > _INT64_MAX for x in as_int]
+    row = int(np.argmax(too_big))
+    raise InputError(f"{name}: row {row} has {as_int[row]}, which int64 and uint64 ids cannot hold "
+                     f"together with the other ids (in [{low}, {high}])")
+
+
+def _strings(values: list, name: str) -> np.ndarray:
+    return np.asarray(values, dtype=str) if values else np.zeros(0, dtype="<U1")
+
+
+def kind(ids: np.ndarray) -> str:
+    """``"str"`` or ``"int"``."""
+    return "str" if ids.dtype.kind == "U" else "int"
+
+
+def lookup(known: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``query`` ids in the id column ``known``: ``(index int64 [n], found bool [n])``.
+
+    ``index`` is meaningful where ``found``.  Integer columns of different widths compare by value
+    (a uint64 above ``2**63`` matches nothing in an int64 column); strings never match integers.
+    The first occurrence wins when ``known`` repeats an id.
+    """
+    index = np.zeros(len(query), np.int64)
+    if len(known) == 0 or len(query) == 0 or kind(known) != kind(query):
+        return index, np.zeros(len(query), dtype=bool)
+    known, query, valid = _comparable(known, query)
+    order = np.argsort(known, kind="stable")
+    pos = np.minimum(np.searchsorted(known[order], query), len(known) - 1)
+    found = valid & (known[order][pos] == query)
+    index[found] = order[pos][found]
+    return index, found
+
+
+def _comparable(known: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both integer columns in one dtype (numpy would compare int64 with uint64 as float64)."""
+    valid = np.ones(len(query), dtype=bool)
+    if known.dtype == query.dtype:
+        return known, query, valid
+    if kind(known) == "str":
+        return known, query.astype(str), valid
+    if query.dtype == np.uint64:  # known is int64: big query ids cannot be there
+        valid = query <= np.uint64(_INT64_MAX)
+        return known, np.where(valid, query, 0).astype(np.int64), valid
+    # known is uint64 and query int64: negative query ids cannot be there
+    valid = query >= 0
+    return known, np.where(valid, query, 0).astype(np.uint64), valid
+
+
+def encode(ids: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """Tensors that store an id column in a file: ``{name: int64 | uint64 [n]}`` for integers,
+    ``{name + ".utf8": uint8 [bytes], name + ".offsets": int64 [n + 1]}`` for strings."""
+    if kind(ids) == "int":
+        return {name: np.ascontiguousarray(ids)}
+    blobs = [x.encode("utf-8") for x in ids.tolist()]
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs], dtype=np.int64)]).astype(np.int64)
+    return {f"{name}.utf8": np.frombuffer(b"".join(blobs), dtype=np.uint8).copy(), f"{name}.offsets": offsets}
+
+
+def decode(tensors: dict, name: str) -> np.ndarray | None:
+    """The id column ``encode`` stored under ``name`` (None when the file has none)."""
+    if name in tensors:
+        return exact_ids(np.asarray(tensors[name]), name)
+    if f"{name}.utf8" not in tensors or f"{name}.offsets" not in tensors:
+        return None
+    data = np.asarray(tensors[f"{name}.utf8"], dtype=np.uint8).tobytes()
+    offsets = np.asarray(tensors[f"{name}.offsets"], dtype=np.int64)
+    return _strings([data[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])], name)
+
+
+def format_id(value) -> str:
+    """An id as text (CSV files, messages)."""
+    return str(value.item() if hasattr(value, "item") else value)

@@ -1,0 +1,270 @@
+"""Bad inputs and faults for ids, data values, serving and files (issue 12, classes 1 and 3).
+
+Each case is a row of a table: what is called, the error type, and what the message must name.
+CLI cases also check the exit status and that no file in the folder was written or changed.
+"""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import retrain
+from problems import random_head
+from retrain import InputError, Ratings
+from retrain.bundle import Recipe, ServedModel
+from retrain.cli import main
+from retrain.files import atomic_write_bytes, read_safetensors, remove_stale_temporaries
+from retrain.heads import Head, Model
+from retrain.hyperparams import HyperParams
+from retrain.movielens import load_movielens
+from retrain.serving import fold_in, recommend
+from retrain.trainer import train_embeddings
+
+HYP = HyperParams(model="matrix_factorization_4", learning_rate=0.05, regularization=1e-3, batch_size=4, num_users=9)
+
+
+@pytest.fixture(scope="module")
+def served():
+    head = dataclasses.replace(random_head("mf", n_items=12, d=4, seed=3), item_ids=np.arange(12) + 100)
+    ratings = Ratings.from_coo(np.repeat(np.arange(9), 4), np.arange(36) % 12, np.arange(36) % 5 + 1.0,
+                               n_users=9, n_items=12, user_ids=np.arange(9) + 10, item_ids=head.item_ids)
+    emb = train_embeddings(head, ratings, HYP, 4)
+    return ServedModel(Model(head, emb, ratings.user_ids), Recipe(HYP, 4, (1.0, 5.0)), ratings,
+                       np.bincount(ratings.items, minlength=12))
+
+
+def _csv(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def _nan_row(model):
+    emb = model.user_embeddings.clone()
+    emb[1] = float("nan")
+    return emb
+
+
+def _without(tmp_path, served, tensor):
+    served.save(tmp_path / "m.safetensors")
+    tensors, metadata = read_safetensors(tmp_path / "m.safetensors")
+    from safetensors.numpy import save_file
+    save_file({k: v for k, v in tensors.items() if k != tensor}, str(tmp_path / "m.safetensors"), metadata=metadata)
+    return tmp_path / "m.safetensors"
+
+
+def _bad_recipe(tmp_path, served):
+    served.save(tmp_path / "m.safetensors")
+    tensors, metadata = read_safetensors(tmp_path / "m.safetensors")
+    from safetensors.numpy import save_file
+    save_file(tensors, str(tmp_path / "m.safetensors"), metadata={**metadata, "recipe": "{not json"})
+    return tmp_path / "m.safetensors"
+
+
+# name: (call(tmp_path, served), error type, regex the message must match)
+API_CASES = {
+    # ids
+    "float user id": (lambda t, s: Ratings.from_ids([1, 1.5], [1, 2], [3, 4]), InputError, r"user_ids .* row 1 has 1.5"),
+    "NaN item id": (lambda t, s: Ratings.from_ids([1, 2], [1, np.nan], [3, 4]), InputError, r"item_ids .* row 1 has nan"),
+    "None user id": (lambda t, s: Ratings.from_ids(np.array([None, 1], dtype=object), [1, 2], [3, 4]), InputError,
+                     r"user_ids .* row 0 has None"),
+    "mixed int and str ids": (lambda t, s: Ratings.from_ids(np.array([1, "b"], dtype=object), [1, 2], [3, 4]),
+                              InputError, r"all integers or all strings: row 1 has 'b'"),
+    "id beyond uint64": (lambda t, s: Ratings.from_ids(np.array([2**64], dtype=object), [1], [3]), InputError,
+                         r"row 0 has 18446744073709551616"),
+    "negative and huge ids together": (lambda t, s: Ratings.from_ids(np.array([-1, 2**63], dtype=object), [1, 2],
+                                                                     [3, 4]), InputError, r"row 1 has 9223372036854775808"),
+    "bool ids": (lambda t, s: Ratings.from_ids(np.array([True, False]), [1, 2], [3, 4]), InputError, r"bool"),
+    "float id in a head": (lambda t, s: Head.user_item_biases([0.1, 0.2], 3.0, item_ids=[1, 2.5]), InputError,
+                           r"item_ids .* row 1 has 2.5"),
+    "uint64 index above int64": (lambda t, s: Ratings.from_coo(np.array([2**63], dtype=np.uint64), [0], [1.0]),
+                                 InputError, r"user index out of range: row 0"),
+    # values
+    "rating beyond float32": (lambda t, s: Ratings.from_ids([1, 2], [1, 2], [3, 1e39]), InputError,
+                              r"rating must be finite: row 1 .*float32"),
+    "weight beyond float32": (lambda t, s: Ratings.from_ids([1, 2], [1, 2], [3, 4], [1, -1e39]), InputError,
+                              r"weight must be finite: row 1"),
+    # columns
+    "frame without user column": (lambda t, s: Ratings.from_pandas(pytest.importorskip("pandas").DataFrame(
+        {"uid": [1], "movieId": [2], "rating": [3.0]})), InputError, r"no user column: expected one of"),
+    "frame naming a missing column": (lambda t, s: Ratings.from_pandas(pytest.importorskip("pandas").DataFrame(
+        {"userId": [1], "movieId": [2], "rating": [3.0]}), weight="w"), InputError, r"column 'w' not in the frame"),
+    "CSV id mixing ints and text": (lambda t, s: load_movielens(_csv(t, "r.csv", """
+        userId,movieId,rating
+        1,10,4
+        2,ten,3
+        """)), InputError, r"r.csv:3: malformed id: column 'movieId' has 'ten'"),
+    "CSV float user id": (lambda t, s: load_movielens(_csv(t, "r.csv", """
+        user,item,rating
+        1,10,4
+        1.5,11,3
+        """)), InputError, r"r.csv:3: malformed id: column 'user' has '1.5'"),
+    "CSV without item column": (lambda t, s: load_movielens(_csv(t, "r.csv", "userId,film,rating\n1,2,3\n")),
+                                InputError, r"r.csv has no item column"),
+    "CSV bad rating": (lambda t, s: load_movielens(_csv(t, "r.csv", "userId,movieId,rating\n1,2,x\n")), InputError,
+                       r"r.csv:2: malformed rating 'x'"),
+    "CSV rating beyond float32": (lambda t, s: load_movielens(_csv(t, "r.csv", "1,2,1e39\n")), InputError,
+                                  r"r.csv: rating must be finite: row 0"),
+    "CSV short line": (lambda t, s: load_movielens(_csv(t, "u.data", "1\t2\t3\n4\t5\n")), InputError,
+                       r"u.data:2: malformed line: 2 fields"),
+    # serving
+    "predict unknown user id": (lambda t, s: s.predict([999], [100]), InputError, r"user id '999'"),
+    "predict unknown item id": (lambda t, s: s.predict([10], [5]), InputError, r"item id '5'"),
+    "predict a row index as an id": (lambda t, s: s.model.predict([0], [100]), InputError, r"user id '0'"),
+    "predict with string ids on an int model": (lambda t, s: s.predict(["10"], [100]), InputError, r"user id '10'"),
+    "recommend unknown user": (lambda t, s: s.recommend([3]), InputError, r"user id '3'"),
+    "recommend negative min_support": (lambda t, s: s.recommend([10], min_support=-1), InputError, r"min_support"),
+    "recommend a NaN embedding": (lambda t, s: recommend(s.head, _nan_row(s.model), 3), InputError,
+                                  r"embeddings row 1 is not finite"),
+    "single-user fold-in diverges": (lambda t, s: ServedModel(s.model, Recipe(HYP.replace(
+        learning_rate=1e30, optimizer="sgd"), 4)).fold_in(s.seen.select_users([2])), InputError,
+        r"diverged for 1 of 1 users \(user ids 12\)"),
+    "low-level fold-in diverges": (lambda t, s: fold_in(s.head, s.seen, HYP.replace(learning_rate=1e30,
+                                                                                   optimizer="sgd"), 4),
+                                   InputError, r"diverged for 9 of 9 users"),
+    "fold-in of a non-model": (lambda t, s: fold_in("model.safetensors", s.seen, HYP, 1), InputError,
+                               r"expected a retrain Model or a Head, got str"),
+    "fold-in of a dict": (lambda t, s: s.fold_in({"userId": [1]}), InputError, r"Ratings or a pandas DataFrame"),
+    "recipe for another model": (lambda t, s: ServedModel(s.model, Recipe(HYP.replace(model="user_item_biases"), 1)),
+                                 InputError, r"recipe is for model 'user_item_biases'"),
+    "recipe without num_users": (lambda t, s: Recipe(HYP.replace(num_users=None), 1), InputError, r"num_users"),
+    "recipe with a bad rating range": (lambda t, s: Recipe(HYP, 1, (5.0, 1.0)), InputError, r"rating_range"),
+    # files
+    "load a missing file": (lambda t, s: retrain.load(t / "nope.safetensors"), InputError, r"not found"),
+    "load a non-safetensors file": (lambda t, s: retrain.load(_csv(t, "x.safetensors", "hello")), InputError,
+                                    r"x.safetensors: not a safetensors file"),
+    "load a file missing user_embeddings": (lambda t, s: retrain.load(_without(t, s, "user_embeddings")),
+                                            InputError, r"no user_embeddings"),
+    "load a file missing a tower-less tensor": (lambda t, s: retrain.load(_without(t, s, "item_vectors")),
+                                                InputError, r"lacks the tensor\(s\) \['item_vectors'\]"),
+    "load a file missing item ids": (lambda t, s: retrain.load(_without(t, s, "item_ids")), InputError,
+                                     r"lacks the tensor\(s\) \['item_ids'\]"),
+    "load a malformed recipe": (lambda t, s: retrain.load(_bad_recipe(t, s)), InputError, r"recipe .* malformed"),
+    "load a model without a recipe": (lambda t, s: (s.model.save(t / "m.safetensors"),
+                                                    retrain.load(t / "m.safetensors")), InputError,
+                                      r"holds no recipe"),
+    "save over a folder": (lambda t, s: s.save(t), IsADirectoryError, r"Is a directory"),
+}
+
+
+@pytest.mark.parametrize("case", API_CASES)
+def test_bad_input_through_the_api(case, tmp_path, served):
+    call, error, message = API_CASES[case]
+    with pytest.raises(error, match=message):
+        call(tmp_path, served)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+# ----------------------------------------------------------------------------- the command line
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, served):
+    tmp = tmp_path_factory.mktemp("cli")
+    served.save(tmp / "bundle.safetensors")
+    served.model.save(tmp / "no_recipe.safetensors")
+    (tmp / "float_id.csv").write_text("userId,movieId,rating\n1,100,4\n1.5,101,3\n")
+    (tmp / "good.csv").write_text("userId,movieId,rating\n1,100,4\n1,101,3\n2,102,5\n")
+    (tmp / "big_rating.csv").write_text("userId,movieId,rating\n1,100,1e39\n")
+    (tmp / "folder").mkdir()
+    (tmp / "readonly").mkdir(mode=0o555)
+    return tmp
+
+
+def _snapshot(folder):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
+# name: (arguments given the folder, exit status, what the one error line names)
+CLI_CASES = {
+    "fold-in diverges": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings", t / "good.csv",
+                                    "--lr", "1e30", "--out", t / "emb.safetensors"], 2, "diverged for 2 of 2 users"),
+    "fold-in float id": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings", t / "float_id.csv",
+                                    "--out", t / "emb.safetensors"], 2, "float_id.csv:3: malformed id"),
+    "fold-in rating beyond float32": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
+                                                 t / "big_rating.csv", "--out", t / "emb.safetensors"], 2,
+                                      "rating must be finite"),
+    "fold-in model without recipe": (lambda t: ["fold-in", "--model", t / "no_recipe.safetensors", "--ratings",
+                                                t / "good.csv", "--out", t / "emb.safetensors"], 2, "holds no recipe"),
+    "fold-in out is a folder": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
+                                           t / "good.csv", "--out", t / "folder"], 2, "folder"),
+    "run out is a folder": (lambda t: ["run", "--model", t / "bundle.safetensors", "--users", 40, "--out",
+                                       t / "folder"], 2, "--out"),
+    "run out under a file": (lambda t: ["run", "--model", t / "bundle.safetensors", "--users", 40, "--out",
+                                        t / "good.csv" / "m.safetensors"], 2, "good.csv is not a folder"),
+    "run out unwritable": (lambda t: ["run", "--model", t / "bundle.safetensors", "--users", 40, "--out",
+                                      t / "readonly" / "m.safetensors"], 2, "cannot be written"),
+}
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_bad_input_through_the_cli_writes_nothing(case, cli_files, capsys):
+    if case == "run out unwritable" and os.geteuid() == 0:
+        pytest.skip("root may write into a read-only folder")
+    args, status, names = CLI_CASES[case]
+    before = _snapshot(cli_files)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args(cli_files)] + ["--quiet"])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == status and len(err) == 1 and "error:" in err[0] and names in err[0], err
+    assert _snapshot(cli_files) == before
+
+
+# ----------------------------------------------------------------------------- files
+KILL_DURING_WRITE = textwrap.dedent("""
+    import os, signal, sys
+    import retrain.files as files
+    files.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # die between write and rename
+    files.atomic_write_bytes(sys.argv[1], b"new")
+""")
+
+
+def test_a_kill_inside_the_atomic_write_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old")
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_WRITE, str(target)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    left = [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    assert len(left) == 1 and target.read_bytes() == b"old"  # readers still see the old file
+    atomic_write_bytes(target, b"newer")
+    assert os.listdir(tmp_path) == ["model.safetensors"] and target.read_bytes() == b"newer"
+
+
+def test_temporaries_of_running_processes_and_other_files_are_kept(tmp_path):
+    mine = tmp_path / f".tmp-{os.getpid()}-abc-model.safetensors"
+    other_target = tmp_path / ".tmp-999999999-abc-other.safetensors"
+    for path in (mine, other_target):
+        path.write_bytes(b"x")
+    assert remove_stale_temporaries(str(tmp_path), "model.safetensors") == []
+    assert mine.exists() and other_target.exists()
+
+
+def test_new_files_honour_the_umask_and_replaced_files_keep_their_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "new.bin", b"1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+    (tmp_path / "kept.bin").write_bytes(b"0")
+    os.chmod(tmp_path / "kept.bin", 0o604)
+    atomic_write_bytes(tmp_path / "kept.bin", b"1")
+    assert (tmp_path / "kept.bin").stat().st_mode & 0o777 == 0o604
+
+
+def test_run_checks_out_before_tuning(tmp_path, monkeypatch, capsys):
+    import retrain.cli as cli
+
+    called = []
+    monkeypatch.setattr(cli, "run_pipeline", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(cli.Model, "load", staticmethod(lambda path: called.append(2)))
+    code = main(["run", "--model", str(tmp_path / "m.safetensors"), "--out", str(tmp_path), "--quiet"])
+    assert code == 2 and called == [] and "--out" in capsys.readouterr().err

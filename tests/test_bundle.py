@@ -1,0 +1,186 @@
+"""The one-file model (``RetrainResult.save`` / ``retrain.load``): what it holds, and serving in original ids."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import retrain
+from problems import BACKEND, random_head
+from retrain import InputError, Ratings
+from retrain.bundle import Recipe, ServedModel
+from retrain.heads import Model
+from retrain.hyperparams import HyperParams
+from retrain.serving import fold_in
+from retrain.trainer import train_embeddings
+
+HYP = HyperParams(model="matrix_factorization_4", learning_rate=0.05, regularization=1e-3, batch_size=4,
+                  num_users=30)
+EPOCHS = 6
+
+
+def _served(user_ids, item_ids, seed=0) -> tuple[ServedModel, Ratings]:
+    """A served model whose user table is the recipe's training of random ratings, with the
+    given original ids; returns it and those ratings."""
+    rng = np.random.default_rng(seed)
+    head = dataclasses.replace(random_head("mf", n_items=len(item_ids), d=4, seed=seed), item_ids=item_ids)
+    n = len(user_ids)
+    users = np.repeat(np.arange(n), 6)
+    items = np.concatenate([rng.choice(len(item_ids), 6, replace=False) for _ in range(n)])
+    ratings = Ratings.from_coo(users, items, rng.integers(1, 6, len(users)), n_users=n, n_items=len(item_ids),
+                               user_ids=user_ids, item_ids=item_ids)
+    emb = train_embeddings(head, ratings, HYP, EPOCHS, backend=BACKEND)
+    support = np.bincount(ratings.items, minlength=len(item_ids))
+    return ServedModel(Model(head, emb, ratings.user_ids), Recipe(HYP, EPOCHS, (1.0, 5.0), 0.9, True), ratings,
+                       support), ratings
+
+
+ID_KINDS = {
+    "int64": (1000 + 7 * np.arange(8), np.arange(20) * 3),
+    "uint64": (np.array([2**63 + i for i in range(8)], dtype=np.uint64), np.arange(20, dtype=np.uint64) + np.uint64(2**64 - 30)),
+    "str": (np.array([f"user-{i}" for i in range(8)]), np.array([f"film {i} é" for i in range(20)])),
+}
+
+
+@pytest.mark.parametrize("kind", ID_KINDS)
+def test_save_load_roundtrip_keeps_ids_recipe_and_bytes(tmp_path, kind):
+    served, ratings = _served(*ID_KINDS[kind])
+    path, again = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    served.save(path)
+    served.save(again)
+    assert path.read_bytes() == again.read_bytes()  # byte-reproducible
+    back = retrain.load(path)
+    assert back.model.user_ids.tolist() == ratings.user_ids.tolist()
+    assert back.head.item_ids.tolist() == ratings.item_ids.tolist()
+    assert back.recipe == served.recipe and back.recipe.hyp.num_users == 30
+    assert torch.equal(back.model.user_embeddings, served.model.user_embeddings)
+    assert np.array_equal(back.seen.items, ratings.items) and np.array_equal(back.seen.indptr, ratings.indptr)
+    # A fold-in of a table user's own ratings, in original ids, reproduces its row bitwise.
+    one = ratings.select_users([3])
+    folded = back.fold_in(one)
+    assert folded.user_ids.tolist() == [ratings.user_ids[3]]
+    assert torch.equal(folded.embeddings[0], served.model.user_embeddings[3])
+
+
+def test_the_metadata_is_one_sorted_json_recipe(tmp_path):
+    served, _ = _served(*ID_KINDS["int64"])
+    served.save(tmp_path / "m.safetensors")
+    data = (tmp_path / "m.safetensors").read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    recipe = json.loads(header["__metadata__"]["recipe"])
+    assert list(recipe) == sorted(recipe) and recipe["epochs"] == EPOCHS and recipe["contract"] == "1"
+    assert recipe["hyperparams"]["num_users"] == 30 and recipe["rating_range"] == [1.0, 5.0]
+
+
+def test_fold_in_drops_unknown_items_counts_them_and_flags_empty_users():
+    pd = pytest.importorskip("pandas")
+    served, ratings = _served(*ID_KINDS["int64"])
+    known = [int(ratings.item_ids[i]) for i in ratings.items[:3]]
+    frame = pd.DataFrame({"userId": [77, 77, 77, 77, 88], "movieId": known + [-5, -6], "rating": [4, 3, 5, 2, 1.0]})
+    result = served.fold_in(frame)
+    assert result.user_ids.tolist() == [77, 88] and result.dropped.tolist() == [1, 1] and result.n_dropped == 2
+    assert result.no_known_items.tolist() == [False, True] and not result.diverged.any()
+    # Oracle: the low-level fold-in of the known ratings, re-indexed by hand, with the recipe.
+    by_hand = Ratings.from_ids([77, 77, 77], known, [4, 3, 5.0]).with_items(served.head.item_ids)
+    assert torch.equal(result.embeddings[0], fold_in(served.head, by_hand, HYP, EPOCHS, backend=BACKEND)[0])
+    init = train_embeddings(served.head, Ratings.from_ids([88], [0], [1.0]).with_items(served.head.item_ids,
+                                                                                         drop_unknown=True), HYP, 0)
+    assert torch.equal(result.embeddings[1], init[0])  # no known items: the init
+
+
+def test_add_users_then_predict_and_recommend_in_original_ids():
+    served, ratings = _served(*ID_KINDS["str"])
+    item = ratings.item_ids
+    new = Ratings.from_ids(["zoe"] * 4 + ["user-2"] * 2, [item[0], item[1], item[2], item[3], item[5], item[6]],
+                           [5, 4, 1, 2, 3, 3.0])
+    before = served.model.n_users
+    result = served.add_users(new)
+    assert served.model.n_users == before + 1 and served.model.user_ids[-1] == "zoe"
+    row = served.model.user_index(["zoe", "user-2"])
+    assert torch.equal(served.model.user_embeddings[row], result.embeddings[[1, 0]])  # user-2 sorts first
+    # predict: original ids, clipped to the rating range; oracle: the head on the row by hand.
+    pred = served.predict(["zoe", "zoe"], [item[7], item[0]], clip=False)
+    e = served.model.user_embeddings[row[0]]
+    by_hand = served.head.item_vectors[[7, 0]] @ e + served.head.item_bias[[7, 0]] + served.head.global_bias
+    np.testing.assert_allclose(pred, by_hand.numpy(), rtol=1e-6)
+    assert np.all((served.predict(["zoe"] * 20, item) >= 1) & (served.predict(["zoe"] * 20, item) <= 5))
+    with pytest.raises(InputError, match="user id 'nobody'"):
+        served.predict(["nobody"], [item[0]])
+    with pytest.raises(InputError, match="item id 'no film'"):
+        served.predict(["zoe"], ["no film"])
+    # recommend: never the seen items; min_support leaves rare items out.
+    top = served.recommend(["zoe", "user-2"], k=5)
+    assert top.user_ids.tolist() == ["zoe", "user-2"] and top.item_ids.shape == (2, 5)
+    assert not set(top.item_ids[0]) & set(item[[0, 1, 2, 3]]) and not set(top.item_ids[1]) & set(item[[5, 6]])
+    support = served.item_support
+    rare = set(item[support < 3])
+    assert rare and not set(served.recommend(["zoe"], k=5, min_support=3).item_ids[0]) & rare
+
+
+def test_a_single_diverged_fold_in_is_an_error_and_a_batch_is_flagged():
+    served, ratings = _served(*ID_KINDS["int64"])
+    served.recipe = Recipe(HYP.replace(learning_rate=1e30, optimizer="sgd"), EPOCHS)
+    one = ratings.select_users([0])
+    with pytest.raises(InputError, match=r"the fold-in diverged for 1 of 1 users \(user ids 1000\)"):
+        served.fold_in(one)
+    batch = served.fold_in(ratings.select_users([0, 1]))
+    assert batch.diverged.all()
+    with pytest.raises(InputError, match="diverged.*not added"):
+        served.add_users(batch)
+    with pytest.raises(InputError, match="diverged"):
+        fold_in(served.model, one, served.recipe.hyp, EPOCHS)  # the low-level one takes a Model too
+
+
+def test_recommend_never_ranks_non_finite_embeddings():
+    served, _ = _served(*ID_KINDS["int64"])
+    emb = served.model.user_embeddings.clone()
+    emb[2, 1] = float("nan")
+    with pytest.raises(InputError, match="embeddings row 2 is not finite"):
+        retrain.recommend(served.head, emb, 3)
+
+
+def test_old_model_and_hyp_json_pair_still_loads_and_a_model_without_recipe_is_named(tmp_path):
+    served, _ = _served(*ID_KINDS["int64"])
+    path = tmp_path / "old.safetensors"
+    served.model.save(path)  # Model.save: no recipe inside
+    with pytest.raises(InputError, match="old.safetensors holds no recipe"):
+        retrain.load(path)
+    (tmp_path / "old.safetensors.hyp.json").write_text(json.dumps(
+        {"hyperparams": HYP.to_dict(), "epochs": EPOCHS, "val_loss": 0.5}))
+    back = retrain.load(path)
+    assert back.recipe.hyp == HYP and back.recipe.epochs == EPOCHS and back.seen is None
+
+
+def test_a_file_missing_a_tensor_is_named(tmp_path):
+    from safetensors.numpy import save_file
+    from retrain.files import read_safetensors
+
+    served, _ = _served(*ID_KINDS["int64"])
+    served.save(tmp_path / "m.safetensors")
+    tensors, metadata = read_safetensors(tmp_path / "m.safetensors")
+    del tensors["item_bias"]
+    save_file(tensors, str(tmp_path / "broken.safetensors"), metadata=metadata)
+    with pytest.raises(InputError, match=r"broken.safetensors: the file lacks the tensor\(s\) \['item_bias'\]"):
+        retrain.load(tmp_path / "broken.safetensors")
+
+
+def test_the_cli_folds_in_string_user_ids_and_writes_them(tmp_path, capsys):
+    from retrain.cli import main
+    from retrain.ids import decode
+
+    served, ratings = _served(*ID_KINDS["str"])
+    served.save(tmp_path / "m.safetensors")
+    items = ratings.item_ids
+    (tmp_path / "new.csv").write_text(f"item,user,rating\n{items[0]},ann,4\n{items[3]},ann,2\n{items[5]},bo,5\n")
+    code = main(["fold-in", "--model", str(tmp_path / "m.safetensors"), "--ratings", str(tmp_path / "new.csv"),
+                 "--out", str(tmp_path / "emb.safetensors"), "--recommendations", str(tmp_path / "top.csv"),
+                 "--k", "3", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    from retrain.files import read_safetensors
+    tensors, _ = read_safetensors(tmp_path / "emb.safetensors")
+    assert decode(tensors, "user_ids").tolist() == ["ann", "bo"]
+    expected = served.fold_in(Ratings.from_ids(["ann", "ann", "bo"], items[[0, 3, 5]], [4, 2, 5.0]))
+    np.testing.assert_array_equal(tensors["embeddings"], expected.embeddings.numpy())
+    top = (tmp_path / "top.csv").read_text().splitlines()
+    assert top[0] == "user_id,rank,item_id,score" and top[1].startswith("ann,1,film ")
