@@ -5,10 +5,11 @@ when there is no GPU); the inputs are tiny because the interpreter runs every pr
 The cross-backend training suite is tests/test_backend_parity.py; the in-kernel permutation is
 pinned in tests/test_contract.py.
 """
+import json
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,47 +165,20 @@ def test_launcher_rejects_bad_inputs():
         pick_blocks("train", 2, 2, 2, 2, 2, rows=3)
 
 
-_COMPILE_SM90 = textwrap.dedent("""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from retrain.kernels import score, train, validate
-    from retrain.kernels.blocks import pick_blocks
-
-    POINTERS = dict(order_ptr="*i64", indptr_ptr="*i64", keys_ptr="*i64", items_ptr="*i32", bad_ptr="*i32")
-
-    def compile_sm90(kernel, constants, num_warps):
-        signature = {name: "constexpr" if name in constants else POINTERS.get(name, "*fp32")
-                     if name.endswith("_ptr") else "fp32" if name == "global_bias" else "i32"
-                     for name in kernel.arg_names}
-        src = ASTSource(kernel, signature, constexprs=constants)
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
-
-    def blocks(kind, P, d, h1, h, cols, prefix="BLOCK_P"):
-        b = pick_blocks(kind, P, d, h1, h, cols)
-        return dict(BLOCK_D=b.d, BLOCK_H1=b.h1, BLOCK_H=b.h, DOT_PRECISION="ieee", **{prefix: b.rows}), b
-
-    # MF at the benchmark's size; one probe (M = 1) through a 1 -> 7 -> 20 tower (K = 1 and 8: no dot), SGD.
-    for P, d, h1, h, layers, acts, adam in [(64, 32, 32, 32, 0, (0, 0), True), (1, 1, 7, 20, 2, (1, 2), False)]:
-        c, b = blocks("train", P, d, h1, h, 16)
-        c.update(N_LAYERS=layers, ACT1=acts[0], ACT2=acts[1], ADAM=adam, ADAM_BETA1=0.9, ADAM_BETA2=0.999,
-                 ADAM_EPS=1e-8, BLOCK_B=b.cols, FRESH=adam)
-        assert compile_sm90(train._train_epochs_kernel, c, b.num_warps).asm["cubin"]
-    c, b = blocks("validate", 8, 5, 9, 3, 0)
-    c.update(N_LAYERS=2, ACT1=2, ACT2=1, BLOCK_B=b.cols)
-    assert compile_sm90(validate._validation_loss_kernel, c, b.num_warps).asm["cubin"]
-    c, b = blocks("score", 40, 32, 32, 32, 100, prefix="BLOCK_N")
-    c.update(N_LAYERS=0, ACT1=0, ACT2=0, BLOCK_I=b.cols)
-    assert compile_sm90(score._score_kernel, c, b.num_warps).asm["cubin"]
-    print("compiled")
-""")
+BENCH = Path(__file__).parent / "benchmarks" / "gpu_bench.py"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the other tests compile and run the kernels")
-def test_kernels_compile_for_hopper():
+def test_kernels_compile_for_hopper(tmp_path):
     """The interpreter never lowers the kernels to GPU code: compile them for sm_90 (Triton ships
-    ptxas; no GPU needed) in a process without TRITON_INTERPRET."""
+    ptxas; no GPU needed) with the specialization their launchers' real arguments get, in a process
+    without TRITON_INTERPRET (``gpu_bench.py --compile-report``, which the GPU check prints)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-4000:]
+    proc = subprocess.run([sys.executable, str(BENCH), "--compile-report", "--out", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads((tmp_path / "compile_report.json").read_text())["rows"]
+    kinds = {row["kernel"].split()[0] for row in rows}
+    assert kinds == {"train", "validate", "score"}, kinds
+    for row in rows:  # registers per thread within Hopper's 255, at least one program per SM
+        assert 0 < row["reg"] <= 255 and row["programs_per_sm"] >= 1, row
