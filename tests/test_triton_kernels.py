@@ -179,6 +179,70 @@ def test_kernels_compile_for_hopper(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = json.loads((tmp_path / "compile_report.json").read_text())["rows"]
     kinds = {row["kernel"].split()[0] for row in rows}
-    assert kinds == {"train", "validate", "score"}, kinds
+    assert kinds == {"train", "train+validate", "validate", "score"}, kinds
     for row in rows:  # registers per thread within Hopper's 255, at least one program per SM
         assert 0 < row["reg"] <= 255 and row["programs_per_sm"] >= 1, row
+
+
+def test_checkpoints_validate_and_snapshot_in_the_training_launch():
+    """One launch through checkpoints after 1 and 3 epochs equals launches of 1 and then 2 epochs,
+    each followed by the standalone validation kernel (losses, snapshot, state); a user outside
+    ``order`` keeps a zero loss."""
+    from retrain.kernels.train import train_checkpoints
+
+    head = random_head("tower1", 12, 3, 4, seed=12)
+    data = random_ratings(5, 12, counts=[4, 0, 9, 3, 6], seed=13)
+    train, val = data.split_per_user(0.3, seed=1)
+    t, v = csr_tensors(train, DEVICE), csr_tensors(val, DEVICE)
+    kh = kernel_head(head, DEVICE, "triton")
+    init = torch.randn(5, 3, generator=torch.Generator().manual_seed(3)).to(DEVICE) * 0.3
+    lrs = torch.tensor([1e-2, 5e-2], device=DEVICE)
+    regs = torch.tensor([1e-3, 0.0], device=DEVICE)
+    order = torch.tensor([2, 4, 0, 1], device=DEVICE)  # user 3 left out
+    assert val.counts[3] > 0 and train.counts[3] > 0
+    common = dict(order=order, batch_size=2, optimizer="adam", seed=4, adam=ADAM)
+
+    def state():
+        emb = torch.zeros(5, 2, 3, device=DEVICE)
+        return emb, torch.zeros_like(emb), torch.zeros_like(emb)
+
+    def losses(emb):
+        return user_losses(emb, v.indptr, v.items, v.ratings, v.weights, *kh)
+
+    fused = state()
+    snapshots = torch.zeros(1, 5, 2, 3, device=DEVICE)
+    bad, partial = train_checkpoints(*fused, lrs, regs, t.indptr, t.keys, t.items, t.ratings, t.weights, *kh,
+                                     epoch_start=0, checkpoint_ends=[1, 3], init=init, snapshots=snapshots,
+                                     val=(v.indptr, v.items, v.ratings, v.weights), **common)
+    steps = state()
+    train_epochs(*steps, lrs, regs, t.indptr, t.keys, t.items, t.ratings, t.weights, *kh, epoch_start=0, n_epochs=1,
+                 init=init, **common)
+    assert torch.equal(snapshots[0], steps[0])
+    first = losses(steps[0])
+    train_epochs(*steps, lrs, regs, t.indptr, t.keys, t.items, t.ratings, t.weights, *kh, epoch_start=1, n_epochs=2,
+                 **common)
+    for a, b in zip(fused, steps):
+        assert torch.equal(a, b)
+    assert bad.shape == (2, 2) and int(bad.sum()) == 0
+    for k, want in enumerate([first, losses(steps[0])]):
+        assert float(want[3].min()) > 0
+        want[3] = 0.0  # not visited
+        assert torch.equal(partial[k].cpu(), want.cpu()), k
+
+
+def test_kernel_heads_stay_on_the_device_while_the_head_lives():
+    import gc
+
+    from retrain.backends import triton as triton_backend
+
+    head = random_head("mf", 9, 4, seed=14)
+    first = kernel_head(head, DEVICE, "triton")
+    again = kernel_head(head, DEVICE, "triton")
+    assert again is first  # no second upload
+    other = random_head("mf", 9, 4, seed=14)
+    assert kernel_head(other, DEVICE, "triton") is not first  # equal but another object: its own tensors
+    key = (id(head), str(torch.device(DEVICE)))
+    assert key in triton_backend._KERNEL_HEADS
+    del head, first, again
+    gc.collect()
+    assert key not in triton_backend._KERNEL_HEADS

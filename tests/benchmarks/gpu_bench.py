@@ -631,11 +631,14 @@ def compile_cases():
         lrs, regs = probe_grid(P, torch.device("cpu"))
         args = (emb, torch.zeros_like(emb), torch.zeros_like(emb), lrs, regs, data.indptr, data.keys, data.items,
                 data.ratings, data.weights, *head)
-        kwargs = dict(order=order, epoch_start=1, n_epochs=1, batch_size=batch, optimizer="adam", seed=0,
-                      adam=ADAM_ARGS)
+        kwargs = dict(order=order, epoch_start=1, batch_size=batch, optimizer="adam", seed=0, adam=ADAM_ARGS)
         cases.append((f"train d={d} P={P} batch={batch}", train, "_train_epochs_kernel", train.train_epochs, args,
-                      kwargs))
-        if (d, P, batch) == (32, 64, 16):
+                      dict(kwargs, n_epochs=1)))
+        if (d, P, batch) == (32, 64, 16):  # the trainer's launches: checkpoints with validation
+            cases.append((f"train+validate d={d} P={P} batch={batch}", train, "_train_epochs_kernel",
+                          train.train_checkpoints, args, dict(kwargs, checkpoint_ends=[1, 2],
+                                                              val=(data.indptr, data.items, data.ratings,
+                                                                   data.weights))))
             cases.append((f"validate d={d} P={P}", validate, "_validation_loss_kernel", validate.user_losses,
                           (emb, data.indptr, data.items, data.ratings, data.weights, *head), {}))
             cases.append((f"score d={d} n=1", score, "_score_kernel", score.score, (emb[:1, 0], *head), {}))
