@@ -19,7 +19,7 @@ import triton.language as tl
 
 from retrain.contract import GOLDEN, PERM_DOMAIN
 
-from .blocks import Blocks, pick_blocks
+from .blocks import MIN_DOT_K, Blocks, pick_blocks
 from .inputs import check_items, check_ratings, check_tensor
 from .tower import _mm, _tower_backward, _tower_forward, check_precision, tower_args
 from .validate import _user_loss
@@ -368,6 +368,9 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
     if order.shape[0] == 0 or n_probes == 0 or (ends[-1] == 0 and init is None):
         return bad, partial
     blocks = blocks or pick_blocks("train", n_probes, d, h1, h, batch_size)
+    if check_precision(precision) != "ieee" and blocks.rows < MIN_DOT_K:
+        raise ValueError(f"precision {precision!r} runs on tensor cores: it needs blocks of >= {MIN_DOT_K} probes, "
+                         f"got {blocks.rows}")
     val_cols = pick_blocks("validate", n_probes, d, h1, h, 0, rows=blocks.rows).cols  # user_losses' tile
     n_probe_blocks = triton.cdiv(n_probes, blocks.rows)
     moments = (adam_m, adam_v) if is_adam else (emb, emb)
