@@ -7,6 +7,12 @@ cycle walking), gathers those ratings and their item rows once for the whole pro
 frozen tower forward, the predictions, the weighted squared error, the backward pass, the L2 term
 and the optimizer update.  Learning rates and L2 weights are per-probe runtime vectors.
 
+A launch may hold several checkpoints (``train_checkpoints``): after the epochs of each, while the
+state is still in registers, the program flags its non-finite probes, computes its validation
+losses (``validate.py``'s ``_user_loss``) and, when asked, copies the embeddings out, so a
+checkpoint costs no pass over the state.  Division and square root are IEEE (``div_rn``,
+``sqrt_rn``), as in the reference.
+
 The arithmetic is ``retrain/contract.py``'s (uint32 hashing, permutation, Adam step counts) and
 ``retrain/backends/reference.py``'s (loss, gradient, Adam with bias correction); docs/semantics.md
 states both in words.
