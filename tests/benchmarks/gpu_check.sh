@@ -44,8 +44,8 @@ if [ "${RETRAIN_GPU_CHECK_SMOKE:-0}" = 1 ]; then
     BENCH_ARGS="--smoke"
     TESTS="tests/test_triton_kernels.py"
     TUNE_ARGS="--smoke"
-    DEMO_ARGS="--users 60 --max-evals 2 --backend triton"
-    DEMO_LIMIT=300  # the interpreter runs every program in Python
+    DEMO_ARGS="--users 60 --max-evals 2 --backend cpu"  # the demo under the interpreter takes many minutes
+    DEMO_LIMIT=120
 else
     unset TRITON_INTERPRET
     BENCH_ARGS="--budget 75"
@@ -122,6 +122,7 @@ step tests 75 $PY -m pytest -q -rfE -p no:cacheprovider $TESTS
 step bench 90 $PY tests/benchmarks/gpu_bench.py $BENCH_ARGS --out "$OUT"
 
 if has nlopt; then
+    mkdir -p "$OUT/tune"
     OUT="$OUT/tune" step tune 25 $PY tests/benchmarks/gpu_tune.py $TUNE_ARGS
 else
     note "tune: skipped (nlopt is not installed and no nlopt wheel in .whl/)"
