@@ -15,7 +15,9 @@ Measured in the same run, on the same card:
   ``user_parallel`` (the contract vectorised across users: the strongest plain PyTorch).  The first
   two would take minutes to hours per epoch: each is timed on two ``max_steps`` slices and the
   per-minibatch time is extrapolated to the ``ceil(nnz / batch)`` minibatches of an epoch.
-  ``user_parallel`` is timed on a whole epoch.
+  ``user_parallel`` is timed on a whole epoch;
+* serving: warm p50 / p99 of ``fold_in`` (one new user, 50 ratings, 10 epochs) and ``recommend``
+  (one user, top 10) through the public API with the triton backend and a CPU ``Head``.
 
 Roofline of one launch (one epoch), counted exactly:
 
@@ -315,6 +317,14 @@ def table(res: dict) -> str:
         lines.append(f"{head} {ms} | {fmt_rate(pe)} | {floor} | {frac} | {fmt_rate(eager)} | "
                      f"{fmt_rate(rate('batched'))} | {fmt_rate(rate('user_parallel'))} | {fmt_ratio(pe, eager)} | "
                      f"{fmt_ratio(pe, rate('batched'))} | {fmt_ratio(pe, rate('user_parallel'))} |")
+    serving = res.get("serving")
+    if serving:
+        for name in ("fold_in", "recommend"):
+            r = serving.get(name, {})
+            outcome = (f"p50 {r['p50_ms']:.3g} ms, p99 {r['p99_ms']:.3g} ms ({r['reps']} calls)" if "p99_ms" in r
+                       else r.get("error", r.get("skipped", "not run"))[:80])
+            lines.append(f"serving {name}, one user (d={serving['d']}, {serving['ratings']} ratings"
+                         + (f", {serving['epochs']} epochs" if name == "fold_in" else "") + f"): {outcome}")
     for s in res["variants"]:
         outcome = f"{1e3 * s['epoch_s']:.3g} ms/epoch" if "epoch_s" in s else s.get("error", "not run")[:80]
         if "rel_diff" in s:
@@ -347,12 +357,14 @@ class Plan:
     eager_steps: tuple
     batched_steps: tuple
     variants: list  # (P, d, label, pick_blocks overrides, precision)
+    serving_reps: int  # timed fold_in / recommend calls
     tolerance: float = 1e-5  # tests/test_triton_kernels.py's parity tolerance
 
 
 SMOKE_PLAN = dict(users=40, items=30, mean_per_user=6.0, configs=[(1, 4, 16), (8, 1, 16), (8, 4, 16), (8, 4, 64)],
                   baselines=[(8, 4, 16)], eager=[(8, 16)], copy_floats=1 << 20, matmul_n=256, eager_steps=(2, 6),
-                  batched_steps=(2, 6), variants=[(4, 8, "rows=16 warps=2", dict(rows=16, num_warps=2), "ieee")])
+                  batched_steps=(2, 6), variants=[(4, 8, "rows=16 warps=2", dict(rows=16, num_warps=2), "ieee")],
+                  serving_reps=3)
 GPU_PLAN = dict(users=138_000, items=27_000, mean_per_user=145.0,
                 configs=[(32, 64, 16), (32, 8, 16), (32, 64, 1024), (1, 64, 16), (128, 64, 16), (32, 1, 16),
                          (32, 256, 16), (1, 8, 16), (128, 8, 16)],
@@ -360,7 +372,8 @@ GPU_PLAN = dict(users=138_000, items=27_000, mean_per_user=145.0,
                 eager=[(32, 16), (32, 1024), (1, 16), (128, 16)],
                 copy_floats=1 << 28, matmul_n=8192, eager_steps=(20, 120), batched_steps=(10, 110),
                 variants=[(64, 32, "tf32x3", {}, "tf32x3"), (64, 32, "rows=32", dict(rows=32), "ieee"),
-                          (64, 128, "tf32x3", {}, "tf32x3")])
+                          (64, 128, "tf32x3", {}, "tf32x3")],
+                serving_reps=200)
 
 
 class Run:
@@ -539,6 +552,45 @@ class Run:
         self.res["notes"].append("variants: rel diff = max |emb - emb_ieee| / max |emb_ieee| after two epochs from "
                                  "the same init, against the parity tolerance of the kernel tests")
 
+    def serving(self) -> None:
+        """Warm latencies of one user through the public API with the triton backend: ``fold_in``
+        (train a new user's embedding, 10 epochs, from CPU ratings to a CPU embedding) and
+        ``recommend`` (top 10 of every item); the head is a CPU ``Head``, uploaded once."""
+        from retrain.data import Ratings
+        from retrain.hyperparams import HyperParams
+        from retrain.serving import fold_in, recommend
+
+        plan = self.plan
+        head = make_head(8 if SMOKE else 32, plan.items, torch.device("cpu"))
+        rng = np.random.default_rng(0)
+        items = rng.choice(plan.items, size=min(50, plan.items), replace=False)
+        user = Ratings.from_coo(np.zeros(len(items), dtype=np.int64), items, rng.integers(1, 6, len(items)),
+                                n_users=1, n_items=plan.items)
+        hyp = HyperParams(model=f"matrix_factorization_{head.d}", num_users=plan.users, seed=0)
+        emb = fold_in(head, user, hyp, 10, backend="triton")
+
+        def latencies(fn) -> dict:
+            fn()  # warm: compiles, uploads the head
+            times = []
+            for _ in range(plan.serving_reps):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            times.sort()
+            return dict(p50_ms=1e3 * times[len(times) // 2], p99_ms=1e3 * times[min(len(times) - 1,
+                                                                                     int(0.99 * len(times)))],
+                        reps=len(times))
+
+        entry = self.res["serving"] = dict(d=head.d, ratings=len(items), epochs=10)
+        self.guarded(entry, "fold_in", lambda: latencies(lambda: fold_in(head, user, hyp, 10, backend="triton")),
+                     min_left=10)
+        self.guarded(entry, "recommend", lambda: latencies(lambda: recommend(head, emb, 10, backend="triton")),
+                     min_left=5)
+        for name in ("fold_in", "recommend"):
+            r = entry[name]
+            if "p99_ms" in r:
+                log(f"serving {name}: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms")
+
     def finish(self) -> str:
         flagged = [f"eager {k}" for k, r in self.res["eager"].items() if r.get("setup_separated") is False]
         flagged += [f"batched d={r['d']} P={r['P']} batch={r['batch']}" for r in self.res["configs"]
@@ -697,6 +749,7 @@ def main() -> int:
     run.setup()
     run.eager()  # quick, and every "vs eager" ratio needs it
     run.configs()
+    run.serving()
     run.variants()
     print("\n" + run.finish(), flush=True)
     return 0 if any("epoch_s" in r.get("triton", {}) for r in run.res["configs"]) else 1
