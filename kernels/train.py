@@ -152,8 +152,8 @@ def _non_finite(x):
 
 
 # ----------------------------------------------------------------------------- kernels
-@triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size", "fresh", "n_checkpoints",
-                               "n_snapshots"])
+@triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size", "fresh", "validate",
+                               "n_checkpoints", "n_snapshots"])
 def _train_epochs_kernel(
     emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr,
     order_ptr, indptr_ptr, keys_ptr, items_ptr, ratings_ptr, weights_ptr,
@@ -161,11 +161,11 @@ def _train_epochs_kernel(
     ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr, snap_ptr,
     stride_state_u, stride_state_p, stride_q, stride_snap,
     n_users, n_probes, n_probe_blocks, d, h1, h,
-    global_bias, seed, epoch_start, n_epochs, batch_size, fresh, n_checkpoints, n_snapshots,
+    global_bias, seed, epoch_start, n_epochs, batch_size, fresh, validate, n_checkpoints, n_snapshots,
     N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
     ADAM: tl.constexpr, ADAM_BETA1: tl.constexpr, ADAM_BETA2: tl.constexpr, ADAM_EPS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, DOT_PRECISION: tl.constexpr, VALIDATE: tl.constexpr,
+    BLOCK_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     user = tl.load(order_ptr + pid // n_probe_blocks)
@@ -179,9 +179,10 @@ def _train_epochs_kernel(
     mask_p = offs_p < n_probes
     mask_state = mask_p[:, None] & (offs_d[None, :] < d)  # a user without ratings: stored unchanged
     state_offs = user * stride_state_u + offs_p[:, None] * stride_state_p + offs_d[None, :]
-    # ``fresh`` (every probe starts from the user's init, the moments from zero) is a runtime flag,
-    # not a constexpr: the first launch of a batch and the later ones are one compiled kernel, so a
-    # checkpoint's loss does not depend on which launch reached it.
+    # ``fresh`` (every probe starts from the user's init, the moments from zero), ``validate`` and
+    # the snapshots are runtime flags, not constexprs: every launch of a problem (first or later,
+    # with or without checkpoints) is one compiled kernel, so a probe's state and losses do not
+    # depend on how its epochs were split into launches.
     if fresh != 0:
         init_offs = user * d + offs_d[None, :] + 0 * offs_p[:, None]
         e = tl.load(init_ptr + init_offs, mask=mask_state, other=0.0)
@@ -257,18 +258,20 @@ def _train_epochs_kernel(
                 e -= lr * grad
         if epoch - epoch_start + 1 == next_end:
             # A checkpoint, while the state is in registers: the probes' finiteness flags, their
-            # validation losses over this user's validation ratings, and the embeddings kept for it.
+            # validation losses over this user's validation ratings (in tiles of the training
+            # step's width: a wider tile would cost every launch registers), and the embeddings
+            # kept for it.
             bad = _non_finite(e)
             if ADAM:
                 bad = bad | _non_finite(m) | _non_finite(v)
             bad_p = tl.max(tl.where(mask_state & bad, 1, 0), axis=1)
             tl.atomic_max(bad_ptr + checkpoint * n_probes + offs_p, bad_p, mask=mask_p)
-            if VALIDATE:
+            if validate != 0:
                 _, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
                                              N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
                 loss = _user_loss(features, tl.load(val_indptr_ptr + user), tl.load(val_indptr_ptr + user + 1),
                                   val_items_ptr, val_ratings_ptr, val_weights_ptr, q_ptr, item_bias_ptr, stride_q, h,
-                                  global_bias, BLOCK_P, BLOCK_H, BLOCK_V, DOT_PRECISION)
+                                  global_bias, BLOCK_P, BLOCK_H, BLOCK_B, DOT_PRECISION)
                 tl.store(partial_ptr + (checkpoint * n_users + user) * n_probes + offs_p, loss, mask=mask_p)
             if checkpoint < n_snapshots:
                 tl.store(snap_ptr + checkpoint * stride_snap + state_offs, e, mask=mask_state)
@@ -377,26 +380,25 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
     if check_precision(precision) != "ieee" and blocks.rows < MIN_DOT_K:
         raise ValueError(f"precision {precision!r} runs on tensor cores: it needs blocks of >= {MIN_DOT_K} probes, "
                          f"got {blocks.rows}")
-    val_cols = pick_blocks("validate", n_probes, d, h1, h, 0, rows=blocks.rows).cols  # user_losses' tile
     n_probe_blocks = triton.cdiv(n_probes, blocks.rows)
     moments = (adam_m, adam_v) if is_adam else (emb, emb)
-    val = val if val is not None else (indptr, items, ratings, weights)  # unread without VALIDATE
+    val = val if val is not None else (indptr, items, ratings, weights)  # unread without validation
     snap = snapshots if snapshots is not None else emb
     beta1, beta2, eps = adam
     _train_epochs_kernel[(order.shape[0] * n_probe_blocks,)](
         emb, *moments, emb if init is None else init, bad, lrs, regs,
         order, indptr, keys, items, ratings, weights,
         item_vectors, item_bias, w1, c1, w2, c2,
-        torch.tensor(ends, dtype=torch.int64, device=device), *val, partial if partial is not None else bad, snap,
+        torch.tensor(ends, dtype=torch.int64, device=device), *val, partial if partial is not None else emb, snap,
         emb.stride(0), emb.stride(1), item_vectors.stride(0), n_users * n_probes * d,
         n_users, n_probes, n_probe_blocks, d, h1, h,
-        float(global_bias), seed & 0xFFFFFFFF, epoch_start, ends[-1], batch_size, int(init is not None), K,
+        float(global_bias), seed & 0xFFFFFFFF, epoch_start, ends[-1], batch_size, int(init is not None),
+        int(partial is not None), K,
         0 if snapshots is None else snapshots.shape[0],
         N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
         ADAM=is_adam, ADAM_BETA1=float(beta1), ADAM_BETA2=float(beta2), ADAM_EPS=float(eps),
         BLOCK_P=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_B=blocks.cols,
-        BLOCK_V=val_cols, DOT_PRECISION=check_precision(precision), VALIDATE=partial is not None,
-        num_warps=blocks.num_warps, enable_fp_fusion=True,
+        DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps, enable_fp_fusion=True,
     )
     return bad, partial
 

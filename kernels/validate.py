@@ -22,8 +22,8 @@ def _user_loss(features, start, end, items_ptr, ratings_ptr, weights_ptr, q_ptr,
                PRECISION: tl.constexpr):
     """``sum w (pred - r)^2`` [BLOCK_P] over ratings ``start ... end - 1`` for the tower outputs
     ``features`` [BLOCK_P, BLOCK_H] of one user's probes, ``BLOCK_B`` ratings at a time (each item
-    row gathered once for the whole block).  Shared with the training kernel's checkpoints, so that
-    a loss does not depend on which kernel computed it."""
+    row gathered once for the whole block).  Shared with the training kernel's checkpoints (there
+    with the training step's tile: the sums differ from this kernel's by rounding only)."""
     offs_h = tl.arange(0, BLOCK_H)
     total = tl.zeros((BLOCK_P,), dtype=tl.float32)
     for first in range(start, end, BLOCK_B):

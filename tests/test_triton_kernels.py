@@ -185,9 +185,9 @@ def test_kernels_compile_for_hopper(tmp_path):
 
 
 def test_checkpoints_validate_and_snapshot_in_the_training_launch():
-    """One launch through checkpoints after 1 and 3 epochs equals launches of 1 and then 2 epochs,
-    each followed by the standalone validation kernel (losses, snapshot, state); a user outside
-    ``order`` keeps a zero loss."""
+    """One launch through checkpoints after 1 and 3 epochs equals launches of 1 and then 2 epochs
+    (state and snapshot bit for bit: one compiled kernel), each followed by the standalone
+    validation kernel (losses); a user outside ``order`` keeps a zero loss."""
     from retrain.kernels.train import train_checkpoints
 
     head = random_head("tower1", 12, 3, 4, seed=12)
@@ -227,7 +227,8 @@ def test_checkpoints_validate_and_snapshot_in_the_training_launch():
     for k, want in enumerate([first, losses(steps[0])]):
         assert float(want[3].min()) > 0
         want[3] = 0.0  # not visited
-        assert torch.equal(partial[k].cpu(), want.cpu()), k
+        # The same per-user loop as the standalone kernel, in tiles of another width: rounding.
+        assert rel_err(partial[k].cpu(), want.cpu()) <= 1e-6, k
 
 
 def test_kernel_heads_stay_on_the_device_while_the_head_lives():

@@ -16,6 +16,7 @@ Measured in the same run, on the same card:
   two would take minutes to hours per epoch: each is timed on two ``max_steps`` slices and the
   per-minibatch time is extrapolated to the ``ceil(nnz / batch)`` minibatches of an epoch.
   ``user_parallel`` is timed on a whole epoch;
+* numerics: the triton backend against the reference backend (the oracle) on a small problem;
 * serving: warm p50 / p99 of ``fold_in`` (one new user, 50 ratings, 10 epochs) and ``recommend``
   (one user, top 10) through the public API with the triton backend and a CPU ``Head``.
 
@@ -317,6 +318,11 @@ def table(res: dict) -> str:
         lines.append(f"{head} {ms} | {fmt_rate(pe)} | {floor} | {frac} | {fmt_rate(eager)} | "
                      f"{fmt_rate(rate('batched'))} | {fmt_rate(rate('user_parallel'))} | {fmt_ratio(pe, eager)} | "
                      f"{fmt_ratio(pe, rate('batched'))} | {fmt_ratio(pe, rate('user_parallel'))} |")
+    numerics = res.get("numerics", {})
+    if "emb_rel_err" in numerics:
+        lines.append(f"numerics (IEEE div/sqrt, FMA on; {numerics['users']} users, d={numerics['d']}, "
+                     f"{numerics['epochs']} epochs of Adam): embeddings {numerics['emb_rel_err']:.2g}, validation "
+                     f"losses {numerics['loss_rel_err']:.2g} relative to the reference backend")
     serving = res.get("serving")
     if serving:
         for name in ("fold_in", "recommend"):
@@ -358,13 +364,14 @@ class Plan:
     batched_steps: tuple
     variants: list  # (P, d, label, pick_blocks overrides, precision)
     serving_reps: int  # timed fold_in / recommend calls
+    numerics: tuple  # (users, items, ratings per user, d) of the comparison with the reference
     tolerance: float = 1e-5  # tests/test_triton_kernels.py's parity tolerance
 
 
 SMOKE_PLAN = dict(users=40, items=30, mean_per_user=6.0, configs=[(1, 4, 16), (8, 1, 16), (8, 4, 16), (8, 4, 64)],
                   baselines=[(8, 4, 16)], eager=[(8, 16)], copy_floats=1 << 20, matmul_n=256, eager_steps=(2, 6),
                   batched_steps=(2, 6), variants=[(4, 8, "rows=16 warps=2", dict(rows=16, num_warps=2), "ieee")],
-                  serving_reps=3)
+                  serving_reps=3, numerics=(12, 30, 6, 8))
 GPU_PLAN = dict(users=138_000, items=27_000, mean_per_user=145.0,
                 configs=[(32, 64, 16), (32, 8, 16), (32, 64, 1024), (1, 64, 16), (128, 64, 16), (32, 1, 16),
                          (32, 256, 16), (1, 8, 16), (128, 8, 16)],
@@ -373,7 +380,7 @@ GPU_PLAN = dict(users=138_000, items=27_000, mean_per_user=145.0,
                 copy_floats=1 << 28, matmul_n=8192, eager_steps=(20, 120), batched_steps=(10, 110),
                 variants=[(64, 32, "tf32x3", {}, "tf32x3"), (64, 32, "rows=32", dict(rows=32), "ieee"),
                           (64, 128, "tf32x3", {}, "tf32x3")],
-                serving_reps=200)
+                serving_reps=200, numerics=(300, 500, 30, 32))
 
 
 class Run:
@@ -551,6 +558,39 @@ class Run:
             entry.update(entry.pop("result"))
         self.res["notes"].append("variants: rel diff = max |emb - emb_ieee| / max |emb_ieee| after two epochs from "
                                  "the same init, against the parity tolerance of the kernel tests")
+
+    def numerics(self) -> None:
+        """The kernels' difference from the reference backend (the oracle, on the CPU): embeddings
+        and validation losses after 5 epochs of Adam, 4 probes, one launch with its checkpoint."""
+        from retrain.data import Ratings
+        from retrain.hyperparams import HyperParams
+        from retrain.trainer import prepare
+
+        n_users, n_items, per_user, d = self.plan.numerics
+        rng = np.random.default_rng(5)
+        users = np.repeat(np.arange(n_users), per_user)
+        items = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+        data = Ratings.from_coo(users, items, rng.integers(1, 6, len(users)).astype(np.float32), n_users=n_users,
+                                n_items=n_items)
+        train, val = data.split_per_user(0.2, seed=0)
+        head = make_head(d, n_items, torch.device("cpu"))
+        hyp = HyperParams(model=f"matrix_factorization_{d}", batch_size=8, seed=3)
+
+        def measure():
+            out = {}
+            for backend in ("reference", "triton"):
+                problem = prepare(head, train, val, hyp, backend)
+                problem.start([1e-3, 1e-2, 3e-2, 1e-1], [1e-4, 1e-3, 0.0, 1e-2])
+                checkpoint = problem.checkpoint(5)
+                out[backend] = (problem.embeddings().cpu().double(), checkpoint.losses)
+            (emb_ref, loss_ref), (emb, loss) = out["reference"], out["triton"]
+            r = dict(users=n_users, d=d, epochs=5,
+                     emb_rel_err=float((emb - emb_ref).abs().max() / emb_ref.abs().max()),
+                     loss_rel_err=float(np.max(np.abs(loss - loss_ref) / np.abs(loss_ref))))
+            log(f"numerics: embeddings {r['emb_rel_err']:.2g}, validation losses {r['loss_rel_err']:.2g} relative to "
+                "the reference")
+            return r
+        self.guarded(self.res, "numerics", measure, min_left=10)
 
     def serving(self) -> None:
         """Warm latencies of one user through the public API with the triton backend: ``fold_in``
@@ -747,6 +787,7 @@ def main() -> int:
         return 2
     run = Run(plan, args)
     run.setup()
+    run.numerics()
     run.eager()  # quick, and every "vs eager" ratio needs it
     run.configs()
     run.serving()
