@@ -23,7 +23,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest -q tests/benchmarks --benchmark-enable --benchmark-only
 
-# On a CUDA machine with torch + triton already installed (no venv, no index): build in place, check, time.
+# On a CUDA machine with torch + triton already installed (no venv, no network): build in place, test, time;
+# results in $(OUT) (default runs/gpu_check), see docs/benchmarks.md "GPU (Triton)".
 gpu-check:
 	bash tests/benchmarks/gpu_check.sh
 

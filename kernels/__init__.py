@@ -1,7 +1,8 @@
 """Triton kernels of the ``triton`` backend, installed as ``retrain.kernels``.
 
-* ``train``: fused probe training, several epochs per launch (and the in-kernel permutation).
-* ``validate``: per-probe validation loss.
+* ``train``: fused probe training, several epochs and checkpoints (validation included) per
+  launch, and the in-kernel permutation.
+* ``validate``: per-probe validation loss (its per-user loop is shared with ``train``).
 * ``score``: item scores for recommend.
 * ``tower``: the frozen tower and the products shared by the three; ``blocks``: block sizes;
   ``inputs``: the launchers' argument checks.

@@ -14,6 +14,7 @@ import triton
 from .tower import MIN_DOT_K as _MIN_DOT_K
 
 MIN_DOT_K = _MIN_DOT_K.value  # below it, kernels/tower.py's _mm sums a broadcast product instead
+MIN_ROWS = 8  # the least probe block of several probes
 MAX_ROWS = 64  # probes per program: more probes share one read of the ratings, but cost registers
 ROW_TILE = 2048  # rows * widest feature block held per program (d = 128: 16 probes)
 RATING_TILE = 2048  # ratings (or items) * h gathered per sub-tile
@@ -50,9 +51,10 @@ def pick_blocks(kind: str, n_rows: int, d: int, h1: int, h: int, n_cols: int, *,
     widest = max(block_d, block_h1, block_h)
     if rows is None:
         cap = max(1, min(MAX_ROWS, ROW_TILE // widest))
-        # A single row (one probe, one user) stays single; several use at least a dot's 16 rows,
-        # so that the tile, and thus each row's arithmetic, is the same for any P in 2..16.
-        rows = 1 if n_rows == 1 else min(max(MIN_DOT_K, triton.next_power_of_2(n_rows)), max(cap, MIN_DOT_K))
+        # A single row (one probe, one user) stays single; several use at least MIN_ROWS, so that
+        # P <= 8 probes do not pay for a padded 16-row tile.  (Float32 ``tl.dot`` lowers to FMA
+        # chains over K, one per output, so a row's arithmetic does not depend on the tile's rows.)
+        rows = 1 if n_rows == 1 else min(max(MIN_ROWS, triton.next_power_of_2(n_rows)), max(cap, MIN_ROWS))
     col_cap = max(MIN_DOT_K, min(128, RATING_TILE // block_h))
     if cols is None:
         cols = col_cap if kind == "validate" else min(max(MIN_DOT_K, triton.next_power_of_2(n_cols)), col_cap)

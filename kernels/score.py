@@ -64,6 +64,6 @@ def score(emb, item_vectors, item_bias, global_bias: float, tower, *, precision:
         n_rows, n_items, n_item_blocks, d, h1, h, float(global_bias),
         N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
         BLOCK_N=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_I=blocks.cols,
-        DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps,
+        DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps, enable_fp_fusion=True,
     )
     return out

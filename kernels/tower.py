@@ -49,7 +49,7 @@ def _tanh(x):
     series = series * x2 - 1.0 / 3.0
     series = x + x * (x2 * series)
     e = tl.exp(-2.0 * tl.abs(x))
-    far = (1.0 - e) / (1.0 + e)
+    far = tl.div_rn(1.0 - e, 1.0 + e)  # IEEE division, as everywhere in the kernels
     far = tl.where(x < 0, -far, far)
     return tl.where(tl.abs(x) < _TANH_SMALL, series, far)
 

@@ -7,6 +7,12 @@ cycle walking), gathers those ratings and their item rows once for the whole pro
 frozen tower forward, the predictions, the weighted squared error, the backward pass, the L2 term
 and the optimizer update.  Learning rates and L2 weights are per-probe runtime vectors.
 
+A launch may hold several checkpoints (``train_checkpoints``): after the epochs of each, while the
+state is still in registers, the program flags its non-finite probes, computes its validation
+losses (``validate.py``'s ``_user_loss``) and, when asked, copies the embeddings out, so a
+checkpoint costs no pass over the state.  Division and square root are IEEE (``div_rn``,
+``sqrt_rn``), as in the reference.
+
 The arithmetic is ``retrain/contract.py``'s (uint32 hashing, permutation, Adam step counts) and
 ``retrain/backends/reference.py``'s (loss, gradient, Adam with bias correction); docs/semantics.md
 states both in words.
@@ -19,9 +25,10 @@ import triton.language as tl
 
 from retrain.contract import GOLDEN, PERM_DOMAIN
 
-from .blocks import Blocks, pick_blocks
+from .blocks import MIN_DOT_K, Blocks, pick_blocks
 from .inputs import check_items, check_ratings, check_tensor
 from .tower import _mm, _tower_backward, _tower_forward, check_precision, tower_args
+from .validate import _user_loss
 
 OPTIMIZERS = ("adam", "sgd")
 _GOLDEN = tl.constexpr(GOLDEN)
@@ -145,18 +152,20 @@ def _non_finite(x):
 
 
 # ----------------------------------------------------------------------------- kernels
-@triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size"])
+@triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size", "fresh", "validate",
+                               "n_checkpoints", "n_snapshots"])
 def _train_epochs_kernel(
     emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr,
     order_ptr, indptr_ptr, keys_ptr, items_ptr, ratings_ptr, weights_ptr,
     q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
-    stride_state_u, stride_state_p, stride_q,
-    n_probes, n_probe_blocks, d, h1, h,
-    global_bias, seed, epoch_start, n_epochs, batch_size,
+    ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr, snap_ptr,
+    stride_state_u, stride_state_p, stride_q, stride_snap,
+    n_users, n_probes, n_probe_blocks, d, h1, h,
+    global_bias, seed, epoch_start, n_epochs, batch_size, fresh, validate, n_checkpoints, n_snapshots,
     N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
     ADAM: tl.constexpr, ADAM_BETA1: tl.constexpr, ADAM_BETA2: tl.constexpr, ADAM_EPS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_B: tl.constexpr, DOT_PRECISION: tl.constexpr, FRESH: tl.constexpr,
+    BLOCK_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     user = tl.load(order_ptr + pid // n_probe_blocks)
@@ -170,7 +179,11 @@ def _train_epochs_kernel(
     mask_p = offs_p < n_probes
     mask_state = mask_p[:, None] & (offs_d[None, :] < d)  # a user without ratings: stored unchanged
     state_offs = user * stride_state_u + offs_p[:, None] * stride_state_p + offs_d[None, :]
-    if FRESH:  # every probe starts from the user's init, the moments from zero: nothing to read
+    # ``fresh`` (every probe starts from the user's init, the moments from zero), ``validate`` and
+    # the snapshots are runtime flags, not constexprs: every launch of a problem (first or later,
+    # with or without checkpoints) is one compiled kernel, so a probe's state and losses do not
+    # depend on how its epochs were split into launches.
+    if fresh != 0:
         init_offs = user * d + offs_d[None, :] + 0 * offs_p[:, None]
         e = tl.load(init_ptr + init_offs, mask=mask_state, other=0.0)
         if ADAM:
@@ -192,6 +205,8 @@ def _train_epochs_kernel(
         # beta^k for the user's step count k, carried in float64 (k = epoch * n_steps + step + 1).
         power1 = _power(tl.full((), ADAM_BETA1, tl.float64), epoch_start * n_steps)
         power2 = _power(tl.full((), ADAM_BETA2, tl.float64), epoch_start * n_steps)
+    checkpoint = 0
+    next_end = tl.load(ends_ptr)  # epochs into the launch at which the next checkpoint falls
     for epoch in range(epoch_start, epoch_start + n_epochs):
         m0, k0, m1, k1, m2, k2, m3, k3 = _epoch_rounds(seed32, epoch, key32)
         # Software pipeline over steps: step s's item rows and step s+1's ratings are loaded one
@@ -215,7 +230,7 @@ def _train_epochs_kernel(
 
             hidden, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
                                               N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
-            scale = 2.0 / (end - first).to(tl.float32)  # d/dpred of mean(w (pred - r)^2)
+            scale = tl.div_rn(2.0, (end - first).to(tl.float32))  # d/dpred of mean(w (pred - r)^2)
             grad_features = _features_grad(features, q, item_bias, rating, weight, valid, global_bias, scale,
                                            DOT_PRECISION)
             for sub in range(first + BLOCK_B, end, BLOCK_B):  # the other sub-tiles when batch_size > BLOCK_B
@@ -235,20 +250,37 @@ def _train_epochs_kernel(
                 power2 *= ADAM_BETA2
                 m = ADAM_BETA1 * m + (1.0 - ADAM_BETA1) * grad
                 v = ADAM_BETA2 * v + (1.0 - ADAM_BETA2) * grad * grad
-                m_hat = m / (1.0 - power1).to(tl.float32)
-                v_hat = v / (1.0 - power2).to(tl.float32)
-                e -= lr * m_hat / (tl.sqrt(v_hat) + ADAM_EPS)
+                # IEEE division and square root (div.rn / sqrt.rn), as the reference computes them.
+                m_hat = tl.div_rn(m, (1.0 - power1).to(tl.float32))
+                v_hat = tl.div_rn(v, (1.0 - power2).to(tl.float32))
+                e -= tl.div_rn(lr * m_hat, tl.sqrt_rn(v_hat) + ADAM_EPS)
             else:
                 e -= lr * grad
-    # The probes' finiteness flags come from here, while the state is in registers.
-    bad = _non_finite(e)
+        if epoch - epoch_start + 1 == next_end:
+            # A checkpoint, while the state is in registers: the probes' finiteness flags, their
+            # validation losses over this user's validation ratings (in tiles of the training
+            # step's width: a wider tile would cost every launch registers), and the embeddings
+            # kept for it.
+            bad = _non_finite(e)
+            if ADAM:
+                bad = bad | _non_finite(m) | _non_finite(v)
+            bad_p = tl.max(tl.where(mask_state & bad, 1, 0), axis=1)
+            tl.atomic_max(bad_ptr + checkpoint * n_probes + offs_p, bad_p, mask=mask_p)
+            if validate != 0:
+                _, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
+                                             N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
+                loss = _user_loss(features, tl.load(val_indptr_ptr + user), tl.load(val_indptr_ptr + user + 1),
+                                  val_items_ptr, val_ratings_ptr, val_weights_ptr, q_ptr, item_bias_ptr, stride_q, h,
+                                  global_bias, BLOCK_P, BLOCK_H, BLOCK_B, DOT_PRECISION)
+                tl.store(partial_ptr + (checkpoint * n_users + user) * n_probes + offs_p, loss, mask=mask_p)
+            if checkpoint < n_snapshots:
+                tl.store(snap_ptr + checkpoint * stride_snap + state_offs, e, mask=mask_state)
+            checkpoint += 1
+            next_end = tl.load(ends_ptr + tl.minimum(checkpoint, n_checkpoints - 1))
     tl.store(emb_ptr + state_offs, e, mask=mask_state)
     if ADAM:
-        bad = bad | _non_finite(m) | _non_finite(v)
         tl.store(m_ptr + state_offs, m, mask=mask_state)
         tl.store(v_ptr + state_offs, v, mask=mask_state)
-    bad_p = tl.max(tl.where(mask_state & bad, 1, 0), axis=1)
-    tl.atomic_max(bad_ptr + offs_p, bad_p, mask=mask_p)
 
 
 @triton.jit(do_not_specialize=["seed", "epoch"])
@@ -268,11 +300,22 @@ def _permutation_kernel(out_ptr, indptr_ptr, keys_ptr, seed, epoch, BLOCK_B: tl.
 
 # ----------------------------------------------------------------------------- launchers
 def train_epochs(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, weights,
-                 item_vectors, item_bias, global_bias: float, tower, *, order: torch.Tensor, epoch_start: int,
-                 n_epochs: int, batch_size: int, optimizer: str, seed: int, adam: tuple[float, float, float],
-                 init: torch.Tensor | None = None, blocks: Blocks | None = None,
-                 precision: str = "ieee") -> torch.Tensor:
-    """Advance P probes by ``n_epochs`` epochs (``epoch_start`` ...), in place.
+                 item_vectors, item_bias, global_bias: float, tower, *, n_epochs: int, **kwargs) -> torch.Tensor:
+    """``train_checkpoints`` with one checkpoint at the end and no validation: advance P probes by
+    ``n_epochs`` epochs in place; returns int32 ``[P]``, 1 for a probe whose state became NaN/inf."""
+    bad, _ = train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, weights,
+                               item_vectors, item_bias, global_bias, tower, checkpoint_ends=[n_epochs], **kwargs)
+    return bad[0]
+
+
+def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, weights,
+                      item_vectors, item_bias, global_bias: float, tower, *, order: torch.Tensor, epoch_start: int,
+                      checkpoint_ends, batch_size: int, optimizer: str, seed: int, adam: tuple[float, float, float],
+                      init: torch.Tensor | None = None, val: tuple | None = None,
+                      snapshots: torch.Tensor | None = None, blocks: Blocks | None = None,
+                      precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Advance P probes by ``checkpoint_ends[-1]`` epochs (``epoch_start`` ...) in place, in one
+    launch, with a checkpoint after ``checkpoint_ends[k]`` epochs for each k.
 
     Args:
         emb, adam_m, adam_v: float32 ``[U, P, d]`` (moments unused, may be empty, for SGD).
@@ -282,20 +325,27 @@ def train_epochs(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, w
         item_vectors, item_bias, global_bias, tower: the frozen head; ``tower`` is a list of
             ``(W [out, in], c [out], activation code)``.
         order: int64 ``[n]``, the users to visit (each once), in launch order (heaviest first).
+        checkpoint_ends: K increasing epoch counts ``>= 1`` (``[n_epochs]``: one at the end).
         optimizer, adam: ``"adam"`` or ``"sgd"``; Adam's ``(beta1, beta2, eps)`` (the step spec's).
         init: float32 ``[U, d]`` or None: start every probe from it and the moments from zero
             instead of reading ``emb`` / ``adam_m`` / ``adam_v`` (a fresh probe batch).
+        val: ``(indptr, items, ratings, weights)`` of the validation ratings (CSR by user, the
+            same users) or None: each checkpoint also computes the per-user validation losses.
+        snapshots: float32 ``[S, U, P, d]`` (S < K) or None: the embeddings at checkpoints 0..S-1.
         blocks: override ``pick_blocks`` (tests, benchmarks).
         precision: ``kernels/tower.py``'s dot precision (``"ieee"``, or ``"tf32x3"`` to measure).
 
-    Returns int32 ``[P]``: 1 for a probe whose state became NaN/inf for a visited user.
+    Returns ``(bad, partial)``: int32 ``[K, P]``, 1 for a probe whose state was NaN/inf at
+    checkpoint k for a visited user; float32 ``[K, U, P]`` per-user ``sum w (pred - r)^2`` over the
+    validation ratings (0 for users not in ``order`` or without validation ratings), or None.
     """
     device = emb.device
+    ends = [int(n) for n in checkpoint_ends]
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if batch_size < 1 or n_epochs < 0 or epoch_start < 0:
-        raise ValueError(f"need batch_size >= 1, n_epochs >= 0, epoch_start >= 0; got {batch_size}, "
-                         f"{n_epochs}, {epoch_start}")
+    if batch_size < 1 or epoch_start < 0 or not ends or min(ends) < 0 or ends != sorted(set(ends)):
+        raise ValueError(f"need batch_size >= 1, epoch_start >= 0 and increasing checkpoint_ends >= 0; got "
+                         f"{batch_size}, {epoch_start}, {ends}")
     check_ratings(indptr, items, ratings, weights, device, keys=keys)
     check_items(item_vectors, item_bias, device)
     n_users, h = indptr.shape[0] - 1, item_vectors.shape[1]
@@ -310,29 +360,47 @@ def train_epochs(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratings, w
     check_tensor("order", order, torch.int64, (None,), device)
     if init is not None:
         check_tensor("init", init, torch.float32, (n_users, d), device)
+    if val is not None:
+        check_ratings(*val, device)
+        check_tensor("val indptr", val[0], torch.int64, (n_users + 1,), device)
+    if snapshots is not None:
+        check_tensor("snapshots", snapshots, torch.float32, (None, n_users, n_probes, d), device)
+        if snapshots.shape[0] >= len(ends):
+            raise ValueError(f"snapshots: at most {len(ends) - 1} (one per checkpoint but the last), "
+                             f"got {snapshots.shape[0]}")
     w1, c1, w2, c2, h1, n_layers, act1, act2 = tower_args(tower, d, h, item_bias)
     if item_vectors.stride(1) != 1:
         raise ValueError("item_vectors rows must be contiguous")
-    bad = torch.zeros(n_probes, dtype=torch.int32, device=device)
-    if order.shape[0] == 0 or n_probes == 0 or (n_epochs == 0 and init is None):
-        return bad
+    K = len(ends)
+    bad = torch.zeros((K, n_probes), dtype=torch.int32, device=device)
+    partial = torch.zeros((K, n_users, n_probes), dtype=torch.float32, device=device) if val is not None else None
+    if order.shape[0] == 0 or n_probes == 0 or (ends[-1] == 0 and init is None):
+        return bad, partial
     blocks = blocks or pick_blocks("train", n_probes, d, h1, h, batch_size)
+    if check_precision(precision) != "ieee" and blocks.rows < MIN_DOT_K:
+        raise ValueError(f"precision {precision!r} runs on tensor cores: it needs blocks of >= {MIN_DOT_K} probes, "
+                         f"got {blocks.rows}")
     n_probe_blocks = triton.cdiv(n_probes, blocks.rows)
     moments = (adam_m, adam_v) if is_adam else (emb, emb)
+    val = val if val is not None else (indptr, items, ratings, weights)  # unread without validation
+    snap = snapshots if snapshots is not None else emb
     beta1, beta2, eps = adam
     _train_epochs_kernel[(order.shape[0] * n_probe_blocks,)](
         emb, *moments, emb if init is None else init, bad, lrs, regs,
         order, indptr, keys, items, ratings, weights,
         item_vectors, item_bias, w1, c1, w2, c2,
-        emb.stride(0), emb.stride(1), item_vectors.stride(0),
-        n_probes, n_probe_blocks, d, h1, h,
-        float(global_bias), seed & 0xFFFFFFFF, epoch_start, n_epochs, batch_size,
+        torch.tensor(ends, dtype=torch.int64, device=device), *val, partial if partial is not None else emb, snap,
+        emb.stride(0), emb.stride(1), item_vectors.stride(0), n_users * n_probes * d,
+        n_users, n_probes, n_probe_blocks, d, h1, h,
+        float(global_bias), seed & 0xFFFFFFFF, epoch_start, ends[-1], batch_size, int(init is not None),
+        int(partial is not None), K,
+        0 if snapshots is None else snapshots.shape[0],
         N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
         ADAM=is_adam, ADAM_BETA1=float(beta1), ADAM_BETA2=float(beta2), ADAM_EPS=float(eps),
         BLOCK_P=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_B=blocks.cols,
-        DOT_PRECISION=check_precision(precision), FRESH=init is not None, num_warps=blocks.num_warps,
+        DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps, enable_fp_fusion=True,
     )
-    return bad
+    return bad, partial
 
 
 def permutations(indptr: torch.Tensor, keys: torch.Tensor, *, seed: int, epoch: int) -> torch.Tensor:

@@ -17,6 +17,30 @@ from .tower import _mm, _tower_forward, check_precision, tower_args
 
 
 @triton.jit
+def _user_loss(features, start, end, items_ptr, ratings_ptr, weights_ptr, q_ptr, item_bias_ptr, stride_q, h,
+               global_bias, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """``sum w (pred - r)^2`` [BLOCK_P] over ratings ``start ... end - 1`` for the tower outputs
+    ``features`` [BLOCK_P, BLOCK_H] of one user's probes, ``BLOCK_B`` ratings at a time (each item
+    row gathered once for the whole block).  Shared with the training kernel's checkpoints (there
+    with the training step's tile: the sums differ from this kernel's by rounding only)."""
+    offs_h = tl.arange(0, BLOCK_H)
+    total = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    for first in range(start, end, BLOCK_B):
+        rows = first + tl.arange(0, BLOCK_B)
+        valid = rows < end
+        item = tl.load(items_ptr + rows, mask=valid, other=0).to(tl.int64)
+        rating = tl.load(ratings_ptr + rows, mask=valid, other=0.0)
+        weight = tl.load(weights_ptr + rows, mask=valid, other=0.0)
+        q = tl.load(q_ptr + item[:, None] * stride_q + offs_h[None, :],
+                    mask=valid[:, None] & (offs_h[None, :] < h), other=0.0)
+        item_bias = tl.load(item_bias_ptr + item, mask=valid, other=0.0)
+        error = _mm(features, tl.trans(q), PRECISION) + item_bias[None, :] + global_bias - rating[None, :]
+        total += tl.sum(tl.where(valid[None, :], weight[None, :] * error * error, 0.0), axis=1)
+    return total
+
+
+@triton.jit
 def _validation_loss_kernel(
     out_ptr, emb_ptr, indptr_ptr, items_ptr, ratings_ptr, weights_ptr,
     q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
@@ -30,26 +54,14 @@ def _validation_loss_kernel(
     user = pid // n_probe_blocks
     offs_p = (pid % n_probe_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_h = tl.arange(0, BLOCK_H)
     mask_p = offs_p < n_probes
-    start = tl.load(indptr_ptr + user)
-    end = tl.load(indptr_ptr + user + 1)
     e = tl.load(emb_ptr + user * stride_emb_u + offs_p[:, None] * stride_emb_p + offs_d[None, :],
                 mask=mask_p[:, None] & (offs_d[None, :] < d), other=0.0)
     _, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
                                  N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
-    total = tl.zeros((BLOCK_P,), dtype=tl.float32)
-    for first in range(start, end, BLOCK_B):
-        rows = first + tl.arange(0, BLOCK_B)
-        valid = rows < end
-        item = tl.load(items_ptr + rows, mask=valid, other=0).to(tl.int64)
-        rating = tl.load(ratings_ptr + rows, mask=valid, other=0.0)
-        weight = tl.load(weights_ptr + rows, mask=valid, other=0.0)
-        q = tl.load(q_ptr + item[:, None] * stride_q + offs_h[None, :],
-                    mask=valid[:, None] & (offs_h[None, :] < h), other=0.0)
-        item_bias = tl.load(item_bias_ptr + item, mask=valid, other=0.0)
-        error = _mm(features, tl.trans(q), DOT_PRECISION) + item_bias[None, :] + global_bias - rating[None, :]
-        total += tl.sum(tl.where(valid[None, :], weight[None, :] * error * error, 0.0), axis=1)
+    total = _user_loss(features, tl.load(indptr_ptr + user), tl.load(indptr_ptr + user + 1), items_ptr, ratings_ptr,
+                       weights_ptr, q_ptr, item_bias_ptr, stride_q, h, global_bias, BLOCK_P, BLOCK_H, BLOCK_B,
+                       DOT_PRECISION)
     tl.store(out_ptr + user * n_probes + offs_p, total, mask=mask_p)
 
 
@@ -79,6 +91,6 @@ def user_losses(emb, indptr, items, ratings, weights, item_vectors, item_bias, g
             n_probes, n_probe_blocks, d, h1, h, float(global_bias),
             N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
             BLOCK_P=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_B=blocks.cols,
-            DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps,
+            DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps, enable_fp_fusion=True,
         )
     return partial

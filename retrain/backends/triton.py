@@ -9,12 +9,15 @@ launch order on the device, so a training or validation call uploads nothing.
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 
-from ..contract import Adam
+import numpy as np
+
+from ..contract import Adam, fixed_point_value
 from ..errors import InputError
-from .base import ACTIVATION_CODES, Backend, Problem, csr_tensors, head_tensors, limbs_of_partials
+from .base import ACTIVATION_CODES, Backend, Checkpoint, Problem, csr_tensors, head_tensors, limbs_of_partials
 
 try:
     import triton  # noqa: F401  (only to know whether it is there)
@@ -34,11 +37,26 @@ def triton_device(device=None) -> torch.device | None:
     return None
 
 
+# Kernel heads by (id(head), device): a Head is frozen, so its tensors on the device stay valid for
+# as long as it lives, and every fold-in or recommend call with it reuses them instead of uploading
+# the item table again.  (A dict keyed by id with a finalizer: Head holds a numpy array, so it
+# cannot be a WeakKeyDictionary key.)
+_KERNEL_HEADS: dict = {}
+
+
 def kernel_head(head, device, backend: str) -> tuple:
-    """``(item_vectors, item_bias, global_bias, tower)`` as the kernels take them."""
+    """``(item_vectors, item_bias, global_bias, tower)`` as the kernels take them, on ``device``;
+    cached for the lifetime of ``head``."""
+    key = (id(head), str(torch.device(device)))
+    cached = _KERNEL_HEADS.get(key)
+    if cached is not None and cached[0]() is head:
+        return cached[1]
     dense = head_tensors(head, device, backend)
     tower = [(weight, bias, ACTIVATION_CODES[act]) for weight, bias, act in dense.tower]
-    return dense.item_vectors, dense.item_bias, dense.global_bias, tower
+    tensors = (dense.item_vectors, dense.item_bias, dense.global_bias, tower)
+    _KERNEL_HEADS[key] = (weakref.ref(head), tensors)
+    weakref.finalize(head, _KERNEL_HEADS.pop, key, None)
+    return tensors
 
 
 class TritonProblem(Problem):
@@ -51,17 +69,52 @@ class TritonProblem(Problem):
         opt = spec.optimizer
         self._adam = (opt.beta1, opt.beta2, opt.eps) if isinstance(opt, Adam) else (0.0, 0.0, 1.0)
 
-    def _train(self, epoch_start, n_epochs, fresh):
-        from ..kernels.train import train_epochs
+    def _launch(self, ends, *, order, validate: bool, snapshots=None):
+        """One training launch of ``ends[-1]`` epochs with checkpoints after ``ends``: ``(bad
+        [K, P], partial [K, U, P] or None)`` (``kernels/train.py``'s ``train_checkpoints``)."""
+        from ..kernels.train import train_checkpoints
 
         data, moments = self._train_data, self.moments
         m, v = moments if moments else (self.emb, self.emb)
+        val = self._val_data
+        return train_checkpoints(
+            self.emb, m, v, self.lrs, self.regs, data.indptr, data.keys, data.items, data.ratings, data.weights,
+            *self._head, order=order, epoch_start=self.epoch, checkpoint_ends=ends, batch_size=self.spec.batch_size,
+            optimizer=self.spec.optimizer.name, seed=self.spec.seed, adam=self._adam,
+            init=self.init if self.fresh else None, snapshots=snapshots,
+            val=(val.indptr, val.items, val.ratings, val.weights) if validate else None)
+
+    def _train(self, epoch_start, n_epochs, fresh):
+        # Only the users with training ratings move, unless the launch writes the state first.
         order = self._order if fresh else self._order[:self.n_with_ratings]
-        bad = train_epochs(self.emb, m, v, self.lrs, self.regs, data.indptr, data.keys, data.items, data.ratings,
-                           data.weights, *self._head, order=order, epoch_start=epoch_start, n_epochs=n_epochs,
-                           batch_size=self.spec.batch_size, optimizer=self.spec.optimizer.name, seed=self.spec.seed,
-                           adam=self._adam, init=self.init if fresh else None)
-        return (bad == 0).cpu().numpy()
+        bad, _ = self._launch([n_epochs], order=order, validate=False)
+        return (bad[0] == 0).cpu().numpy()
+
+    def checkpoints(self, epochs):
+        """All the checkpoints in one launch: each user trains through every epoch of the call and
+        is checked, validated and (with ``keep_best``) copied at each checkpoint while its state
+        is in registers: no extra pass over the state."""
+        epochs = [int(n) for n in epochs]
+        if self.n_probes == 0 or min(epochs) < 1:
+            return super().checkpoints(epochs)
+        ends = np.cumsum(epochs).tolist()
+        K = len(ends)
+        snapshots = None
+        if self._best is not None and K > 1:
+            snapshots = torch.empty((K - 1, self.n_users, self.n_probes, self.d), device=self.device)
+        bad, partial = self._launch(ends, order=self._order, validate=self.has_val, snapshots=snapshots)
+        finite = (bad == 0).cpu().numpy()
+        self._state_finite &= finite[-1]
+        self.epoch += ends[-1]
+        self.fresh = False
+        self._snapshots = list(snapshots) if snapshots is not None else []
+        if not self.has_val:
+            return [Checkpoint(np.zeros(self.n_probes), finite[k]) for k in range(K)]
+        out = []
+        for k in range(K):
+            limbs, loss_finite = limbs_of_partials(partial[k])
+            out.append(Checkpoint(fixed_point_value(limbs) / self.val_weight, finite[k] & loss_finite))
+        return out
 
     def _validate(self, emb):
         from ..kernels.validate import user_losses
