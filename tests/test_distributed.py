@@ -1,0 +1,242 @@
+"""Users sharded over gloo ranks: bitwise the probes, tuned values and embeddings of one process;
+the assignment; a failing rank makes the others stop with a clear error.
+
+Each test spawns its ranks as processes (1 thread each) on a free localhost port; the oracle is
+one process running ``retrain.train_probes`` / ``retrain.tune`` / ``retrain.train_embeddings``.
+"""
+import math
+import multiprocessing
+import pickle
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import retrain.distributed as distributed
+from problems import BACKEND, planted_hyp, planted_problem, random_head, random_ratings
+from retrain.contract import user_key
+from retrain.data import synthetic_ratings
+from retrain.errors import InputError
+from retrain.heads import Head
+from retrain.hyperparams import HyperParams
+from retrain.movielens import load_movielens
+from retrain.trainer import train_embeddings, train_probes
+from retrain.tuner import tune
+
+ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
+TIMEOUT = timedelta(seconds=20)  # the collective timeout of the ranks here
+JOIN = 120.0  # seconds the test waits for all ranks (start-up included) before it fails
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world_size, port, job, args, queue):
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                                timeout=TIMEOUT)
+        outcome = ("ok", job(rank, *args))
+    except BaseException as exc:  # reported to the test; the process then exits, closing its connections
+        outcome = ("error", (type(exc).__name__, str(exc)))
+    queue.put((rank, pickle.dumps(outcome)))  # plain pickle: tensors by value, not in shared memory
+
+
+def run_ranks(world_size: int, job, *args) -> list:
+    """``job(rank, *args)`` on ``world_size`` gloo ranks; per rank ``("ok", result)`` or
+    ``("error", (exception type name, message))``.  Fails the test if a rank does not finish."""
+    ctx = multiprocessing.get_context("spawn")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, job, args, queue)) for r in range(world_size)]
+    for p in procs:
+        p.start()
+    out, deadline = {}, time.monotonic() + JOIN
+    try:
+        while len(out) < world_size:
+            rank, outcome = queue.get(timeout=max(0.1, deadline - time.monotonic()))
+            out[rank] = pickle.loads(outcome)
+    finally:
+        for p in procs:
+            p.join(timeout=max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+    return [out[r] for r in range(world_size)]
+
+
+def _ok(outcomes) -> list:
+    for rank, (status, value) in enumerate(outcomes):
+        assert status == "ok", f"rank {rank} failed: {value}"
+    return [value for _, value in outcomes]
+
+
+# --------------------------------------------------------------------------- problems
+def _synthetic():
+    data = synthetic_ratings(300, 80, 12, seed=1)
+    train, val = data.split_per_user(0.25, seed=0)
+    head = random_head("mf", 80, d=4, seed=2)
+    return head, train, val
+
+
+def _movielens():
+    data = load_movielens(ML_SMALL).subsample_users(0.12, seed=0)
+    train, val = data.split_per_user(0.2, seed=0)
+    g = torch.Generator().manual_seed(0)
+    head = Head.matrix_factorization(torch.randn(data.n_items, 8, generator=g) / 8**0.5,
+                                     torch.randn(data.n_items, generator=g) * 0.3, 3.5)
+    return head, train, val
+
+
+PROBLEMS = {"synthetic": _synthetic, "ml-latest-small": _movielens}
+LRS, REGS = [3e-3, 0.01, 0.05, 1e20], [1e-4, 1e-3, 1e-2, 0.0]  # lr 1e20 diverges
+HYP = HyperParams(model="matrix_factorization_4", batch_size=4, max_epochs=7, epochs_per_checkpoint=2, patience=1)
+
+
+def _probes_job(rank, name, budget):
+    head, train, val = PROBLEMS[name]()
+    hyp = HYP if name == "synthetic" else HYP.replace(model="matrix_factorization_8")
+    return distributed.train_probes(head, train, val, LRS, REGS, hyp, BACKEND, return_embeddings=True,
+                                    memory_budget=budget)
+
+
+def _same_probes(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.history == w.history  # bitwise: the floats compare equal
+        assert (g.best_epoch, g.best_val_loss, g.stop_reason) == (w.best_epoch, w.best_val_loss, w.stop_reason)
+
+
+@pytest.mark.parametrize("world_size,name,budget", [
+    (2, "synthetic", None),
+    (3, "synthetic", 1),  # a budget of one probe at a time: groups of 1, each gathered
+    pytest.param(2, "ml-latest-small", None,
+                 marks=pytest.mark.skipif(not ML_SMALL.exists(), reason="ml-latest-small not present")),
+])
+def test_train_probes_bitwise_as_one_process(world_size, name, budget):
+    head, train, val = PROBLEMS[name]()
+    hyp = HYP if name == "synthetic" else HYP.replace(model="matrix_factorization_8")
+    want = train_probes(head, train, val, LRS, REGS, hyp, BACKEND, return_embeddings=True, memory_budget=budget)
+    assert {r.stop_reason for r in want} >= {"diverged", "patience"}  # the problem exercises both
+    ranks = _ok(run_ranks(world_size, _probes_job, name, budget))
+    for rank, got in enumerate(ranks):
+        _same_probes(got, want)
+        for g, w in zip(got, want):
+            if rank == 0:
+                assert torch.equal(g.embeddings, w.embeddings)
+            else:
+                assert g.embeddings is None
+
+
+def _tune_job(rank, journal):
+    head, train, val = planted_problem(n_users=30)
+    return distributed.tune(head, train, val, planted_hyp(), backend=BACKEND, max_evals=10, n_starts=2,
+                            journal=journal)
+
+
+def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
+    head, train, val = planted_problem(n_users=30)
+    want = tune(head, train, val, planted_hyp(), backend=BACKEND, max_evals=10, n_starts=2)
+    journal = tmp_path / "tune.jsonl"
+    for got in _ok(run_ranks(3, _tune_job, str(journal))):
+        assert (got.a, got.b, got.val_loss, got.epochs) == (want.a, want.b, want.val_loss, want.epochs)
+        assert [(e.a, e.b, e.loss, e.epochs) for e in got.history] == [(e.a, e.b, e.loss, e.epochs) for e in want.history]
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 10  # written once, by rank 0
+    # An interrupted run (the last 4 entries lost) resumes from the journal: only those train again.
+    journal.write_text("\n".join(lines[:6]) + "\n")
+    resumed = _ok(run_ranks(2, _tune_job, str(journal)))[1]
+    assert (resumed.a, resumed.b, resumed.epochs) == (want.a, want.b, want.epochs)
+    assert sum(e.trained for e in resumed.history) == 4
+
+
+def _embeddings_job(rank):
+    head, train, _ = _synthetic()
+    return distributed.train_embeddings(head, train, HYP.replace(learning_rate=0.05), 3, BACKEND)
+
+
+def test_train_embeddings_gathered_bitwise():
+    head, train, _ = _synthetic()
+    want = train_embeddings(head, train, HYP.replace(learning_rate=0.05), 3, BACKEND)
+    got = _ok(run_ranks(2, _embeddings_job))
+    assert torch.equal(got[0], want) and got[1] is None
+
+
+# --------------------------------------------------------------------------- the assignment
+def test_assignment_is_deterministic_and_balanced():
+    data = synthetic_ratings(3000, 200, 15, seed=4)
+    keys, counts = user_key(data.user_ids), data.counts
+    for world_size in (1, 2, 3, 7):
+        owner = distributed.shard_users(keys, counts, world_size)
+        assert np.array_equal(owner, distributed.shard_users(keys, counts, world_size))
+        loads = np.bincount(owner, weights=counts + 1, minlength=world_size)
+        assert owner.min() == 0 and owner.max() == world_size - 1
+        assert loads.max() - loads.min() <= counts.max() + 1  # greedy: within one user's load
+    # It depends on the users, not on where they sit in the data (distinct keys: no ties left).
+    perm = np.random.default_rng(0).permutation(len(keys))
+    assert np.array_equal(distributed.shard_users(keys[perm], counts[perm], 3), distributed.shard_users(keys, counts, 3)[perm])
+
+
+# --------------------------------------------------------------------------- failures
+def _failing_rank_job(rank):
+    head, train, val = _synthetic()
+    backend = distributed.ShardedBackend(BACKEND)
+    if rank == 1:
+        prepare = backend.inner.prepare
+
+        def broken_prepare(*args, **kwargs):
+            problem = prepare(*args, **kwargs)
+
+            def broken(*_, **__):
+                raise MemoryError("rank 1 ran out of memory")
+
+            problem._call = problem._train = broken
+            return problem
+
+        backend.inner.prepare = broken_prepare
+    return distributed.train_probes(head, train, val, LRS, REGS, HYP, backend)
+
+
+def test_a_failing_rank_stops_the_others_with_a_clear_error():
+    outcomes = run_ranks(3, _failing_rank_job)
+    assert outcomes[1] == ("error", ("MemoryError", "rank 1 ran out of memory"))
+    for rank in (0, 2):
+        status, (kind, message) = outcomes[rank]
+        assert status == "error" and kind == "DistributedError", outcomes[rank]
+        assert f"rank {rank}:" in message and "failed" in message
+
+
+def _rank0_input_error_job(rank):
+    head, train, val = _synthetic()
+    return distributed.train_probes(head, train, val, [0.1, -1.0], [0.0, 0.0], HYP, BACKEND)
+
+
+def test_an_input_error_on_rank0_is_raised_on_every_rank():
+    for status, (kind, message) in run_ranks(2, _rank0_input_error_job):
+        assert (status, kind) == ("error", "InputError") and "learning rates must be > 0" in message
+
+
+def _different_data_job(rank):
+    head, train, val = _synthetic()
+    if rank == 1:
+        train, val = train.select_users(np.arange(train.n_users - 1)), val.select_users(np.arange(val.n_users - 1))
+    return distributed.train_probes(head, train, val, LRS, REGS, HYP, BACKEND)
+
+
+def test_ranks_with_other_data_raise_input_error():
+    for status, (kind, message) in run_ranks(2, _different_data_job):
+        assert (status, kind) == ("error", "InputError") and "same arguments" in message
+
+
+def test_sharded_backend_needs_a_process_group():
+    with pytest.raises(InputError, match="process group"):
+        distributed.ShardedBackend(BACKEND)
