@@ -4,12 +4,6 @@ the assignment; a failing rank makes the others stop with a clear error.
 Each test spawns its ranks as processes (1 thread each) on a free localhost port; the oracle is
 one process running ``retrain.train_probes`` / ``retrain.tune`` / ``retrain.train_embeddings``.
 """
-import math
-import multiprocessing
-import pickle
-import socket
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +12,8 @@ import torch
 import torch.distributed as dist
 
 import retrain.distributed as distributed
-from problems import BACKEND, planted_hyp, planted_problem, random_head, random_ratings
+from problems import BACKEND, planted_hyp, planted_problem, random_head
+from ranks import results, run_ranks
 from retrain.contract import user_key
 from retrain.data import synthetic_ratings
 from retrain.errors import InputError
@@ -29,55 +24,9 @@ from retrain.trainer import train_embeddings, train_probes
 from retrain.tuner import tune
 
 ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
-TIMEOUT = timedelta(seconds=20)  # the collective timeout of the ranks here
-JOIN = 120.0  # seconds the test waits for all ranks (start-up included) before it fails
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank, world_size, port, job, args, queue):
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                                timeout=TIMEOUT)
-        outcome = ("ok", job(rank, *args))
-    except BaseException as exc:  # reported to the test; the process then exits, closing its connections
-        outcome = ("error", (type(exc).__name__, str(exc)))
-    queue.put((rank, pickle.dumps(outcome)))  # plain pickle: tensors by value, not in shared memory
-
-
-def run_ranks(world_size: int, job, *args) -> list:
-    """``job(rank, *args)`` on ``world_size`` gloo ranks; per rank ``("ok", result)`` or
-    ``("error", (exception type name, message))``.  Fails the test if a rank does not finish."""
-    ctx = multiprocessing.get_context("spawn")
-    queue, port = ctx.Queue(), _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, job, args, queue)) for r in range(world_size)]
-    for p in procs:
-        p.start()
-    out, deadline = {}, time.monotonic() + JOIN
-    try:
-        while len(out) < world_size:
-            rank, outcome = queue.get(timeout=max(0.1, deadline - time.monotonic()))
-            out[rank] = pickle.loads(outcome)
-    finally:
-        for p in procs:
-            p.join(timeout=max(0.1, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-    return [out[r] for r in range(world_size)]
-
-
-def _ok(outcomes) -> list:
-    for rank, (status, value) in enumerate(outcomes):
-        assert status == "ok", f"rank {rank} failed: {value}"
-    return [value for _, value in outcomes]
 
 
 # --------------------------------------------------------------------------- problems
@@ -127,7 +76,7 @@ def test_train_probes_bitwise_as_one_process(world_size, name, budget):
     hyp = HYP if name == "synthetic" else HYP.replace(model="matrix_factorization_8")
     want = train_probes(head, train, val, LRS, REGS, hyp, BACKEND, return_embeddings=True, memory_budget=budget)
     assert {r.stop_reason for r in want} >= {"diverged", "patience"}  # the problem exercises both
-    ranks = _ok(run_ranks(world_size, _probes_job, name, budget))
+    ranks = results(run_ranks(world_size, _probes_job, name, budget))
     for rank, got in enumerate(ranks):
         _same_probes(got, want)
         for g, w in zip(got, want):
@@ -147,14 +96,14 @@ def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
     head, train, val = planted_problem(n_users=30)
     want = tune(head, train, val, planted_hyp(), backend=BACKEND, max_evals=10, n_starts=2)
     journal = tmp_path / "tune.jsonl"
-    for got in _ok(run_ranks(3, _tune_job, str(journal))):
+    for got in results(run_ranks(3, _tune_job, str(journal))):
         assert (got.a, got.b, got.val_loss, got.epochs) == (want.a, want.b, want.val_loss, want.epochs)
         assert [(e.a, e.b, e.loss, e.epochs) for e in got.history] == [(e.a, e.b, e.loss, e.epochs) for e in want.history]
     lines = journal.read_text().splitlines()
     assert len(lines) == 10  # written once, by rank 0
     # An interrupted run (the last 4 entries lost) resumes from the journal: only those train again.
     journal.write_text("\n".join(lines[:6]) + "\n")
-    resumed = _ok(run_ranks(2, _tune_job, str(journal)))[1]
+    resumed = results(run_ranks(2, _tune_job, str(journal)))[1]
     assert (resumed.a, resumed.b, resumed.epochs) == (want.a, want.b, want.epochs)
     assert sum(e.trained for e in resumed.history) == 4
 
@@ -167,7 +116,7 @@ def _embeddings_job(rank):
 def test_train_embeddings_gathered_bitwise():
     head, train, _ = _synthetic()
     want = train_embeddings(head, train, HYP.replace(learning_rate=0.05), 3, BACKEND)
-    got = _ok(run_ranks(2, _embeddings_job))
+    got = results(run_ranks(2, _embeddings_job))
     assert torch.equal(got[0], want) and got[1] is None
 
 
