@@ -114,13 +114,15 @@ def shard_users(keys, counts, world_size: int) -> np.ndarray:
 
 
 def _problem_digest(head, train, val, spec, init: torch.Tensor) -> bytes:
-    """A hash of what a prepared problem depends on, to check that every rank got the same inputs."""
+    """A hash of what a prepared problem depends on, to check that every rank got the same inputs
+    (one pass over the data: about a second per GB)."""
     digest = hashlib.sha256(repr(spec).encode())
-    arrays = [train.indptr, train.items, train.ratings, train.weights, user_key(train.user_ids), init.numpy()]
+    arrays = [train.indptr, train.items, train.ratings, train.weights, user_key(train.user_ids), init.cpu().numpy()]
     if val is not None:
         arrays += [val.indptr, val.items, val.ratings, val.weights]
-    arrays += [t.numpy() for t in (getattr(head, "item_vectors", None), getattr(head, "item_bias", None))
-               if isinstance(t, torch.Tensor)]
+    tensors = [getattr(head, "item_vectors", None), getattr(head, "item_bias", None)]
+    tensors += [t for layer in getattr(head, "tower", ()) for t in (layer.weight, layer.bias)]
+    arrays += [t.detach().cpu().numpy() for t in tensors if isinstance(t, torch.Tensor)]
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.digest()
