@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from . import trainer, tuner
 from .backends import get_backend
-from .backends.base import Backend, Checkpoint
+from .backends.base import Backend, Checkpoint, Problem
 from .contract import FIXED_POINT_LIMBS, fixed_point_limbs, fixed_point_value, fmix32, user_key
 from .errors import InputError
 
@@ -151,6 +151,9 @@ def _reduce_over_ranks(problem, backend: "ShardedBackend") -> None:
     """
     from .backends.cpu import CpuProblem
 
+    if not isinstance(problem, Problem):
+        raise InputError(f"ShardedBackend needs an inner backend that prepares a retrain Problem, got a "
+                         f"{type(problem).__name__}: wrap ShardedBackend in it instead (e.g. MeteredBackend(ShardedBackend(...)))")
     reduce = lambda finite, limbs: _unpack(backend.all_reduce_sum(_pack(finite, limbs)))
     if isinstance(problem, CpuProblem):  # its fused checkpoints get flags and limbs from _call
         call = problem._call

@@ -14,7 +14,7 @@ TIMEOUT = timedelta(seconds=20)  # the ranks' collective timeout
 JOIN = 180.0  # seconds to wait for every rank (start-up included) before giving up
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -36,7 +36,7 @@ def run_ranks(world_size: int, job, *args, threads: int = 1) -> list:
     ``("ok", result)`` or ``("error", (exception type name, message))``.  ``job`` must be importable
     (a module-level function).  Raises TimeoutError if a rank does not report within ``JOIN``."""
     ctx = multiprocessing.get_context("spawn")
-    queue, port = ctx.Queue(), _free_port()
+    queue, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, threads, job, args, queue))
              for r in range(world_size)]
     for p in procs:

@@ -13,7 +13,9 @@ import torch.distributed as dist
 
 import retrain.distributed as distributed
 from problems import BACKEND, planted_hyp, planted_problem, random_head
-from ranks import results, run_ranks
+from ranks import free_port, results, run_ranks
+from retrain.backends import get_backend
+from retrain.progress import MeteredBackend
 from retrain.contract import user_key
 from retrain.data import Ratings, synthetic_ratings
 from retrain.errors import InputError
@@ -205,3 +207,24 @@ def test_ranks_with_other_data_raise_input_error():
 def test_sharded_backend_needs_a_process_group():
     with pytest.raises(InputError, match="process group"):
         distributed.ShardedBackend(BACKEND)
+
+
+@pytest.fixture
+def one_rank():
+    """A gloo group of this process alone."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_rank_in_process_and_a_wrapped_inner_backend(one_rank):
+    head, train, val = _synthetic()
+    want = train_probes(head, train, val, LRS, REGS, HYP, BACKEND)
+    _same_probes(distributed.train_probes(head, train, val, LRS, REGS, HYP, BACKEND), want)
+    # A wrapper whose problems are not retrain Problems would escape the reductions: refused.
+    with pytest.raises(InputError, match="MeteredBackend"):
+        distributed.train_probes(head, train, val, LRS, REGS, HYP, MeteredBackend(get_backend(BACKEND)))
+    # Wrapped the other way round, it meters the sharded problem.
+    metered = MeteredBackend(distributed.ShardedBackend(BACKEND))
+    _same_probes(train_probes(head, train, val, LRS, REGS, HYP, metered), want)
+    assert metered.calls
