@@ -53,6 +53,11 @@ class DistributedError(RuntimeError):
     """Another rank failed or left, or a collective timed out; the process group is unusable."""
 
 
+class _RaisedOnEveryRank(InputError):
+    """An InputError every rank raises at the same point, after the same collectives (the group
+    stays usable)."""
+
+
 # --------------------------------------------------------------------------- the process group
 def init_distributed(backend: str | None = None, *, timeout: timedelta = DEFAULT_TIMEOUT) -> bool:
     """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
@@ -258,7 +263,7 @@ class ShardedBackend(Backend):
     def _check_same_inputs(self, digest: tuple) -> None:
         differ = self.all_reduce_sum(torch.tensor([int(self.broadcast(digest) != digest)]))
         if int(differ[0]):
-            raise InputError(f"{int(differ[0])} rank(s) got other data, head, init or step than rank 0: every rank "
+            raise _RaisedOnEveryRank(f"{int(differ[0])} rank(s) got other data, head, init or step than rank 0: every rank "
                              "must pass the same arguments")
 
     # ----------------------------------------------------------------- rank 0 drives, the others follow
@@ -299,11 +304,22 @@ class ShardedBackend(Backend):
             if name == "abort":
                 message, input_error = args
                 raise (InputError if input_error else DistributedError)(f"rank 0 failed: {message}")
-            if name == "prepare":
-                problem = None  # free the last one first
-                problem = prepare()
-            else:
-                getattr(problem, name)(*args, **kwargs)
+            try:
+                if name == "prepare":
+                    problem = None  # free the last one first
+                    problem = prepare()
+                else:
+                    getattr(problem, name)(*args, **kwargs)
+            except _RaisedOnEveryRank:
+                self.broadcast(None)  # rank 0 raised it too and sends "abort": take it, so that it does not wait
+                raise
+            except BaseException:
+                # The other ranks wait for this one in a collective: closing its connections makes
+                # them raise now instead of at the timeout.
+                log.error("rank %d failed: leaving the process group", self.rank)
+                with suppress(Exception):
+                    dist.destroy_process_group(self.group)
+                raise
 
 
 class ShardedProblem:

@@ -26,6 +26,7 @@ def _rank_main(rank, world_size, port, threads, job, args, queue):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                                 timeout=TIMEOUT)
         outcome = ("ok", job(rank, *args))
+        dist.destroy_process_group()
     except BaseException as exc:  # reported; the process then exits, closing its connections
         outcome = ("error", (type(exc).__name__, str(exc)))
     queue.put((rank, pickle.dumps(outcome)))  # plain pickle: tensors by value, not in shared memory
@@ -50,9 +51,9 @@ def run_ranks(world_size: int, job, *args, threads: int = 1) -> list:
                 raise TimeoutError(f"ranks {sorted(set(range(world_size)) - set(out))} did not finish "
                                    f"within {JOIN:.0f} s") from None
             out[rank] = pickle.loads(outcome)
-    finally:
+    finally:  # every rank has reported (or the test gives up): a rank slow to exit is not waited for
         for p in procs:
-            p.join(timeout=max(0.1, deadline - time.monotonic()))
+            p.join(timeout=5.0)
             if p.is_alive():
                 p.kill()
     return [out[r] for r in range(world_size)]

@@ -70,8 +70,9 @@ HYP = HyperParams(model="matrix_factorization_4", batch_size=4, max_epochs=7, ep
 def _probes_job(rank, name, budget):
     head, train, val = PROBLEMS[name]()
     hyp = HYP if name == "synthetic" else HYP.replace(model="matrix_factorization_8")
-    return distributed.train_probes(head, train, val, LRS, REGS, hyp, BACKEND, return_embeddings=True,
-                                    memory_budget=budget)
+    probes = distributed.train_probes(head, train, val, LRS, REGS, hyp, BACKEND, return_embeddings=True,
+                                      memory_budget=budget)
+    return probes, distributed.train_embeddings(head, train, hyp.replace(learning_rate=0.05), 3, BACKEND)
 
 
 def _same_probes(got, want):
@@ -94,9 +95,11 @@ def test_train_probes_bitwise_as_one_process(world_size, name, budget):
     want = train_probes(head, train, val, LRS, REGS, hyp, BACKEND, return_embeddings=True, memory_budget=budget)
     reasons = {"diverged"} if name == "one user overflows" else {"diverged", "patience"}
     assert {r.stop_reason for r in want} >= reasons  # what the problem is there to exercise
+    want_embeddings = train_embeddings(head, train, hyp.replace(learning_rate=0.05), 3, BACKEND)
     ranks = results(run_ranks(world_size, _probes_job, name, budget))
-    for rank, got in enumerate(ranks):
+    for rank, (got, embeddings) in enumerate(ranks):
         _same_probes(got, want)
+        assert torch.equal(embeddings, want_embeddings) if rank == 0 else embeddings is None  # gathered
         for g, w in zip(got, want):
             if rank == 0:
                 assert torch.equal(g.embeddings, w.embeddings)
@@ -124,18 +127,6 @@ def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
     resumed = results(run_ranks(2, _tune_job, str(journal)))[1]
     assert (resumed.a, resumed.b, resumed.epochs) == (want.a, want.b, want.epochs)
     assert sum(e.trained for e in resumed.history) == 4
-
-
-def _embeddings_job(rank):
-    head, train, _ = _synthetic()
-    return distributed.train_embeddings(head, train, HYP.replace(learning_rate=0.05), 3, BACKEND)
-
-
-def test_train_embeddings_gathered_bitwise():
-    head, train, _ = _synthetic()
-    want = train_embeddings(head, train, HYP.replace(learning_rate=0.05), 3, BACKEND)
-    got = results(run_ranks(2, _embeddings_job))
-    assert torch.equal(got[0], want) and got[1] is None
 
 
 # --------------------------------------------------------------------------- the assignment
@@ -182,26 +173,30 @@ def test_a_failing_rank_stops_the_others_with_a_clear_error():
         assert f"rank {rank}:" in message and "failed" in message
 
 
-def _rank0_input_error_job(rank):
+def _input_errors_job(rank):
     head, train, val = _synthetic()
-    return distributed.train_probes(head, train, val, [0.1, -1.0], [0.0, 0.0], HYP, BACKEND)
+    raised = []
+    try:  # rank 0 refuses the learning rates: "abort"
+        distributed.train_probes(head, train, val, [0.1, -1.0], [0.0, 0.0], HYP, BACKEND)
+    except InputError as exc:
+        raised.append(str(exc))
+    other_train, other_val = (train, val) if rank == 0 else (train.select_users(np.arange(train.n_users - 1)),
+                                                            val.select_users(np.arange(val.n_users - 1)))
+    try:  # rank 1 got other data: every rank raises
+        distributed.train_probes(head, other_train, other_val, LRS, REGS, HYP, BACKEND)
+    except InputError as exc:
+        raised.append(str(exc))
+    # The group is still usable: the next call runs as in one process.
+    return raised, distributed.train_probes(head, train, val, LRS, REGS, HYP, BACKEND)
 
 
-def test_an_input_error_on_rank0_is_raised_on_every_rank():
-    for status, (kind, message) in run_ranks(2, _rank0_input_error_job):
-        assert (status, kind) == ("error", "InputError") and "learning rates must be > 0" in message
-
-
-def _different_data_job(rank):
+def test_input_errors_are_raised_on_every_rank_and_leave_the_group_usable():
     head, train, val = _synthetic()
-    if rank == 1:
-        train, val = train.select_users(np.arange(train.n_users - 1)), val.select_users(np.arange(val.n_users - 1))
-    return distributed.train_probes(head, train, val, LRS, REGS, HYP, BACKEND)
-
-
-def test_ranks_with_other_data_raise_input_error():
-    for status, (kind, message) in run_ranks(2, _different_data_job):
-        assert (status, kind) == ("error", "InputError") and "same arguments" in message
+    want = train_probes(head, train, val, LRS, REGS, HYP, BACKEND)
+    for raised, probes in results(run_ranks(2, _input_errors_job)):
+        assert len(raised) == 2
+        assert "learning rates must be > 0" in raised[0] and "same arguments" in raised[1]
+        _same_probes(probes, want)
 
 
 def test_sharded_backend_needs_a_process_group():

@@ -105,6 +105,9 @@ def test_two_ranks_against_one(request):
         lines.append(f"| {name} | {best[setup]:.3f} | {rate:.3g} | {best[1, 1] / best[setup]:.2f}x "
                      f"| {rate * flops / 1e9:.3g} | {100 * rate * flops / peaks[2]:.2g} | "
                      f"{', '.join(f'{c:.3f}' for c in cpu[setup])} |")
+    busiest = max(cpu[2, 1])
+    lines += ["", f"CPU seconds: 1 process {cpu[1, 1][0]:.3f}, the busiest of 2 ranks {busiest:.3f} "
+                  f"({cpu[1, 1][0] / busiest:.2f}x less), both ranks {sum(cpu[2, 1]) / cpu[1, 1][0]:.2f}x the one process's"]
     lines += ["", f"{nnz} train ratings, P = {P}, d = {D}, {EPOCHS} epochs with a checkpoint each; best of {rounds} "
                   f"interleaved rounds; FP32 matmul peak {peaks[1] / 1e9:.1f} GFLOP/s on 1 thread, "
                   f"{peaks[2] / 1e9:.1f} on 2; load average {' '.join(load)} after the run"]
