@@ -18,9 +18,11 @@ that for you: call them with the same arguments on every rank.
     torchrun --nproc-per-node 2 my_script.py      # my_script: init_distributed(); distributed.tune(...)
 
 Failure: collectives carry the process group's timeout (``init_distributed(timeout=...)``,
-``DEFAULT_TIMEOUT``); an exception on rank 0 broadcasts "abort" so that the others raise too; a
-rank that dies breaks the group's connections, and the others raise ``DistributedError`` (at the
-latest when the timeout passes).  After a failure the process group is unusable.
+``DEFAULT_TIMEOUT``).  An exception on rank 0 broadcasts "abort" and the others raise too (an
+InputError as InputError; the group stays usable when they were waiting for a command).  A
+follower that fails leaves the group, and a rank that dies breaks its connections: the others
+raise ``DistributedError`` at once, at the latest when the timeout passes; the group is then
+unusable.  Ranks given other inputs than rank 0 all raise InputError.
 """
 from __future__ import annotations
 
@@ -263,8 +265,8 @@ class ShardedBackend(Backend):
     def _check_same_inputs(self, digest: tuple) -> None:
         differ = self.all_reduce_sum(torch.tensor([int(self.broadcast(digest) != digest)]))
         if int(differ[0]):
-            raise _RaisedOnEveryRank(f"{int(differ[0])} rank(s) got other data, head, init or step than rank 0: every rank "
-                             "must pass the same arguments")
+            raise _RaisedOnEveryRank(f"{int(differ[0])} rank(s) got other data, head, init or step than rank 0: "
+                                     "every rank must pass the same arguments")
 
     # ----------------------------------------------------------------- rank 0 drives, the others follow
     def _command(self, name: str, *args, **kwargs) -> None:

@@ -223,3 +223,20 @@ def test_one_rank_in_process_and_a_wrapped_inner_backend(one_rank):
     metered = MeteredBackend(distributed.ShardedBackend(BACKEND))
     _same_probes(train_probes(head, train, val, LRS, REGS, HYP, metered), want)
     assert metered.calls
+
+
+def test_init_distributed_from_torchrun_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.init_distributed("gloo") is False  # not under torchrun: nothing to do
+    env = dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match="'gloo' or 'nccl'"):
+        distributed.init_distributed("mpi")
+    assert distributed.init_distributed("gloo") is True
+    try:
+        assert (dist.get_backend(), dist.get_world_size()) == ("gloo", 1)
+        assert distributed.init_distributed("gloo") is False  # a group exists: it is the one used
+    finally:
+        dist.destroy_process_group()
