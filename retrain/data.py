@@ -215,11 +215,11 @@ class Ratings:
         users = np.asarray(users, dtype=np.int64)
         if users.size and (users.min() < 0 or users.max() >= self.n_users):
             raise InputError(f"user index out of range [0, {self.n_users})")
-        starts, ends = self.indptr[users], self.indptr[users + 1]
-        counts = ends - starts
-        rows = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if users.size else np.zeros(0, np.int64)
-        rows = rows.astype(np.int64)
+        starts = self.indptr[users]
+        counts = self.indptr[users + 1] - starts
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        # Row of position i of selected user j: starts[j] + (i - indptr[j]); no loop over users.
+        rows = np.arange(indptr[-1], dtype=np.int64) + np.repeat(starts - indptr[:-1], counts)
         return Ratings(indptr, self.items[rows], self.ratings[rows], self.weights[rows], self.user_ids[users], self.item_ids)
 
     def subsample_users(self, fraction: float, seed: int = 0) -> "Ratings":

@@ -1,0 +1,242 @@
+"""Users sharded over gloo ranks: bitwise the probes, tuned values and embeddings of one process;
+the assignment; a failing rank makes the others stop with a clear error.
+
+Each test spawns its ranks as processes (1 thread each) on a free localhost port; the oracle is
+one process running ``retrain.train_probes`` / ``retrain.tune`` / ``retrain.train_embeddings``.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import retrain.distributed as distributed
+from problems import BACKEND, planted_hyp, planted_problem, random_head
+from ranks import free_port, results, run_ranks
+from retrain.backends import get_backend
+from retrain.progress import MeteredBackend
+from retrain.contract import user_key
+from retrain.data import Ratings, synthetic_ratings
+from retrain.errors import InputError
+from retrain.heads import Head
+from retrain.hyperparams import HyperParams
+from retrain.movielens import load_movielens
+from retrain.trainer import train_embeddings, train_probes
+from retrain.tuner import tune
+
+ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+# --------------------------------------------------------------------------- problems
+def _synthetic():
+    data = synthetic_ratings(300, 80, 12, seed=1)
+    train, val = data.split_per_user(0.25, seed=0)
+    head = random_head("mf", 80, d=4, seed=2)
+    return head, train, val
+
+
+def _movielens():
+    data = load_movielens(ML_SMALL).subsample_users(0.12, seed=0)
+    train, val = data.split_per_user(0.2, seed=0)
+    g = torch.Generator().manual_seed(0)
+    head = Head.matrix_factorization(torch.randn(data.n_items, 8, generator=g) / 8**0.5,
+                                     torch.randn(data.n_items, generator=g) * 0.3, 3.5)
+    return head, train, val
+
+
+def _one_user_overflows():
+    """``_synthetic`` but one user of rank 1 (of 2) has a rating of 3e38 and no validation ratings:
+    its state becomes NaN at once, for every probe, and only its shard's training flags say so."""
+    head, train, val = _synthetic()
+    user = int(np.flatnonzero(distributed.shard_users(user_key(train.user_ids), train.counts, 2) == 1)[0])
+    ratings = train.ratings.copy()
+    ratings[train.indptr[user]] = 3e38
+    train = Ratings(train.indptr, train.items, ratings, train.weights, train.user_ids, train.item_ids)
+    keep = val.user_of_row() != user
+    val = Ratings.from_coo(val.user_of_row()[keep], val.items[keep], val.ratings[keep], val.weights[keep],
+                           n_users=val.n_users, n_items=val.n_items, user_ids=val.user_ids, item_ids=val.item_ids)
+    return head, train, val
+
+
+PROBLEMS = {"synthetic": _synthetic, "ml-latest-small": _movielens, "one user overflows": _one_user_overflows}
+LRS, REGS = [3e-3, 0.01, 0.05, 1e20], [1e-4, 1e-3, 1e-2, 0.0]  # lr 1e20 diverges
+HYP = HyperParams(model="matrix_factorization_4", batch_size=4, max_epochs=7, epochs_per_checkpoint=2, patience=1)
+
+
+def _probes_job(rank, name, budget):
+    head, train, val = PROBLEMS[name]()
+    hyp = HYP if name == "synthetic" else HYP.replace(model="matrix_factorization_8")
+    probes = distributed.train_probes(head, train, val, LRS, REGS, hyp, BACKEND, return_embeddings=True,
+                                      memory_budget=budget)
+    return probes, distributed.train_embeddings(head, train, hyp.replace(learning_rate=0.05), 3, BACKEND)
+
+
+def _same_probes(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.history == w.history  # bitwise: the floats compare equal
+        assert (g.best_epoch, g.best_val_loss, g.stop_reason) == (w.best_epoch, w.best_val_loss, w.stop_reason)
+
+
+@pytest.mark.parametrize("world_size,name,budget", [
+    (2, "synthetic", None),
+    (3, "synthetic", 1),  # a budget of one probe at a time: groups of 1, each gathered
+    (2, "one user overflows", None),  # every probe diverges on rank 1's shard only
+    pytest.param(2, "ml-latest-small", None,
+                 marks=pytest.mark.skipif(not ML_SMALL.exists(), reason="ml-latest-small not present")),
+])
+def test_train_probes_bitwise_as_one_process(world_size, name, budget):
+    head, train, val = PROBLEMS[name]()
+    hyp = HYP if name == "synthetic" else HYP.replace(model="matrix_factorization_8")
+    want = train_probes(head, train, val, LRS, REGS, hyp, BACKEND, return_embeddings=True, memory_budget=budget)
+    reasons = {"diverged"} if name == "one user overflows" else {"diverged", "patience"}
+    assert {r.stop_reason for r in want} >= reasons  # what the problem is there to exercise
+    want_embeddings = train_embeddings(head, train, hyp.replace(learning_rate=0.05), 3, BACKEND)
+    ranks = results(run_ranks(world_size, _probes_job, name, budget))
+    for rank, (got, embeddings) in enumerate(ranks):
+        _same_probes(got, want)
+        assert torch.equal(embeddings, want_embeddings) if rank == 0 else embeddings is None  # gathered
+        for g, w in zip(got, want):
+            if rank == 0:
+                assert torch.equal(g.embeddings, w.embeddings)
+            else:
+                assert g.embeddings is None
+
+
+def _tune_job(rank, journal):
+    head, train, val = planted_problem(n_users=30)
+    return distributed.tune(head, train, val, planted_hyp(), backend=BACKEND, max_evals=10, n_starts=2,
+                            journal=journal)
+
+
+def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
+    head, train, val = planted_problem(n_users=30)
+    want = tune(head, train, val, planted_hyp(), backend=BACKEND, max_evals=10, n_starts=2)
+    journal = tmp_path / "tune.jsonl"
+    for got in results(run_ranks(3, _tune_job, str(journal))):
+        assert (got.a, got.b, got.val_loss, got.epochs) == (want.a, want.b, want.val_loss, want.epochs)
+        assert [(e.a, e.b, e.loss, e.epochs) for e in got.history] == [(e.a, e.b, e.loss, e.epochs) for e in want.history]
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 10  # written once, by rank 0
+    # An interrupted run (the last 4 entries lost) resumes from the journal: only those train again.
+    journal.write_text("\n".join(lines[:6]) + "\n")
+    resumed = results(run_ranks(2, _tune_job, str(journal)))[1]
+    assert (resumed.a, resumed.b, resumed.epochs) == (want.a, want.b, want.epochs)
+    assert sum(e.trained for e in resumed.history) == 4
+
+
+# --------------------------------------------------------------------------- the assignment
+def test_assignment_is_deterministic_and_balanced():
+    data = synthetic_ratings(3000, 200, 15, seed=4)
+    keys, counts = user_key(data.user_ids), data.counts
+    for world_size in (1, 2, 3, 7):
+        owner = distributed.shard_users(keys, counts, world_size)
+        assert np.array_equal(owner, distributed.shard_users(keys, counts, world_size))
+        loads = np.bincount(owner, weights=counts + 1, minlength=world_size)
+        assert owner.min() == 0 and owner.max() == world_size - 1
+        assert loads.max() - loads.min() <= counts.max() + 1  # greedy: within one user's load
+    # It depends on the users, not on where they sit in the data (distinct keys: no ties left).
+    perm = np.random.default_rng(0).permutation(len(keys))
+    assert np.array_equal(distributed.shard_users(keys[perm], counts[perm], 3), distributed.shard_users(keys, counts, 3)[perm])
+
+
+# --------------------------------------------------------------------------- failures
+def _failing_rank_job(rank):
+    head, train, val = _synthetic()
+    backend = distributed.ShardedBackend(BACKEND)
+    if rank == 1:
+        prepare = backend.inner.prepare
+
+        def broken_prepare(*args, **kwargs):
+            problem = prepare(*args, **kwargs)
+
+            def broken(*_, **__):
+                raise MemoryError("rank 1 ran out of memory")
+
+            problem._call = problem._train = broken
+            return problem
+
+        backend.inner.prepare = broken_prepare
+    return distributed.train_probes(head, train, val, LRS, REGS, HYP, backend)
+
+
+def test_a_failing_rank_stops_the_others_with_a_clear_error():
+    outcomes = run_ranks(3, _failing_rank_job)
+    assert outcomes[1] == ("error", ("MemoryError", "rank 1 ran out of memory"))
+    for rank in (0, 2):
+        status, (kind, message) = outcomes[rank]
+        assert status == "error" and kind == "DistributedError", outcomes[rank]
+        assert f"rank {rank}:" in message and "failed" in message
+
+
+def _input_errors_job(rank):
+    head, train, val = _synthetic()
+    raised = []
+    try:  # rank 0 refuses the learning rates: "abort"
+        distributed.train_probes(head, train, val, [0.1, -1.0], [0.0, 0.0], HYP, BACKEND)
+    except InputError as exc:
+        raised.append(str(exc))
+    other_train, other_val = (train, val) if rank == 0 else (train.select_users(np.arange(train.n_users - 1)),
+                                                            val.select_users(np.arange(val.n_users - 1)))
+    try:  # rank 1 got other data: every rank raises
+        distributed.train_probes(head, other_train, other_val, LRS, REGS, HYP, BACKEND)
+    except InputError as exc:
+        raised.append(str(exc))
+    # The group is still usable: the next call runs as in one process.
+    return raised, distributed.train_probes(head, train, val, LRS, REGS, HYP, BACKEND)
+
+
+def test_input_errors_are_raised_on_every_rank_and_leave_the_group_usable():
+    head, train, val = _synthetic()
+    want = train_probes(head, train, val, LRS, REGS, HYP, BACKEND)
+    for raised, probes in results(run_ranks(2, _input_errors_job)):
+        assert len(raised) == 2
+        assert "learning rates must be > 0" in raised[0] and "same arguments" in raised[1]
+        _same_probes(probes, want)
+
+
+def test_sharded_backend_needs_a_process_group():
+    with pytest.raises(InputError, match="process group"):
+        distributed.ShardedBackend(BACKEND)
+
+
+@pytest.fixture
+def one_rank():
+    """A gloo group of this process alone."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_rank_in_process_and_a_wrapped_inner_backend(one_rank):
+    head, train, val = _synthetic()
+    want = train_probes(head, train, val, LRS, REGS, HYP, BACKEND)
+    _same_probes(distributed.train_probes(head, train, val, LRS, REGS, HYP, BACKEND), want)
+    # A wrapper whose problems are not retrain Problems would escape the reductions: refused.
+    with pytest.raises(InputError, match="MeteredBackend"):
+        distributed.train_probes(head, train, val, LRS, REGS, HYP, MeteredBackend(get_backend(BACKEND)))
+    # Wrapped the other way round, it meters the sharded problem.
+    metered = MeteredBackend(distributed.ShardedBackend(BACKEND))
+    _same_probes(train_probes(head, train, val, LRS, REGS, HYP, metered), want)
+    assert metered.calls
+
+
+def test_init_distributed_from_torchrun_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.init_distributed("gloo") is False  # not under torchrun: nothing to do
+    env = dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match="'gloo' or 'nccl'"):
+        distributed.init_distributed("mpi")
+    assert distributed.init_distributed("gloo") is True
+    try:
+        assert (dist.get_backend(), dist.get_world_size()) == ("gloo", 1)
+        assert distributed.init_distributed("gloo") is False  # a group exists: it is the one used
+    finally:
+        dist.destroy_process_group()
