@@ -152,36 +152,19 @@ def _unpack(packed: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 def _reduce_over_ranks(problem, backend: "ShardedBackend") -> None:
     """Make ``problem``'s finite flags and validation limbs those of every rank's users.
 
-    Each training call's finite flags and each validation's limbs and flags go through one int64
-    SUM all-reduce (``[K, P, 7]``: limbs and a not-finite count).  A workaround that wraps the
-    instance's methods until ``retrain.backends.base.Problem`` has a reduction hook (docs/scaling.md).
+    Every training call's finite flags and every validation's limbs and flags go through the
+    problem's ``reduce_hook``: one int64 SUM all-reduce (``[K, P, 7]``: limbs and a not-finite
+    count) per call.
     """
-    from .backends.cpu import CpuProblem
-
     if not isinstance(problem, Problem):
         raise InputError(f"ShardedBackend needs an inner backend that prepares a retrain Problem, got a "
                          f"{type(problem).__name__}: wrap ShardedBackend in it instead (e.g. MeteredBackend(ShardedBackend(...)))")
-    reduce = lambda finite, limbs: _unpack(backend.all_reduce_sum(_pack(finite, limbs)))
-    if isinstance(problem, CpuProblem):  # its fused checkpoints get flags and limbs from _call
-        call = problem._call
 
-        def reduced_call(ends, *, validate, snapshots=None):
-            finite, limbs = call(ends, validate=validate, snapshots=snapshots)
-            finite, summed = reduce(finite, limbs)
-            return finite, summed if limbs is not None else None
+    def reduce(finite, limbs):
+        finite, summed = _unpack(backend.all_reduce_sum(_pack(finite, limbs)))
+        return finite, summed if limbs is not None else None
 
-        problem._call = reduced_call
-    else:
-        train = problem._train
-        problem._train = lambda epoch_start, n_epochs, fresh: reduce(train(epoch_start, n_epochs, fresh), None)[0]
-    validate = problem._validate
-
-    def reduced_validate(emb):
-        limbs, finite = validate(emb)
-        finite, limbs = reduce(finite, limbs)
-        return limbs, finite
-
-    problem._validate = reduced_validate
+    problem.reduce_hook = reduce
 
 
 # --------------------------------------------------------------------------- the sharded backend

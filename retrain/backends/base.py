@@ -166,6 +166,9 @@ class Problem:
         self._best = None
         self._snapshots = []  # embeddings [U, P, d] at the checkpoints of the last call but its last
         self._init_losses = None  # the init's validation, the same for every probe and batch
+        # Combines a call's finite flags and validation limbs with those of the problem's other
+        # shards (retrain.distributed sets it); None: this process holds every user.
+        self.reduce_hook = None
         self.live = np.zeros(0, dtype=np.int64)
         self.epoch = 0
         self.fresh = True
@@ -226,7 +229,7 @@ class Problem:
         """Advance the live probes by ``n_epochs`` epochs of the contract's schedule."""
         if n_epochs <= 0 or self.n_probes == 0:
             return
-        finite = self._train(self.epoch, n_epochs, self.fresh)
+        finite, _ = self._reduce(self._train(self.epoch, n_epochs, self.fresh), None)
         self._state_finite &= np.asarray(finite, dtype=bool)
         self.epoch += n_epochs
         self.fresh = False
@@ -304,7 +307,14 @@ class Problem:
         if not self.has_val:
             return np.zeros(P), np.ones(P, dtype=bool)
         limbs, finite = self._validate(emb)
+        finite, limbs = self._reduce(finite, limbs)
         return fixed_point_value(limbs) / self.val_weight, np.asarray(finite, dtype=bool)
+
+    def _reduce(self, finite, limbs):
+        """``(finite, limbs)`` of every shard: the flags ``[..., P]`` and-ed, the limbs
+        ``[..., P, 6]`` (or None) summed; the identity in one process.  Every call that trains or
+        validates goes through here exactly once, so the shards of a problem stay in step."""
+        return (finite, limbs) if self.reduce_hook is None else self.reduce_hook(finite, limbs)
 
     # ----------------------------------------------------------------- what a backend implements
     def _train(self, epoch_start: int, n_epochs: int, fresh: bool) -> np.ndarray:

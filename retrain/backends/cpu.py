@@ -82,7 +82,7 @@ class CpuProblem(Problem):
                 self._snapshot_flat = torch.empty(size, dtype=torch.float32)
             snapshots = self._snapshot_flat[:size].view(K - 1, self.n_users, self.n_probes, self.d)
         finite, limbs = self._call(ends, validate=self.has_val, snapshots=snapshots)
-        finite = finite.astype(bool)
+        finite, limbs = self._reduce(finite.astype(bool), limbs)
         self._state_finite &= finite[-1]
         self.epoch += int(ends[-1])
         self.fresh = False

@@ -103,18 +103,19 @@ class TritonProblem(Problem):
         if self._best is not None and K > 1:
             snapshots = torch.empty((K - 1, self.n_users, self.n_probes, self.d), device=self.device)
         bad, partial = self._launch(ends, order=self._order, validate=self.has_val, snapshots=snapshots)
-        finite = (bad == 0).cpu().numpy()
+        finite, limbs = (bad == 0).cpu().numpy(), None
+        if self.has_val:
+            per_checkpoint = [limbs_of_partials(partial[k]) for k in range(K)]
+            limbs = np.stack([np.asarray(l) for l, _ in per_checkpoint])
+            finite &= np.stack([ok for _, ok in per_checkpoint])
+        finite, limbs = self._reduce(finite, limbs)
         self._state_finite &= finite[-1]
         self.epoch += ends[-1]
         self.fresh = False
         self._snapshots = list(snapshots) if snapshots is not None else []
         if not self.has_val:
             return [Checkpoint(np.zeros(self.n_probes), finite[k]) for k in range(K)]
-        out = []
-        for k in range(K):
-            limbs, loss_finite = limbs_of_partials(partial[k])
-            out.append(Checkpoint(fixed_point_value(limbs) / self.val_weight, finite[k] & loss_finite))
-        return out
+        return [Checkpoint(fixed_point_value(limbs[k]) / self.val_weight, finite[k]) for k in range(K)]
 
     def _validate(self, emb):
         from ..kernels.validate import user_losses
