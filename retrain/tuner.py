@@ -87,6 +87,7 @@ INITIAL_STEP = 0.25  # first trust radius of K explicit starts, as a fraction of
 BASIN_RADIUS = 1.5  # two first-batch points closer than this many sample spacings share a basin
 FIRST_BATCH_SHARE = 0.5  # the space-filling batch spends at most this share of max_evals
 PRUNE_MARGIN = 0.005  # after its opening, a search worse than the best point by this share ends
+STEP_FACTOR = 0.5  # first trust radius of a search from the space-filling batch, in sample spacings
 STEPS_RESERVED = 3  # evaluations a new search leaves, per live search, for their model steps
 DRY_RUN_CALLS = 8  # the longest opening looked for
 OPENING = 2 * 2 + 1  # BOBYQA's opening in two dimensions: what a new search is budgeted for
@@ -690,17 +691,18 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     finally:
         if jr is not None:
             jr.close()
-    return _result(evaluator, hyp, (tuple(lower), tuple(upper)))
+    return _result(evaluator, hyp, lower, upper)
 
 
-def _result(evaluator: _Evaluator, hyp: HyperParams, box) -> TuneResult:
+def _result(evaluator: _Evaluator, hyp: HyperParams, lower: np.ndarray, upper: np.ndarray) -> TuneResult:
+    """The ``TuneResult`` of a finished search: its best point, flags and warnings."""
     if not evaluator.history:
         raise InputError(f"max_time = {evaluator.max_time:g} s ran out before any point finished training: "
                          "give the tuner more time")
-    (lower, upper), bounds = box, tuple(zip(*box))
+    bounds = tuple((float(lo), float(hi)) for lo, hi in zip(lower, upper))
     all_diverged = all(e.diverged for e in evaluator.history)
     best = min(evaluator.history, key=lambda e: e.loss)
-    tolerance = FD_STEP * (np.array(upper) - np.array(lower))
+    tolerance = FD_STEP * (upper - lower)
     at_bound = tuple(f"{name}_{side}" for i, name in enumerate("ab")
                      for side, edge in (("lo", lower[i]), ("hi", upper[i])) if abs(best.point[i] - edge) <= tolerance[i])
     if all_diverged:
@@ -729,8 +731,8 @@ class _Search:
         """The space-filling batch, then searches from its basins, best first."""
         ev = self.evaluator
         n = max(1, min(self.width, int(ev.max_evals * FIRST_BATCH_SHARE)))
-        # Half a sample spacing: each search explores its own neighbourhood, not the whole box.
-        step = 0.5 * (self.upper - self.lower) / math.sqrt(n)
+        # Each search explores its own neighbourhood, not the whole box.
+        step = STEP_FACTOR * (self.upper - self.lower) / math.sqrt(n)
         inner_lower, inner_upper = self.lower + step, self.upper - step  # BOBYQA keeps starts this far in
         points = np.vstack([np.clip(np.zeros(2), inner_lower, inner_upper),
                             space_filling(n - 1, inner_lower, inner_upper, self.seed)])

@@ -424,3 +424,22 @@ def test_a_tuning_run_prepares_the_data_once(problem, monkeypatch, count_batches
     monkeypatch.setattr(tune_module, "prepare", counting_prepare)
     result = tune(head, train, val, planted_hyp(), max_evals=64, n_starts=8, backend=BACKEND)
     assert result.n_batches == len(count_batches) > 5 and len(prepared) == 1
+
+
+def test_plots_of_a_tuning_run(problem, tmp_path):
+    pytest.importorskip("matplotlib")
+    from retrain.plots import plot_search_traces, plot_tuning_landscape
+
+    head, train, val = problem
+    result = tune(head, train, val, planted_hyp(), max_evals=24, width=12, backend=BACKEND)
+    plot_tuning_landscape(tmp_path / "landscape.png", result.history, result.bounds, best=(result.a, result.b))
+    trace = [(e.time + 1e-3, min(x.loss for x in result.history[: i + 1])) for i, e in enumerate(result.history)]
+    plot_search_traces(tmp_path / "traces.png", {"tune": trace, "nothing yet": [(0.1, math.inf)]})
+    for name, size in (("landscape.png", (7.5, 7)), ("traces.png", (8, 5))):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert (width, height) == (round(size[0] * 110), round(size[1] * 110))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["landscape.png", "traces.png"]  # no temporary left
+    with pytest.raises(ValueError, match="finite"):
+        plot_search_traces(tmp_path / "none.png", {"diverged": [(0.1, math.inf)]})

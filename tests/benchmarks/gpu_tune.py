@@ -17,7 +17,7 @@ the known users' pretraining ratings only, and the tuning subsample of the pipel
 
     python3 tests/benchmarks/gpu_tune.py [--smoke] [--budget SECONDS]
 
-prints a table and writes ``tune.json`` and ``tune_table.md`` to ``$OUT`` when set (the GPU
+prints what a batch of P probes costs (the width sweep) and a table of the searches, and writes ``tune.json`` and ``tune_table.md`` to ``$OUT`` when set (the GPU
 check runs it).  ``tests/benchmarks/test_bench_tune.py`` runs the same searches on the CPU.
 """
 from __future__ import annotations
@@ -186,6 +186,37 @@ def warm_up(problem, backend) -> float:
     return time.perf_counter() - start
 
 
+def width_sweep(problem, backend, widths=(1, 8, 16, 32, 64, 128, 256), repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Seconds for ``run_probes`` of P random points of the default box, for each P in ``widths``
+    (the same points for every repeat; widths interleaved, best of ``repeats``): what a wider
+    batch costs, from which the tuner's default width is picked."""
+    head, train, val, hyp = problem
+    prepared = prepare(head, train, val, hyp, backend)
+    rng = np.random.default_rng(seed)
+    (a_lo, a_hi), (b_lo, b_hi) = DEFAULT_BOUNDS
+    points = {p: (rng.uniform(a_lo, a_hi, p), rng.uniform(b_lo, b_hi, p)) for p in widths}
+    best = {p: math.inf for p in widths}
+    epochs = {}
+    for _ in range(repeats):
+        for p in widths:
+            a, b = points[p]
+            synchronize(backend)
+            start = time.perf_counter()
+            probes = run_probes(prepared, 1e-3 * 10.0 ** a, 1e-5 * 10.0 ** b, hyp)
+            synchronize(backend)
+            best[p] = min(best[p], time.perf_counter() - start)
+            epochs[p] = sum(r.epochs_trained for r in probes)
+    return [dict(width=p, seconds=best[p], ms_per_probe=1e3 * best[p] / p, probe_epochs_per_s=epochs[p] / best[p])
+            for p in widths]
+
+
+def width_table(rows: list[dict]) -> str:
+    lines = ["| P | seconds | ms per probe | probe-epochs / s |", "|---:|---:|---:|---:|"]
+    lines += [f"| {r['width']} | {r['seconds']:.3f} | {r['ms_per_probe']:.1f} | {r['probe_epochs_per_s']:.0f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table: one line per search and seed."""
     lines = ["| search | seed | evaluations | probe batches | wall s | best val loss | best (a, b) |",
@@ -218,6 +249,8 @@ def main() -> int:
           f"{val.nnz} val ratings, max_evals {args.max_evals}", flush=True)
     warm = warm_up(problem, backend)
     print(f"warm-up (compilation) {warm:.1f} s", flush=True)
+    widths = width_sweep(problem, backend, (1, 8, 32, 64, 128, 256, 512), repeats=2)
+    print(width_table(widths), flush=True)
     rows = []
     names = [n for n in SEARCHES if n != "tpe" or have_optuna()]
     if "tpe" not in names:
@@ -239,7 +272,7 @@ def main() -> int:
         Path(out).mkdir(parents=True, exist_ok=True)
         report = dict(device=device, backend=backend.name, python=sys.version.split()[0], torch=torch.__version__,
                       train_nnz=train.nnz, val_nnz=val.nnz, max_evals=args.max_evals, warm_up_s=warm,
-                      hyp=hyp.to_dict(), rows=rows, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                      hyp=hyp.to_dict(), widths=widths, rows=rows, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         (Path(out) / "tune.json").write_text(json.dumps(report, indent=2) + "\n")
         (Path(out) / "tune_table.md").write_text(text + "\n")
     return 0

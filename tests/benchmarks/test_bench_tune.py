@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from gpu_tune import have_optuna, ml100k_sized, protocol_problem, run_search, table, warm_up
+from gpu_tune import have_optuna, ml100k_sized, protocol_problem, run_search, table, warm_up, width_sweep, width_table
 from retrain.data import synthetic_ratings
 
 ML_SMALL = Path(__file__).resolve().parents[3] / "shared/data/ml-latest-small/ratings.csv"
@@ -116,6 +116,19 @@ def test_tuning_searches(benchmark, problems, rows, data, seed, search, request)
                                    f"{val.nnz} validation ratings, backend {BACKEND}, 64 evaluations")
     row.pop("result", None)
     rows.append(row)
+
+
+def test_width_sweep(problems, request):
+    """What a batch of P probes costs on the ML-100k-sized problem: the default width's evidence."""
+    if not _enabled(request.config):
+        pytest.skip("the width sweep runs with --benchmark-enable")
+    rows = width_sweep(problems("ml100k-sized"), BACKEND)
+    text = width_table(rows)
+    RUNS.mkdir(exist_ok=True)
+    (RUNS / "bench_tune_width.md").write_text(text + "\n")
+    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print("\n\nWidth sweep (also in runs/bench_tune_width.md):\n" + text)
+    assert [r["width"] for r in rows] == [1, 8, 16, 32, 64, 128, 256]
 
 
 def test_smoke_every_search_counts_its_evaluations_and_batches(problems):
