@@ -308,9 +308,12 @@ class _Evaluator:
 
         ``openings`` holds points to train along with a search's request (its opening): trained
         as far as the budget allows, never answered.  The round's points that neither this run nor
-        the journal has evaluated train as one batch.  Requests are taken in search order, so
-        which one falls over the budget does not depend on thread timing, and a resumed run
-        replays the rounds of the interrupted one.  No round starts after ``max_time``.
+        the journal has evaluated train as one batch.  Requests are taken best search first (the
+        best value each has been answered; ties by id), so that the budget's last points go to the
+        most promising searches and which request falls over the budget does not depend on thread
+        timing: a resumed run replays the rounds of the interrupted one.  A search more than
+        ``PRUNE_MARGIN`` worse than the run's best point once its opening is answered is ended.
+        No round starts after ``max_time``.
         """
         if time.monotonic() >= self.deadline:
             return {opt_id: None for opt_id in requests}
@@ -776,7 +779,7 @@ class _Search:
 
     def _launch(self, opt_id: int, start, step) -> None:
         opening = _opening(self.code, start, self.lower, self.upper, step, self.seed + opt_id)
-        self.openings[opt_id] = opening[1:]  # the first point is the search's own first request
+        self.openings[opt_id] = opening  # its first point is the search's first request: trained once
         self.gate.join(opt_id)
         thread = threading.Thread(target=self._optimize, args=(opt_id, np.asarray(start), step),
                                   name=f"tune-search-{opt_id}", daemon=True)
