@@ -117,7 +117,7 @@ def test_the_space_filling_batch_is_wide_and_the_searches_start_in_distinct_basi
     # Search 0 starts at the best point of the first batch: its opening (the start +- one step
     # along each axis) trains in the second batch.
     best = np.array(min(first, key=lambda e: e.loss).point)
-    step = 0.5 * np.array([5.0, 8.0]) / math.sqrt(24)
+    step = tune_module.STEP_FACTOR * np.array([5.0, 8.0]) / math.sqrt(24)
     second = {tune_module._key(p) for p in count_batches[1]}
     for axis in range(2):
         assert tune_module._key(best + step * np.eye(2)[axis]) in second
