@@ -114,6 +114,10 @@ def plot_search_traces(path, traces: dict, title="Tuning searches") -> None:
     if not finite:
         raise InputError("plot_search_traces needs at least one trace with a finite loss")
     fig, ax = _figure((8, 5))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20" if len(finite) > 10 else "tab10"]  # one colour per search
+    ax.set_prop_cycle(color=[palette(i % palette.N) for i in range(len(finite))])
     for label, trace in finite.items():
         times, values = zip(*trace)
         ax.step(times, values, where="post", marker="o", markersize=2.5, linewidth=1.2, label=label)
