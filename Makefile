@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
-DEPS := triton nlopt numpy pybind11 pytest pytest-benchmark hypothesis safetensors tqdm matplotlib scipy pandas setuptools wheel
+DEPS := triton nlopt numpy pybind11 pytest pytest-benchmark hypothesis safetensors tqdm matplotlib scipy pandas optuna setuptools wheel
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench gpu-check clean

@@ -38,6 +38,6 @@ setup(
     ext_modules=get_extensions(),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "nlopt>=2.7", "safetensors", "tqdm", "matplotlib"],
-    extras_require={"gpu": ["triton>=3.6"], "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "pandas"]},
+    extras_require={"gpu": ["triton>=3.6"], "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "pandas", "optuna"]},
     entry_points={"console_scripts": ["retrain=retrain.cli:main"]},
 )

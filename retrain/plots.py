@@ -57,7 +57,7 @@ def plot_tuning_landscape(path, evaluations, bounds, best=None, title="Tuning la
         vmax = max(float(np.percentile(losses, 90)) if len(losses) > 2 else float(losses.max()), vmin + 1e-12)
         points = None
         for marker, label, chosen in (("s", "space-filling batch", [e for e in finite if e.optimizer < 0]),
-                                      ("o", "asked by an optimizer", [e for e in finite if e.optimizer >= 0])):
+                                      ("o", "asked by a local search", [e for e in finite if e.optimizer >= 0])):
             if chosen:
                 points = ax.scatter([e.a for e in chosen], [e.b for e in chosen], c=[e.loss for e in chosen],
                                     cmap="viridis_r", vmin=vmin, vmax=vmax, marker=marker, s=40,
@@ -69,7 +69,7 @@ def plot_tuning_landscape(path, evaluations, bounds, best=None, title="Tuning la
     for opt_id in sorted({e.optimizer for e in evaluations if e.optimizer >= 0}):
         path_points = [(e.a, e.b) for e in evaluations if e.optimizer == opt_id]
         xs, ys = zip(*path_points)
-        ax.plot(xs, ys, "-", linewidth=1.0, alpha=0.7, zorder=2, label=f"optimizer {opt_id}")
+        ax.plot(xs, ys, "-", linewidth=1.0, alpha=0.7, zorder=2, label=f"search {opt_id}")
     if best is not None:
         ax.scatter([best[0]], [best[1]], marker="*", s=260, color="gold", edgecolors="black", zorder=4,
                    label=f"best (a={best[0]:.2f}, b={best[1]:.2f})")
@@ -98,4 +98,33 @@ def plot_validation_curve(path, history, best_epoch=None, title="Final retrain")
     ax.set_ylabel("validation loss (MSE)")
     ax.set_title(f"{title}: validation loss per epoch")
     ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_search_traces(path, traces: dict, title="Tuning searches") -> None:
+    """The best validation loss found so far against wall time, one line per search.
+
+    Args:
+        path: the PNG to write.
+        traces: ``{label: [(seconds, best loss so far), ...]}`` in time order (a search's trace
+            may start with ``inf`` while nothing finite has been found: those points are left out).
+    """
+    finite = {label: [(t, v) for t, v in trace if np.isfinite(v)] for label, trace in traces.items()}
+    finite = {label: trace for label, trace in finite.items() if trace}
+    if not finite:
+        raise InputError("plot_search_traces needs at least one trace with a finite loss")
+    fig, ax = _figure((8, 5))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20" if len(finite) > 10 else "tab10"]  # one colour per search
+    ax.set_prop_cycle(color=[palette(i % palette.N) for i in range(len(finite))])
+    for label, trace in finite.items():
+        times, values = zip(*trace)
+        ax.step(times, values, where="post", marker="o", markersize=2.5, linewidth=1.2, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("best validation loss so far (MSE)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small", ncol=2)
     _save(fig, path)

@@ -1,37 +1,55 @@
-"""Tune ``lr = 1e-3 * 10**a`` and ``reg = 1e-5 * 10**b`` with NLopt, many points per probe batch.
+"""Tune ``lr = 1e-3 * 10**a`` and ``reg = 1e-5 * 10**b`` with NLopt, a probe batch as wide as the hardware.
 
-NLopt asks for one point at a time, but the probe trainer trains P configurations for about the
-price of one.  So several NLopt optimizers (a multi-start) run in lock-step, each in its own
-thread: an objective call parks its point(s) at a gate and waits; when every live optimizer is
-parked, the thread that called ``tune`` trains all parked points as ONE probe batch
-and hands each optimizer its value.  An optimizer that finishes leaves the gate, so it never
-holds the others up.  Training runs in the calling thread (CUDA context, exceptions and Ctrl-C
-stay where the user is); the optimizer threads only block on the gate's condition variable, which
-releases the GIL, so nlopt's Python binding works from threads (checked with nlopt 2.11).
+The probe trainer trains ``width`` configurations for little more than the price of a few (64 on
+two CPU cores, 256 on a GPU: docs/benchmarks.md), so a search should ask for many points at once.
+NLopt asks for one point at a time, so ``tune`` runs:
 
-Rules of the gate, applied in optimizer order so that a run is deterministic:
+1. a *space-filling batch*: a shifted Halton design of up to ``width`` points (half of
+   ``max_evals`` at most), trained as ONE probe batch;
+2. NLopt *local searches* (BOBYQA by default) from the best *distinct basins* of that batch (a
+   point no better point lies near), in lock-step, each in its own thread: an objective call
+   parks its point(s) at a gate; when every live search is parked, the thread that called ``tune``
+   trains all parked points as one probe batch and hands each search its value;
+3. every round is *filled* towards ``width``: a search's *opening* (the points its algorithm asks
+   for before any value can steer it, e.g. BOBYQA's 2n + 1 = 5 interpolation points, found by two
+   dry runs of the algorithm on different functions) trains in the round it starts, and new
+   searches start from further basins while the budget leaves each live search room to move;
+4. a search whose best value, once its opening is answered, is worse than the run's best point
+   by more than ``PRUNE_MARGIN`` ends (its steps would buy little), and when the budget runs short
+   the best searches' requests are served first.
+
+Training runs in the calling thread (CUDA context, exceptions and Ctrl-C stay where the user is);
+the optimizer threads only block on the gate's condition variable, which releases the GIL, so
+nlopt's Python binding works from threads (checked with nlopt 2.11).
+
+Rules, applied in a fixed order so that a run is deterministic:
 * points equal to ``KEY_DIGITS`` decimals are evaluated once; points the journal of an earlier
   run holds are read from it, not trained; a round whose points are all known trains nothing;
 * ``max_evals`` counts the distinct points this run evaluates (trained or read from the journal),
-  the space-filling batch and finite-difference points included; a request that would go over
-  it, and every request once ``max_time`` seconds have passed, ends its optimizer
-  (``opt.force_stop()``).  The first batch always runs, and a batch that has started is finished;
+  the space-filling batch, openings and finite-difference points included; a request that would
+  go over it ends its search (``opt.force_stop()``);
+* ``max_time`` is checked at every checkpoint of a batch (``run_probes(deadline=...)``): probes
+  the clock stops are not finished, are not counted, not cached and not journaled, and the searches
+  that asked for them end; no batch starts after it;
 * a probe that diverges scores the finite penalty ``2 * L0 + 1``, where ``L0`` is the validation
   loss of the untrained init (the same for every probe: they share the init).  A probe that does
   not diverge scores at most ``L0`` (its checkpoints include epoch 0), so the penalty is worse
-  than every real value and NLopt never sees NaN or inf;
+  than every real value and NLopt never sees NaN or inf.  When every point diverged the result
+  says so (``TuneResult.all_diverged``) and carries no validation loss;
 * gradient-based algorithms (``LD_*``, ``GD_*``) get central finite differences with a step of
   ``FD_STEP`` of each bound's range (one-sided at a bound); those points train in the same batch
   as the point itself.
 
-The journal is JSONL, one line per trained point, flushed as it is written.  Each line carries a
-fingerprint of the problem (data, head, hyper-parameters other than lr/reg), so that a journal
-is never resumed against other data.  A run given the journal of an interrupted run with the same
-arguments replays the journal's points without training and then goes on: it ends where an
-uninterrupted run would have ended.
+The journal is JSONL, one line per finished point, flushed as it is written, and locked
+(``fcntl.flock``) for the length of a run: a second run on the same journal is refused.  Each line
+carries a fingerprint of the problem (data, head, hyper-parameters other than lr/reg), checked for
+every line on load, so that a journal is never resumed against other data.  A run given the
+journal of an interrupted run with the same arguments replays the journal's points without
+training and then goes on: it ends where an uninterrupted run would have ended.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -44,6 +62,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .backends import get_backend
 from .errors import InputError
 from .data import Ratings
 from .heads import Head
@@ -63,10 +82,17 @@ def _nlopt():
 
 KEY_DIGITS = 12  # points equal to this many decimals of (a, b) are the same evaluation
 FD_STEP = 0.01  # finite-difference step, as a fraction of each bound's range
-XTOL_ABS = 1e-3  # an optimizer stops when its steps in (a, b) fall below this (0.2 % of lr or reg)
-INITIAL_STEP = 0.25  # first trust radius of each of K optimizers, as a fraction of the range / sqrt(K)
-SPACE_FILLING_FACTOR = 2  # the space-filling first batch trains this many candidates per start
-DEFAULT_BOUNDS = ((-2.0, 3.0), (-3.0, 5.0))
+XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 % of lr or reg)
+INITIAL_STEP = 0.25  # first trust radius of K explicit starts, as a fraction of the range / sqrt(K)
+BASIN_RADIUS = 1.5  # two first-batch points closer than this many sample spacings share a basin
+FIRST_BATCH_SHARE = 0.5  # the space-filling batch spends at most this share of max_evals
+PRUNE_MARGIN = 0.005  # after its opening, a search worse than the best point by this share ends
+STEP_FACTOR = 0.5  # first trust radius of a search from the space-filling batch, in sample spacings
+STEPS_RESERVED = 3  # evaluations a new search leaves, per live search, for their model steps
+DRY_RUN_CALLS = 8  # the longest opening looked for
+OPENING = 2 * 2 + 1  # BOBYQA's opening in two dimensions: what a new search is budgeted for
+CPU_WIDTH, GPU_WIDTH = 64, 256  # default batch widths, measured (docs/benchmarks.md, "Tuner")
+DEFAULT_BOUNDS = ((-2.0, 3.0), (-3.0, 5.0))  # a: lr from 1e-5 to 1; b: reg from 1e-8 to 1
 
 
 @dataclass(frozen=True)
@@ -76,8 +102,9 @@ class Evaluation:
     ``loss`` is the value NLopt saw (the penalty when ``diverged``), ``val_loss`` the probe's best
     finite validation loss, ``epochs`` its best epoch.  ``round`` is the index of the probe batch
     that trained it (0 is the first; for a point read from the journal, the number of batches
-    trained before it), ``optimizer`` the optimizer that asked for it first (-1: the space-filling
-    batch), ``time`` seconds since ``tune`` started, ``trained`` False when read from the journal.
+    trained before it), ``optimizer`` the local search that asked for it first (-1: the
+    space-filling batch), ``time`` seconds since ``tune`` started, ``trained`` False when read
+    from the journal.
     """
 
     a: float
@@ -108,9 +135,13 @@ class Evaluation:
 class TuneResult:
     """The best point of a tuning run and how it got there.
 
-    ``val_loss`` is the best point's ``loss`` (a real validation loss unless every point diverged);
-    ``hyp`` is the input ``HyperParams`` with the tuned ``learning_rate`` / ``regularization``;
-    ``epochs`` the best point's best epoch; ``n_batches`` the number of probe batches trained.
+    ``val_loss`` is the best point's validation loss, or ``inf`` when ``all_diverged`` (every
+    evaluated point diverged: there is no usable point, and ``a``/``b`` are merely the first one
+    tried); ``hyp`` is the input ``HyperParams`` with the tuned ``learning_rate`` /
+    ``regularization``; ``epochs`` the best point's best epoch; ``n_batches`` the number of probe
+    batches trained; ``bounds`` the search box ``((a_lo, a_hi), (b_lo, b_hi))``; ``at_bound`` names
+    the bounds the best point sits on (within ``FD_STEP`` of the range), e.g. ``("b_hi",)``: the
+    optimum may lie outside the box, widen it.
     """
 
     a: float
@@ -122,6 +153,9 @@ class TuneResult:
     hyp: HyperParams
     history: list[Evaluation] = field(default_factory=list)
     n_batches: int = 0
+    bounds: tuple = DEFAULT_BOUNDS
+    at_bound: tuple[str, ...] = ()
+    all_diverged: bool = False
 
     @property
     def n_evals(self) -> int:
@@ -148,22 +182,51 @@ def problem_fingerprint(head: Head, train: Ratings, val: Ratings, hyp: HyperPara
 
 
 class Journal:
-    """Append-only JSONL record of trained points; ``load`` returns them keyed by point.
+    """Append-only JSONL record of finished points, locked while open.
 
-    A last line cut short (a killed run) is dropped, and cut off the file so that the next line
-    starts cleanly; a bad line anywhere else is an error.
+    ``open()`` takes an exclusive advisory lock (``fcntl.flock``) on the file for as long as the
+    journal is open (a second writer gets an InputError) and returns the entries keyed by point;
+    ``append`` writes one line and flushes it; ``close()`` releases the lock.  On load, every line
+    must carry this problem's fingerprint; a last line cut short (a killed run) is dropped, and cut
+    off the file so that the next line starts cleanly; a bad line anywhere else is an error.
     """
 
     def __init__(self, path, problem: str):
         self.path = os.fspath(path)
         self.problem = problem
+        self._file = None
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> dict[tuple[float, float], dict]:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._file = open(self.path, "a+b")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise InputError(f"journal {self.path} is in use by another tuning run (it holds the file's lock): "
+                             "wait for it to finish, or give this run another journal") from None
+        try:
+            return self._load()
+        except BaseException:
+            self.close()
+            raise
 
     def load(self) -> dict[tuple[float, float], dict]:
-        if not os.path.exists(self.path):
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            return {}
-        with open(self.path, "rb") as f:
-            data = f.read()
+        """The entries, read under the lock (which is released again unless the journal was open)."""
+        if self._file is not None:
+            return self._load()
+        with self:
+            return self.open()
+
+    def _load(self) -> dict[tuple[float, float], dict]:
+        self._file.seek(0)
+        data = self._file.read()
         lines = data.split(b"\n")
         complete, tail = lines[:-1], lines[-1]  # ``tail`` is what follows the last newline
         entries = {}
@@ -175,12 +238,10 @@ class Journal:
                 entry = self._parse(tail, len(lines))
             except ValueError:
                 log.warning("journal %s: dropping a cut last line (%d bytes)", self.path, len(tail))
-                with open(self.path, "r+b") as f:
-                    f.truncate(len(data) - len(tail))
+                self._file.truncate(len(data) - len(tail))
             else:
                 self._add(entries, entry, len(lines))
-                with open(self.path, "ab") as f:  # a whole last line that only lacks its newline
-                    f.write(b"\n")
+                self._write(b"\n")  # a whole last line that only lacks its newline
         return entries
 
     def _parse(self, line: bytes, number: int) -> dict:
@@ -204,55 +265,98 @@ class Journal:
                      val_loss=evaluation.val_loss, epochs=evaluation.epochs, diverged=evaluation.diverged,
                      round=evaluation.round, optimizer=evaluation.optimizer, time=evaluation.time,
                      problem=self.problem)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
+        self._write((json.dumps(entry) + "\n").encode())
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)  # "a+b": always at the end
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # releases the lock
+            self._file = None
 
 
 class _Evaluator:
-    """The gate's bookkeeping: cache, budget, history, journal, and training a round's new points."""
+    """The gate's bookkeeping: cache, budgets, history, journal, and training a round's new points."""
 
-    def __init__(self, head, train, val, hyp, backend, max_evals, max_time, journal: Journal | None):
+    def __init__(self, head, train, val, hyp, backend, max_evals, max_time, journaled: dict,
+                 journal: Journal | None):
         self.head, self.train, self.val, self.hyp, self.backend = head, train, val, hyp, backend
         self.problem = None  # the prepared problem, shared by every batch of the run
         self.max_evals, self.max_time = max_evals, max_time
-        self.journal = journal
-        self.journaled = journal.load() if journal else {}
+        self.journal, self.journaled = journal, journaled
         self.cache: dict[tuple[float, float], Evaluation] = {}
         self.history: list[Evaluation] = []
+        self.search_best: dict[int, float] = {}  # the best value each search has been answered
+        self.answered: dict[int, int] = {}  # the requests each search has been answered
         self.n_batches = 0
         self.start = time.perf_counter()
+        self.deadline = time.monotonic() + max_time
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def run_round(self, requests: dict[int, list]) -> dict[int, list[float] | None]:
-        """One round: the values of every parked request, or None for an optimizer that must stop.
+    @property
+    def left(self) -> int:
+        """Evaluations the budget still allows."""
+        return self.max_evals - len(self.history)
 
-        The round's points that neither this run nor the journal has evaluated train as one
-        batch.  Requests are taken in optimizer order, so which one falls over the budget does not
-        depend on thread timing, and a resumed run replays the rounds of the interrupted one.
-        The first round always runs; later ones only before ``max_time``.
+    def run_round(self, requests: dict[int, list], openings: dict[int, list] | None = None
+                  ) -> dict[int, list[float] | None]:
+        """One round: the values of every parked request, or None for a search that must stop.
+
+        ``openings`` holds points to train along with a search's request (its opening): trained
+        as far as the budget allows, never answered.  The round's points that neither this run nor
+        the journal has evaluated train as one batch.  Requests are taken best search first (the
+        best value each has been answered; ties by id), so that the budget's last points go to the
+        most promising searches and which request falls over the budget does not depend on thread
+        timing: a resumed run replays the rounds of the interrupted one.  A search more than
+        ``PRUNE_MARGIN`` worse than the run's best point once its opening is answered is ended.
+        No round starts after ``max_time``.
         """
-        if self.history and self.elapsed() >= self.max_time:
+        if time.monotonic() >= self.deadline:
             return {opt_id: None for opt_id in requests}
-        replies, fresh = {}, {}  # fresh: key -> (point, optimizer) not yet evaluated by this run
-        for opt_id in sorted(requests):
+        openings = openings or {}
+        replies, fresh = {}, {}  # fresh: key -> (point, search) not yet evaluated by this run
+        best = min((e.loss for e in self.history), default=math.inf)
+        for opt_id in sorted(requests, key=lambda i: (self.search_best.get(i, math.inf), i)):
             points = requests[opt_id]
-            new = {}
-            for p in points:
-                k = _key(p)
-                if k not in self.cache and k not in fresh and k not in new:
-                    new[k] = (p, opt_id)
+            if self.answered.get(opt_id, 0) >= OPENING and \
+                    self.search_best[opt_id] > best + PRUNE_MARGIN * abs(best):
+                replies[opt_id] = None  # a search left behind: its steps would buy little
+                continue
+            new = self._unknown(points, fresh, opt_id)
             if len(self.history) + len(fresh) + len(new) > self.max_evals:
                 replies[opt_id] = None
                 continue
             fresh.update(new)
             replies[opt_id] = points
+        for opt_id in sorted(openings):
+            if replies.get(opt_id) is None:
+                continue
+            for k, value in self._unknown(openings[opt_id], fresh, opt_id).items():
+                if len(self.history) + len(fresh) < self.max_evals:
+                    fresh[k] = value
         if fresh:
             self._evaluate(fresh)
-        return {opt_id: None if points is None else [self.cache[_key(p)].loss for p in points]
-                for opt_id, points in replies.items()}
+        answers = {}
+        for opt_id, points in replies.items():
+            if points is not None and all(_key(p) in self.cache for p in points):
+                answers[opt_id] = [self.cache[_key(p)].loss for p in points]
+                self.search_best[opt_id] = min(self.search_best.get(opt_id, math.inf), *answers[opt_id])
+                self.answered[opt_id] = self.answered.get(opt_id, 0) + 1
+            else:
+                answers[opt_id] = None
+        return answers
+
+    def _unknown(self, points, fresh: dict, opt_id: int) -> dict:
+        new = {}
+        for p in points:
+            k = _key(p)
+            if k not in self.cache and k not in fresh and k not in new:
+                new[k] = (tuple(p), opt_id)
+        return new
 
     def _evaluate(self, fresh: dict) -> None:
         from_journal = [k for k in fresh if k in self.journaled]
@@ -269,8 +373,12 @@ class _Evaluator:
         if self.problem is None:  # prepared once per tuning run, on its first batch
             self.problem = prepare(self.head, self.train, self.val, self.hyp, self.backend)
         probes = run_probes(self.problem, [lr_from_a(p[0]) for p in points], [reg_from_b(p[1]) for p in points],
-                            self.hyp)
+                            self.hyp, deadline=self.deadline)
+        unfinished = 0
         for k, point, probe in zip(to_train, points, probes):
+            if not probe.finished:  # stopped by max_time: its loss is not the point's
+                unfinished += 1
+                continue
             diverged = probe.diverged or not math.isfinite(probe.best_val_loss)
             penalty = 2.0 * probe.history[0][1] + 1.0  # the init's loss: shared by every probe
             loss = penalty if diverged else probe.best_val_loss
@@ -280,8 +388,12 @@ class _Evaluator:
             if self.journal:
                 self.journal.append(evaluation)
         self.n_batches += 1
+        best = min((e.loss for e in self.history), default=math.nan)
         log.info("tune batch %d: trained %d points in %.2f s (%d evaluations, best %.6g)", self.n_batches, len(points),
-                 time.perf_counter() - t0, len(self.history), min(e.loss for e in self.history))
+                 time.perf_counter() - t0, len(self.history), best)
+        if unfinished:
+            log.warning("tune: max_time = %g s ran out during batch %d: %d of its %d points did not finish "
+                        "(not counted)", self.max_time, self.n_batches, unfinished, len(points))
 
     def _record(self, evaluation: Evaluation, key) -> None:
         self.cache[key] = evaluation
@@ -291,12 +403,17 @@ class _Evaluator:
 class _Gate:
     """Where optimizer threads park their points until the tuning thread answers them."""
 
-    def __init__(self, opt_ids):
+    def __init__(self):
         self.cond = threading.Condition()
-        self.live = set(opt_ids)
+        self.live: set[int] = set()
         self.requests: dict[int, list] = {}  # parked, not yet answered
         self.replies: dict[int, list[float] | None] = {}
         self.stopped = False
+
+    def join(self, opt_id: int) -> None:
+        """Register a search before its thread starts, so that rounds wait for its first request."""
+        with self.cond:
+            self.live.add(opt_id)
 
     def evaluate(self, opt_id: int, points: list) -> list[float] | None:
         """Called from an optimizer thread: park, wait for the answer, return the values (None:
@@ -315,13 +432,13 @@ class _Gate:
             self.live.discard(opt_id)
             self.cond.notify_all()
 
-    def all_parked(self) -> dict[int, list] | None:
-        """Called from the tuning thread: wait until every live optimizer is parked and return the
-        parked requests (None once all optimizers have left)."""
+    def all_parked(self) -> dict[int, list]:
+        """Called from the tuning thread: wait until every live search is parked and return the
+        parked requests (empty once all searches have left)."""
         with self.cond:
             while len(self.requests) < len(self.live):
                 self.cond.wait()
-            return dict(self.requests) if self.live else None
+            return dict(self.requests)
 
     def release(self, replies: dict) -> None:
         with self.cond:
@@ -331,7 +448,7 @@ class _Gate:
             self.cond.notify_all()
 
     def stop(self) -> None:
-        """End every optimizer: parked ones now, the others at their next request."""
+        """End every search: parked ones now, the others at their next request."""
         with self.cond:
             self.stopped = True
             self.replies.update({opt_id: None for opt_id in self.requests})
@@ -397,13 +514,27 @@ def _algorithm(name: str) -> int:
     return code
 
 
-def _check_bounds(bounds) -> tuple[np.ndarray, np.ndarray]:
-    array = np.asarray(bounds, dtype=np.float64)
+def check_bounds(bounds) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower [2], upper [2])`` of ``bounds = ((a_lo, a_hi), (b_lo, b_hi))``; InputError unless
+    finite with lo < hi."""
+    try:
+        array = np.asarray(bounds, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = np.zeros(0)
     if array.shape != (2, 2) or not np.all(np.isfinite(array)):
         raise InputError(f"bounds must be finite ((a_lo, a_hi), (b_lo, b_hi)), got {bounds!r}")
     if not np.all(array[:, 0] < array[:, 1]):
         raise InputError(f"bounds must have lo < hi for a and for b, got {bounds!r}")
     return array[:, 0].copy(), array[:, 1].copy()
+
+
+def default_width(backend="auto") -> int:
+    """Points per probe batch that cost little more than a few on ``backend``'s device:
+    ``GPU_WIDTH`` on a CUDA device, ``CPU_WIDTH`` otherwise (measured: docs/benchmarks.md)."""
+    device = getattr(backend, "device", None)
+    if device is None:
+        device = get_backend(backend).device
+    return GPU_WIDTH if device.type == "cuda" else CPU_WIDTH
 
 
 def space_filling(n: int, lower: np.ndarray, upper: np.ndarray, seed: int) -> np.ndarray:
@@ -422,9 +553,78 @@ def space_filling(n: int, lower: np.ndarray, upper: np.ndarray, seed: int) -> np
     return lower + unit * (upper - lower)
 
 
+def basins(points: np.ndarray, losses: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> list[int]:
+    """Indices of ``points [n, 2]`` to start local searches from, best first.
+
+    First the basin minima: points no better point lies within ``BASIN_RADIUS`` sample spacings of
+    (in the box scaled to the unit square; spacing ``1 / sqrt(n)``), best first; then the other
+    points, best first, that lie at least that far from every point already taken.  Ties keep the
+    input order.
+    """
+    unit = (points - lower) / (upper - lower)
+    radius = BASIN_RADIUS / math.sqrt(len(points))
+    distance = np.linalg.norm(unit[:, None, :] - unit[None, :, :], axis=-1)
+    order = np.argsort(losses, kind="stable")
+    rank = np.empty(len(points), dtype=np.int64)
+    rank[order] = np.arange(len(points))
+    minima = [i for i in order if not np.any((distance[i] < radius) & (rank < rank[i]))]
+    taken = list(minima)
+    for i in order:
+        if i not in taken and np.all(distance[i, taken] >= radius):
+            taken.append(i)
+    return taken
+
+
+def _opening(code: int, start, lower, upper, step, seed: int) -> list[tuple[float, float]]:
+    """The first points the algorithm asks for from ``start`` whatever the values (up to
+    ``DRY_RUN_CALLS``): the common prefix of two dry runs on different functions."""
+    nlopt = _nlopt()
+    runs = []
+    for f in (lambda x: (x[0] - 0.3) ** 2 + 2.0 * (x[1] + 0.7) ** 2, lambda x: math.sin(3.0 * x[0]) + x[1] ** 3):
+        asked = []
+
+        def objective(x, grad, f=f, asked=asked):
+            asked.append(_key(x))
+            grad[:] = 0.0
+            return float(f(x))
+
+        nlopt.srand(seed)
+        opt = _configured(nlopt, code, lower, upper, step, DRY_RUN_CALLS)
+        opt.set_min_objective(objective)
+        try:
+            opt.optimize(list(start))
+        except (nlopt.RoundoffLimited, nlopt.runtime_error):
+            pass
+        runs.append(asked)
+    prefix = []
+    for p, q in zip(*runs):
+        if p != q:
+            break
+        prefix.append(p)
+    return prefix
+
+
+def _configured(nlopt, code: int, lower, upper, step, max_evals: int):
+    opt = nlopt.opt(code, 2)
+    opt.set_lower_bounds(lower.tolist())
+    opt.set_upper_bounds(upper.tolist())
+    opt.set_maxeval(max_evals)
+    opt.set_xtol_abs(XTOL_ABS)
+    opt.set_initial_step(step.tolist())
+    return opt
+
+
+def _check_count(name: str, value, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_evals: int = 64,
-         max_time: float = 3600.0, algorithm: str = "LN_BOBYQA", n_starts: int = 8, bounds=DEFAULT_BOUNDS,
-         starts=None, space_filling_first_batch: bool = True, journal=None, backend="auto",
+         max_time: float = 3600.0, algorithm: str = "LN_BOBYQA", n_starts: int | None = 8, width: int | None = None,
+         bounds=DEFAULT_BOUNDS, starts=None, space_filling_first_batch: bool = True, journal=None, backend="auto",
          seed: int = 0) -> TuneResult:
     """Find ``(a, b)`` minimising the best validation loss of a probe with ``lr = 1e-3 * 10**a``,
     ``reg = 1e-5 * 10**b`` (early stopping as set by ``hyp``: a checkpoint every
@@ -432,110 +632,172 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
 
     The default algorithm is LN_BOBYQA: the objective has no gradient, is cheap to model (two
     smooth-ish dimensions), and BOBYQA's quadratic model respects the bounds and needs only
-    ``2n + 1 = 5`` points to start, so each start makes progress within a few rounds.  Any NLopt
-    algorithm can be named; see the module docstring for how the lock-step gate works.
+    ``2n + 1 = 5`` points to start, all of them trained in one batch.  Any NLopt algorithm can be
+    named; see the module docstring for the space-filling batch, the lock-step gate and the rules.
 
     Args:
         head, train, val: the frozen item side and ratings of the same users (``val`` is what the
             probes early-stop on and what is minimised: the item side must not have seen it).
         hyp: everything but lr and reg.
-        max_evals: distinct points evaluated in all (space-filling batch and finite-difference
-            points included); ``>= 1``.
-        max_time: seconds; no batch starts after it (but the first; the running one finishes).
+        max_evals: distinct points evaluated in all (space-filling batch, openings and
+            finite-difference points included); ``>= 1``.
+        max_time: seconds, checked at every checkpoint; points it stops are not counted.
         algorithm: an NLopt algorithm name (``LN_*``, ``GN_*``; ``LD_*`` / ``GD_*`` get finite
             differences).  Deterministic global ones (``GN_DIRECT*``) ignore the start, so their
-            starts ask for the same points: evaluated once, one point per batch.
-        n_starts: optimizers run in lock-step (each round trains up to ``n_starts`` points).
-        bounds: ``((a_lo, a_hi), (b_lo, b_hi))``.
+            searches ask for the same points: evaluated once.
+        n_starts: the most local searches live at once (None: as many as ``width`` and the budget
+            allow); without the space-filling batch, the number of searches.
+        width: the most points a probe batch trains (None: ``default_width(backend)``, 64 on a
+            CPU, 256 on a GPU).  The space-filling batch has ``min(width, max_evals // 2)`` points.
+        bounds: ``((a_lo, a_hi), (b_lo, b_hi))``, default ``DEFAULT_BOUNDS`` = a in [-2, 3]
+            (lr 1e-5 .. 1), b in [-3, 5] (reg 1e-8 .. 1).  A best point on a bound is logged as
+            a warning and named in ``TuneResult.at_bound``.
         starts: explicit starting points ``[(a, b), ...]``; when given they are used as they are
-            (``n_starts`` is their count, no space-filling batch).
-        space_filling_first_batch: train ``2 * n_starts`` points first ((0, 0) and a shifted
-            Halton design) and start the optimizers from the best ``n_starts`` of them; otherwise
-            start from (0, 0) and ``n_starts - 1`` Halton points.  Either way the default starts
-            lie one initial step (``INITIAL_STEP``) inside the bounds.
-        journal: path of a JSONL journal to append to and resume from.
+            (all searched at once, no space-filling batch).
+        space_filling_first_batch: False: no space-filling batch; ``n_starts`` searches (8 when
+            None) start from (0, 0) and Halton points one initial step inside the bounds.
+        journal: path of a JSONL journal to append to and resume from (locked while the run lasts).
         backend: backend name or instance used for every batch.
         seed: seeds the Halton design and stochastic NLopt algorithms (``hyp.seed`` seeds training).
 
-    Returns a ``TuneResult``.  Raises InputError for bad arguments.
+    Returns a ``TuneResult``.  Raises InputError for bad arguments, for a journal another run
+    holds or that belongs to another problem, and when ``max_time`` let no point finish.
     """
     code = _algorithm(algorithm)
-    lower, upper = _check_bounds(bounds)
-    if not isinstance(max_evals, (int, np.integer)) or max_evals < 1:
-        raise InputError(f"max_evals must be an integer >= 1, got {max_evals!r}")
-    if not max_time > 0:
+    lower, upper = check_bounds(bounds)
+    max_evals = _check_count("max_evals", max_evals, allow_none=False)
+    n_starts, width = _check_count("n_starts", n_starts), _check_count("width", width)
+    if not (isinstance(max_time, (int, float)) and max_time > 0):
         raise InputError(f"max_time must be > 0 seconds, got {max_time!r}")
     check_training_inputs(head, train, val)
     if starts is not None:
         starts = np.asarray(starts, dtype=np.float64).reshape(-1, 2) if len(starts) else np.zeros((0, 2))
         if len(starts) == 0 or not np.all((starts >= lower) & (starts <= upper)):
             raise InputError(f"starts must be a non-empty list of (a, b) inside the bounds, got {starts.tolist()}")
-    elif not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
-        raise InputError(f"n_starts must be an integer >= 1, got {n_starts!r}")
+    width = width or default_width(backend)
 
-    problem = problem_fingerprint(head, train, val, hyp)
-    evaluator = _Evaluator(head, train, val, hyp, backend, int(max_evals), float(max_time),
-                           Journal(journal, problem) if journal is not None else None)
-    # Each optimizer's first trust region is about the spacing between starts, so that the starts
-    # explore their own neighbourhoods instead of each re-covering the whole box.
-    step = INITIAL_STEP * (upper - lower) / math.sqrt(n_starts if starts is None else len(starts))
-    if starts is None:
-        # Default starts lie at least one step inside the bounds, where BOBYQA does not move them:
-        # an optimizer's first point is then its start, already evaluated in the first batch.
-        inner_lower, inner_upper = lower + step, upper - step
-        origin = np.clip(np.zeros(2), inner_lower, inner_upper)
-        n_candidates = SPACE_FILLING_FACTOR * n_starts if space_filling_first_batch else n_starts
-        candidates = np.vstack([origin, space_filling(n_candidates - 1, inner_lower, inner_upper, seed)])
-        if space_filling_first_batch:
-            candidates = candidates[:max_evals]
-            losses = evaluator.run_round({-1: [tuple(p) for p in candidates]})[-1]
-            starts = candidates[np.argsort(losses, kind="stable")[:n_starts]]
+    jr = Journal(journal, problem_fingerprint(head, train, val, hyp)) if journal is not None else None
+    try:
+        evaluator = _Evaluator(head, train, val, hyp, backend, max_evals, float(max_time), jr.open() if jr else {}, jr)
+        search = _Search(evaluator, code, lower, upper, seed, width, n_starts)
+        if starts is not None:
+            search.run(starts, INITIAL_STEP * (upper - lower) / math.sqrt(len(starts)), all_at_once=True)
+        elif space_filling_first_batch:
+            search.run_from_space_filling()
         else:
-            starts = candidates
+            k = n_starts or 8
+            step = INITIAL_STEP * (upper - lower) / math.sqrt(k)
+            inner_lower, inner_upper = lower + step, upper - step
+            origin = np.clip(np.zeros(2), inner_lower, inner_upper)
+            search.run(np.vstack([origin, space_filling(k - 1, inner_lower, inner_upper, seed)]), step,
+                       all_at_once=True)
+    finally:
+        if jr is not None:
+            jr.close()
+    return _result(evaluator, hyp, lower, upper)
 
-    _run_lock_step(evaluator, code, starts, lower, upper, step, seed)
+
+def _result(evaluator: _Evaluator, hyp: HyperParams, lower: np.ndarray, upper: np.ndarray) -> TuneResult:
+    """The ``TuneResult`` of a finished search: its best point, flags and warnings."""
+    if not evaluator.history:
+        raise InputError(f"max_time = {evaluator.max_time:g} s ran out before any point finished training: "
+                         "give the tuner more time")
+    bounds = tuple((float(lo), float(hi)) for lo, hi in zip(lower, upper))
+    all_diverged = all(e.diverged for e in evaluator.history)
     best = min(evaluator.history, key=lambda e: e.loss)
-    return TuneResult(best.a, best.b, best.lr, best.reg, best.loss, best.epochs,
-                      hyp.replace(learning_rate=best.lr, regularization=best.reg),
-                      evaluator.history, evaluator.n_batches)
+    tolerance = FD_STEP * (upper - lower)
+    at_bound = tuple(f"{name}_{side}" for i, name in enumerate("ab")
+                     for side, edge in (("lo", lower[i]), ("hi", upper[i])) if abs(best.point[i] - edge) <= tolerance[i])
+    if all_diverged:
+        log.warning("tune: all %d points diverged; there is no usable (lr, reg): narrow the bounds towards smaller "
+                    "learning rates", len(evaluator.history))
+    elif at_bound:
+        log.warning("tune: the best point (a = %.3f, b = %.3f) lies on the bound(s) %s of %s: the optimum may lie "
+                    "outside, widen the bounds", best.a, best.b, ", ".join(at_bound), bounds)
+    return TuneResult(best.a, best.b, best.lr, best.reg, math.inf if all_diverged else best.loss, best.epochs,
+                      hyp.replace(learning_rate=best.lr, regularization=best.reg), evaluator.history,
+                      evaluator.n_batches, bounds, at_bound, all_diverged)
 
 
-def _run_lock_step(evaluator: _Evaluator, code: int, starts: np.ndarray, lower, upper, step, seed: int) -> None:
-    """One NLopt optimizer per start in its own thread; this thread runs the gate's rounds."""
-    nlopt = _nlopt()
-    gate = _Gate(range(len(starts)))
-    errors: list[BaseException] = []
+class _Search:
+    """Local searches in lock-step threads, started over the run as the budget and width allow."""
 
-    def run(opt_id: int, start: np.ndarray) -> None:
+    def __init__(self, evaluator: _Evaluator, code: int, lower, upper, seed: int, width: int, n_starts):
+        self.evaluator, self.code, self.lower, self.upper = evaluator, code, lower, upper
+        self.seed, self.width, self.n_starts = seed, width, n_starts
+        self.gate = _Gate()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+        self.openings: dict[int, list] = {}  # search id -> its opening, trained with its first request
+
+    def run_from_space_filling(self) -> None:
+        """The space-filling batch, then searches from its basins, best first."""
+        ev = self.evaluator
+        n = max(1, min(self.width, int(ev.max_evals * FIRST_BATCH_SHARE)))
+        # Each search explores its own neighbourhood, not the whole box.
+        step = STEP_FACTOR * (self.upper - self.lower) / math.sqrt(n)
+        inner_lower, inner_upper = self.lower + step, self.upper - step  # BOBYQA keeps starts this far in
+        points = np.vstack([np.clip(np.zeros(2), inner_lower, inner_upper),
+                            space_filling(n - 1, inner_lower, inner_upper, self.seed)])
+        losses = ev.run_round({-1: [tuple(p) for p in points]})[-1]
+        if losses is None:  # max_time ran out during the batch
+            return
+        self.run(points[basins(points, np.array(losses), self.lower, self.upper)], step)
+
+    def run(self, starts: np.ndarray, step: np.ndarray, all_at_once: bool = False) -> None:
+        """Search from ``starts`` in order: all at once, or as ``_room_for_another`` allows."""
+        ev, queue = self.evaluator, list(starts)
         try:
-            nlopt.srand(seed + opt_id)  # per-thread generator of the stochastic algorithms
-            opt = nlopt.opt(code, 2)
-            opt.set_lower_bounds(lower.tolist())
-            opt.set_upper_bounds(upper.tolist())
-            opt.set_min_objective(_objective(gate, opt_id, opt, lower, upper))
-            opt.set_maxeval(evaluator.max_evals)
-            opt.set_xtol_abs(XTOL_ABS)
-            opt.set_initial_step(step.tolist())
+            while True:
+                while queue and (all_at_once or self._room_for_another(len(self.openings))):
+                    self._launch(len(self.threads), queue.pop(0), step)
+                requests = self.gate.all_parked()
+                if not requests:
+                    break
+                openings = {i: self.openings.pop(i) for i in requests if i in self.openings}
+                self.gate.release(ev.run_round(requests, openings))
+        finally:
+            self.gate.stop()
+            for thread in self.threads:
+                thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+    def _room_for_another(self, pending: int) -> bool:
+        """Start another search now (``pending``: searches started for this round)?  Not past
+        ``n_starts`` live ones or ``max_time``; only when its opening (counted as ``OPENING``
+        points) fits this round's width and the budget leaves every live search
+        ``STEPS_RESERVED`` further steps."""
+        live = len(self.gate.live)
+        if not self.threads:
+            return True
+        if (self.n_starts is not None and live >= self.n_starts) or time.monotonic() >= self.evaluator.deadline:
+            return False
+        round_size = live + pending * (OPENING - 1)
+        return round_size + OPENING <= self.width and \
+            self.evaluator.left - pending * OPENING >= OPENING + STEPS_RESERVED * (live + 1)
+
+    def _launch(self, opt_id: int, start, step) -> None:
+        opening = _opening(self.code, start, self.lower, self.upper, step, self.seed + opt_id)
+        self.openings[opt_id] = opening  # its first point is the search's first request: trained once
+        self.gate.join(opt_id)
+        thread = threading.Thread(target=self._optimize, args=(opt_id, np.asarray(start), step),
+                                  name=f"tune-search-{opt_id}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _optimize(self, opt_id: int, start: np.ndarray, step) -> None:
+        nlopt = _nlopt()
+        try:
+            nlopt.srand(self.seed + opt_id)  # per-thread generator of the stochastic algorithms
+            opt = _configured(nlopt, self.code, self.lower, self.upper, step, self.evaluator.max_evals)
+            opt.set_min_objective(_objective(self.gate, opt_id, opt, self.lower, self.upper))
             opt.optimize(start.tolist())
         except (nlopt.ForcedStop, nlopt.RoundoffLimited):
             pass  # stopped by the gate, or converged as far as floating point allows
         except nlopt.runtime_error:  # NLOPT_FAILURE, e.g. a gradient method's line search gave up
-            log.warning("tune: optimizer %d (%s) ended with an NLopt failure", opt_id, nlopt.algorithm_name(code))
+            log.warning("tune: search %d (%s) ended with an NLopt failure", opt_id, nlopt.algorithm_name(self.code))
         except BaseException as exc:  # re-raised in the tuning thread
-            errors.append(exc)
+            self.errors.append(exc)
         finally:
-            gate.leave(opt_id)
-
-    threads = [threading.Thread(target=run, args=(i, s), name=f"tune-optimizer-{i}", daemon=True)
-               for i, s in enumerate(starts)]
-    for thread in threads:
-        thread.start()
-    try:
-        while (requests := gate.all_parked()) is not None:
-            gate.release(evaluator.run_round(requests))
-    finally:
-        gate.stop()
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
+            self.gate.leave(opt_id)

@@ -1,7 +1,11 @@
 """The lock-step NLopt tuner: quality against a dense grid, batching, cache, journal, budgets, inputs."""
+import itertools
 import json
 import math
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -52,31 +56,94 @@ def test_tune_is_within_one_percent_of_a_dense_grid(problem):
     assert alone.best_epoch == result.epochs
 
 
-def test_k_lock_step_starts_need_max_evals_over_k_batches(problem, count_batches):
+def _plain_bobyqa(problem, hyp, start, step, max_evals):
+    """The oracle: NLopt's BOBYQA with tune's settings, one point per run_probes call, no gate."""
+    import nlopt
+
+    prepared, asked = prepare(*problem, hyp, BACKEND), []
+
+    def objective(x, grad):
+        asked.append(tuple(x))
+        (probe,) = run_probes(prepared, [lr_from_a(x[0])], [reg_from_b(x[1])], hyp)
+        return probe.best_val_loss
+
+    opt = tune_module._configured(nlopt, nlopt.LN_BOBYQA, np.array([-2.0, -3.0]), np.array([3.0, 5.0]),
+                                  np.asarray(step), max_evals)
+    opt.set_min_objective(objective)
+    try:
+        opt.optimize(list(start))
+    except nlopt.RoundoffLimited:
+        pass
+    return asked
+
+
+def test_one_search_asks_what_plain_nlopt_asks_and_trains_its_opening_in_one_batch(problem, count_batches):
+    head, train, val = problem
+    result = tune(head, train, val, planted_hyp(), max_evals=14, starts=[(0.5, 1.0)], backend=BACKEND)
+    step = tune_module.INITIAL_STEP * np.array([5.0, 8.0])
+    expected = _plain_bobyqa(problem, planted_hyp(), (0.5, 1.0), step, 14)
+    assert [tune_module._key(e.point) for e in result.history] == [tune_module._key(p) for p in expected]
+    # BOBYQA's 2n + 1 = 5 interpolation points do not depend on the values: one batch; then a
+    # point per batch.
+    assert [len(batch) for batch in count_batches] == [5] + [1] * (len(expected) - 5)
+    assert result.n_batches == len(count_batches)
+
+
+def test_explicit_starts_search_at_once_and_batch_their_rounds(problem, count_batches):
     head, train, val = problem
     result = tune(head, train, val, planted_hyp(), max_evals=24, n_starts=4, space_filling_first_batch=False,
                   backend=BACKEND)
     assert result.n_evals == 24
-    assert result.n_batches == len(count_batches) == 6
-    assert [len(batch) for batch in count_batches] == [4] * 6
+    assert len(count_batches[0]) == 20  # the four openings
+    assert all(len(batch) <= 4 for batch in count_batches[1:])
     assert sorted({e.optimizer for e in result.history}) == [0, 1, 2, 3]
-    assert [e.round for e in result.history] == [r for r in range(6) for _ in range(4)]
+    assert [e.round for e in result.history] == sorted(e.round for e in result.history)
 
     count_batches.clear()
     one = tune(head, train, val, planted_hyp(), max_evals=24, n_starts=1, space_filling_first_batch=False,
                backend=BACKEND)
-    assert one.n_batches == len(count_batches) == one.n_evals
-    assert all(len(batch) == 1 for batch in count_batches)
+    assert one.n_batches == len(count_batches) == one.n_evals - 4
+    assert [len(batch) for batch in count_batches] == [5] + [1] * (one.n_batches - 1)
 
 
-def test_space_filling_first_batch_picks_the_best_starts(problem, count_batches):
+def test_the_space_filling_batch_is_wide_and_the_searches_start_in_distinct_basins(problem, count_batches):
     head, train, val = problem
-    result = tune(head, train, val, planted_hyp(), max_evals=40, n_starts=4, backend=BACKEND)
+    result = tune(head, train, val, planted_hyp(), max_evals=64, width=24, backend=BACKEND)
     first = [e for e in result.history if e.round == 0]
-    assert len(count_batches[0]) == len(first) == 8 and {e.optimizer for e in first} == {-1}
+    assert len(count_batches[0]) == len(first) == 24 and {e.optimizer for e in first} == {-1}
     assert first[0].point == (0.0, 0.0)
-    assert result.n_evals == 40 and result.n_batches == len(count_batches)
-    assert all(len(batch) == 4 for batch in count_batches[1:])
+    assert all(len(batch) <= 24 for batch in count_batches)
+    assert result.n_evals == 64 and result.n_batches == len(count_batches)
+    # Search 0 starts at the best point of the first batch: its opening (the start +- one step
+    # along each axis) trains in the second batch.
+    best = np.array(min(first, key=lambda e: e.loss).point)
+    step = tune_module.STEP_FACTOR * np.array([5.0, 8.0]) / math.sqrt(24)
+    second = {tune_module._key(p) for p in count_batches[1]}
+    for axis in range(2):
+        assert tune_module._key(best + step * np.eye(2)[axis]) in second
+    assert len({e.optimizer for e in result.history}) >= 3  # -1 and at least two searches
+
+
+def test_basins_are_local_minima_best_first_then_far_apart_points():
+    lower, upper = np.zeros(2), np.ones(2)
+    points = np.array([[0.1, 0.1], [0.15, 0.1], [0.9, 0.9], [0.85, 0.9], [0.5, 0.5], [0.1, 0.9], [0.12, 0.88],
+                       [0.9, 0.1], [0.5, 0.55]])
+    losses = np.array([1.0, 2.0, 0.5, 0.4, 3.0, 5.0, 4.0, 6.0, 2.9])
+    # 9 points: spacing 1/3, radius 0.5.  Minima (no better point within 0.5): 3 (0.4; 2 and 8 lie
+    # near it and are worse), 0 (1.0; 1 is worse), 6 (4.0; 5 is worse), 7 (6.0; nothing within 0.5).
+    # Then the others, best first, 0.5 away from all taken: only 4 (8 lies 0.495 from 3).
+    assert tune_module.basins(points, losses, lower, upper) == [3, 0, 6, 7, 4]
+    taken = tune_module.basins(points, losses, lower, upper)
+    assert all(np.linalg.norm(points[i] - points[j]) >= 0.5 for i in taken for j in taken if i != j)
+
+
+def test_the_default_width_follows_the_device():
+    class Device:
+        def __init__(self, kind):
+            self.device = __import__("torch").device(kind)
+
+    assert tune_module.default_width(Device("cpu")) == tune_module.CPU_WIDTH == 64
+    assert tune_module.default_width(Device("cuda")) == tune_module.GPU_WIDTH == 256
 
 
 def test_runs_are_deterministic(problem):
@@ -89,9 +156,10 @@ def test_identical_points_are_trained_once(problem, count_batches):
     head, train, val = problem
     result = tune(head, train, val, planted_hyp(), max_evals=12, starts=[(0.5, 1.0), (0.5, 1.0), (0.5, 1.0)],
                   backend=BACKEND)
-    # Three optimizers on the same path ask for the same points: one probe per batch.
-    assert all(len(batch) == 1 for batch in count_batches)
-    assert result.n_evals == result.n_batches == 12
+    # Three searches on the same path ask for the same points: each point is trained once (the
+    # shared opening of 5 points, then one probe per batch).
+    assert [len(batch) for batch in count_batches] == [5] + [1] * 7
+    assert result.n_evals == 12 and result.n_batches == 8
     assert len({e.point for e in result.history}) == 12
 
 
@@ -205,14 +273,122 @@ def test_a_failing_batch_ends_every_optimizer_and_is_raised(problem, monkeypatch
     assert threading.active_count() == before
 
 
-def test_budgets(problem):
+def test_max_evals_is_global(problem):
     head, train, val = problem
-    # max_evals is global, the space-filling batch included.
     result = tune(head, train, val, planted_hyp(), max_evals=11, n_starts=4, backend=BACKEND)
-    assert result.n_evals <= 11
-    # After max_time no batch starts but the first.
-    quick = tune(head, train, val, planted_hyp(), max_evals=64, n_starts=4, max_time=1e-9, backend=BACKEND)
-    assert quick.n_batches == 1 and quick.n_evals == 8
+    assert result.n_evals == 11  # the space-filling batch (5) and the openings included
+
+
+@pytest.fixture
+def ticking_clock(monkeypatch):
+    """``time.monotonic`` advancing one second per reading (tuner and trainer both read it)."""
+    ticks = itertools.count()
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(ticks)))
+
+
+def test_max_time_stops_probes_at_a_checkpoint_and_unfinished_points_are_not_counted(problem, tmp_path,
+                                                                                     monkeypatch):
+    head, train, val = problem
+    journal = tmp_path / "tune.jsonl"
+    kwargs = dict(max_evals=24, n_starts=2, space_filling_first_batch=False, backend=BACKEND)
+    stopped = []
+
+    def spying(problem, lrs, regs, hyp, **kw):
+        assert kw["deadline"] is not None  # the budget reaches every checkpoint
+        results = run_probes(problem, lrs, regs, hyp, **kw)
+        stopped.extend((math.log10(r.lr / 1e-3), math.log10(r.reg / 1e-5)) for r in results if not r.finished)
+        return results
+
+    monkeypatch.setattr(tune_module, "run_probes", spying)
+    ticks = itertools.count()
+    with monkeypatch.context() as clock:
+        clock.setattr(time, "monotonic", lambda: float(next(ticks)))
+        cut = tune(head, train, val, planted_hyp(), max_time=60, journal=journal, **kwargs)
+    assert stopped, "the 60-tick budget should stop some probes inside a batch"
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert len(lines) == cut.n_evals < 24
+    unfinished = {tune_module._key(p) for p in stopped}
+    assert not unfinished & {tune_module._key((e["a"], e["b"])) for e in lines}
+    assert not unfinished & {tune_module._key(e.point) for e in cut.history}
+
+    # The unfinished points were not journaled: resuming trains them and ends where a run
+    # without the time limit ends.
+    resumed = tune(head, train, val, planted_hyp(), journal=journal, **kwargs)
+    fresh = tune(head, train, val, planted_hyp(), **kwargs)
+    assert [(e.point, e.loss) for e in resumed.history] == [(e.point, e.loss) for e in fresh.history]
+    assert unfinished <= {tune_module._key(e.point) for e in resumed.history if e.trained}
+
+
+def test_a_budget_that_lets_nothing_finish_is_an_error(problem, ticking_clock):
+    head, train, val = problem
+    with pytest.raises(ValueError, match="max_time"):
+        tune(head, train, val, planted_hyp(), max_evals=16, max_time=2, backend=BACKEND)
+
+
+def test_a_run_where_every_point_diverged_is_flagged(problem, caplog):
+    head, train, val = problem
+    hyp = planted_hyp(optimizer="sgd", batch_size=1)
+    with caplog.at_level("WARNING", logger="retrain.tuner"):
+        result = tune(head, train, val, hyp, max_evals=8, bounds=((5, 6), (-3, 5)), backend=BACKEND)
+    assert all(e.diverged for e in result.history) and result.all_diverged
+    assert result.val_loss == math.inf  # never the penalty passed off as a validation loss
+    assert "all 8 points diverged" in caplog.text
+    assert not tune(head, train, val, planted_hyp(), max_evals=8, backend=BACKEND).all_diverged
+
+
+def test_an_optimum_on_a_bound_is_flagged(problem, caplog):
+    head, train, val = problem
+    # lr at most 3e-5 for 16 epochs barely moves from the init: the largest lr is best.
+    with caplog.at_level("WARNING", logger="retrain.tuner"):
+        result = tune(head, train, val, planted_hyp(), max_evals=12, bounds=((-2, -1.5), (-3, 5)), backend=BACKEND)
+    assert "a_hi" in result.at_bound and result.bounds == ((-2.0, -1.5), (-3.0, 5.0))
+    assert abs(result.a - (-1.5)) <= tune_module.FD_STEP * 0.5
+    assert "a_hi" in caplog.text and "widen the bounds" in caplog.text
+
+
+def test_a_journal_in_use_by_another_process_is_refused(problem, tmp_path):
+    head, train, val = problem
+    journal = tmp_path / "tune.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); sys.stdin.read()", str(journal)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match="in use by another tuning run"):
+            tune(head, train, val, planted_hyp(), max_evals=4, journal=journal, backend=BACKEND)
+    finally:
+        holder.communicate("")
+    assert journal.read_text() == ""  # the refused run wrote nothing
+    result = tune(head, train, val, planted_hyp(), max_evals=4, journal=journal, backend=BACKEND)
+    assert len(journal.read_text().splitlines()) == result.n_evals == 4
+
+
+def test_a_journal_holds_its_lock_for_the_whole_run(problem, tmp_path, monkeypatch):
+    head, train, val = problem
+    journal = tmp_path / "tune.jsonl"
+    refused = []
+
+    def second_writer(*args, **kwargs):  # another run starting while this one trains
+        with pytest.raises(ValueError, match="in use") as error:
+            Journal(journal, "another problem").open()
+        refused.append(error.value)
+        return run_probes(*args, **kwargs)
+
+    monkeypatch.setattr(tune_module, "run_probes", second_writer)
+    tune(head, train, val, planted_hyp(), max_evals=8, journal=journal, backend=BACKEND)
+    assert refused
+
+
+def test_every_journal_line_must_be_of_this_problem(problem, tmp_path):
+    head, train, val = problem
+    journal = tmp_path / "tune.jsonl"
+    tune(head, train, val, planted_hyp(), max_evals=4, journal=journal, backend=BACKEND)
+    lines = journal.read_text().splitlines()
+    foreign = json.loads(lines[2]) | {"problem": "0123456789abcdef"}
+    journal.write_text("\n".join(lines[:2] + [json.dumps(foreign)] + lines[3:]) + "\n")
+    with pytest.raises(ValueError, match="line 3 was written for another problem"):
+        tune(head, train, val, planted_hyp(), max_evals=4, journal=journal, backend=BACKEND)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -226,6 +402,10 @@ def test_budgets(problem):
     (dict(n_starts=0), "n_starts"),
     (dict(starts=[(10.0, 0.0)]), "starts"),
     (dict(max_time=0), "max_time"),
+    (dict(max_time=math.nan), "max_time"),
+    (dict(width=0), "width"),
+    (dict(n_starts=2.0), "n_starts"),
+    (dict(bounds="wide"), "bounds"),
 ])
 def test_bad_arguments_raise_value_error(problem, kwargs, match):
     head, train, val = problem
@@ -244,3 +424,22 @@ def test_a_tuning_run_prepares_the_data_once(problem, monkeypatch, count_batches
     monkeypatch.setattr(tune_module, "prepare", counting_prepare)
     result = tune(head, train, val, planted_hyp(), max_evals=64, n_starts=8, backend=BACKEND)
     assert result.n_batches == len(count_batches) > 5 and len(prepared) == 1
+
+
+def test_plots_of_a_tuning_run(problem, tmp_path):
+    pytest.importorskip("matplotlib")
+    from retrain.plots import plot_search_traces, plot_tuning_landscape
+
+    head, train, val = problem
+    result = tune(head, train, val, planted_hyp(), max_evals=24, width=12, backend=BACKEND)
+    plot_tuning_landscape(tmp_path / "landscape.png", result.history, result.bounds, best=(result.a, result.b))
+    trace = [(e.time + 1e-3, min(x.loss for x in result.history[: i + 1])) for i, e in enumerate(result.history)]
+    plot_search_traces(tmp_path / "traces.png", {"tune": trace, "nothing yet": [(0.1, math.inf)]})
+    for name, size in (("landscape.png", (7.5, 7)), ("traces.png", (8, 5))):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert (width, height) == (round(size[0] * 110), round(size[1] * 110))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["landscape.png", "traces.png"]  # no temporary left
+    with pytest.raises(ValueError, match="finite"):
+        plot_search_traces(tmp_path / "none.png", {"diverged": [(0.1, math.inf)]})

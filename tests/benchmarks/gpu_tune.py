@@ -1,24 +1,24 @@
-"""Tuner wall time: 8 lock-step starts against one point at a time, same evaluations, same backend.
+"""Tuning searches side by side on one problem: ``tune``, the seed's loop, a dense grid, batched TPE.
 
-Three ways to spend the same ``max_evals`` evaluations on one problem:
+Each search spends (about) the same evaluations on the same prepared data and split, and reports
+evaluations, probe batches (``run_probes`` calls), wall time and the best validation loss:
 
-* ``lockstep-8``: ``tune(n_starts=8)`` as shipped: a space-filling batch of 16 points, then rounds
-  of 8 points, each round ONE ``train_probes`` call;
-* ``one-per-batch``: the very same search (same points, same losses) with every point trained in
-  its own ``train_probes`` call: the difference to ``lockstep-8`` is the batching alone;
-* ``seed-loop``: the seed notebook's loop: one BOBYQA optimizer from (0, 0), one point per call
-  (it may stop before ``max_evals`` when it converges).
+* ``tune``: ``retrain.tune`` as shipped (a space-filling batch as wide as the backend trains
+  cheaply, then lock-step BOBYQA searches from the best distinct basins);
+* ``seed-loop``: the seed notebook's loop: one NLopt BOBYQA from (0, 0), one point per call;
+* ``grid``: a ``side x side`` grid over the bounds as ONE probe batch;
+* ``tpe``: Optuna's TPE sampler with batched ask/tell (``study.ask()`` ``batch`` times, one
+  ``run_probes`` per batch), when optuna is installed.
 
-Each variant reports wall time, evaluations, ``train_probes`` calls and the best validation loss
-it reached.  Run on the GPU check (``tests/benchmarks/gpu_check.sh``) with ``backend="auto"``
-(Triton on a CUDA GPU) on synthetic data: ratings planted from a matrix-factorisation head
-(d = 32) plus noise, heavy-tailed user activity and Zipf item popularity.  A warm-up call of each
-batch width compiles the kernels before anything is timed.
+A diverged probe scores ``2 * L0 + 1`` in every search (as in ``tune``).  The problem is the
+leak-free protocol of docs/pipeline.md: ``retrain.protocol_split``, the item side pretrained on
+the known users' pretraining ratings only, and the tuning subsample of the pipeline
+(``retrain.pipeline.tuning_subsample``) validated on ratings the item side never saw.
 
     python3 tests/benchmarks/gpu_tune.py [--smoke] [--budget SECONDS]
 
-prints a short table and writes ``tune.json`` and ``tune_table.md`` to ``$OUT`` when set.
-``tests/benchmarks/test_bench_tune.py`` runs the same comparison on the CPU.
+prints what a batch of P probes costs (the width sweep) and a table of the searches, and writes ``tune.json`` and ``tune_table.md`` to ``$OUT`` when set (the GPU
+check runs it).  ``tests/benchmarks/test_bench_tune.py`` runs the same searches on the CPU.
 """
 from __future__ import annotations
 
@@ -34,70 +34,139 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import retrain.tuner as tune_module
 from retrain.backends import get_backend
-from retrain.data import Ratings
-from retrain.heads import Head
-from retrain.hyperparams import HyperParams
-from retrain.trainer import run_probes, train_probes
-from retrain.tuner import tune
+from retrain.data import synthetic_ratings
+from retrain.hyperparams import HyperParams, lr_from_a, reg_from_b
+from retrain.pipeline import tuning_subsample
+from retrain.pretrain import pretrain
+from retrain.protocol import protocol_split
+from retrain.trainer import prepare, run_probes
+from retrain.tuner import DEFAULT_BOUNDS, tune
 
-VARIANTS = ("lockstep-8", "seed-loop", "one-per-batch")
-
-
-def planted_problem(n_users: int, n_items: int, mean_ratings: float, d: int = 32, seed: int = 0):
-    """(head, train, val): ratings = the head's prediction for planted users + noise (std 0.5)."""
-    rng = np.random.default_rng(seed)
-    q = rng.normal(0, 1 / math.sqrt(d), (n_items, d)).astype(np.float32)
-    bias = rng.normal(0, 0.3, n_items).astype(np.float32)
-    head = Head.matrix_factorization(torch.from_numpy(q), torch.from_numpy(bias), 3.5)
-    counts = np.clip(rng.pareto(1.5, n_users) + 1, 1, None)
-    counts = np.clip(np.round(counts / counts.mean() * mean_ratings), 4, n_items // 2).astype(np.int64)
-    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
-    users = np.repeat(np.arange(n_users), counts)
-    items = rng.choice(n_items, size=len(users), p=popularity / popularity.sum())
-    pairs = np.unique(users * n_items + items)
-    users, items = pairs // n_items, pairs % n_items
-    truth = rng.normal(0, 0.7, (n_users, d)).astype(np.float32)
-    ratings = np.einsum("nk,nk->n", truth[users], q[items]) + bias[items] + 3.5 + rng.normal(0, 0.5, len(users))
-    data = Ratings.from_coo(users, items, ratings, n_users=n_users, n_items=n_items)
-    return (head, *data.split_per_user(0.2, seed=seed))
+MODEL = "matrix_factorization_32"
+SEARCHES = ("tune", "tpe", "grid", "seed-loop")  # the slowest last: the GPU check has a time budget
 
 
-class _OnePointPerCall:
-    """Stands in for ``run_probes`` inside the tuner: trains the points of a batch one by one."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, problem, lrs, regs, hyp, **kwargs):
-        results = []
-        for lr, reg in zip(lrs, regs):
-            self.calls += 1
-            results += run_probes(problem, [lr], [reg], hyp, **kwargs)
-        return results
+def protocol_problem(data, seed: int = 0, model: str = MODEL):
+    """(head, train, val, hyp) of the pipeline's tuning step on ``data`` under the leak-free split."""
+    split = protocol_split(data, seed=seed)
+    head = pretrain(split.pretrain, model, seed=seed).head
+    return (head, *tuning_subsample(split.pretrain, split.val, HyperParams(model=model, seed=seed)))
 
 
-def run_variant(name: str, head, train, val, hyp, backend, max_evals: int) -> dict:
-    """Time one variant; returns its row (and the TuneResult under ``"result"``)."""
-    kwargs = dict(max_evals=max_evals, backend=backend)
-    if name == "seed-loop":
-        kwargs.update(n_starts=1, space_filling_first_batch=False)
-    one_by_one = _OnePointPerCall() if name == "one-per-batch" else None
-    if one_by_one is not None:
-        tune_module.run_probes = one_by_one
+def ml100k_sized(seed: int = 0):
+    """Synthetic ratings the size of MovieLens-100k: 943 users, 1,682 items, about 100k ratings."""
+    return synthetic_ratings(943, 1682, 165.0, seed=seed)
+
+
+def have_optuna() -> bool:
     try:
-        synchronize(backend)
-        start = time.perf_counter()
-        result = tune(head, train, val, hyp, **kwargs)
-        synchronize(backend)
-        wall = time.perf_counter() - start
-    finally:
-        tune_module.run_probes = run_probes
-    calls = one_by_one.calls if one_by_one is not None else result.n_batches
-    return dict(variant=name, wall_s=wall, evals=result.n_evals, train_probes_calls=calls,
-                best_val_loss=result.val_loss, best_a=result.a, best_b=result.b, best_epochs=result.epochs,
-                result=result)
+        import optuna  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Recorder:
+    """Trains batches on one prepared problem; keeps counts and the best loss against wall time."""
+
+    def __init__(self, head, train, val, hyp, backend):
+        self.start = time.perf_counter()
+        self.hyp, self.backend = hyp, backend
+        self.problem = prepare(head, train, val, hyp, backend)
+        self.batches, self.evals, self.best, self.best_point = 0, 0, math.inf, None
+        self.trace = []  # (seconds, best loss so far) after each batch
+
+    def losses(self, points) -> list[float]:
+        probes = run_probes(self.problem, [lr_from_a(a) for a, _ in points], [reg_from_b(b) for _, b in points],
+                            self.hyp)
+        synchronize(self.backend)
+        self.batches += 1
+        self.evals += len(points)
+        out = []
+        for point, probe in zip(points, probes):
+            loss = (2.0 * probe.history[0][1] + 1.0) if probe.diverged else probe.best_val_loss
+            out.append(loss)
+            if not probe.diverged and loss < self.best:
+                self.best, self.best_point = loss, tuple(point)
+        self.trace.append((time.perf_counter() - self.start, self.best))
+        return out
+
+    def row(self, search: str, seed: int) -> dict:
+        return dict(search=search, seed=seed, evals=self.evals, batches=self.batches,
+                    wall_s=time.perf_counter() - self.start, best_val_loss=self.best,
+                    best_a=self.best_point[0], best_b=self.best_point[1], trace=self.trace)
+
+
+def run_tune(head, train, val, hyp, backend, max_evals: int, seed: int, width: int | None = None) -> dict:
+    synchronize(backend)
+    start = time.perf_counter()
+    result = tune(head, train, val, hyp, max_evals=max_evals, backend=backend, seed=seed, width=width,
+                  n_starts=None)
+    synchronize(backend)
+    wall = time.perf_counter() - start
+    trace, best = [], math.inf
+    for e in result.history:
+        best = min(best, e.loss) if not e.diverged else best
+        trace.append((e.time, best))
+    return dict(search="tune", seed=seed, evals=result.n_evals, batches=result.n_batches, wall_s=wall,
+                best_val_loss=result.val_loss, best_a=result.a, best_b=result.b, trace=trace, result=result)
+
+
+def run_seed_loop(head, train, val, hyp, backend, max_evals: int, seed: int) -> dict:
+    """One BOBYQA from (0, 0), one point per ``run_probes`` call (the seed notebook's loop)."""
+    import nlopt
+
+    rec = _Recorder(head, train, val, hyp, backend)
+    (a_lo, a_hi), (b_lo, b_hi) = DEFAULT_BOUNDS
+    opt = nlopt.opt(nlopt.LN_BOBYQA, 2)
+    opt.set_lower_bounds([a_lo, b_lo])
+    opt.set_upper_bounds([a_hi, b_hi])
+    opt.set_maxeval(max_evals)
+    opt.set_min_objective(lambda x, grad: rec.losses([tuple(x)])[0])
+    try:
+        opt.optimize([0.0, 0.0])
+    except nlopt.RoundoffLimited:
+        pass
+    return rec.row("seed-loop", seed)
+
+
+def run_grid(head, train, val, hyp, backend, side: int, seed: int) -> dict:
+    """A ``side x side`` grid over the default bounds, one probe batch."""
+    rec = _Recorder(head, train, val, hyp, backend)
+    (a_lo, a_hi), (b_lo, b_hi) = DEFAULT_BOUNDS
+    a, b = np.meshgrid(np.linspace(a_lo, a_hi, side), np.linspace(b_lo, b_hi, side), indexing="ij")
+    rec.losses(list(zip(a.ravel(), b.ravel())))
+    return rec.row(f"grid {side}x{side}", seed)
+
+
+def run_tpe(head, train, val, hyp, backend, max_evals: int, seed: int, batch: int = 8) -> dict:
+    """Optuna TPE, ``batch`` trials asked at a time and trained as one probe batch."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rec = _Recorder(head, train, val, hyp, backend)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    (a_lo, a_hi), (b_lo, b_hi) = DEFAULT_BOUNDS
+    while rec.evals < max_evals:
+        trials = [study.ask() for _ in range(min(batch, max_evals - rec.evals))]
+        points = [(t.suggest_float("a", a_lo, a_hi), t.suggest_float("b", b_lo, b_hi)) for t in trials]
+        for trial, loss in zip(trials, rec.losses(points)):
+            study.tell(trial, loss)
+    return rec.row(f"tpe (batch {batch})", seed)
+
+
+def run_search(name: str, problem, backend, max_evals: int, seed: int, grid_side: int = 13) -> dict:
+    head, train, val, hyp = problem
+    if name == "tune":
+        return run_tune(head, train, val, hyp, backend, max_evals, seed)
+    if name == "seed-loop":
+        return run_seed_loop(head, train, val, hyp, backend, max_evals, seed)
+    if name == "grid":
+        return run_grid(head, train, val, hyp, backend, grid_side, seed)
+    if name == "tpe":
+        return run_tpe(head, train, val, hyp, backend, max_evals, seed)
+    raise ValueError(name)
 
 
 def synchronize(backend) -> None:
@@ -105,73 +174,105 @@ def synchronize(backend) -> None:
         torch.cuda.synchronize()
 
 
-def warm_up(head, train, val, hyp, backend) -> float:
-    """Compile/initialise the backend for the batch widths the variants use; returns seconds.
-
-    Triton picks one probe block for P = 1 and one for 2..16 (kernels/blocks.py), and specialises
-    integer arguments on being 1 or a multiple of 16: widths 1, 8 and 16 cover every variant."""
+def warm_up(problem, backend) -> float:
+    """Compile/initialise the backend for the batch widths the searches use; returns seconds."""
+    head, train, val, hyp = problem
     start = time.perf_counter()
     short = hyp.replace(max_epochs=2 * hyp.epochs_per_checkpoint)
-    for width in (1, 8, 16):
-        train_probes(head, train, val, [1e-2] * width, [1e-3] * width, short, backend)
+    prepared = prepare(head, train, val, hyp, backend)
+    for width in (1, 8, 16, 64):
+        run_probes(prepared, [1e-2] * width, [1e-3] * width, short)
     synchronize(backend)
     return time.perf_counter() - start
 
 
+def width_sweep(problem, backend, widths=(1, 8, 16, 32, 64, 128, 256), repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Seconds for ``run_probes`` of P random points of the default box, for each P in ``widths``
+    (the same points for every repeat; widths interleaved, best of ``repeats``): what a wider
+    batch costs, from which the tuner's default width is picked."""
+    head, train, val, hyp = problem
+    prepared = prepare(head, train, val, hyp, backend)
+    rng = np.random.default_rng(seed)
+    (a_lo, a_hi), (b_lo, b_hi) = DEFAULT_BOUNDS
+    points = {p: (rng.uniform(a_lo, a_hi, p), rng.uniform(b_lo, b_hi, p)) for p in widths}
+    best = {p: math.inf for p in widths}
+    epochs = {}
+    for _ in range(repeats):
+        for p in widths:
+            a, b = points[p]
+            synchronize(backend)
+            start = time.perf_counter()
+            probes = run_probes(prepared, 1e-3 * 10.0 ** a, 1e-5 * 10.0 ** b, hyp)
+            synchronize(backend)
+            best[p] = min(best[p], time.perf_counter() - start)
+            epochs[p] = sum(r.epochs_trained for r in probes)
+    return [dict(width=p, seconds=best[p], ms_per_probe=1e3 * best[p] / p, probe_epochs_per_s=epochs[p] / best[p])
+            for p in widths]
+
+
+def width_table(rows: list[dict]) -> str:
+    lines = ["| P | seconds | ms per probe | probe-epochs / s |", "|---:|---:|---:|---:|"]
+    lines += [f"| {r['width']} | {r['seconds']:.3f} | {r['ms_per_probe']:.1f} | {r['probe_epochs_per_s']:.0f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown table, with each variant's wall time relative to ``lockstep-8``."""
-    base = next((r["wall_s"] for r in rows if r["variant"] == "lockstep-8"), None)
-    lines = ["| variant | evals | train_probes calls | wall s | vs lockstep-8 | best val loss | best (a, b) |",
+    """Markdown table: one line per search and seed."""
+    lines = ["| search | seed | evaluations | probe batches | wall s | best val loss | best (a, b) |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        ratio = f"{r['wall_s'] / base:.2f}x" if base else ""
-        lines.append(f"| {r['variant']} | {r['evals']} | {r['train_probes_calls']} | {r['wall_s']:.2f} | {ratio} | "
+        lines.append(f"| {r['search']} | {r['seed']} | {r['evals']} | {r['batches']} | {r['wall_s']:.2f} | "
                      f"{r['best_val_loss']:.5f} | ({r['best_a']:.2f}, {r['best_b']:.2f}) |")
     return "\n".join(lines)
 
 
 def main() -> int:
+    try:
+        import nlopt  # noqa: F401
+    except ImportError:
+        print("gpu_tune.py: skipped, the nlopt package is not installed (pip install nlopt)")
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny problem, to check the script on a CPU")
-    # gpu_check.sh gives this step 60 s, imports and data generation included.
-    parser.add_argument("--budget", type=float, default=40.0, help="seconds; variants that no longer fit are skipped")
+    parser.add_argument("--budget", type=float, default=40.0, help="seconds; searches that no longer fit are skipped")
     parser.add_argument("--max-evals", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     t0 = time.perf_counter()
-    sizes = dict(n_users=400, n_items=300, mean_ratings=20) if args.smoke else \
-        dict(n_users=20_000, n_items=5_000, mean_ratings=40)
-    head, train, val = planted_problem(**sizes)
-    hyp = HyperParams(model="matrix_factorization_32", seed=0)
+    data = synthetic_ratings(200, 150, 20.0) if args.smoke else ml100k_sized()
+    problem = protocol_problem(data)
     backend = get_backend("auto")
     device = torch.cuda.get_device_name() if backend.device.type == "cuda" else platform.processor() or "cpu"
-    print(f"tuner comparison on {device}, backend {backend.name}: {train.n_users} users, {train.n_items} items, "
-          f"{train.nnz} train / {val.nnz} val ratings, max_evals {args.max_evals}", flush=True)
-    warm = warm_up(head, train, val, hyp, backend)
+    _, train, val, hyp = problem
+    print(f"tuning searches on {device}, backend {backend.name}: {train.n_users} users, {train.nnz} train / "
+          f"{val.nnz} val ratings, max_evals {args.max_evals}", flush=True)
+    warm = warm_up(problem, backend)
     print(f"warm-up (compilation) {warm:.1f} s", flush=True)
-
+    widths = width_sweep(problem, backend, (1, 8, 32, 64, 128, 256, 512), repeats=1)
+    print(width_table(widths), flush=True)
     rows = []
-    for name in VARIANTS:
-        elapsed = time.perf_counter() - t0
-        if rows:  # a variant makes at most max_evals calls; the first one's per-call time bounds them
-            per_call = rows[0]["wall_s"] / max(rows[0]["train_probes_calls"], 1)
-            if elapsed + per_call * args.max_evals * 1.5 > args.budget:
-                print(f"{name}: skipped, would not fit the {args.budget:.0f} s budget", flush=True)
+    names = [n for n in SEARCHES if n != "tpe" or have_optuna()]
+    if "tpe" not in names:
+        print("tpe: skipped, optuna is not installed (pip install optuna)")
+    for seed in range(args.seeds):
+        for name in names:
+            if time.perf_counter() - t0 > args.budget:
+                print(f"{name} seed {seed}: skipped, past the {args.budget:.0f} s budget", flush=True)
                 continue
-        row = run_variant(name, head, train, val, hyp, backend, args.max_evals)
-        row.pop("result")
-        rows.append(row)
-        print(f"{name}: {row['wall_s']:.2f} s, {row['evals']} evals in {row['train_probes_calls']} calls, "
-              f"best val loss {row['best_val_loss']:.5f}", flush=True)
-
+            row = run_search(name, problem, backend, args.max_evals, seed)
+            row.pop("result", None)
+            rows.append(row)
+            print(f"{row['search']} seed {seed}: {row['wall_s']:.2f} s, {row['evals']} evals in {row['batches']} "
+                  f"batches, best val loss {row['best_val_loss']:.5f}", flush=True)
     text = table(rows)
     print(text)
     out = os.environ.get("OUT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         report = dict(device=device, backend=backend.name, python=sys.version.split()[0], torch=torch.__version__,
-                      sizes=sizes, train_nnz=train.nnz, val_nnz=val.nnz, max_evals=args.max_evals,
-                      warm_up_s=warm, hyp=hyp.to_dict(), rows=rows,
-                      date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                      train_nnz=train.nnz, val_nnz=val.nnz, max_evals=args.max_evals, warm_up_s=warm,
+                      hyp=hyp.to_dict(), widths=widths, rows=rows, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         (Path(out) / "tune.json").write_text(json.dumps(report, indent=2) + "\n")
         (Path(out) / "tune_table.md").write_text(text + "\n")
     return 0

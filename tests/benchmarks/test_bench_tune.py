@@ -1,30 +1,35 @@
-"""Tuner wall time on the CPU: 8 lock-step starts against one point at a time (see gpu_tune.py).
+"""Tuning benchmark on the CPU: ``tune`` against the seed's loop, a dense grid and batched TPE.
 
-Problem: ml-latest-small when present, with the evaluation protocol of docs/pipeline.md: the item
-side (matrix_factorization_32, 4 ALS sweeps) is pretrained on half of the users, and the tuner
-works on the other half's ratings, 80 % to train and 20 % to validate.  Without the file, the
-planted synthetic problem of gpu_tune.py.  Backend ``auto`` (the C++ backend when built), the
-project's default hyper-parameters for matrix_factorization_32, ``max_evals`` 64.
+One run, the same data and split for every search (gpu_tune.py has the searches): synthetic
+ratings the size of MovieLens-100k and, when present, ``shared/data/ml-latest-small``, each under
+the leak-free protocol (``retrain.protocol_split``, the item side pretrained without the
+validation ratings, the pipeline's tuning subsample).  64 evaluations, seeds 0, 1, 2, searches
+interleaved per seed; a 21x21 grid trained once per data set is the reference optimum.
 
-    .venv/bin/python -m pytest tests/benchmarks/test_bench_tune.py --benchmark-enable -s
+    flock /tmp/retrain-bench.lock .venv/bin/python -m pytest tests/benchmarks/test_bench_tune.py \
+        --benchmark-enable -q -s
 
-prints the table at the end (and writes it to runs/bench_tune.md).  Under ``make test``
-(``--benchmark-disable``) a small synthetic case runs once as a test: the lock-step search and the
-same search one point per call must evaluate the same points to the same losses.
+prints the table at the end and writes it to runs/bench_tune.md, with runs/bench_tune_<data>.png
+(best validation loss against wall time of every search).  Under ``make test``
+(``--benchmark-disable``) a small synthetic case runs once as a test of the searches' accounting.
+TPE rows need the ``optuna`` test extra; without it they are skipped with a line saying so.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
-from gpu_tune import VARIANTS, planted_problem, run_variant, table, warm_up
-from retrain.hyperparams import HyperParams
+from gpu_tune import have_optuna, ml100k_sized, protocol_problem, run_search, table, warm_up, width_sweep, width_table
+from retrain.data import synthetic_ratings
 
 ML_SMALL = Path(__file__).resolve().parents[3] / "shared/data/ml-latest-small/ratings.csv"
 RUNS = Path(__file__).resolve().parents[2] / "runs"
-MAX_EVALS = 64
 BACKEND = "auto"
+SEARCHES = ("tune", "tpe", "seed-loop", "grid")
+FULL = [(data, seed, search) for data in ("ml100k-sized", "ml-latest-small") for seed in (0, 1, 2)
+        for search in SEARCHES] + [(data, 0, "reference-grid") for data in ("ml100k-sized", "ml-latest-small")]
 
 
 def _enabled(config) -> bool:
@@ -32,47 +37,115 @@ def _enabled(config) -> bool:
 
 
 @pytest.fixture(scope="module")
-def problem(request):
-    """(name, head, train, val, hyp)."""
-    hyp = HyperParams(model="matrix_factorization_32", seed=0)
-    if not _enabled(request.config):
-        return ("synthetic-small", *planted_problem(200, 150, 15, d=8), hyp.replace(max_epochs=16))
-    if ML_SMALL.is_file():
-        from retrain.movielens import load_movielens
-        from retrain.pretrain import pretrain
+def problems(request):
+    """data name -> (head, train, val, hyp), built and warmed up once."""
+    built = {}
 
-        kept, held = load_movielens(ML_SMALL).split_users(0.5, seed=0)
-        model = pretrain(kept, "matrix_factorization_32", seed=0, iterations=4)
-        return ("ml-latest-small", model.head, *held.split_per_user(0.2, seed=0), hyp)
-    return ("synthetic-planted", *planted_problem(3000, 1500, 30), hyp)
+    def get(name):
+        if name not in built:
+            if name == "smoke":
+                data = synthetic_ratings(200, 150, 20.0)
+            elif name == "ml100k-sized":
+                data = ml100k_sized()
+            else:
+                if not ML_SMALL.is_file():
+                    pytest.skip(f"{ML_SMALL} is absent")
+                from retrain.movielens import load_movielens
+                data = load_movielens(ML_SMALL)
+            built[name] = protocol_problem(data)
+            warm_up(built[name], BACKEND)
+        return built[name]
+
+    return get
 
 
 @pytest.fixture(scope="module")
-def rows(request, problem):
-    collected = {}
+def rows(request):
+    collected = []
     yield collected
-    if len(collected) == len(VARIANTS) and _enabled(request.config):
-        name, _, train, val, _ = problem
-        text = (f"{name}: {train.n_users} users, {train.nnz} train / {val.nnz} val ratings, backend {BACKEND}, "
-                f"max_evals {MAX_EVALS}\n\n" + table([collected[v] for v in VARIANTS]))
+    if collected and _enabled(request.config):
+        text = []
+        for data in dict.fromkeys(r["data"] for r in collected):
+            mine = [r for r in collected if r["data"] == data]
+            text.append(f"### {data}\n\n{mine[0]['describe']}\n\n{table(mine)}\n\n{_summary(mine)}")
+            _plot(data, mine)
+        text = "\n\n".join(text)
         RUNS.mkdir(exist_ok=True)
         (RUNS / "bench_tune.md").write_text(text + "\n")
         with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-            print("\n\nTuner benchmark (also in runs/bench_tune.md):\n" + text)
+            print("\n\nTuning benchmark (also in runs/bench_tune.md):\n" + text)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_tune_wall_time(benchmark, problem, rows, variant, request):
-    _, head, train, val, hyp = problem
-    max_evals = MAX_EVALS if _enabled(request.config) else 16
-    if not rows:
-        warm_up(head, train, val, hyp, BACKEND)
-    row = benchmark.pedantic(run_variant, args=(variant, head, train, val, hyp, BACKEND, max_evals),
-                             rounds=1, iterations=1)
-    rows[variant] = row
-    assert row["evals"] <= max_evals and row["best_val_loss"] > 0
-    if variant == "one-per-batch" and "lockstep-8" in rows:
-        # Batching changes the wall time only: the same points get the same losses.
-        same = [(e.point, e.loss) for e in rows["lockstep-8"]["result"].history]
-        assert [(e.point, e.loss) for e in row["result"].history] == same
-        assert row["train_probes_calls"] == row["evals"] > rows["lockstep-8"]["train_probes_calls"]
+def _summary(rows: list[dict]) -> str:
+    """The targets, per seed: tune against TPE, the seed loop and the reference grid."""
+    reference = min((r["best_val_loss"] for r in rows if r["search"].startswith("grid 21")), default=math.nan)
+    lines = []
+    for seed in sorted({r["seed"] for r in rows if r["search"] == "tune"}):
+        by = {r["search"].split(" ")[0]: r for r in rows if r["seed"] == seed}
+        t = by["tune"]
+        parts = [f"seed {seed}: tune {100 * (t['best_val_loss'] / reference - 1):+.3f}% vs the 21x21 grid"]
+        if "tpe" in by:
+            parts.append(f"{100 * (t['best_val_loss'] / by['tpe']['best_val_loss'] - 1):+.3f}% loss and "
+                         f"{t['wall_s'] / by['tpe']['wall_s']:.2f}x wall vs TPE")
+        parts.append(f"{t['wall_s'] / by['seed-loop']['wall_s']:.2f}x wall vs the seed loop")
+        lines.append("* " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def _plot(data: str, rows: list[dict]) -> None:
+    try:
+        from retrain.plots import plot_search_traces
+        plot_search_traces(RUNS / f"bench_tune_{data}.png", {f"{r['search']} seed {r['seed']}": r["trace"]
+                                                             for r in rows if not r["search"].startswith("grid 21")},
+                           title=f"Tuning searches on {data}")
+    except ValueError as error:  # matplotlib missing: the table is the result
+        print(f"no plot: {error}")
+
+
+@pytest.mark.parametrize("data, seed, search", FULL, ids=[f"{d}-{s}-{n}" for d, s, n in FULL])
+def test_tuning_searches(benchmark, problems, rows, data, seed, search, request):
+    if not _enabled(request.config):
+        pytest.skip("the full tuning benchmark runs with --benchmark-enable")
+    if search == "tpe" and not have_optuna():
+        pytest.skip("TPE row skipped: optuna is not installed (pip install optuna, or the 'test' extra)")
+    problem = problems(data)
+    name, side = ("grid", 21) if search == "reference-grid" else (search, 13)
+    row = benchmark.pedantic(run_search, args=(name, problem, BACKEND, 64, seed, side), rounds=1, iterations=1)
+    _, train, val, _ = problem
+    row.update(data=data, describe=f"{train.n_users} users (the tuning subsample), {train.nnz} train / "
+                                   f"{val.nnz} validation ratings, backend {BACKEND}, 64 evaluations")
+    row.pop("result", None)
+    rows.append(row)
+
+
+def test_width_sweep(problems, request):
+    """What a batch of P probes costs on the ML-100k-sized problem: the default width's evidence."""
+    if not _enabled(request.config):
+        pytest.skip("the width sweep runs with --benchmark-enable")
+    rows = width_sweep(problems("ml100k-sized"), BACKEND)
+    text = width_table(rows)
+    RUNS.mkdir(exist_ok=True)
+    (RUNS / "bench_tune_width.md").write_text(text + "\n")
+    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print("\n\nWidth sweep (also in runs/bench_tune_width.md):\n" + text)
+    assert [r["width"] for r in rows] == [1, 8, 16, 32, 64, 128, 256]
+
+
+def test_smoke_every_search_counts_its_evaluations_and_batches(problems):
+    """The small case ``make test`` runs: what each search reports is what it did."""
+    problem = problems("smoke")
+    tune_row = run_search("tune", problem, BACKEND, 16, 0)
+    result = tune_row.pop("result")
+    assert tune_row["evals"] == result.n_evals == 16 and 1 < tune_row["batches"] < 16
+    assert tune_row["best_val_loss"] == min(e.loss for e in result.history)
+    loop = run_search("seed-loop", problem, BACKEND, 16, 0)
+    assert loop["batches"] == loop["evals"] <= 16
+    grid = run_search("grid", problem, BACKEND, 16, 0, grid_side=4)
+    assert grid["batches"] == 1 and grid["evals"] == 16
+    for row in (tune_row, loop, grid):
+        assert [t for t, _ in row["trace"]] == sorted(t for t, _ in row["trace"]) and row["trace"][-1][1] == \
+            row["best_val_loss"]
+    if not have_optuna():
+        pytest.skip("TPE: optuna is not installed (pip install optuna, or the 'test' extra)")
+    tpe = run_search("tpe", problem, BACKEND, 16, 0)
+    assert tpe["evals"] == 16 and tpe["batches"] == 2
