@@ -1,7 +1,7 @@
 """Frozen heads (the item side) and models (head + user table), with safetensors save/load.
 
 ``pred(u, i) = tower(e_u) . Q[i] + b[i] + mu`` where ``tower`` is 0-2 frozen dense layers
-``x -> act(W x + c)``.  File format (``docs/semantics.md``): a safetensors file with tensors
+``x -> act(W x + c)``.  File format (``docs/pipeline.md``, "One file"): a safetensors file with tensors
 ``item_vectors [I, h]``, ``item_bias [I]``, ``global_bias [1]``, the item ids,
 ``tower.{l}.weight [out, in]``, ``tower.{l}.bias [out]`` and, for a model, ``user_embeddings
 [U, d]`` and the user ids; metadata ``format = "retrain.model"``, ``version = "1"``, ``contract``
