@@ -12,7 +12,7 @@ import io
 import numpy as np
 
 from .errors import InputError
-from .heads import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 def _figure(size: tuple[float, float]):

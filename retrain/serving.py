@@ -11,14 +11,13 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .contract import initial_embeddings, user_key
 from .data import Ratings
 from .errors import InputError
 from .heads import Head, Model
 from .ids import format_id
 from .hyperparams import HyperParams
 from .ridge import ridge_embeddings
-from .trainer import train_embeddings
+from .trainer import contract_init, train_embeddings
 
 SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are computed this many bytes at a time
 
@@ -70,9 +69,7 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
         emb = ridge_embeddings(head, ratings, hyp.regularization).float()
         empty = np.flatnonzero(ratings.counts == 0)
         if len(empty):  # they keep the contract's init (computed only for them: it is per user)
-            scale = head.init_scale(hyp.num_users or ratings.n_users)
-            emb[empty] = torch.from_numpy(initial_embeddings(user_key(ratings.user_ids[empty]), head.d, hyp.seed,
-                                                             scale))
+            emb[empty] = contract_init(head, ratings.user_ids[empty], hyp, ratings.n_users)
         return emb
     return train_embeddings(head, ratings, hyp, epochs, backend=backend)
 

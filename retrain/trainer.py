@@ -128,6 +128,14 @@ def default_memory_budget(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
+def contract_init(head, user_ids, hyp: HyperParams, n_users: int) -> torch.Tensor:
+    """The contract's initial embeddings ``[len(user_ids), d]`` (float32) of these users: keyed by
+    their original ids, seeded by ``hyp.seed``, the Glorot bound of ``hyp.num_users`` users (else
+    ``n_users``)."""
+    scale = head.init_scale(hyp.num_users or n_users)
+    return torch.from_numpy(initial_embeddings(user_key(user_ids), head.d, hyp.seed, scale))
+
+
 def prepare(head, train: Ratings, val: Ratings | None, hyp: HyperParams, backend="auto", *,
             init: torch.Tensor | None = None) -> Problem:
     """Check the inputs and prepare them once on ``backend``: a ``Problem`` for ``run_probes``.
@@ -146,8 +154,7 @@ def prepare(head, train: Ratings, val: Ratings | None, hyp: HyperParams, backend
         backend = "reference"  # the fast backends train the dense Head only
     be = get_backend(backend)
     if init is None:
-        scale = head.init_scale(hyp.num_users or train.n_users)
-        init = torch.from_numpy(initial_embeddings(user_key(train.user_ids), head.d, hyp.seed, scale))
+        init = contract_init(head, train.user_ids, hyp, train.n_users)
     else:
         init = torch.as_tensor(init, dtype=torch.float32)
         if init.shape != (train.n_users, head.d):
