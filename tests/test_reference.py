@@ -5,6 +5,7 @@ import torch
 
 from problems import describe_mismatch, random_head, random_ratings, rel_err
 from retrain.contract import initial_embeddings, permutation, user_key
+from retrain.data import Ratings
 from retrain.heads import Head, HeadLike
 from retrain.hyperparams import HyperParams
 from retrain.errors import InputError
@@ -108,3 +109,19 @@ def test_bad_training_input_is_named():
 def test_ridge_rejects_nonlinear_heads():
     with pytest.raises(ValueError, match="linear head"):
         ridge_embeddings(random_head("tower1", 5, 2), random_ratings(3, 5, counts=[1, 2, 3]), 0.1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_hand_built_ratings_outside_the_item_table_are_refused_before_any_backend_runs(backend):
+    head = random_head("mf", 10, 2)
+    good = random_ratings(4, 10, counts=[2, 3, 1, 2], seed=1)
+    hyp = HyperParams(model="matrix_factorization_2")
+    for value, match in ((-1, r"row 0 has an item index < 0 \(-1\)"), (10, r"row 0 has an item index >= 10")):
+        items = good.items.copy()
+        items[0] = value
+        bad = Ratings(good.indptr, items, good.ratings, good.weights, good.user_ids, good.item_ids)
+        with pytest.raises(InputError, match=match):
+            train_probes(head, bad, good, [1e-2], [0.0], hyp, backend=backend)
+    broken = Ratings(good.indptr[::-1].copy(), good.items, good.ratings, good.weights, good.user_ids, good.item_ids)
+    with pytest.raises(InputError, match="indptr must start at 0"):
+        train_embeddings(head, broken, hyp, 1, backend=backend)
