@@ -268,3 +268,30 @@ def test_run_checks_out_before_tuning(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli.Model, "load", staticmethod(lambda path: called.append(2)))
     code = main(["run", "--model", str(tmp_path / "m.safetensors"), "--out", str(tmp_path), "--quiet"])
     assert code == 2 and called == [] and "--out" in capsys.readouterr().err
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 128 KiB tmpfs (root only): writes beyond it fail with ENOSPC."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and tmpfs to make a full disk")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_keeps_the_old_file_whole_and_leaves_no_temporary(full_disk, capsys):
+    target = full_disk / "model.safetensors"
+    target.write_bytes(b"old" * 20_000)  # 60 kB of the 128
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"x" * (1 << 20))  # 1 MiB into what is left
+    assert target.read_bytes() == b"old" * 20_000 and os.listdir(full_disk) == ["model.safetensors"]
+    capsys.readouterr()  # the CLI: a base model too big for the disk is one error line, exit 2
+    code = main(["pretrain", "--users", "300", "--model", "matrix_factorization_64", "--out", str(target), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "No space left" in err[0], err
+    assert target.read_bytes() == b"old" * 20_000 and os.listdir(full_disk) == ["model.safetensors"]
