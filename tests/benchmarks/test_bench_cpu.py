@@ -2,10 +2,11 @@
 
 Unit: rating·probe·epochs per second (one probe visiting one training rating once).  Every
 backend trains the same matrix-factorization head (d = h = 32, random item vectors) with Adam and
-minibatches of 16 ratings (the project default) or 1024 (where the torch baselines do best); the
-baselines draw minibatches across users (``retrain.baselines``), the fused backends per user (the
-contract).  The slow backends are timed on a slice (a few steps, the reference on its first users);
-the baselines' set-up (allocating the [U, P, d] state, building modules), timed with
+minibatches of 16 ratings (the project default) or 1024 (where the torch baselines do best).  The
+eager and batched baselines draw minibatches across users (``retrain.baselines``), the fused
+backends per user (the contract); ``user_parallel`` is the contract in plain PyTorch, vectorised
+across users (the strongest honest baseline), timed over one full epoch.  The slow backends are
+timed on a slice (a few steps, the reference on its first users); the baselines' set-up (allocating the [U, P, d] state, building modules), timed with
 ``max_steps=0``, is subtracted, so what they are credited with is their speed per step.
 
 Flops counted per rating·probe: 4h = 128 (prediction dot product 2h, gradient axpy 2h; DESIGN.md §6
@@ -30,7 +31,7 @@ import torch
 
 from retrain.backends.base import csr_tensors
 from retrain.backends.cpu import HAS_CPU_EXTENSION, CpuBackend
-from retrain.baselines import batched, eager_loop
+from retrain.baselines import batched, eager_loop, user_parallel
 from retrain.contract import initial_embeddings, user_key
 from retrain.data import synthetic_ratings
 from retrain.heads import Head
@@ -62,7 +63,7 @@ def _skip_when_disabled(request):
 class Summary:
     """Throughputs collected over the module, printed and written as one markdown table."""
 
-    BACKENDS = ("cpu", "reference", "eager", "batched", "batched+compile")
+    BACKENDS = ("cpu", "reference", "eager", "batched", "batched+compile", "user_parallel")
 
     def __init__(self):
         self.rows = {}  # (dataset, batch, P) -> {backend: best rating·probe·epochs / s}
@@ -85,17 +86,19 @@ class Summary:
                  f"2 threads; cpu: {THREADS} threads. FP32 peak (torch matmul, {THREADS} threads): "
                  f"{self.peak / 1e9:.1f} GFLOP/s; {FLOPS_PER_RATING_PROBE} flops per rating·probe.", "",
                  "| data set | batch | P | " + " | ".join(self.BACKENDS) +
-                 " | cpu / eager | cpu / batched | cpu GFLOP/s | % of peak |",
-                 "|---|---:|---:|" + "---:|" * (len(self.BACKENDS) + 4)]
+                 " | cpu / eager | cpu / batched | cpu / user_parallel | cpu GFLOP/s | % of peak |",
+                 "|---|---:|---:|" + "---:|" * (len(self.BACKENDS) + 5)]
         for key in sorted(self.rows, key=lambda k: (DATASETS.index(k[0]), k[1], k[2])):
             speeds = self.rows[key]
             cells = [f"{speeds[b]:.3g}" if b in speeds else "" for b in self.BACKENDS]
             cpu = speeds.get("cpu")
             best_batched = max(speeds.get("batched", 0.0), speeds.get("batched+compile", 0.0))
-            ratio = lambda base: f"{cpu / base:,.0f}x" if cpu and base else ""
+            ratio = lambda base: (f"{cpu / base:.1f}x" if cpu / base < 10 else f"{cpu / base:,.0f}x") \
+                if cpu and base else ""
             gflops = cpu * FLOPS_PER_RATING_PROBE / 1e9 if cpu else None
             lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) +
                          f" | {ratio(speeds.get('eager'))} | {ratio(best_batched)} | "
+                         f"{ratio(speeds.get('user_parallel'))} | "
                          + (f"{gflops:.3g} | {100 * gflops * 1e9 / self.peak:.2g} |" if cpu else " | |"))
         return "\n".join(lines)
 
@@ -255,3 +258,17 @@ def test_batched(benchmark, summary, problem, batch, P, compiled, torch_threads)
     benchmark.pedantic(run, args=(steps,), rounds=ROUNDS)
     summary.add(benchmark, (name, batch, P), "batched+compile" if compiled else "batched",
                 P * _ratings_in(steps, ratings.nnz, batch), setup)
+
+
+@pytest.mark.parametrize("P", PROBES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_user_parallel(benchmark, summary, problem, batch, P, torch_threads):
+    # One full epoch of the contract's schedule; the set-up (sorting, the state) is subtracted.
+    name, head, data, init, ratings = problem
+    lrs, regs = _hyper(P)
+    run = lambda max_steps: user_parallel(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
+                                          max_steps=max_steps)
+    run(None)
+    setup = min(_seconds(run, 0) for _ in range(ROUNDS))
+    benchmark.pedantic(run, args=(None,), rounds=ROUNDS)
+    summary.add(benchmark, (name, batch, P), "user_parallel", P * ratings.nnz, setup)
