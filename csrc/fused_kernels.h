@@ -1,7 +1,10 @@
 // The fused training and validation kernels, written once over a SIMD vector type V and
-// instantiated per instruction set by fused_sse4.cpp and fused_avx2.cpp.
+// instantiated per instruction set by fused_portable.cpp, fused_sse4.cpp, fused_avx2.cpp and
+// fused_avx512.cpp.
 //
-// V provides: W (floats per register), reg, load/store (aligned), set1, zero, add, sub, mul, div,
+// V provides: W (floats per register), kAccumulators (micro-kernel accumulator registers: enough
+// independent chains to hide the multiply-add latency, fitting the register file with the
+// operands), reg, load/store (aligned), set1, zero, add, sub, mul, div,
 // sqrt, fmadd(a, b, c) = a*b + c, relu(x), where_positive(g, y) = (y > 0 ? g : 0) and
 // add_to_double(double* acc, x) (acc[0..W) += x).
 //
@@ -30,9 +33,7 @@ namespace retrain {
 namespace {
 
 constexpr int kTile = 64;  // ratings per tile: bounds the scratch; their Q rows stay in L1 between the products
-// Micro-kernel: kAccumulators registers (rows x vectors of lanes) sum independent chains, enough
-// to hide the multiply-add latency; with the operands they fit in 16 vector registers.
-constexpr int kAccumulators = 12;
+// Micro-kernel: V::kAccumulators registers (rows x kBlockVectors vectors of lanes).
 constexpr int kBlockVectors = 2;
 
 // --------------------------------------------------------------------------- small matrix products
@@ -86,7 +87,7 @@ inline void gemm_tail(int rows, int m0, int K, const A& a, const float* B, ptrdi
 
 template <class V, int NR, bool ACCUMULATE, class A>
 inline void gemm_rows(int M, int K, const A& a, const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
-    constexpr int MR = kAccumulators / NR;
+    constexpr int MR = V::kAccumulators / NR;
     int m = 0;
     for (; m + MR <= M; m += MR) micro_kernel<V, MR, NR, ACCUMULATE>(m, K, a, B, ldb, C + m * ldc, ldc);
     gemm_tail<V, MR - 1, NR, ACCUMULATE>(M - m, m, K, a, B, ldb, C + m * ldc, ldc);

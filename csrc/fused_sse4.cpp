@@ -1,4 +1,6 @@
 // The fused kernels for x86-64-v2 (SSE4.2): 4 probes per register, multiply and add separately.
+// Compiled on x86-64 only.
+#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
 #include "fused_kernels.h"
@@ -8,6 +10,7 @@ namespace {
 
 struct VecSse4 {
     static constexpr int W = 4;
+    static constexpr int kAccumulators = 12;  // of 16 registers
     using reg = __m128;
     static reg load(const float* p) { return _mm_load_ps(p); }
     static void store(float* p, reg x) { _mm_store_ps(p, x); }
@@ -35,3 +38,4 @@ void train_epochs_sse4(const TrainArgs& args) { run_training<VecSse4>(args); }
 void validation_loss_sse4(const ValidationArgs& args) { run_validation<VecSse4>(args); }
 
 }  // namespace retrain
+#endif  // x86-64

@@ -147,20 +147,41 @@ def test_every_simd_path_matches_reference(simd, kind, d, h, optimizer, batch):
     assert rel_err(loss, ref_loss) <= 1e-5
 
 
-def test_results_do_not_depend_on_thread_count():
-    # Bitwise, not just close: in training each user is owned by one thread for the whole call
-    # and runs a fixed instruction sequence (probes in SIMD lanes, sums in a fixed order), and
-    # users never interact; validation adds each user's sum exactly (integer limbs), so the
-    # order in which threads add them cannot change a bit.
+def _threads_problem():
     head = random_head("tower1", 40, 6, 5, seed=5)
     counts = np.random.default_rng(6).integers(0, 60, 300)
     data = random_ratings(300, 40, counts=counts, seed=7)
     lrs, regs = [1e-2, 5e-2, 2e-1, 1e-3, 1e-2], [1e-3, 1e-5, 1e-2, 0.0, 1e-1]
-    one = _train(CpuBackend(num_threads=1), head, data, lrs, regs, batch_size=4)
+    return head, data, lrs, regs
+
+
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+def test_results_do_not_depend_on_thread_count(simd):
+    # Bitwise, not just close: in training each user is owned by one thread for the whole call
+    # and runs a fixed instruction sequence (probes in SIMD lanes, sums in a fixed order), and
+    # users never interact; validation adds each user's sum exactly (integer limbs), so the
+    # order in which threads add them cannot change a bit.
+    head, data, lrs, regs = _threads_problem()
+    one = _train(CpuBackend(num_threads=1, simd=simd), head, data, lrs, regs, batch_size=4)
     for threads in (2, 3):
-        many = _train(CpuBackend(num_threads=threads), head, data, lrs, regs, batch_size=4)
+        many = _train(CpuBackend(num_threads=threads, simd=simd), head, data, lrs, regs, batch_size=4)
         assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
         assert np.array_equal(one[2], many[2])
+
+
+# Paths with the same per-lane arithmetic (multiply-add fused or not; every product sums its terms
+# in the same order, whatever the register width): their results are the same bits.
+SAME_BITS = [("portable", "sse4"), ("avx2", "avx512")]
+
+
+@pytest.mark.parametrize("narrow,wide", SAME_BITS)
+def test_paths_with_the_same_arithmetic_give_the_same_bits(narrow, wide):
+    if not {narrow, wide} <= set(_C.simd_paths()):
+        pytest.skip(f"this CPU cannot run both {narrow} and {wide}")
+    head, data, lrs, regs = _threads_problem()
+    a = _train(CpuBackend(num_threads=2, simd=narrow), head, data, lrs, regs, batch_size=4)
+    b = _train(CpuBackend(num_threads=2, simd=wide), head, data, lrs, regs, batch_size=4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and np.array_equal(a[2], b[2])
 
 
 def test_probe_result_does_not_depend_on_the_other_probes():

@@ -1,8 +1,9 @@
 """The ``cpu`` backend: the fused C++ loop of ``retrain._C`` (``csrc/``), OpenMP over users.
 
 For each user, all P probes train together with the user's embeddings and Adam moments held in a
-local buffer for the whole call; the probes sit in SIMD lanes (AVX2 + FMA when the CPU has them,
-else SSE4), so a probe's result does not depend on the other probes or on the thread count.
+local buffer for the whole call; the probes sit in SIMD lanes (AVX-512 or AVX2 with FMA when the
+CPU has them, else SSE4; a portable C++ kernel elsewhere), so a probe's result does not depend on
+the other probes or on the thread count.
 Tensors are passed zero-copy (``tensor.numpy()``); the prepared problem keeps the numpy views of
 everything fixed, so a call converts nothing.
 """
@@ -102,8 +103,10 @@ class CpuBackend(Backend):
 
     Args:
         num_threads: OpenMP threads (default: ``torch.get_num_threads()`` at each call).
-        simd: ``"auto"`` (best the CPU supports), ``"avx2"`` or ``"sse4"``; results differ between
-            the two by rounding only (AVX2 fuses multiply-adds).
+        simd: ``"auto"`` (the fastest the CPU supports), ``"avx512"``, ``"avx2"``, ``"sse4"`` or
+            ``"portable"`` (``retrain._C.simd_paths()`` lists those this CPU runs).  AVX-512 and
+            AVX2 fuse multiply-adds and give the same bits; SSE4 and portable give the same bits;
+            the two pairs differ by rounding only.
     """
 
     name = "cpu"
