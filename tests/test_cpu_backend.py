@@ -237,3 +237,12 @@ def test_validation_sums_are_the_contract_fixed_point_sums():
     want, ok = fixed_point_limbs(torch.from_numpy(terms.astype(np.float64)))
     assert finite.all() and ok.all() and terms.max() > 2.0**63 and 0 < terms[3] < 2.0**-64
     assert fixed_point_value(limbs[0]) == fixed_point_value(want.sum(0))
+
+
+def test_thread_count_follows_the_work_unless_given():
+    auto, torch_threads = CpuBackend(), torch.get_num_threads()
+    assert auto.threads(3000, 200) == 1  # a few thousand rating·probes: one thread
+    assert auto.threads(10**9, 10**5) == torch_threads
+    assert auto.threads(10**9, 1) == 1  # one user has one owner
+    assert auto.threads(2 * CpuBackend.WORK_PER_THREAD, 100) == min(2, torch_threads)
+    assert CpuBackend(num_threads=3).threads(10, 1) == 3

@@ -41,6 +41,7 @@ class CpuProblem(Problem):
         self._train_csr = _csr_arrays(train_t)
         self._keys = train_t.keys.numpy()
         self._val_csr = _csr_arrays(csr_tensors(val, "cpu")) if val is not None else None
+        self._val_nnz = val.nnz if val is not None else 0
         self._order = np.ascontiguousarray(self.order)
         self._init_np = self.init.numpy()
         self._snapshot_flat = torch.empty(0, dtype=torch.float32)
@@ -57,13 +58,15 @@ class CpuProblem(Problem):
         # the users with training ratings move.
         every = self.fresh or validate or snapshots is not None
         order = self._order if every else self._order[:self.n_with_ratings]
+        work = self.n_probes * (self.n_train * int(ends[-1]) + (self._val_nnz * len(ends) if validate else 0))
         return _C.train_epochs(self.emb.numpy(), m, v, self.lrs.numpy(), self.regs.numpy(), *self._train_csr,
                                self._keys, order, *self._head, epoch_start=self.epoch, n_epochs=int(ends[-1]),
                                batch_size=self.spec.batch_size, seed=self.spec.seed,
                                init=self._init_np if self.fresh else None, checkpoint_ends=ends,
                                val=self._val_csr if validate else None,
                                snapshots=None if snapshots is None else snapshots.numpy(),
-                               num_threads=self.backend.threads(), simd=self.backend.simd, **self._optimizer)
+                               num_threads=self.backend.threads(work, len(order)), simd=self.backend.simd,
+                               **self._optimizer)
 
     def _train(self, epoch_start, n_epochs, fresh):
         finite, _ = self._call(np.array([n_epochs], dtype=np.int64), validate=False)
@@ -94,7 +97,8 @@ class CpuProblem(Problem):
 
     def _validate(self, emb):
         limbs, finite = _C.validation_loss(emb.numpy(), *self._val_csr, *self._head,
-                                           num_threads=self.backend.threads(), simd=self.backend.simd)
+                                           num_threads=self.backend.threads(emb.shape[1] * self._val_nnz, self.n_users),
+                                           simd=self.backend.simd)
         return limbs, finite.astype(bool)
 
 
@@ -102,7 +106,10 @@ class CpuBackend(Backend):
     """Fused C++ backend.
 
     Args:
-        num_threads: OpenMP threads (default: ``torch.get_num_threads()`` at each call).
+        num_threads: OpenMP threads of every call.  Default: chosen per call from its work, one
+            thread per ``WORK_PER_THREAD`` rating·probe visits (a call with a few thousand ratings
+            runs on one thread: starting threads would cost more than they save), at most
+            ``torch.get_num_threads()``.  Results never depend on it.
         simd: ``"auto"`` (the fastest the CPU supports), ``"avx512"``, ``"avx2"``, ``"sse4"`` or
             ``"portable"`` (``retrain._C.simd_paths()`` lists those this CPU runs).  AVX-512 and
             AVX2 fuse multiply-adds and give the same bits; SSE4 and portable give the same bits;
@@ -110,14 +117,19 @@ class CpuBackend(Backend):
     """
 
     name = "cpu"
+    WORK_PER_THREAD = 1 << 16  # rating·probe visits: about 0.1-0.5 ms of one core
 
     def __init__(self, num_threads: int | None = None, simd: str = "auto"):
         super().__init__("cpu")
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1)
         self.simd = simd
 
-    def threads(self) -> int:
-        return self.num_threads or torch.get_num_threads()
+    def threads(self, work: int, n_users: int) -> int:
+        """Threads for a call of ``work`` rating·probe visits over ``n_users`` users."""
+        if self.num_threads is not None:
+            return self.num_threads
+        wanted = max(1, min(work // self.WORK_PER_THREAD, n_users))
+        return int(min(torch.get_num_threads(), wanted))
 
     def prepare(self, head, train, val, spec, *, init):
         return CpuProblem(self, head, train, val, spec, init)
