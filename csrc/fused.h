@@ -79,6 +79,9 @@ struct TrainArgs {
     uint8_t* finite = nullptr;       // [n_checkpoints][P] out: 0 for a probe with a NaN/inf state or loss
     int64_t* val_limbs = nullptr;    // [n_checkpoints][P][kFixedLimbs] out (with val)
     float* snapshots = nullptr;      // [n_checkpoints - 1][U][P][d] out or null: embeddings at each checkpoint but the last
+    // With P at most half a register, put several same-length users in its lanes (bitwise the
+    // same result; false: one user per register, for comparisons).
+    bool users_in_lanes = true;
 };
 
 struct ValidationArgs {
@@ -95,8 +98,9 @@ struct ValidationArgs {
 // portable kernel is built everywhere, the others on x86-64 only.
 enum class Simd { kPortable, kSse4, kAvx2, kAvx512 };
 bool simd_supported(Simd simd);  // compiled here and this CPU (and OS) runs it
-// The fastest path for n_probes lanes: AVX-512 only when it fills more than AVX2's 8 lanes (the two
-// give the same bits, so the choice never changes a result).
+// The fastest path this CPU runs for n_probes probes: AVX-512 only when they fill more than AVX2's
+// 8 lanes (with fewer, AVX2 wastes fewer lanes and packs users as well).  The two give the same
+// bits, so the choice never changes a result.
 Simd best_simd(int n_probes);
 
 // Advance every probe of the users in args.order by n_epochs epochs (the contract's schedule).

@@ -53,6 +53,9 @@ struct VecAvx2 {
         _mm256_store_pd(acc, _mm256_add_pd(_mm256_load_pd(acc), _mm256_cvtps_pd(_mm256_castps256_ps128(x))));
         _mm256_store_pd(acc + 4, _mm256_add_pd(_mm256_load_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1))));
     }
+    static reg gather(const float* base, const int32_t* idx) {
+        return _mm256_i32gather_ps(base, _mm256_load_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+    }
 };
 
 }  // namespace

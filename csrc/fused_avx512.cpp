@@ -57,6 +57,9 @@ struct VecAvx512 {
         _mm512_store_pd(acc, _mm512_add_pd(_mm512_load_pd(acc), _mm512_cvtps_pd(low)));
         _mm512_store_pd(acc + 8, _mm512_add_pd(_mm512_load_pd(acc + 8), _mm512_cvtps_pd(high)));
     }
+    static reg gather(const float* base, const int32_t* idx) {
+        return _mm512_i32gather_ps(_mm512_load_si512(idx), base, 4);
+    }
 };
 
 }  // namespace

@@ -29,6 +29,9 @@ struct VecSse4 {
         _mm_store_pd(acc, _mm_add_pd(_mm_load_pd(acc), _mm_cvtps_pd(x)));
         _mm_store_pd(acc + 2, _mm_add_pd(_mm_load_pd(acc + 2), _mm_cvtps_pd(_mm_movehl_ps(x, x))));
     }
+    static reg gather(const float* base, const int32_t* idx) {
+        return _mm_setr_ps(base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]);
+    }
 };
 
 }  // namespace

@@ -246,3 +246,36 @@ def test_thread_count_follows_the_work_unless_given():
     assert auto.threads(10**9, 1) == 1  # one user has one owner
     assert auto.threads(2 * CpuBackend.WORK_PER_THREAD, 100) == min(2, torch_threads)
     assert CpuBackend(num_threads=3).threads(10, 1) == 3
+
+
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+@pytest.mark.parametrize("kind,P,optimizer,batch", [("mf", 1, "adam", 3), ("tower2", 2, "adam", 5),
+                                                    ("tower1", 3, "sgd", 2), ("mf", 5, "adam", 64)])
+def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch):
+    # Same-length users share a register when P is at most half of it; every lane must run exactly
+    # what it runs alone: embeddings, moments, checkpoint losses and snapshots, bitwise.  Many users
+    # share counts here (groups fill, and some are partial), including users without ratings.
+    head = random_head(kind, 23, 6, 4, seed=20)
+    counts = np.random.default_rng(21).choice([0, 1, 2, 7, 7, 7, 12, 40], 90)
+    train, val = random_ratings(90, 23, counts=counts, seed=22), random_ratings(90, 23, seed=23)
+    lrs, regs = [3e-2, 1e-1, 1e-2, 2e-1, 5e-2][:P], [1e-3, 1e-2, 0.0, 1e-4, 1e-1][:P]
+    hyp = HyperParams(model="matrix_factorization_6", optimizer=optimizer, batch_size=batch, seed=4)
+
+    def run(users_in_lanes):
+        problem = prepare(head, train, val, hyp, CpuBackend(num_threads=2, simd=simd, users_in_lanes=users_in_lanes))
+        problem.start(lrs, regs, keep_best=True)
+        first = problem.checkpoints([1, 2])  # fresh, with a snapshot after epoch 1
+        problem.keep_best(list(range(P)), index=0)
+        second = problem.checkpoints([2])  # from the stored state
+        moments = [m.clone() for m in problem.moments]
+        return problem.embeddings().clone(), moments, problem.best_embeddings(), first + second
+
+    packed, alone = run(True), run(False)
+    assert torch.equal(packed[0], alone[0]) and torch.equal(packed[2], alone[2])
+    assert all(torch.equal(a, b) for a, b in zip(packed[1], alone[1]))
+    for a, b in zip(packed[3], alone[3]):
+        assert np.array_equal(a.losses, b.losses) and np.array_equal(a.finite, b.finite)
+    if simd != _C.simd_paths()[-1]:
+        return  # the reference once: the paths agree with it (test_every_simd_path_matches_reference)
+    ref = _train("reference", head, train, lrs, regs, optimizer=optimizer, batch_size=batch, epochs=5, seed=4)
+    assert rel_err(packed[0], ref[0]) <= 1e-5, describe_mismatch(packed[0], ref[0], 1e-5)

@@ -3,7 +3,8 @@
 For each user, all P probes train together with the user's embeddings and Adam moments held in a
 local buffer for the whole call; the probes sit in SIMD lanes (AVX-512 or AVX2 with FMA when the
 CPU has them, else SSE4; a portable C++ kernel elsewhere), so a probe's result does not depend on
-the other probes or on the thread count.
+the other probes or on the thread count.  With few probes, several users with the same rating
+count share a register (users in lanes), with the same bits.
 Tensors are passed zero-copy (``tensor.numpy()``); the prepared problem keeps the numpy views of
 everything fixed, so a call converts nothing.
 """
@@ -66,7 +67,7 @@ class CpuProblem(Problem):
                                val=self._val_csr if validate else None,
                                snapshots=None if snapshots is None else snapshots.numpy(),
                                num_threads=self.backend.threads(work, len(order)), simd=self.backend.simd,
-                               **self._optimizer)
+                               users_in_lanes=self.backend.users_in_lanes, **self._optimizer)
 
     def _train(self, epoch_start, n_epochs, fresh):
         finite, _ = self._call(np.array([n_epochs], dtype=np.int64), validate=False)
@@ -110,19 +111,23 @@ class CpuBackend(Backend):
             thread per ``WORK_PER_THREAD`` rating·probe visits (a call with a few thousand ratings
             runs on one thread: starting threads would cost more than they save), at most
             ``torch.get_num_threads()``.  Results never depend on it.
-        simd: ``"auto"`` (the fastest the CPU supports), ``"avx512"``, ``"avx2"``, ``"sse4"`` or
+        simd: ``"auto"`` (per call, the fastest the CPU supports for its P), ``"avx512"``, ``"avx2"``, ``"sse4"`` or
             ``"portable"`` (``retrain._C.simd_paths()`` lists those this CPU runs).  AVX-512 and
             AVX2 fuse multiply-adds and give the same bits; SSE4 and portable give the same bits;
             the two pairs differ by rounding only.
+        users_in_lanes: when the probes fill at most half a register (P = 1 in the final retrain
+            and fold-in), several users with the same rating count share it, one per group of
+            lanes: the same bits as one user per register (False), several times faster.
     """
 
     name = "cpu"
     WORK_PER_THREAD = 1 << 16  # rating·probe visits: about 0.1-0.5 ms of one core
 
-    def __init__(self, num_threads: int | None = None, simd: str = "auto"):
+    def __init__(self, num_threads: int | None = None, simd: str = "auto", users_in_lanes: bool = True):
         super().__init__("cpu")
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1)
         self.simd = simd
+        self.users_in_lanes = bool(users_in_lanes)
 
     def threads(self, work: int, n_users: int) -> int:
         """Threads for a call of ``work`` rating·probe visits over ``n_users`` users."""
