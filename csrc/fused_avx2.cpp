@@ -30,6 +30,8 @@
 namespace retrain {
 namespace {
 
+#include "transpose_avx.h"
+
 struct VecAvx2 {
     static constexpr int W = 8;
     static constexpr int kAccumulators = 12;  // of 16 registers
@@ -55,6 +57,9 @@ struct VecAvx2 {
     }
     static reg gather(const float* base, const int32_t* idx) {
         return _mm256_i32gather_ps(base, _mm256_load_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+    }
+    static void transpose_block(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride) {
+        transpose8x8(src, src_stride, dst, dst_stride);
     }
 };
 

@@ -32,6 +32,8 @@
 namespace retrain {
 namespace {
 
+#include "transpose_avx.h"
+
 struct VecAvx512 {
     static constexpr int W = 16;
     static constexpr int kAccumulators = 24;  // 32 vector registers: 24 accumulators and their operands
@@ -59,6 +61,11 @@ struct VecAvx512 {
     }
     static reg gather(const float* base, const int32_t* idx) {
         return _mm512_i32gather_ps(_mm512_load_si512(idx), base, 4);
+    }
+    static void transpose_block(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride) {
+        for (int i = 0; i < 16; i += 8)  // four 8 x 8 blocks
+            for (int j = 0; j < 16; j += 8)
+                transpose8x8(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
     }
 };
 

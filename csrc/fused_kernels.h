@@ -6,8 +6,9 @@
 // independent chains to hide the multiply-add latency, fitting the register file with the
 // operands), reg, load/store (aligned), set1, zero, add, sub, mul, div,
 // sqrt, fmadd(a, b, c) = a*b + c, relu(x), where_positive(g, y) = (y > 0 ? g : 0),
-// add_to_double(double* acc, x) (acc[0..W) += x) and gather(base, idx) (lane l = base[idx[l]],
-// idx 64-byte aligned int32).
+// add_to_double(double* acc, x) (acc[0..W) += x), gather(base, idx) (lane l = base[idx[l]],
+// idx 64-byte aligned int32) and transpose_block(src, src_stride, dst, dst_stride) (a W x W block,
+// dst[j][i] = src[i][j], unaligned).
 //
 // SIMD lanes are probes: one user's state is held transposed, [d][lanes] with lanes = P rounded
 // up to W (padding lanes have lr = reg = 0), so every probe runs the same instructions in its own
@@ -268,11 +269,24 @@ struct UserBuffers {
 
 int padded_lanes(int n_probes, int width) { return (n_probes + width - 1) / width * width; }
 
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: W x W blocks in
+// registers, the edges one float at a time.
+template <class V>
+void transpose(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride, int rows, int cols) {
+    constexpr int W = V::W;
+    const int full_rows = rows / W * W, full_cols = cols / W * W;
+    for (int i = 0; i < full_rows; i += W)
+        for (int j = 0; j < full_cols; j += W)
+            V::transpose_block(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+    for (int i = 0; i < rows; ++i)
+        for (int j = i < full_rows ? full_cols : 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+}
+
 // state [P][d] (one user's slice of [U, P, d]) -> lanes [0, P) of buf [d][lanes] (the caller
 // points buf at the user's first lane and zeroes the padding lanes).
+template <class V>
 void place_transposed(const float* state, float* buf, int P, int d, int lanes) {
-    for (int p = 0; p < P; ++p)
-        for (int i = 0; i < d; ++i) buf[static_cast<ptrdiff_t>(i) * lanes + p] = state[static_cast<ptrdiff_t>(p) * d + i];
+    transpose<V>(state, d, buf, lanes, P, d);
 }
 
 // Lanes [0, P) of buf [d][lanes] <- init [d] (every probe starts from the user's init).
@@ -281,15 +295,16 @@ void place_broadcast(const float* init, float* buf, int P, int d, int lanes) {
         for (int p = 0; p < P; ++p) buf[static_cast<ptrdiff_t>(i) * lanes + p] = init[i];
 }
 
+template <class V>
 void load_transposed(const float* state, float* buf, int P, int d, int lanes) {
     std::memset(buf, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
-    place_transposed(state, buf, P, d, lanes);
+    place_transposed<V>(state, buf, P, d, lanes);
 }
 
 // Lanes [0, P) of buf [d][lanes] -> state [P][d].
+template <class V>
 void store_transposed(const float* buf, float* state, int P, int d, int lanes) {
-    for (int p = 0; p < P; ++p)
-        for (int i = 0; i < d; ++i) state[static_cast<ptrdiff_t>(p) * d + i] = buf[static_cast<ptrdiff_t>(i) * lanes + p];
+    transpose<V>(buf, lanes, state, d, d, P);
 }
 
 // out [d][out_lanes] <- lanes [0, P) of buf [d][lanes] (one user of a packed register), padding zero.
@@ -549,7 +564,7 @@ void user_checkpoint(const TrainArgs& a, int64_t user, int k, UserBuffers& b, in
         add_user_sums(b, P, lanes, k);
     }
     if (a.snapshots != nullptr && k < a.n_checkpoints - 1)
-        store_transposed(b.e, a.snapshots + (static_cast<ptrdiff_t>(k) * a.data.n_users + user) * P * d, P, d, lanes);
+        store_transposed<V>(b.e, a.snapshots + (static_cast<ptrdiff_t>(k) * a.data.n_users + user) * P * d, P, d, lanes);
 }
 
 // Checkpoint k of every user of the group.  A packed user is first unpacked into `out` (one
@@ -588,10 +603,10 @@ void train_group(const TrainArgs& a, const Group& grp, UserBuffers& b, int lanes
         if (fresh) {  // a fresh batch: every probe from the init, moments from zero
             place_broadcast(a.init + static_cast<ptrdiff_t>(user) * d, b.e + g * P, P, d, lanes);
         } else {
-            place_transposed(a.emb + offset, b.e + g * P, P, d, lanes);
+            place_transposed<V>(a.emb + offset, b.e + g * P, P, d, lanes);
             if (adam) {
-                place_transposed(a.adam_m + offset, b.m + g * P, P, d, lanes);
-                place_transposed(a.adam_v + offset, b.v + g * P, P, d, lanes);
+                place_transposed<V>(a.adam_m + offset, b.m + g * P, P, d, lanes);
+                place_transposed<V>(a.adam_v + offset, b.v + g * P, P, d, lanes);
             }
         }
     }
@@ -605,10 +620,10 @@ void train_group(const TrainArgs& a, const Group& grp, UserBuffers& b, int lanes
     if (n == 0 && !fresh) return;  // nothing moved
     for (int g = 0; g < grp.size; ++g) {
         const ptrdiff_t offset = static_cast<ptrdiff_t>(grp.user[g]) * P * d;
-        store_transposed(b.e + g * P, a.emb + offset, P, d, lanes);
+        store_transposed<V>(b.e + g * P, a.emb + offset, P, d, lanes);
         if (adam) {
-            store_transposed(b.m + g * P, a.adam_m + offset, P, d, lanes);
-            store_transposed(b.v + g * P, a.adam_v + offset, P, d, lanes);
+            store_transposed<V>(b.m + g * P, a.adam_m + offset, P, d, lanes);
+            store_transposed<V>(b.v + g * P, a.adam_v + offset, P, d, lanes);
         }
     }
 }
@@ -727,7 +742,7 @@ void run_validation(const ValidationArgs& a) {
 #pragma omp for schedule(dynamic, 64)
         for (int64_t u = 0; u < n_users; ++u) {
             if (a.data.indptr[u + 1] == a.data.indptr[u]) continue;
-            load_transposed(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, b.e, P, a.head.d, lanes);
+            load_transposed<V>(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, b.e, P, a.head.d, lanes);
             const float* features = tower_forward<V>(a.head.tower, b.e, lanes, b.act);
             user_validation_sums<V>(a.head, a.data, u, features, b, lanes);
             add_user_sums(b, P, lanes, 0);

@@ -1,6 +1,7 @@
 // The fused kernels in plain C++ floats, one probe per "register": compiled on every architecture,
 // the fallback where no vector instruction set below has a kernel (and a check of the others).
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "fused_kernels.h"
@@ -27,6 +28,7 @@ struct VecPortable {
     static reg where_positive(reg g, reg y) { return y > 0.0f ? g : 0.0f; }
     static void add_to_double(double* acc, reg x) { *acc += static_cast<double>(x); }
     static reg gather(const float* base, const int32_t* idx) { return base[idx[0]]; }
+    static void transpose_block(const float* src, ptrdiff_t, float* dst, ptrdiff_t) { *dst = *src; }
 };
 
 }  // namespace

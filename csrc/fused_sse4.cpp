@@ -32,6 +32,15 @@ struct VecSse4 {
     static reg gather(const float* base, const int32_t* idx) {
         return _mm_setr_ps(base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]);
     }
+    static void transpose_block(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride) {
+        __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + src_stride);
+        __m128 r2 = _mm_loadu_ps(src + 2 * src_stride), r3 = _mm_loadu_ps(src + 3 * src_stride);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(dst, r0);
+        _mm_storeu_ps(dst + dst_stride, r1);
+        _mm_storeu_ps(dst + 2 * dst_stride, r2);
+        _mm_storeu_ps(dst + 3 * dst_stride, r3);
+    }
 };
 
 }  // namespace

@@ -233,18 +233,22 @@ def _epoch_rows(data_sorted, bucket_ranges, seed: int, epoch: int) -> list[torch
     return tables
 
 
-def _step_rows(tables, bucket_ranges, chunk: int, batch_size: int, n_active: int) -> torch.Tensor:
-    """Rating rows ``[n_active, w]`` of the ``chunk``-th minibatch of the first ``n_active`` users
-    (sorted heaviest first), -1 where a user's minibatch is shorter than ``w``."""
+def _step_rows(tables, bucket_ranges, chunk: int, batch_size: int, n_active: int) -> list[tuple[int, torch.Tensor]]:
+    """The ``chunk``-th minibatch of the first ``n_active`` users (sorted heaviest first) as
+    ``(first user, rows [k, w])`` pieces of consecutive users, one per width ``w`` (a bucket's
+    minibatch is at most its width wide, so small buckets are not padded to the batch size);
+    -1 where a user's minibatch is shorter than ``w``."""
     lo = chunk * batch_size
-    pieces, width = [], None
+    pieces = []  # [first, width, [tables]]
     for table, (first, _, _) in zip(tables, bucket_ranges):
         if first >= n_active or table.shape[1] <= lo:
             break  # buckets come widest first: the rest have no chunk-th minibatch
-        piece = table[:, lo:lo + batch_size]
-        width = piece.shape[1] if width is None else width
-        pieces.append(torch.nn.functional.pad(piece, (0, width - piece.shape[1]), value=-1))
-    return torch.cat(pieces)[:n_active]
+        piece = table[:n_active - first, lo:lo + batch_size]
+        if pieces and pieces[-1][1] == piece.shape[1]:
+            pieces[-1][2].append(piece)
+        else:
+            pieces.append([first, piece.shape[1], [piece]])
+    return [(first, torch.cat(parts)) for first, _, parts in pieces]
 
 
 def _user_parallel_grad(head: Head, e, q, offset, rating, coef, reg):
@@ -273,7 +277,7 @@ def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.T
     still have a ``c``-th minibatch are a prefix of the table: they all take it at once.  Each
     epoch's per-user permutations are computed with integer tensor ops per power-of-two bucket
     of counts (``retrain.contract.permutation``, every user its own round constants), the
-    minibatch ratings are padded to one width per step, predictions and gradients are batched
+    minibatch ratings are padded to the bucket's width (at most ``batch_size``), predictions and gradients are batched
     matmuls, and Adam updates the prefix in place with each user's own step count.  Adam's
     constants are the contract's defaults (``retrain.contract.Adam()``).  ``max_steps`` caps the
     number of steps (each one minibatch of every active user).  Runs on ``init.device``.
@@ -310,14 +314,17 @@ def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.T
         if chunk == 0:
             tables = _epoch_rows(data_sorted, bucket_ranges, seed, epoch)
         k = active[chunk]
-        rows = _step_rows(tables, bucket_ranges, chunk, batch_size, k)  # [k, w]
-        valid = rows >= 0
-        rows = rows.clamp_min(0)
         size = torch.clamp(counts[:k] - chunk * batch_size, max=batch_size)  # |C| per user
-        coef = torch.where(valid, weights[rows], 0.0) / size[:, None]
-        item = items[rows]
+        grads = []
+        for first, rows in _step_rows(tables, bucket_ranges, chunk, batch_size, k):  # rows [k_i, w_i]
+            valid = rows >= 0
+            rows = rows.clamp_min(0)
+            coef = torch.where(valid, weights[rows], 0.0) / size[first:first + len(rows), None]
+            item = items[rows]
+            e = emb[first:first + len(rows)]
+            grads.append(_user_parallel_grad(head, e, Q[item], offsets[item], ratings[rows], coef, reg))
+        grad = grads[0] if len(grads) == 1 else torch.cat(grads)
         e = emb[:k]
-        grad = _user_parallel_grad(head, e, Q[item], offsets[item], ratings[rows], coef, reg)
         t = (epoch * steps_per_epoch[:k] + chunk + 1).double()  # each user's own Adam step
         bias1 = (1 - _ADAM.beta1 ** t).float()[:, None, None]
         bias2 = (1 - _ADAM.beta2 ** t).float()[:, None, None]

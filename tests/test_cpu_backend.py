@@ -279,3 +279,27 @@ def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch):
         return  # the reference once: the paths agree with it (test_every_simd_path_matches_reference)
     ref = _train("reference", head, train, lrs, regs, optimizer=optimizer, batch_size=batch, epochs=5, seed=4)
     assert rel_err(packed[0], ref[0]) <= 1e-5, describe_mismatch(packed[0], ref[0], 1e-5)
+
+
+def test_wide_probe_blocks_are_transposed_exactly():
+    # P and d above every register width, neither a multiple of it: the state moves between
+    # [P][d] and the kernel's [d][lanes] in register-sized blocks plus edges.  On every path, a
+    # call of 0 epochs loads and stores the state unchanged, and 2 epochs agree with the reference.
+    head = random_head("mf", 17, 20, seed=30)
+    data = random_ratings(7, 17, seed=31)
+    P = 19
+    lrs, regs = np.logspace(-3, -1, P).tolist(), np.logspace(-5, -2, P).tolist()
+    ref, _, _ = _train("reference", head, data, lrs, regs, batch_size=8, epochs=2)
+    _, kwargs = _valid_args()
+    dense = head_tensors(head, "cpu", "cpu")
+    csr = csr_tensors(data, "cpu")
+    for simd in _C.simd_paths():
+        emb, _, _ = _train(CpuBackend(simd=simd), head, data, lrs, regs, batch_size=8, epochs=2)
+        assert rel_err(emb, ref) <= 1e-5, (simd, describe_mismatch(emb, ref, 1e-5))
+        state = [np.random.default_rng(k).normal(size=(7, P, 20)).astype(np.float32) for k in range(3)]
+        kept = [s.copy() for s in state]
+        _C.train_epochs(*state, np.array(lrs, np.float32), np.array(regs, np.float32), csr.indptr.numpy(),
+                        csr.items.numpy(), csr.ratings.numpy(), csr.weights.numpy(), csr.keys.numpy(),
+                        np.arange(7), dense.item_vectors.numpy(), dense.item_bias.numpy(), dense.global_bias,
+                        [], [], [], **{**kwargs, "n_epochs": 0}, simd=simd)
+        assert all(np.array_equal(s, k) for s, k in zip(state, kept)), simd
