@@ -5,6 +5,7 @@ The top-level ``kernels/`` folder is installed as the subpackage ``retrain.kerne
 """
 import glob
 import os
+import platform
 import sys
 
 from setuptools import setup
@@ -17,13 +18,19 @@ def get_extensions():
     if not sources:
         return []
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
+    # x86-64: the baseline is x86-64-v2 (SSE4.2); the AVX2 and AVX-512 kernels enable their own
+    # instruction sets and are chosen at run time.  Elsewhere only the portable kernel is built.
+    march = ["-march=x86-64-v2"] if platform.machine().lower() in ("x86_64", "amd64") else []
+    # No contraction of a * b + c into an FMA behind the code's back: every kernel's arithmetic is
+    # what its source says, so results do not depend on the compiler's choices.
+    flags = ["-O3", "-fno-fast-math", "-ffp-contract=off"] + march + openmp
     return [
         Pybind11Extension(
             "retrain._C",
             sources,
             depends=sorted(glob.glob(os.path.join("csrc", "*.h"))),  # a header change rebuilds every source
             cxx_std=17,
-            extra_compile_args=["-O3", "-march=x86-64-v2", "-fno-fast-math"] + openmp,
+            extra_compile_args=flags,
             extra_link_args=openmp,
         )
     ]

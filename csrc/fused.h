@@ -79,6 +79,9 @@ struct TrainArgs {
     uint8_t* finite = nullptr;       // [n_checkpoints][P] out: 0 for a probe with a NaN/inf state or loss
     int64_t* val_limbs = nullptr;    // [n_checkpoints][P][kFixedLimbs] out (with val)
     float* snapshots = nullptr;      // [n_checkpoints - 1][U][P][d] out or null: embeddings at each checkpoint but the last
+    // With P at most half a register, put several same-length users in its lanes (bitwise the
+    // same result; false: one user per register, for comparisons).
+    bool users_in_lanes = true;
 };
 
 struct ValidationArgs {
@@ -91,20 +94,30 @@ struct ValidationArgs {
     uint8_t* finite = nullptr;  // [P] out: 0 where some user's sum was NaN/inf
 };
 
-// Instruction sets with a compiled kernel; `simd` below names one of them or is "auto".
-enum class Simd { kSse4, kAvx2 };
-bool simd_supported(Simd simd);
-Simd best_simd();
+// Instruction sets with a compiled kernel; `simd` below names one of them or is "auto".  The
+// portable kernel is built everywhere, the others on x86-64 only.
+enum class Simd { kPortable, kSse4, kAvx2, kAvx512 };
+bool simd_supported(Simd simd);  // compiled here and this CPU (and OS) runs it
+// The fastest path this CPU runs for n_probes probes: AVX-512 only when they fill more than AVX2's
+// 8 lanes (with fewer, AVX2 wastes fewer lanes and packs users as well).  The two give the same
+// bits, so the choice never changes a result.
+Simd best_simd(int n_probes);
 
 // Advance every probe of the users in args.order by n_epochs epochs (the contract's schedule).
 void train_epochs(const TrainArgs& args, Simd simd);
 // Per-probe exact sums of w (pred - r)^2 (independent of the thread count and the user order).
 void validation_loss(const ValidationArgs& args, Simd simd);
 
-// One instantiation of the kernels per instruction set (fused_sse4.cpp, fused_avx2.cpp).
+// One instantiation of the kernels per instruction set (fused_<name>.cpp).
+void train_epochs_portable(const TrainArgs& args);
+void validation_loss_portable(const ValidationArgs& args);
+#if defined(__x86_64__) || defined(_M_X64)
 void train_epochs_sse4(const TrainArgs& args);
 void train_epochs_avx2(const TrainArgs& args);
+void train_epochs_avx512(const TrainArgs& args);
 void validation_loss_sse4(const ValidationArgs& args);
 void validation_loss_avx2(const ValidationArgs& args);
+void validation_loss_avx512(const ValidationArgs& args);
+#endif
 
 }  // namespace retrain

@@ -1,9 +1,10 @@
 // The fused kernels for AVX2 + FMA: 8 probes per register, fused multiply-adds.  Chosen at run
-// time (fused.cpp) when the CPU has both; the build flags stay x86-64-v2.
+// time (fused.cpp) when the CPU has both; the build flags stay x86-64-v2.  Compiled on x86-64 only.
 //
 // The headers come first so that only this file's kernels (all in an anonymous namespace) are
 // compiled for AVX2: an inline function shared with other files must never be, or the linker
 // could hand the AVX2 copy to the SSE4 path.
+#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <omp.h>
 
@@ -29,8 +30,11 @@
 namespace retrain {
 namespace {
 
+#include "transpose_avx.h"
+
 struct VecAvx2 {
     static constexpr int W = 8;
+    static constexpr int kAccumulators = 12;  // of 16 registers
     using reg = __m256;
     static reg load(const float* p) { return _mm256_load_ps(p); }
     static void store(float* p, reg x) { _mm256_store_ps(p, x); }
@@ -51,6 +55,12 @@ struct VecAvx2 {
         _mm256_store_pd(acc, _mm256_add_pd(_mm256_load_pd(acc), _mm256_cvtps_pd(_mm256_castps256_ps128(x))));
         _mm256_store_pd(acc + 4, _mm256_add_pd(_mm256_load_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1))));
     }
+    static reg gather(const float* base, const int32_t* idx) {
+        return _mm256_i32gather_ps(base, _mm256_load_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+    }
+    static void transpose_block(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride) {
+        transpose8x8(src, src_stride, dst, dst_stride);
+    }
 };
 
 }  // namespace
@@ -66,3 +76,4 @@ void validation_loss_avx2(const ValidationArgs& args) { run_validation<VecAvx2>(
 #else
 #pragma GCC pop_options
 #endif
+#endif  // x86-64

@@ -1,14 +1,25 @@
 // The fused training and validation kernels, written once over a SIMD vector type V and
-// instantiated per instruction set by fused_sse4.cpp and fused_avx2.cpp.
+// instantiated per instruction set by fused_portable.cpp, fused_sse4.cpp, fused_avx2.cpp and
+// fused_avx512.cpp.
 //
-// V provides: W (floats per register), reg, load/store (aligned), set1, zero, add, sub, mul, div,
-// sqrt, fmadd(a, b, c) = a*b + c, relu(x), where_positive(g, y) = (y > 0 ? g : 0) and
-// add_to_double(double* acc, x) (acc[0..W) += x).
+// V provides: W (floats per register), kAccumulators (micro-kernel accumulator registers: enough
+// independent chains to hide the multiply-add latency, fitting the register file with the
+// operands), reg, load/store (aligned), set1, zero, add, sub, mul, div,
+// sqrt, fmadd(a, b, c) = a*b + c, relu(x), where_positive(g, y) = (y > 0 ? g : 0),
+// add_to_double(double* acc, x) (acc[0..W) += x), gather(base, idx) (lane l = base[idx[l]],
+// idx 64-byte aligned int32) and transpose_block(src, src_stride, dst, dst_stride) (a W x W block,
+// dst[j][i] = src[i][j], unaligned).
 //
 // SIMD lanes are probes: one user's state is held transposed, [d][lanes] with lanes = P rounded
 // up to W (padding lanes have lr = reg = 0), so every probe runs the same instructions in its own
 // lane.  A probe's result therefore depends neither on P, nor on the other probes (a diverging
 // probe cannot disturb them), nor on the thread count (one thread owns a user for the whole call).
+//
+// Users in lanes: when the probes fill at most half a register (P <= W / 2), G = W / P users of
+// the same rating count share one register, lane g * P + p holding probe p of user g.  Same-length
+// users take the same steps with the same minibatch sizes and Adam step counts, so every lane
+// runs exactly the instructions it would run alone: only the item rows differ per lane, and they
+// are gathered instead of broadcast.  The result is bitwise the per-user one.
 //
 // Everything is in an anonymous namespace: each instruction set gets its own copy, so the linker
 // can never pick code compiled for AVX2 for the SSE4 path.
@@ -22,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "contract.h"
 #include "fused.h"
@@ -30,10 +42,9 @@ namespace retrain {
 namespace {
 
 constexpr int kTile = 64;  // ratings per tile: bounds the scratch; their Q rows stay in L1 between the products
-// Micro-kernel: kAccumulators registers (rows x vectors of lanes) sum independent chains, enough
-// to hide the multiply-add latency; with the operands they fit in 16 vector registers.
-constexpr int kAccumulators = 12;
+// Micro-kernel: V::kAccumulators registers (rows x kBlockVectors vectors of lanes).
 constexpr int kBlockVectors = 2;
+constexpr int kPackedRatings = 4;  // users in lanes: ratings of every lane's minibatch handled together
 
 // --------------------------------------------------------------------------- small matrix products
 
@@ -86,7 +97,7 @@ inline void gemm_tail(int rows, int m0, int K, const A& a, const float* B, ptrdi
 
 template <class V, int NR, bool ACCUMULATE, class A>
 inline void gemm_rows(int M, int K, const A& a, const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
-    constexpr int MR = kAccumulators / NR;
+    constexpr int MR = V::kAccumulators / NR;
     int m = 0;
     for (; m + MR <= M; m += MR) micro_kernel<V, MR, NR, ACCUMULATE>(m, K, a, B, ldb, C + m * ldc, ldc);
     gemm_tail<V, MR - 1, NR, ACCUMULATE>(M - m, m, K, a, B, ldb, C + m * ldc, ldc);
@@ -204,11 +215,17 @@ struct UserBuffers {
     double* loss;                 // [lanes] a user's validation sums
     FixedSum* sums;               // [checkpoints][lanes] exact validation sums of this thread's users
     uint8_t* bad;                 // [checkpoints][lanes] 1 where this thread saw a non-finite state or loss
-    uint32_t* order;              // the epoch's permutation [max ratings of a user]
+    uint32_t* order;              // the epoch's permutations [group][order_stride]
+    int64_t order_stride;         // max ratings of a user
+    // Users in lanes only: kPackedRatings ratings of every lane's minibatch.
+    float* item_block;            // [kPackedRatings][h][lanes] their item vectors
+    int32_t* item_offset;         // [kPackedRatings][lanes] item * h (gather indices)
+    float *lane_offset, *lane_rating, *lane_coef;  // [kPackedRatings][lanes] b + mu, r, w * scale
 
     // Carve the buffers from `base`; with base = nullptr only measures (returns the bytes).
+    // `group`: users per register (1: probes only).
     static size_t layout(UserBuffers* b, char* base, const HeadView& head, int lanes, int64_t max_ratings,
-                         int checkpoints) {
+                         int checkpoints, int group = 1) {
         Carver c(base);
         int width = head.d > head.h ? head.d : head.h;
         for (int l = 0; l < head.tower.n_layers; ++l) width = head.tower.out[l] > width ? head.tower.out[l] : width;
@@ -232,7 +249,14 @@ struct UserBuffers {
         t.loss = c.take<double>(lanes);
         t.sums = c.take<FixedSum>(static_cast<size_t>(checkpoints) * lanes);
         t.bad = c.take<uint8_t>(static_cast<size_t>(checkpoints) * lanes);
-        t.order = c.take<uint32_t>(static_cast<size_t>(max_ratings));
+        t.order = c.take<uint32_t>(static_cast<size_t>(max_ratings) * group);
+        t.order_stride = max_ratings;
+        const size_t packed = group > 1 ? static_cast<size_t>(lanes) * kPackedRatings : 0;
+        t.item_block = c.take<float>(static_cast<size_t>(head.h) * packed);
+        t.item_offset = c.take<int32_t>(packed);
+        t.lane_offset = c.take<float>(packed);
+        t.lane_rating = c.take<float>(packed);
+        t.lane_coef = c.take<float>(packed);
         if (b != nullptr) *b = t;
         return static_cast<size_t>(c.next() - base);
     }
@@ -245,23 +269,49 @@ struct UserBuffers {
 
 int padded_lanes(int n_probes, int width) { return (n_probes + width - 1) / width * width; }
 
-// state [P][d] (one user's slice of [U, P, d]) -> buffer [d][lanes], padding lanes zero.
-void load_transposed(const float* state, float* buf, int P, int d, int lanes) {
-    std::memset(buf, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
-    for (int p = 0; p < P; ++p)
-        for (int i = 0; i < d; ++i) buf[static_cast<ptrdiff_t>(i) * lanes + p] = state[static_cast<ptrdiff_t>(p) * d + i];
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: W x W blocks in
+// registers, the edges one float at a time.
+template <class V>
+void transpose(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride, int rows, int cols) {
+    constexpr int W = V::W;
+    const int full_rows = rows / W * W, full_cols = cols / W * W;
+    for (int i = 0; i < full_rows; i += W)
+        for (int j = 0; j < full_cols; j += W)
+            V::transpose_block(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+    for (int i = 0; i < rows; ++i)
+        for (int j = i < full_rows ? full_cols : 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
 }
 
-// Every probe's row of buf [d][lanes] <- init [d]; padding lanes zero.
-void load_broadcast(const float* init, float* buf, int P, int d, int lanes) {
-    std::memset(buf, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+// state [P][d] (one user's slice of [U, P, d]) -> lanes [0, P) of buf [d][lanes] (the caller
+// points buf at the user's first lane and zeroes the padding lanes).
+template <class V>
+void place_transposed(const float* state, float* buf, int P, int d, int lanes) {
+    transpose<V>(state, d, buf, lanes, P, d);
+}
+
+// Lanes [0, P) of buf [d][lanes] <- init [d] (every probe starts from the user's init).
+void place_broadcast(const float* init, float* buf, int P, int d, int lanes) {
     for (int i = 0; i < d; ++i)
         for (int p = 0; p < P; ++p) buf[static_cast<ptrdiff_t>(i) * lanes + p] = init[i];
 }
 
+template <class V>
+void load_transposed(const float* state, float* buf, int P, int d, int lanes) {
+    std::memset(buf, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+    place_transposed<V>(state, buf, P, d, lanes);
+}
+
+// Lanes [0, P) of buf [d][lanes] -> state [P][d].
+template <class V>
 void store_transposed(const float* buf, float* state, int P, int d, int lanes) {
-    for (int p = 0; p < P; ++p)
-        for (int i = 0; i < d; ++i) state[static_cast<ptrdiff_t>(p) * d + i] = buf[static_cast<ptrdiff_t>(i) * lanes + p];
+    transpose<V>(buf, lanes, state, d, d, P);
+}
+
+// out [d][out_lanes] <- lanes [0, P) of buf [d][lanes] (one user of a packed register), padding zero.
+void unpack_lanes(const float* buf, int lanes, float* out, int out_lanes, int P, int d) {
+    std::memset(out, 0, sizeof(float) * static_cast<size_t>(d) * out_lanes);
+    for (int i = 0; i < d; ++i)
+        std::memcpy(out + static_cast<ptrdiff_t>(i) * out_lanes, buf + static_cast<ptrdiff_t>(i) * lanes, sizeof(float) * P);
 }
 
 // probe[v] += x * 0 over the d rows of buf [d][lanes]: stays 0 unless some x is NaN or infinite
@@ -401,18 +451,89 @@ void feature_gradient(const TrainArgs& a, int64_t start, const uint32_t* positio
     }
 }
 
-// One epoch of the user's minibatch steps (the contract's permutation and step counts).
+// Users that train together: one (probes only), or up to G of the same rating count in lanes.
+constexpr int kMaxGroup = 16;
+struct Group {
+    int64_t user[kMaxGroup];
+    int size = 0;
+    bool packed = false;  // users in lanes: user g's probes are lanes [g P, g P + P)
+};
+
+// The gradient of one minibatch step of every user of a packed register, w.r.t. the features
+// [h][W] (one register wide), kPackedRatings ratings of every lane's minibatch at a time (their
+// dot products are independent chains, and the gathers overlap).  Per lane, the same operations in the same order as
+// feature_gradient (dot products and the gradient's sum over k = 0, 1, ... with multiply-adds from
+// zero), with that lane's item row gathered instead of broadcast.
 template <class V>
-void train_epoch(const TrainArgs& a, int64_t start, int64_t n, uint32_t key, int64_t epoch, UserBuffers& b,
-                 int lanes) {
+void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first, int count, const float* features,
+                             UserBuffers& b) {
+    using R = typename V::reg;
+    constexpr int W = V::W;
+    const HeadView& head = a.head;
+    const int P = a.n_probes, h = head.h;
+    const float coef = 2.0f / static_cast<float>(count);
+    for (int k0 = 0; k0 < count; k0 += kPackedRatings) {
+        const int block = count - k0 < kPackedRatings ? count - k0 : kPackedRatings;
+        for (int r = 0; r < block; ++r) {
+            for (int l = 0, g = 0; g < kMaxGroup && l < W; ++g) {  // lanes [g P, g P + P) are user g's
+                int32_t offset = 0;  // an empty slot: item 0 with weight 0 keeps its zero state at zero
+                float bias = 0.0f, rating = 0.0f, weight = 0.0f;
+                if (g < grp.size) {
+                    const int64_t row = a.data.indptr[grp.user[g]] + b.order[g * b.order_stride + first + k0 + r];
+                    const int64_t item = a.data.items[row];
+                    offset = static_cast<int32_t>(item * h);
+                    bias = head.item_bias[item] + head.global_bias;
+                    rating = a.data.ratings[row];
+                    weight = a.data.weights[row] * coef;
+                }
+                for (int p = 0; p < P && l < W; ++p, ++l) {
+                    b.item_offset[r * W + l] = offset;
+                    b.lane_offset[r * W + l] = bias;
+                    b.lane_rating[r * W + l] = rating;
+                    b.lane_coef[r * W + l] = weight;
+                }
+            }
+        }
+        R pred[kPackedRatings];
+        for (int r = 0; r < kPackedRatings; ++r) pred[r] = V::zero();
+        for (int j = 0; j < h; ++j) {
+            const R f = V::load(features + j * W);
+            for (int r = 0; r < block; ++r) {
+                const R q = V::gather(head.item_vectors + j, b.item_offset + r * W);
+                V::store(b.item_block + (r * h + j) * W, q);
+                pred[r] = V::fmadd(q, f, pred[r]);
+            }
+        }
+        R diff[kPackedRatings];
+        for (int r = 0; r < block; ++r)
+            diff[r] = V::mul(V::load(b.lane_coef + r * W),
+                             V::sub(V::add(pred[r], V::load(b.lane_offset + r * W)), V::load(b.lane_rating + r * W)));
+        for (int j = 0; j < h; ++j) {
+            R acc = k0 == 0 ? V::fmadd(V::load(b.item_block + j * W), diff[0], V::zero()) : V::load(b.g + j * W);
+            for (int r = k0 == 0 ? 1 : 0; r < block; ++r) acc = V::fmadd(V::load(b.item_block + (r * h + j) * W), diff[r], acc);
+            V::store(b.g + j * W, acc);
+        }
+    }
+}
+
+// One epoch of the group's minibatch steps (the contract's permutations and step counts; the
+// users of a group have the same count n, hence the same steps).
+template <class V>
+void train_epoch(const TrainArgs& a, const Group& grp, int64_t n, int64_t epoch, UserBuffers& b, int lanes) {
     const HeadView& head = a.head;
     const int64_t steps = (n + a.batch_size - 1) / a.batch_size;
-    Permutation(a.seed, static_cast<uint32_t>(epoch), key, static_cast<uint32_t>(n)).fill(b.order);
+    for (int g = 0; g < grp.size; ++g)
+        Permutation(a.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(a.data.keys[grp.user[g]]),
+                    static_cast<uint32_t>(n))
+            .fill(b.order + g * b.order_stride);
     for (int64_t chunk = 0; chunk < steps; ++chunk) {
         const int64_t first = chunk * a.batch_size;
         const int count = static_cast<int>(n - first < a.batch_size ? n - first : a.batch_size);
         const float* features = tower_forward<V>(head.tower, b.e, lanes, b.act);
-        feature_gradient<V>(a, start, b.order + first, count, features, b, lanes);
+        if (grp.packed)
+            packed_feature_gradient<V>(a, grp, first, count, features, b);
+        else
+            feature_gradient<V>(a, a.data.indptr[grp.user[0]], b.order + first, count, features, b, lanes);
         const float* grad = tower_backward<V>(head.tower, b.g, b.spare, lanes, b.act);
         if (a.optimizer.adam)
             adam_update<V>(b, a.optimizer, grad, head.d, lanes, adam_step(epoch, n, a.batch_size, chunk));
@@ -443,42 +564,108 @@ void user_checkpoint(const TrainArgs& a, int64_t user, int k, UserBuffers& b, in
         add_user_sums(b, P, lanes, k);
     }
     if (a.snapshots != nullptr && k < a.n_checkpoints - 1)
-        store_transposed(b.e, a.snapshots + (static_cast<ptrdiff_t>(k) * a.data.n_users + user) * P * d, P, d, lanes);
+        store_transposed<V>(b.e, a.snapshots + (static_cast<ptrdiff_t>(k) * a.data.n_users + user) * P * d, P, d, lanes);
 }
 
+// Checkpoint k of every user of the group.  A packed user is first unpacked into `out` (one
+// user's buffers, out_lanes wide), so it is checked and validated exactly as if trained alone.
 template <class V>
-void train_user(const TrainArgs& a, int64_t user, UserBuffers& b, int lanes) {
+void group_checkpoint(const TrainArgs& a, const Group& grp, int k, UserBuffers& b, int lanes, UserBuffers& out,
+                      int out_lanes) {
+    if (!grp.packed) return user_checkpoint<V>(a, grp.user[0], k, b, lanes);
     const int P = a.n_probes, d = a.head.d;
-    const int64_t start = a.data.indptr[user];
-    const int64_t n = a.data.indptr[user + 1] - start;
-    const ptrdiff_t offset = static_cast<ptrdiff_t>(user) * P * d;
-    const bool adam = a.optimizer.adam, fresh = a.init != nullptr;
-    if (fresh) {  // a fresh batch: every probe from the init, moments from zero
-        load_broadcast(a.init + static_cast<ptrdiff_t>(user) * d, b.e, P, d, lanes);
-        if (adam) {
-            std::memset(b.m, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
-            std::memset(b.v, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+    for (int g = 0; g < grp.size; ++g) {
+        unpack_lanes(b.e + g * P, lanes, out.e, out_lanes, P, d);
+        if (a.optimizer.adam && k == a.n_checkpoints - 1) {
+            unpack_lanes(b.m + g * P, lanes, out.m, out_lanes, P, d);
+            unpack_lanes(b.v + g * P, lanes, out.v, out_lanes, P, d);
         }
-    } else {
-        load_transposed(a.emb + offset, b.e, P, d, lanes);
-        if (adam) {
-            load_transposed(a.adam_m + offset, b.m, P, d, lanes);
-            load_transposed(a.adam_v + offset, b.v, P, d, lanes);
+        user_checkpoint<V>(a, grp.user[g], k, out, out_lanes);
+    }
+}
+
+// The whole call for one group: load (or start fresh), train every epoch with its checkpoints,
+// store.  `out` receives the checkpoints' outputs of a packed group (see group_checkpoint).
+template <class V>
+void train_group(const TrainArgs& a, const Group& grp, UserBuffers& b, int lanes, UserBuffers& out, int out_lanes) {
+    const int P = a.n_probes, d = a.head.d;
+    const int64_t n = a.data.indptr[grp.user[0] + 1] - a.data.indptr[grp.user[0]];
+    const bool adam = a.optimizer.adam, fresh = a.init != nullptr;
+    const size_t state_bytes = sizeof(float) * static_cast<size_t>(d) * lanes;
+    std::memset(b.e, 0, state_bytes);
+    if (adam) {
+        std::memset(b.m, 0, state_bytes);
+        std::memset(b.v, 0, state_bytes);
+    }
+    for (int g = 0; g < grp.size; ++g) {
+        const int64_t user = grp.user[g];
+        const ptrdiff_t offset = static_cast<ptrdiff_t>(user) * P * d;
+        if (fresh) {  // a fresh batch: every probe from the init, moments from zero
+            place_broadcast(a.init + static_cast<ptrdiff_t>(user) * d, b.e + g * P, P, d, lanes);
+        } else {
+            place_transposed<V>(a.emb + offset, b.e + g * P, P, d, lanes);
+            if (adam) {
+                place_transposed<V>(a.adam_m + offset, b.m + g * P, P, d, lanes);
+                place_transposed<V>(a.adam_v + offset, b.v + g * P, P, d, lanes);
+            }
         }
     }
-    const uint32_t key = static_cast<uint32_t>(a.data.keys[user]);
     int k = 0;
     for (int64_t t = 0; t < a.n_epochs; ++t) {
-        if (n > 0) train_epoch<V>(a, start, n, key, a.epoch_start + t, b, lanes);
-        for (; k < a.n_checkpoints && a.checkpoint_ends[k] == t + 1; ++k) user_checkpoint<V>(a, user, k, b, lanes);
+        if (n > 0) train_epoch<V>(a, grp, n, a.epoch_start + t, b, lanes);
+        for (; k < a.n_checkpoints && a.checkpoint_ends[k] == t + 1; ++k)
+            group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);
     }
-    for (; k < a.n_checkpoints; ++k) user_checkpoint<V>(a, user, k, b, lanes);  // ends of 0 epochs
+    for (; k < a.n_checkpoints; ++k) group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);  // ends of 0 epochs
     if (n == 0 && !fresh) return;  // nothing moved
-    store_transposed(b.e, a.emb + offset, P, d, lanes);
-    if (adam) {
-        store_transposed(b.m, a.adam_m + offset, P, d, lanes);
-        store_transposed(b.v, a.adam_v + offset, P, d, lanes);
+    for (int g = 0; g < grp.size; ++g) {
+        const ptrdiff_t offset = static_cast<ptrdiff_t>(grp.user[g]) * P * d;
+        store_transposed<V>(b.e + g * P, a.emb + offset, P, d, lanes);
+        if (adam) {
+            store_transposed<V>(b.m + g * P, a.adam_m + offset, P, d, lanes);
+            store_transposed<V>(b.v + g * P, a.adam_v + offset, P, d, lanes);
+        }
     }
+}
+
+// Users per register: W / P when the probes fill at most half of one (and gather indices item * h
+// fit in int32), else 1.
+template <class V>
+int users_per_register(const TrainArgs& a) {
+    if (!a.users_in_lanes || 2 * a.n_probes > V::W) return 1;
+    if (a.head.n_items * static_cast<int64_t>(a.head.h) >= (int64_t{1} << 31)) return 1;
+    return V::W / a.n_probes;
+}
+
+// Consecutive users of `order` with the same rating count, at most `size` per group.  A group is
+// packed (users in lanes) when it fills more than half of the register: the gathers of a packed
+// step cost about as much as half a register of users trained one at a time.  The others are
+// split into groups of one user.
+std::vector<Group> make_groups(const TrainArgs& a, int size) {
+    std::vector<Group> groups;
+    const auto close_last = [&]() {
+        if (groups.empty() || 2 * groups.back().size > size) return;
+        const Group last = groups.back();
+        groups.pop_back();
+        for (int g = 0; g < last.size; ++g) {
+            groups.emplace_back();
+            groups.back().user[groups.back().size++] = last.user[g];
+        }
+    };
+    int64_t count = -1;
+    for (int64_t i = 0; i < a.n_order; ++i) {
+        const int64_t user = a.order[i];
+        const int64_t n = a.data.indptr[user + 1] - a.data.indptr[user];
+        if (groups.empty() || !groups.back().packed || groups.back().size == size || n != count) {
+            if (!groups.empty() && groups.back().packed) close_last();
+            groups.emplace_back();
+            groups.back().packed = size > 1;
+        }
+        groups.back().user[groups.back().size++] = user;
+        count = n;
+    }
+    if (!groups.empty() && groups.back().packed) close_last();
+    return groups;
 }
 
 template <class V>
@@ -488,29 +675,47 @@ void run_training(const TrainArgs& a) {
     if (a.val_limbs != nullptr)
         std::memset(a.val_limbs, 0, sizeof(int64_t) * static_cast<size_t>(K) * P * kFixedLimbs);
     if (a.n_order == 0 || P == 0) return;
-    const int lanes = padded_lanes(P, V::W);
+    const int group = users_per_register<V>(a);
+    const bool packed = group > 1;
+    const int user_lanes = padded_lanes(P, V::W);
+    const int lanes = packed ? V::W : user_lanes;
     int64_t max_ratings = 0;
     for (int64_t i = 0; i < a.n_order; ++i) {
         const int64_t n = a.data.indptr[a.order[i] + 1] - a.data.indptr[a.order[i]];
         max_ratings = n > max_ratings ? n : max_ratings;
     }
-    const int threads = static_cast<int>(a.n_order < a.num_threads ? a.n_order : a.num_threads);
-    const size_t per_thread = UserBuffers::layout(nullptr, nullptr, a.head, lanes, max_ratings, K);
+    const std::vector<Group> groups = make_groups(a, group);
+    const auto n_groups = static_cast<int64_t>(groups.size());
+    const int threads = static_cast<int>(n_groups < a.num_threads ? n_groups : a.num_threads);
+    const size_t group_bytes = UserBuffers::layout(nullptr, nullptr, a.head, lanes, max_ratings, K, group);
+    const size_t out_bytes = packed ? UserBuffers::layout(nullptr, nullptr, a.head, user_lanes, 0, K) : 0;
+    const size_t per_thread = group_bytes + out_bytes;
     Scratch scratch(per_thread * threads);
 #pragma omp parallel num_threads(threads)
     {
-        UserBuffers b;
-        UserBuffers::layout(&b, scratch.data() + per_thread * omp_get_thread_num(), a.head, lanes, max_ratings, K);
+        char* mine = scratch.data() + per_thread * omp_get_thread_num();
+        UserBuffers b, unpacked;
+        UserBuffers::layout(&b, mine, a.head, lanes, max_ratings, K, group);
         b.clear_outputs(K, lanes);
-        for (int v = 0; v < lanes; ++v) {
-            b.lr[v] = v < P ? a.lrs[v] : 0.0f;
-            b.reg2[v] = v < P ? 2.0f * a.regs[v] : 0.0f;
+        if (packed) {
+            UserBuffers::layout(&unpacked, mine + group_bytes, a.head, user_lanes, 0, K);
+            unpacked.clear_outputs(K, user_lanes);
+        }
+        // Where a packed group's checkpoint outputs go (a user alone writes to b; lanes == user_lanes).
+        UserBuffers& out = packed ? unpacked : b;
+        for (int v = 0; v < lanes; ++v) {  // lane v holds probe v % P (of user v / P when packed)
+            const bool used = v < group * P;
+            b.lr[v] = used ? a.lrs[v % P] : 0.0f;
+            b.reg2[v] = used ? 2.0f * a.regs[v % P] : 0.0f;
         }
         // Users come heaviest first, so the dynamic schedule ends with small users.
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < a.n_order; ++i) train_user<V>(a, a.order[i], b, lanes);
+        for (int64_t i = 0; i < n_groups; ++i) train_group<V>(a, groups[i], b, lanes, out, user_lanes);
 #pragma omp critical
-        merge_outputs(b, K, P, lanes, a.val_limbs, a.finite);
+        {
+            merge_outputs(b, K, P, lanes, a.val_limbs, a.finite);
+            if (packed) merge_outputs(unpacked, K, P, user_lanes, a.val_limbs, a.finite);
+        }
     }
 }
 
@@ -537,7 +742,7 @@ void run_validation(const ValidationArgs& a) {
 #pragma omp for schedule(dynamic, 64)
         for (int64_t u = 0; u < n_users; ++u) {
             if (a.data.indptr[u + 1] == a.data.indptr[u]) continue;
-            load_transposed(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, b.e, P, a.head.d, lanes);
+            load_transposed<V>(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, b.e, P, a.head.d, lanes);
             const float* features = tower_forward<V>(a.head.tower, b.e, lanes, b.act);
             user_validation_sums<V>(a.head, a.data, u, features, b, lanes);
             add_user_sums(b, P, lanes, 0);

@@ -1,4 +1,6 @@
 // The fused kernels for x86-64-v2 (SSE4.2): 4 probes per register, multiply and add separately.
+// Compiled on x86-64 only.
+#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
 #include "fused_kernels.h"
@@ -8,6 +10,7 @@ namespace {
 
 struct VecSse4 {
     static constexpr int W = 4;
+    static constexpr int kAccumulators = 12;  // of 16 registers
     using reg = __m128;
     static reg load(const float* p) { return _mm_load_ps(p); }
     static void store(float* p, reg x) { _mm_store_ps(p, x); }
@@ -26,6 +29,18 @@ struct VecSse4 {
         _mm_store_pd(acc, _mm_add_pd(_mm_load_pd(acc), _mm_cvtps_pd(x)));
         _mm_store_pd(acc + 2, _mm_add_pd(_mm_load_pd(acc + 2), _mm_cvtps_pd(_mm_movehl_ps(x, x))));
     }
+    static reg gather(const float* base, const int32_t* idx) {
+        return _mm_setr_ps(base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]);
+    }
+    static void transpose_block(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride) {
+        __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + src_stride);
+        __m128 r2 = _mm_loadu_ps(src + 2 * src_stride), r3 = _mm_loadu_ps(src + 3 * src_stride);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(dst, r0);
+        _mm_storeu_ps(dst + dst_stride, r1);
+        _mm_storeu_ps(dst + 2 * dst_stride, r2);
+        _mm_storeu_ps(dst + 3 * dst_stride, r3);
+    }
 };
 
 }  // namespace
@@ -35,3 +50,4 @@ void train_epochs_sse4(const TrainArgs& args) { run_training<VecSse4>(args); }
 void validation_loss_sse4(const ValidationArgs& args) { run_validation<VecSse4>(args); }
 
 }  // namespace retrain
+#endif  // x86-64

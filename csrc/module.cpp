@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "contract.h"
@@ -149,12 +150,18 @@ int threads_arg(int num_threads) {
     return num_threads ? num_threads : omp_get_max_threads();
 }
 
-Simd simd_arg(const std::string& simd) {
-    if (simd == "auto") return best_simd();
-    if (simd != "sse4" && simd != "avx2") fail("simd must be 'auto', 'sse4' or 'avx2', got '" + simd + "'");
-    const Simd s = simd == "sse4" ? Simd::kSse4 : Simd::kAvx2;
-    if (!simd_supported(s)) fail("simd: this CPU does not support '" + simd + "'");
-    return s;
+// The instruction sets by name, slowest first.
+const std::pair<const char*, Simd> kSimdNames[] = {
+    {"portable", Simd::kPortable}, {"sse4", Simd::kSse4}, {"avx2", Simd::kAvx2}, {"avx512", Simd::kAvx512}};
+
+Simd simd_arg(const std::string& simd, int n_probes) {
+    if (simd == "auto") return best_simd(n_probes);
+    for (const auto& [name, s] : kSimdNames) {
+        if (simd != name) continue;
+        if (!simd_supported(s)) fail("simd: this CPU (or build) does not support '" + simd + "'");
+        return s;
+    }
+    fail("simd must be 'auto', 'portable', 'sse4', 'avx2' or 'avx512', got '" + simd + "'");
 }
 
 OptimizerView optimizer_arg(const std::string& name, double beta1, double beta2, double eps) {
@@ -211,7 +218,7 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
                           int64_t n_epochs, int64_t batch_size, const std::string& optimizer, double beta1,
                           double beta2, double eps, int64_t seed, const py::object& init,
                           const py::object& checkpoint_ends, const py::object& val, const py::object& snapshots,
-                          int num_threads, const std::string& simd) {
+                          int num_threads, const std::string& simd, bool users_in_lanes) {
     TrainArgs a;
     a.head = head_arg(item_vectors, item_bias, global_bias, tower_weights, tower_biases, tower_activations);
     a.data = csr_arg(indptr, items, ratings, weights, a.head);
@@ -251,6 +258,7 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     a.batch_size = batch_size;
     a.seed = static_cast<uint32_t>(seed);  // the contract uses seed mod 2**32
     a.num_threads = threads_arg(num_threads);
+    a.users_in_lanes = users_in_lanes;
     const std::vector<int64_t> ends = checkpoint_ends_arg(checkpoint_ends, n_epochs);
     a.checkpoint_ends = ends.data();
     a.n_checkpoints = static_cast<int>(ends.size());
@@ -267,7 +275,7 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
         require_shape(snap, "snapshots", {K - 1, e.shape(0), e.shape(1), e.shape(2)});
         a.snapshots = static_cast<float*>(snap.mutable_data());
     }
-    const Simd s = simd_arg(simd);
+    const Simd s = simd_arg(simd, a.n_probes);
     py::array_t<uint8_t> finite({K, static_cast<py::ssize_t>(a.n_probes)});
     a.finite = finite.mutable_data();
     py::object limbs = py::none();
@@ -296,7 +304,7 @@ py::tuple validation_loss_py(const py::handle& emb, const py::handle& indptr, co
     a.n_probes = static_cast<int>(e.shape(1));
     a.emb = ptr<float>(e);
     a.num_threads = threads_arg(num_threads);
-    const Simd s = simd_arg(simd);
+    const Simd s = simd_arg(simd, a.n_probes);
     py::array_t<int64_t> limbs({static_cast<py::ssize_t>(a.n_probes), static_cast<py::ssize_t>(kFixedLimbs)});
     py::array_t<uint8_t> finite(a.n_probes);
     a.limbs = limbs.mutable_data();
@@ -336,8 +344,8 @@ py::array_t<float> initial_embeddings_py(const py::handle& keys, int d, int64_t 
 
 std::vector<std::string> simd_paths() {
     std::vector<std::string> names;
-    if (simd_supported(Simd::kSse4)) names.emplace_back("sse4");
-    if (simd_supported(Simd::kAvx2)) names.emplace_back("avx2");
+    for (const auto& [name, s] : kSimdNames)
+        if (simd_supported(s)) names.emplace_back(name);
     return names;
 }
 
@@ -355,7 +363,9 @@ PYBIND11_MODULE(_C, m) {
           "seed"_a, "epoch"_a, "key"_a, "n"_a);
     m.def("initial_embeddings", &initial_embeddings_py, "Initial embeddings float32 [len(keys), d].", "keys"_a, "d"_a,
           "seed"_a, "scale"_a);
-    m.def("simd_paths", &simd_paths, "Instruction sets with a kernel this CPU can run ('sse4', 'avx2').");
+    m.def("simd_paths", &simd_paths, "Instruction sets with a kernel this build and CPU can run, slowest first "
+          "('portable', 'sse4', 'avx2', 'avx512'); 'auto' picks AVX-512 for more than 8 probes, else the best "
+          "of the others.");
     m.def("train_epochs", &train_epochs_py,
           "Advance P probes by n_epochs epochs in place: emb, adam_m, adam_v float32 [U, P, d] (moments "
           "ignored for sgd), lrs/regs float32 [P], CSR ratings (indptr int64, items int32, ratings/weights "
@@ -367,13 +377,14 @@ PYBIND11_MODULE(_C, m) {
           "these many epochs, inside the call; snapshots float32 [K-1, U, P, d] or None receives the "
           "embeddings at each checkpoint but the last.  Returns (finite uint8 [K, P]: 0 for a probe whose "
           "state or loss became NaN/inf, limbs int64 [K, P, 6] with val else None).  num_threads 0: OpenMP's "
-          "default.",
+          "default.  users_in_lanes: with P at most half a register, same-length users share one (the same "
+          "bits; False: one user per register).",
           "emb"_a, "adam_m"_a, "adam_v"_a, "lrs"_a, "regs"_a, "indptr"_a, "items"_a, "ratings"_a, "weights"_a,
           "keys"_a, "order"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a, "tower_weights"_a,
           "tower_biases"_a, "tower_activations"_a, py::kw_only(), "epoch_start"_a, "n_epochs"_a, "batch_size"_a,
           "optimizer"_a, "beta1"_a, "beta2"_a, "eps"_a, "seed"_a, "init"_a = py::none(),
           "checkpoint_ends"_a = py::none(), "val"_a = py::none(), "snapshots"_a = py::none(), "num_threads"_a = 0,
-          "simd"_a = "auto");
+          "simd"_a = "auto", "users_in_lanes"_a = true);
     m.def("validation_loss", &validation_loss_py,
           "Per-probe exact sums of w (pred - r)^2 over all ratings: (limbs int64 [P, 6] as "
           "retrain.contract.fixed_point_limbs, finite uint8 [P]); emb float32 [U, P, d].", "emb"_a,

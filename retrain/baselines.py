@@ -1,23 +1,27 @@
 """Honest speed baselines in plain PyTorch: what the fused backends are timed against.
 
 * ``eager_loop``: the training loop a PyTorch user would write, one probe after another.
-* ``batched``: the strongest plain-PyTorch version we could write, all probes in one tensor.
+* ``batched``: all probes in one tensor, minibatches drawn across users.
+* ``user_parallel``: OUR contract (per-user permutations, minibatches and Adam step counts) in
+  plain PyTorch, vectorised across users: the strongest honest baseline for the fused backends.
 
-Both draw shuffled minibatches of ``batch_size`` ratings across all users (``torch.randperm``
-with a generator seeded by ``seed``), so they do NOT follow the contract's schedule (per-user
-permutations, per-user minibatches and Adam step counts): they are for timing, not for parity.
-The loss of a minibatch C is the contract's, with the L2 term of each rating's user:
+``eager_loop`` and ``batched`` draw shuffled minibatches of ``batch_size`` ratings across all
+users (``torch.randperm`` with a generator seeded by ``seed``), so they do NOT follow the
+contract's schedule: they are for timing, not for parity.  The loss of a minibatch C is the
+contract's, with the L2 term of each rating's user:
 
     L_C = (1/|C|) sum_{c in C} [ w_c (pred_c - r_c)^2 + reg ||e_{u_c}||^2 ]
 
-Both run on ``init.device`` and return the embeddings ``[U, P, d]`` after training.
+``user_parallel`` follows the contract (docs/semantics.md) and agrees with the ``reference``
+backend to float32 rounding.  All run on ``init.device`` and return the embeddings ``[U, P, d]``
+after training.
 """
 from __future__ import annotations
 
 import torch
 
-from .backends.base import CSRTensors
-from .contract import Adam
+from .backends.base import CSRTensors, heaviest_first
+from .contract import GOLDEN, MASK32, PERM_DOMAIN, PERM_ROUNDS, Adam, combine
 from .errors import InputError
 from .heads import Head
 
@@ -164,3 +168,170 @@ def batched(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor,
                          *extra)
         emb[touched], adam_m[touched], adam_v[touched] = e, m, v
     return emb
+
+
+# --------------------------------------------------------------------------- user_parallel
+def _mul32(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``x * c mod 2**32`` for int64 tensors in ``[0, 2**32)``, with no int64 overflow: the product
+    is split at 16 bits of ``c`` (each partial product < 2**48)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & MASK32
+
+
+def _fmix32(x: torch.Tensor) -> torch.Tensor:
+    """``retrain.contract.fmix32`` on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, torch.tensor(0x85EBCA6B, device=x.device))
+    x = x ^ (x >> 13)
+    x = _mul32(x, torch.tensor(0xC2B2AE35, device=x.device))
+    return x ^ (x >> 16)
+
+
+def _combine(h: torch.Tensor, v: int) -> torch.Tensor:
+    """``retrain.contract.combine(h, v)`` for a tensor of hashes ``h`` and one word ``v``."""
+    return _fmix32(h ^ ((v + GOLDEN) & MASK32))
+
+
+def _bucket_permutations(keys: torch.Tensor, counts: torch.Tensor, bits: int, seed: int, epoch: int) -> torch.Tensor:
+    """The contract's permutations of the users in one bucket, all at once.
+
+    ``keys``, ``counts``: int64 ``[u]`` of users whose ``ceil(log2(n)) == bits``.  Returns int64
+    ``[u, 2**bits]``: entry ``[j, i]`` is the rating (canonical index) visited at position ``i``
+    of the epoch, for ``i < counts[j]`` (beyond: meaningless).  Every user has its own round
+    constants; cycle walking re-applies the bijection where a value is still ``>= n``.
+    """
+    width, mask, shift = 1 << bits, (1 << bits) - 1, (bits + 1) // 2
+    prefix = int(combine(combine(PERM_DOMAIN, seed & MASK32), epoch & MASK32))
+    base = _fmix32(prefix ^ ((keys + GOLDEN) & MASK32))  # combine(prefix, key), per user
+    rounds = [(_combine(base, 2 * r)[:, None] | 1, _combine(base, 2 * r + 1)[:, None]) for r in range(PERM_ROUNDS)]
+
+    def bijection(x):
+        for mult, add in rounds:
+            x = (_mul32(x, mult) + add) & mask
+            x = x ^ (x >> shift)
+        return x
+
+    position = torch.arange(width, device=keys.device)[None, :]
+    x = bijection(position.expand(len(keys), width))
+    n = counts[:, None]
+    outside = (x >= n) & (position < n)
+    while bool(outside.any()):
+        x = torch.where(outside, bijection(x), x)
+        outside = (x >= n) & (position < n)
+    return x
+
+
+def _epoch_rows(data_sorted, bucket_ranges, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Per bucket, int64 ``[u, 2**bits]``: the rating row (CSR index) each user visits at each
+    position of ``epoch``, -1 past the user's count."""
+    indptr, counts, keys = data_sorted
+    tables = []
+    for first, last, bits in bucket_ranges:
+        n = counts[first:last]
+        perm = _bucket_permutations(keys[first:last], n, bits, seed, epoch)
+        position = torch.arange(perm.shape[1], device=perm.device)[None, :]
+        tables.append(torch.where(position < n[:, None], indptr[first:last, None] + perm, -1))
+    return tables
+
+
+def _step_rows(tables, bucket_ranges, chunk: int, batch_size: int, n_active: int) -> list[tuple[int, torch.Tensor]]:
+    """The ``chunk``-th minibatch of the first ``n_active`` users (sorted heaviest first) as
+    ``(first user, rows [k, w])`` pieces of consecutive users, one per width ``w`` (a bucket's
+    minibatch is at most its width wide, so small buckets are not padded to the batch size);
+    -1 where a user's minibatch is shorter than ``w``."""
+    lo = chunk * batch_size
+    pieces = []  # [first, width, [tables]]
+    for table, (first, _, _) in zip(tables, bucket_ranges):
+        if first >= n_active or table.shape[1] <= lo:
+            break  # buckets come widest first: the rest have no chunk-th minibatch
+        piece = table[:n_active - first, lo:lo + batch_size]
+        if pieces and pieces[-1][1] == piece.shape[1]:
+            pieces[-1][2].append(piece)
+        else:
+            pieces.append([first, piece.shape[1], [piece]])
+    return [(first, torch.cat(parts)) for first, _, parts in pieces]
+
+
+def _user_parallel_grad(head: Head, e, q, offset, rating, coef, reg):
+    """Gradient of each (user, probe) loss w.r.t. its embedding, ``[k, P, d]``.
+
+    ``e [k, P, d]``; ``q [k, w, h]`` item vectors of each user's minibatch; ``offset``, ``rating``
+    ``[k, w]``; ``coef [k, w]`` = w / |C| (0 on padding); ``reg [P]``.  By hand (two batched
+    matmuls) without a tower, by autograd through one.
+    """
+    if not head.tower:
+        pred = torch.bmm(e, q.transpose(1, 2)) + offset[:, None, :]  # [k, P, w]
+        d_pred = 2.0 * coef[:, None, :] * (pred - rating[:, None, :])
+        return torch.bmm(d_pred, q) + 2.0 * reg[None, :, None] * e
+    leaf = e.detach().requires_grad_(True)
+    pred = torch.bmm(head.user_features(leaf), q.transpose(1, 2)) + offset[:, None, :]
+    loss = (coef[:, None, :] * (pred - rating[:, None, :]) ** 2).sum() + (reg[None, :, None] * leaf * leaf).sum()
+    (grad,) = torch.autograd.grad(loss, leaf)
+    return grad
+
+
+def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, *,
+                  n_epochs: int, batch_size: int, seed: int = 0, max_steps: int | None = None) -> torch.Tensor:
+    """The contract's schedule in plain PyTorch, vectorised across users; returns ``[U, P, d]``.
+
+    Users are sorted by rating count (heaviest first), so at step ``c`` of an epoch the users that
+    still have a ``c``-th minibatch are a prefix of the table: they all take it at once.  Each
+    epoch's per-user permutations are computed with integer tensor ops per power-of-two bucket
+    of counts (``retrain.contract.permutation``, every user its own round constants), the
+    minibatch ratings are padded to the bucket's width (at most ``batch_size``), predictions and gradients are batched
+    matmuls, and Adam updates the prefix in place with each user's own step count.  Adam's
+    constants are the contract's defaults (``retrain.contract.Adam()``).  ``max_steps`` caps the
+    number of steps (each one minibatch of every active user).  Runs on ``init.device``.
+    """
+    _check(data, init, lrs, regs, batch_size)
+    device = init.device
+    head = head.to(device)
+    counts_all = (data.indptr[1:] - data.indptr[:-1]).cpu().numpy()
+    order = torch.from_numpy(heaviest_first(counts_all)).to(device)
+    counts = torch.as_tensor(counts_all, device=device)[order]
+    n_rated = int((counts > 0).sum())
+    data_sorted = (data.indptr.to(device)[:-1][order], counts, data.keys.to(device)[order])
+    bits_of = [int(n - 1).bit_length() for n in counts[:n_rated].tolist()]
+    bucket_ranges = []  # (first, last, bits): sorted users of one power-of-two bucket
+    for u, bits in enumerate(bits_of):
+        if bucket_ranges and bucket_ranges[-1][2] == bits:
+            bucket_ranges[-1][1] = u + 1
+        else:
+            bucket_ranges.append([u, u + 1, bits])
+    items, ratings, weights = data.items.to(device).long(), data.ratings.to(device), data.weights.to(device)
+    Q, offsets = head.item_vectors, head.item_bias + head.global_bias
+    n_probes = len(lrs)
+    emb = init.to(device)[order][:, None, :].repeat(1, n_probes, 1)
+    adam_m, adam_v = torch.zeros_like(emb), torch.zeros_like(emb)
+    lr, reg = lrs.to(device)[None, :, None], regs.to(device)
+    steps_per_epoch = (counts + batch_size - 1) // batch_size  # [U] sorted
+    # Users with a c-th minibatch: the first active[c] (counts sorted decreasing).
+    max_chunks = int(steps_per_epoch[0]) if n_rated else 0
+    active = torch.searchsorted(-counts, -torch.arange(max_chunks, device=device) * batch_size, right=False)
+    active = active.tolist()
+    budget = n_epochs * max_chunks if max_steps is None else min(max_steps, n_epochs * max_chunks)
+    for step in range(budget):
+        epoch, chunk = divmod(step, max_chunks)
+        if chunk == 0:
+            tables = _epoch_rows(data_sorted, bucket_ranges, seed, epoch)
+        k = active[chunk]
+        size = torch.clamp(counts[:k] - chunk * batch_size, max=batch_size)  # |C| per user
+        grads = []
+        for first, rows in _step_rows(tables, bucket_ranges, chunk, batch_size, k):  # rows [k_i, w_i]
+            valid = rows >= 0
+            rows = rows.clamp_min(0)
+            coef = torch.where(valid, weights[rows], 0.0) / size[first:first + len(rows), None]
+            item = items[rows]
+            e = emb[first:first + len(rows)]
+            grads.append(_user_parallel_grad(head, e, Q[item], offsets[item], ratings[rows], coef, reg))
+        grad = grads[0] if len(grads) == 1 else torch.cat(grads)
+        e = emb[:k]
+        t = (epoch * steps_per_epoch[:k] + chunk + 1).double()  # each user's own Adam step
+        bias1 = (1 - _ADAM.beta1 ** t).float()[:, None, None]
+        bias2 = (1 - _ADAM.beta2 ** t).float()[:, None, None]
+        m, v = adam_m[:k], adam_v[:k]
+        m.mul_(_ADAM.beta1).add_((1 - _ADAM.beta1) * grad)
+        v.mul_(_ADAM.beta2).add_((1 - _ADAM.beta2) * grad * grad)
+        e.sub_(lr * (m / bias1) / ((v / bias2).sqrt() + _ADAM.eps))
+    out = torch.empty_like(emb)
+    out[order] = emb
+    return out

@@ -147,20 +147,41 @@ def test_every_simd_path_matches_reference(simd, kind, d, h, optimizer, batch):
     assert rel_err(loss, ref_loss) <= 1e-5
 
 
-def test_results_do_not_depend_on_thread_count():
-    # Bitwise, not just close: in training each user is owned by one thread for the whole call
-    # and runs a fixed instruction sequence (probes in SIMD lanes, sums in a fixed order), and
-    # users never interact; validation adds each user's sum exactly (integer limbs), so the
-    # order in which threads add them cannot change a bit.
+def _threads_problem():
     head = random_head("tower1", 40, 6, 5, seed=5)
     counts = np.random.default_rng(6).integers(0, 60, 300)
     data = random_ratings(300, 40, counts=counts, seed=7)
     lrs, regs = [1e-2, 5e-2, 2e-1, 1e-3, 1e-2], [1e-3, 1e-5, 1e-2, 0.0, 1e-1]
-    one = _train(CpuBackend(num_threads=1), head, data, lrs, regs, batch_size=4)
+    return head, data, lrs, regs
+
+
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+def test_results_do_not_depend_on_thread_count(simd):
+    # Bitwise, not just close: in training each user is owned by one thread for the whole call
+    # and runs a fixed instruction sequence (probes in SIMD lanes, sums in a fixed order), and
+    # users never interact; validation adds each user's sum exactly (integer limbs), so the
+    # order in which threads add them cannot change a bit.
+    head, data, lrs, regs = _threads_problem()
+    one = _train(CpuBackend(num_threads=1, simd=simd), head, data, lrs, regs, batch_size=4)
     for threads in (2, 3):
-        many = _train(CpuBackend(num_threads=threads), head, data, lrs, regs, batch_size=4)
+        many = _train(CpuBackend(num_threads=threads, simd=simd), head, data, lrs, regs, batch_size=4)
         assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
         assert np.array_equal(one[2], many[2])
+
+
+# Paths with the same per-lane arithmetic (multiply-add fused or not; every product sums its terms
+# in the same order, whatever the register width): their results are the same bits.
+SAME_BITS = [("portable", "sse4"), ("avx2", "avx512")]
+
+
+@pytest.mark.parametrize("narrow,wide", SAME_BITS)
+def test_paths_with_the_same_arithmetic_give_the_same_bits(narrow, wide):
+    if not {narrow, wide} <= set(_C.simd_paths()):
+        pytest.skip(f"this CPU cannot run both {narrow} and {wide}")
+    head, data, lrs, regs = _threads_problem()
+    a = _train(CpuBackend(num_threads=2, simd=narrow), head, data, lrs, regs, batch_size=4)
+    b = _train(CpuBackend(num_threads=2, simd=wide), head, data, lrs, regs, batch_size=4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and np.array_equal(a[2], b[2])
 
 
 def test_probe_result_does_not_depend_on_the_other_probes():
@@ -216,3 +237,69 @@ def test_validation_sums_are_the_contract_fixed_point_sums():
     want, ok = fixed_point_limbs(torch.from_numpy(terms.astype(np.float64)))
     assert finite.all() and ok.all() and terms.max() > 2.0**63 and 0 < terms[3] < 2.0**-64
     assert fixed_point_value(limbs[0]) == fixed_point_value(want.sum(0))
+
+
+def test_thread_count_follows_the_work_unless_given():
+    auto, torch_threads = CpuBackend(), torch.get_num_threads()
+    assert auto.threads(3000, 200) == 1  # a few thousand rating·probes: one thread
+    assert auto.threads(10**9, 10**5) == torch_threads
+    assert auto.threads(10**9, 1) == 1  # one user has one owner
+    assert auto.threads(2 * CpuBackend.WORK_PER_THREAD, 100) == min(2, torch_threads)
+    assert CpuBackend(num_threads=3).threads(10, 1) == 3
+
+
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+@pytest.mark.parametrize("kind,P,optimizer,batch", [("mf", 1, "adam", 3), ("tower2", 2, "adam", 5),
+                                                    ("tower1", 3, "sgd", 2), ("mf", 5, "adam", 64)])
+def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch):
+    # Same-length users share a register when P is at most half of it; every lane must run exactly
+    # what it runs alone: embeddings, moments, checkpoint losses and snapshots, bitwise.  Many users
+    # share counts here (groups fill, and some are partial), including users without ratings.
+    head = random_head(kind, 23, 6, 4, seed=20)
+    counts = np.random.default_rng(21).choice([0, 1, 2, 7, 7, 7, 12, 40], 90)
+    train, val = random_ratings(90, 23, counts=counts, seed=22), random_ratings(90, 23, seed=23)
+    lrs, regs = [3e-2, 1e-1, 1e-2, 2e-1, 5e-2][:P], [1e-3, 1e-2, 0.0, 1e-4, 1e-1][:P]
+    hyp = HyperParams(model="matrix_factorization_6", optimizer=optimizer, batch_size=batch, seed=4)
+
+    def run(users_in_lanes):
+        problem = prepare(head, train, val, hyp, CpuBackend(num_threads=2, simd=simd, users_in_lanes=users_in_lanes))
+        problem.start(lrs, regs, keep_best=True)
+        first = problem.checkpoints([1, 2])  # fresh, with a snapshot after epoch 1
+        problem.keep_best(list(range(P)), index=0)
+        second = problem.checkpoints([2])  # from the stored state
+        moments = [m.clone() for m in problem.moments]
+        return problem.embeddings().clone(), moments, problem.best_embeddings(), first + second
+
+    packed, alone = run(True), run(False)
+    assert torch.equal(packed[0], alone[0]) and torch.equal(packed[2], alone[2])
+    assert all(torch.equal(a, b) for a, b in zip(packed[1], alone[1]))
+    for a, b in zip(packed[3], alone[3]):
+        assert np.array_equal(a.losses, b.losses) and np.array_equal(a.finite, b.finite)
+    if simd != _C.simd_paths()[-1]:
+        return  # the reference once: the paths agree with it (test_every_simd_path_matches_reference)
+    ref = _train("reference", head, train, lrs, regs, optimizer=optimizer, batch_size=batch, epochs=5, seed=4)
+    assert rel_err(packed[0], ref[0]) <= 1e-5, describe_mismatch(packed[0], ref[0], 1e-5)
+
+
+def test_wide_probe_blocks_are_transposed_exactly():
+    # P and d above every register width, neither a multiple of it: the state moves between
+    # [P][d] and the kernel's [d][lanes] in register-sized blocks plus edges.  On every path, a
+    # call of 0 epochs loads and stores the state unchanged, and 2 epochs agree with the reference.
+    head = random_head("mf", 17, 20, seed=30)
+    data = random_ratings(7, 17, seed=31)
+    P = 19
+    lrs, regs = np.logspace(-3, -1, P).tolist(), np.logspace(-5, -2, P).tolist()
+    ref, _, _ = _train("reference", head, data, lrs, regs, batch_size=8, epochs=2)
+    _, kwargs = _valid_args()
+    dense = head_tensors(head, "cpu", "cpu")
+    csr = csr_tensors(data, "cpu")
+    for simd in _C.simd_paths():
+        emb, _, _ = _train(CpuBackend(simd=simd), head, data, lrs, regs, batch_size=8, epochs=2)
+        assert rel_err(emb, ref) <= 1e-5, (simd, describe_mismatch(emb, ref, 1e-5))
+        state = [np.random.default_rng(k).normal(size=(7, P, 20)).astype(np.float32) for k in range(3)]
+        kept = [s.copy() for s in state]
+        _C.train_epochs(*state, np.array(lrs, np.float32), np.array(regs, np.float32), csr.indptr.numpy(),
+                        csr.items.numpy(), csr.ratings.numpy(), csr.weights.numpy(), csr.keys.numpy(),
+                        np.arange(7), dense.item_vectors.numpy(), dense.item_bias.numpy(), dense.global_bias,
+                        [], [], [], **{**kwargs, "n_epochs": 0}, simd=simd)
+        assert all(np.array_equal(s, k) for s, k in zip(state, kept)), simd

@@ -1,8 +1,10 @@
 """The ``cpu`` backend: the fused C++ loop of ``retrain._C`` (``csrc/``), OpenMP over users.
 
 For each user, all P probes train together with the user's embeddings and Adam moments held in a
-local buffer for the whole call; the probes sit in SIMD lanes (AVX2 + FMA when the CPU has them,
-else SSE4), so a probe's result does not depend on the other probes or on the thread count.
+local buffer for the whole call; the probes sit in SIMD lanes (AVX-512 or AVX2 with FMA when the
+CPU has them, else SSE4; a portable C++ kernel elsewhere), so a probe's result does not depend on
+the other probes or on the thread count.  With few probes, several users with the same rating
+count share a register (users in lanes), with the same bits.
 Tensors are passed zero-copy (``tensor.numpy()``); the prepared problem keeps the numpy views of
 everything fixed, so a call converts nothing.
 """
@@ -40,6 +42,7 @@ class CpuProblem(Problem):
         self._train_csr = _csr_arrays(train_t)
         self._keys = train_t.keys.numpy()
         self._val_csr = _csr_arrays(csr_tensors(val, "cpu")) if val is not None else None
+        self._val_nnz = val.nnz if val is not None else 0
         self._order = np.ascontiguousarray(self.order)
         self._init_np = self.init.numpy()
         self._snapshot_flat = torch.empty(0, dtype=torch.float32)
@@ -56,13 +59,15 @@ class CpuProblem(Problem):
         # the users with training ratings move.
         every = self.fresh or validate or snapshots is not None
         order = self._order if every else self._order[:self.n_with_ratings]
+        work = self.n_probes * (self.n_train * int(ends[-1]) + (self._val_nnz * len(ends) if validate else 0))
         return _C.train_epochs(self.emb.numpy(), m, v, self.lrs.numpy(), self.regs.numpy(), *self._train_csr,
                                self._keys, order, *self._head, epoch_start=self.epoch, n_epochs=int(ends[-1]),
                                batch_size=self.spec.batch_size, seed=self.spec.seed,
                                init=self._init_np if self.fresh else None, checkpoint_ends=ends,
                                val=self._val_csr if validate else None,
                                snapshots=None if snapshots is None else snapshots.numpy(),
-                               num_threads=self.backend.threads(), simd=self.backend.simd, **self._optimizer)
+                               num_threads=self.backend.threads(work, len(order)), simd=self.backend.simd,
+                               users_in_lanes=self.backend.users_in_lanes, **self._optimizer)
 
     def _train(self, epoch_start, n_epochs, fresh):
         finite, _ = self._call(np.array([n_epochs], dtype=np.int64), validate=False)
@@ -93,7 +98,8 @@ class CpuProblem(Problem):
 
     def _validate(self, emb):
         limbs, finite = _C.validation_loss(emb.numpy(), *self._val_csr, *self._head,
-                                           num_threads=self.backend.threads(), simd=self.backend.simd)
+                                           num_threads=self.backend.threads(emb.shape[1] * self._val_nnz, self.n_users),
+                                           simd=self.backend.simd)
         return limbs, finite.astype(bool)
 
 
@@ -101,20 +107,34 @@ class CpuBackend(Backend):
     """Fused C++ backend.
 
     Args:
-        num_threads: OpenMP threads (default: ``torch.get_num_threads()`` at each call).
-        simd: ``"auto"`` (best the CPU supports), ``"avx2"`` or ``"sse4"``; results differ between
-            the two by rounding only (AVX2 fuses multiply-adds).
+        num_threads: OpenMP threads of every call.  Default: chosen per call from its work, one
+            thread per ``WORK_PER_THREAD`` rating·probe visits (a call with a few thousand ratings
+            runs on one thread: starting threads would cost more than they save), at most
+            ``torch.get_num_threads()``.  Results never depend on it.
+        simd: ``"auto"`` (per call, the fastest the CPU supports for its P), ``"avx512"``, ``"avx2"``, ``"sse4"`` or
+            ``"portable"`` (``retrain._C.simd_paths()`` lists those this CPU runs).  AVX-512 and
+            AVX2 fuse multiply-adds and give the same bits; SSE4 and portable give the same bits;
+            the two pairs differ by rounding only.
+        users_in_lanes: when the probes fill at most half a register (P = 1 in the final retrain
+            and fold-in), several users with the same rating count share it, one per group of
+            lanes: the same bits as one user per register (False), several times faster.
     """
 
     name = "cpu"
+    WORK_PER_THREAD = 1 << 16  # rating·probe visits: about 0.1-0.5 ms of one core
 
-    def __init__(self, num_threads: int | None = None, simd: str = "auto"):
+    def __init__(self, num_threads: int | None = None, simd: str = "auto", users_in_lanes: bool = True):
         super().__init__("cpu")
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1)
         self.simd = simd
+        self.users_in_lanes = bool(users_in_lanes)
 
-    def threads(self) -> int:
-        return self.num_threads or torch.get_num_threads()
+    def threads(self, work: int, n_users: int) -> int:
+        """Threads for a call of ``work`` rating·probe visits over ``n_users`` users."""
+        if self.num_threads is not None:
+            return self.num_threads
+        wanted = max(1, min(work // self.WORK_PER_THREAD, n_users))
+        return int(min(torch.get_num_threads(), wanted))
 
     def prepare(self, head, train, val, spec, *, init):
         return CpuProblem(self, head, train, val, spec, init)

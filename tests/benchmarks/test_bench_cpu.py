@@ -2,10 +2,13 @@
 
 Unit: rating·probe·epochs per second (one probe visiting one training rating once).  Every
 backend trains the same matrix-factorization head (d = h = 32, random item vectors) with Adam and
-minibatches of 16 ratings (the project default) or 1024 (where the torch baselines do best); the
-baselines draw minibatches across users (``retrain.baselines``), the fused backends per user (the
-contract).  The slow backends are timed on a slice (a few steps, the reference on its first users);
-the baselines' set-up (allocating the [U, P, d] state, building modules), timed with
+minibatches of 16 ratings (the project default) or 1024 (where the torch baselines do best).  The
+eager and batched baselines draw minibatches across users (``retrain.baselines``), the fused
+backends per user (the contract); ``user_parallel`` is the contract in plain PyTorch, vectorised
+across users (the strongest honest baseline), timed over one full epoch.  ``cpu-r1`` is the cpu
+backend restricted to its round-1 kernel (AVX2, one user per register), timed side by side.
+``test_fold_in`` times the serving recipe (``train_embeddings``, P = 1) on 10,000 new users.  The slow backends are
+timed on a slice (a few steps, the reference on its first users); the baselines' set-up (allocating the [U, P, d] state, building modules), timed with
 ``max_steps=0``, is subtracted, so what they are credited with is their speed per step.
 
 Flops counted per rating·probe: 4h = 128 (prediction dot product 2h, gradient axpy 2h; DESIGN.md §6
@@ -29,13 +32,13 @@ import pytest
 import torch
 
 from retrain.backends.base import csr_tensors
-from retrain.backends.cpu import HAS_CPU_EXTENSION, CpuBackend
-from retrain.baselines import batched, eager_loop
+from retrain.backends.cpu import HAS_CPU_EXTENSION, CpuBackend, _C
+from retrain.baselines import batched, eager_loop, user_parallel
 from retrain.contract import initial_embeddings, user_key
 from retrain.data import synthetic_ratings
 from retrain.heads import Head
 from retrain.hyperparams import HyperParams
-from retrain.trainer import prepare
+from retrain.trainer import prepare, train_embeddings
 
 ML_SMALL = Path(__file__).parents[3] / "shared/data/ml-latest-small/ratings.csv"
 RUNS = Path(__file__).parents[2] / "runs"
@@ -62,11 +65,12 @@ def _skip_when_disabled(request):
 class Summary:
     """Throughputs collected over the module, printed and written as one markdown table."""
 
-    BACKENDS = ("cpu", "reference", "eager", "batched", "batched+compile")
+    BACKENDS = ("cpu", "cpu-r1", "reference", "eager", "batched", "batched+compile", "user_parallel")
 
     def __init__(self):
         self.rows = {}  # (dataset, batch, P) -> {backend: best rating·probe·epochs / s}
         self.peak = None
+        self.fold_in = {}  # kernel -> best users / s
 
     def add(self, benchmark, key: tuple, backend: str, work: float, setup: float = 0.0) -> None:
         """Record ``work`` rating·probe·epochs done in the best round, less ``setup`` seconds."""
@@ -85,18 +89,23 @@ class Summary:
                  f"2 threads; cpu: {THREADS} threads. FP32 peak (torch matmul, {THREADS} threads): "
                  f"{self.peak / 1e9:.1f} GFLOP/s; {FLOPS_PER_RATING_PROBE} flops per rating·probe.", "",
                  "| data set | batch | P | " + " | ".join(self.BACKENDS) +
-                 " | cpu / eager | cpu / batched | cpu GFLOP/s | % of peak |",
-                 "|---|---:|---:|" + "---:|" * (len(self.BACKENDS) + 4)]
+                 " | cpu / eager | cpu / batched | cpu / user_parallel | cpu GFLOP/s | % of peak |",
+                 "|---|---:|---:|" + "---:|" * (len(self.BACKENDS) + 5)]
         for key in sorted(self.rows, key=lambda k: (DATASETS.index(k[0]), k[1], k[2])):
             speeds = self.rows[key]
             cells = [f"{speeds[b]:.3g}" if b in speeds else "" for b in self.BACKENDS]
             cpu = speeds.get("cpu")
             best_batched = max(speeds.get("batched", 0.0), speeds.get("batched+compile", 0.0))
-            ratio = lambda base: f"{cpu / base:,.0f}x" if cpu and base else ""
+            ratio = lambda base: (f"{cpu / base:.1f}x" if cpu / base < 10 else f"{cpu / base:,.0f}x") \
+                if cpu and base else ""
             gflops = cpu * FLOPS_PER_RATING_PROBE / 1e9 if cpu else None
             lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) +
                          f" | {ratio(speeds.get('eager'))} | {ratio(best_batched)} | "
+                         f"{ratio(speeds.get('user_parallel'))} | "
                          + (f"{gflops:.3g} | {100 * gflops * 1e9 / self.peak:.2g} |" if cpu else " | |"))
+        if self.fold_in:
+            lines += ["", f"Fold-in of {FOLD_IN_USERS:,} new users, {FOLD_IN_EPOCHS} epochs (train_embeddings, "
+                      f"{THREADS} threads): " + ", ".join(f"{k}: {v:,.0f} users/s" for k, v in self.fold_in.items())]
         return "\n".join(lines)
 
 
@@ -185,15 +194,49 @@ def _hyper(P: int):
             torch.logspace(-5, -2, P, dtype=torch.float32) if P > 1 else torch.tensor([1e-3]))
 
 
+# The cpu backend as it ships, and its round-1 kernel (AVX2, one user per register) side by side.
+CPU_KERNELS = {"cpu": dict(), "cpu-r1": dict(simd="avx2", users_in_lanes=False)}
+
+
+def _cpu_backend(kernel: str) -> CpuBackend:
+    options = CPU_KERNELS[kernel]
+    if options.get("simd", "auto") not in ("auto", *_C.simd_paths()):
+        pytest.skip(f"this CPU cannot run {options['simd']}")
+    return CpuBackend(num_threads=THREADS, **options)
+
+
 @pytest.mark.skipif(not HAS_CPU_EXTENSION, reason="retrain._C not built")
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
 @pytest.mark.parametrize("P", PROBES)
 @pytest.mark.parametrize("batch", BATCHES)
-def test_cpu(benchmark, summary, problem, batch, P):
+def test_cpu(benchmark, summary, problem, batch, P, kernel):
     name, head, _, init, ratings = problem
-    prepared, one_epoch = _epochs(CpuBackend(num_threads=THREADS), head, ratings, init, batch, P)
+    prepared, one_epoch = _epochs(_cpu_backend(kernel), head, ratings, init, batch, P)
     benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
-    summary.add(benchmark, (name, batch, P), "cpu", ratings.nnz * P)
+    summary.add(benchmark, (name, batch, P), kernel, ratings.nnz * P)
     assert torch.isfinite(prepared.embeddings()).all()
+
+
+FOLD_IN_USERS, FOLD_IN_EPOCHS = 10_000, 30
+
+
+@pytest.mark.skipif(not HAS_CPU_EXTENSION, reason="retrain._C not built")
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+def test_fold_in(benchmark, summary, kernel, request):
+    # Serving: new users (Pareto activity, mean 20 ratings, at least 2) trained for 30 epochs with
+    # one configuration (P = 1) against a frozen head of 10,000 items.
+    _skip_when_disabled(request)
+    ratings = synthetic_ratings(n_users=FOLD_IN_USERS, n_items=10_000, mean_ratings_per_user=20, seed=1)
+    g = torch.Generator().manual_seed(0)
+    head = Head.matrix_factorization(torch.randn(ratings.n_items, D, generator=g) / D**0.5,
+                                     torch.randn(ratings.n_items, generator=g) * 0.3, 3.5)
+    hyp = HyperParams(model=f"matrix_factorization_{D}", learning_rate=1e-2, regularization=1e-3)
+    backend = _cpu_backend(kernel)
+    emb = benchmark.pedantic(train_embeddings, args=(head, ratings, hyp, FOLD_IN_EPOCHS, backend),
+                             rounds=ROUNDS, warmup_rounds=1)
+    assert emb.shape == (FOLD_IN_USERS, D) and torch.isfinite(emb).all()
+    if benchmark.stats is not None:
+        summary.fold_in[kernel] = FOLD_IN_USERS / benchmark.stats.stats.min
 
 
 @pytest.mark.parametrize("P", PROBES)
@@ -255,3 +298,17 @@ def test_batched(benchmark, summary, problem, batch, P, compiled, torch_threads)
     benchmark.pedantic(run, args=(steps,), rounds=ROUNDS)
     summary.add(benchmark, (name, batch, P), "batched+compile" if compiled else "batched",
                 P * _ratings_in(steps, ratings.nnz, batch), setup)
+
+
+@pytest.mark.parametrize("P", PROBES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_user_parallel(benchmark, summary, problem, batch, P, torch_threads):
+    # One full epoch of the contract's schedule; the set-up (sorting, the state) is subtracted.
+    name, head, data, init, ratings = problem
+    lrs, regs = _hyper(P)
+    run = lambda max_steps: user_parallel(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
+                                          max_steps=max_steps)
+    run(None)
+    setup = min(_seconds(run, 0) for _ in range(ROUNDS))
+    benchmark.pedantic(run, args=(None,), rounds=ROUNDS)
+    summary.add(benchmark, (name, batch, P), "user_parallel", P * ratings.nnz, setup)
