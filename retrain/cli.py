@@ -219,7 +219,7 @@ def _tuning(parser) -> None:
     group.add_argument("--max-evals", type=_positive_int, default=DEFAULT_MAX_EVALS, metavar="N",
                        help=f"points the tuner evaluates (default {DEFAULT_MAX_EVALS})")
     group.add_argument("--n-starts", type=_positive_int, default=8, metavar="K",
-                       help="NLopt optimizers run in lock-step; a round trains up to K points at once (default 8)")
+                       help="the most NLopt local searches live at once after the wide first batch (default 8)")
     group.add_argument("--max-time", type=_positive_float, default=3600.0, metavar="S",
                        help="tuning time budget in seconds (default 3600)")
 
