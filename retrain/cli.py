@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import logging
 import math
-import os
 import sys
 import time
 import traceback
@@ -173,7 +172,7 @@ def cmd_fold_in(args) -> int:
               "embedding")
     if result.diverged.any():
         raise InputError(diverged_message(result.user_ids[result.diverged], len(result.user_ids), hyp)
-                         + f"; wrote nothing")
+                         + "; wrote nothing")
     write_embeddings(args.out, result.embeddings, result.user_ids, model=served.head.name, epochs=epochs)
     print(f"folded in {len(result.user_ids)} users ({result.ratings.nnz} ratings): lr {hyp.learning_rate:.4g}, "
           f"reg {hyp.regularization:.4g}, {epochs} epochs; wrote {args.out} (embeddings "

@@ -4,7 +4,6 @@ Each case is a row of a table: what is called, the error type, and what the mess
 CLI cases also check the exit status and that no file in the folder was written or changed.
 """
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 import retrain
 from problems import random_head

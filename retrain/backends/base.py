@@ -261,6 +261,19 @@ class Problem:
                 self._snapshots.append(self.emb.clone())
         return out
 
+    def _fused_checkpoints(self, n_epochs: int, finite, limbs, snapshots) -> list[Checkpoint]:
+        """The bookkeeping after a backend ran ``n_epochs`` epochs and several checkpoints in one
+        pass: ``finite`` bool ``[K, P]``, ``limbs`` int64 ``[K, P, 6]`` (None without validation),
+        ``snapshots`` ``[K - 1, U, P, d]`` (None without ``keep_best``)."""
+        finite, limbs = self._reduce(np.asarray(finite, dtype=bool), limbs)
+        self._state_finite &= finite[-1]
+        self.epoch += n_epochs
+        self.fresh = False
+        self._snapshots = list(snapshots) if snapshots is not None else []
+        if not self.has_val:
+            return [Checkpoint(np.zeros(self.n_probes), flags) for flags in finite]
+        return [Checkpoint(fixed_point_value(sums) / self.val_weight, flags) for sums, flags in zip(limbs, finite)]
+
     def keep_best(self, slots, index: int | None = None) -> None:
         """Record the embeddings of the live probes in ``slots`` at checkpoint ``index`` (0-based) of
         the last ``checkpoints`` call (None: the current state, its last checkpoint) as their best."""

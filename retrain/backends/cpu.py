@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..contract import Adam, fixed_point_value
+from ..contract import Adam
 from ..errors import check_int
-from .base import ACTIVATION_CODES, Backend, Checkpoint, Problem, csr_tensors, head_tensors
+from .base import ACTIVATION_CODES, Backend, Problem, csr_tensors, head_tensors
 
 try:
     from .. import _C
@@ -87,14 +87,7 @@ class CpuProblem(Problem):
                 self._snapshot_flat = torch.empty(size, dtype=torch.float32)
             snapshots = self._snapshot_flat[:size].view(K - 1, self.n_users, self.n_probes, self.d)
         finite, limbs = self._call(ends, validate=self.has_val, snapshots=snapshots)
-        finite, limbs = self._reduce(finite.astype(bool), limbs)
-        self._state_finite &= finite[-1]
-        self.epoch += int(ends[-1])
-        self.fresh = False
-        self._snapshots = list(snapshots) if snapshots is not None else []
-        if not self.has_val:
-            return [Checkpoint(np.zeros(self.n_probes), finite[k]) for k in range(K)]
-        return [Checkpoint(fixed_point_value(limbs[k]) / self.val_weight, finite[k]) for k in range(K)]
+        return self._fused_checkpoints(int(ends[-1]), finite, limbs, snapshots)
 
     def _validate(self, emb):
         limbs, finite = _C.validation_loss(emb.numpy(), *self._val_csr, *self._head,

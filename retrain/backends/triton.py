@@ -15,9 +15,9 @@ import torch
 
 import numpy as np
 
-from ..contract import Adam, fixed_point_value
+from ..contract import Adam
 from ..errors import InputError
-from .base import ACTIVATION_CODES, Backend, Checkpoint, Problem, csr_tensors, head_tensors, limbs_of_partials
+from .base import ACTIVATION_CODES, Backend, Problem, csr_tensors, head_tensors, limbs_of_partials
 
 try:
     import triton  # noqa: F401  (only to know whether it is there)
@@ -108,14 +108,7 @@ class TritonProblem(Problem):
             per_checkpoint = [limbs_of_partials(partial[k]) for k in range(K)]
             limbs = np.stack([np.asarray(l) for l, _ in per_checkpoint])
             finite &= np.stack([ok for _, ok in per_checkpoint])
-        finite, limbs = self._reduce(finite, limbs)
-        self._state_finite &= finite[-1]
-        self.epoch += ends[-1]
-        self.fresh = False
-        self._snapshots = list(snapshots) if snapshots is not None else []
-        if not self.has_val:
-            return [Checkpoint(np.zeros(self.n_probes), finite[k]) for k in range(K)]
-        return [Checkpoint(fixed_point_value(limbs[k]) / self.val_weight, finite[k]) for k in range(K)]
+        return self._fused_checkpoints(ends[-1], finite, limbs, snapshots)
 
     def _validate(self, emb):
         from ..kernels.validate import user_losses
