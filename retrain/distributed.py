@@ -209,7 +209,7 @@ class ShardedBackend(Backend):
         users = np.flatnonzero(self.owner == self.rank)
         local_val = val.select_users(users) if val is not None else None
         inner = self.inner.prepare(head, train.select_users(users), local_val, spec, init=init[torch.from_numpy(users)])
-        return ShardedProblem(self, inner, users, local_val, val is not None and val.nnz > 0)
+        return ShardedProblem(self, inner, users, local_val)
 
     def score(self, head, emb):
         return self.inner.score(head, emb)
@@ -318,14 +318,16 @@ class ShardedProblem:
     every rank.  Every call that changes the state is mirrored by the followers while rank 0 drives.
     """
 
-    def __init__(self, backend: ShardedBackend, inner, users: np.ndarray, val, has_val: bool):
+    def __init__(self, backend: ShardedBackend, inner, users: np.ndarray, val):
         self.backend, self.inner, self.users = backend, inner, users
         self.largest_shard = int(np.bincount(backend.owner, minlength=backend.world_size).max())
         weights = torch.from_numpy(val.weights.astype(np.float64)) if val is not None else torch.zeros(0)
         weight = backend.all_reduce_sum(fixed_point_limbs(weights)[0].sum(dim=0))
-        # Every rank's validation weight and the same "any validation" flag: losses are global sums
-        # over the global weight, and no rank skips a reduction the others make.
-        inner.val_weight, inner.has_val = float(fixed_point_value(weight)), has_val
+        # Every rank's validation weight, and so the same "any validation" flag (as in one process: a
+        # positive weight): losses are global sums over the global weight, and no rank skips a
+        # reduction the others make.
+        inner.val_weight = float(fixed_point_value(weight))
+        inner.has_val = inner.val_weight > 0
         _reduce_over_ranks(inner, backend)
 
     def __getattr__(self, name):

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends import get_backend
-from .errors import InputError
+from .errors import InputError, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
@@ -614,14 +614,6 @@ def _configured(nlopt, code: int, lower, upper, step, max_evals: int):
     return opt
 
 
-def _check_count(name: str, value, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_evals: int = 64,
          max_time: float = 3600.0, algorithm: str = "LN_BOBYQA", n_starts: int | None = 8, width: int | None = None,
          bounds=DEFAULT_BOUNDS, starts=None, space_filling_first_batch: bool = True, journal=None, backend="auto",
@@ -665,8 +657,9 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     """
     code = _algorithm(algorithm)
     lower, upper = check_bounds(bounds)
-    max_evals = _check_count("max_evals", max_evals, allow_none=False)
-    n_starts, width = _check_count("n_starts", n_starts), _check_count("width", width)
+    max_evals = check_int("max_evals", max_evals, 1)
+    n_starts = None if n_starts is None else check_int("n_starts", n_starts, 1)
+    width = None if width is None else check_int("width", width, 1)
     if not (isinstance(max_time, (int, float)) and max_time > 0):
         raise InputError(f"max_time must be > 0 seconds, got {max_time!r}")
     check_training_inputs(head, train, val)
