@@ -196,6 +196,12 @@ class Journal:
         self.problem = problem
         self._file = None
 
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def open(self) -> dict[tuple[float, float], dict]:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._file = open(self.path, "a+b")
