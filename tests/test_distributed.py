@@ -24,6 +24,9 @@ from retrain.hyperparams import HyperParams
 from retrain.movielens import load_movielens
 from retrain.trainer import train_embeddings, train_probes
 from retrain.tuner import tune
+from retrain.bundle import load
+from retrain.heads import Model
+from retrain.pipeline import retrain_user_embeddings
 
 ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
 
@@ -127,6 +130,60 @@ def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
     resumed = results(run_ranks(2, _tune_job, str(journal)))[1]
     assert (resumed.a, resumed.b, resumed.epochs) == (want.a, want.b, want.epochs)
     assert sum(e.trained for e in resumed.history) == 4
+
+
+# --------------------------------------------------------------------------- the pipeline
+PIPELINE_HYP = planted_hyp(subsampling_factor=0.5, max_epochs=8)
+
+
+def _pipeline(path, **options):
+    head, train, val = planted_problem(n_users=40)
+    return retrain_user_embeddings(Model(head, torch.zeros(train.n_users, head.d), train.user_ids), train, val,
+                                   PIPELINE_HYP, max_iters=8, n_starts=2, backend=BACKEND, path=path, **options)
+
+
+def _outcome(result):
+    """What every rank must agree on, bitwise (floats compared with ==)."""
+    return (result.tune.a, result.tune.b, result.tune.val_loss, [(e.a, e.b, e.loss) for e in result.tune.history],
+            result.epochs, result.val_loss, result.history, result.stop_reason, result.hyp, result.refit)
+
+
+def _pipeline_job(rank, out):
+    gathered = _pipeline(f"{out}/gathered.safetensors")
+    kept = _pipeline(f"{out}/sharded.safetensors", max_gather_bytes=0)  # any table is "too large": shards
+    table = None if gathered.model is None else gathered.model.user_embeddings
+    return (_outcome(gathered), table, _outcome(kept), kept.shard.users, kept.model.user_ids,
+            kept.model.user_embeddings)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_pipeline_bitwise_as_one_process_gathered_and_in_shards(tmp_path, world_size):
+    want = _pipeline(tmp_path / "one.safetensors")
+    assert want.refit and want.epochs > 0
+    ranks = results(run_ranks(world_size, _pipeline_job, str(tmp_path)))
+    table = want.model.user_embeddings
+    covered = []
+    for rank, (gathered, gathered_table, kept, users, user_ids, rows) in enumerate(ranks):
+        # Tuned values, epochs, histories: the same on every rank as in one process.
+        assert gathered == _outcome(want) and kept == _outcome(want)
+        assert torch.equal(gathered_table, table) if rank == 0 else gathered_table is None
+        # Kept in shards: each rank holds its own users' refitted rows.
+        assert np.array_equal(user_ids, want.model.user_ids[users]) and torch.equal(rows, table[users])
+        covered += users.tolist()
+    assert sorted(covered) == list(range(len(table)))
+    # Rank 0 wrote the gathered bundle: the very bytes of one process's.
+    assert (tmp_path / "gathered.safetensors").read_bytes() == (tmp_path / "one.safetensors").read_bytes()
+    # The shards and their index load as the same served model.
+    one, sharded = load(tmp_path / "one.safetensors"), load(tmp_path / "sharded.safetensors")
+    assert len(list(tmp_path.glob("sharded.shard-*-of-*.safetensors"))) == world_size
+    assert sharded.recipe == one.recipe
+    assert torch.equal(sharded.model.user_embeddings, one.model.user_embeddings)
+    assert np.array_equal(sharded.model.user_ids, one.model.user_ids)
+    assert np.array_equal(sharded.seen.indptr, one.seen.indptr) and np.array_equal(sharded.seen.items, one.seen.items)
+    assert np.array_equal(sharded.item_support, one.item_support)
+    ids = one.model.user_ids[[0, 7, 39]]
+    a, b = one.recommend(ids, k=5), sharded.recommend(ids, k=5)
+    assert np.array_equal(a.item_ids, b.item_ids) and np.array_equal(a.scores, b.scores)
 
 
 # --------------------------------------------------------------------------- the assignment
