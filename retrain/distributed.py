@@ -70,7 +70,7 @@ def init_distributed(backend: str | None = None, *, timeout: timedelta = DEFAULT
     ``triton`` backend); default NCCL when CUDA is available, else gloo.  Returns False (and does
     nothing) outside torchrun or when a group already exists; True when it initialised one.
     """
-    if dist.is_initialized() or not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):
+    if dist.is_initialized() or not launched_by_torchrun():
         return False
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend not in ("gloo", "nccl"):
@@ -79,6 +79,12 @@ def init_distributed(backend: str | None = None, *, timeout: timedelta = DEFAULT
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=timeout)
     return True
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a rank that torchrun started (``RANK``, ``WORLD_SIZE`` and
+    ``MASTER_ADDR`` are set)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def _comm_device(group) -> torch.device:
@@ -549,3 +555,9 @@ def save_shards(path, shard: Shard, model, recipe, seen=None) -> None:
     support = None if seen is None else np.bincount(seen.items, minlength=model.head.n_items)
     on_rank0(shard.backend, lambda: shards.write_index(path, model.head, recipe.to_json(), support,
                                                        [e for _, e in entries]))
+
+
+def leave() -> None:
+    """Destroy the default process group (``init_distributed``'s), even when a failed rank broke it."""
+    with suppress(Exception):
+        dist.destroy_process_group()
