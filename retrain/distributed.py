@@ -17,6 +17,12 @@ that for you: call them with the same arguments on every rank.
 
     torchrun --nproc-per-node 2 my_script.py      # my_script: init_distributed(); distributed.tune(...)
 
+The pipeline (``retrain.retrain_user_embeddings``) and the CLI's ``run`` shard the same way when
+a process group is initialised (``torchrun --nproc-per-node N -m retrain run ...``): rank 0 drives
+the tuning and the final retrain, every rank refits its own users (``train_embeddings(owner=...)``:
+the retrain's assignment), and the table is gathered on rank 0 (``Shard.gather``) or written where
+it lies, one file per rank and an index (``save_shards``, ``retrain.shards``).
+
 Failure: collectives carry the process group's timeout (``init_distributed(timeout=...)``,
 ``DEFAULT_TIMEOUT``).  An exception on rank 0 broadcasts "abort" and the others raise too (an
 InputError as InputError; the group stays usable when they were waiting for a command).  A
@@ -430,9 +436,13 @@ def _sharded(backend, group) -> tuple[Backend, ShardedBackend]:
     """``(driver, sharded)``: what rank 0 calls, and the ``ShardedBackend`` in it (the followers call
     that one: their calls are not metered)."""
     driver = sharded_backend(backend, group) or ShardedBackend(backend, group)  # the latter raises: no group
-    sharded = driver if isinstance(driver, ShardedBackend) else driver.inner
+    sharded = _unwrapped(driver)
     sharded.outputs = []
     return driver, sharded
+
+
+def _unwrapped(driver) -> ShardedBackend:
+    return driver if isinstance(driver, ShardedBackend) else driver.inner
 
 
 def _rank0_drives(sharded: ShardedBackend, lead, prepare):
@@ -511,7 +521,7 @@ class Shard:
     @staticmethod
     def of(backend) -> "Shard":
         """The shard of the last problem prepared by ``backend`` (a ``ShardedBackend``, wrapped or not)."""
-        sharded = backend if isinstance(backend, ShardedBackend) else backend.inner
+        sharded = _unwrapped(backend)
         return Shard(sharded, sharded.owner.copy())
 
     @property
@@ -535,7 +545,7 @@ class Shard:
 def on_rank0(backend, run) -> None:
     """``run()`` on rank 0 alone (e.g. writing a file) while the others wait for it: its exception
     is raised on every rank (an InputError as InputError, else DistributedError naming it)."""
-    _rank0_drives(_sharded(backend, None)[1], run, prepare=None)
+    _rank0_drives(_unwrapped(backend), run, prepare=None)
 
 
 def save_shards(path, shard: Shard, model, recipe, seen=None) -> None:

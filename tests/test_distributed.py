@@ -4,6 +4,7 @@ the assignment; a failing rank makes the others stop with a clear error.
 Each test spawns its ranks as processes (1 thread each) on a free localhost port; the oracle is
 one process running ``retrain.train_probes`` / ``retrain.tune`` / ``retrain.train_embeddings``.
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -152,8 +153,15 @@ def _pipeline_job(rank, out):
     gathered = _pipeline(f"{out}/gathered.safetensors")
     kept = _pipeline(f"{out}/sharded.safetensors", max_gather_bytes=0)  # any table is "too large": shards
     table = None if gathered.model is None else gathered.model.user_embeddings
+    # Saving again where rank 1 cannot write its file (a folder is in the way): every rank raises.
+    os.makedirs(f"{out}/blocked.shard-00001-of-{kept.shard.world_size:05d}.safetensors", exist_ok=True)
+    try:
+        kept.save(f"{out}/blocked.safetensors")
+        failed = None
+    except OSError as exc:
+        failed = str(exc)
     return (_outcome(gathered), table, _outcome(kept), kept.shard.users, kept.model.user_ids,
-            kept.model.user_embeddings)
+            kept.model.user_embeddings, failed)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -163,14 +171,16 @@ def test_pipeline_bitwise_as_one_process_gathered_and_in_shards(tmp_path, world_
     ranks = results(run_ranks(world_size, _pipeline_job, str(tmp_path)))
     table = want.model.user_embeddings
     covered = []
-    for rank, (gathered, gathered_table, kept, users, user_ids, rows) in enumerate(ranks):
+    for rank, (gathered, gathered_table, kept, users, user_ids, rows, failed) in enumerate(ranks):
         # Tuned values, epochs, histories: the same on every rank as in one process.
         assert gathered == _outcome(want) and kept == _outcome(want)
         assert torch.equal(gathered_table, table) if rank == 0 else gathered_table is None
         # Kept in shards: each rank holds its own users' refitted rows.
         assert np.array_equal(user_ids, want.model.user_ids[users]) and torch.equal(rows, table[users])
         covered += users.tolist()
+        assert "failed on 1 rank(s): rank 1: IsADirectoryError" in failed
     assert sorted(covered) == list(range(len(table)))
+    assert not (tmp_path / "blocked.safetensors").exists()  # no index naming a shard that is not there
     # Rank 0 wrote the gathered bundle: the very bytes of one process's.
     assert (tmp_path / "gathered.safetensors").read_bytes() == (tmp_path / "one.safetensors").read_bytes()
     # The shards and their index load as the same served model.
