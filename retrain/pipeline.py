@@ -141,9 +141,10 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
                                  strict=True)
     if path is not None:
         check_writable(path, "path")
+    max_gather_bytes = check_int("max_gather_bytes", max_gather_bytes, 0)
     sharded = distributed.sharded_backend(backend, group)
     if shards is None:
-        shards = sharded is not None and train.n_users * head.d * 4 > check_int("max_gather_bytes", max_gather_bytes, 0)
+        shards = sharded is not None and train.n_users * head.d * 4 > max_gather_bytes
     elif shards and sharded is None:
         raise InputError("shards=True writes one file per rank: it needs a sharded run (a torch.distributed group)")
 

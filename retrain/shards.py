@@ -105,13 +105,11 @@ def is_index(path) -> bool:
     """Whether ``path`` is a shard index (a one-file bundle is safetensors: never JSON)."""
     path = os.fspath(path)
     try:
-        if os.path.getsize(path) > _INDEX_MAX_BYTES:
-            return False
         with open(path, "rb") as f:
-            text = f.read()
+            if f.read(1) != b"{" or os.path.getsize(path) > _INDEX_MAX_BYTES:
+                return False
+            text = b"{" + f.read()
     except OSError:
-        return False
-    if not text.startswith(b"{"):
         return False
     try:
         return json.loads(text).get("format") == INDEX_FORMAT
