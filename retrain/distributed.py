@@ -62,6 +62,10 @@ class DistributedError(RuntimeError):
     """Another rank failed or left, or a collective timed out; the process group is unusable."""
 
 
+_DEFERRED = frozenset({"start", "keep_best", "drop", "best_embeddings", "embeddings"})
+"""Calls that make no collective on a follower: rank 0 sends them with its next call that does."""
+
+
 class _RaisedOnEveryRank(InputError):
     """An InputError every rank raises at the same point, after the same collectives (the group
     stays usable)."""
@@ -208,6 +212,7 @@ class ShardedBackend(Backend):
         self.owner = np.zeros(0, dtype=np.int64)
         self.outputs: list[torch.Tensor] = []
         self._driving = False
+        self._queue: list[tuple] = []  # rank 0's deferred calls (``_command``)
         self._pinned: np.ndarray | None = None
 
     def __repr__(self) -> str:
@@ -291,9 +296,13 @@ class ShardedBackend(Backend):
 
     # ----------------------------------------------------------------- rank 0 drives, the others follow
     def _command(self, name: str, *args, **kwargs) -> None:
-        """Send one call to the followers while rank 0 is driving."""
+        """Send one call to the followers while rank 0 is driving: at once when the call makes a
+        collective (the followers must be in it too), else with the next one that does."""
         if self._driving:
-            self.broadcast((name, args, kwargs))
+            self._queue.append((name, args, kwargs))
+            if name not in _DEFERRED:
+                queue, self._queue = self._queue, []
+                self.broadcast(queue)
 
     @contextmanager
     def driving(self):
@@ -301,17 +310,17 @@ class ShardedBackend(Backend):
         "stop" at the end, "abort" (then re-raise) on an exception."""
         if self.rank != 0:
             raise InputError("only rank 0 drives; the other ranks run follow()")
-        self._driving = True
+        self._driving, self._queue = True, []
         try:
             yield self
         except BaseException as exc:
             self._driving = False
             if not isinstance(exc, DistributedError):  # a broken group cannot carry the abort
                 with suppress(DistributedError):  # a follower that failed too has left: say why rank 0 stopped
-                    self.broadcast(("abort", (f"{type(exc).__name__}: {exc}", isinstance(exc, InputError)), {}))
+                    self.broadcast([("abort", (f"{type(exc).__name__}: {exc}", isinstance(exc, InputError)), {})])
             raise
         self._driving = False
-        self.broadcast(("stop", (), {}))
+        self.broadcast([*self._queue, ("stop", (), {})])
 
     def follow(self, prepare) -> None:
         """On ranks > 0: mirror rank 0's calls until it says stop.  ``prepare()`` answers its
@@ -321,28 +330,33 @@ class ShardedBackend(Backend):
             raise InputError("rank 0 drives (driving()); follow() runs on the other ranks")
         problem = None
         while True:
-            name, args, kwargs = self.broadcast(None)
-            if name == "stop":
-                return
-            if name == "abort":
-                message, input_error = args
-                raise (InputError if input_error else DistributedError)(f"rank 0 failed: {message}")
-            try:
-                if name == "prepare":
-                    problem = None  # free the last one first
-                    problem = prepare()
-                else:
-                    getattr(problem, name)(*args, **kwargs)
-            except _RaisedOnEveryRank:
-                self.broadcast(None)  # rank 0 raised it too and sends "abort": take it, so that it does not wait
-                raise
-            except BaseException:
-                # The other ranks wait for this one in a collective: closing its connections makes
-                # them raise now instead of at the timeout.
-                log.error("rank %d failed: leaving the process group", self.rank)
-                with suppress(Exception):
-                    dist.destroy_process_group(self.group)
-                raise
+            for name, args, kwargs in self.broadcast(None):
+                if name == "stop":
+                    return
+                if name == "abort":
+                    message, input_error = args
+                    raise (InputError if input_error else DistributedError)(f"rank 0 failed: {message}")
+                with self._leaving_on_failure():
+                    if name == "prepare":
+                        problem = None  # free the last one first
+                        problem = prepare()
+                    else:
+                        getattr(problem, name)(*args, **kwargs)
+
+    @contextmanager
+    def _leaving_on_failure(self):
+        """A follower's call that fails: the others wait for this rank in a collective, so it leaves
+        the group (they raise now instead of at the timeout); unless every rank raises the same."""
+        try:
+            yield
+        except _RaisedOnEveryRank:
+            self.broadcast(None)  # rank 0 raised it too and sends "abort": take it, so that it does not wait
+            raise
+        except BaseException:
+            log.error("rank %d failed: leaving the process group", self.rank)
+            with suppress(Exception):
+                dist.destroy_process_group(self.group)
+            raise
 
 
 class ShardedProblem:
