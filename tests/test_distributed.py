@@ -48,7 +48,7 @@ def _movielens():
     train, val = data.split_per_user(0.2, seed=0)
     g = torch.Generator().manual_seed(0)
     head = Head.matrix_factorization(torch.randn(data.n_items, 8, generator=g) / 8**0.5,
-                                     torch.randn(data.n_items, generator=g) * 0.3, 3.5)
+                                     torch.randn(data.n_items, generator=g) * 0.3, 3.5, item_ids=data.item_ids)
     return head, train, val
 
 
@@ -134,13 +134,17 @@ def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
 
 
 # --------------------------------------------------------------------------- the pipeline
-PIPELINE_HYP = planted_hyp(subsampling_factor=0.5, max_epochs=8)
+PIPELINES = {  # name: (head, train, val), hyper-parameters
+    "planted": (lambda: planted_problem(n_users=40), planted_hyp(subsampling_factor=0.5, max_epochs=8)),
+    "ml-latest-small": (_movielens, HYP.replace(model="matrix_factorization_8", subsampling_factor=0.5, max_epochs=8)),
+}
 
 
-def _pipeline(path, **options):
-    head, train, val = planted_problem(n_users=40)
+def _pipeline(name, path, **options):
+    problem, hyp = PIPELINES[name]
+    head, train, val = problem()
     return retrain_user_embeddings(Model(head, torch.zeros(train.n_users, head.d), train.user_ids), train, val,
-                                   PIPELINE_HYP, max_iters=8, n_starts=2, backend=BACKEND, path=path, **options)
+                                   hyp, max_iters=8, n_starts=2, backend=BACKEND, path=path, **options)
 
 
 def _outcome(result):
@@ -149,9 +153,9 @@ def _outcome(result):
             result.epochs, result.val_loss, result.history, result.stop_reason, result.hyp, result.refit)
 
 
-def _pipeline_job(rank, out):
-    gathered = _pipeline(f"{out}/gathered.safetensors")
-    kept = _pipeline(f"{out}/sharded.safetensors", max_gather_bytes=0)  # any table is "too large": shards
+def _pipeline_job(rank, name, out):
+    gathered = _pipeline(name, f"{out}/gathered.safetensors")
+    kept = _pipeline(name, f"{out}/sharded.safetensors", max_gather_bytes=0)  # any table is "too large": shards
     table = None if gathered.model is None else gathered.model.user_embeddings
     # Saving again where rank 1 cannot write its file (a folder is in the way): every rank raises.
     os.makedirs(f"{out}/blocked.shard-00001-of-{kept.shard.world_size:05d}.safetensors", exist_ok=True)
@@ -164,11 +168,16 @@ def _pipeline_job(rank, out):
             kept.model.user_embeddings, failed)
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_pipeline_bitwise_as_one_process_gathered_and_in_shards(tmp_path, world_size):
-    want = _pipeline(tmp_path / "one.safetensors")
+@pytest.mark.parametrize("world_size,name", [
+    (2, "planted"),
+    (3, "planted"),
+    pytest.param(2, "ml-latest-small", marks=pytest.mark.skipif(not ML_SMALL.exists(),
+                                                                reason="ml-latest-small not present")),
+])
+def test_pipeline_bitwise_as_one_process_gathered_and_in_shards(tmp_path, world_size, name):
+    want = _pipeline(name, tmp_path / "one.safetensors")
     assert want.refit and want.epochs > 0
-    ranks = results(run_ranks(world_size, _pipeline_job, str(tmp_path)))
+    ranks = results(run_ranks(world_size, _pipeline_job, name, str(tmp_path)))
     table = want.model.user_embeddings
     covered = []
     for rank, (gathered, gathered_table, kept, users, user_ids, rows, failed) in enumerate(ranks):
@@ -191,7 +200,7 @@ def test_pipeline_bitwise_as_one_process_gathered_and_in_shards(tmp_path, world_
     assert np.array_equal(sharded.model.user_ids, one.model.user_ids)
     assert np.array_equal(sharded.seen.indptr, one.seen.indptr) and np.array_equal(sharded.seen.items, one.seen.items)
     assert np.array_equal(sharded.item_support, one.item_support)
-    ids = one.model.user_ids[[0, 7, 39]]
+    ids = one.model.user_ids[[0, 7, len(table) - 1]]
     a, b = one.recommend(ids, k=5), sharded.recommend(ids, k=5)
     assert np.array_equal(a.item_ids, b.item_ids) and np.array_equal(a.scores, b.scores)
 
