@@ -210,6 +210,8 @@ def test_shards_and_index_load_as_the_one_file_bundle(tmp_path, ids):
     assert back.head.item_ids.tolist() == one.head.item_ids.tolist()
     assert np.array_equal(back.seen.indptr, one.seen.indptr) and np.array_equal(back.seen.items, one.seen.items)
     assert np.array_equal(back.item_support, one.item_support)
+    back.save(tmp_path / "again.safetensors")  # everything a bundle holds: the same bytes
+    assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "one.safetensors").read_bytes()
     # Serving by original ids gives the same answers.
     users, items = ratings.user_ids[[6, 0, 3]], ratings.item_ids[[1, 2, 19]]
     assert np.array_equal(back.predict(users, items), one.predict(users, items))
