@@ -11,7 +11,8 @@ training ratings per item, for ``min_support``).  One atomic write, byte-reprodu
 ``load(path)`` returns a ``ServedModel``: ``fold_in``, ``add_users``, ``predict`` and
 ``recommend`` speak original ids and take the recipe from the file, so it cannot be mismatched by
 hand.  An older model with a ``<model>.hyp.json`` beside it still loads (its recipe is read from
-there; it has no seen items or support).
+there; it has no seen items or support), and so does a bundle written in shards by a sharded run
+(``retrain.shards``: ``path`` is then the shards' index).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
 from .ids import lookup
 from .serving import diverged_message, fold_in_rows, recommend
+from .shards import is_index, read_index
 
 log = logging.getLogger(__name__)
 
@@ -239,10 +241,11 @@ def save_bundle(path, model: Model, recipe: Recipe, seen: Ratings | None = None,
 
 def load(path) -> ServedModel:
     """The ``ServedModel`` of a file written by ``RetrainResult.save`` (or ``python -m retrain
-    run``), or of an older model with its ``<model>.hyp.json``.  InputError naming the file when
-    it is no model, has no recipe, or lacks a tensor."""
+    run``; the index of a bundle in shards included), or of an older model with its
+    ``<model>.hyp.json``.  InputError naming the file when it is no model, has no recipe, lacks a
+    tensor, or (shards) is missing or does not match the index."""
     path = os.fspath(path)
-    head, tensors, metadata = read_model_file(path)
+    head, tensors, metadata = read_index(path) if is_index(path) else read_model_file(path)
     model = model_from_tensors(path, head, tensors)
     if "recipe" in metadata:
         recipe = Recipe.from_json(metadata["recipe"], path)

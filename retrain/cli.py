@@ -7,6 +7,12 @@ that cannot be read or written (``OSError``), reported as one line ``retrain <co
 ...``; 1 for any other exception (a bug in retrain), with its traceback; 130 when interrupted.
 ``--verbose`` prints the traceback of every error.
 
+Under torchrun (``torchrun --nproc-per-node N -m retrain run ...``) every rank runs the command:
+``run`` initialises the process group (gloo for the cpu backend, NCCL for triton) and shards the
+pipeline over the ranks (docs/scaling.md); every rank loads the data, rank 0 alone prints, logs
+and writes the output (or each rank its shard of it).  The other commands do not shard: under
+torchrun with more than one rank they refuse to start.
+
 ``pretrain``, ``tune`` and ``run`` given the same data, ``--seed``, ``--new-users``, ``--val`` and
 ``--test`` work on the same parts of ``retrain.protocol_split``: the base model never sees the
 ratings that ``tune`` and ``run`` validate on.
@@ -17,11 +23,13 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 import traceback
 from contextlib import contextmanager
 
+from . import distributed
 from .artifacts import read_hyp, write_embeddings, write_recommendations
 from .backends import BACKENDS, get_backend
 from .bench import run_bench
@@ -123,16 +131,25 @@ def cmd_run(args) -> int:
     check_writable(args.out, "--out")  # before the data is loaded and the tuning starts
     model = Model.load(args.model)
     split = _known_parts(args, model)
-    result = run_pipeline(model, split, _metered(args), seed=args.seed, max_evals=args.max_evals,
+    inner = get_backend(args.backend)
+    sharded = distributed.sharded_backend(inner)  # under torchrun: the group main() initialised
+    backend = MeteredBackend(sharded or inner, progress=progress_enabled(args.quiet))
+    result = run_pipeline(model, split, backend, seed=args.seed, max_evals=args.max_evals,
                           n_starts=args.n_starts, max_time=args.max_time, path=args.out, journal=args.journal,
                           refit=not args.no_refit)
+    if sharded is not None and sharded.rank > 0:
+        return 0  # rank 0 reports
     print(f"retrained {split.pretrain.n_users} users: lr {result.hyp.learning_rate:.4g}, "
           f"reg {result.hyp.regularization:.4g}, {result.epochs} epochs, validation loss {result.val_loss:.4f}"
-          + ("; refitted on training + validation ratings" if result.refit else ""))
-    if split.test.nnz:
+          + ("; refitted on training + validation ratings" if result.refit else "")
+          + ("" if sharded is None else f"; sharded over {sharded.world_size} ranks"))
+    if split.test.nnz and result.shard is None:
         print(f"  test RMSE {model_rmse(result.model.head, result.model.user_embeddings, split.test):.4f}")
     print(f"  tuning: {result.tune.n_evals} evaluations in {result.tune.n_batches} probe batches")
-    print(f"wrote {args.out} (model, ids and recipe in one file)")
+    if result.shard is None:
+        print(f"wrote {args.out} (model, ids and recipe in one file)")
+    else:  # too large to gather: no test RMSE either (retrain.load the index to score it)
+        print(f"wrote {args.out} (the index) and its {result.shard.world_size} shard files beside it")
     return 0
 
 
@@ -353,22 +370,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _start_ranks(args) -> bool:
+    """Under torchrun: initialise the process group for ``run`` (gloo, or NCCL for the triton
+    backend); True when this call did.  InputError for a command that does not shard."""
+    if not distributed.launched_by_torchrun():
+        return False
+    if args.command != "run":
+        if int(os.environ["WORLD_SIZE"]) > 1:
+            raise InputError(f"only 'run' shards over ranks: run '{args.command}' in one process, not under torchrun")
+        return False
+    return distributed.init_distributed({"triton": "nccl", "auto": None}.get(args.backend, "gloo"))
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)  # argparse prints one error line and exits 2 on a bad option
+    name = args.command
+    if distributed.launched_by_torchrun():
+        name = f"{args.command} (rank {os.environ['RANK']})"
+        args.quiet = args.quiet or os.environ["RANK"] != "0"  # rank 0 logs and draws the bars
     configure_logging(quiet=args.quiet, verbose=args.verbose)
+    started = False
     try:
+        started = _start_ranks(args)
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"retrain {args.command}: interrupted", file=sys.stderr)
+        print(f"retrain {name}: interrupted", file=sys.stderr)
         return 130
     except (InputError, OSError) as exc:  # OSError: unreadable input, unwritable output
         if args.verbose:
             traceback.print_exc()
         message = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the message
-        print(f"retrain {args.command}: error: {message}", file=sys.stderr)
+        print(f"retrain {name}: error: {message}", file=sys.stderr)
         return 2
     except Exception:  # a bug in retrain, not a mistake in the input: keep the traceback
         traceback.print_exc()
-        print(f"retrain {args.command}: internal error (the traceback above says where)", file=sys.stderr)
+        print(f"retrain {name}: internal error (the traceback above says where)", file=sys.stderr)
         return 1
+    finally:
+        if started:
+            distributed.leave()

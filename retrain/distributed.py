@@ -17,6 +17,12 @@ that for you: call them with the same arguments on every rank.
 
     torchrun --nproc-per-node 2 my_script.py      # my_script: init_distributed(); distributed.tune(...)
 
+The pipeline (``retrain.retrain_user_embeddings``) and the CLI's ``run`` shard the same way when
+a process group is initialised (``torchrun --nproc-per-node N -m retrain run ...``): rank 0 drives
+the tuning and the final retrain, every rank refits its own users (``train_embeddings(owner=...)``:
+the retrain's assignment), and the table is gathered on rank 0 (``Shard.gather``) or written where
+it lies, one file per rank and an index (``save_shards``, ``retrain.shards``).
+
 Failure: collectives carry the process group's timeout (``init_distributed(timeout=...)``,
 ``DEFAULT_TIMEOUT``).  An exception on rank 0 broadcasts "abort" and the others raise too (an
 InputError as InputError; the group stays usable when they were waiting for a command).  A
@@ -31,13 +37,14 @@ import logging
 import os
 import zlib
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import trainer, tuner
+from . import shards, trainer, tuner
 from .backends import get_backend
 from .backends.base import Backend, Checkpoint, Problem
 from .contract import FIXED_POINT_LIMBS, fixed_point_limbs, fixed_point_value, fmix32, user_key
@@ -55,6 +62,10 @@ class DistributedError(RuntimeError):
     """Another rank failed or left, or a collective timed out; the process group is unusable."""
 
 
+_DEFERRED = frozenset({"start", "keep_best", "drop", "best_embeddings", "embeddings"})
+"""Calls that make no collective on a follower: rank 0 sends them with its next call that does."""
+
+
 class _RaisedOnEveryRank(InputError):
     """An InputError every rank raises at the same point, after the same collectives (the group
     stays usable)."""
@@ -69,7 +80,7 @@ def init_distributed(backend: str | None = None, *, timeout: timedelta = DEFAULT
     ``triton`` backend); default NCCL when CUDA is available, else gloo.  Returns False (and does
     nothing) outside torchrun or when a group already exists; True when it initialised one.
     """
-    if dist.is_initialized() or not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):
+    if dist.is_initialized() or not launched_by_torchrun():
         return False
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend not in ("gloo", "nccl"):
@@ -78,6 +89,12 @@ def init_distributed(backend: str | None = None, *, timeout: timedelta = DEFAULT
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=timeout)
     return True
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a rank that torchrun started (``RANK``, ``WORLD_SIZE`` and
+    ``MASTER_ADDR`` are set)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def _comm_device(group) -> torch.device:
@@ -195,6 +212,8 @@ class ShardedBackend(Backend):
         self.owner = np.zeros(0, dtype=np.int64)
         self.outputs: list[torch.Tensor] = []
         self._driving = False
+        self._queue: list[tuple] = []  # rank 0's deferred calls (``_command``)
+        self._pinned: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"ShardedBackend({self.inner!r}, rank {self.rank} of {self.world_size})"
@@ -205,7 +224,12 @@ class ShardedBackend(Backend):
         self._command("prepare")
         init = torch.as_tensor(init)
         self._check_same_inputs(_problem_digest(head, train, val, spec, init))
-        self.owner = shard_users(user_key(train.user_ids), train.counts, self.world_size)
+        if self._pinned is None:
+            self.owner = shard_users(user_key(train.user_ids), train.counts, self.world_size)
+        elif len(self._pinned) == train.n_users:
+            self.owner = self._pinned
+        else:
+            raise InputError(f"the assignment given covers {len(self._pinned)} users, the data {train.n_users}")
         users = np.flatnonzero(self.owner == self.rank)
         local_val = val.select_users(users) if val is not None else None
         inner = self.inner.prepare(head, train.select_users(users), local_val, spec, init=init[torch.from_numpy(users)])
@@ -213,6 +237,17 @@ class ShardedBackend(Backend):
 
     def score(self, head, emb):
         return self.inner.score(head, emb)
+
+    @contextmanager
+    def assigned(self, owner: np.ndarray | None):
+        """Problems prepared inside take ``owner`` (int64 ``[U]``, each user's rank: e.g. another
+        problem's over the same users) instead of ``shard_users`` of their own rating counts
+        (None: they do not)."""
+        self._pinned = None if owner is None else np.asarray(owner, dtype=np.int64)
+        try:
+            yield self
+        finally:
+            self._pinned = None
 
     # ----------------------------------------------------------------- collectives
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -228,10 +263,18 @@ class ShardedBackend(Backend):
                                                                       device=self.comm_device))
         return box[0]
 
-    def gather_users(self, local: torch.Tensor) -> torch.Tensor | None:
-        """This rank's rows ``local [n_r, ...]`` (its users of the last prepared problem, in index
-        order) of every rank on rank 0: ``[U, ...]`` in global user order there, None elsewhere."""
-        sizes = np.bincount(self.owner, minlength=self.world_size)
+    def all_gather(self, obj) -> list:
+        """Every rank's ``obj`` (pickled), in rank order, on every rank."""
+        out = [None] * self.world_size
+        _collective("an all-gather", lambda: dist.all_gather_object(out, obj, group=self.group))
+        return out
+
+    def gather_users(self, local: torch.Tensor, owner: np.ndarray | None = None) -> torch.Tensor | None:
+        """This rank's rows ``local [n_r, ...]`` (its users of the last prepared problem, or of
+        ``owner``, in index order) of every rank on rank 0: ``[U, ...]`` in global user order
+        there, None elsewhere."""
+        owner = self.owner if owner is None else owner
+        sizes = np.bincount(owner, minlength=self.world_size)
         padded = torch.zeros((int(sizes.max()), *local.shape[1:]), dtype=local.dtype)
         padded[:len(local)] = local
         padded = padded.to(self.comm_device)
@@ -240,9 +283,9 @@ class ShardedBackend(Backend):
         _collective("a gather", lambda: dist.gather(padded, parts, dst=0, group=self.group))
         if not root:
             return None
-        out = torch.empty((len(self.owner), *local.shape[1:]), dtype=local.dtype)
+        out = torch.empty((len(owner), *local.shape[1:]), dtype=local.dtype)
         for rank, part in enumerate(parts):
-            out[torch.from_numpy(np.flatnonzero(self.owner == rank))] = part[:sizes[rank]].cpu()
+            out[torch.from_numpy(np.flatnonzero(owner == rank))] = part[:sizes[rank]].cpu()
         return out
 
     def _check_same_inputs(self, digest: tuple) -> None:
@@ -253,9 +296,13 @@ class ShardedBackend(Backend):
 
     # ----------------------------------------------------------------- rank 0 drives, the others follow
     def _command(self, name: str, *args, **kwargs) -> None:
-        """Send one call to the followers while rank 0 is driving."""
+        """Send one call to the followers while rank 0 is driving: at once when the call makes a
+        collective (the followers must be in it too), else with the next one that does."""
         if self._driving:
-            self.broadcast((name, args, kwargs))
+            self._queue.append((name, args, kwargs))
+            if name not in _DEFERRED:
+                queue, self._queue = self._queue, []
+                self.broadcast(queue)
 
     @contextmanager
     def driving(self):
@@ -263,17 +310,17 @@ class ShardedBackend(Backend):
         "stop" at the end, "abort" (then re-raise) on an exception."""
         if self.rank != 0:
             raise InputError("only rank 0 drives; the other ranks run follow()")
-        self._driving = True
+        self._driving, self._queue = True, []
         try:
             yield self
         except BaseException as exc:
             self._driving = False
             if not isinstance(exc, DistributedError):  # a broken group cannot carry the abort
                 with suppress(DistributedError):  # a follower that failed too has left: say why rank 0 stopped
-                    self.broadcast(("abort", (f"{type(exc).__name__}: {exc}", isinstance(exc, InputError)), {}))
+                    self.broadcast([("abort", (f"{type(exc).__name__}: {exc}", isinstance(exc, InputError)), {})])
             raise
         self._driving = False
-        self.broadcast(("stop", (), {}))
+        self.broadcast([*self._queue, ("stop", (), {})])
 
     def follow(self, prepare) -> None:
         """On ranks > 0: mirror rank 0's calls until it says stop.  ``prepare()`` answers its
@@ -283,28 +330,33 @@ class ShardedBackend(Backend):
             raise InputError("rank 0 drives (driving()); follow() runs on the other ranks")
         problem = None
         while True:
-            name, args, kwargs = self.broadcast(None)
-            if name == "stop":
-                return
-            if name == "abort":
-                message, input_error = args
-                raise (InputError if input_error else DistributedError)(f"rank 0 failed: {message}")
-            try:
-                if name == "prepare":
-                    problem = None  # free the last one first
-                    problem = prepare()
-                else:
-                    getattr(problem, name)(*args, **kwargs)
-            except _RaisedOnEveryRank:
-                self.broadcast(None)  # rank 0 raised it too and sends "abort": take it, so that it does not wait
-                raise
-            except BaseException:
-                # The other ranks wait for this one in a collective: closing its connections makes
-                # them raise now instead of at the timeout.
-                log.error("rank %d failed: leaving the process group", self.rank)
-                with suppress(Exception):
-                    dist.destroy_process_group(self.group)
-                raise
+            for name, args, kwargs in self.broadcast(None):
+                if name == "stop":
+                    return
+                if name == "abort":
+                    message, input_error = args
+                    raise (InputError if input_error else DistributedError)(f"rank 0 failed: {message}")
+                with self._leaving_on_failure():
+                    if name == "prepare":
+                        problem = None  # free the last one first
+                        problem = prepare()
+                    else:
+                        getattr(problem, name)(*args, **kwargs)
+
+    @contextmanager
+    def _leaving_on_failure(self):
+        """A follower's call that fails: the others wait for this rank in a collective, so it leaves
+        the group (they raise now instead of at the timeout); unless every rank raises the same."""
+        try:
+            yield
+        except _RaisedOnEveryRank:
+            self.broadcast(None)  # rank 0 raised it too and sends "abort": take it, so that it does not wait
+            raise
+        except BaseException:
+            log.error("rank %d failed: leaving the process group", self.rank)
+            with suppress(Exception):
+                dist.destroy_process_group(self.group)
+            raise
 
 
 class ShardedProblem:
@@ -382,10 +434,29 @@ class ShardedProblem:
 
 
 # --------------------------------------------------------------------------- SPMD entry points
-def _sharded(backend, group) -> ShardedBackend:
-    sharded = backend if isinstance(backend, ShardedBackend) else ShardedBackend(backend, group)
+def sharded_backend(backend="auto", group=None) -> Backend | None:
+    """What runs sharded: ``backend`` when it is a ``ShardedBackend`` or wraps one as ``inner``
+    (e.g. ``MeteredBackend(ShardedBackend(...))``: rank 0's meter sees the calls); else a new
+    ``ShardedBackend(backend, group)`` when ``group`` is given or the default group is initialised;
+    else None (one process)."""
+    if isinstance(backend, ShardedBackend) or isinstance(getattr(backend, "inner", None), ShardedBackend):
+        return backend
+    if group is not None or (dist.is_available() and dist.is_initialized()):
+        return ShardedBackend(backend, group)
+    return None
+
+
+def _sharded(backend, group) -> tuple[Backend, ShardedBackend]:
+    """``(driver, sharded)``: what rank 0 calls, and the ``ShardedBackend`` in it (the followers call
+    that one: their calls are not metered)."""
+    driver = sharded_backend(backend, group) or ShardedBackend(backend, group)  # the latter raises: no group
+    sharded = _unwrapped(driver)
     sharded.outputs = []
-    return sharded
+    return driver, sharded
+
+
+def _unwrapped(driver) -> ShardedBackend:
+    return driver if isinstance(driver, ShardedBackend) else driver.inner
 
 
 def _rank0_drives(sharded: ShardedBackend, lead, prepare):
@@ -401,18 +472,20 @@ def _rank0_drives(sharded: ShardedBackend, lead, prepare):
 
 def train_probes(head, train, val, lrs, regs, hyp, backend="auto", *, group=None, return_embeddings: bool = False,
                  memory_budget: int | None = None, init: torch.Tensor | None = None,
-                 deadline: float | None = None) -> list:
+                 deadline: float | None = None, gather: bool = True) -> list:
     """``retrain.train_probes`` with the users sharded over the ranks of ``group``; call it with the
     same arguments on every rank.  Rank 0 drives (its ``deadline`` and memory budget decide).
 
-    Returns the same ``ProbeResult``s on every rank, bitwise those of one process; with
-    ``return_embeddings`` each result's ``embeddings [U, d]`` on rank 0 (gathered), None elsewhere.
-    ``backend``: the inner backend (``"cpu"`` with gloo, ``"triton"`` with NCCL) or a ``ShardedBackend``.
+    Returns the same ``ProbeResult``s on every rank, bitwise those of one process.  With
+    ``return_embeddings``, each result's ``embeddings``: ``[U, d]`` on rank 0 and None elsewhere
+    (gathered), or with ``gather=False`` this rank's users' rows on every rank (``[n_r, d]``, the
+    users ``Shard.of(backend).users``).  ``backend``: the inner backend (``"cpu"`` with gloo,
+    ``"triton"`` with NCCL) or a ``ShardedBackend`` (wrapped or not, see ``sharded_backend``).
     """
-    sharded = _sharded(backend, group)
+    driver, sharded = _sharded(backend, group)
 
     def lead():
-        results = trainer.train_probes(head, train, val, lrs, regs, hyp, sharded, return_embeddings=return_embeddings,
+        results = trainer.train_probes(head, train, val, lrs, regs, hyp, driver, return_embeddings=return_embeddings,
                                        memory_budget=memory_budget, init=init, deadline=deadline)
         for r in results:
             r.embeddings = None  # rank 0's users only: gathered below
@@ -420,7 +493,8 @@ def train_probes(head, train, val, lrs, regs, hyp, backend="auto", *, group=None
 
     results = _rank0_drives(sharded, lead, lambda: trainer.prepare(head, train, val, hyp, sharded, init=init))
     if return_embeddings:
-        best = sharded.gather_users(torch.cat(sharded.outputs, dim=1))  # the groups' probes, in order
+        best = torch.cat(sharded.outputs, dim=1)  # the groups' probes, in order
+        best = sharded.gather_users(best) if gather else best
         if best is not None:
             for probe, r in enumerate(results):
                 r.embeddings = best[:, probe].clone()
@@ -431,16 +505,83 @@ def tune(head, train, val, hyp, *, backend="auto", group=None, **options):
     """``retrain.tune`` with the users sharded over the ranks of ``group``; call it with the same
     arguments on every rank.  NLopt and the journal (``journal=``: rank 0 writes and resumes it)
     run on rank 0; returns rank 0's ``TuneResult`` on every rank.  ``options``: ``retrain.tune``'s."""
-    sharded = _sharded(backend, group)
-    return _rank0_drives(sharded, lambda: tuner.tune(head, train, val, hyp, backend=sharded, **options),
+    driver, sharded = _sharded(backend, group)
+    return _rank0_drives(sharded, lambda: tuner.tune(head, train, val, hyp, backend=driver, **options),
                          lambda: trainer.prepare(head, train, val, hyp, sharded))
 
 
 def train_embeddings(head, ratings, hyp, epochs: int, backend="auto", *, group=None,
-                     init: torch.Tensor | None = None) -> torch.Tensor | None:
+                     init: torch.Tensor | None = None, owner: np.ndarray | None = None,
+                     gather: bool = True) -> torch.Tensor | None:
     """``retrain.train_embeddings`` with the users sharded over the ranks of ``group`` (the same
     arguments on every rank; no decision to take, so every rank runs it itself).  Returns the
-    embeddings ``[U, d]`` on rank 0, None elsewhere."""
-    sharded = _sharded(backend, group)
-    local = trainer.train_embeddings(head, ratings, hyp, epochs, sharded, init=init)
-    return sharded.gather_users(local)
+    embeddings ``[U, d]`` on rank 0 and None elsewhere, or with ``gather=False`` this rank's
+    users' rows on every rank.  ``owner``: the assignment to use (``Shard.owner`` of an earlier
+    call over the same users) instead of ``shard_users`` of ``ratings``' counts."""
+    driver, sharded = _sharded(backend, group)
+    with sharded.assigned(owner):
+        local = trainer.train_embeddings(head, ratings, hyp, epochs, driver, init=init)
+    return sharded.gather_users(local) if gather else local
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which users' rows a rank holds: ``owner`` (int64 ``[U]``, every user's rank: the assignment of
+    the last problem ``backend`` prepared) and ``users`` (this rank's global indices, increasing)."""
+
+    backend: ShardedBackend
+    owner: np.ndarray
+
+    @staticmethod
+    def of(backend) -> "Shard":
+        """The shard of the last problem prepared by ``backend`` (a ``ShardedBackend``, wrapped or not)."""
+        sharded = _unwrapped(backend)
+        return Shard(sharded, sharded.owner.copy())
+
+    @property
+    def rank(self) -> int:
+        return self.backend.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.backend.world_size
+
+    @property
+    def users(self) -> np.ndarray:
+        return np.flatnonzero(self.owner == self.rank)
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor | None:
+        """This rank's rows ``local [len(users), ...]`` of every rank, on rank 0 in global user
+        order (``[U, ...]``); None elsewhere."""
+        return self.backend.gather_users(local, self.owner)
+
+
+def on_rank0(backend, run) -> None:
+    """``run()`` on rank 0 alone (e.g. writing a file) while the others wait for it: its exception
+    is raised on every rank (an InputError as InputError, else DistributedError naming it)."""
+    _rank0_drives(_unwrapped(backend), run, prepare=None)
+
+
+def save_shards(path, shard: Shard, model, recipe, seen=None) -> None:
+    """Write a result kept in shards (``retrain.shards``), collectively: every rank writes the file
+    of its users (``model``: theirs; ``seen``: every user's ratings, or None), then rank 0 the head
+    file and the index at ``path``.  A rank that cannot write makes every rank raise OSError naming it."""
+    users = shard.users
+    try:
+        entry = ("ok", shards.write_shard(path, shard.rank, shard.world_size, users, model.user_ids,
+                                          model.user_embeddings, None if seen is None else seen.select_users(users)))
+    except (OSError, InputError) as exc:
+        entry = ("error", f"{type(exc).__name__}: {exc}")
+    entries = shard.backend.all_gather(entry)
+    failed = [f"rank {rank}: {message}" for rank, (status, message) in enumerate(entries) if status == "error"]
+    if failed:
+        raise OSError(f"writing the shards of {path} failed on {len(failed)} rank(s): " + "; ".join(failed))
+    support = None if seen is None else np.bincount(seen.items, minlength=model.head.n_items)
+    on_rank0(shard.backend, lambda: shards.write_index(path, model.head, recipe.to_json(), support,
+                                                       [e for _, e in entries]))
+
+
+def leave() -> None:
+    """Destroy the default process group (``init_distributed``'s), even when a failed rank broke it."""
+    with suppress(Exception):
+        dist.destroy_process_group()

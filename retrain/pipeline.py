@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import distributed
 from .bundle import Recipe, ServedModel
 from .data import Ratings, sample_users
-from .errors import InputError, check_float
+from .errors import InputError, check_float, check_int
 from .files import check_writable
 from .heads import Model
 from .hyperparams import HyperParams
@@ -41,6 +42,11 @@ class RetrainResult:
     train + validation ratings for ``epochs`` epochs; ``seen``: the ratings the user table was
     trained on; ``stop_reason``: why the early-stopped retrain stopped (``ProbeResult``'s).
 
+    A sharded run (``retrain_user_embeddings`` over ranks) returns the same on every rank but for
+    the user table: gathered, ``model`` is None on the ranks but 0; kept as shards, ``model``
+    holds this rank's users (``shard.users``, global indices into ``seen``, which holds every
+    user) and ``save`` is collective: every rank must call it.
+
     ``recipe`` / ``served()`` / ``save(path)`` carry all of it to serving: a fold-in with the
     recipe reproduces a retrained (refitted) user's row.
     """
@@ -54,6 +60,7 @@ class RetrainResult:
     refit: bool = False
     seen: Ratings | None = None
     stop_reason: str = ""
+    shard: distributed.Shard | None = None
 
     @property
     def recipe(self) -> Recipe:
@@ -64,12 +71,18 @@ class RetrainResult:
 
     def served(self) -> ServedModel:
         """The retrained model as ``retrain.load`` would return it from ``save``'s file."""
+        if self.model is None or self.shard is not None:
+            raise InputError("this rank holds no whole user table: load the saved bundle (retrain.load) instead")
         support = None if self.seen is None else np.bincount(self.seen.items, minlength=self.model.head.n_items)
         return ServedModel(self.model, self.recipe, self.seen, support)
 
     def save(self, path) -> None:
-        """Write the model, its ids and its recipe as one file (``retrain.bundle``), atomically."""
-        self.served().save(path)
+        """Write the model, its ids and its recipe as one file (``retrain.bundle``), atomically; a
+        sharded result as one file per rank and an index at ``path`` (``retrain.shards``)."""
+        if self.shard is not None:
+            distributed.save_shards(path, self.shard, self.model, self.recipe, self.seen)
+        else:
+            self.served().save(path)
 
 
 def tuning_subsample(train: Ratings, val: Ratings, hyp: HyperParams) -> tuple[Ratings, Ratings, HyperParams]:
@@ -79,10 +92,15 @@ def tuning_subsample(train: Ratings, val: Ratings, hyp: HyperParams) -> tuple[Ra
     return train.select_users(users), val.select_users(users), hyp.replace(num_users=len(users))
 
 
+DEFAULT_MAX_GATHER_BYTES = 2 * 2**30
+"""A sharded run's user table larger than this (float32 bytes) stays sharded (``shards=None``)."""
+
+
 def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: HyperParams, max_iters: int = 64, *,
                             backend="auto", path=None, journal=None, n_starts: int = 8,
                             max_time: float = 3600.0, refit: bool = True,
-                            final_max_time: float | None = None) -> RetrainResult:
+                            final_max_time: float | None = None, group=None, shards: bool | None = None,
+                            max_gather_bytes: int = DEFAULT_MAX_GATHER_BYTES) -> RetrainResult:
     """Re-initialise and retrain every user embedding of ``model`` against its frozen head.
 
     1. Tune ``(lr, reg)`` with ``tune`` (``max_iters`` evaluations, ``n_starts`` lock-step starts,
@@ -105,6 +123,15 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     ``train`` and ``val`` hold the same users (``val`` may leave some users without ratings) and
     index items as ``model.head`` does.  ``val`` must be ratings the head never saw: see the
     module docstring.  ``hyp.num_users`` is ignored: the pipeline sets it from the data.
+
+    Sharded (docs/scaling.md) when a ``torch.distributed`` process group is initialised, ``group``
+    is given or ``backend`` is a ``retrain.distributed.ShardedBackend``: call it with the same
+    arguments on every rank.  Rank 0 drives the tuning and the retrain (NLopt, the journal, the
+    clock), each rank refits its own users, and every rank returns the same tuned values, epochs
+    and history, bitwise those of one process.  The user table is gathered on rank 0 and written
+    there as one bundle, or with ``shards`` (default: when it is larger than ``max_gather_bytes``)
+    stays on its ranks and is written as one file per rank plus an index at ``path``, which
+    ``retrain.load`` reads (see ``RetrainResult``).
     """
     head = model.head
     check_item_ids(head, train, "train")
@@ -114,10 +141,19 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
                                  strict=True)
     if path is not None:
         check_writable(path, "path")
+    max_gather_bytes = check_int("max_gather_bytes", max_gather_bytes, 0)
+    sharded = distributed.sharded_backend(backend, group)
+    if shards is None:
+        shards = sharded is not None and train.n_users * head.d * 4 > max_gather_bytes
+    elif shards and sharded is None:
+        raise InputError("shards=True writes one file per rank: it needs a sharded run (a torch.distributed group)")
 
     sub_train, sub_val, sub_hyp = tuning_subsample(train, val, hyp)
-    tuned = tune(head, sub_train, sub_val, sub_hyp, max_evals=max_iters, max_time=max_time, n_starts=n_starts,
-                 journal=journal, backend=backend, seed=hyp.seed)
+    tune_options = dict(max_evals=max_iters, max_time=max_time, n_starts=n_starts, journal=journal, seed=hyp.seed)
+    if sharded is None:
+        tuned = tune(head, sub_train, sub_val, sub_hyp, backend=backend, **tune_options)
+    else:
+        tuned = distributed.tune(head, sub_train, sub_val, sub_hyp, backend=sharded, **tune_options)
     if getattr(tuned, "all_diverged", False):
         raise InputError(f"every one of the {tuned.n_evals} tuning points diverged: no learning rate in the "
                          "searched range trains this model on these ratings; check the ratings (their scale) "
@@ -126,10 +162,15 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
              sub_train.n_users, train.n_users, tuned.lr, tuned.reg, tuned.val_loss, tuned.n_evals, tuned.n_batches)
 
     retrain_hyp = hyp.replace(learning_rate=tuned.lr, regularization=tuned.reg, num_users=train.n_users)
-    (probe,) = train_probes(head, train, val, [tuned.lr], [tuned.reg],
-                            retrain_hyp.replace(epochs_per_checkpoint=1, patience=hyp.epochs_per_checkpoint),
-                            backend=backend, return_embeddings=True,
-                            deadline=time.monotonic() + final_max_time)
+    final = (head, train, val, [tuned.lr], [tuned.reg],
+             retrain_hyp.replace(epochs_per_checkpoint=1, patience=hyp.epochs_per_checkpoint))
+    options = dict(return_embeddings=True, deadline=time.monotonic() + final_max_time)
+    if sharded is None:
+        (probe,) = train_probes(*final, backend=backend, **options)
+        shard = None
+    else:  # each rank's users' rows stay on it: the refit below trains the same users there
+        (probe,) = distributed.train_probes(*final, backend=sharded, gather=False, **options)
+        shard = distributed.Shard.of(sharded)
     if probe.diverged:
         log.warning("the retrain diverged after epoch %d; keeping its best checkpoint", probe.best_epoch)
     if probe.stop_reason == "deadline":
@@ -138,15 +179,28 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     embeddings, seen = probe.embeddings, train
     if refit:
         seen = train.union(val)
-        refitted = train_embeddings(head, seen, retrain_hyp, probe.best_epoch, backend=backend)
+        if shard is None:
+            refitted = train_embeddings(head, seen, retrain_hyp, probe.best_epoch, backend=backend)
+        else:
+            refitted = distributed.train_embeddings(head, seen, retrain_hyp, probe.best_epoch, sharded,
+                                                    owner=shard.owner, gather=False)
         bad = ~torch.isfinite(refitted).all(1)
-        if bad.any():
-            log.warning("the refit diverged for %d of %d users: they keep the early-stopped rows", int(bad.sum()),
-                        len(bad))
-            refitted[bad] = embeddings[bad]
+        n_bad = int(bad.sum()) if shard is None else int(shard.backend.all_reduce_sum(bad.sum().reshape(1))[0])
+        if n_bad:
+            log.warning("the refit diverged for %d of %d users: they keep the early-stopped rows", n_bad,
+                        train.n_users)
+        refitted[bad] = embeddings[bad]
         embeddings = refitted
-    result = RetrainResult(Model(head, embeddings, train.user_ids), probe.best_val_loss, probe.best_epoch,
-                           retrain_hyp, tuned, probe.history, refit, seen, probe.stop_reason)
-    if path is not None:
+    user_ids = train.user_ids
+    if shard is not None and shards:
+        user_ids = user_ids[shard.users]
+    elif shard is not None:
+        embeddings, shard = shard.gather(embeddings), None  # None on the ranks but 0
+    table = None if embeddings is None else Model(head, embeddings, user_ids)
+    result = RetrainResult(table, probe.best_val_loss, probe.best_epoch, retrain_hyp, tuned, probe.history, refit,
+                           seen, probe.stop_reason, shard)
+    if path is not None and sharded is not None and not shards:
+        distributed.on_rank0(sharded, lambda: result.save(path))
+    elif path is not None:
         result.save(path)
     return result

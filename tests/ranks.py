@@ -20,25 +20,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world_size, port, threads, job, args, queue):
+def _rank_main(rank, world_size, port, threads, group, job, args, queue):
     torch.set_num_threads(threads)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                                timeout=TIMEOUT)
+        if group:
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                                    timeout=TIMEOUT)
         outcome = ("ok", job(rank, *args))
-        dist.destroy_process_group()
+        if group:
+            dist.destroy_process_group()
     except BaseException as exc:  # reported; the process then exits, closing its connections
         outcome = ("error", (type(exc).__name__, str(exc)))
     queue.put((rank, pickle.dumps(outcome)))  # plain pickle: tensors by value, not in shared memory
 
 
-def run_ranks(world_size: int, job, *args, threads: int = 1) -> list:
-    """``job(rank, *args)`` on ``world_size`` gloo ranks of ``threads`` torch threads each; per rank
-    ``("ok", result)`` or ``("error", (exception type name, message))``.  ``job`` must be importable
-    (a module-level function).  Raises TimeoutError if a rank does not report within ``JOIN``."""
+def run_ranks(world_size: int, job, *args, threads: int = 1, group: bool = True) -> list:
+    """``job(rank, *args)`` on ``world_size`` gloo ranks of ``threads`` torch threads each (with
+    ``group=False``: processes without a process group); per rank ``("ok", result)`` or
+    ``("error", (exception type name, message))``.  ``job`` must be importable (a module-level
+    function).  Raises TimeoutError if a rank does not report within ``JOIN``."""
     ctx = multiprocessing.get_context("spawn")
     queue, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, threads, job, args, queue))
+    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, threads, group, job, args, queue))
              for r in range(world_size)]
     for p in procs:
         p.start()

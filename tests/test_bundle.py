@@ -13,6 +13,7 @@ from retrain.bundle import Recipe, ServedModel
 from retrain.heads import Model
 from retrain.hyperparams import HyperParams
 from retrain.serving import fold_in
+from retrain.shards import save_shards
 from retrain.trainer import train_embeddings
 
 HYP = HyperParams(model="matrix_factorization_4", learning_rate=0.05, regularization=1e-3, batch_size=4,
@@ -184,3 +185,61 @@ def test_the_cli_folds_in_string_user_ids_and_writes_them(tmp_path, capsys):
     np.testing.assert_array_equal(tensors["embeddings"], expected.embeddings.numpy())
     top = (tmp_path / "top.csv").read_text().splitlines()
     assert top[0] == "user_id,rank,item_id,score" and top[1].startswith("ann,1,film ")
+
+
+# --------------------------------------------------------------------------- a bundle in shards
+MIXED_UINT64 = (np.array([3, 2**63 + 5, 9, 2**64 - 1, 11, 4, 2**63, 8], dtype=np.uint64), np.arange(20) * 3)
+
+
+@pytest.mark.parametrize("ids", [*ID_KINDS.values(), MIXED_UINT64], ids=[*ID_KINDS, "uint64 mixed"])
+def test_shards_and_index_load_as_the_one_file_bundle(tmp_path, ids):
+    served, ratings = _served(*ids)
+    served.save(tmp_path / "one.safetensors")
+    owner = np.array([1, 0, 0, 1, 1, 0, 1, 0]) if ids is not MIXED_UINT64 else np.array([0, 1, 0, 1, 0, 0, 1, 0])
+    owner = np.where(np.arange(8) == 7, 3, owner)  # shard 2 holds nobody; shard 3 the last user alone
+    save_shards(tmp_path / "m.safetensors", served.model, served.recipe, owner, ratings, served.item_support)
+    index = json.loads((tmp_path / "m.safetensors").read_text())
+    assert [(e["file"], e["users"]) for e in index["shards"]] == [
+        (f"m.shard-{r:05d}-of-00004.safetensors", n) for r, n in enumerate(np.bincount(owner, minlength=4))]
+    assert index["recipe"] == json.loads(served.recipe.to_json()) and index["n_users"] == 8
+    one, back = retrain.load(tmp_path / "one.safetensors"), retrain.load(tmp_path / "m.safetensors")
+    assert back.recipe == one.recipe
+    assert torch.equal(back.model.user_embeddings, one.model.user_embeddings)
+    assert back.model.user_ids.dtype == one.model.user_ids.dtype
+    assert back.model.user_ids.tolist() == one.model.user_ids.tolist()
+    assert back.head.item_ids.tolist() == one.head.item_ids.tolist()
+    assert np.array_equal(back.seen.indptr, one.seen.indptr) and np.array_equal(back.seen.items, one.seen.items)
+    assert np.array_equal(back.item_support, one.item_support)
+    back.save(tmp_path / "again.safetensors")  # everything a bundle holds: the same bytes
+    assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "one.safetensors").read_bytes()
+    # Serving by original ids gives the same answers.
+    users, items = ratings.user_ids[[6, 0, 3]], ratings.item_ids[[1, 2, 19]]
+    assert np.array_equal(back.predict(users, items), one.predict(users, items))
+    a, b = one.recommend(users, k=4, min_support=1), back.recommend(users, k=4, min_support=1)
+    assert np.array_equal(a.item_ids, b.item_ids) and np.array_equal(a.scores, b.scores)
+    new = ratings.select_users([3])
+    assert torch.equal(back.fold_in(new).embeddings, one.fold_in(new).embeddings)
+
+
+def test_a_missing_or_mismatched_shard_is_named(tmp_path):
+    served, ratings = _served(*ID_KINDS["int64"])
+    index = tmp_path / "m.safetensors"
+    save_shards(index, served.model, served.recipe, np.arange(8) % 3, ratings, served.item_support)
+    shard = tmp_path / "m.shard-00001-of-00003.safetensors"
+    data = shard.read_bytes()
+    shard.unlink()
+    with pytest.raises(InputError, match=r"m.shard-00001-of-00003.safetensors: the shard 1 file .* is missing"):
+        retrain.load(index)
+    shard.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # damaged: the same size, another checksum
+    with pytest.raises(InputError, match=r"m.shard-00001-of-00003.safetensors: the shard 1 file does not match"):
+        retrain.load(index)
+    # Shard 2's file under shard 1's name, and the index edited to match its size and checksum.
+    shard.write_bytes((tmp_path / "m.shard-00002-of-00003.safetensors").read_bytes())
+    entries = json.loads(index.read_text())
+    entries["shards"][1] = {**entries["shards"][2], "file": shard.name}
+    index.write_text(json.dumps(entries))
+    with pytest.raises(InputError, match=r"m.shard-00001-of-00003.safetensors: not shard 1 of 3"):
+        retrain.load(index)
+    (tmp_path / "m.head.safetensors").unlink()
+    with pytest.raises(InputError, match=r"m.head.safetensors: the head file .* is missing"):
+        retrain.load(index)

@@ -169,6 +169,29 @@ def test_pretrain_tune_run_chain_resumes_from_the_journal(tmp_path, capsys, rest
     assert retrain.load(retrained).recipe.epochs >= 1 and not (tmp_path / "new.safetensors.hyp.json").exists()
 
 
+def test_run_under_torchrun_writes_the_bundle_of_one_process(tmp_path, capsys, restore_logger):
+    pytest.importorskip("torch.distributed.run")
+    base, one, two = tmp_path / "base.safetensors", tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert in_process(capsys, "pretrain", *TINY, "--out", base, "--quiet") == 0
+    run = ["run", "--model", base, *TINY[:2], *TUNING, "--backend", "cpu"]
+    assert in_process(capsys, *run, "--out", one, "--quiet") == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RANK", "WORLD_SIZE", "MASTER_ADDR")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "retrain", *map(str, run), "--out", str(two)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    check_ok(proc)
+    assert proc.stdout.count("retrained ") == 1 and "sharded over 2 ranks" in proc.stdout  # rank 0 reports
+    assert two.read_bytes() == one.read_bytes()  # bitwise the same user table, ids and recipe
+
+
+def test_commands_that_do_not_shard_refuse_to_run_under_torchrun(monkeypatch, capsys, restore_logger):
+    for name, value in dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(name, value)
+    assert in_process(capsys, "tune", "--model", "missing.safetensors", "--quiet") == 2
+    assert capsys.readouterr().err.strip() == ("retrain tune (rank 1): error: only 'run' shards over ranks: run "
+                                               "'tune' in one process, not under torchrun")
+
+
 def test_bench_compares_backends_with_the_eager_loop():
     proc = cli("bench", "--users", USERS, "--model", MODEL, "--probes", 2, "--epochs", 1, "--baseline-steps", 3,
                "--quiet")

@@ -4,6 +4,7 @@ the assignment; a failing rank makes the others stop with a clear error.
 Each test spawns its ranks as processes (1 thread each) on a free localhost port; the oracle is
 one process running ``retrain.train_probes`` / ``retrain.tune`` / ``retrain.train_embeddings``.
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from retrain.hyperparams import HyperParams
 from retrain.movielens import load_movielens
 from retrain.trainer import train_embeddings, train_probes
 from retrain.tuner import tune
+from retrain.bundle import load
+from retrain.heads import Model
+from retrain.pipeline import retrain_user_embeddings
 
 ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
 
@@ -44,7 +48,7 @@ def _movielens():
     train, val = data.split_per_user(0.2, seed=0)
     g = torch.Generator().manual_seed(0)
     head = Head.matrix_factorization(torch.randn(data.n_items, 8, generator=g) / 8**0.5,
-                                     torch.randn(data.n_items, generator=g) * 0.3, 3.5)
+                                     torch.randn(data.n_items, generator=g) * 0.3, 3.5, item_ids=data.item_ids)
     return head, train, val
 
 
@@ -127,6 +131,78 @@ def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
     resumed = results(run_ranks(2, _tune_job, str(journal)))[1]
     assert (resumed.a, resumed.b, resumed.epochs) == (want.a, want.b, want.epochs)
     assert sum(e.trained for e in resumed.history) == 4
+
+
+# --------------------------------------------------------------------------- the pipeline
+PIPELINES = {  # name: (head, train, val), hyper-parameters
+    "planted": (lambda: planted_problem(n_users=40), planted_hyp(subsampling_factor=0.5, max_epochs=8)),
+    "ml-latest-small": (_movielens, HYP.replace(model="matrix_factorization_8", subsampling_factor=0.5, max_epochs=8)),
+}
+
+
+def _pipeline(name, path, **options):
+    problem, hyp = PIPELINES[name]
+    head, train, val = problem()
+    return retrain_user_embeddings(Model(head, torch.zeros(train.n_users, head.d), train.user_ids), train, val,
+                                   hyp, max_iters=8, n_starts=2, backend=BACKEND, path=path, **options)
+
+
+def _outcome(result):
+    """What every rank must agree on, bitwise (floats compared with ==)."""
+    return (result.tune.a, result.tune.b, result.tune.val_loss, [(e.a, e.b, e.loss) for e in result.tune.history],
+            result.epochs, result.val_loss, result.history, result.stop_reason, result.hyp, result.refit)
+
+
+def _pipeline_job(rank, name, out):
+    gathered = _pipeline(name, f"{out}/gathered.safetensors")
+    kept = _pipeline(name, f"{out}/sharded.safetensors", max_gather_bytes=0)  # any table is "too large": shards
+    table = None if gathered.model is None else gathered.model.user_embeddings
+    # Saving again where rank 1 cannot write its file (a folder is in the way): every rank raises.
+    os.makedirs(f"{out}/blocked.shard-00001-of-{kept.shard.world_size:05d}.safetensors", exist_ok=True)
+    try:
+        kept.save(f"{out}/blocked.safetensors")
+        failed = None
+    except OSError as exc:
+        failed = str(exc)
+    return (_outcome(gathered), table, _outcome(kept), kept.shard.users, kept.model.user_ids,
+            kept.model.user_embeddings, failed)
+
+
+@pytest.mark.parametrize("world_size,name", [
+    (2, "planted"),
+    (3, "planted"),
+    pytest.param(2, "ml-latest-small", marks=pytest.mark.skipif(not ML_SMALL.exists(),
+                                                                reason="ml-latest-small not present")),
+])
+def test_pipeline_bitwise_as_one_process_gathered_and_in_shards(tmp_path, world_size, name):
+    want = _pipeline(name, tmp_path / "one.safetensors")
+    assert want.refit and want.epochs > 0
+    ranks = results(run_ranks(world_size, _pipeline_job, name, str(tmp_path)))
+    table = want.model.user_embeddings
+    covered = []
+    for rank, (gathered, gathered_table, kept, users, user_ids, rows, failed) in enumerate(ranks):
+        # Tuned values, epochs, histories: the same on every rank as in one process.
+        assert gathered == _outcome(want) and kept == _outcome(want)
+        assert torch.equal(gathered_table, table) if rank == 0 else gathered_table is None
+        # Kept in shards: each rank holds its own users' refitted rows.
+        assert np.array_equal(user_ids, want.model.user_ids[users]) and torch.equal(rows, table[users])
+        covered += users.tolist()
+        assert "failed on 1 rank(s): rank 1: IsADirectoryError" in failed
+    assert sorted(covered) == list(range(len(table)))
+    assert not (tmp_path / "blocked.safetensors").exists()  # no index naming a shard that is not there
+    # Rank 0 wrote the gathered bundle: the very bytes of one process's.
+    assert (tmp_path / "gathered.safetensors").read_bytes() == (tmp_path / "one.safetensors").read_bytes()
+    # The shards and their index load as the same served model.
+    one, sharded = load(tmp_path / "one.safetensors"), load(tmp_path / "sharded.safetensors")
+    assert len(list(tmp_path.glob("sharded.shard-*-of-*.safetensors"))) == world_size
+    assert sharded.recipe == one.recipe
+    assert torch.equal(sharded.model.user_embeddings, one.model.user_embeddings)
+    assert np.array_equal(sharded.model.user_ids, one.model.user_ids)
+    assert np.array_equal(sharded.seen.indptr, one.seen.indptr) and np.array_equal(sharded.seen.items, one.seen.items)
+    assert np.array_equal(sharded.item_support, one.item_support)
+    ids = one.model.user_ids[[0, 7, len(table) - 1]]
+    a, b = one.recommend(ids, k=5), sharded.recommend(ids, k=5)
+    assert np.array_equal(a.item_ids, b.item_ids) and np.array_equal(a.scores, b.scores)
 
 
 # --------------------------------------------------------------------------- the assignment

@@ -13,7 +13,11 @@ matmul on 1 and on 2 threads, measured in the same run; flops counted as in test
 
     flock /tmp/retrain-bench.lock .venv/bin/python -m pytest tests/benchmarks/test_bench_distributed.py --benchmark-enable -s
 
-prints the table (and writes runs/bench_distributed.md).  Each rank's CPU seconds (the round with
+prints the table (and writes runs/bench_distributed.md).  ``test_pipeline_two_ranks_against_one``
+times the whole ``retrain.retrain_user_embeddings`` the same way (tuning on the 25% subsample with
+NLopt on rank 0, the early-stopped retrain of every user, the refit; ``PIPELINE_EVALS`` points,
+``synthetic_ratings(10_000, 4_000, 40)``, a base model pretrained by ALS on the training part,
+d = 32) and writes runs/bench_distributed_pipeline.md.  Each rank's CPU seconds (the round with
 the least in total) show how the work splits, whatever else loads the machine.  Under ``make test`` a small case runs
 once and checks that both give the same histories.
 """
@@ -33,6 +37,8 @@ from retrain.backends.cpu import HAS_CPU_EXTENSION, CpuBackend
 from retrain.data import synthetic_ratings
 from retrain.heads import Head
 from retrain.hyperparams import HyperParams
+from retrain.pipeline import retrain_user_embeddings
+from retrain.pretrain import pretrain
 from retrain.trainer import train_probes
 from test_bench_cpu import _matmul_peak
 
@@ -114,5 +120,59 @@ def test_two_ranks_against_one(request):
     text = "\n".join(lines)
     RUNS.mkdir(exist_ok=True)
     (RUNS / "bench_distributed.md").write_text(text + "\n")
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print("\n\n" + text)
+
+
+PIPELINE_EVALS = 16
+
+
+def _pipeline_problem(full: bool):
+    """A base model pretrained (ALS) on the training part, and the parts: validation is unseen."""
+    n_users, n_items, mean = (10_000, 4_000, 40) if full else (300, 100, 10)
+    train, val = synthetic_ratings(n_users, n_items, mean, seed=0).split_per_user(0.2, seed=0)
+    return pretrain(train, f"matrix_factorization_{D}", seed=0), train, val
+
+
+def _pipeline_job(rank, model, train, val):
+    """Wall and CPU seconds of one ``retrain_user_embeddings`` (after a barrier), its tuned point,
+    epochs and (rank 0) user table."""
+    hyp = HyperParams(model=f"matrix_factorization_{D}")
+    if dist.is_initialized():  # one process has no group: the ordinary pipeline
+        dist.barrier()
+    start, cpu = time.perf_counter(), time.process_time()
+    result = retrain_user_embeddings(model, train, val, hyp, PIPELINE_EVALS, n_starts=4, backend="cpu")
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    table = None if result.model is None else result.model.user_embeddings
+    return seconds, cpu_seconds, (result.tune.a, result.tune.b, result.epochs, result.tune.n_batches), table, train.nnz
+
+
+def test_pipeline_two_ranks_against_one(request):
+    config = request.config
+    full = bool(config.getoption("benchmark_enable")) or not config.getoption("benchmark_disable")
+    rounds = ROUNDS if full else 1
+    problem = _pipeline_problem(full)  # pretrained once, here
+    best, cpu, outcomes = {1: np.inf, 2: np.inf}, {1: [np.inf], 2: [np.inf]}, {}
+    for _ in range(rounds):
+        for world_size in best:
+            ranks = results(run_ranks(world_size, _pipeline_job, *problem, group=world_size > 1))
+            best[world_size] = min(best[world_size], max(r[0] for r in ranks))
+            cpu[world_size] = min(cpu[world_size], [r[1] for r in ranks], key=sum)
+            outcomes[world_size] = ranks[0][2:4]
+    assert outcomes[2][0] == outcomes[1][0] and torch.equal(outcomes[2][1], outcomes[1][1])  # bitwise
+    if not full:
+        return
+    load = open("/proc/loadavg").read().split()[:3]
+    a, b, epochs, batches = outcomes[1][0]
+    text = "\n".join([
+        "| configuration | best wall s | vs 1 process | CPU s per rank |", "|---|---:|---:|---|",
+        f"| 1 process, 1 thread | {best[1]:.2f} | 1.00x | {cpu[1][0]:.2f} |",
+        f"| 2 gloo ranks, 1 thread each | {best[2]:.2f} | {best[1] / best[2]:.2f}x | "
+        f"{', '.join(f'{c:.2f}' for c in cpu[2])} |", "",
+        f"retrain_user_embeddings of an ALS-pretrained base, {ranks[0][4]} train ratings, d = {D}, {PIPELINE_EVALS} tuning points in {batches} "
+        f"batches (a = {a:.3f}, b = {b:.3f}), {epochs} epochs; best of {rounds} interleaved rounds; load average "
+        f"{' '.join(load)} after the run"])
+    RUNS.mkdir(exist_ok=True)
+    (RUNS / "bench_distributed_pipeline.md").write_text(text + "\n")
     with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         print("\n\n" + text)
