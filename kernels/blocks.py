@@ -37,6 +37,7 @@ MIN_ROWS = 8  # the least probe block of several probes
 MAX_ROWS = 64  # probes per program: more probes share one read of the ratings, but cost registers
 ROW_TILE = 2048  # rows * widest feature block held per program (d = 128: 16 probes)
 RATING_TILE = 2048  # ratings (or items) * h gathered per sub-tile
+FMA_TILE = 32768  # rows * cols * h of the FMA products' broadcast [rows, cols, h] (beyond it ptxas spills)
 FLOATS_PER_THREAD = 64
 VARIANT_ENV = "RETRAIN_TRITON_TRAIN"
 
@@ -127,6 +128,8 @@ def pick_blocks(kind: str, n_rows: int, d: int, h1: int, h: int, n_cols: int, *,
         # chains over K, one per output, so a row's arithmetic does not depend on the tile's rows.)
         rows = 1 if n_rows == 1 else min(max(MIN_ROWS, triton.next_power_of_2(n_rows)), max(cap, MIN_ROWS))
     col_cap = max(MIN_DOT_K, min(128, RATING_TILE // block_h))
+    if products == "fma":  # its products hold [rows, cols, h] at once (d = 32, P = 64, cols 128: 16 KB of stack)
+        col_cap = max(1, min(col_cap, FMA_TILE // (rows * block_h)))
     if cols is None:
         cols = col_cap if kind == "validate" else min(max(MIN_DOT_K, triton.next_power_of_2(n_cols)), col_cap)
     for name, value in (("rows", rows), ("cols", cols)):

@@ -147,6 +147,8 @@ def test_variants_are_picked_in_one_place(monkeypatch):
     assert pick_blocks("train", 8, 32, 32, 32, 16, fold_bias=True).h == 64
     default = pick_blocks("train", 64, 32, 32, 32, 16)
     assert (default.products, default.persistent) == ("ieee", False)
+    # The FMA products hold [rows, cols, h] at once: their sub-tiles are cut to 32K floats.
+    assert [pick_blocks("train", 64, 32, 32, 32, 1024, products=p).cols for p in ("ieee", "fma")] == [64, 16]
     monkeypatch.setenv(VARIANT_ENV, "products=fma, persistent=1,fold_bias=1")
     assert variant_from_env() == dict(products="fma", persistent=True, fold_bias=True)
     forced = pick_blocks("train", 64, 32, 32, 32, 16)

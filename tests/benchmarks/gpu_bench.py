@@ -463,15 +463,16 @@ GPU_PLAN = dict(users=138_000, items=27_000, mean_per_user=145.0,
 def shape_variants(d: int, P: int, batch: int) -> dict:
     """The training kernel's variants timed at one shape: name -> ``pick_blocks`` arguments, the
     default first (``kernels/blocks.py``), then each switch flipped and the likeliest pairs.
-    tf32x3 needs probe blocks of 16; rows=32 only splits P > 32."""
+    tf32x3 needs probe blocks of 16; rows=32 only splits blocks of 64."""
     from retrain.kernels.blocks import MIN_DOT_K, folds_for_free, pick_blocks
 
     fold = not folds_for_free(d)
     variants = {"default": {}, "fma": dict(products="fma"), "persistent": dict(persistent=True),
                 "fma+persistent": dict(products="fma", persistent=True), f"fold_bias={int(fold)}": dict(fold_bias=fold)}
-    if pick_blocks("train", P, d, d, d, batch).rows >= MIN_DOT_K:
+    rows = pick_blocks("train", P, d, d, d, batch).rows
+    if rows >= MIN_DOT_K:
         variants["tf32x3"] = dict(products="tf32x3")
-    if P > 32:
+    if rows > 32:
         variants["rows=32"] = dict(rows=32)
     return variants
 
