@@ -98,15 +98,15 @@ build() {  # the extension in place, then retrain.kernels from kernels/ as setup
     $PY -c "import retrain.kernels, retrain._C; print('retrain.kernels and retrain._C import')"
 }
 
-wheels() {  # unpack every .whl/*.whl into $SITE (pip when it is there, else zipfile)
+wheels() {  # unpack every .whl/*.whl into $SITE: one pip call for all (each pip start costs ~1 s), else zipfile
     mkdir -p "$SITE"
+    if $PY -m pip --version > /dev/null 2>&1; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
+        return
+    fi
     local w ok=0
     for w in .whl/*.whl; do
-        if $PY -m pip --version > /dev/null 2>&1; then
-            $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$w" || ok=1
-        else
-            $PY -m zipfile -e "$w" "$SITE" || ok=1
-        fi
+        $PY -m zipfile -e "$w" "$SITE" || ok=1
     done
     return $ok
 }
