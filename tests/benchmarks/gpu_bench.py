@@ -567,32 +567,38 @@ class Run:
 
     def precompile(self, shapes: list) -> None:
         """Compile, in parallel worker processes, the training and validation kernels that
-        ``shapes`` (``(d, P, batch, variant)``) will launch, from their real launch arguments (the
-        probe state allocated, not written), so that the measurements load them from triton's
-        cache instead of compiling one after another.  Nothing to do under the interpreter; a
-        failure only costs the time: the launches compile what they need themselves."""
+        ``shapes`` (``(d, P, batch, variant)``) will launch (``launch_packs``), so that the
+        measurements load them from triton's cache instead of compiling one after another.
+        Nothing to do under the interpreter; a failure only costs the time: the launches compile
+        what they need themselves."""
         if self.device.type != "cuda":
             return
-        from retrain.kernels import train, validate
-
         t = time.perf_counter()
-        arch = 10 * torch.cuda.get_device_capability(self.device)[0] + torch.cuda.get_device_capability(self.device)[1]
         try:
-            packs = {}  # by repr: the same kernel once
-            for d, P, batch, variant in shapes:
-                if (1 + MOMENTS) * 4 * P * self.data.n_users * d * 1.15 + (2 << 30) > free_bytes(self.device):
-                    continue
-                config = TritonConfig(self.head(d), self.data, d, P, batch, self.device, variant=variant)
-                args, kwargs = config.launch_args()
-                launches = (recorded_launch(train, "_train_epochs_kernel", train.train_epochs, *args, **kwargs),
-                            recorded_launch(validate, "_validation_loss_kernel", config.train_mse))
-                for pack in (pack_launch(*launch, arch) for launch in launches):
-                    packs[repr(pack)] = pack
-                del config, args, kwargs
-            list(compile_in_parallel(list(packs.values())))
+            major, minor = torch.cuda.get_device_capability(self.device)
+            packs = self.launch_packs(shapes, 10 * major + minor)
+            list(compile_in_parallel(packs))
             log(f"precompiled {len(packs)} kernels in {time.perf_counter() - t:.1f} s")
         except Exception as exc:  # the launches will compile
             log(f"precompile FAILED ({type(exc).__name__}: {str(exc)[:200]}); kernels compile at first launch")
+
+    def launch_packs(self, shapes: list, arch: int) -> list:
+        """``pack_launch`` of each distinct training and validation kernel that ``shapes`` will
+        launch, from the real launch arguments (the probe state is allocated, not written)."""
+        from retrain.kernels import train, validate
+
+        packs = {}  # by repr: the same kernel once
+        for d, P, batch, variant in shapes:
+            if (1 + MOMENTS) * 4 * P * self.data.n_users * d * 1.15 + (2 << 30) > free_bytes(self.device):
+                continue
+            config = TritonConfig(self.head(d), self.data, d, P, batch, self.device, variant=variant)
+            args, kwargs = config.launch_args()
+            launches = (recorded_launch(train, "_train_epochs_kernel", train.train_epochs, *args, **kwargs),
+                        recorded_launch(validate, "_validation_loss_kernel", config.train_mse))
+            for pack in (pack_launch(*launch, arch) for launch in launches):
+                packs[repr(pack)] = pack
+            del config, args, kwargs
+        return list(packs.values())
 
     def configs(self) -> None:
         ceil = self.res["ceilings"]
@@ -833,13 +839,18 @@ def _compile_figures(packed: tuple) -> dict:
 def compile_in_parallel(packs: list, *, figures: bool = False):
     """``compile_packed`` of every pack in worker processes (one per core, at most 16; spawned, so
     no CUDA state is inherited), in order: their resource figures when ``figures``, else None each.
-    Compiling the kernels of a run up front this way costs the longest compile instead of their sum."""
+    Compiling the kernels of a run up front this way costs the longest compile instead of their sum.
+    On two cores or fewer, in this process: starting workers (torch each) would cost more."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    workers = max(1, min(16, os.cpu_count() or 1, len(packs)))
+    fn = _compile_figures if figures else compile_packed_quietly
+    workers = min(16, os.cpu_count() or 1, len(packs))
+    if workers <= 2:
+        yield from map(fn, packs)
+        return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_compile_figures if figures else compile_packed_quietly, packs)
+        yield from pool.map(fn, packs)
 
 
 def compile_packed_quietly(packed: tuple) -> None:
