@@ -16,7 +16,7 @@ interpreter; which is fastest is for the GPU check to say (docs/benchmarks.md):
   heaviest users first, with the next item's dependent loads issued before the current item trains;
 * ``fold_bias``: item rows read from a table ``[I, h + 1]`` whose last column is the item bias
   (one gather per rating instead of two), by default where the extra column fits the tile's
-  padding (h not a power of two, or h = 1), so that it costs no registers.
+  padding (h not a power of two), so that it costs no registers.
 
 ``$RETRAIN_TRITON_TRAIN`` forces them for every training launch that does not pass its own
 blocks, e.g. ``RETRAIN_TRITON_TRAIN=products=fma,persistent=1,fold_bias=0`` (the GPU check times
@@ -86,8 +86,8 @@ def variant_from_env() -> dict:
 def folds_for_free(h: int) -> bool:
     """Whether a bias column next to ``h`` item features fits the tile's padding (h not a power of
     two), so that folding costs no registers.  (At h = 1 the row of two floats would be one gather
-    instead of two, but the widened feature and state tiles cost d = 1, P = 64 24 more registers
-    on sm_90: docs/benchmarks.md.)"""
+    instead of two, but the widened feature and state tiles cost d = 1, P = 64 24-34 more
+    registers on sm_90: docs/benchmarks.md.)"""
     return triton.next_power_of_2(h + 1) == triton.next_power_of_2(h)
 
 

@@ -1,11 +1,14 @@
 """Fused probe training: ``n_epochs`` epochs of minibatch Adam/SGD for every (user, probe block).
 
-One program owns one user and a block of ``BLOCK_P`` probes.  It loads the user's embeddings and
-Adam moments for those probes once, keeps them in registers for all epochs of the launch, and for
-every step: computes the step's rating positions through the contract's permutation (in-kernel,
-cycle walking), gathers those ratings and their item rows once for the whole probe block, runs the
-frozen tower forward, the predictions, the weighted squared error, the backward pass, the L2 term
-and the optimizer update.  Learning rates and L2 weights are per-probe runtime vectors.
+One work item is one user and a block of ``BLOCK_P`` probes (``_train_item``): one program per
+item, or with ``PERSISTENT`` a grid of resident programs taking items from an atomic counter
+(``kernels/blocks.py`` picks the variant: that, the products' form and the folded item bias).  An
+item loads the user's embeddings and Adam moments for those probes once, keeps them in registers
+for all epochs of the launch, and for every step: computes the step's rating positions through
+the contract's permutation (in-kernel, cycle walking), gathers those ratings and their item rows
+once for the whole probe block, runs the frozen tower forward, the predictions, the weighted
+squared error, the backward pass, the L2 term and the optimizer update.  Learning rates and L2
+weights are per-probe runtime vectors.
 
 A launch may hold several checkpoints (``train_checkpoints``): after the epochs of each, while the
 state is still in registers, the program flags its non-finite probes, computes its validation

@@ -666,6 +666,8 @@ class Run:
     def variants(self) -> None:
         """Every variant of the training kernel side by side at each of the plan's variant shapes
         (``time_variants``), the fastest within the parity tolerance named."""
+        self.precompile([(d, P, batch, variant) for d, P, batch in self.plan.variant_shapes
+                         for variant in shape_variants(d, P, batch).values()])
         for d, P, batch in self.plan.variant_shapes:
             row = dict(d=d, P=P, batch=batch, tolerance=self.plan.tolerance)
             self.res["variant_rows"].append(row)
@@ -675,7 +677,6 @@ class Run:
                 self.save()
                 continue
             head = self.head(d)
-            self.precompile([(d, P, batch, v) for v in shape_variants(d, P, batch).values()])
 
             def measure():
                 configs = {}
