@@ -12,7 +12,7 @@ import triton.language as tl
 
 from .blocks import pick_blocks
 from .inputs import check_items, check_tensor
-from .tower import _mm, _tower_forward, check_precision, tower_args
+from .tower import _mm, _tower_forward, tower_args
 
 
 @triton.jit
@@ -22,7 +22,7 @@ def _score_kernel(
     n_rows, n_items, n_item_blocks, d, h1, h, global_bias,
     N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_I: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, PRODUCTS: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)  # one axis: grid axes 1 and 2 stop at 65535
     offs_n = (pid // n_item_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -34,19 +34,19 @@ def _score_kernel(
     e = tl.load(emb_ptr + offs_n[:, None] * stride_emb + offs_d[None, :],
                 mask=mask_n[:, None] & (offs_d[None, :] < d), other=0.0)
     _, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
-                                 N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
+                                 N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, PRODUCTS)
     q = tl.load(q_ptr + offs_i[:, None] * stride_q + offs_h[None, :],
                 mask=mask_i[:, None] & (offs_h[None, :] < h), other=0.0)
     item_bias = tl.load(item_bias_ptr + offs_i, mask=mask_i, other=0.0)
-    scores = _mm(features, tl.trans(q), DOT_PRECISION) + item_bias[None, :] + global_bias
+    scores = _mm(features, tl.trans(q), PRODUCTS) + item_bias[None, :] + global_bias
     tl.store(out_ptr + offs_n[:, None] * stride_out + offs_i[None, :], scores,
              mask=mask_n[:, None] & mask_i[None, :])
 
 
-def score(emb, item_vectors, item_bias, global_bias: float, tower, *, precision: str = "ieee") -> torch.Tensor:
+def score(emb, item_vectors, item_bias, global_bias: float, tower) -> torch.Tensor:
     """Scores of every item for embeddings ``emb`` float32 ``[n, d]``: float32 ``[n, n_items]``.
 
-    ``tower`` as in ``kernels/train.py``; ``precision`` as in ``kernels/tower.py``.
+    ``tower`` as in ``kernels/train.py``; the products as ``pick_blocks`` picks them.
     """
     device = emb.device
     check_items(item_vectors, item_bias, device)
@@ -64,6 +64,6 @@ def score(emb, item_vectors, item_bias, global_bias: float, tower, *, precision:
         n_rows, n_items, n_item_blocks, d, h1, h, float(global_bias),
         N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
         BLOCK_N=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_I=blocks.cols,
-        DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps, enable_fp_fusion=True,
+        PRODUCTS=blocks.products, num_warps=blocks.num_warps, enable_fp_fusion=True,
     )
     return out

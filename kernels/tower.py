@@ -6,12 +6,14 @@ Activation codes are those of ``retrain.backends.base.ACTIVATION_CODES``: 0 iden
 2 tanh.  Dimensions: ``d`` in, ``h1`` out of layer 1 (only with two layers), ``h`` out.  Padded
 rows/columns hold zeros, and every activation maps 0 to 0, so padding never leaks into real values.
 
-Products (``_mm``) are ``tl.dot`` when the reduction dimension is >= 16, the least ``tl.dot`` takes
-on CUDA, with ``PRECISION = "ieee"`` by default: plain float32 FMAs, not TF32, so the kernels agree
-with float32 PyTorch to rounding (``"tf32x3"``, three TF32 tensor-core products, is there for the
-benchmarks).  A shorter reduction (d = 1 for the biases head) is a broadcast multiply-and-sum,
-which wastes nothing on padding.  Either way a row's result depends on that row alone, never on
-how many other rows share the tile.
+Products (``_mm``) are chosen by the constexpr ``PRODUCTS`` (``check_products``): ``"ieee"`` (the
+default) is ``tl.dot`` in plain float32 FMAs, not TF32, so the kernels agree with float32 PyTorch
+to rounding; ``"tf32x3"``, three TF32 tensor-core products, is there for the benchmarks;
+``"fma"`` is a broadcast multiply-and-sum, which the compiler lowers to per-thread FMA chains with
+the broadcast operand exchanged through shared memory, and no ``tl.dot`` staging.  A reduction
+shorter than 16, the least ``tl.dot`` takes on CUDA (d = 1 for the biases head), always takes the
+broadcast form, which wastes nothing on padding.  Either way a row's result depends on that row
+alone, never on how many other rows share the tile.
 """
 import torch
 import triton
@@ -25,12 +27,16 @@ _TANH_SMALL = tl.constexpr(0.55)
 
 
 @triton.jit
-def _mm(a, b, PRECISION: tl.constexpr):
-    """``a [M, K] @ b [K, N]`` in float32; ``PRECISION`` is tl.dot's ``input_precision``."""
-    if a.shape[1] >= MIN_DOT_K:
-        out = tl.dot(a, b, input_precision=PRECISION)
-    else:
+def _mm(a, b, PRODUCTS: tl.constexpr):
+    """``a [M, K] @ b [K, N]`` in float32, as ``PRODUCTS`` says (module docstring)."""
+    if a.shape[1] < MIN_DOT_K:
         out = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    elif PRODUCTS == "fma":
+        # Reduced over the last axis: triton's combiner rewrites the [M, K, N] form (the one
+        # above) into tl.dot when K >= 16, which this variant exists to avoid.
+        out = tl.sum(a[:, None, :] * tl.trans(b)[None, :, :], axis=2)
+    else:
+        out = tl.dot(a, b, input_precision=PRODUCTS)
     return out
 
 
@@ -101,18 +107,18 @@ def _load_vector(ptr, n, BLOCK: tl.constexpr):
 def _tower_forward(x, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
                    N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
-                   PRECISION: tl.constexpr):
+                   PRODUCTS: tl.constexpr):
     """``(hidden, features)``: layer 1's output (``x`` itself unless there are two layers) and the
     tower's output ``[BLOCK_M, BLOCK_H]`` (``x`` itself with no layers, where ``d == h``)."""
     hidden = x
     features = x
     if N_LAYERS == 1:
-        z = _mm(x, _load_weight_t(w1_ptr, d, h, BLOCK_D, BLOCK_H), PRECISION)
+        z = _mm(x, _load_weight_t(w1_ptr, d, h, BLOCK_D, BLOCK_H), PRODUCTS)
         features = _activate(z + _load_vector(c1_ptr, h, BLOCK_H)[None, :], ACT1)
     elif N_LAYERS == 2:
-        z = _mm(x, _load_weight_t(w1_ptr, d, h1, BLOCK_D, BLOCK_H1), PRECISION)
+        z = _mm(x, _load_weight_t(w1_ptr, d, h1, BLOCK_D, BLOCK_H1), PRODUCTS)
         hidden = _activate(z + _load_vector(c1_ptr, h1, BLOCK_H1)[None, :], ACT1)
-        z = _mm(hidden, _load_weight_t(w2_ptr, h1, h, BLOCK_H1, BLOCK_H), PRECISION)
+        z = _mm(hidden, _load_weight_t(w2_ptr, h1, h, BLOCK_H1, BLOCK_H), PRODUCTS)
         features = _activate(z + _load_vector(c2_ptr, h, BLOCK_H)[None, :], ACT2)
     return hidden, features
 
@@ -121,17 +127,17 @@ def _tower_forward(x, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
 def _tower_backward(grad_features, hidden, features, w1_ptr, w2_ptr, d, h1, h,
                     N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
-                    PRECISION: tl.constexpr):
+                    PRODUCTS: tl.constexpr):
     """Gradient w.r.t. the tower's input ``[BLOCK_M, BLOCK_D]`` given the gradient w.r.t. its output."""
     grad = grad_features
     if N_LAYERS == 1:
         grad = _mm(_activation_grad(features, grad, ACT1), _load_weight(w1_ptr, d, h, BLOCK_D, BLOCK_H),
-                   PRECISION)
+                   PRODUCTS)
     elif N_LAYERS == 2:
         grad = _mm(_activation_grad(features, grad, ACT2), _load_weight(w2_ptr, h1, h, BLOCK_H1, BLOCK_H),
-                   PRECISION)
+                   PRODUCTS)
         grad = _mm(_activation_grad(hidden, grad, ACT1), _load_weight(w1_ptr, d, h1, BLOCK_D, BLOCK_H1),
-                   PRECISION)
+                   PRODUCTS)
     return grad
 
 
@@ -167,11 +173,11 @@ def tower_args(tower, d: int, h: int, placeholder: torch.Tensor):
     return w1, c1, w2, c2, h1, len(tower), act1, act2
 
 
-DOT_PRECISIONS = ("ieee", "tf32x3")
+PRODUCT_KINDS = ("ieee", "tf32x3", "fma")  # how _mm forms products: the module docstring
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` for ``_mm``: ``"ieee"`` (exact float32 FMAs, the default) or ``"tf32x3"``."""
-    if precision not in DOT_PRECISIONS:
-        raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
-    return precision
+def check_products(products: str) -> str:
+    """``products`` for ``_mm``, one of ``PRODUCT_KINDS``."""
+    if products not in PRODUCT_KINDS:
+        raise ValueError(f"products must be one of {PRODUCT_KINDS}, got {products!r}")
+    return products

@@ -1,11 +1,14 @@
 """Fused probe training: ``n_epochs`` epochs of minibatch Adam/SGD for every (user, probe block).
 
-One program owns one user and a block of ``BLOCK_P`` probes.  It loads the user's embeddings and
-Adam moments for those probes once, keeps them in registers for all epochs of the launch, and for
-every step: computes the step's rating positions through the contract's permutation (in-kernel,
-cycle walking), gathers those ratings and their item rows once for the whole probe block, runs the
-frozen tower forward, the predictions, the weighted squared error, the backward pass, the L2 term
-and the optimizer update.  Learning rates and L2 weights are per-probe runtime vectors.
+One work item is one user and a block of ``BLOCK_P`` probes (``_train_item``): one program per
+item, or with ``PERSISTENT`` a grid of resident programs taking items from an atomic counter
+(``kernels/blocks.py`` picks the variant: that, the products' form and the folded item bias).  An
+item loads the user's embeddings and Adam moments for those probes once, keeps them in registers
+for all epochs of the launch, and for every step: computes the step's rating positions through
+the contract's permutation (in-kernel, cycle walking), gathers those ratings and their item rows
+once for the whole probe block, runs the frozen tower forward, the predictions, the weighted
+squared error, the backward pass, the L2 term and the optimizer update.  Learning rates and L2
+weights are per-probe runtime vectors.
 
 A launch may hold several checkpoints (``train_checkpoints``): after the epochs of each, while the
 state is still in registers, the program flags its non-finite probes, computes its validation
@@ -27,7 +30,8 @@ from retrain.contract import GOLDEN, PERM_DOMAIN
 
 from .blocks import MIN_DOT_K, Blocks, pick_blocks
 from .inputs import check_items, check_ratings, check_tensor
-from .tower import _mm, _tower_backward, _tower_forward, check_precision, tower_args
+from .items import _gather_items, _predict, folded_table
+from .tower import _mm, _tower_backward, _tower_forward, tower_args
 from .validate import _user_loss
 
 OPTIMIZERS = ("adam", "sgd")
@@ -127,22 +131,16 @@ def _gather_ratings(first, end, start, n, items_ptr, ratings_ptr, weights_ptr, m
 
 
 @triton.jit
-def _gather_items(item, valid, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H: tl.constexpr):
-    """Item rows ``Q[item]`` [BLOCK_B, BLOCK_H] and biases ``b[item]`` [BLOCK_B] (zeros where not valid)."""
-    offs_h = tl.arange(0, BLOCK_H)
-    q = tl.load(q_ptr + item[:, None] * stride_q + offs_h[None, :], mask=valid[:, None] & (offs_h[None, :] < h),
-                other=0.0)
-    item_bias = tl.load(item_bias_ptr + item, mask=valid, other=0.0)
-    return q, item_bias
-
-
-@triton.jit
-def _features_grad(features, q, item_bias, rating, weight, valid, global_bias, scale, PRECISION: tl.constexpr):
+def _features_grad(features, q, item_bias, rating, weight, valid, global_bias, scale, h, PRODUCTS: tl.constexpr,
+                   FOLD_BIAS: tl.constexpr):
     """Gradient of ``scale / 2 * sum w (pred - r)^2`` over a tile of ratings w.r.t. the tower's
     output ``features`` [BLOCK_P, BLOCK_H] (one row per probe)."""
-    pred = _mm(features, tl.trans(q), PRECISION) + item_bias[None, :] + global_bias
+    pred = _predict(features, q, item_bias, global_bias, h, PRODUCTS, FOLD_BIAS)
     coef = tl.where(valid[None, :], (pred - rating[None, :]) * (weight * scale)[None, :], 0.0)
-    return _mm(coef, q, PRECISION)
+    grad = _mm(coef, q, PRODUCTS)
+    if FOLD_BIAS:  # the bias column's "gradient" is not a feature's
+        grad = tl.where(tl.arange(0, q.shape[1])[None, :] < h, grad, 0.0)
+    return grad
 
 
 @triton.jit
@@ -152,28 +150,33 @@ def _non_finite(x):
 
 
 # ----------------------------------------------------------------------------- kernels
-@triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size", "fresh", "validate",
-                               "n_checkpoints", "n_snapshots"])
-def _train_epochs_kernel(
-    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr,
-    order_ptr, indptr_ptr, keys_ptr, items_ptr, ratings_ptr, weights_ptr,
+@triton.jit
+def _work_item(work, n_work, n_probe_blocks, order_ptr, indptr_ptr, keys_ptr):
+    """``(user, first rating, rating count, key)`` of work item ``work``: the (user, probe block)
+    pairs are numbered users first, in launch order.  ``work >= n_work`` reads the last item's."""
+    user = tl.load(order_ptr + tl.minimum(work, n_work - 1) // n_probe_blocks)
+    start = tl.load(indptr_ptr + user)
+    n = tl.load(indptr_ptr + user + 1) - start
+    key = tl.load(keys_ptr + user)
+    return user, start, n, key
+
+
+@triton.jit
+def _train_item(
+    user, probe_block, start, n, key,
+    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, items_ptr, ratings_ptr, weights_ptr,
     q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
     ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr, snap_ptr,
     stride_state_u, stride_state_p, stride_q, stride_snap,
-    n_users, n_probes, n_probe_blocks, d, h1, h,
+    n_users, n_probes, d, h1, h,
     global_bias, seed, epoch_start, n_epochs, batch_size, fresh, validate, n_checkpoints, n_snapshots,
     N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
     ADAM: tl.constexpr, ADAM_BETA1: tl.constexpr, ADAM_BETA2: tl.constexpr, ADAM_EPS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, PRODUCTS: tl.constexpr, FOLD_BIAS: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    user = tl.load(order_ptr + pid // n_probe_blocks)
-    probe_block = pid % n_probe_blocks
-    start = tl.load(indptr_ptr + user)
-    n = tl.load(indptr_ptr + user + 1) - start
-    key = tl.load(keys_ptr + user)
-
+    """One work item: the epochs of the launch for probe block ``probe_block`` of ``user``, whose
+    ratings are ``start ... start + n - 1`` and whose contract key is ``key``."""
     offs_p = probe_block * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
     mask_p = offs_p < n_probes
@@ -215,35 +218,35 @@ def _train_epochs_kernel(
         valid, item, rating, weight = _gather_ratings(0, tl.minimum(batch_size, n), start, n, items_ptr, ratings_ptr,
                                                       weights_ptr, mask_bits, shift, m0, k0, m1, k1, m2, k2, m3, k3,
                                                       BLOCK_B)
-        q, item_bias = _gather_items(item, valid, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H)
+        q, item_bias = _gather_items(item, valid, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H, FOLD_BIAS)
         valid1, item1, rating1, weight1 = _gather_ratings(batch_size, tl.minimum(2 * batch_size, n), start, n,
                                                           items_ptr, ratings_ptr, weights_ptr, mask_bits, shift,
                                                           m0, k0, m1, k1, m2, k2, m3, k3, BLOCK_B)
         for step in range(0, n_steps):
             first = step * batch_size
             end = tl.minimum(first + batch_size, n)
-            q1, item_bias1 = _gather_items(item1, valid1, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H)
+            q1, item_bias1 = _gather_items(item1, valid1, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H, FOLD_BIAS)
             first2 = first + 2 * batch_size
             valid2, item2, rating2, weight2 = _gather_ratings(first2, tl.minimum(first2 + batch_size, n), start, n,
                                                               items_ptr, ratings_ptr, weights_ptr, mask_bits, shift,
                                                               m0, k0, m1, k1, m2, k2, m3, k3, BLOCK_B)
 
             hidden, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
-                                              N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
+                                              N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, PRODUCTS)
             scale = tl.div_rn(2.0, (end - first).to(tl.float32))  # d/dpred of mean(w (pred - r)^2)
-            grad_features = _features_grad(features, q, item_bias, rating, weight, valid, global_bias, scale,
-                                           DOT_PRECISION)
+            grad_features = _features_grad(features, q, item_bias, rating, weight, valid, global_bias, scale, h,
+                                           PRODUCTS, FOLD_BIAS)
             for sub in range(first + BLOCK_B, end, BLOCK_B):  # the other sub-tiles when batch_size > BLOCK_B
                 valid_s, item_s, rating_s, weight_s = _gather_ratings(sub, end, start, n, items_ptr, ratings_ptr,
                                                                       weights_ptr, mask_bits, shift,
                                                                       m0, k0, m1, k1, m2, k2, m3, k3, BLOCK_B)
-                q_s, item_bias_s = _gather_items(item_s, valid_s, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H)
-                grad_features += _features_grad(features, q_s, item_bias_s, rating_s, weight_s, valid_s, global_bias,
-                                                scale, DOT_PRECISION)
+                q_s, item_bias_s = _gather_items(item_s, valid_s, q_ptr, item_bias_ptr, stride_q, h, BLOCK_H, FOLD_BIAS)
+                grad_features += _features_grad(features, q_s, item_bias_s, rating_s, weight_s, valid_s,
+                                                global_bias, scale, h, PRODUCTS, FOLD_BIAS)
             valid, rating, weight, q, item_bias = valid1, rating1, weight1, q1, item_bias1
             valid1, item1, rating1, weight1 = valid2, item2, rating2, weight2
             grad = _tower_backward(grad_features, hidden, features, w1_ptr, w2_ptr, d, h1, h,
-                                   N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
+                                   N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, PRODUCTS)
             grad += reg2 * e
             if ADAM:
                 power1 *= ADAM_BETA1
@@ -268,10 +271,10 @@ def _train_epochs_kernel(
             tl.atomic_max(bad_ptr + checkpoint * n_probes + offs_p, bad_p, mask=mask_p)
             if validate != 0:
                 _, features = _tower_forward(e, w1_ptr, c1_ptr, w2_ptr, c2_ptr, d, h1, h,
-                                             N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, DOT_PRECISION)
+                                             N_LAYERS, ACT1, ACT2, BLOCK_D, BLOCK_H1, BLOCK_H, PRODUCTS)
                 loss = _user_loss(features, tl.load(val_indptr_ptr + user), tl.load(val_indptr_ptr + user + 1),
-                                  val_items_ptr, val_ratings_ptr, val_weights_ptr, q_ptr, item_bias_ptr, stride_q, h,
-                                  global_bias, BLOCK_P, BLOCK_H, BLOCK_B, DOT_PRECISION)
+                                  val_items_ptr, val_ratings_ptr, val_weights_ptr, q_ptr, item_bias_ptr,
+                                  stride_q, h, global_bias, BLOCK_P, BLOCK_H, BLOCK_B, PRODUCTS, FOLD_BIAS)
                 tl.store(partial_ptr + (checkpoint * n_users + user) * n_probes + offs_p, loss, mask=mask_p)
             if checkpoint < n_snapshots:
                 tl.store(snap_ptr + checkpoint * stride_snap + state_offs, e, mask=mask_state)
@@ -281,6 +284,56 @@ def _train_epochs_kernel(
     if ADAM:
         tl.store(m_ptr + state_offs, m, mask=mask_state)
         tl.store(v_ptr + state_offs, v, mask=mask_state)
+
+
+@triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size", "fresh", "validate",
+                               "n_checkpoints", "n_snapshots"])
+def _train_epochs_kernel(
+    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr,
+    order_ptr, indptr_ptr, keys_ptr, items_ptr, ratings_ptr, weights_ptr,
+    q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
+    ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr, snap_ptr, counter_ptr,
+    stride_state_u, stride_state_p, stride_q, stride_snap,
+    n_users, n_probes, n_probe_blocks, n_work, d, h1, h,
+    global_bias, seed, epoch_start, n_epochs, batch_size, fresh, validate, n_checkpoints, n_snapshots,
+    N_LAYERS: tl.constexpr, ACT1: tl.constexpr, ACT2: tl.constexpr,
+    ADAM: tl.constexpr, ADAM_BETA1: tl.constexpr, ADAM_BETA2: tl.constexpr, ADAM_EPS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_B: tl.constexpr, PRODUCTS: tl.constexpr, PERSISTENT: tl.constexpr, FOLD_BIAS: tl.constexpr,
+):
+    if PERSISTENT:
+        # Item after item claimed from the counter, which hands them out in launch order (heaviest
+        # users first) to whichever program is free.
+        work = tl.atomic_add(counter_ptr, 1).to(tl.int64)
+        user, start, n, key = _work_item(work, n_work, n_probe_blocks, order_ptr, indptr_ptr, keys_ptr)
+        while work < n_work:
+            # The next item's chain of dependent loads (counter, order, indptr and key) is issued
+            # before this item trains, so that its latency hides behind the training.
+            next_work = tl.atomic_add(counter_ptr, 1).to(tl.int64)
+            next_user, next_start, next_n, next_key = _work_item(next_work, n_work, n_probe_blocks, order_ptr,
+                                                                 indptr_ptr, keys_ptr)
+            _train_item(user, work % n_probe_blocks, start, n, key,
+                        emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, items_ptr, ratings_ptr,
+                        weights_ptr, q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
+                        ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr,
+                        snap_ptr, stride_state_u, stride_state_p, stride_q, stride_snap,
+                        n_users, n_probes, d, h1, h, global_bias, seed, epoch_start, n_epochs, batch_size, fresh,
+                        validate, n_checkpoints, n_snapshots,
+                        N_LAYERS, ACT1, ACT2, ADAM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
+                        BLOCK_P, BLOCK_D, BLOCK_H1, BLOCK_H, BLOCK_B, PRODUCTS, FOLD_BIAS)
+            work, user, start, n, key = next_work, next_user, next_start, next_n, next_key
+    else:  # one program per item (no loop: a loop would keep its invariants live in registers)
+        work = tl.program_id(0).to(tl.int64)
+        user, start, n, key = _work_item(work, n_work, n_probe_blocks, order_ptr, indptr_ptr, keys_ptr)
+        _train_item(user, work % n_probe_blocks, start, n, key,
+                    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, items_ptr, ratings_ptr, weights_ptr,
+                    q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
+                    ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr, snap_ptr,
+                    stride_state_u, stride_state_p, stride_q, stride_snap,
+                    n_users, n_probes, d, h1, h,
+                    global_bias, seed, epoch_start, n_epochs, batch_size, fresh, validate, n_checkpoints, n_snapshots,
+                    N_LAYERS, ACT1, ACT2, ADAM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
+                    BLOCK_P, BLOCK_D, BLOCK_H1, BLOCK_H, BLOCK_B, PRODUCTS, FOLD_BIAS)
 
 
 @triton.jit(do_not_specialize=["seed", "epoch"])
@@ -312,8 +365,8 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
                       item_vectors, item_bias, global_bias: float, tower, *, order: torch.Tensor, epoch_start: int,
                       checkpoint_ends, batch_size: int, optimizer: str, seed: int, adam: tuple[float, float, float],
                       init: torch.Tensor | None = None, val: tuple | None = None,
-                      snapshots: torch.Tensor | None = None, blocks: Blocks | None = None,
-                      precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor | None]:
+                      snapshots: torch.Tensor | None = None,
+                      blocks: Blocks | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Advance P probes by ``checkpoint_ends[-1]`` epochs (``epoch_start`` ...) in place, in one
     launch, with a checkpoint after ``checkpoint_ends[k]`` epochs for each k.
 
@@ -332,8 +385,9 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
         val: ``(indptr, items, ratings, weights)`` of the validation ratings (CSR by user, the
             same users) or None: each checkpoint also computes the per-user validation losses.
         snapshots: float32 ``[S, U, P, d]`` (S < K) or None: the embeddings at checkpoints 0..S-1.
-        blocks: override ``pick_blocks`` (tests, benchmarks).
-        precision: ``kernels/tower.py``'s dot precision (``"ieee"``, or ``"tf32x3"`` to measure).
+        blocks: override ``pick_blocks`` (tests, benchmarks); it also picks the kernel variant
+            (``kernels/blocks.py``: products, persistent grid, item bias folded into the rows of
+            a cached table, ``kernels/items.py``).
 
     Returns ``(bad, partial)``: int32 ``[K, P]``, 1 for a probe whose state was NaN/inf at
     checkpoint k for a visited user; float32 ``[K, U, P]`` per-user ``sum w (pred - r)^2`` over the
@@ -377,30 +431,44 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
     if order.shape[0] == 0 or n_probes == 0 or (ends[-1] == 0 and init is None):
         return bad, partial
     blocks = blocks or pick_blocks("train", n_probes, d, h1, h, batch_size)
-    if check_precision(precision) != "ieee" and blocks.rows < MIN_DOT_K:
-        raise ValueError(f"precision {precision!r} runs on tensor cores: it needs blocks of >= {MIN_DOT_K} probes, "
+    if blocks.products == "tf32x3" and blocks.rows < MIN_DOT_K:
+        raise ValueError(f"products 'tf32x3' run on tensor cores: they need blocks of >= {MIN_DOT_K} probes, "
                          f"got {blocks.rows}")
+    table = folded_table(item_vectors, item_bias) if blocks.fold_bias else item_vectors
     n_probe_blocks = triton.cdiv(n_probes, blocks.rows)
+    n_work = order.shape[0] * n_probe_blocks
+    counter = torch.zeros(1, dtype=torch.int64, device=device)  # the persistent grid's next work item
+    n_programs = min(n_work, resident_programs(device, blocks.num_warps)) if blocks.persistent else n_work
     moments = (adam_m, adam_v) if is_adam else (emb, emb)
     val = val if val is not None else (indptr, items, ratings, weights)  # unread without validation
     snap = snapshots if snapshots is not None else emb
     beta1, beta2, eps = adam
-    _train_epochs_kernel[(order.shape[0] * n_probe_blocks,)](
+    _train_epochs_kernel[(n_programs,)](
         emb, *moments, emb if init is None else init, bad, lrs, regs,
         order, indptr, keys, items, ratings, weights,
-        item_vectors, item_bias, w1, c1, w2, c2,
+        table, item_bias, w1, c1, w2, c2,
         torch.tensor(ends, dtype=torch.int64, device=device), *val, partial if partial is not None else emb, snap,
-        emb.stride(0), emb.stride(1), item_vectors.stride(0), n_users * n_probes * d,
-        n_users, n_probes, n_probe_blocks, d, h1, h,
+        counter, emb.stride(0), emb.stride(1), table.stride(0), n_users * n_probes * d,
+        n_users, n_probes, n_probe_blocks, n_work, d, h1, h,
         float(global_bias), seed & 0xFFFFFFFF, epoch_start, ends[-1], batch_size, int(init is not None),
         int(partial is not None), K,
         0 if snapshots is None else snapshots.shape[0],
         N_LAYERS=n_layers, ACT1=act1, ACT2=act2,
         ADAM=is_adam, ADAM_BETA1=float(beta1), ADAM_BETA2=float(beta2), ADAM_EPS=float(eps),
         BLOCK_P=blocks.rows, BLOCK_D=blocks.d, BLOCK_H1=blocks.h1, BLOCK_H=blocks.h, BLOCK_B=blocks.cols,
-        DOT_PRECISION=check_precision(precision), num_warps=blocks.num_warps, enable_fp_fusion=True,
+        PRODUCTS=blocks.products, PERSISTENT=blocks.persistent, FOLD_BIAS=blocks.fold_bias,
+        num_warps=blocks.num_warps, enable_fp_fusion=True,
     )
     return bad, partial
+
+
+def resident_programs(device: torch.device, num_warps: int) -> int:
+    """Programs of ``num_warps`` warps that a GPU can hold at once by its warp slots (64 per SM on
+    Hopper): the persistent grid.  Registers may allow fewer; the programs that do not fit start as
+    others finish, find the work taken and stop.  Under the interpreter (programs run one after
+    another): one SM's worth."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return sms * max(1, 64 // num_warps)
 
 
 def permutations(indptr: torch.Tensor, keys: torch.Tensor, *, seed: int, epoch: int) -> torch.Tensor:

@@ -26,9 +26,9 @@ from retrain.trainer import prepare
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from retrain.kernels.blocks import pick_blocks  # noqa: E402
+from retrain.kernels.blocks import VARIANT_ENV, pick_blocks, variant_from_env  # noqa: E402
 from retrain.kernels.tower import _tanh  # noqa: E402
-from retrain.kernels.train import train_epochs  # noqa: E402
+from retrain.kernels.train import train_checkpoints, train_epochs  # noqa: E402
 from retrain.kernels.validate import user_losses  # noqa: E402
 
 DEVICE = triton_device()
@@ -95,6 +95,71 @@ def test_dot_path_with_padding(n_probes):
     head = random_head("mf", 19, 20, seed=7)
     data = random_ratings(4, 19, counts=[3, 9, 0, 20], seed=8)
     _assert_matches_reference(head, data, [1e-2, 3e-2][:n_probes], [1e-4, 1e-3][:n_probes], batch_size=4)
+
+
+# (head, d, h, variant): every variant of the training kernel where it differs from the default:
+# K >= 16 for the FMA products, h not a power of two for the folded bias (the default there).
+VARIANTS = [("mf", 20, 20, dict(products="fma")),
+            ("mf", 20, 20, dict(persistent=True, fold_bias=False)),
+            ("tower1", 5, 18, dict()),
+            ("tower1", 5, 18, dict(products="fma", persistent=True)),
+            ("mf", 4, 4, dict(fold_bias=True))]  # forced: tiles widened for the bias column
+
+
+@pytest.mark.parametrize("kind,d,h,variant", VARIANTS)
+def test_training_variants_match_the_reference(kind, d, h, variant, monkeypatch):
+    """Each variant (kernels/blocks.py) trains like the reference backend, on odd shapes (P = 3 in
+    a block of 8, batch 4 over users of 0-13 ratings, one without any), and the
+    validation fused into its launch matches the head's own float64 predictions."""
+    monkeypatch.delenv(VARIANT_ENV, raising=False)  # exactly the variant asked for
+    head = random_head(kind, 21, d, h, seed=15)
+    data = random_ratings(5, 21, counts=[0, 6, 13, 3, 9], seed=16)
+    train, val = data.split_per_user(0.3, seed=2)
+    lrs, regs = [1e-2, 3e-2, 5e-3], [1e-3, 0.0, 1e-2]
+    blocks = pick_blocks("train", 3, d, head.h if kind == "mf" else h, h, 4, **variant)
+    assert blocks.products == variant.get("products", "ieee") and blocks.fold_bias == variant.get("fold_bias", True)
+    ref = _train(None, head, train, lrs, regs, batch_size=4, optimizer="adam")
+    t, v = csr_tensors(train, DEVICE), csr_tensors(val, DEVICE)
+    init = torch.from_numpy(initial_embeddings(user_key(train.user_ids), d, 5, head.init_scale(5))).to(DEVICE)
+    emb = torch.full((5, 3, d), float("nan"), device=DEVICE)  # every visited value must be written
+    m, v_ = torch.full_like(emb, float("nan")), torch.full_like(emb, float("nan"))
+    order = torch.from_numpy(heaviest_first(train.counts)).to(DEVICE)
+    bad, partial = train_checkpoints(
+        emb, m, v_, torch.tensor(lrs, device=DEVICE), torch.tensor(regs, device=DEVICE), t.indptr, t.keys, t.items,
+        t.ratings, t.weights, *kernel_head(head, DEVICE, "triton"), order=order, epoch_start=0, checkpoint_ends=[2],
+        batch_size=4, optimizer="adam", seed=5, adam=ADAM, init=init, blocks=blocks,
+        val=(v.indptr, v.items, v.ratings, v.weights))
+    emb = emb.cpu()
+    assert int(bad.sum()) == 0
+    assert rel_err(emb, ref) <= TOL, describe_mismatch(emb, ref, TOL)
+    for u in range(5):  # the oracle: the head's own predictions, in float64
+        rows = slice(val.indptr[u], val.indptr[u + 1])
+        pred = head.scores(emb[u].double(), torch.from_numpy(val.items[rows]))
+        want = (torch.from_numpy(val.weights[rows]).double() * (pred - torch.from_numpy(val.ratings[rows])) ** 2).sum(1)
+        assert rel_err(partial[0, u].cpu(), want) <= TOL, u
+
+
+def test_variants_are_picked_in_one_place(monkeypatch):
+    """``pick_blocks`` picks the variant: the bias is folded where it fits the padding, and
+    ``$RETRAIN_TRITON_TRAIN`` forces any variant of training launches (not of the others)."""
+    monkeypatch.delenv(VARIANT_ENV, raising=False)
+    assert [pick_blocks("train", 8, d, d, d, 16).fold_bias for d in (1, 3, 20, 32)] == [False, True, True, False]
+    assert pick_blocks("train", 8, 20, 20, 20, 16).h == 32
+    assert pick_blocks("train", 8, 32, 32, 32, 16, fold_bias=True).h == 64
+    default = pick_blocks("train", 64, 32, 32, 32, 16)
+    assert (default.products, default.persistent) == ("ieee", False)
+    # The FMA products hold [rows, cols, h] at once: their sub-tiles are cut to 32K floats.
+    assert [pick_blocks("train", 64, 32, 32, 32, 1024, products=p).cols for p in ("ieee", "fma")] == [64, 16]
+    monkeypatch.setenv(VARIANT_ENV, "products=fma, persistent=1,fold_bias=1")
+    assert variant_from_env() == dict(products="fma", persistent=True, fold_bias=True)
+    forced = pick_blocks("train", 64, 32, 32, 32, 16)
+    assert (forced.products, forced.persistent, forced.fold_bias, forced.h) == ("fma", True, True, 64)
+    assert pick_blocks("train", 64, 32, 32, 32, 16, persistent=False).persistent is False  # arguments win
+    assert pick_blocks("validate", 64, 32, 32, 32, 0).products == "ieee"
+    for bad in ("products=bf16", "persistent=yes", "grid=1", "fma"):
+        monkeypatch.setenv(VARIANT_ENV, bad)
+        with pytest.raises(ValueError, match=VARIANT_ENV):
+            pick_blocks("train", 8, 4, 4, 4, 16)
 
 
 def test_user_losses_are_per_user_and_skip_empty_users():
@@ -247,3 +312,17 @@ def test_kernel_heads_stay_on_the_device_while_the_head_lives():
     del head, first, again
     gc.collect()
     assert key not in triton_backend._KERNEL_HEADS
+
+
+def test_folded_item_table_is_cached_until_modified():
+    """The launcher's ``[Q | b]`` table is built once per item table and rebuilt after an in-place change."""
+    from retrain.kernels.items import _FOLDED, folded_table
+
+    q, b = torch.randn(6, 3), torch.randn(6)
+    table = folded_table(q, b)
+    assert torch.equal(table, torch.cat([q, b[:, None]], 1)) and folded_table(q, b) is table
+    b.add_(1.0)
+    assert torch.equal(folded_table(q, b)[:, 3], b)
+    key = id(q)
+    del q, table
+    assert key not in _FOLDED

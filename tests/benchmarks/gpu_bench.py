@@ -18,7 +18,15 @@ Measured in the same run, on the same card:
   ``user_parallel`` is timed on a whole epoch;
 * numerics: the triton backend against the reference backend (the oracle) on a small problem;
 * serving: warm p50 / p99 of ``fold_in`` (one new user, 50 ratings, 10 epochs) and ``recommend``
-  (one user, top 10) through the public API with the triton backend and a CPU ``Head``.
+  (one user, top 10) through the public API with the triton backend and a CPU ``Head``;
+* ``--variants``: the training kernel's variants (``kernels/blocks.py``: FMA products, persistent
+  grid, bias folded or not, tf32x3, 32-probe blocks) side by side at each variant shape, taking
+  turns on one probe state, each checked against the default's embeddings; the fastest within
+  the parity tolerance is named (``gpu_variants.json``, ``gpu_variants_table.md``).
+
+Every kernel a run will launch is compiled first, in parallel worker processes, from the real
+launch arguments (``Run.precompile``): the measurements then load them from triton's cache, and
+the run costs the longest compile instead of the sum of thirty.
 
 Roofline of one launch (one epoch), counted exactly:
 
@@ -33,15 +41,16 @@ Roofline of one launch (one epoch), counted exactly:
   with S the contract's steps per epoch, ``sum_u ceil(n_u / batch)``;
 * floor = max(bytes / copy bandwidth, flops / FP32 rate); "of floor" = floor / kernel time.
 
-    python3 tests/benchmarks/gpu_bench.py [--out DIR] [--budget SECONDS]
+    python3 tests/benchmarks/gpu_bench.py [--variants] [--out DIR] [--budget SECONDS]
     python3 tests/benchmarks/gpu_bench.py --smoke          # tiny, on the CPU under TRITON_INTERPRET=1
-    python3 tests/benchmarks/gpu_bench.py --compile-report # sm_90 registers / spills / shared memory
+    python3 tests/benchmarks/gpu_bench.py --compile-report [--variants]  # sm_90 registers, spills, shared
 
-The benchmark rewrites ``gpu_bench.json`` and ``gpu_bench_table.md`` under --out after every
-measurement (a run killed by its time limit keeps what it finished), prints progress as it goes
-and the short table last.  A global time guard skips what no longer fits.  ``--compile-report``
-needs no GPU: it compiles the kernels for sm_90 exactly as their launchers would launch them (the
-JIT's own specialization of the launchers' real arguments) and writes ``compile_report.json``.
+The benchmark rewrites ``gpu_bench.json`` and ``gpu_bench_table.md`` (``gpu_variants.*`` with
+``--variants``) under --out after every measurement (a run killed by its time limit keeps what
+it finished), prints progress as it goes and the short table last.  A global time guard skips
+what no longer fits.  ``--compile-report`` needs no GPU: it compiles the kernels for sm_90 exactly
+as their launchers would launch them (the JIT's own specialization of the launchers' real
+arguments) and writes ``compile_report.json`` (``compile_variants.json``: every variant).
 """
 from __future__ import annotations
 
@@ -91,7 +100,7 @@ def sync(device) -> None:
 
 def time_calls(fn, device, *, reps: int, max_seconds: float) -> list[float]:
     """Seconds per call of ``fn`` (already warmed up): CUDA events on a GPU, else a host clock;
-    at least 2 calls, at most ``reps``, stopping early once ``max_seconds`` are spent."""
+    at least min(2, reps) calls, at most ``reps``, stopping early once ``max_seconds`` are spent."""
     times, spent = [], 0.0
     while len(times) < reps and (len(times) < 2 or spent < max_seconds):
         if device.type == "cuda":
@@ -194,33 +203,53 @@ def roofline(data: CSRTensors, steps: int, n_items: int, d: int, h: int, P: int,
 
 # ----------------------------------------------------------------------------- measurements
 class TritonConfig:
-    """The prepared launch of ``train_epochs`` for one (d, P, batch): state, grid, head."""
+    """The prepared launch of ``train_epochs`` for one (d, P, batch) and kernel variant (``variant``:
+    ``pick_blocks`` arguments): blocks, head, launch order.  ``share``: use
+    that configuration's probe state (the variants of one shape compute the same function, so they
+    can take turns advancing one state: memory for one)."""
 
-    def __init__(self, head: Head, data: CSRTensors, d: int, P: int, batch: int, device, *, blocks=None,
-                 precision: str = "ieee"):
+    def __init__(self, head: Head, data: CSRTensors, d: int, P: int, batch: int, device, *,
+                 variant: dict | None = None, share: TritonConfig | None = None):
         from retrain.backends.base import heaviest_first
         from retrain.backends.triton import kernel_head
+        from retrain.kernels.blocks import pick_blocks
 
-        self.data, self.batch, self.blocks, self.precision = data, batch, blocks, precision
+        self.data, self.batch, self.variant = data, batch, dict(variant or {})
         self.head = kernel_head(head, device, "triton")
+        self.blocks = pick_blocks("train", P, d, head.h, head.h, batch, **self.variant)
+        if share is not None:
+            self.order, self.init, self.lrs, self.regs, self.state = (share.order, share.init, share.lrs, share.regs,
+                                                                      share.state)
+            return
         counts = (data.indptr[1:] - data.indptr[:-1]).cpu().numpy()
         self.order = torch.from_numpy(heaviest_first(counts)).to(device)
         self.init = initial(data.n_users, d, device)
-        self.emb = torch.empty((data.n_users, P, d), device=device)
-        self.m, self.v = torch.empty_like(self.emb), torch.empty_like(self.emb)
         self.lrs, self.regs = probe_grid(P, device)
-        self.epoch = 0
+        emb = torch.empty((data.n_users, P, d), device=device)
+        self.state = dict(emb=emb, m=torch.empty_like(emb), v=torch.empty_like(emb), epoch=0)
 
-    def launch(self, n_epochs: int = 1) -> torch.Tensor:
-        """``n_epochs`` more epochs (the first launch starts every probe from the init)."""
+    @property
+    def emb(self) -> torch.Tensor:
+        return self.state["emb"]
+
+    def launch_args(self, n_epochs: int = 1) -> tuple[tuple, dict]:
+        """``train_epochs``' arguments for ``n_epochs`` more epochs (from the init at epoch 0)."""
+        d, state = self.data, self.state
+        return ((state["emb"], state["m"], state["v"], self.lrs, self.regs, d.indptr, d.keys, d.items, d.ratings,
+                 d.weights, *self.head),
+                dict(order=self.order, epoch_start=state["epoch"], n_epochs=n_epochs, batch_size=self.batch,
+                     optimizer="adam", seed=0, adam=ADAM_ARGS, init=self.init if state["epoch"] == 0 else None,
+                     blocks=self.blocks))
+
+    def launch(self, n_epochs: int = 1, *, fresh: bool = False) -> torch.Tensor:
+        """``n_epochs`` more epochs; the first launch, or any with ``fresh``, starts every probe from the init."""
         from retrain.kernels.train import train_epochs
 
-        d = self.data
-        bad = train_epochs(self.emb, self.m, self.v, self.lrs, self.regs, d.indptr, d.keys, d.items, d.ratings,
-                           d.weights, *self.head, order=self.order, epoch_start=self.epoch, n_epochs=n_epochs,
-                           batch_size=self.batch, optimizer="adam", seed=0, adam=ADAM_ARGS,
-                           init=self.init if self.epoch == 0 else None, blocks=self.blocks, precision=self.precision)
-        self.epoch += n_epochs
+        if fresh:
+            self.state["epoch"] = 0
+        args, kwargs = self.launch_args(n_epochs)
+        bad = train_epochs(*args, **kwargs)
+        self.state["epoch"] += n_epochs
         return bad
 
     def train_mse(self) -> torch.Tensor:
@@ -233,22 +262,48 @@ class TritonConfig:
 
 def time_triton(config: TritonConfig, device, args) -> dict:
     """Warm-up launch (compiles; from the init), then the median of up to ``args.reps`` one-epoch launches."""
-    from retrain.kernels.blocks import pick_blocks
-
     t = time.perf_counter()
-    config.launch()
+    config.launch(fresh=True)
     sync(device)
     warmup_s = time.perf_counter() - t
     mse_before = config.train_mse()
     times = time_calls(config.launch, device, reps=args.reps, max_seconds=args.per_config_s)
     bad = config.launch()
     mse_after = config.train_mse()
-    _, P, d = config.emb.shape
-    blocks = config.blocks or pick_blocks("train", P, d, d, config.head[0].shape[1], config.batch)
     return dict(epoch_s=statistics.median(times), epoch_s_min=min(times), epoch_s_max=max(times), reps=len(times),
-                warmup_s=warmup_s, blocks=dataclasses.asdict(blocks), precision=config.precision,
+                warmup_s=warmup_s, blocks=dataclasses.asdict(config.blocks),
                 train_mse_epoch1=float(mse_before.min()), train_mse_last=float(mse_after.min()),
                 finite=bool(int(bad.sum()) == 0))
+
+
+def time_variants(configs: dict, device, args, deadline: float) -> dict:
+    """The variants of one shape side by side (``configs``: name -> TritonConfig sharing one state,
+    the default first).  Each trains two epochs from the init (compiling it), and its embeddings
+    are compared with the default's; then rounds of one one-epoch launch per variant, in turn, so
+    that every variant sees the same card state; the median per variant."""
+    out, ref = {}, None
+    for name, config in configs.items():
+        if time.perf_counter() > deadline:
+            out[name] = dict(skipped="time budget")
+            continue
+        t = time.perf_counter()
+        bad = config.launch(2, fresh=True)
+        sync(device)
+        out[name] = dict(blocks=dataclasses.asdict(config.blocks), warmup_s=time.perf_counter() - t, times=[],
+                         finite=bool(int(bad.sum()) == 0))
+        if ref is None:
+            ref = config.emb.clone()
+        out[name]["rel_diff"] = float((config.emb - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    ready = {name: c for name, c in configs.items() if "times" in out[name]}
+    for rnd in range(args.reps):
+        if rnd >= 2 and time.perf_counter() > deadline:
+            break
+        for name, config in ready.items():
+            out[name]["times"] += time_calls(config.launch, device, reps=1, max_seconds=0.0)
+    for name in ready:
+        times = out[name]["times"]
+        out[name].update(epoch_s=statistics.median(times), epoch_s_min=min(times), epoch_s_max=max(times))
+    return out
 
 
 def time_baseline(fn, n_steps: tuple[int, int], device) -> dict:
@@ -299,9 +354,10 @@ def table(res: dict) -> str:
     if data:
         lines.append(f"data: {data['users']:,} users, {data['items']:,} items, {data['nnz']:,} ratings; Adam; "
                      "pe/s = probe-epochs per second; eager/batched extrapolated from max_steps slices")
-    lines += ["", "| d | P | batch | triton ms/epoch | triton pe/s | floor ms (bound) | of floor | eager pe/s "
-              "| batched pe/s | user-parallel pe/s | vs eager | vs batched | vs user-parallel |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if res["configs"]:
+        lines += ["", "| d | P | batch | triton ms/epoch | triton pe/s | floor ms (bound) | of floor | eager pe/s "
+                  "| batched pe/s | user-parallel pe/s | vs eager | vs batched | vs user-parallel |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["configs"]:
         head = f"| {r['d']} | {r['P']} | {r['batch']} |"
         if "skipped" in r:
@@ -331,13 +387,36 @@ def table(res: dict) -> str:
                        else r.get("error", r.get("skipped", "not run"))[:80])
             lines.append(f"serving {name}, one user (d={serving['d']}, {serving['ratings']} ratings"
                          + (f", {serving['epochs']} epochs" if name == "fold_in" else "") + f"): {outcome}")
-    for s in res["variants"]:
-        outcome = f"{1e3 * s['epoch_s']:.3g} ms/epoch" if "epoch_s" in s else s.get("error", "not run")[:80]
-        if "rel_diff" in s:
-            outcome += f", max rel diff from ieee {s['rel_diff']:.2g} (parity tolerance {s['tolerance']:g})"
-        lines.append(f"variant d={s['d']} P={s['P']} {s['label']}: {outcome}")
+    lines += variant_table(res["variant_rows"])
     lines += [f"note: {note}" for note in res["notes"]]
     return "\n".join(lines)
+
+
+def variant_table(rows: list) -> list[str]:
+    """The variants side by side: one line per (shape, variant), the fastest marked."""
+    if not rows:
+        return []
+    lines = ["", "| d | P | batch | variant | probes x warps | ms/epoch (median) | min - max | vs default "
+             "| rel diff | |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        head = f"| {row['d']} | {row['P']} | {row['batch']} |"
+        variants = row.get("variants", {})
+        if "skipped" in row or "error" in variants or "skipped" in variants:
+            reason = row.get("skipped") or variants.get("error") or variants.get("skipped")
+            lines.append(f"{head} {reason[:80]} | | | | | | |")
+            continue
+        default = variants.get("default", {}).get("epoch_s")
+        for name, r in variants.items():
+            if "epoch_s" not in r:
+                lines.append(f"{head} {name} | | {r.get('skipped', r.get('error', 'not run'))[:60]} | | | | |")
+                continue
+            blocks = r["blocks"]
+            mark = "fastest" if row.get("fastest") == name else ("over tolerance" if r["rel_diff"] > row["tolerance"]
+                                                                  else "")
+            lines.append(f"{head} {name} | {blocks['rows']} x {blocks['num_warps']} | {1e3 * r['epoch_s']:.3f} | "
+                         f"{1e3 * r['epoch_s_min']:.3f} - {1e3 * r['epoch_s_max']:.3f} | "
+                         f"{fmt_ratio(default, r['epoch_s'])} | {r['rel_diff']:.2g} | {mark} |")
+    return lines
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -362,7 +441,7 @@ class Plan:
     matmul_n: int
     eager_steps: tuple
     batched_steps: tuple
-    variants: list  # (P, d, label, pick_blocks overrides, precision)
+    variant_shapes: list  # (d, P, batch) at which --variants times every variant side by side
     serving_reps: int  # timed fold_in / recommend calls
     numerics: tuple  # (users, items, ratings per user, d) of the comparison with the reference
     tolerance: float = 1e-5  # tests/test_triton_kernels.py's parity tolerance
@@ -370,17 +449,32 @@ class Plan:
 
 SMOKE_PLAN = dict(users=40, items=30, mean_per_user=6.0, configs=[(1, 4, 16), (8, 1, 16), (8, 4, 16), (8, 4, 64)],
                   baselines=[(8, 4, 16)], eager=[(8, 16)], copy_floats=1 << 20, matmul_n=256, eager_steps=(2, 6),
-                  batched_steps=(2, 6), variants=[(4, 8, "rows=16 warps=2", dict(rows=16, num_warps=2), "ieee")],
-                  serving_reps=3, numerics=(12, 30, 6, 8))
+                  batched_steps=(2, 6), variant_shapes=[(20, 4, 16)], serving_reps=3, numerics=(12, 30, 6, 8))
 GPU_PLAN = dict(users=138_000, items=27_000, mean_per_user=145.0,
                 configs=[(32, 64, 16), (32, 8, 16), (32, 64, 1024), (1, 64, 16), (128, 64, 16), (32, 1, 16),
                          (32, 256, 16), (1, 8, 16), (128, 8, 16)],
                 baselines=[(32, 64, 16), (32, 64, 1024), (32, 8, 16), (1, 64, 16), (128, 64, 16)],
                 eager=[(32, 16), (32, 1024), (1, 16), (128, 16)],
                 copy_floats=1 << 28, matmul_n=8192, eager_steps=(20, 120), batched_steps=(10, 110),
-                variants=[(64, 32, "tf32x3", {}, "tf32x3"), (64, 32, "rows=32", dict(rows=32), "ieee"),
-                          (64, 128, "tf32x3", {}, "tf32x3")],
+                variant_shapes=[(32, 64, 16), (32, 64, 1024), (32, 8, 16), (1, 64, 16), (128, 64, 16)],
                 serving_reps=200, numerics=(300, 500, 30, 32))
+
+
+def shape_variants(d: int, P: int, batch: int) -> dict:
+    """The training kernel's variants timed at one shape: name -> ``pick_blocks`` arguments, the
+    default first (``kernels/blocks.py``), then each switch flipped and the likeliest pairs.
+    tf32x3 needs probe blocks of 16; rows=32 only splits blocks of 64."""
+    from retrain.kernels.blocks import MIN_DOT_K, folds_for_free, pick_blocks
+
+    fold = not folds_for_free(d)
+    variants = {"default": {}, "fma": dict(products="fma"), "persistent": dict(persistent=True),
+                "fma+persistent": dict(products="fma", persistent=True), f"fold_bias={int(fold)}": dict(fold_bias=fold)}
+    rows = pick_blocks("train", P, d, d, d, batch).rows
+    if rows >= MIN_DOT_K:
+        variants["tf32x3"] = dict(products="tf32x3")
+    if rows > 32:
+        variants["rows=32"] = dict(rows=32)
+    return variants
 
 
 class Run:
@@ -390,15 +484,16 @@ class Run:
         self.plan, self.args, self.device = plan, args, plan.device
         self.deadline = T0 + args.budget
         self.out = Path(args.out)
-        self.res = dict(configs=[], eager={}, variants=[], notes=[], budget_s=args.budget)
+        self.res = dict(configs=[], eager={}, variant_rows=[], notes=[], budget_s=args.budget)
+        self.name = "gpu_variants" if args.variants else "gpu_bench"
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
 
     def save(self) -> None:
         self.res["elapsed_s"] = time.perf_counter() - T0
-        write_atomic(self.out / "gpu_bench.json", json.dumps(self.res, indent=1, default=str))
-        write_atomic(self.out / "gpu_bench_table.md", table(self.res) + "\n")
+        write_atomic(self.out / f"{self.name}.json", json.dumps(self.res, indent=1, default=str))
+        write_atomic(self.out / f"{self.name}_table.md", table(self.res) + "\n")
 
     def guarded(self, entry: dict, name: str, fn, *, min_left: float) -> None:
         """``entry[name] = fn()`` unless the budget is spent; an exception is recorded, not raised."""
@@ -470,8 +565,44 @@ class Run:
                 return r
             self.guarded(self.res["eager"], f"{d}/{batch}", measure, min_left=20)
 
+    def precompile(self, shapes: list) -> None:
+        """Compile, in parallel worker processes, the training and validation kernels that
+        ``shapes`` (``(d, P, batch, variant)``) will launch (``launch_packs``), so that the
+        measurements load them from triton's cache instead of compiling one after another.
+        Nothing to do under the interpreter; a failure only costs the time: the launches compile
+        what they need themselves."""
+        if self.device.type != "cuda":
+            return
+        t = time.perf_counter()
+        try:
+            major, minor = torch.cuda.get_device_capability(self.device)
+            packs = self.launch_packs(shapes, 10 * major + minor)
+            list(compile_in_parallel(packs))
+            log(f"precompiled {len(packs)} kernels in {time.perf_counter() - t:.1f} s")
+        except Exception as exc:  # the launches will compile
+            log(f"precompile FAILED ({type(exc).__name__}: {str(exc)[:200]}); kernels compile at first launch")
+
+    def launch_packs(self, shapes: list, arch: int) -> list:
+        """``pack_launch`` of each distinct training and validation kernel that ``shapes`` will
+        launch, from the real launch arguments (the probe state is allocated, not written)."""
+        from retrain.kernels import train, validate
+
+        packs = {}  # by repr: the same kernel once
+        for d, P, batch, variant in shapes:
+            if (1 + MOMENTS) * 4 * P * self.data.n_users * d * 1.15 + (2 << 30) > free_bytes(self.device):
+                continue
+            config = TritonConfig(self.head(d), self.data, d, P, batch, self.device, variant=variant)
+            args, kwargs = config.launch_args()
+            launches = (recorded_launch(train, "_train_epochs_kernel", train.train_epochs, *args, **kwargs),
+                        recorded_launch(validate, "_validation_loss_kernel", config.train_mse))
+            for pack in (pack_launch(*launch, arch) for launch in launches):
+                packs[repr(pack)] = pack
+            del config, args, kwargs
+        return list(packs.values())
+
     def configs(self) -> None:
         ceil = self.res["ceilings"]
+        self.precompile([(d, P, batch, {}) for d, P, batch in self.plan.configs])
         for d, P, batch in self.plan.configs:
             row = dict(d=d, P=P, batch=batch)
             self.res["configs"].append(row)
@@ -533,31 +664,38 @@ class Run:
         self.guarded(row, "user_parallel", measure_user_parallel, min_left=20)
 
     def variants(self) -> None:
-        """Other probe blocks and the tf32x3 products, with their difference from the ieee kernel."""
-        from retrain.kernels.blocks import pick_blocks
-
-        for P, d, label, override, precision in self.plan.variants:
-            entry = dict(P=P, d=d, label=label, tolerance=self.plan.tolerance)
-            self.res["variants"].append(entry)
+        """Every variant of the training kernel side by side at each of the plan's variant shapes
+        (``time_variants``), the fastest within the parity tolerance named."""
+        self.precompile([(d, P, batch, variant) for d, P, batch in self.plan.variant_shapes
+                         for variant in shape_variants(d, P, batch).values()])
+        for d, P, batch in self.plan.variant_shapes:
+            row = dict(d=d, P=P, batch=batch, tolerance=self.plan.tolerance)
+            self.res["variant_rows"].append(row)
+            state_bytes = (2 + MOMENTS) * 4 * P * self.data.n_users * d  # the shared state and the default's copy
+            if state_bytes * 1.15 + (2 << 30) > free_bytes(self.device):
+                row["skipped"] = f"state {state_bytes / 1e9:.0f} GB does not fit"
+                self.save()
+                continue
             head = self.head(d)
 
             def measure():
-                blocks = pick_blocks("train", P, d, d, head.h, 16, **override)
-                config = TritonConfig(head, self.data, d, P, 16, self.device, blocks=blocks, precision=precision)
-                out = time_triton(config, self.device, self.args)
-                if precision != "ieee":
-                    first = TritonConfig(head, self.data, d, P, 16, self.device, blocks=blocks, precision=precision)
-                    exact = TritonConfig(head, self.data, d, P, 16, self.device, blocks=blocks)
-                    first.launch(2), exact.launch(2)
-                    diff = (first.emb - exact.emb).abs().max() / exact.emb.abs().max().clamp_min(1e-30)
-                    out["rel_diff"] = float(diff)
-                log(f"variant d={d} P={P} {label}: {1e3 * out['epoch_s']:.3f} ms/epoch"
-                    + (f", rel diff {out['rel_diff']:.2g}" if "rel_diff" in out else ""))
+                configs = {}
+                for name, variant in shape_variants(d, P, batch).items():
+                    configs[name] = TritonConfig(head, self.data, d, P, batch, self.device, variant=variant,
+                                                 share=next(iter(configs.values()), None))
+                out = time_variants(configs, self.device, self.args, self.deadline - 8)
+                fair = {n: r for n, r in out.items() if "epoch_s" in r and r["rel_diff"] <= self.plan.tolerance}
+                if fair:
+                    best = min(fair, key=lambda n: fair[n]["epoch_s"])
+                    row["fastest"] = best
+                    log(f"variants d={d} P={P} batch={batch}: "
+                        + ", ".join(f"{n} {1e3 * r['epoch_s']:.3f} ms" for n, r in out.items() if "epoch_s" in r)
+                        + f"; fastest {best}")
                 return out
-            self.guarded(entry, "result", measure, min_left=12)
-            entry.update(entry.pop("result"))
-        self.res["notes"].append("variants: rel diff = max |emb - emb_ieee| / max |emb_ieee| after two epochs from "
-                                 "the same init, against the parity tolerance of the kernel tests")
+            self.guarded(row, "variants", measure, min_left=15)
+        self.res["notes"].append("variants: rel diff = max |emb - emb_default| / max |emb_default| after two epochs "
+                                 "from the same init; the fastest is named among those within the parity tolerance "
+                                 "of the kernel tests; rounds of one epoch per variant in turn, median")
 
     def numerics(self) -> None:
         """The kernels' difference from the reference backend (the oracle, on the CPU): embeddings
@@ -639,7 +777,7 @@ class Run:
             self.res["notes"].append("set-up not separable from the steps (upper bound per step used): "
                                      + ", ".join(flagged))
         self.save()
-        log(f"wrote {self.out / 'gpu_bench.json'}")
+        log(f"wrote {self.out / (self.name + '.json')}")
         return table(self.res)
 
 
@@ -664,21 +802,60 @@ def recorded_launch(module, kernel_name: str, launcher, *args, **kwargs) -> tupl
     return getattr(module, kernel_name), launch_args, launch_kwargs
 
 
-def compile_for(kernel, args, kwargs, arch: int):
-    """Compile ``kernel`` for CUDA ``arch`` with the specialization the JIT gives these arguments
-    (integer divisibility by 16, pointer alignment, constexprs), as ``kernel[grid](*args,
-    **kwargs)`` would on that GPU; no GPU needed."""
-    import triton
+def pack_launch(kernel, args, kwargs, arch: int) -> tuple:
+    """What ``triton.compile`` needs to build ``kernel[grid](*args, **kwargs)`` for CUDA ``arch``,
+    with the specialization the JIT gives these arguments (integer divisibility by 16, pointer
+    alignment, constexprs), as plain data that another process can take (``compile_packed``)."""
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
+    from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
+    backend = make_backend(GPUTarget("cuda", arch, 32))
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound_args, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
-    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+    return kernel.fn.__module__, kernel.fn.__name__, signature, constexprs, attrs, options.__dict__, arch
+
+
+def compile_packed(packed: tuple):
+    """Compile a ``pack_launch`` (no GPU needed).  Triton keeps the result in its on-disk cache
+    under the key the JIT computes for that launch, so a later launch on the GPU loads it."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module, name, signature, constexprs, attrs, options, arch = packed
+    kernel = getattr(importlib.import_module(module), name)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
+                          options=options)
+
+
+def _compile_figures(packed: tuple) -> dict:
+    t = time.perf_counter()
+    return dict(resource_usage(compile_packed(packed)), compile_s=time.perf_counter() - t)
+
+
+def compile_in_parallel(packs: list, *, figures: bool = False):
+    """``compile_packed`` of every pack in worker processes (one per core, at most 16; spawned, so
+    no CUDA state is inherited), in order: their resource figures when ``figures``, else None each.
+    Compiling the kernels of a run up front this way costs the longest compile instead of their sum.
+    On two cores or fewer, in this process: starting workers (torch each) would cost more."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    fn = _compile_figures if figures else compile_packed_quietly
+    workers = min(16, os.cpu_count() or 1, len(packs))
+    if workers <= 2:
+        yield from map(fn, packs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(fn, packs)
+
+
+def compile_packed_quietly(packed: tuple) -> None:
+    compile_packed(packed)
 
 
 def resource_usage(compiled) -> dict:
@@ -706,24 +883,34 @@ def programs_per_sm(regs: int, num_warps: int, shared: int) -> int:
     return min(by_regs, 64 // num_warps, by_shared, 32)
 
 
-def compile_cases():
+def compile_cases(variants: bool = False):
     """``(label, module, kernel name, launcher, args, kwargs)``: the launches of the benchmark's
     configurations (d in 1, 32, 128; P = 8 and 64, the default probe blocks; batch 16 and 1024),
     on tiny CPU tensors: the specialization depends on the sizes that reach the kernel (P, d,
-    strides), not on the number of users or ratings."""
+    strides), not on the number of users or ratings.  ``variants``: instead, every variant of the
+    training kernel at the variant shapes (and d = 20, where the bias folds for free)."""
     from retrain.backends.triton import kernel_head
     from retrain.kernels import score, train, validate
+    from retrain.kernels.blocks import pick_blocks
 
     data = synthetic_csr(6, 40, 5.0, torch.device("cpu"))
     order = torch.arange(data.n_users)
     cases = []
-    for d, P, batch in [(1, 64, 16), (32, 64, 16), (128, 64, 16), (32, 8, 16), (32, 64, 1024), (1, 8, 16)]:
+    shapes = GPU_PLAN["variant_shapes"] + [(20, 64, 16)] if variants else [
+        (1, 64, 16), (32, 64, 16), (128, 64, 16), (32, 8, 16), (32, 64, 1024), (1, 8, 16)]
+    for d, P, batch in shapes:
         head = kernel_head(make_head(d, 40, torch.device("cpu")), torch.device("cpu"), "triton")
         emb = torch.zeros(data.n_users, P, d)
         lrs, regs = probe_grid(P, torch.device("cpu"))
         args = (emb, torch.zeros_like(emb), torch.zeros_like(emb), lrs, regs, data.indptr, data.keys, data.items,
                 data.ratings, data.weights, *head)
         kwargs = dict(order=order, epoch_start=1, batch_size=batch, optimizer="adam", seed=0, adam=ADAM_ARGS)
+        if variants:
+            for name, variant in shape_variants(d, P, batch).items():
+                blocks = pick_blocks("train", P, d, d, d, batch, **variant)
+                cases.append((f"train d={d} P={P} batch={batch} {name}", train, "_train_epochs_kernel",
+                              train.train_epochs, args, dict(kwargs, n_epochs=1, blocks=blocks)))
+            continue
         cases.append((f"train d={d} P={P} batch={batch}", train, "_train_epochs_kernel", train.train_epochs, args,
                       dict(kwargs, n_epochs=1)))
         if (d, P, batch) == (32, 64, 16):  # the trainer's launches: checkpoints with validation
@@ -737,8 +924,9 @@ def compile_cases():
     return cases
 
 
-def compile_report(out: Path, arch: int) -> list[dict]:
-    """Compile every case of ``compile_cases`` for ``arch``; print and write the figures as they come."""
+def compile_report(out: Path, arch: int, *, variants: bool = False) -> list[dict]:
+    """Compile every case of ``compile_cases(variants)`` for ``arch``; print and write the figures
+    as they come (``compile_report.json`` / ``.md``, ``compile_variants.*`` with ``variants``)."""
     import triton
 
     rows = []
@@ -746,20 +934,20 @@ def compile_report(out: Path, arch: int) -> list[dict]:
              "per thread: registers, stack and local bytes; shared bytes per program)", "",
              "| kernel | warps | registers | stack | local | shared | programs/SM |", "|---|---:|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
-    for label, module, name, launcher, args, kwargs in compile_cases():
-        kernel, launch_args, launch_kwargs = recorded_launch(module, name, launcher, *args, **kwargs)
-        t = time.perf_counter()
-        figures = resource_usage(compile_for(kernel, launch_args, launch_kwargs, arch))
+    name = "compile_variants" if variants else "compile_report"
+    cases = compile_cases(variants)
+    packs = [pack_launch(*recorded_launch(module, kernel_name, launcher, *args, **kwargs), arch)
+             for _, module, kernel_name, launcher, args, kwargs in cases]
+    for (label, *_), figures in zip(cases, compile_in_parallel(packs, figures=True)):
         shared = max(figures.get("shared", 0), figures["shared_dynamic"])
-        row = dict(kernel=label, compile_s=time.perf_counter() - t,
-                   programs_per_sm=programs_per_sm(figures["reg"], figures["num_warps"], shared), **figures)
+        row = dict(kernel=label, programs_per_sm=programs_per_sm(figures["reg"], figures["num_warps"], shared),
+                   **figures)
         rows.append(row)
         lines.append(f"| {label} | {row['num_warps']} | {row['reg']} | {row.get('stack', 0)} | {row.get('local', 0)} "
                      f"| {shared} | {row['programs_per_sm']} |")
         print(lines[-1], flush=True)
-        write_atomic(out / "compile_report.json", json.dumps(dict(triton=triton.__version__, arch=arch, rows=rows),
-                                                             indent=1))
-        write_atomic(out / "compile_report.md", "\n".join(lines) + "\n")
+        write_atomic(out / f"{name}.json", json.dumps(dict(triton=triton.__version__, arch=arch, rows=rows), indent=1))
+        write_atomic(out / f"{name}.md", "\n".join(lines) + "\n")
     return rows
 
 
@@ -769,6 +957,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=200.0, help="seconds for the whole run (time guard)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU under TRITON_INTERPRET=1")
     ap.add_argument("--compile-report", action="store_true", help="sm_90 resource figures of the kernels (no GPU)")
+    ap.add_argument("--variants", action="store_true",
+                    help="time the training kernel's variants side by side (with --compile-report: compile them)")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability for --compile-report")
     ap.add_argument("--reps", type=int, default=5, help="timed epochs per configuration (at most)")
     ap.add_argument("--per-config-s", type=float, default=3.0, help="timing seconds per configuration (at most)")
@@ -776,7 +966,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.compile_report:
-        compile_report(out, args.arch)
+        compile_report(out, args.arch, variants=args.variants)
         return 0
     if args.smoke:
         plan = Plan(torch.device("cpu"), **SMOKE_PLAN)
@@ -787,11 +977,14 @@ def main() -> int:
         return 2
     run = Run(plan, args)
     run.setup()
+    if args.variants:
+        run.variants()
+        print("\n" + run.finish(), flush=True)
+        return 0 if any("fastest" in r for r in run.res["variant_rows"]) else 1
     run.numerics()
     run.eager()  # quick, and every "vs eager" ratio needs it
     run.configs()
     run.serving()
-    run.variants()
     print("\n" + run.finish(), flush=True)
     return 0 if any("epoch_s" in r.get("triton", {}) for r in run.res["configs"]) else 1
 

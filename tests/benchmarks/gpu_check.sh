@@ -9,11 +9,13 @@
 #   compile  sm_90 registers / spills / shared memory of the kernels as their launchers launch them;
 #   tests    the cross-backend parity suite and the Triton kernel tests, on CUDA;
 #   bench    tests/benchmarks/gpu_bench.py: Triton vs eager, batched and user-parallel PyTorch, roofline;
+#   variants gpu_bench.py --variants: the training kernel's variants (FMA products, persistent grid,
+#            bias folded, tf32x3, probe blocks) side by side per shape, the fastest named;
 #   tune     tests/benchmarks/gpu_tune.py (needs nlopt); demo: `python3 -m retrain demo --quiet`.
 # Every step runs under `timeout` and writes its results to $OUT as it goes (a step killed by its
 # limit keeps what it finished); a failed step is recorded and the check goes on.  The summary and
-# the benchmark table are printed last.  Step limits add up to 310 s (expected: about 4 minutes);
-# with the machine start the check fits 6 minutes of device time.
+# the tables are printed last.  Step limits add up to 310 s (expected: about 4 minutes); with the
+# machine start the check fits 6 minutes of device time.
 #
 #   OUT=DIR bash tests/benchmarks/gpu_check.sh     # default OUT=runs/gpu_check
 #   bash tests/benchmarks/gpu_check.sh --fetch-wheels   # on a machine with network: fill .whl/
@@ -43,17 +45,19 @@ export TRITON_DEFAULT_FP_FUSION=1  # the kernels set fusion per launch; this sil
 if [ "${RETRAIN_GPU_CHECK_SMOKE:-0}" = 1 ]; then
     export TRITON_INTERPRET=1
     BENCH_ARGS="--smoke"
+    VARIANT_ARGS="--smoke --reps 1"
     TESTS="tests/test_triton_kernels.py"
     TUNE_ARGS="--smoke"
     DEMO_ARGS="--users 60 --max-evals 2 --backend cpu"  # the demo under the interpreter takes many minutes
     DEMO_LIMIT=120
 else
     unset TRITON_INTERPRET
-    BENCH_ARGS="--budget 75"
+    BENCH_ARGS="--budget 58"
+    VARIANT_ARGS="--budget 45"
     TESTS="tests/test_backend_parity.py tests/test_triton_kernels.py -k triton"  # the triton cases only
-    TUNE_ARGS="--budget 20"
+    TUNE_ARGS="--budget 12"
     DEMO_ARGS="--backend triton"
-    DEMO_LIMIT=30
+    DEMO_LIMIT=25
 fi
 : > "$LOG"
 : > "$SUMMARY"
@@ -94,37 +98,38 @@ build() {  # the extension in place, then retrain.kernels from kernels/ as setup
     $PY -c "import retrain.kernels, retrain._C; print('retrain.kernels and retrain._C import')"
 }
 
-wheels() {  # unpack every .whl/*.whl into $SITE (pip when it is there, else zipfile)
+wheels() {  # unpack every .whl/*.whl into $SITE: one pip call for all (each pip start costs ~1 s), else zipfile
     mkdir -p "$SITE"
+    if $PY -m pip --version > /dev/null 2>&1; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
+        return
+    fi
     local w ok=0
     for w in .whl/*.whl; do
-        if $PY -m pip --version > /dev/null 2>&1; then
-            $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$w" || ok=1
-        else
-            $PY -m zipfile -e "$w" "$SITE" || ok=1
-        fi
+        $PY -m zipfile -e "$w" "$SITE" || ok=1
     done
     return $ok
 }
 
 export -f build wheels has
 export PY SITE
-step build 45 bash -c build
+step build 40 bash -c build
 if compgen -G ".whl/*.whl" > /dev/null; then
-    step wheels 15 bash -c wheels
+    step wheels 10 bash -c wheels
 else
     note "wheels: skipped (no .whl/ folder: bash tests/benchmarks/gpu_check.sh --fetch-wheels on a machine with network)"
 fi
 $PY -c "from retrain.backends import available_backends; print('backends:', available_backends())" 2>&1 \
     | tee -a "$LOG" >> "$SUMMARY"
 
-step compile 30 $PY tests/benchmarks/gpu_bench.py --compile-report --out "$OUT"
+step compile 20 $PY tests/benchmarks/gpu_bench.py --compile-report --out "$OUT"
 step tests 75 $PY -m pytest -q -rfE -p no:cacheprovider $TESTS
-step bench 90 $PY tests/benchmarks/gpu_bench.py $BENCH_ARGS --out "$OUT"
+step bench 70 $PY tests/benchmarks/gpu_bench.py $BENCH_ARGS --out "$OUT"
+step variants 55 $PY tests/benchmarks/gpu_bench.py --variants $VARIANT_ARGS --out "$OUT"
 
 if has nlopt; then
     mkdir -p "$OUT/tune"
-    OUT="$OUT/tune" step tune 25 $PY tests/benchmarks/gpu_tune.py $TUNE_ARGS
+    OUT="$OUT/tune" step tune 15 $PY tests/benchmarks/gpu_tune.py $TUNE_ARGS
 else
     note "tune: skipped (nlopt is not installed and no nlopt wheel in .whl/)"
 fi
@@ -139,6 +144,6 @@ fi
 echo
 echo "=== summary"
 cat "$SUMMARY"
-for f in compile_report.md gpu_bench_table.md; do
+for f in compile_report.md gpu_bench_table.md gpu_variants_table.md; do
     if [ -f "$OUT/$f" ]; then echo; cat "$OUT/$f"; fi
 done
