@@ -11,7 +11,8 @@ that fits neither int64 nor uint64) is an InputError naming the column and the r
 cast blindly: ``1.5`` would merge into user 1, NaN would become ``INT64_MIN`` and a uint64 above
 ``2**63`` would wrap negative.
 
-``lookup`` finds ids of one column in another (a model's), whatever their integer widths;
+``lookup`` finds ids of one column in another (a model's), whatever their integer widths
+(``IdIndex`` keeps a column's sort order for many lookups);
 ``encode`` / ``decode`` store a column in safetensors tensors (strings as UTF-8 bytes and offsets).
 """
 from __future__ import annotations
@@ -114,17 +115,32 @@ def lookup(known: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
     ``index`` is meaningful where ``found``.  Integer columns of different widths compare by value
     (a uint64 above ``2**63`` matches nothing in an int64 column); strings never match integers.
-    The first occurrence wins when ``known`` repeats an id.
+    The first occurrence wins when ``known`` repeats an id.  ``IdIndex(known).find(query)``: build
+    the ``IdIndex`` once to look up many queries in the same column.
     """
-    index = np.zeros(len(query), np.int64)
-    if len(known) == 0 or len(query) == 0 or kind(known) != kind(query):
-        return index, np.zeros(len(query), dtype=bool)
-    known, query, valid = _comparable(known, query)
-    order = np.argsort(known, kind="stable")
-    pos = np.minimum(np.searchsorted(known[order], query), len(known) - 1)
-    found = valid & (known[order][pos] == query)
-    index[found] = order[pos][found]
-    return index, found
+    return IdIndex(known).find(query)
+
+
+class IdIndex:
+    """An id column ``ids`` with its sort order, made once (``O(n log n)``), so that each ``find``
+    costs ``O(m log n)`` for ``m`` query ids: what a served model keeps for its users and items,
+    whose every request looks ids up.  ``ids`` is the column itself (not a copy)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+
+    def find(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``lookup(self.ids, query)``."""
+        index = np.zeros(len(query), np.int64)
+        if len(self.ids) == 0 or len(query) == 0 or kind(self.ids) != kind(query):
+            return index, np.zeros(len(query), dtype=bool)
+        known, query, valid = _comparable(self._sorted, query)
+        pos = np.minimum(np.searchsorted(known, query), len(known) - 1)
+        found = valid & (known[pos] == query)
+        index[found] = self._order[pos[found]]
+        return index, found
 
 
 def _comparable(known: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from .errors import InputError
 from .heads import Head, Model
 from .ids import format_id
 from .hyperparams import HyperParams
-from .ridge import ridge_embeddings
+from .ridge import ridge_solve
 from .trainer import contract_init, train_embeddings
 
 SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are computed this many bytes at a time
@@ -50,8 +50,8 @@ def fold_in(model_or_head: Model | Head, new_users_ratings: Ratings, hyp: HyperP
     """
     head = _head_of(model_or_head)
     emb = fold_in_rows(head, new_users_ratings, hyp, epochs, backend=backend, solver=solver)
-    bad = np.flatnonzero(~np.isfinite(emb.numpy()).all(1))
-    if len(bad):
+    if not np.isfinite(emb.numpy()).all():
+        bad = np.flatnonzero(~np.isfinite(emb.numpy()).all(1))
         raise InputError(diverged_message(new_users_ratings.user_ids[bad], len(emb), hyp))
     return emb
 
@@ -66,11 +66,12 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
                          "Glorot bound of the init); RetrainResult.hyp carries it")
     check_item_ids(head, ratings, "new_users_ratings")
     if solver == "ridge":
-        emb = ridge_embeddings(head, ratings, hyp.regularization).float()
-        empty = np.flatnonzero(ratings.counts == 0)
-        if len(empty):  # they keep the contract's init (computed only for them: it is per user)
-            emb[empty] = contract_init(head, ratings.user_ids[empty], hyp, ratings.n_users)
-        return emb
+        emb, rated = ridge_solve(head, ratings, hyp.regularization)
+        emb = emb.astype(np.float32)
+        if len(rated) < len(emb):  # the others keep the contract's init (computed only for them: it is per user)
+            empty = np.setdiff1d(np.arange(len(emb)), rated)
+            emb[empty] = contract_init(head, ratings.user_ids[empty], hyp, ratings.n_users).numpy()
+        return torch.from_numpy(emb)
     return train_embeddings(head, ratings, hyp, epochs, backend=backend)
 
 
