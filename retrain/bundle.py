@@ -29,6 +29,7 @@ from .data import Ratings
 from .errors import InputError, check_int
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
+from .ids import concatenate, same_kind
 from .serving import diverged_message, fold_in_rows, recommend
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class ServedModel:
         if not isinstance(ratings, Ratings) and not hasattr(ratings, "columns"):
             raise InputError(f"ratings must be a retrain.Ratings or a pandas DataFrame, got {type(ratings).__name__}")
         raw = ratings if isinstance(ratings, Ratings) else Ratings.from_pandas(ratings)
+        same_kind(self.head.item_ids, raw.item_ids, "item id")  # else every rating would be dropped
         known = raw.with_items(self.head.item_index, drop_unknown=True)
         dropped = raw.counts - known.counts
         if known.nnz < raw.nnz:
@@ -171,7 +173,7 @@ class ServedModel:
         index, found = self.model.user_lookup.find(result.user_ids)
         table = self.model.user_embeddings.clone()
         table[torch.from_numpy(index[found])] = result.embeddings[torch.from_numpy(found)]
-        user_ids = np.concatenate([self.model.user_ids, result.user_ids[~found]])
+        user_ids = concatenate(self.model.user_ids, result.user_ids[~found], "user id")
         table = torch.cat([table, result.embeddings[torch.from_numpy(~found)]])
         if self.seen is not None:
             self.seen = _replace_seen(self.seen, result.ratings, index, found, user_ids)

@@ -25,7 +25,7 @@ import torch
 from .contract import CONTRACT_VERSION, init_scale
 from .errors import InputError
 from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
-from .ids import IdIndex, decode, encode, exact_ids, format_id
+from .ids import IdIndex, decode, encode, exact_ids, format_id, same_kind
 
 ACTIVATIONS = ("identity", "relu", "tanh")
 FORMAT = "retrain.model"
@@ -135,6 +135,10 @@ class Head:
                 raise InputError(f"tower layer {l} must be a retrain.Layer, got {type(layer).__name__}")
         convert("tower", tuple(self.tower))
         self.validate()
+
+    def __repr__(self) -> str:
+        return (f"Head({self.name}, {self.n_items} items, d={self.d}, h={self.h}, {len(self.tower)} tower layers, "
+                f"init={self.init})")
 
     def validate(self) -> None:
         """Raise InputError if shapes disagree or values are not finite."""
@@ -271,6 +275,9 @@ class Model:
         if len(self.user_ids) != self.user_embeddings.shape[0]:
             raise InputError(f"user_ids has {len(self.user_ids)} entries for {self.user_embeddings.shape[0]} users")
 
+    def __repr__(self) -> str:
+        return f"Model({self.head.name}, {self.n_users} users, {self.head.n_items} items, d={self.head.d})"
+
     @property
     def n_users(self) -> int:
         return self.user_embeddings.shape[0]
@@ -313,6 +320,7 @@ class Model:
 
 def _positions(known: IdIndex, query, what: str) -> np.ndarray:
     query = exact_ids(np.atleast_1d(np.asarray(query)) if not hasattr(query, "to_numpy") else query, f"{what}_ids")
+    same_kind(known.ids, query, f"{what} id")
     index, found = known.find(query)
     if not found.all():
         row = int(np.argmin(found))

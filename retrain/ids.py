@@ -110,6 +110,30 @@ def kind(ids: np.ndarray) -> str:
     return "str" if ids.dtype.kind == "U" else "int"
 
 
+_KIND_WORDS = {"int": ("an integer", "integers"), "str": ("a string", "strings")}
+
+
+def same_kind(known: np.ndarray, query: np.ndarray, what: str) -> None:
+    """InputError unless ``query`` ids are of ``known``'s kind (both integers or both strings):
+    an id of one kind never matches the other, so a lookup would find none of them, and a
+    concatenation would turn integers into strings.  ``what``: e.g. ``"user id"``."""
+    if len(query) and len(known) and kind(known) != kind(query):
+        raise InputError(f"{what} {format_id(query[0])!r} is {_KIND_WORDS[kind(query)][0]} but the model's {what}s "
+                         f"are {_KIND_WORDS[kind(known)][1]}: an id of one kind never matches the other; convert them")
+
+
+def concatenate(first: np.ndarray, second: np.ndarray, what: str) -> np.ndarray:
+    """Two id columns as one, exactly: strings with strings; integers with integers, int64 when
+    every id fits, else uint64 (numpy would give float64 for int64 with uint64).  InputError
+    for ids of two kinds (``same_kind``) or negative ids beside ids above ``2**63 - 1``."""
+    same_kind(first, second, what)
+    if not len(first) or not len(second):
+        return second if len(second) else first
+    if first.dtype == second.dtype or kind(first) == "str":
+        return np.concatenate([first, second])
+    return _objects(np.concatenate([first.astype(object), second.astype(object)]), f"{what}s")
+
+
 def lookup(known: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``query`` ids in the id column ``known``: ``(index int64 [n], found bool [n])``.
 

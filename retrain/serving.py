@@ -75,10 +75,14 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
     return train_embeddings(head, ratings, hyp, epochs, backend=backend)
 
 
+def shown_ids(ids, most: int = 5) -> str:
+    """The first ``most`` ids as text, for a message: ``"3, 8, ..."``."""
+    return ", ".join(format_id(u) for u in ids[:most]) + (", ..." if len(ids) > most else "")
+
+
 def diverged_message(user_ids, n: int, hyp: HyperParams) -> str:
     """The error for users whose fold-in is not finite."""
-    shown = ", ".join(format_id(u) for u in user_ids[:5]) + (", ..." if len(user_ids) > 5 else "")
-    return (f"the fold-in diverged for {len(user_ids)} of {n} users (user ids {shown}): their embeddings are not "
+    return (f"the fold-in diverged for {len(user_ids)} of {n} users (user ids {shown_ids(user_ids)}): their embeddings are not "
             f"finite with learning rate {hyp.learning_rate:.4g} and regularisation {hyp.regularization:.4g}; "
             "check their ratings and the recipe")
 

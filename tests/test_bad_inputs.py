@@ -130,6 +130,10 @@ API_CASES = {
     "fold-in of a non-model": (lambda t, s: fold_in("model.safetensors", s.seen, HYP, 1), InputError,
                                r"expected a retrain Model or a Head, got str"),
     "fold-in of a dict": (lambda t, s: s.fold_in({"userId": [1]}), InputError, r"Ratings or a pandas DataFrame"),
+    "fold-in of string item ids": (lambda t, s: s.fold_in(Ratings.from_ids([1], ["100"], [4.0])), InputError,
+                                   r"item id '100' is a string but the model's item ids are integers"),
+    "add users with string ids": (lambda t, s: ServedModel(s.model, s.recipe, s.seen).add_users(
+        Ratings.from_ids(["u1"], [100], [4.0])), InputError, r"user id 'u1' is a string but the model's user ids are integers"),
     "recipe for another model": (lambda t, s: ServedModel(s.model, Recipe(HYP.replace(model="user_item_biases"), 1)),
                                  InputError, r"recipe is for model 'user_item_biases'"),
     "recipe without num_users": (lambda t, s: Recipe(HYP.replace(num_users=None), 1), InputError, r"num_users"),
@@ -169,6 +173,7 @@ def cli_files(tmp_path_factory, served):
     (tmp / "float_id.csv").write_text("userId,movieId,rating\n1,100,4\n1.5,101,3\n")
     (tmp / "good.csv").write_text("userId,movieId,rating\n1,100,4\n1,101,3\n2,102,5\n")
     (tmp / "big_rating.csv").write_text("userId,movieId,rating\n1,100,1e39\n")
+    (tmp / "string_items.csv").write_text("userId,movieId,rating\n1,tt100,4\n1,tt101,3\n")
     (tmp / "folder").mkdir()
     (tmp / "readonly").mkdir(mode=0o555)
     return tmp
@@ -187,6 +192,9 @@ CLI_CASES = {
     "fold-in rating beyond float32": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
                                                  t / "big_rating.csv", "--out", t / "emb.safetensors"], 2,
                                       "rating must be finite"),
+    "fold-in string item ids, integer model": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
+                                                          t / "string_items.csv", "--out", t / "emb.safetensors"], 2,
+                                               "item id 'tt100' is a string but the model's item ids are integers"),
     "fold-in model without recipe": (lambda t: ["fold-in", "--model", t / "no_recipe.safetensors", "--ratings",
                                                 t / "good.csv", "--out", t / "emb.safetensors"], 2, "holds no recipe"),
     "fold-in out is a folder": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",

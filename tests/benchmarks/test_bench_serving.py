@@ -1,6 +1,11 @@
 """Serving latency and throughput: fold-in (train and ridge solvers), batch fold-in, recommend,
 against a plain numpy closed-form ridge loop measured in the same run.
 
+Also timed: ``ServedModel.fold_in(solver='ridge')`` on the same requests given in original ids
+(item ids looked up, Ratings re-indexed, the result flagged), ``ServedModel.recommend`` for one
+user id of a 10,000-user table, and the numpy loop with scipy's Cholesky ``dposv`` in place of
+``np.linalg.solve`` (the solver the one-user ridge path uses, so the same algorithm both sides).
+
 Data: a matrix-factorization head (d = 32, 10,000 items, random item vectors) and
 ``synthetic_ratings(10_000, 10_000, 40, seed=0)`` users.  Single-user requests are users with
 10-50 ratings, the recipe is Adam, batch 16, ``EPOCHS`` epochs (train solver) or the same reg
@@ -27,8 +32,9 @@ import pytest
 import torch
 
 from retrain.backends import available_backends
-from retrain.data import synthetic_ratings
-from retrain.heads import Head
+from retrain.bundle import Recipe, ServedModel
+from retrain.data import Ratings, synthetic_ratings
+from retrain.heads import Head, Model
 from retrain.hyperparams import HyperParams
 from retrain.serving import fold_in, recommend
 
@@ -69,6 +75,23 @@ def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -> n
     return out
 
 
+def cholesky_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -> np.ndarray:
+    """The numpy loop with the solve done by LAPACK's Cholesky (scipy ``dposv``), as the one-user
+    path of ``fold_in(solver='ridge')`` does: the baseline with the same solver."""
+    from scipy.linalg.lapack import dposv
+
+    out = np.zeros((ratings.n_users, Q64.shape[1]))
+    eye = reg * np.eye(Q64.shape[1])
+    for u in range(ratings.n_users):
+        rows = slice(ratings.indptr[u], ratings.indptr[u + 1])
+        items, n = ratings.items[rows], ratings.indptr[u + 1] - ratings.indptr[u]
+        if n == 0:
+            continue
+        A, w = Q64[items], ratings.weights[rows].astype(np.float64)
+        out[u] = dposv(A.T @ (A * w[:, None]) / n + eye, A.T @ (w * (ratings.ratings[rows] - c64[items])) / n)[1]
+    return out
+
+
 def _matmul_peak_flops(n: int = 1024, repeats: int = 3) -> float:
     a = np.random.default_rng(0).random((n, n))
     best = np.inf
@@ -101,21 +124,32 @@ def test_serving_latency_and_throughput(setup):
     candidates = np.flatnonzero((counts >= 10) & (counts <= 50))
     users = np.random.default_rng(1).choice(candidates, requests)
     singles = [data.select_users([u]) for u in users]
+    # The same requests in original ids, for a served model (10,000 known users): the item ids are
+    # looked up and the user is new, so it is what ServedModel.fold_in does for a real request.
+    served = ServedModel(Model(head, torch.zeros(data.n_users, D), data.user_ids), Recipe(hyp, EPOCHS))
+    requests = {id(r): Ratings.from_ids(np.full(r.nnz, -1), head.item_ids[r.items], r.ratings) for r in singles}
 
     # Correctness first (the oracle is the numpy loop): the same solution, to float32 rounding.
     check = data.select_users(users[:50])
     np.testing.assert_allclose(fold_in(head, check, hyp, 0, solver="ridge").double().numpy(),
                                numpy_ridge_loop(Q64, c64, check, REG), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cholesky_ridge_loop(Q64, c64, check, REG), numpy_ridge_loop(Q64, c64, check, REG),
+                               rtol=1e-10, atol=1e-12)
 
     variants = {
         "fold_in(solver='train'), cpu" if BACKEND == "cpu" else "fold_in(solver='train')":
             lambda r: fold_in(head, r, hyp, EPOCHS, backend=BACKEND),
         "fold_in(solver='ridge')": lambda r: fold_in(head, r, hyp, 0, solver="ridge"),
+        "ServedModel.fold_in(solver='ridge'), original ids": lambda r: served.fold_in(requests[id(r)], solver="ridge"),
         "numpy ridge loop (baseline)": lambda r: numpy_ridge_loop(Q64, c64, r, REG),
+        "numpy ridge loop, Cholesky (scipy dposv)": lambda r: cholesky_ridge_loop(Q64, c64, r, REG),
         "recommend top-10 (1 user)": None,
+        "ServedModel.recommend top-10 (1 user id)": None,
     }
     emb_one = fold_in(head, singles[0], hyp, 0, solver="ridge")
     variants["recommend top-10 (1 user)"] = lambda r: recommend(head, emb_one, 10, backend=BACKEND)
+    one_user = data.user_ids[users[:1]]
+    variants["ServedModel.recommend top-10 (1 user id)"] = lambda r: served.recommend(one_user, 10, backend=BACKEND)
     seconds = {name: [] for name in variants}
     for r in singles:
         for name, run in variants.items():  # interleaved request by request
