@@ -61,7 +61,7 @@ def setup(request):
     return full, data, head, hyp
 
 
-def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -> np.ndarray:
+def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float, solve=np.linalg.solve) -> np.ndarray:
     """The baseline: the closed-form ridge solution user by user in plain numpy (float64)."""
     out = np.zeros((ratings.n_users, Q64.shape[1]))
     eye = reg * np.eye(Q64.shape[1])
@@ -71,7 +71,7 @@ def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -> n
         if n == 0:
             continue
         A, w = Q64[items], ratings.weights[rows].astype(np.float64)
-        out[u] = np.linalg.solve(A.T @ (A * w[:, None]) / n + eye, A.T @ (w * (ratings.ratings[rows] - c64[items])) / n)
+        out[u] = solve(A.T @ (A * w[:, None]) / n + eye, A.T @ (w * (ratings.ratings[rows] - c64[items])) / n)
     return out
 
 
@@ -80,16 +80,7 @@ def cholesky_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -
     path of ``fold_in(solver='ridge')`` does: the baseline with the same solver."""
     from scipy.linalg.lapack import dposv
 
-    out = np.zeros((ratings.n_users, Q64.shape[1]))
-    eye = reg * np.eye(Q64.shape[1])
-    for u in range(ratings.n_users):
-        rows = slice(ratings.indptr[u], ratings.indptr[u + 1])
-        items, n = ratings.items[rows], ratings.indptr[u + 1] - ratings.indptr[u]
-        if n == 0:
-            continue
-        A, w = Q64[items], ratings.weights[rows].astype(np.float64)
-        out[u] = dposv(A.T @ (A * w[:, None]) / n + eye, A.T @ (w * (ratings.ratings[rows] - c64[items])) / n)[1]
-    return out
+    return numpy_ridge_loop(Q64, c64, ratings, reg, solve=lambda a, b: dposv(a, b)[1])
 
 
 def _matmul_peak_flops(n: int = 1024, repeats: int = 3) -> float:
