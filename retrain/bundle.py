@@ -25,7 +25,7 @@ import torch
 
 from .artifacts import hyp_path, read_hyp
 from .contract import CONTRACT_VERSION
-from .data import Ratings
+from .data import Ratings, as_ratings
 from .errors import InputError, check_int
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
@@ -147,9 +147,7 @@ class ServedModel:
         ratings get their initial embedding and are flagged.  A batch flags diverged users
         (``diverged``); for a single user a divergence is an InputError.
         """
-        if not isinstance(ratings, Ratings) and not hasattr(ratings, "columns"):
-            raise InputError(f"ratings must be a retrain.Ratings or a pandas DataFrame, got {type(ratings).__name__}")
-        raw = ratings if isinstance(ratings, Ratings) else Ratings.from_pandas(ratings)
+        raw = as_ratings(ratings, "ratings")
         same_kind(self.head.item_ids, raw.item_ids, "item id")  # else every rating would be dropped
         known = raw.with_items(self.head.item_index, drop_unknown=True)
         dropped = raw.counts - known.counts

@@ -272,6 +272,23 @@ class Ratings:
                                 n_items=self.n_items, user_ids=self.user_ids, item_ids=self.item_ids)
 
 
+def as_ratings(value, name: str, *, frames: bool = True) -> Ratings:
+    """``value`` when it is ``Ratings``, a pandas DataFrame read by ``Ratings.from_pandas`` when
+    ``frames``, else an InputError naming ``name`` (and, for a frame where one is not enough,
+    how to build the ``Ratings``)."""
+    if isinstance(value, Ratings):
+        return value
+    is_frame = hasattr(value, "columns") and hasattr(value, "to_numpy")
+    if is_frame and frames:
+        return Ratings.from_pandas(value)
+    if is_frame:
+        raise InputError(f"{name} must be retrain.Ratings, got a DataFrame: build one with retrain.Ratings.from_pandas "
+                         "and split it with retrain.protocol_split, so that every part indexes the same users and "
+                         "the model's items")
+    raise InputError(f"{name} must be retrain.Ratings{' or a pandas DataFrame' if frames else ''}, "
+                     f"got {type(value).__name__}")
+
+
 def _id_index(item_ids) -> IdIndex:
     return item_ids if isinstance(item_ids, IdIndex) else IdIndex(exact_ids(item_ids, "item_ids"))
 
