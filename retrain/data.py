@@ -140,7 +140,7 @@ class Ratings:
         says which columns were used.
         """
         columns = find_columns(list(frame.columns), dict(user=user, item=item, rating=rating, weight=weight),
-                               "the frame")
+                               "the frame", "name it: Ratings.from_pandas(frame, {name}='...')")
         log.info("from_pandas: users from column %r, items from %r, ratings from %r%s", columns["user"],
                  columns["item"], columns["rating"], f", weights from {columns['weight']!r}" if columns["weight"] else "")
         weights = frame[columns["weight"]] if columns["weight"] else None
@@ -293,10 +293,11 @@ def _id_index(item_ids) -> IdIndex:
     return item_ids if isinstance(item_ids, IdIndex) else IdIndex(exact_ids(item_ids, "item_ids"))
 
 
-def find_columns(available: list, chosen: dict, where: str) -> dict:
+def find_columns(available: list, chosen: dict, where: str, fix: str) -> dict:
     """The column used for each of ``user``, ``item``, ``rating``, ``weight``: ``chosen[name]``
     when given (it must exist), else the first of ``COLUMN_NAMES[name]`` present; ``weight`` may
-    be None (no such column).  InputError naming the missing column and those ``where`` has."""
+    be None (no such column).  InputError naming the missing column and those ``where`` has, and
+    saying how to name it (``fix``, with ``{name}`` for the column's role)."""
     out = {}
     for name, candidates in COLUMN_NAMES.items():
         if chosen.get(name) is not None:
@@ -307,7 +308,7 @@ def find_columns(available: list, chosen: dict, where: str) -> dict:
         out[name] = next((c for c in candidates if c in available), None)
         if out[name] is None and name != "weight":
             raise InputError(f"{where} has no {name} column: expected one of {list(candidates)} "
-                             f"(columns: {available}); name it explicitly")
+                             f"(columns: {available}); {fix.format(name=name)}")
     return out
 
 

@@ -130,6 +130,9 @@ API_CASES = {
     "fold-in of a non-model": (lambda t, s: fold_in("model.safetensors", s.seen, HYP, 1), InputError,
                                r"expected a retrain Model or a Head, got str"),
     "fold-in of a dict": (lambda t, s: s.fold_in({"userId": [1]}), InputError, r"Ratings or a pandas DataFrame"),
+    "fold-in of a frame without an item column": (lambda t, s: s.fold_in(
+        pytest.importorskip("pandas").DataFrame({"userId": [1], "itemId": [100], "rating": [4.0]})), InputError,
+        r"the frame has no item column: .*; name it: Ratings.from_pandas\(frame, item='...'\)"),
     "fold-in of string item ids": (lambda t, s: s.fold_in(Ratings.from_ids([1], ["100"], [4.0])), InputError,
                                    r"item id '100' is a string but the model's item ids are integers"),
     "add users with string ids": (lambda t, s: ServedModel(s.model, s.recipe, s.seen).add_users(
@@ -174,6 +177,7 @@ def cli_files(tmp_path_factory, served):
     (tmp / "good.csv").write_text("userId,movieId,rating\n1,100,4\n1,101,3\n2,102,5\n")
     (tmp / "big_rating.csv").write_text("userId,movieId,rating\n1,100,1e39\n")
     (tmp / "string_items.csv").write_text("userId,movieId,rating\n1,tt100,4\n1,tt101,3\n")
+    (tmp / "item_id_column.csv").write_text("userId,itemId,rating\n1,100,4\n")
     (tmp / "folder").mkdir()
     (tmp / "readonly").mkdir(mode=0o555)
     return tmp
@@ -195,6 +199,10 @@ CLI_CASES = {
     "fold-in string item ids, integer model": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
                                                           t / "string_items.csv", "--out", t / "emb.safetensors"], 2,
                                                "item id 'tt100' is a string but the model's item ids are integers"),
+    "fold-in CSV without an item column": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
+                                                     t / "item_id_column.csv", "--out", t / "emb.safetensors"], 2,
+                                          "has no item column: expected one of ['movieId', 'item'] (columns: "
+                                          "['userId', 'itemId', 'rating']); rename that column in the header"),
     "fold-in model without recipe": (lambda t: ["fold-in", "--model", t / "no_recipe.safetensors", "--ratings",
                                                 t / "good.csv", "--out", t / "emb.safetensors"], 2, "holds no recipe"),
     "fold-in out is a folder": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
