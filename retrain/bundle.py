@@ -25,12 +25,13 @@ import torch
 
 from .artifacts import hyp_path, read_hyp
 from .contract import CONTRACT_VERSION
-from .data import Ratings, as_ratings
+from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, check_int
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
 from .ids import concatenate, same_kind
 from .serving import diverged_message, fold_in_rows, recommend
+from .trainer import check_ratings
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class ServedModel:
         (``diverged``); for a single user a divergence is an InputError.
         """
         raw = as_ratings(ratings, "ratings")
+        if not well_formed(raw, raw.n_items):  # a hand-built Ratings: the item lookup would wrap or fail
+            check_ratings(raw, "ratings", raw.n_items)
         same_kind(self.head.item_ids, raw.item_ids, "item id")  # else every rating would be dropped
         known = raw.with_items(self.head.item_index, drop_unknown=True)
         dropped = raw.counts - known.counts

@@ -7,6 +7,7 @@ serving time.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -287,6 +288,29 @@ def as_ratings(value, name: str, *, frames: bool = True) -> Ratings:
                          "the model's items")
     raise InputError(f"{name} must be retrain.Ratings{' or a pandas DataFrame' if frames else ''}, "
                      f"got {type(value).__name__}")
+
+
+def well_formed(ratings: Ratings, n_items: int, *, finite_ratings: bool = True) -> bool:
+    """A request's cheap check (three reductions, no copies): False when an item index lies
+    outside ``[0, n_items)``, a weight is negative or not finite, or (``finite_ratings``) a rating
+    is not finite (a solver whose result shows a non-finite rating anyway may skip that one).
+    Ratings built by the constructors pass; a hand-built one may not, and would gather another
+    item's row (a negative index) or flip a rating's sign without an error.  It may also be False
+    for well-formed ratings (other dtypes, a weight of -0.0, a float32 overflow):
+    ``retrain.trainer.check_ratings`` then decides, and names the row."""
+    items, weights = ratings.items, ratings.weights
+    if not len(items):
+        return True
+    if items.dtype != np.int64 or weights.dtype != np.float32:
+        return False
+    # As uint64 a negative index is huge, and as uint32 a float32 is below the bits of +inf only
+    # when it is finite and its sign bit clear: one max each covers both ends.
+    return bool(_MAX(items.view(np.uint64)) < n_items and _MAX(weights.view(np.uint32)) < _FLOAT32_INF_BITS
+                and (not finite_ratings or math.isfinite(np.dot(ratings.ratings, weights))))  # NaN/inf: not finite
+
+
+_MAX = np.maximum.reduce  # the ufunc itself: ndarray.max's wrapper costs a microsecond per call
+_FLOAT32_INF_BITS = 0x7F800000
 
 
 def _id_index(item_ids) -> IdIndex:

@@ -189,7 +189,7 @@ class Head:
     @property
     def is_linear(self) -> bool:
         """True when ``pred`` is affine in the embedding (no tower, or identity activations)."""
-        return all(layer.activation == "identity" for layer in self.tower)
+        return not self.tower or all(layer.activation == "identity" for layer in self.tower)
 
     def init_scale(self, n_users: int) -> float:
         """Half-width of the uniform init for ``n_users`` users (0 for zeros)."""
@@ -219,9 +219,10 @@ class Head:
 
     @functools.cached_property
     def item_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(Q [n_items, h], b [n_items])`` as float32 numpy arrays, made once (views of a CPU
-        head's tensors): a serving request gathers its rows from them without a torch round trip."""
-        return self.item_vectors.cpu().numpy(), self.item_bias.cpu().numpy()
+        """``(Q [n_items, h] float32, b + mu [n_items] float64)`` as numpy arrays, made once (``Q``
+        a view of a CPU head's tensor): a serving request gathers its rows from them without a
+        torch round trip."""
+        return self.item_vectors.cpu().numpy(), self.item_bias.cpu().numpy().astype(np.float64) + self.global_bias
 
     @functools.cached_property
     def item_index(self) -> IdIndex:
@@ -233,11 +234,11 @@ class Head:
         for the item indices ``items [m]`` (default: every item; serving asks only for a user's)."""
         if not self.is_linear:
             raise InputError("linear_form needs a linear head (no tower or identity activations)")
-        Q, b = self.item_arrays  # gathers in numpy
+        Q, c = self.item_arrays  # gathers in numpy
         if items is not None:
-            Q, b = Q[items], b[items]
+            Q, c = Q[items], c[items]
         A = torch.from_numpy(Q.astype(np.float64))
-        c = torch.from_numpy(b.astype(np.float64) + self.global_bias)
+        c = torch.from_numpy(c.copy() if items is None else c)  # never the cached array itself
         for layer in reversed(self.tower):  # Q . (W x + c0) = (W^T Q) . x + Q . c0
             c = c + A @ layer.bias.double()
             A = A @ layer.weight.double()

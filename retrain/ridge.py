@@ -13,9 +13,10 @@ import functools
 import numpy as np
 import torch
 
-from .data import Ratings
+from .data import Ratings, well_formed
 from .errors import InputError, check_float
 from .heads import Head
+from .trainer import check_ratings
 
 _GRAM_CHUNK_BYTES = 64 << 20
 _FEW_USERS = 8  # up to this many users, a loop of small products beats the bucketing's bookkeeping
@@ -32,8 +33,9 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
 
     Users without ratings get ``init`` (their initial embedding; zeros when not given), as in
     the contract where they keep their init.  Raises InputError for a bad ``reg``, ratings on
-    other items than the head's, or when ``reg == 0`` leaves a user's system singular, and
-    ValueError for a non-linear head.
+    other items than the head's, hand-built ratings with an item index out of range or a
+    negative or non-finite weight (naming the row), when ``reg == 0`` leaves a user's system
+    singular, and for a non-linear head.  A non-finite rating gives its user a non-finite row.
     """
     return torch.from_numpy(ridge_solve(head, ratings, reg, init=init, damping=damping)[0])
 
@@ -48,6 +50,8 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
         raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
     if not head.is_linear:
         raise InputError(f"the ridge solver needs a linear head (no tower or identity activations), not {head.name!r}")
+    if not well_formed(ratings, head.n_items, finite_ratings=False):  # a non-finite rating gives a non-finite row
+        check_ratings(ratings, "ratings", head.n_items)
     counts = ratings.counts
     has = counts.nonzero()[0]
     d, U = head.d, ratings.n_users
@@ -115,8 +119,8 @@ def _linear_rows(head: Head, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     of the item table (no torch round trip: it is most of a one-user request's overhead)."""
     if head.tower:
         return tuple(t.numpy() for t in head.linear_form(items))
-    Q, b = head.item_arrays
-    return Q[items].astype(np.float64), b[items].astype(np.float64) + head.global_bias
+    Q, c = head.item_arrays
+    return Q[items].astype(np.float64), c[items]
 
 
 def _normal_equations(A: np.ndarray, c: np.ndarray, items: np.ndarray, ratings: Ratings,

@@ -17,7 +17,7 @@ from .heads import Head, Model
 from .ids import format_id
 from .hyperparams import HyperParams
 from .ridge import ridge_solve
-from .trainer import contract_init, train_embeddings
+from .trainer import check_ratings, contract_init, train_embeddings
 
 SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are computed this many bytes at a time
 
@@ -51,6 +51,7 @@ def fold_in(model_or_head: Model | Head, new_users_ratings: Ratings, hyp: HyperP
     head = _head_of(model_or_head)
     emb = fold_in_rows(head, new_users_ratings, hyp, epochs, backend=backend, solver=solver)
     if not np.isfinite(emb.numpy()).all():
+        check_ratings(new_users_ratings, "new_users_ratings", head.n_items)  # a hand-built non-finite rating?
         bad = np.flatnonzero(~np.isfinite(emb.numpy()).all(1))
         raise InputError(diverged_message(new_users_ratings.user_ids[bad], len(emb), hyp))
     return emb

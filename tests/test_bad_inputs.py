@@ -44,6 +44,13 @@ def _csv(tmp_path, name, text):
     return path
 
 
+def _hand_built(ratings, field, row, value):
+    """``ratings`` rebuilt through the dataclass constructor (no checks) with one bad entry."""
+    arrays = {name: getattr(ratings, name).copy() for name in ("indptr", "items", "ratings", "weights")}
+    arrays[field][row] = value
+    return Ratings(**arrays, user_ids=ratings.user_ids, item_ids=ratings.item_ids)
+
+
 def _nan_row(model):
     emb = model.user_embeddings.clone()
     emb[1] = float("nan")
@@ -127,6 +134,21 @@ API_CASES = {
     "low-level fold-in diverges": (lambda t, s: fold_in(s.head, s.seen, HYP.replace(learning_rate=1e30,
                                                                                    optimizer="sgd"), 4),
                                    InputError, r"diverged for 9 of 9 users"),
+    # hand-built Ratings (the dataclass constructor checks nothing): a negative item index used to
+    # gather another item's row and a negative weight to flip a rating's sign, without an error
+    "ridge fold-in, negative item index": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "items", 5, -3), HYP, 0,
+                                                                solver="ridge"), InputError, r"row 5 has an item index < 0"),
+    "ridge fold-in, item index too big": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "items", 5, 12), HYP, 0,
+                                                               solver="ridge"), InputError, r"row 5 has an item index >= 12"),
+    "ridge fold-in, negative weight": (lambda t, s: fold_in(s.head, _hand_built(s.seen.select_users([1]), "weights", 2,
+                                                                                -4.0), HYP, 0, solver="ridge"),
+                                       InputError, r"row 2 has a negative weight"),
+    "served fold-in, negative item index": (lambda t, s: s.fold_in(_hand_built(s.seen, "items", 5, -3)), InputError,
+                                            r"row 5 has an item index < 0"),
+    "ridge fold-in, NaN rating": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "ratings", 7, np.nan), HYP, 0,
+                                                       solver="ridge"), InputError, r"row 7 has a non-finite rating"),
+    "served fold-in, NaN rating": (lambda t, s: s.fold_in(_hand_built(s.seen, "ratings", 7, np.nan), solver="ridge"),
+                                   InputError, r"row 7 has a non-finite rating"),
     "fold-in of a non-model": (lambda t, s: fold_in("model.safetensors", s.seen, HYP, 1), InputError,
                                r"expected a retrain Model or a Head, got str"),
     "fold-in of a dict": (lambda t, s: s.fold_in({"userId": [1]}), InputError, r"Ratings or a pandas DataFrame"),
