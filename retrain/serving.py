@@ -7,6 +7,8 @@ retrain would have given it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -50,10 +52,11 @@ def fold_in(model_or_head: Model | Head, new_users_ratings: Ratings, hyp: HyperP
     """
     head = _head_of(model_or_head)
     emb = fold_in_rows(head, new_users_ratings, hyp, epochs, backend=backend, solver=solver)
-    if not np.isfinite(emb.numpy()).all():
+    if not math.isfinite(np.add.reduce(emb.numpy(), axis=None)):  # NaN/inf anywhere (a sum of sane rows is finite)
         check_ratings(new_users_ratings, "new_users_ratings", head.n_items)  # a hand-built non-finite rating?
         bad = np.flatnonzero(~np.isfinite(emb.numpy()).all(1))
-        raise InputError(diverged_message(new_users_ratings.user_ids[bad], len(emb), hyp))
+        if len(bad):
+            raise InputError(diverged_message(new_users_ratings.user_ids[bad], len(emb), hyp))
     return emb
 
 
