@@ -26,13 +26,14 @@ import torch
 
 from .artifacts import hyp_path, read_hyp
 from .contract import CONTRACT_VERSION
-from .data import Ratings
+from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, check_int
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
-from .ids import lookup
+from .ids import concatenate, same_kind
 from .serving import diverged_message, fold_in_rows, recommend
 from .shards import is_index, read_index
+from .trainer import check_ratings
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +150,16 @@ class ServedModel:
         ratings get their initial embedding and are flagged.  A batch flags diverged users
         (``diverged``); for a single user a divergence is an InputError.
         """
-        if not isinstance(ratings, Ratings) and not hasattr(ratings, "columns"):
-            raise InputError(f"ratings must be a retrain.Ratings or a pandas DataFrame, got {type(ratings).__name__}")
-        raw = ratings if isinstance(ratings, Ratings) else Ratings.from_pandas(ratings)
-        _, found = raw.known_items(self.head.item_ids)
-        dropped = np.bincount(raw.user_of_row()[~found], minlength=raw.n_users).astype(np.int64)
-        if dropped.any():
-            log.info("fold-in: dropped %d ratings on items the model does not know", int(dropped.sum()))
-        known = raw.with_items(self.head.item_ids, drop_unknown=True)
+        raw = as_ratings(ratings, "ratings")
+        if not well_formed(raw, raw.n_items):  # a hand-built Ratings: the item lookup would wrap or fail
+            check_ratings(raw, "ratings", raw.n_items)
+        same_kind(self.head.item_ids, raw.item_ids, "item id")  # else every rating would be dropped
+        known = raw.with_items(self.head.item_index, drop_unknown=True)
+        dropped = raw.counts - known.counts
+        if known.nnz < raw.nnz:
+            log.info("fold-in: dropped %d ratings on items the model does not know", raw.nnz - known.nnz)
         emb = fold_in_rows(self.head, known, self.recipe.hyp, self.recipe.epochs, backend=backend, solver=solver)
-        diverged = ~torch.isfinite(emb).all(1).numpy()
+        diverged = ~np.isfinite(emb.numpy()).all(1)
         if diverged.any() and known.n_users == 1:
             raise InputError(diverged_message(known.user_ids, 1, self.recipe.hyp))
         return FoldInResult(known.user_ids, emb, known, dropped, known.counts == 0, diverged)
@@ -172,10 +173,10 @@ class ServedModel:
         if result.diverged.any():
             raise InputError(diverged_message(result.user_ids[result.diverged], len(result.user_ids),
                                               self.recipe.hyp) + ": not added")
-        index, found = lookup(self.model.user_ids, result.user_ids)
+        index, found = self.model.user_lookup.find(result.user_ids)
         table = self.model.user_embeddings.clone()
         table[torch.from_numpy(index[found])] = result.embeddings[torch.from_numpy(found)]
-        user_ids = np.concatenate([self.model.user_ids, result.user_ids[~found]])
+        user_ids = concatenate(self.model.user_ids, result.user_ids[~found], "user id")
         table = torch.cat([table, result.embeddings[torch.from_numpy(~found)]])
         if self.seen is not None:
             self.seen = _replace_seen(self.seen, result.ratings, index, found, user_ids)

@@ -48,7 +48,7 @@ from .pretrain import pretrain
 from .progress import MeteredBackend, configure_logging, progress_enabled
 from .protocol import ProtocolSplit, protocol_split
 from .report import model_rmse
-from .serving import diverged_message, recommend
+from .serving import diverged_message, recommend, shown_ids
 from .tuner import DEFAULT_BOUNDS
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,9 @@ def cmd_fold_in(args) -> int:
     if result.n_dropped:
         print(f"dropped {result.n_dropped} ratings on items the model does not know")
     if result.no_known_items.any():
-        print(f"{int(result.no_known_items.sum())} users have no rating on a known item: they get the initial "
-              "embedding")
+        empty = result.user_ids[result.no_known_items]
+        print(f"{len(empty)} of {len(result.user_ids)} users (user ids {shown_ids(empty)}) have no rating on an item "
+              "the model knows: they get the initial embedding")
     if result.diverged.any():
         raise InputError(diverged_message(result.user_ids[result.diverged], len(result.user_ids), hyp)
                          + "; wrote nothing")

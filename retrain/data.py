@@ -7,12 +7,13 @@ serving time.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError, check_float, check_fraction, check_int
-from .ids import exact_ids, lookup
+from .ids import IdIndex, exact_ids
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class Ratings:
         says which columns were used.
         """
         columns = find_columns(list(frame.columns), dict(user=user, item=item, rating=rating, weight=weight),
-                               "the frame")
+                               "the frame", "name it: Ratings.from_pandas(frame, {name}='...')")
         log.info("from_pandas: users from column %r, items from %r, ratings from %r%s", columns["user"],
                  columns["item"], columns["rating"], f", weights from {columns['weight']!r}" if columns["weight"] else "")
         weights = frame[columns["weight"]] if columns["weight"] else None
@@ -171,7 +172,7 @@ class Ratings:
     @property
     def counts(self) -> np.ndarray:
         """Ratings per user, int64 ``[n_users]``."""
-        return np.diff(self.indptr)
+        return self.indptr[1:] - self.indptr[:-1]  # np.diff costs a few microseconds more: serving calls this
 
     def user_of_row(self) -> np.ndarray:
         """User index of every stored rating, int64 ``[nnz]``."""
@@ -237,24 +238,26 @@ class Ratings:
         return self.select_users(kept), self.select_users(held)
 
     def with_items(self, item_ids, *, drop_unknown: bool = False) -> "Ratings":
-        """Re-index items onto another item-id space (e.g. a model's ``head.item_ids``).
+        """Re-index items onto another item-id space (e.g. a model's ``head.item_ids``, or its
+        ``head.item_index``: an ``IdIndex`` made once, for many requests).
 
         An item id that space lacks raises InputError naming it, or with ``drop_unknown`` its
-        ratings are dropped (``known_items`` counts them).
+        ratings are dropped (``self.counts - result.counts`` per user).
         """
-        item_ids = exact_ids(item_ids, "item_ids")
-        index, found = self.known_items(item_ids)
+        index = _id_index(item_ids)
+        position, found = self.known_items(index)
         if not found.all() and not drop_unknown:
             row = int(np.argmin(found))
             raise InputError(f"item id {self.item_ids[self.items[row]]} (row {row}) is not in the model's items")
-        kept = self._subset_rows(found)
-        return Ratings.from_coo(kept.user_of_row(), index[found], kept.ratings, kept.weights, n_users=self.n_users,
-                                n_items=len(item_ids), user_ids=self.user_ids, item_ids=item_ids) if kept.nnz else Ratings(
-            kept.indptr, kept.items, kept.ratings, kept.weights, self.user_ids, item_ids)
+        kept = self._subset_rows(found) if not found.all() else self
+        # Already checked ratings: only the item order inside each user changes (it is canonical).
+        return Ratings._from_valid(kept.user_of_row(), position[found], kept.ratings, kept.weights, self.n_users,
+                                   self.user_ids, index.ids)
 
     def known_items(self, item_ids) -> tuple[np.ndarray, np.ndarray]:
-        """Per stored rating: ``(index int64 [nnz], found bool [nnz])`` of its item in ``item_ids``."""
-        index, found = lookup(exact_ids(item_ids, "item_ids"), self.item_ids)
+        """Per stored rating: ``(index int64 [nnz], found bool [nnz])`` of its item in ``item_ids``
+        (an id column or an ``IdIndex`` of one)."""
+        index, found = _id_index(item_ids).find(self.item_ids)
         return index[self.items], found[self.items]
 
     def union(self, other: "Ratings") -> "Ratings":
@@ -270,10 +273,55 @@ class Ratings:
                                 n_items=self.n_items, user_ids=self.user_ids, item_ids=self.item_ids)
 
 
-def find_columns(available: list, chosen: dict, where: str) -> dict:
+def as_ratings(value, name: str, *, frames: bool = True) -> Ratings:
+    """``value`` when it is ``Ratings``, a pandas DataFrame read by ``Ratings.from_pandas`` when
+    ``frames``, else an InputError naming ``name`` (and, for a frame where one is not enough,
+    how to build the ``Ratings``)."""
+    if isinstance(value, Ratings):
+        return value
+    is_frame = hasattr(value, "columns") and hasattr(value, "to_numpy")
+    if is_frame and frames:
+        return Ratings.from_pandas(value)
+    if is_frame:
+        raise InputError(f"{name} must be retrain.Ratings, got a DataFrame: build one with retrain.Ratings.from_pandas "
+                         "and split it with retrain.protocol_split, so that every part indexes the same users and "
+                         "the model's items")
+    raise InputError(f"{name} must be retrain.Ratings{' or a pandas DataFrame' if frames else ''}, "
+                     f"got {type(value).__name__}")
+
+
+def well_formed(ratings: Ratings, n_items: int, *, finite_ratings: bool = True) -> bool:
+    """A request's cheap check (three reductions, no copies): False when an item index lies
+    outside ``[0, n_items)``, a weight is negative or not finite, or (``finite_ratings``) a rating
+    is not finite (a solver whose result shows a non-finite rating anyway may skip that one).
+    Ratings built by the constructors pass; a hand-built one may not, and would gather another
+    item's row (a negative index) or flip a rating's sign without an error.  It may also be False
+    for well-formed ratings (other dtypes, a weight of -0.0, a float32 overflow):
+    ``retrain.trainer.check_ratings`` then decides, and names the row."""
+    items, weights = ratings.items, ratings.weights
+    if not len(items):
+        return True
+    if items.dtype != np.int64 or weights.dtype != np.float32:
+        return False
+    # As uint64 a negative index is huge, and as uint32 a float32 is below the bits of +inf only
+    # when it is finite and its sign bit clear: one max each covers both ends.
+    return bool(_MAX(items.view(np.uint64)) < n_items and _MAX(weights.view(np.uint32)) < _FLOAT32_INF_BITS
+                and (not finite_ratings or math.isfinite(np.dot(ratings.ratings, weights))))  # NaN/inf: not finite
+
+
+_MAX = np.maximum.reduce  # the ufunc itself: ndarray.max's wrapper costs a microsecond per call
+_FLOAT32_INF_BITS = 0x7F800000
+
+
+def _id_index(item_ids) -> IdIndex:
+    return item_ids if isinstance(item_ids, IdIndex) else IdIndex(exact_ids(item_ids, "item_ids"))
+
+
+def find_columns(available: list, chosen: dict, where: str, fix: str) -> dict:
     """The column used for each of ``user``, ``item``, ``rating``, ``weight``: ``chosen[name]``
     when given (it must exist), else the first of ``COLUMN_NAMES[name]`` present; ``weight`` may
-    be None (no such column).  InputError naming the missing column and those ``where`` has."""
+    be None (no such column).  InputError naming the missing column and those ``where`` has, and
+    saying how to name it (``fix``, with ``{name}`` for the column's role)."""
     out = {}
     for name, candidates in COLUMN_NAMES.items():
         if chosen.get(name) is not None:
@@ -284,7 +332,7 @@ def find_columns(available: list, chosen: dict, where: str) -> dict:
         out[name] = next((c for c in candidates if c in available), None)
         if out[name] is None and name != "weight":
             raise InputError(f"{where} has no {name} column: expected one of {list(candidates)} "
-                             f"(columns: {available}); name it explicitly")
+                             f"(columns: {available}); {fix.format(name=name)}")
     return out
 
 

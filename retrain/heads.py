@@ -15,6 +15,7 @@ same bytes.  A served bundle (``retrain.bundle``) adds its recipe to the same fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -24,7 +25,7 @@ import torch
 from .contract import CONTRACT_VERSION, init_scale
 from .errors import InputError
 from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
-from .ids import decode, encode, exact_ids, format_id, lookup
+from .ids import IdIndex, decode, encode, exact_ids, format_id, same_kind
 
 ACTIVATIONS = ("identity", "relu", "tanh")
 FORMAT = "retrain.model"
@@ -135,6 +136,10 @@ class Head:
         convert("tower", tuple(self.tower))
         self.validate()
 
+    def __repr__(self) -> str:
+        return (f"Head({self.name}, {self.n_items} items, d={self.d}, h={self.h}, {len(self.tower)} tower layers, "
+                f"init={self.init})")
+
     def validate(self) -> None:
         """Raise InputError if shapes disagree or values are not finite."""
         Q, b = self.item_vectors, self.item_bias
@@ -184,7 +189,7 @@ class Head:
     @property
     def is_linear(self) -> bool:
         """True when ``pred`` is affine in the embedding (no tower, or identity activations)."""
-        return all(layer.activation == "identity" for layer in self.tower)
+        return not self.tower or all(layer.activation == "identity" for layer in self.tower)
 
     def init_scale(self, n_users: int) -> float:
         """Half-width of the uniform init for ``n_users`` users (0 for zeros)."""
@@ -212,16 +217,28 @@ class Head:
         Q = self.item_vectors.to(feats)
         return (feats * Q[items]).sum(-1) + self.item_bias.to(feats)[items] + self.global_bias
 
+    @functools.cached_property
+    def item_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(Q [n_items, h] float32, b + mu [n_items] float64)`` as numpy arrays, made once (``Q``
+        a view of a CPU head's tensor): a serving request gathers its rows from them without a
+        torch round trip."""
+        return self.item_vectors.cpu().numpy(), self.item_bias.cpu().numpy().astype(np.float64) + self.global_bias
+
+    @functools.cached_property
+    def item_index(self) -> IdIndex:
+        """``item_ids`` with their sort order, made once: requests map original item ids through it."""
+        return IdIndex(self.item_ids)
+
     def linear_form(self, items=None) -> tuple[torch.Tensor, torch.Tensor]:
         """For a linear head: ``(A [m, d], c [m])`` with ``pred(e, i) = A[i] . e + c[i]`` (float64)
         for the item indices ``items [m]`` (default: every item; serving asks only for a user's)."""
         if not self.is_linear:
             raise InputError("linear_form needs a linear head (no tower or identity activations)")
-        Q, b = self.item_vectors.cpu().numpy(), self.item_bias.cpu().numpy()  # views: gathers in numpy
+        Q, c = self.item_arrays  # gathers in numpy
         if items is not None:
-            Q, b = Q[items], b[items]
+            Q, c = Q[items], c[items]
         A = torch.from_numpy(Q.astype(np.float64))
-        c = torch.from_numpy(b.astype(np.float64) + self.global_bias)
+        c = torch.from_numpy(c.copy() if items is None else c)  # never the cached array itself
         for layer in reversed(self.tower):  # Q . (W x + c0) = (W^T Q) . x + Q . c0
             c = c + A @ layer.bias.double()
             A = A @ layer.weight.double()
@@ -259,18 +276,30 @@ class Model:
         if len(self.user_ids) != self.user_embeddings.shape[0]:
             raise InputError(f"user_ids has {len(self.user_ids)} entries for {self.user_embeddings.shape[0]} users")
 
+    def __repr__(self) -> str:
+        return f"Model({self.head.name}, {self.n_users} users, {self.head.n_items} items, d={self.head.d})"
+
     @property
     def n_users(self) -> int:
         return self.user_embeddings.shape[0]
 
     def user_index(self, user_ids) -> np.ndarray:
         """Rows of the original ``user_ids`` in the user table; InputError naming an unknown one."""
-        return _positions(self.user_ids, user_ids, "user")
+        return _positions(self.user_lookup, user_ids, "user")
+
+    @property
+    def user_lookup(self) -> IdIndex:
+        """``user_ids`` with their sort order, made on first use and again only when ``user_ids`` is
+        replaced (assign a new array rather than editing it in place)."""
+        index = self.__dict__.get("_user_lookup")
+        if index is None or index.ids is not self.user_ids:
+            index = self.__dict__["_user_lookup"] = IdIndex(self.user_ids)
+        return index
 
     def predict(self, user_ids, item_ids) -> torch.Tensor:
         """Predictions ``[n]`` for equal-length arrays of original user and item ids (not row
         indices: ``predict_indices`` takes those); InputError naming an unknown id."""
-        return self.predict_indices(self.user_index(user_ids), _positions(self.head.item_ids, item_ids, "item"))
+        return self.predict_indices(self.user_index(user_ids), _positions(self.head.item_index, item_ids, "item"))
 
     def predict_indices(self, users, items) -> torch.Tensor:
         """Predictions ``[n]`` for user row indices and item indices (equal-length arrays)."""
@@ -290,9 +319,10 @@ class Model:
         return model_from_tensors(path, head, tensors)
 
 
-def _positions(known: np.ndarray, query, what: str) -> np.ndarray:
+def _positions(known: IdIndex, query, what: str) -> np.ndarray:
     query = exact_ids(np.atleast_1d(np.asarray(query)) if not hasattr(query, "to_numpy") else query, f"{what}_ids")
-    index, found = lookup(known, query)
+    same_kind(known.ids, query, f"{what} id")
+    index, found = known.find(query)
     if not found.all():
         row = int(np.argmin(found))
         raise InputError(f"{what} id {format_id(query[row])!r} (entry {row}) is not in the model")

@@ -11,7 +11,8 @@ that fits neither int64 nor uint64) is an InputError naming the column and the r
 cast blindly: ``1.5`` would merge into user 1, NaN would become ``INT64_MIN`` and a uint64 above
 ``2**63`` would wrap negative.
 
-``lookup`` finds ids of one column in another (a model's), whatever their integer widths;
+``lookup`` finds ids of one column in another (a model's), whatever their integer widths
+(``IdIndex`` keeps a column's sort order for many lookups);
 ``encode`` / ``decode`` store a column in safetensors tensors (strings as UTF-8 bytes and offsets).
 """
 from __future__ import annotations
@@ -109,22 +110,61 @@ def kind(ids: np.ndarray) -> str:
     return "str" if ids.dtype.kind == "U" else "int"
 
 
+_KIND_WORDS = {"int": ("an integer", "integers"), "str": ("a string", "strings")}
+
+
+def same_kind(known: np.ndarray, query: np.ndarray, what: str) -> None:
+    """InputError unless ``query`` ids are of ``known``'s kind (both integers or both strings):
+    an id of one kind never matches the other, so a lookup would find none of them, and a
+    concatenation would turn integers into strings.  ``what``: e.g. ``"user id"``."""
+    if len(query) and len(known) and kind(known) != kind(query):
+        raise InputError(f"{what} {format_id(query[0])!r} is {_KIND_WORDS[kind(query)][0]} but the model's {what}s "
+                         f"are {_KIND_WORDS[kind(known)][1]}: an id of one kind never matches the other; convert them")
+
+
+def concatenate(first: np.ndarray, second: np.ndarray, what: str) -> np.ndarray:
+    """Two id columns as one, exactly: strings with strings; integers with integers, int64 when
+    every id fits, else uint64 (numpy would give float64 for int64 with uint64).  InputError
+    for ids of two kinds (``same_kind``) or negative ids beside ids above ``2**63 - 1``."""
+    same_kind(first, second, what)
+    if not len(first) or not len(second):
+        return second if len(second) else first
+    if first.dtype == second.dtype or kind(first) == "str":
+        return np.concatenate([first, second])
+    return _objects(np.concatenate([first.astype(object), second.astype(object)]), f"{what}s")
+
+
 def lookup(known: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``query`` ids in the id column ``known``: ``(index int64 [n], found bool [n])``.
 
     ``index`` is meaningful where ``found``.  Integer columns of different widths compare by value
     (a uint64 above ``2**63`` matches nothing in an int64 column); strings never match integers.
-    The first occurrence wins when ``known`` repeats an id.
+    The first occurrence wins when ``known`` repeats an id.  ``IdIndex(known).find(query)``: build
+    the ``IdIndex`` once to look up many queries in the same column.
     """
-    index = np.zeros(len(query), np.int64)
-    if len(known) == 0 or len(query) == 0 or kind(known) != kind(query):
-        return index, np.zeros(len(query), dtype=bool)
-    known, query, valid = _comparable(known, query)
-    order = np.argsort(known, kind="stable")
-    pos = np.minimum(np.searchsorted(known[order], query), len(known) - 1)
-    found = valid & (known[order][pos] == query)
-    index[found] = order[pos][found]
-    return index, found
+    return IdIndex(known).find(query)
+
+
+class IdIndex:
+    """An id column ``ids`` with its sort order, made once (``O(n log n)``), so that each ``find``
+    costs ``O(m log n)`` for ``m`` query ids: what a served model keeps for its users and items,
+    whose every request looks ids up.  ``ids`` is the column itself (not a copy)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+
+    def find(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``lookup(self.ids, query)``."""
+        index = np.zeros(len(query), np.int64)
+        if len(self.ids) == 0 or len(query) == 0 or kind(self.ids) != kind(query):
+            return index, np.zeros(len(query), dtype=bool)
+        known, query, valid = _comparable(self._sorted, query)
+        pos = np.minimum(np.searchsorted(known, query), len(known) - 1)
+        found = valid & (known[pos] == query)
+        index[found] = self._order[pos[found]]
+        return index, found
 
 
 def _comparable(known: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

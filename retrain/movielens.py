@@ -67,7 +67,7 @@ def _parse(path: str) -> Ratings:
         raise InputError(f"{path}: no ratings in the file")
     header = None if any(_is_number(field) for field in rows[0]) else rows[0]
     if header is not None:
-        columns = find_columns(header, {}, path)
+        columns = find_columns(header, {}, path, "rename that column in the header")
         positions = {name: header.index(c) for name, c in columns.items() if c is not None}
         rows, numbers = rows[1:], numbers[1:]
         used = (f"header {','.join(header)}; users from column {columns['user']!r}, items from {columns['item']!r}, "

@@ -18,7 +18,7 @@ import torch
 
 from . import distributed
 from .bundle import Recipe, ServedModel
-from .data import Ratings, sample_users
+from .data import Ratings, as_ratings, sample_users
 from .errors import InputError, check_float, check_int
 from .files import check_writable
 from .heads import Model
@@ -122,7 +122,8 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
 
     ``train`` and ``val`` hold the same users (``val`` may leave some users without ratings) and
     index items as ``model.head`` does.  ``val`` must be ratings the head never saw: see the
-    module docstring.  ``hyp.num_users`` is ignored: the pipeline sets it from the data.
+    module docstring.  ``hyp.model`` must be the head's name (the recipe is for this model; checked
+    before any work).  ``hyp.num_users`` is ignored: the pipeline sets it from the data.
 
     Sharded (docs/scaling.md) when a ``torch.distributed`` process group is initialised, ``group``
     is given or ``backend`` is a ``retrain.distributed.ShardedBackend``: call it with the same
@@ -134,6 +135,10 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     ``retrain.load`` reads (see ``RetrainResult``).
     """
     head = model.head
+    train, val = as_ratings(train, "train", frames=False), as_ratings(val, "val", frames=False)
+    if hyp.model != head.name:  # else the bundle would refuse it only after the whole tuning
+        raise InputError(f"hyp.model is {hyp.model!r} but the model's head is {head.name!r}: the recipe must be "
+                         "for this model")
     check_item_ids(head, train, "train")
     check_item_ids(head, val, "val")
     check_training_inputs(head, train, val)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .contract import initial_embeddings, user_key
-from .data import Ratings
+from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
 from .heads import Head, Layer, Model
 from .hyperparams import model_family
@@ -42,7 +42,9 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
             plain weighted-lambda ALS.
 
     Raises InputError for an unknown model name, no ratings, or a bad ``seed``/``reg``/``iterations``.
+    ``ratings`` may be a pandas DataFrame (``Ratings.from_pandas`` reads it).
     """
+    ratings = as_ratings(ratings, "ratings")
     family = model_family(model)
     seed = check_int("seed", seed, 0)
     reg = None if reg is None else check_float("reg", reg, 0.0)

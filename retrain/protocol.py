@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .data import Ratings
+from .data import Ratings, as_ratings
 from .errors import InputError, check_fraction, check_int
 
 
@@ -48,7 +48,7 @@ def protocol_split(data: Ratings, new_users: float = 0.2, val: float = 0.2, test
     """Split ``data`` for the leak-free protocol; deterministic in ``seed``.
 
     Args:
-        data: all the ratings.
+        data: all the ratings (``Ratings``, or a pandas DataFrame as ``Ratings.from_pandas`` reads it).
         new_users: fraction of the users held out as new users, in [0, 1).
         val: fraction of each known user's ratings for validation, in (0, 1).
         test: fraction of each user's ratings for testing, in [0, 1); a new user's other ratings
@@ -61,6 +61,7 @@ def protocol_split(data: Ratings, new_users: float = 0.2, val: float = 0.2, test
     InputError naming the argument for a bad fraction, and when the split leaves no known users,
     or a pretraining or validation part (or, with ``test > 0``, a test part) without ratings.
     """
+    data = as_ratings(data, "data")
     new_users = check_fraction("new_users", new_users)
     val = check_fraction("val", val, zero=False)
     test = check_fraction("test", test)

@@ -8,12 +8,15 @@ matrix products and a solve, not a float64 copy of the whole item table.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
-from .data import Ratings
+from .data import Ratings, well_formed
 from .errors import InputError, check_float
 from .heads import Head
+from .trainer import check_ratings
 
 _GRAM_CHUNK_BYTES = 64 << 20
 _FEW_USERS = 8  # up to this many users, a loop of small products beats the bucketing's bookkeeping
@@ -30,48 +33,94 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
 
     Users without ratings get ``init`` (their initial embedding; zeros when not given), as in
     the contract where they keep their init.  Raises InputError for a bad ``reg``, ratings on
-    other items than the head's, or when ``reg == 0`` leaves a user's system singular, and
-    ValueError for a non-linear head.
+    other items than the head's, hand-built ratings with an item index out of range or a
+    negative or non-finite weight (naming the row), when ``reg == 0`` leaves a user's system
+    singular, and for a non-linear head.  A non-finite rating gives its user a non-finite row.
     """
+    return torch.from_numpy(ridge_solve(head, ratings, reg, init=init, damping=damping)[0])
+
+
+def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
+                damping: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``ridge_embeddings`` as a float64 numpy array ``[n_users, d]``, and the indices of the users
+    with ratings (the others got ``init``): serving converts once, and inits only the others."""
     reg = check_float("reg", reg, 0.0)
     damping = check_float("damping", damping, 0.0)
     if ratings.n_items != head.n_items:
         raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
+    if not head.is_linear:
+        raise InputError(f"the ridge solver needs a linear head (no tower or identity activations), not {head.name!r}")
+    if not well_formed(ratings, head.n_items, finite_ratings=False):  # a non-finite rating gives a non-finite row
+        check_ratings(ratings, "ratings", head.n_items)
+    counts = ratings.counts
+    has = counts.nonzero()[0]
+    d, U = head.d, ratings.n_users
+    out = np.zeros((U, d)) if init is None else torch.as_tensor(init, dtype=torch.float64).numpy().copy()
+    if len(has) <= _FEW_USERS:
+        _solve_few_users(head, ratings, has, reg, damping, out)
+        return out, has
     per_rating = ratings.nnz < head.n_items  # then A row by rating beats a float64 copy of the whole item table
     A, c = (t.numpy() for t in head.linear_form(ratings.items if per_rating else None))
     rows = np.arange(ratings.nnz) if per_rating else ratings.items  # each rating's row of A
-    d, U = A.shape[1], ratings.n_users
-    counts = ratings.counts
-    out = np.zeros((U, d)) if init is None else torch.as_tensor(init, dtype=torch.float64).numpy().copy()
-    has = np.flatnonzero(counts > 0)
-    if len(has) <= _FEW_USERS:
-        _solve_few_users(A, c, rows, ratings, has, reg, damping, out)
-    else:
-        gram, rhs = _normal_equations(A, c, rows, ratings, has)
-        n = counts[has].astype(np.float64)
-        gram /= n[:, None, None]
-        diagonal = np.arange(d)
-        gram[:, diagonal, diagonal] += (reg + damping / n)[:, None]
-        try:
-            out[has] = np.linalg.solve(gram, (rhs / n[:, None])[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            raise InputError(_SINGULAR) from None
-    return torch.from_numpy(out)
+    gram, rhs = _normal_equations(A, c, rows, ratings, has)
+    n = counts[has].astype(np.float64)
+    gram /= n[:, None, None]
+    diagonal = np.arange(d)
+    gram[:, diagonal, diagonal] += (reg + damping / n)[:, None]
+    try:
+        out[has] = np.linalg.solve(gram, (rhs / n[:, None])[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        raise InputError(_SINGULAR) from None
+    return out, has
 
 
-def _solve_few_users(A: np.ndarray, c: np.ndarray, rows: np.ndarray, ratings: Ratings, users: np.ndarray,
-                     reg: float, damping: float, out: np.ndarray) -> None:
-    """The closed form user by user into ``out`` (a serving request): two small products and a solve
-    each, none of the bucketing's bookkeeping.  ``rows`` are the ratings' rows of ``A``."""
-    eye = np.eye(A.shape[1])
+def _solve_few_users(head: Head, ratings: Ratings, users: np.ndarray, reg: float, damping: float,
+                     out: np.ndarray) -> None:
+    """The closed form user by user into ``out`` (a serving request): the user's rows of ``A``,
+    two small products and a solve each, none of the bucketing's bookkeeping."""
+    d = out.shape[1]
     for u in users:
-        span = slice(ratings.indptr[u], ratings.indptr[u + 1])
-        X, w, n = A[rows[span]], ratings.weights[span].astype(np.float64), span.stop - span.start
+        start, stop = ratings.indptr[u], ratings.indptr[u + 1]
+        X, c = _linear_rows(head, ratings.items[start:stop])
+        w, n = ratings.weights[start:stop].astype(np.float64), stop - start
+        gram = X.T @ (X * w[:, None])
+        gram /= n
+        gram.flat[::d + 1] += reg + damping / n  # the diagonal, in place
+        out[u] = _solve_spd(gram, X.T @ (w * (ratings.ratings[start:stop] - c)) / n)
+
+
+def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``gram^-1 rhs`` for a symmetric positive (semi-)definite ``gram [d, d]``; InputError when
+    it is singular.  LAPACK's Cholesky ``dposv`` through scipy when it is installed: it costs a
+    third of ``np.linalg.solve``'s per-call overhead, which is most of a one-user request."""
+    dposv = _dposv()
+    if dposv is None:
         try:
-            out[u] = np.linalg.solve(X.T @ (X * w[:, None]) / n + (reg + damping / n) * eye,
-                                     X.T @ (w * (ratings.ratings[span] - c[rows[span]])) / n)
+            return np.linalg.solve(gram, rhs)
         except np.linalg.LinAlgError:
             raise InputError(_SINGULAR) from None
+    _, solution, info = dposv(gram, rhs)
+    if info != 0:  # > 0: not positive definite, i.e. singular here (reg == 0)
+        raise InputError(_SINGULAR)
+    return solution
+
+
+@functools.cache
+def _dposv():
+    try:
+        from scipy.linalg.lapack import dposv  # loaded on the first request, not with retrain
+    except ImportError:  # scipy is optional: numpy's LU solve instead
+        return None
+    return dposv
+
+
+def _linear_rows(head: Head, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``head.linear_form(items)`` as float64 numpy; without a tower, straight from float32 views
+    of the item table (no torch round trip: it is most of a one-user request's overhead)."""
+    if head.tower:
+        return tuple(t.numpy() for t in head.linear_form(items))
+    Q, c = head.item_arrays
+    return Q[items].astype(np.float64), c[items]
 
 
 def _normal_equations(A: np.ndarray, c: np.ndarray, items: np.ndarray, ratings: Ratings,

@@ -7,6 +7,8 @@ retrain would have given it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -16,8 +18,8 @@ from .errors import InputError
 from .heads import Head, Model
 from .ids import format_id
 from .hyperparams import HyperParams
-from .ridge import ridge_embeddings
-from .trainer import contract_init, train_embeddings
+from .ridge import ridge_solve
+from .trainer import check_ratings, contract_init, train_embeddings
 
 SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are computed this many bytes at a time
 
@@ -50,9 +52,11 @@ def fold_in(model_or_head: Model | Head, new_users_ratings: Ratings, hyp: HyperP
     """
     head = _head_of(model_or_head)
     emb = fold_in_rows(head, new_users_ratings, hyp, epochs, backend=backend, solver=solver)
-    bad = np.flatnonzero(~np.isfinite(emb.numpy()).all(1))
-    if len(bad):
-        raise InputError(diverged_message(new_users_ratings.user_ids[bad], len(emb), hyp))
+    if not math.isfinite(np.add.reduce(emb.numpy(), axis=None)):  # NaN/inf anywhere (a sum of sane rows is finite)
+        check_ratings(new_users_ratings, "new_users_ratings", head.n_items)  # a hand-built non-finite rating?
+        bad = np.flatnonzero(~np.isfinite(emb.numpy()).all(1))
+        if len(bad):
+            raise InputError(diverged_message(new_users_ratings.user_ids[bad], len(emb), hyp))
     return emb
 
 
@@ -66,18 +70,23 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
                          "Glorot bound of the init); RetrainResult.hyp carries it")
     check_item_ids(head, ratings, "new_users_ratings")
     if solver == "ridge":
-        emb = ridge_embeddings(head, ratings, hyp.regularization).float()
-        empty = np.flatnonzero(ratings.counts == 0)
-        if len(empty):  # they keep the contract's init (computed only for them: it is per user)
-            emb[empty] = contract_init(head, ratings.user_ids[empty], hyp, ratings.n_users)
-        return emb
+        emb, rated = ridge_solve(head, ratings, hyp.regularization)
+        emb = emb.astype(np.float32)
+        if len(rated) < len(emb):  # the others keep the contract's init (computed only for them: it is per user)
+            empty = np.setdiff1d(np.arange(len(emb)), rated)
+            emb[empty] = contract_init(head, ratings.user_ids[empty], hyp, ratings.n_users).numpy()
+        return torch.from_numpy(emb)
     return train_embeddings(head, ratings, hyp, epochs, backend=backend)
+
+
+def shown_ids(ids, most: int = 5) -> str:
+    """The first ``most`` ids as text, for a message: ``"3, 8, ..."``."""
+    return ", ".join(format_id(u) for u in ids[:most]) + (", ..." if len(ids) > most else "")
 
 
 def diverged_message(user_ids, n: int, hyp: HyperParams) -> str:
     """The error for users whose fold-in is not finite."""
-    shown = ", ".join(format_id(u) for u in user_ids[:5]) + (", ..." if len(user_ids) > 5 else "")
-    return (f"the fold-in diverged for {len(user_ids)} of {n} users (user ids {shown}): their embeddings are not "
+    return (f"the fold-in diverged for {len(user_ids)} of {n} users (user ids {shown_ids(user_ids)}): their embeddings are not "
             f"finite with learning rate {hyp.learning_rate:.4g} and regularisation {hyp.regularization:.4g}; "
             "check their ratings and the recipe")
 

@@ -44,6 +44,13 @@ def _csv(tmp_path, name, text):
     return path
 
 
+def _hand_built(ratings, field, row, value):
+    """``ratings`` rebuilt through the dataclass constructor (no checks) with one bad entry."""
+    arrays = {name: getattr(ratings, name).copy() for name in ("indptr", "items", "ratings", "weights")}
+    arrays[field][row] = value
+    return Ratings(**arrays, user_ids=ratings.user_ids, item_ids=ratings.item_ids)
+
+
 def _nan_row(model):
     emb = model.user_embeddings.clone()
     emb[1] = float("nan")
@@ -127,9 +134,31 @@ API_CASES = {
     "low-level fold-in diverges": (lambda t, s: fold_in(s.head, s.seen, HYP.replace(learning_rate=1e30,
                                                                                    optimizer="sgd"), 4),
                                    InputError, r"diverged for 9 of 9 users"),
+    # hand-built Ratings (the dataclass constructor checks nothing): a negative item index used to
+    # gather another item's row and a negative weight to flip a rating's sign, without an error
+    "ridge fold-in, negative item index": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "items", 5, -3), HYP, 0,
+                                                                solver="ridge"), InputError, r"row 5 has an item index < 0"),
+    "ridge fold-in, item index too big": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "items", 5, 12), HYP, 0,
+                                                               solver="ridge"), InputError, r"row 5 has an item index >= 12"),
+    "ridge fold-in, negative weight": (lambda t, s: fold_in(s.head, _hand_built(s.seen.select_users([1]), "weights", 2,
+                                                                                -4.0), HYP, 0, solver="ridge"),
+                                       InputError, r"row 2 has a negative weight"),
+    "served fold-in, negative item index": (lambda t, s: s.fold_in(_hand_built(s.seen, "items", 5, -3)), InputError,
+                                            r"row 5 has an item index < 0"),
+    "ridge fold-in, NaN rating": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "ratings", 7, np.nan), HYP, 0,
+                                                       solver="ridge"), InputError, r"row 7 has a non-finite rating"),
+    "served fold-in, NaN rating": (lambda t, s: s.fold_in(_hand_built(s.seen, "ratings", 7, np.nan), solver="ridge"),
+                                   InputError, r"row 7 has a non-finite rating"),
     "fold-in of a non-model": (lambda t, s: fold_in("model.safetensors", s.seen, HYP, 1), InputError,
                                r"expected a retrain Model or a Head, got str"),
     "fold-in of a dict": (lambda t, s: s.fold_in({"userId": [1]}), InputError, r"Ratings or a pandas DataFrame"),
+    "fold-in of a frame without an item column": (lambda t, s: s.fold_in(
+        pytest.importorskip("pandas").DataFrame({"userId": [1], "itemId": [100], "rating": [4.0]})), InputError,
+        r"the frame has no item column: .*; name it: Ratings.from_pandas\(frame, item='...'\)"),
+    "fold-in of string item ids": (lambda t, s: s.fold_in(Ratings.from_ids([1], ["100"], [4.0])), InputError,
+                                   r"item id '100' is a string but the model's item ids are integers"),
+    "add users with string ids": (lambda t, s: ServedModel(s.model, s.recipe, s.seen).add_users(
+        Ratings.from_ids(["u1"], [100], [4.0])), InputError, r"user id 'u1' is a string but the model's user ids are integers"),
     "recipe for another model": (lambda t, s: ServedModel(s.model, Recipe(HYP.replace(model="user_item_biases"), 1)),
                                  InputError, r"recipe is for model 'user_item_biases'"),
     "recipe without num_users": (lambda t, s: Recipe(HYP.replace(num_users=None), 1), InputError, r"num_users"),
@@ -169,6 +198,8 @@ def cli_files(tmp_path_factory, served):
     (tmp / "float_id.csv").write_text("userId,movieId,rating\n1,100,4\n1.5,101,3\n")
     (tmp / "good.csv").write_text("userId,movieId,rating\n1,100,4\n1,101,3\n2,102,5\n")
     (tmp / "big_rating.csv").write_text("userId,movieId,rating\n1,100,1e39\n")
+    (tmp / "string_items.csv").write_text("userId,movieId,rating\n1,tt100,4\n1,tt101,3\n")
+    (tmp / "item_id_column.csv").write_text("userId,itemId,rating\n1,100,4\n")
     (tmp / "folder").mkdir()
     (tmp / "readonly").mkdir(mode=0o555)
     return tmp
@@ -187,6 +218,13 @@ CLI_CASES = {
     "fold-in rating beyond float32": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
                                                  t / "big_rating.csv", "--out", t / "emb.safetensors"], 2,
                                       "rating must be finite"),
+    "fold-in string item ids, integer model": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
+                                                          t / "string_items.csv", "--out", t / "emb.safetensors"], 2,
+                                               "item id 'tt100' is a string but the model's item ids are integers"),
+    "fold-in CSV without an item column": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",
+                                                     t / "item_id_column.csv", "--out", t / "emb.safetensors"], 2,
+                                          "has no item column: expected one of ['movieId', 'item'] (columns: "
+                                          "['userId', 'itemId', 'rating']); rename that column in the header"),
     "fold-in model without recipe": (lambda t: ["fold-in", "--model", t / "no_recipe.safetensors", "--ratings",
                                                 t / "good.csv", "--out", t / "emb.safetensors"], 2, "holds no recipe"),
     "fold-in out is a folder": (lambda t: ["fold-in", "--model", t / "bundle.safetensors", "--ratings",

@@ -243,3 +243,54 @@ def test_a_missing_or_mismatched_shard_is_named(tmp_path):
     (tmp_path / "m.head.safetensors").unlink()
     with pytest.raises(InputError, match=r"m.head.safetensors: the head file .* is missing"):
         retrain.load(index)
+
+
+@pytest.mark.parametrize("model_kind, request_ids", [
+    ("int64", np.array(["alice", "bob"])),                         # strings into an integer table
+    ("str", np.array([5, 6])),                                     # integers into a string table
+    ("negative", np.array([2**63 + 1, 2**63 + 2], dtype=np.uint64)),  # no integer type holds both
+])
+def test_add_users_refuses_ids_of_another_kind_and_adds_nothing(model_kind, request_ids):
+    # numpy's concatenation would turn the table's ids into strings (or floats) without a word.
+    ids = ID_KINDS[model_kind] if model_kind != "negative" else (-1000 - np.arange(8), ID_KINDS["int64"][1])
+    served, ratings = _served(*ids)
+    known_item = ratings.item_ids[ratings.items[0]]
+    request = Ratings.from_ids(request_ids, [known_item, known_item], [4.0, 3.0])
+    before = served.model.user_ids.copy()
+    with pytest.raises(InputError, match="user id"):
+        served.add_users(request)
+    assert served.model.user_ids.dtype == before.dtype and served.model.user_ids.tolist() == before.tolist()
+
+
+@pytest.mark.parametrize("table, new", [
+    (np.arange(8, dtype=np.uint64) + np.uint64(2**63), np.array([7])),       # uint64 table, an int64 id
+    (1000 + 7 * np.arange(8), np.array([2**63 + 5], dtype=np.uint64)),      # int64 table, an id above int64
+])
+def test_add_users_keeps_exact_ids_when_int64_and_uint64_mix(table, new):
+    served, ratings = _served(table, ID_KINDS["int64"][1])
+    known_item = ratings.item_ids[ratings.items[0]]
+    served.add_users(Ratings.from_ids(new, [known_item], [4.0]))
+    assert served.model.user_ids.dtype == np.uint64  # numpy would give float64: 2**63 + 5 rounds
+    assert [int(x) for x in served.model.user_ids] == [int(x) for x in table] + [int(new[0])]
+
+
+@pytest.mark.parametrize("model_kind, item_ids", [("int64", ["0", "3"]), ("str", [0, 3])])
+def test_fold_in_refuses_item_ids_of_another_kind(model_kind, item_ids):
+    # Every rating would be "unknown": dropped, and the users served their init without an error.
+    served, _ = _served(*ID_KINDS[model_kind])
+    with pytest.raises(InputError, match="item id"):
+        served.fold_in(Ratings.from_ids([1, 1], item_ids, [4.0, 5.0]))
+
+
+def test_predict_names_an_id_kind_mismatch():
+    served, _ = _served(*ID_KINDS["str"])
+    with pytest.raises(InputError, match="user id '5' is an integer but the model's user ids are strings"):
+        served.predict([5], ["film 0 é"])
+
+
+def test_model_and_head_reprs_are_one_short_line():
+    served, _ = _served(*ID_KINDS["str"])
+    for thing, words in ((served.model, ["Model", "matrix_factorization_4", "8 users", "20 items"]),
+                         (served.head, ["Head", "matrix_factorization_4", "20 items", "d=4"])):
+        text = repr(thing)
+        assert len(text) < 200 and "\n" not in text and all(w in text for w in words), text

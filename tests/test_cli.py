@@ -145,7 +145,8 @@ def test_fold_in_drops_items_the_model_lacks_and_flags_users_left_without_rating
                       tmp_path / "emb.safetensors", "--quiet") == 0
     printed = capsys.readouterr().out
     assert "dropped 2 ratings on items the model does not know" in printed
-    assert "1 users have no rating on a known item" in printed
+    assert ("1 of 2 users (user ids 1) have no rating on an item the model knows: they get the initial embedding"
+            in printed)
     assert load_file(tmp_path / "emb.safetensors")["user_ids"].tolist() == [1, 2]
 
 

@@ -145,3 +145,33 @@ def test_all_diverged_tuning_is_refused(monkeypatch):
     with pytest.raises(retrain.InputError, match="every one of the 4 tuning points diverged"):
         retrain_user_embeddings(_pretrained(head, train), train, val, planted_hyp(), max_iters=4, n_starts=4,
                                 backend=BACKEND)
+
+
+def test_a_recipe_for_another_model_is_refused_before_tuning(monkeypatch):
+    # It used to tune and retrain, then fail in save() ("the recipe is for model ...").
+    head, train, val = planted_problem(n_users=20)
+    monkeypatch.setattr(pipeline, "tune", lambda *a, **k: pytest.fail("tuned before checking the recipe"))
+    with pytest.raises(retrain.InputError, match="hyp.model is 'matrix_factorization_8' but the model's head is "
+                                                 "'matrix_factorization_3'"):
+        retrain_user_embeddings(_pretrained(head, train), train, val, planted_hyp(model="matrix_factorization_8"),
+                                backend=BACKEND)
+
+
+def test_data_frames_where_ratings_are_expected():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"userId": np.repeat(np.arange(30) * 11 + 5, 8), "movieId": rng.integers(0, 20, 240) * 3,
+                          "rating": rng.integers(1, 6, 240).astype(float)})
+    data = Ratings.from_pandas(frame)
+    # pretrain and protocol_split read a DataFrame as Ratings.from_pandas does (the oracle).
+    split, by_hand = retrain.protocol_split(frame, new_users=0.2, seed=1), retrain.protocol_split(data, new_users=0.2,
+                                                                                                 seed=1)
+    assert np.array_equal(split.pretrain.indptr, by_hand.pretrain.indptr)
+    assert np.array_equal(split.new_users.user_ids, by_hand.new_users.user_ids)
+    model = retrain.pretrain(frame, "matrix_factorization_3", iterations=2)
+    assert torch.equal(model.head.item_vectors, retrain.pretrain(data, "matrix_factorization_3", iterations=2).head.item_vectors)
+    # The retrain needs train and val indexed alike: a frame is refused with the way to build them.
+    with pytest.raises(retrain.InputError, match="train must be retrain.Ratings, got a DataFrame: .*protocol_split"):
+        retrain_user_embeddings(model, frame, split.val, planted_hyp(), backend=BACKEND)
+    with pytest.raises(retrain.InputError, match="ratings must be retrain.Ratings or a pandas DataFrame, got list"):
+        retrain.pretrain([[1, 2, 3.0]], "matrix_factorization_3")

@@ -3,11 +3,13 @@ import numpy as np
 import pytest
 import torch
 
+import retrain.ridge
 import retrain.serving as serving
 from problems import random_head, random_ratings, rel_err
 from retrain.backends import available_backends
 from retrain.data import Ratings
-from retrain.heads import Model
+from retrain.errors import InputError
+from retrain.heads import Head, Layer, Model
 from retrain.hyperparams import HyperParams
 from retrain.ridge import ridge_embeddings
 from retrain.serving import fold_in, recommend
@@ -63,6 +65,53 @@ def test_fold_in_ridge_solver_is_the_closed_form():
         fold_in(head, data, hyp, 1, solver="als")
     with pytest.raises(ValueError, match="linear head"):
         fold_in(random_head("tower1", n_items=12, d=3), data, hyp, 1, solver="ridge")
+
+
+def _ridge_by_lstsq(head, data, reg, damping):
+    """Oracle: each user's ridge solution as the least-squares solution of the stacked system
+    ``[sqrt(w/n) A; sqrt(reg + damping/n) I] e = [sqrt(w/n) (r - c); 0]`` (no normal equations)."""
+    A, c = (t.numpy() for t in head.linear_form())
+    out = np.zeros((data.n_users, A.shape[1]))
+    for u in range(data.n_users):
+        rows = slice(data.indptr[u], data.indptr[u + 1])
+        n = rows.stop - rows.start
+        if n == 0:
+            continue
+        scale = np.sqrt(data.weights[rows].astype(np.float64) / n)[:, None]
+        X = np.vstack([scale * A[data.items[rows]], np.sqrt(reg + damping / n) * np.eye(A.shape[1])])
+        y = np.concatenate([scale[:, 0] * (data.ratings[rows] - c[data.items[rows]]), np.zeros(A.shape[1])])
+        out[u] = np.linalg.lstsq(X, y, rcond=None)[0]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mf", "linear_tower"])
+@pytest.mark.parametrize("n_users", [1, 5, 20])  # one user, the user-by-user path (<= 8), the bucketed path
+@pytest.mark.parametrize("scipy", [True, False])  # the user-by-user path's Cholesky, or numpy's solve without scipy
+def test_ridge_solver_paths_equal_a_least_squares_oracle(kind, n_users, scipy, monkeypatch):
+    if not scipy:
+        monkeypatch.setattr(retrain.ridge, "_dposv", lambda: None)
+    if kind == "mf":
+        head = random_head("mf", n_items=15, d=4, seed=6)
+    else:  # two identity layers: linear, but through linear_form's tower composition
+        g = torch.Generator().manual_seed(6)
+        head = Head(torch.randn(15, 3, generator=g), torch.randn(15, generator=g), 3.5,
+                    (Layer(torch.randn(5, 4, generator=g), torch.randn(5, generator=g), "identity"),
+                     Layer(torch.randn(3, 5, generator=g), torch.randn(3, generator=g), "identity")), name="mlp_4x3")
+    data = random_ratings(n_users, 15, counts=np.arange(n_users) % 7 + 1, seed=7)
+    data = Ratings(data.indptr, data.items, data.ratings, np.linspace(0.5, 2.0, data.nnz).astype(np.float32),
+                   data.user_ids, data.item_ids)
+    got = ridge_embeddings(head, data, 0.03, damping=0.5).numpy()
+    np.testing.assert_allclose(got, _ridge_by_lstsq(head, data, 0.03, 0.5), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("scipy", [True, False])
+def test_ridge_solver_refuses_a_singular_system(scipy, monkeypatch):
+    if not scipy:
+        monkeypatch.setattr(retrain.ridge, "_dposv", lambda: None)
+    head = random_head("mf", n_items=6, d=4, seed=1)
+    one_rating = random_ratings(1, 6, counts=[1], seed=2)  # rank 1 < d = 4 and no regularisation
+    with pytest.raises(InputError, match="singular"):
+        ridge_embeddings(head, one_rating, 0.0)
 
 
 def _brute_force(head, emb, k, seen=None):

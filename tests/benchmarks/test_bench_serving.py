@@ -1,13 +1,20 @@
 """Serving latency and throughput: fold-in (train and ridge solvers), batch fold-in, recommend,
 against a plain numpy closed-form ridge loop measured in the same run.
 
+Also timed: ``ServedModel.fold_in(solver='ridge')`` on the same requests given in original ids
+(item ids looked up, Ratings re-indexed, the result flagged), ``ServedModel.recommend`` for one
+user id of a 10,000-user table, and the numpy loop with scipy's Cholesky ``dposv`` in place of
+``np.linalg.solve`` (the solver the one-user ridge path uses, so the same algorithm both sides).
+
 Data: a matrix-factorization head (d = 32, 10,000 items, random item vectors) and
 ``synthetic_ratings(10_000, 10_000, 40, seed=0)`` users.  Single-user requests are users with
 10-50 ratings, the recipe is Adam, batch 16, ``EPOCHS`` epochs (train solver) or the same reg
 (ridge).  The numpy loop is the strongest plain baseline: the item table converted to float64
 once, outside the timing, then per user ``A = Q[items]``, ``solve(A^T W A / n + reg I,
 A^T W (r - c) / n)``.  Reported: p50 / p99 over ``REQUESTS`` single-user calls of each variant
-(interleaved request by request, so load drift hits all alike), the best of ``ROUNDS`` for the
+(interleaved request by request, so load drift hits all alike; the fold-ins and the
+recommends in two such groups, so that a recommend's pass over the item table does not evict
+the next fold-in's rows), the best of ``ROUNDS`` for the
 batches, and the fraction of the machine's float64 matmul peak (measured in the same run) that
 the batch ridge reaches (flops counted as ``sum_u n_u d^2`` for the Gram matrices plus
 ``d^3 / 3`` per solve).
@@ -27,8 +34,9 @@ import pytest
 import torch
 
 from retrain.backends import available_backends
-from retrain.data import synthetic_ratings
-from retrain.heads import Head
+from retrain.bundle import Recipe, ServedModel
+from retrain.data import Ratings, synthetic_ratings
+from retrain.heads import Head, Model
 from retrain.hyperparams import HyperParams
 from retrain.serving import fold_in, recommend
 
@@ -55,7 +63,7 @@ def setup(request):
     return full, data, head, hyp
 
 
-def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -> np.ndarray:
+def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float, solve=np.linalg.solve) -> np.ndarray:
     """The baseline: the closed-form ridge solution user by user in plain numpy (float64)."""
     out = np.zeros((ratings.n_users, Q64.shape[1]))
     eye = reg * np.eye(Q64.shape[1])
@@ -65,8 +73,16 @@ def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -> n
         if n == 0:
             continue
         A, w = Q64[items], ratings.weights[rows].astype(np.float64)
-        out[u] = np.linalg.solve(A.T @ (A * w[:, None]) / n + eye, A.T @ (w * (ratings.ratings[rows] - c64[items])) / n)
+        out[u] = solve(A.T @ (A * w[:, None]) / n + eye, A.T @ (w * (ratings.ratings[rows] - c64[items])) / n)
     return out
+
+
+def cholesky_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -> np.ndarray:
+    """The numpy loop with the solve done by LAPACK's Cholesky (scipy ``dposv``), as the one-user
+    path of ``fold_in(solver='ridge')`` does: the baseline with the same solver."""
+    from scipy.linalg.lapack import dposv
+
+    return numpy_ridge_loop(Q64, c64, ratings, reg, solve=lambda a, b: dposv(a, b)[1])
 
 
 def _matmul_peak_flops(n: int = 1024, repeats: int = 3) -> float:
@@ -101,27 +117,41 @@ def test_serving_latency_and_throughput(setup):
     candidates = np.flatnonzero((counts >= 10) & (counts <= 50))
     users = np.random.default_rng(1).choice(candidates, requests)
     singles = [data.select_users([u]) for u in users]
+    # The same requests in original ids, for a served model (10,000 known users): the item ids are
+    # looked up and the user is new, so it is what ServedModel.fold_in does for a real request.
+    served = ServedModel(Model(head, torch.zeros(data.n_users, D), data.user_ids), Recipe(hyp, EPOCHS))
+    requests = {id(r): Ratings.from_ids(np.full(r.nnz, -1), head.item_ids[r.items], r.ratings) for r in singles}
 
     # Correctness first (the oracle is the numpy loop): the same solution, to float32 rounding.
     check = data.select_users(users[:50])
     np.testing.assert_allclose(fold_in(head, check, hyp, 0, solver="ridge").double().numpy(),
                                numpy_ridge_loop(Q64, c64, check, REG), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cholesky_ridge_loop(Q64, c64, check, REG), numpy_ridge_loop(Q64, c64, check, REG),
+                               rtol=1e-10, atol=1e-12)
 
-    variants = {
+    emb_one = fold_in(head, singles[0], hyp, 0, solver="ridge")
+    one_user = data.user_ids[users[:1]]
+    # Two groups, each interleaved request by request: the fold-ins touch a user's rows only, a
+    # recommend streams the whole item table through the caches, so mixing them would slow down
+    # whichever fold-in runs after a recommend.
+    groups = ({
         "fold_in(solver='train'), cpu" if BACKEND == "cpu" else "fold_in(solver='train')":
             lambda r: fold_in(head, r, hyp, EPOCHS, backend=BACKEND),
         "fold_in(solver='ridge')": lambda r: fold_in(head, r, hyp, 0, solver="ridge"),
+        "ServedModel.fold_in(solver='ridge'), original ids": lambda r: served.fold_in(requests[id(r)], solver="ridge"),
         "numpy ridge loop (baseline)": lambda r: numpy_ridge_loop(Q64, c64, r, REG),
-        "recommend top-10 (1 user)": None,
-    }
-    emb_one = fold_in(head, singles[0], hyp, 0, solver="ridge")
-    variants["recommend top-10 (1 user)"] = lambda r: recommend(head, emb_one, 10, backend=BACKEND)
-    seconds = {name: [] for name in variants}
-    for r in singles:
-        for name, run in variants.items():  # interleaved request by request
-            t = time.perf_counter()
-            run(r)
-            seconds[name].append(time.perf_counter() - t)
+        "numpy ridge loop, Cholesky (scipy dposv)": lambda r: cholesky_ridge_loop(Q64, c64, r, REG),
+    }, {
+        "recommend top-10 (1 user)": lambda r: recommend(head, emb_one, 10, backend=BACKEND),
+        "ServedModel.recommend top-10 (1 user id)": lambda r: served.recommend(one_user, 10, backend=BACKEND),
+    })
+    seconds = {name: [] for group in groups for name in group}
+    for group in groups:
+        for r in singles:
+            for name, run in group.items():
+                t = time.perf_counter()
+                run(r)
+                seconds[name].append(time.perf_counter() - t)
     latency = {name: _percentiles(s) for name, s in seconds.items()}
 
     batch_sizes = (1000, 10_000) if full else (100,)
