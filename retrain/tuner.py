@@ -91,7 +91,8 @@ def _nlopt():
 
 KEY_DIGITS = 12  # points equal to this many decimals of (a, b) are the same evaluation
 FD_STEP = 0.01  # finite-difference step, as a fraction of each bound's range
-XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 % of lr or reg)
+XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 % of lr or reg) ...
+FTOL_REL = 1e-4  # ... or change its value by less than this share: early stopping's bumps are ten times larger
 INITIAL_STEP = 0.25  # first trust radius of K explicit starts, as a fraction of the range / sqrt(K)
 FIRST_BATCH_SHARE = 0.25  # the space-filling batch spends at most this share of max_evals
 ZOOM_SHARE = 0.25  # the zoomed batch over the best first-batch points spends this share of max_evals
@@ -627,6 +628,7 @@ def _configured(nlopt, code: int, lower, upper, step, max_evals: int):
     opt.set_upper_bounds(upper.tolist())
     opt.set_maxeval(max_evals)
     opt.set_xtol_abs(XTOL_ABS)
+    opt.set_ftol_rel(FTOL_REL)
     opt.set_initial_step(step.tolist())
     return opt
 
