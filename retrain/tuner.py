@@ -16,8 +16,8 @@ NLopt asks for one point at a time, so ``tune`` runs:
    batch's spacing), as long as such a point is within ``START_MARGIN`` of the best; in
    lock-step, each in its own thread: an objective call parks its point(s) at a gate; when every
    live search is parked, the thread that called ``tune`` trains all parked points as one probe
-   batch and hands each search its value.  A run whose searches have converged and that has no
-   such start left ends under ``max_evals``;
+   batch and hands each search its value.  A run whose searches have converged with no such
+   start left, or with too few evaluations left for another search, ends under ``max_evals``;
 4. every round is *filled* towards ``width``: a search's *opening* (the points its algorithm asks
    for before any value can steer it, e.g. BOBYQA's 2n + 1 = 5 interpolation points, found by two
    dry runs of the algorithm on different functions) trains in the round it starts, and new
