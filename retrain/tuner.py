@@ -10,7 +10,7 @@ NLopt asks for one point at a time, so ``tune`` runs:
    the box of the best 15 % of the first batch, widened by one trust radius on each side.  The
    optimum of a tuning problem lies in a narrow, long valley (lr against reg) whose floor early
    stopping makes bumpy at the 0.1 % level (the best epoch jumps by a checkpoint); a design over
-   the whole box lands a few points on that floor, the zoomed one about four times as many;
+   the whole box lands a few points on that floor, the zoomed one several times as many;
 3. NLopt *local searches* (BOBYQA by default), each from the best point evaluated so far that no
    better point and no earlier start lies within one first trust radius of (half the zoomed
    batch's spacing), as long as such a point is within ``START_MARGIN`` of the best; in
@@ -59,6 +59,7 @@ training and then goes on: it ends where an uninterrupted run would have ended.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -758,9 +759,9 @@ class _Search:
         n_zoom = min(self.width, int(ev.max_evals * ZOOM_SHARE))
         if n_zoom >= 1:
             # The basin a dense grid would find is narrow in some direction (a valley in (a, b)):
-            # a second design over the box of the best points puts about four times as many
-            # points on its floor, and the searches start from the best of them with steps of
-            # that design's spacing.
+            # a second design over the box of the best points puts several times as many points
+            # on its floor, and the searches start from the best of them with steps of that
+            # design's spacing.
             zoom_lower, zoom_upper = zoom_box(points, np.array(losses), step, self.lower, self.upper)
             zoom = space_filling(n_zoom, zoom_lower, zoom_upper, self.seed + 1)
             if ev.run_round({-1: [tuple(p) for p in zoom]})[-1] is None:
@@ -782,11 +783,7 @@ class _Search:
         """Search from ``starts`` (an array, taken in order, or a function giving the next start or
         None): all at once, or as ``_room_for_another`` allows."""
         ev = self.evaluator
-        if callable(starts):
-            next_start = starts
-        else:
-            queue = list(starts)
-            next_start = lambda: queue.pop(0) if queue else None  # noqa: E731
+        next_start = starts if callable(starts) else functools.partial(next, iter(list(starts)), None)
         try:
             while True:
                 while all_at_once or self._room_for_another(len(self.openings)):
