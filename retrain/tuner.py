@@ -4,17 +4,26 @@ The probe trainer trains ``width`` configurations for little more than the price
 two CPU cores, 256 on a GPU: docs/benchmarks.md), so a search should ask for many points at once.
 NLopt asks for one point at a time, so ``tune`` runs:
 
-1. a *space-filling batch*: a shifted Halton design of up to ``width`` points (half of
-   ``max_evals`` at most), trained as ONE probe batch;
-2. NLopt *local searches* (BOBYQA by default) from the best *distinct basins* of that batch (a
-   point no better point lies near), in lock-step, each in its own thread: an objective call
-   parks its point(s) at a gate; when every live search is parked, the thread that called ``tune``
-   trains all parked points as one probe batch and hands each search its value;
-3. every round is *filled* towards ``width``: a search's *opening* (the points its algorithm asks
+1. a *space-filling batch*: (0, 0) and a shifted Halton design, up to ``width`` points (a quarter
+   of ``max_evals`` at most), trained as ONE probe batch;
+2. a *zoomed batch*: a second Halton design of as many points (a quarter of ``max_evals``) over
+   the box of the best 15 % of the first batch, widened by one trust radius on each side.  The
+   optimum of a tuning problem lies in a narrow, long valley (lr against reg) whose floor early
+   stopping makes bumpy at the 0.1 % level (the best epoch jumps by a checkpoint); a design over
+   the whole box lands a few points on that floor, the zoomed one several times as many;
+3. NLopt *local searches* (BOBYQA by default), each from the best point evaluated so far that no
+   better point and no earlier start lies within one first trust radius of (half the zoomed
+   batch's spacing), as long as such a point is within ``START_MARGIN`` of the best; in
+   lock-step, each in its own thread: an objective call parks its point(s) at a gate; when every
+   live search is parked, the thread that called ``tune`` trains all parked points as one probe
+   batch and hands each search its value.  A run whose searches have converged with no such
+   start left, or with too few evaluations left for another search, ends under ``max_evals``;
+4. every round is *filled* towards ``width``: a search's *opening* (the points its algorithm asks
    for before any value can steer it, e.g. BOBYQA's 2n + 1 = 5 interpolation points, found by two
    dry runs of the algorithm on different functions) trains in the round it starts, and new
-   searches start from further basins while the budget leaves each live search room to move;
-4. a search whose best value, once its opening is answered, is worse than the run's best point
+   searches start, from the points the searches found too, while the budget leaves each live
+   search room to move;
+5. a search whose best value, once its opening is answered, is worse than the run's best point
    by more than ``PRUNE_MARGIN`` ends (its steps would buy little), and when the budget runs short
    the best searches' requests are served first.
 
@@ -26,7 +35,7 @@ Rules, applied in a fixed order so that a run is deterministic:
 * points equal to ``KEY_DIGITS`` decimals are evaluated once; points the journal of an earlier
   run holds are read from it, not trained; a round whose points are all known trains nothing;
 * ``max_evals`` counts the distinct points this run evaluates (trained or read from the journal),
-  the space-filling batch, openings and finite-difference points included; a request that would
+  both space-filling batches, openings and finite-difference points included; a request that would
   go over it ends its search (``opt.force_stop()``);
 * ``max_time`` is checked at every checkpoint of a batch (``run_probes(deadline=...)``): probes
   the clock stops are not finished, are not counted, not cached and not journaled, and the searches
@@ -50,6 +59,7 @@ training and then goes on: it ends where an uninterrupted run would have ended.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -82,12 +92,16 @@ def _nlopt():
 
 KEY_DIGITS = 12  # points equal to this many decimals of (a, b) are the same evaluation
 FD_STEP = 0.01  # finite-difference step, as a fraction of each bound's range
-XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 % of lr or reg)
+XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 % of lr or reg) ...
+FTOL_REL = 1e-4  # ... or change its value by less than this share: early stopping's bumps are ten times larger
 INITIAL_STEP = 0.25  # first trust radius of K explicit starts, as a fraction of the range / sqrt(K)
-BASIN_RADIUS = 1.5  # two first-batch points closer than this many sample spacings share a basin
-FIRST_BATCH_SHARE = 0.5  # the space-filling batch spends at most this share of max_evals
+FIRST_BATCH_SHARE = 0.25  # the space-filling batch spends at most this share of max_evals
+ZOOM_SHARE = 0.25  # the zoomed batch over the best first-batch points spends this share of max_evals
+ZOOM_BEST = 0.15  # the zoomed batch covers the box of this share of the best first-batch points ...
+# ... widened by one first trust radius on each side
+START_MARGIN = 0.02  # a search starts only from a point at most this share worse than the best point
 PRUNE_MARGIN = 0.005  # after its opening, a search worse than the best point by this share ends
-STEP_FACTOR = 0.5  # first trust radius of a search from the space-filling batch, in sample spacings
+STEP_FACTOR = 0.5  # first trust radius of a search, in sample spacings of the batch it starts from
 STEPS_RESERVED = 3  # evaluations a new search leaves, per live search, for their model steps
 DRY_RUN_CALLS = 8  # the longest opening looked for
 OPENING = 2 * 2 + 1  # BOBYQA's opening in two dimensions: what a new search is budgeted for
@@ -553,26 +567,31 @@ def space_filling(n: int, lower: np.ndarray, upper: np.ndarray, seed: int) -> np
     return lower + unit * (upper - lower)
 
 
-def basins(points: np.ndarray, losses: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> list[int]:
-    """Indices of ``points [n, 2]`` to start local searches from, best first.
+def zoom_box(points: np.ndarray, losses: np.ndarray, pad: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+    """``(lower [2], upper [2])``: the bounding box of the best ``ZOOM_BEST`` share of ``points
+    [n, 2]`` (two at least; ties: first), widened by ``pad [2]`` on each side, within the bounds."""
+    k = max(2, math.ceil(ZOOM_BEST * len(points)))
+    best = points[np.argsort(losses, kind="stable")[:k]]
+    return np.maximum(best.min(axis=0) - pad, lower), np.minimum(best.max(axis=0) + pad, upper)
 
-    First the basin minima: points no better point lies within ``BASIN_RADIUS`` sample spacings of
-    (in the box scaled to the unit square; spacing ``1 / sqrt(n)``), best first; then the other
-    points, best first, that lie at least that far from every point already taken.  Ties keep the
-    input order.
-    """
-    unit = (points - lower) / (upper - lower)
-    radius = BASIN_RADIUS / math.sqrt(len(points))
-    distance = np.linalg.norm(unit[:, None, :] - unit[None, :, :], axis=-1)
-    order = np.argsort(losses, kind="stable")
-    rank = np.empty(len(points), dtype=np.int64)
-    rank[order] = np.arange(len(points))
-    minima = [i for i in order if not np.any((distance[i] < radius) & (rank < rank[i]))]
-    taken = list(minima)
-    for i in order:
-        if i not in taken and np.all(distance[i, taken] >= radius):
-            taken.append(i)
-    return taken
+
+def next_start_point(points: np.ndarray, losses: np.ndarray, taken: np.ndarray, step: np.ndarray):
+    """The next local search's start: the best of ``points [n, 2]`` (ties: first) that no better
+    point and no earlier start (``taken [k, 2]``) lies within one ``step [2]`` of (distances per
+    axis in steps), or None when every such point is more than ``START_MARGIN`` worse than the best
+    point (a search from it would buy little: ``PRUNE_MARGIN``)."""
+    if not len(points):
+        return None
+    best = float(losses.min())
+    scaled = points / step
+    for i in np.argsort(losses, kind="stable"):
+        if losses[i] > best + START_MARGIN * abs(best):
+            return None
+        near = np.linalg.norm(scaled - scaled[i], axis=1) < 1.0
+        if np.any(near & (losses < losses[i])) or np.any(np.linalg.norm(taken / step - scaled[i], axis=1) < 1.0):
+            continue
+        return points[i].copy()
+    return None
 
 
 def _opening(code: int, start, lower, upper, step, seed: int) -> list[tuple[float, float]]:
@@ -610,6 +629,7 @@ def _configured(nlopt, code: int, lower, upper, step, max_evals: int):
     opt.set_upper_bounds(upper.tolist())
     opt.set_maxeval(max_evals)
     opt.set_xtol_abs(XTOL_ABS)
+    opt.set_ftol_rel(FTOL_REL)
     opt.set_initial_step(step.tolist())
     return opt
 
@@ -631,7 +651,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
         head, train, val: the frozen item side and ratings of the same users (``val`` is what the
             probes early-stop on and what is minimised: the item side must not have seen it).
         hyp: everything but lr and reg.
-        max_evals: distinct points evaluated in all (space-filling batch, openings and
+        max_evals: the most distinct points evaluated (both space-filling batches, openings and
             finite-difference points included); ``>= 1``.
         max_time: seconds, checked at every checkpoint; points it stops are not counted.
         algorithm: an NLopt algorithm name (``LN_*``, ``GN_*``; ``LD_*`` / ``GD_*`` get finite
@@ -640,7 +660,8 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
         n_starts: the most local searches live at once (None: as many as ``width`` and the budget
             allow); without the space-filling batch, the number of searches.
         width: the most points a probe batch trains (None: ``default_width(backend)``, 64 on a
-            CPU, 256 on a GPU).  The space-filling batch has ``min(width, max_evals // 2)`` points.
+            CPU, 256 on a GPU).  The space-filling and the zoomed batch have ``min(width,
+            max_evals // 4)`` points each.
         bounds: ``((a_lo, a_hi), (b_lo, b_hi))``, default ``DEFAULT_BOUNDS`` = a in [-2, 3]
             (lr 1e-5 .. 1), b in [-3, 5] (reg 1e-8 .. 1).  A best point on a bound is logged as
             a warning and named in ``TuneResult.at_bound``.
@@ -724,7 +745,7 @@ class _Search:
         self.openings: dict[int, list] = {}  # search id -> its opening, trained with its first request
 
     def run_from_space_filling(self) -> None:
-        """The space-filling batch, then searches from its basins, best first."""
+        """The space-filling batch, the zoomed batch, then searches from the best distinct points."""
         ev = self.evaluator
         n = max(1, min(self.width, int(ev.max_evals * FIRST_BATCH_SHARE)))
         # Each search explores its own neighbourhood, not the whole box.
@@ -735,15 +756,41 @@ class _Search:
         losses = ev.run_round({-1: [tuple(p) for p in points]})[-1]
         if losses is None:  # max_time ran out during the batch
             return
-        self.run(points[basins(points, np.array(losses), self.lower, self.upper)], step)
+        n_zoom = min(self.width, int(ev.max_evals * ZOOM_SHARE))
+        if n_zoom >= 1:
+            # The basin a dense grid would find is narrow in some direction (a valley in (a, b)):
+            # a second design over the box of the best points puts several times as many points
+            # on its floor, and the searches start from the best of them with steps of that
+            # design's spacing.
+            zoom_lower, zoom_upper = zoom_box(points, np.array(losses), step, self.lower, self.upper)
+            zoom = space_filling(n_zoom, zoom_lower, zoom_upper, self.seed + 1)
+            if ev.run_round({-1: [tuple(p) for p in zoom]})[-1] is None:
+                return
+            step = STEP_FACTOR * (zoom_upper - zoom_lower) / math.sqrt(n_zoom)
+        taken: list = []
 
-    def run(self, starts: np.ndarray, step: np.ndarray, all_at_once: bool = False) -> None:
-        """Search from ``starts`` in order: all at once, or as ``_room_for_another`` allows."""
-        ev, queue = self.evaluator, list(starts)
+        def next_start():
+            found = next_start_point(np.array([e.point for e in ev.history]), np.array([e.loss for e in ev.history]),
+                                     np.array(taken).reshape(-1, 2), step)
+            if found is not None:
+                found = np.clip(found, inner_lower, inner_upper)
+                taken.append(found)
+            return found
+
+        self.run(next_start, step)
+
+    def run(self, starts, step: np.ndarray, all_at_once: bool = False) -> None:
+        """Search from ``starts`` (an array, taken in order, or a function giving the next start or
+        None): all at once, or as ``_room_for_another`` allows."""
+        ev = self.evaluator
+        next_start = starts if callable(starts) else functools.partial(next, iter(list(starts)), None)
         try:
             while True:
-                while queue and (all_at_once or self._room_for_another(len(self.openings))):
-                    self._launch(len(self.threads), queue.pop(0), step)
+                while all_at_once or self._room_for_another(len(self.openings)):
+                    start = next_start()
+                    if start is None:
+                        break
+                    self._launch(len(self.threads), start, step)
                 requests = self.gate.all_parked()
                 if not requests:
                     break

@@ -106,35 +106,59 @@ def test_explicit_starts_search_at_once_and_batch_their_rounds(problem, count_ba
     assert [len(batch) for batch in count_batches] == [5] + [1] * (one.n_batches - 1)
 
 
-def test_the_space_filling_batch_is_wide_and_the_searches_start_in_distinct_basins(problem, count_batches):
+def test_the_space_filling_and_zoomed_batches_are_wide_and_the_searches_start_from_the_best(problem,
+                                                                                              count_batches):
     head, train, val = problem
-    result = tune(head, train, val, planted_hyp(), max_evals=64, width=24, backend=BACKEND)
+    result = tune(head, train, val, planted_hyp(), max_evals=96, width=24, backend=BACKEND)
     first = [e for e in result.history if e.round == 0]
+    zoomed = [e for e in result.history if e.round == 1]
     assert len(count_batches[0]) == len(first) == 24 and {e.optimizer for e in first} == {-1}
+    assert len(count_batches[1]) == len(zoomed) == 24 and {e.optimizer for e in zoomed} == {-1}
     assert first[0].point == (0.0, 0.0)
     assert all(len(batch) <= 24 for batch in count_batches)
-    assert result.n_evals == 64 and result.n_batches == len(count_batches)
-    # Search 0 starts at the best point of the first batch: its opening (the start +- one step
-    # along each axis) trains in the second batch.
-    best = np.array(min(first, key=lambda e: e.loss).point)
-    step = tune_module.STEP_FACTOR * np.array([5.0, 8.0]) / math.sqrt(24)
-    second = {tune_module._key(p) for p in count_batches[1]}
+    # Searches start while a point within START_MARGIN of the best lies clear of earlier starts: the
+    # run may end under max_evals once they have converged.
+    assert 48 < result.n_evals <= 96 and result.n_batches == len(count_batches)
+    # The zoomed batch lies in the box of the best ceil(0.15 * 24) = 4 first-batch points,
+    # widened by one first trust radius (half a sample spacing of the first batch).
+    best4 = np.array([e.point for e in sorted(first, key=lambda e: e.loss)[:4]])
+    pad = 0.5 * np.array([5.0, 8.0]) / math.sqrt(24)
+    lo, hi = np.maximum(best4.min(0) - pad, [-2, -3]), np.minimum(best4.max(0) + pad, [3, 5])
+    assert all(np.all(lo <= e.point) and np.all(e.point <= hi) for e in zoomed)
+    # Search 0 starts at the best point of both batches: its opening (the start +- one step along
+    # each axis, the step half the zoomed batch's spacing) trains in the third batch.
+    start = np.array(min(first + zoomed, key=lambda e: e.loss).point)
+    step = tune_module.STEP_FACTOR * (hi - lo) / math.sqrt(24)
+    start = np.clip(start, [-2, -3] + 0.5 * np.array([5.0, 8.0]) / math.sqrt(24),
+                    [3, 5] - 0.5 * np.array([5.0, 8.0]) / math.sqrt(24))
+    third = {tune_module._key(p) for p in count_batches[2]}
     for axis in range(2):
-        assert tune_module._key(best + step * np.eye(2)[axis]) in second
-    assert len({e.optimizer for e in result.history}) >= 3  # -1 and at least two searches
+        assert tune_module._key(start + step * np.eye(2)[axis]) in third
+    assert len({e.optimizer for e in result.history}) >= 2  # -1 and at least one search
 
 
-def test_basins_are_local_minima_best_first_then_far_apart_points():
-    lower, upper = np.zeros(2), np.ones(2)
-    points = np.array([[0.1, 0.1], [0.15, 0.1], [0.9, 0.9], [0.85, 0.9], [0.5, 0.5], [0.1, 0.9], [0.12, 0.88],
-                       [0.9, 0.1], [0.5, 0.55]])
-    losses = np.array([1.0, 2.0, 0.5, 0.4, 3.0, 5.0, 4.0, 6.0, 2.9])
-    # 9 points: spacing 1/3, radius 0.5.  Minima (no better point within 0.5): 3 (0.4; 2 and 8 lie
-    # near it and are worse), 0 (1.0; 1 is worse), 6 (4.0; 5 is worse), 7 (6.0; nothing within 0.5).
-    # Then the others, best first, 0.5 away from all taken: only 4 (8 lies 0.495 from 3).
-    assert tune_module.basins(points, losses, lower, upper) == [3, 0, 6, 7, 4]
-    taken = tune_module.basins(points, losses, lower, upper)
-    assert all(np.linalg.norm(points[i] - points[j]) >= 0.5 for i in taken for j in taken if i != j)
+def test_zoom_box_covers_the_best_points_widened_within_the_bounds():
+    points = np.array([[0.0, 0.0], [0.2, 0.8], [0.9, 0.1], [0.5, 0.5], [0.6, 0.4]] + [[0.1 * i, 0.95] for i in range(9)])
+    losses = np.array([5.0, 1.0, 9.0, 2.0, 1.0] + [7.0] * 9)
+    # 14 points: the best ceil(0.15 * 14) = 3 are 1, 4 (ties: first) and 3.
+    lower, upper = tune_module.zoom_box(points, losses, np.array([0.1, 0.3]), np.zeros(2), np.ones(2))
+    assert lower == pytest.approx([0.1, 0.1]) and upper == pytest.approx([0.7, 1.0])  # 0.8 + 0.3 clipped to 1
+
+
+def test_the_next_start_is_the_best_point_far_from_better_ones_and_earlier_starts():
+    points = np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 3.0], [2.0, 2.0], [5.0, 5.0]])
+    losses = np.array([1.0, 1.001, 1.01, 1.015, 1.03])
+    step = np.array([1.0, 2.0])
+    none = np.zeros((0, 2))
+    assert tune_module.next_start_point(points, losses, none, step).tolist() == [0.0, 0.0]
+    # 1 lies within one step of the better 0; 2 is 1.5 steps from it (b is scaled by 2).
+    assert tune_module.next_start_point(points, losses, np.array([[0.0, 0.0]]), step).tolist() == [0.0, 3.0]
+    # An earlier start within one step rules a point out even when it is the best near it.
+    assert tune_module.next_start_point(points, losses, np.array([[0.0, 0.0], [0.0, 2.5]]), step).tolist() == \
+        [2.0, 2.0]
+    # 4 is 3 % worse than the best: more than START_MARGIN = 2 %.
+    assert tune_module.next_start_point(points, losses, points[:4], step) is None
+    assert tune_module.next_start_point(none, np.zeros(0), none, step) is None
 
 
 def test_the_default_width_follows_the_device():
@@ -221,7 +245,7 @@ def test_divergence_is_a_finite_penalty(problem):
     head, train, val = problem
     # SGD with one rating per step blows up to NaN within an epoch once lr >= 1e2 or so.
     hyp = planted_hyp(optimizer="sgd", batch_size=1)
-    result = tune(head, train, val, hyp, max_evals=12, n_starts=4, bounds=((-2, 6), (-3, 5)), backend=BACKEND)
+    result = tune(head, train, val, hyp, max_evals=24, n_starts=4, bounds=((-2, 6), (-3, 5)), backend=BACKEND)
     diverged = [e for e in result.history if e.diverged]
     assert diverged, "lr up to 1e3 with SGD should diverge"
     (untrained,) = train_probes(head, train, val, [1e-12], [0.0], hyp.replace(max_epochs=1), backend=BACKEND)

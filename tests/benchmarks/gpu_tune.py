@@ -4,7 +4,7 @@ Each search spends (about) the same evaluations on the same prepared data and sp
 evaluations, probe batches (``run_probes`` calls), wall time and the best validation loss:
 
 * ``tune``: ``retrain.tune`` as shipped (a space-filling batch as wide as the backend trains
-  cheaply, then lock-step BOBYQA searches from the best distinct basins);
+  cheaply, a zoomed one over its best points, then lock-step BOBYQA searches from the best distinct points);
 * ``seed-loop``: the seed notebook's loop: one NLopt BOBYQA from (0, 0), one point per call;
 * ``grid``: a ``side x side`` grid over the bounds as ONE probe batch;
 * ``tpe``: Optuna's TPE sampler with batched ask/tell (``study.ask()`` ``batch`` times, one

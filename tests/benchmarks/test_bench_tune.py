@@ -3,7 +3,7 @@
 One run, the same data and split for every search (gpu_tune.py has the searches): synthetic
 ratings the size of MovieLens-100k and, when present, ``shared/data/ml-latest-small``, each under
 the leak-free protocol (``retrain.protocol_split``, the item side pretrained without the
-validation ratings, the pipeline's tuning subsample).  64 evaluations, seeds 0, 1, 2, searches
+validation ratings, the pipeline's tuning subsample).  64 evaluations, seeds 0-5, searches
 interleaved per seed; a 21x21 grid trained once per data set is the reference optimum.
 
     flock /tmp/retrain-bench.lock .venv/bin/python -m pytest tests/benchmarks/test_bench_tune.py \
@@ -28,7 +28,7 @@ ML_SMALL = Path(__file__).resolve().parents[3] / "shared/data/ml-latest-small/ra
 RUNS = Path(__file__).resolve().parents[2] / "runs"
 BACKEND = "auto"
 SEARCHES = ("tune", "tpe", "seed-loop", "grid")
-FULL = [(data, seed, search) for data in ("ml100k-sized", "ml-latest-small") for seed in (0, 1, 2)
+FULL = [(data, seed, search) for data in ("ml100k-sized", "ml-latest-small") for seed in range(6)
         for search in SEARCHES] + [(data, 0, "reference-grid") for data in ("ml100k-sized", "ml-latest-small")]
 
 
