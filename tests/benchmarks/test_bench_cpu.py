@@ -48,7 +48,11 @@ PROBES = (1, 8, 64)
 BATCHES = (16, 1024)
 THREADS = 2  # the cpu backend and the peak; the torch baselines run with 1 and 2, the faster counts
 FLOPS_PER_RATING_PROBE = 4 * D
-DATASETS = ("ml-latest-small", "synthetic-1M")
+DATASETS = ("ml-latest-small", "synthetic-100k", "synthetic-1M")
+# The synthetic sets (Pareto user activity): ML-100k-sized (943 users x 1,682 items, 101,153
+# ratings) and 25,000 users x 10,000 items (1,001,794 ratings).
+SYNTHETIC = {"synthetic-100k": dict(n_users=943, n_items=1682, mean_ratings_per_user=180),
+             "synthetic-1M": dict(n_users=25_000, n_items=10_000, mean_ratings_per_user=45)}
 ROUNDS = 5
 # Work per timed round for the slow backends (the fused one trains full epochs).
 EAGER_STEPS = 48           # optimizer steps over all probes (at least 2 per probe), or more ...
@@ -158,7 +162,7 @@ def _load(name: str):
             from retrain.movielens import load_movielens
             _CACHE[name] = load_movielens(ML_SMALL)
         else:
-            _CACHE[name] = synthetic_ratings(n_users=25_000, n_items=10_000, mean_ratings_per_user=45, seed=0)
+            _CACHE[name] = synthetic_ratings(**SYNTHETIC[name], seed=0)
     return _CACHE[name]
 
 
@@ -168,7 +172,7 @@ def problem(request):
     name = request.param
     if name == "ml-latest-small" and not ML_SMALL.exists():
         pytest.skip(f"{ML_SMALL} not present")
-    if name == "synthetic-1M":
+    if name in SYNTHETIC:
         _skip_when_disabled(request)
     ratings = _load(name)
     g = torch.Generator().manual_seed(0)
