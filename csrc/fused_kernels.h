@@ -542,19 +542,32 @@ void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first
         most = count[g] > most ? count[g] : most;
         coef[g] = count[g] > 0 ? 2.0f / static_cast<float>(count[g]) : 0.0f;
     }
+    // Locals, so that the stores below cannot make the compiler reload them.
+    const float* const item_vectors = head.item_vectors;
+    const float* const item_bias = head.item_bias;
+    const float global_bias = head.global_bias;
+    const int32_t* const items = a.data.items;
+    const float* const ratings = a.data.ratings;
+    const float* const weights = a.data.weights;
+    int64_t start[kMaxGroup];
+    const uint32_t* positions[kMaxGroup];
+    for (int g = 0; g < grp.size; ++g) {
+        start[g] = a.data.indptr[grp.user[g]];
+        positions[g] = b.order + g * b.order_stride + first;
+    }
     for (int k0 = 0; k0 < most; k0 += kPackedRatings) {
         for (int r = 0; r < kPackedRatings; ++r) {
             for (int l = 0, g = 0; g < kMaxGroup && l < W; ++g) {  // lanes [g P, g P + P) are user g's
-                const float* row = head.item_vectors;  // no rating here: item 0, its d loss / d pred masked to 0
+                const float* row = item_vectors;  // no rating here: item 0, its d loss / d pred masked to 0
                 int32_t live = 0;
                 float bias = 0.0f, rating = 0.0f, weight = 0.0f;
                 if (g < grp.size && k0 + r < count[g]) {
-                    const int64_t at = a.data.indptr[grp.user[g]] + b.order[g * b.order_stride + first + k0 + r];
-                    const int64_t item = a.data.items[at];
-                    row = head.item_vectors + item * h;
-                    bias = head.item_bias[item] + head.global_bias;
-                    rating = a.data.ratings[at];
-                    weight = a.data.weights[at] * coef[g];
+                    const int64_t at = start[g] + positions[g][k0 + r];
+                    const int64_t item = items[at];
+                    row = item_vectors + item * h;
+                    bias = item_bias[item] + global_bias;
+                    rating = ratings[at];
+                    weight = weights[at] * coef[g];
                     live = -1;
                 }
                 for (int p = 0; p < P && l < W; ++p, ++l) {
