@@ -621,10 +621,8 @@ struct Positions {
     }
 
     static bool any(const Words& w) {
-        uint32_t lanes[N];
-        std::memcpy(lanes, &w, sizeof(lanes));
         uint32_t any = 0;
-        for (int l = 0; l < N; ++l) any |= lanes[l];
+        for (int l = 0; l < N; ++l) any |= w[l];
         return any != 0;
     }
 
@@ -647,9 +645,10 @@ struct Positions {
                 x = walking ? y : x;
                 walking = (x >= n) & (i < n);
             }
-            uint32_t values[N];
-            std::memcpy(values, &x, sizeof(values));
-            std::memcpy(order + i0, values, sizeof(uint32_t) * (n - i0 < N ? n - i0 : N));
+            if (i0 + N <= n)
+                std::memcpy(order + i0, &x, sizeof(x));
+            else
+                for (uint32_t l = 0; l < n - i0; ++l) order[i0 + l] = x[l];
         }
     }
 };
