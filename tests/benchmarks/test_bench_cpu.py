@@ -6,8 +6,11 @@ minibatches of 16 ratings (the project default) or 1024 (where the torch baselin
 eager and batched baselines draw minibatches across users (``retrain.baselines``), the fused
 backends per user (the contract); ``user_parallel`` is the contract in plain PyTorch, vectorised
 across users (the strongest honest baseline), timed over one full epoch.  ``cpu-r1`` is the cpu
-backend restricted to its round-1 kernel (AVX2, one user per register), timed side by side.
-``test_fold_in`` times the serving recipe (``train_embeddings``, P = 1) on 10,000 new users.  The slow backends are
+backend restricted to its round-1 kernel layout (AVX2, one user per register; it shares the later
+permutation and bias-correction code), timed side by side.
+``test_fold_in`` times the serving recipe (``train_embeddings``, P = 1) on 10,000 new users.
+``test_one_thread_cpu_time`` compares cpu, cpu-r1 and user_parallel on one thread in CPU time
+(``time.thread_time``), the figures that stay meaningful on a shared, loaded machine.  The slow backends are
 timed on a slice (a few steps, the reference on its first users); the baselines' set-up (allocating the [U, P, d] state, building modules), timed with
 ``max_steps=0``, is subtracted, so what they are credited with is their speed per step.
 
