@@ -404,12 +404,14 @@ inline void merge_outputs(const UserBuffers& b, int checkpoints, int P, int lane
 
 // Adam's bias corrections 1 / (1 - beta^t) of step count t, rounded to float once (in double
 // before, as the reference computes them).  A table over every step count of the call when it is
-// no longer than the call's steps (std::pow twice per count instead of twice per user and step),
-// else computed per step: the same values either way.
+// no longer than the call's steps (std::pow twice per count instead of twice per user and step)
+// and than kMaxSteps (8 MB), else computed per step: the same values either way.
 class BiasCorrections {
 public:
+    static constexpr int64_t kMaxSteps = int64_t{1} << 20;
+
     BiasCorrections(const OptimizerView& opt, int64_t last_step, int64_t call_steps) : opt_(opt) {
-        if (!opt.adam || last_step > call_steps) return;
+        if (!opt.adam || last_step > call_steps || last_step > kMaxSteps) return;
         table_.resize(2 * static_cast<size_t>(last_step));
         for (int64_t t = 1; t <= last_step; ++t) compute(t, &table_[2 * (t - 1)], &table_[2 * (t - 1) + 1]);
     }
