@@ -640,12 +640,12 @@ struct Positions {
             const Words i = lane + i0;
             Words x = i;
             rounds(perm, &x);
-            Words walking = (x >= n) & (i < n);  // -1 where the position's value is outside [0, n)
+            Words walking = (Words)((x >= n) & (i < n));  // ~0 where the position's value is outside [0, n)
             while (any(walking)) {
                 Words y = x;
                 rounds(perm, &y);
-                x = walking ? y : x;
-                walking = (x >= n) & (i < n);
+                x = (y & walking) | (x & ~walking);
+                walking = (Words)((x >= n) & (i < n));
             }
             if (i0 + N <= n)
                 std::memcpy(order + i0, &x, sizeof(x));
