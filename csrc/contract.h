@@ -64,6 +64,14 @@ public:
         }
     }
 
+    // The bijection's constants, for the kernels' vectorised fill (fused_kernels.h): the same
+    // rounds on several positions at once.
+    uint32_t n() const { return n_; }
+    uint32_t mask() const { return mask_; }
+    uint32_t shift() const { return shift_; }
+    uint32_t mult(int r) const { return mult_[r]; }
+    uint32_t add(int r) const { return add_[r]; }
+
 private:
     uint32_t bijection(uint32_t x) const {
         for (int r = 0; r < kPermRounds; ++r) {

@@ -79,7 +79,7 @@ struct TrainArgs {
     uint8_t* finite = nullptr;       // [n_checkpoints][P] out: 0 for a probe with a NaN/inf state or loss
     int64_t* val_limbs = nullptr;    // [n_checkpoints][P][kFixedLimbs] out (with val)
     float* snapshots = nullptr;      // [n_checkpoints - 1][U][P][d] out or null: embeddings at each checkpoint but the last
-    // With P at most half a register, put several same-length users in its lanes (bitwise the
+    // With P at most half a register, put several users in its lanes (bitwise the
     // same result; false: one user per register, for comparisons).
     bool users_in_lanes = true;
 };

@@ -55,11 +55,15 @@ struct VecAvx2 {
         _mm256_store_pd(acc, _mm256_add_pd(_mm256_load_pd(acc), _mm256_cvtps_pd(_mm256_castps256_ps128(x))));
         _mm256_store_pd(acc + 4, _mm256_add_pd(_mm256_load_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1))));
     }
-    static reg gather(const float* base, const int32_t* idx) {
-        return _mm256_i32gather_ps(base, _mm256_load_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+    static reg blend(const int32_t* live, reg a, reg b) {  // blendv takes a where the mask's sign bit is set
+        return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(live))));
     }
     static void transpose_block(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride) {
         transpose8x8(src, src_stride, dst, dst_stride);
+    }
+    static constexpr int kRowColumns = 8;
+    static void transpose_rows(const float* const* rows, ptrdiff_t col, float* dst) {
+        transpose8x8_rows(rows, col, dst, 8);
     }
 };
 

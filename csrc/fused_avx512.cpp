@@ -59,13 +59,19 @@ struct VecAvx512 {
         _mm512_store_pd(acc, _mm512_add_pd(_mm512_load_pd(acc), _mm512_cvtps_pd(low)));
         _mm512_store_pd(acc + 8, _mm512_add_pd(_mm512_load_pd(acc + 8), _mm512_cvtps_pd(high)));
     }
-    static reg gather(const float* base, const int32_t* idx) {
-        return _mm512_i32gather_ps(_mm512_load_si512(idx), base, 4);
+    static reg blend(const int32_t* live, reg a, reg b) {
+        const __m512i mask = _mm512_load_si512(live);
+        return _mm512_mask_blend_ps(_mm512_test_epi32_mask(mask, mask), b, a);
     }
     static void transpose_block(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride) {
         for (int i = 0; i < 16; i += 8)  // four 8 x 8 blocks
             for (int j = 0; j < 16; j += 8)
                 transpose8x8(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+    }
+    static constexpr int kRowColumns = 8;
+    static void transpose_rows(const float* const* rows, ptrdiff_t col, float* dst) {  // lanes 0-7, then 8-15
+        transpose8x8_rows(rows, col, dst, 16);
+        transpose8x8_rows(rows + 8, col, dst + 8, 16);
     }
 };
 

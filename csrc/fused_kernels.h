@@ -6,20 +6,25 @@
 // independent chains to hide the multiply-add latency, fitting the register file with the
 // operands), reg, load/store (aligned), set1, zero, add, sub, mul, div,
 // sqrt, fmadd(a, b, c) = a*b + c, relu(x), where_positive(g, y) = (y > 0 ? g : 0),
-// add_to_double(double* acc, x) (acc[0..W) += x), gather(base, idx) (lane l = base[idx[l]],
-// idx 64-byte aligned int32) and transpose_block(src, src_stride, dst, dst_stride) (a W x W block,
-// dst[j][i] = src[i][j], unaligned).
+// add_to_double(double* acc, x) (acc[0..W) += x), blend(live, a, b) (lane l = live[l] ? a : b,
+// live 64-byte aligned int32 of -1 or 0), transpose_block(src, src_stride, dst, dst_stride) (a
+// W x W block, dst[j][i] = src[i][j], unaligned), and kRowColumns with
+// transpose_rows(rows, col, dst) (dst[c * W + l] = rows[l][col + c] for c < kRowColumns, l < W:
+// one column block of W item rows, one row per lane; rows unaligned, dst aligned).
 //
 // SIMD lanes are probes: one user's state is held transposed, [d][lanes] with lanes = P rounded
 // up to W (padding lanes have lr = reg = 0), so every probe runs the same instructions in its own
 // lane.  A probe's result therefore depends neither on P, nor on the other probes (a diverging
 // probe cannot disturb them), nor on the thread count (one thread owns a user for the whole call).
 //
-// Users in lanes: when the probes fill at most half a register (P <= W / 2), G = W / P users of
-// the same rating count share one register, lane g * P + p holding probe p of user g.  Same-length
-// users take the same steps with the same minibatch sizes and Adam step counts, so every lane
-// runs exactly the instructions it would run alone: only the item rows differ per lane, and they
-// are gathered instead of broadcast.  The result is bitwise the per-user one.
+// Users in lanes: when the probes fill at most half a register (P <= W / 2), G = W / P users
+// (consecutive in the heaviest-first order, any rating counts) share one register, lane g * P + p
+// holding probe p of user g.  Each lane runs the per-lane operations it would run alone, in the
+// same order: its own item rows (transposed into lanes instead of broadcast), its own minibatch size and Adam
+// step count.  Where a lane's minibatch is shorter than the register's longest, its missing
+// ratings add an exact zero (d loss / d pred masked to +0 times a finite item row); a lane whose
+// user has finished its steps of the epoch keeps its state (the update is blended away).  The
+// result is bitwise the per-user one.
 //
 // Everything is in an anonymous namespace: each instruction set gets its own copy, so the linker
 // can never pick code compiled for AVX2 for the SSE4 path.
@@ -33,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "contract.h"
@@ -217,10 +223,15 @@ struct UserBuffers {
     uint8_t* bad;                 // [checkpoints][lanes] 1 where this thread saw a non-finite state or loss
     uint32_t* order;              // the epoch's permutations [group][order_stride]
     int64_t order_stride;         // max ratings of a user
+    // The step of each lane's user: -1 where it takes one, 0 where it has finished its epoch, and
+    // the Adam bias corrections of its step count.
+    int32_t* live;                // [lanes]
+    float *unbias1, *unbias2;     // [lanes]
     // Users in lanes only: kPackedRatings ratings of every lane's minibatch.
     float* item_block;            // [kPackedRatings][h][lanes] their item vectors
-    int32_t* item_offset;         // [kPackedRatings][lanes] item * h (gather indices)
+    const float** lane_rows;      // [lanes] one rating's item row of each lane (pointers into Q)
     float *lane_offset, *lane_rating, *lane_coef;  // [kPackedRatings][lanes] b + mu, r, w * scale
+    int32_t* slot_live;           // [kPackedRatings][lanes] -1 where the lane's minibatch has that rating
 
     // Carve the buffers from `base`; with base = nullptr only measures (returns the bytes).
     // `group`: users per register (1: probes only).
@@ -251,12 +262,16 @@ struct UserBuffers {
         t.bad = c.take<uint8_t>(static_cast<size_t>(checkpoints) * lanes);
         t.order = c.take<uint32_t>(static_cast<size_t>(max_ratings) * group);
         t.order_stride = max_ratings;
+        t.live = c.take<int32_t>(lanes);
+        t.unbias1 = c.take<float>(lanes);
+        t.unbias2 = c.take<float>(lanes);
         const size_t packed = group > 1 ? static_cast<size_t>(lanes) * kPackedRatings : 0;
         t.item_block = c.take<float>(static_cast<size_t>(head.h) * packed);
-        t.item_offset = c.take<int32_t>(packed);
+        t.lane_rows = c.take<const float*>(group > 1 ? static_cast<size_t>(lanes) : 0);
         t.lane_offset = c.take<float>(packed);
         t.lane_rating = c.take<float>(packed);
         t.lane_coef = c.take<float>(packed);
+        t.slot_live = c.take<int32_t>(packed);
         if (b != nullptr) *b = t;
         return static_cast<size_t>(c.next() - base);
     }
@@ -387,32 +402,68 @@ inline void merge_outputs(const UserBuffers& b, int checkpoints, int P, int lane
 
 // --------------------------------------------------------------------------- training
 
-// The constants are the step spec's (in double, rounded to float once, as the reference does).
-template <class V>
-void adam_update(UserBuffers& b, const OptimizerView& opt, const float* grad, int d, int lanes, int64_t step) {
+// Adam's bias corrections 1 / (1 - beta^t) of step count t, rounded to float once (in double
+// before, as the reference computes them).  A table over every step count of the call when it is
+// no longer than the call's steps (std::pow twice per count instead of twice per user and step)
+// and than kMaxSteps (8 MB), else computed per step: the same values either way.
+class BiasCorrections {
+public:
+    static constexpr int64_t kMaxSteps = int64_t{1} << 20;
+
+    BiasCorrections(const OptimizerView& opt, int64_t last_step, int64_t call_steps) : opt_(opt) {
+        if (!opt.adam || last_step > call_steps || last_step > kMaxSteps) return;
+        table_.resize(2 * static_cast<size_t>(last_step));
+        for (int64_t t = 1; t <= last_step; ++t) compute(t, &table_[2 * (t - 1)], &table_[2 * (t - 1) + 1]);
+    }
+
+    void get(int64_t t, float* unbias1, float* unbias2) const {
+        if (2 * static_cast<size_t>(t) > table_.size()) return compute(t, unbias1, unbias2);
+        *unbias1 = table_[2 * (t - 1)];
+        *unbias2 = table_[2 * (t - 1) + 1];
+    }
+
+private:
+    void compute(int64_t t, float* unbias1, float* unbias2) const {
+        *unbias1 = static_cast<float>(1.0 / (1.0 - std::pow(opt_.beta1, static_cast<double>(t))));
+        *unbias2 = static_cast<float>(1.0 / (1.0 - std::pow(opt_.beta2, static_cast<double>(t))));
+    }
+
+    OptimizerView opt_;
+    std::vector<float> table_;  // [t - 1] -> (unbias1, unbias2)
+};
+
+// The constants are the step spec's (in double, rounded to float once, as the reference does);
+// the bias corrections are per lane (b.unbias1, b.unbias2).  MASKED: lanes with b.live = 0 keep
+// their state.
+template <class V, bool MASKED>
+void adam_update(UserBuffers& b, const OptimizerView& opt, const float* grad, int d, int lanes) {
     using R = typename V::reg;
     const R beta1 = V::set1(static_cast<float>(opt.beta1)), beta2 = V::set1(static_cast<float>(opt.beta2));
     const R rest1 = V::set1(static_cast<float>(1.0 - opt.beta1)), rest2 = V::set1(static_cast<float>(1.0 - opt.beta2));
-    const R unbias1 = V::set1(static_cast<float>(1.0 / (1.0 - std::pow(opt.beta1, static_cast<double>(step)))));
-    const R unbias2 = V::set1(static_cast<float>(1.0 / (1.0 - std::pow(opt.beta2, static_cast<double>(step)))));
     const R eps = V::set1(static_cast<float>(opt.eps));
     for (int i = 0; i < d; ++i) {
         const ptrdiff_t row = static_cast<ptrdiff_t>(i) * lanes;
         for (int v = 0; v < lanes; v += V::W) {
-            const R e = V::load(b.e + row + v);
+            const R e = V::load(b.e + row + v), m0 = V::load(b.m + row + v), s0 = V::load(b.v + row + v);
             const R g = V::fmadd(V::load(b.reg2 + v), e, V::load(grad + row + v));  // + 2 reg e
-            const R m = V::fmadd(beta1, V::load(b.m + row + v), V::mul(rest1, g));
-            const R s = V::fmadd(beta2, V::load(b.v + row + v), V::mul(rest2, V::mul(g, g)));
+            R m = V::fmadd(beta1, m0, V::mul(rest1, g));
+            R s = V::fmadd(beta2, s0, V::mul(rest2, V::mul(g, g)));
+            const R step_size = V::div(V::mul(V::load(b.lr + v), V::mul(m, V::load(b.unbias1 + v))),
+                                       V::add(V::sqrt(V::mul(s, V::load(b.unbias2 + v))), eps));
+            R next = V::sub(e, step_size);
+            if constexpr (MASKED) {
+                m = V::blend(b.live + v, m, m0);
+                s = V::blend(b.live + v, s, s0);
+                next = V::blend(b.live + v, next, e);
+            }
             V::store(b.m + row + v, m);
             V::store(b.v + row + v, s);
-            const R step_size = V::div(V::mul(V::load(b.lr + v), V::mul(m, unbias1)),
-                                       V::add(V::sqrt(V::mul(s, unbias2)), eps));
-            V::store(b.e + row + v, V::sub(e, step_size));
+            V::store(b.e + row + v, next);
         }
     }
 }
 
-template <class V>
+template <class V, bool MASKED>
 void sgd_update(UserBuffers& b, const float* grad, int d, int lanes) {
     using R = typename V::reg;
     for (int i = 0; i < d; ++i) {
@@ -420,7 +471,9 @@ void sgd_update(UserBuffers& b, const float* grad, int d, int lanes) {
         for (int v = 0; v < lanes; v += V::W) {
             const R e = V::load(b.e + row + v);
             const R g = V::fmadd(V::load(b.reg2 + v), e, V::load(grad + row + v));
-            V::store(b.e + row + v, V::sub(e, V::mul(V::load(b.lr + v), g)));
+            R next = V::sub(e, V::mul(V::load(b.lr + v), g));
+            if constexpr (MASKED) next = V::blend(b.live + v, next, e);
+            V::store(b.e + row + v, next);
         }
     }
 }
@@ -451,7 +504,7 @@ void feature_gradient(const TrainArgs& a, int64_t start, const uint32_t* positio
     }
 }
 
-// Users that train together: one (probes only), or up to G of the same rating count in lanes.
+// Users that train together: one (probes only), or up to G in lanes.
 constexpr int kMaxGroup = 16;
 struct Group {
     int64_t user[kMaxGroup];
@@ -459,86 +512,204 @@ struct Group {
     bool packed = false;  // users in lanes: user g's probes are lanes [g P, g P + P)
 };
 
+// item_block [h][W] <- the item rows of the W lanes (row l = rows[l]): column blocks transposed in
+// registers, the last h % kRowColumns columns one float at a time.
+template <class V>
+void transpose_item_rows(const float* const* rows, int h, float* item_block) {
+    constexpr int W = V::W, C = V::kRowColumns;
+    int j = 0;
+    for (; j + C <= h; j += C) V::transpose_rows(rows, j, item_block + j * W);
+    for (; j < h; ++j)
+        for (int l = 0; l < W; ++l) item_block[j * W + l] = rows[l][j];
+}
+
 // The gradient of one minibatch step of every user of a packed register, w.r.t. the features
 // [h][W] (one register wide), kPackedRatings ratings of every lane's minibatch at a time (their
-// dot products are independent chains, and the gathers overlap).  Per lane, the same operations in the same order as
-// feature_gradient (dot products and the gradient's sum over k = 0, 1, ... with multiply-adds from
-// zero), with that lane's item row gathered instead of broadcast.
+// dot products are independent chains).  User g's minibatch has count[g] ratings (0: it takes no
+// step).  Per lane, the same operations in the same order as feature_gradient (dot products and
+// the gradient's sum over k = 0, 1, ... with multiply-adds from zero), with that lane's item row
+// transposed into its lane instead of broadcast.  Past a lane's count (the block is always
+// kPackedRatings wide) its d loss / d pred is +0, so the gradient's multiply-add adds q * 0 = +-0
+// (q is finite: heads are checked) to a sum that is never -0: the sum is unchanged, bit for bit.
 template <class V>
-void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first, int count, const float* features,
-                             UserBuffers& b) {
+void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first, const int* count,
+                             const float* features, UserBuffers& b) {
     using R = typename V::reg;
     constexpr int W = V::W;
     const HeadView& head = a.head;
     const int P = a.n_probes, h = head.h;
-    const float coef = 2.0f / static_cast<float>(count);
-    for (int k0 = 0; k0 < count; k0 += kPackedRatings) {
-        const int block = count - k0 < kPackedRatings ? count - k0 : kPackedRatings;
-        for (int r = 0; r < block; ++r) {
+    int most = 0;
+    float coef[kMaxGroup];
+    for (int g = 0; g < grp.size; ++g) {
+        most = count[g] > most ? count[g] : most;
+        coef[g] = count[g] > 0 ? 2.0f / static_cast<float>(count[g]) : 0.0f;
+    }
+    // Locals, so that the stores below cannot make the compiler reload them.
+    const float* const item_vectors = head.item_vectors;
+    const float* const item_bias = head.item_bias;
+    const float global_bias = head.global_bias;
+    const int32_t* const items = a.data.items;
+    const float* const ratings = a.data.ratings;
+    const float* const weights = a.data.weights;
+    int64_t start[kMaxGroup];
+    const uint32_t* positions[kMaxGroup];
+    for (int g = 0; g < grp.size; ++g) {
+        start[g] = a.data.indptr[grp.user[g]];
+        positions[g] = b.order + g * b.order_stride + first;
+    }
+    for (int k0 = 0; k0 < most; k0 += kPackedRatings) {
+        for (int r = 0; r < kPackedRatings; ++r) {
             for (int l = 0, g = 0; g < kMaxGroup && l < W; ++g) {  // lanes [g P, g P + P) are user g's
-                int32_t offset = 0;  // an empty slot: item 0 with weight 0 keeps its zero state at zero
+                const float* row = item_vectors;  // no rating here: item 0, its d loss / d pred masked to 0
+                int32_t live = 0;
                 float bias = 0.0f, rating = 0.0f, weight = 0.0f;
-                if (g < grp.size) {
-                    const int64_t row = a.data.indptr[grp.user[g]] + b.order[g * b.order_stride + first + k0 + r];
-                    const int64_t item = a.data.items[row];
-                    offset = static_cast<int32_t>(item * h);
-                    bias = head.item_bias[item] + head.global_bias;
-                    rating = a.data.ratings[row];
-                    weight = a.data.weights[row] * coef;
+                if (g < grp.size && k0 + r < count[g]) {
+                    const int64_t at = start[g] + positions[g][k0 + r];
+                    const int64_t item = items[at];
+                    row = item_vectors + item * h;
+                    bias = item_bias[item] + global_bias;
+                    rating = ratings[at];
+                    weight = weights[at] * coef[g];
+                    live = -1;
                 }
                 for (int p = 0; p < P && l < W; ++p, ++l) {
-                    b.item_offset[r * W + l] = offset;
+                    b.lane_rows[l] = row;
                     b.lane_offset[r * W + l] = bias;
                     b.lane_rating[r * W + l] = rating;
                     b.lane_coef[r * W + l] = weight;
+                    b.slot_live[r * W + l] = live;
                 }
             }
+            transpose_item_rows<V>(b.lane_rows, h, b.item_block + r * h * W);
         }
         R pred[kPackedRatings];
         for (int r = 0; r < kPackedRatings; ++r) pred[r] = V::zero();
         for (int j = 0; j < h; ++j) {
             const R f = V::load(features + j * W);
-            for (int r = 0; r < block; ++r) {
-                const R q = V::gather(head.item_vectors + j, b.item_offset + r * W);
-                V::store(b.item_block + (r * h + j) * W, q);
-                pred[r] = V::fmadd(q, f, pred[r]);
-            }
+            for (int r = 0; r < kPackedRatings; ++r)
+                pred[r] = V::fmadd(V::load(b.item_block + (r * h + j) * W), f, pred[r]);
         }
         R diff[kPackedRatings];
-        for (int r = 0; r < block; ++r)
-            diff[r] = V::mul(V::load(b.lane_coef + r * W),
-                             V::sub(V::add(pred[r], V::load(b.lane_offset + r * W)), V::load(b.lane_rating + r * W)));
+        for (int r = 0; r < kPackedRatings; ++r) {
+            const R x = V::mul(V::load(b.lane_coef + r * W),
+                               V::sub(V::add(pred[r], V::load(b.lane_offset + r * W)), V::load(b.lane_rating + r * W)));
+            diff[r] = V::blend(b.slot_live + r * W, x, V::zero());
+        }
         for (int j = 0; j < h; ++j) {
             R acc = k0 == 0 ? V::fmadd(V::load(b.item_block + j * W), diff[0], V::zero()) : V::load(b.g + j * W);
-            for (int r = k0 == 0 ? 1 : 0; r < block; ++r) acc = V::fmadd(V::load(b.item_block + (r * h + j) * W), diff[r], acc);
+            for (int r = k0 == 0 ? 1 : 0; r < kPackedRatings; ++r)
+                acc = V::fmadd(V::load(b.item_block + (r * h + j) * W), diff[r], acc);
             V::store(b.g + j * W, acc);
         }
     }
 }
 
-// One epoch of the group's minibatch steps (the contract's permutations and step counts; the
-// users of a group have the same count n, hence the same steps).
+// Permutation::fill N positions at a time in integer vector registers (GCC vector extensions,
+// compiled for each file's instruction set; N = 8 for AVX2 and AVX-512, else 4): the same rounds
+// and cycle walking per position, so the same order.  Positions past n in the last block are
+// computed but neither walked nor stored.
+typedef uint32_t Words4 __attribute__((vector_size(16)));
+typedef uint32_t Words8 __attribute__((vector_size(32)));
+
+template <class Words>
+struct Positions {
+    static constexpr int N = sizeof(Words) / sizeof(uint32_t);
+
+    static void rounds(const Permutation& perm, Words* x) {
+        for (int r = 0; r < kPermRounds; ++r) {
+            *x = (*x * perm.mult(r) + perm.add(r)) & perm.mask();
+            *x ^= *x >> perm.shift();
+        }
+    }
+
+    static bool any(const Words& w) {
+        uint32_t any = 0;
+        for (int l = 0; l < N; ++l) any |= w[l];
+        return any != 0;
+    }
+
+    static void fill(const Permutation& perm, uint32_t* order) {
+        const uint32_t n = perm.n();
+        if (n <= 1) {
+            if (n == 1) order[0] = 0;
+            return;
+        }
+        Words lane;
+        for (int l = 0; l < N; ++l) lane[l] = static_cast<uint32_t>(l);
+        for (uint32_t i0 = 0; i0 < n; i0 += N) {
+            const Words i = lane + i0;
+            Words x = i;
+            rounds(perm, &x);
+            Words walking = (Words)((x >= n) & (i < n));  // ~0 where the position's value is outside [0, n)
+            while (any(walking)) {
+                Words y = x;
+                rounds(perm, &y);
+                x = (y & walking) | (x & ~walking);
+                walking = (Words)((x >= n) & (i < n));
+            }
+            if (i0 + N <= n)
+                std::memcpy(order + i0, &x, sizeof(x));
+            else
+                for (uint32_t l = 0; l < n - i0; ++l) order[i0 + l] = x[l];
+        }
+    }
+};
+
 template <class V>
-void train_epoch(const TrainArgs& a, const Group& grp, int64_t n, int64_t epoch, UserBuffers& b, int lanes) {
+void fill_order(const Permutation& perm, uint32_t* order) {
+    using Words = typename std::conditional<(V::W >= 8), Words8, Words4>::type;
+    Positions<Words>::fill(perm, order);
+}
+
+// Ratings of a user (in the training data).
+inline int64_t rating_count(const CsrView& data, int64_t user) { return data.indptr[user + 1] - data.indptr[user]; }
+
+// One epoch of the group's minibatch steps: the contract's permutations, minibatch sizes and Adam
+// step counts of each user; a user with fewer steps than the group's most idles (keeps its state)
+// for the rest of the epoch.
+template <class V>
+void train_epoch(const TrainArgs& a, const Group& grp, int64_t epoch, const BiasCorrections& bias, UserBuffers& b,
+                 int lanes) {
     const HeadView& head = a.head;
-    const int64_t steps = (n + a.batch_size - 1) / a.batch_size;
-    for (int g = 0; g < grp.size; ++g)
-        Permutation(a.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(a.data.keys[grp.user[g]]),
-                    static_cast<uint32_t>(n))
-            .fill(b.order + g * b.order_stride);
-    for (int64_t chunk = 0; chunk < steps; ++chunk) {
-        const int64_t first = chunk * a.batch_size;
-        const int count = static_cast<int>(n - first < a.batch_size ? n - first : a.batch_size);
+    const int64_t B = a.batch_size;
+    int64_t n[kMaxGroup], steps[kMaxGroup], most = 0;
+    for (int g = 0; g < grp.size; ++g) {
+        n[g] = rating_count(a.data, grp.user[g]);
+        steps[g] = (n[g] + B - 1) / B;
+        most = steps[g] > most ? steps[g] : most;
+        fill_order<V>(Permutation(a.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(a.data.keys[grp.user[g]]),
+                               static_cast<uint32_t>(n[g])),
+                   b.order + g * b.order_stride);
+    }
+    // Lanes [g P, g P + P) are user g's when packed; all lanes are user 0's otherwise.
+    const int per_user = grp.packed ? a.n_probes : lanes;
+    for (int64_t chunk = 0; chunk < most; ++chunk) {
+        const int64_t first = chunk * B;
+        int count[kMaxGroup];
+        bool all_live = true;
+        for (int v = grp.size * per_user; v < lanes; ++v) b.live[v] = 0;  // lanes of no user
+        for (int g = 0; g < grp.size; ++g) {
+            count[g] = chunk < steps[g] ? static_cast<int>(n[g] - first < B ? n[g] - first : B) : 0;
+            all_live = all_live && count[g] > 0;
+            float unbias1 = 0.0f, unbias2 = 0.0f;
+            if (a.optimizer.adam && count[g] > 0) bias.get(adam_step(epoch, n[g], B, chunk), &unbias1, &unbias2);
+            for (int v = g * per_user; v < (g + 1) * per_user && v < lanes; ++v) {
+                b.live[v] = count[g] > 0 ? -1 : 0;
+                b.unbias1[v] = unbias1;
+                b.unbias2[v] = unbias2;
+            }
+        }
         const float* features = tower_forward<V>(head.tower, b.e, lanes, b.act);
         if (grp.packed)
             packed_feature_gradient<V>(a, grp, first, count, features, b);
         else
-            feature_gradient<V>(a, a.data.indptr[grp.user[0]], b.order + first, count, features, b, lanes);
+            feature_gradient<V>(a, a.data.indptr[grp.user[0]], b.order + first, count[0], features, b, lanes);
         const float* grad = tower_backward<V>(head.tower, b.g, b.spare, lanes, b.act);
         if (a.optimizer.adam)
-            adam_update<V>(b, a.optimizer, grad, head.d, lanes, adam_step(epoch, n, a.batch_size, chunk));
+            all_live ? adam_update<V, false>(b, a.optimizer, grad, head.d, lanes)
+                     : adam_update<V, true>(b, a.optimizer, grad, head.d, lanes);
         else
-            sgd_update<V>(b, grad, head.d, lanes);
+            all_live ? sgd_update<V, false>(b, grad, head.d, lanes) : sgd_update<V, true>(b, grad, head.d, lanes);
     }
 }
 
@@ -587,9 +758,11 @@ void group_checkpoint(const TrainArgs& a, const Group& grp, int k, UserBuffers& 
 // The whole call for one group: load (or start fresh), train every epoch with its checkpoints,
 // store.  `out` receives the checkpoints' outputs of a packed group (see group_checkpoint).
 template <class V>
-void train_group(const TrainArgs& a, const Group& grp, UserBuffers& b, int lanes, UserBuffers& out, int out_lanes) {
+void train_group(const TrainArgs& a, const Group& grp, const BiasCorrections& bias, UserBuffers& b, int lanes,
+                 UserBuffers& out, int out_lanes) {
     const int P = a.n_probes, d = a.head.d;
-    const int64_t n = a.data.indptr[grp.user[0] + 1] - a.data.indptr[grp.user[0]];
+    int64_t n = 0;  // the group's most ratings
+    for (int g = 0; g < grp.size; ++g) n = rating_count(a.data, grp.user[g]) > n ? rating_count(a.data, grp.user[g]) : n;
     const bool adam = a.optimizer.adam, fresh = a.init != nullptr;
     const size_t state_bytes = sizeof(float) * static_cast<size_t>(d) * lanes;
     std::memset(b.e, 0, state_bytes);
@@ -612,7 +785,7 @@ void train_group(const TrainArgs& a, const Group& grp, UserBuffers& b, int lanes
     }
     int k = 0;
     for (int64_t t = 0; t < a.n_epochs; ++t) {
-        if (n > 0) train_epoch<V>(a, grp, n, a.epoch_start + t, b, lanes);
+        if (n > 0) train_epoch<V>(a, grp, a.epoch_start + t, bias, b, lanes);
         for (; k < a.n_checkpoints && a.checkpoint_ends[k] == t + 1; ++k)
             group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);
     }
@@ -628,43 +801,34 @@ void train_group(const TrainArgs& a, const Group& grp, UserBuffers& b, int lanes
     }
 }
 
-// Users per register: W / P when the probes fill at most half of one (and gather indices item * h
-// fit in int32), else 1.
+// Users per register: W / P when the probes fill at most half of one, else 1.
 template <class V>
 int users_per_register(const TrainArgs& a) {
     if (!a.users_in_lanes || 2 * a.n_probes > V::W) return 1;
-    if (a.head.n_items * static_cast<int64_t>(a.head.h) >= (int64_t{1} << 31)) return 1;
     return V::W / a.n_probes;
 }
 
-// Consecutive users of `order` with the same rating count, at most `size` per group.  A group is
-// packed (users in lanes) when it fills more than half of the register: the gathers of a packed
-// step cost about as much as half a register of users trained one at a time.  The others are
-// split into groups of one user.
+// Consecutive users of `order` (heaviest first, so a group's counts are close and its lanes stay
+// busy), `size` per group.  The last group is packed (users in lanes) only when it fills more than
+// half of the register: the transposes of a packed step cost about as much as half a register of
+// users trained one at a time.  Otherwise its users train one per register.
 std::vector<Group> make_groups(const TrainArgs& a, int size) {
     std::vector<Group> groups;
-    const auto close_last = [&]() {
-        if (groups.empty() || 2 * groups.back().size > size) return;
+    for (int64_t i = 0; i < a.n_order; ++i) {
+        if (groups.empty() || groups.back().size == size) {
+            groups.emplace_back();
+            groups.back().packed = size > 1;
+        }
+        groups.back().user[groups.back().size++] = a.order[i];
+    }
+    if (!groups.empty() && groups.back().packed && 2 * groups.back().size <= size) {
         const Group last = groups.back();
         groups.pop_back();
         for (int g = 0; g < last.size; ++g) {
             groups.emplace_back();
             groups.back().user[groups.back().size++] = last.user[g];
         }
-    };
-    int64_t count = -1;
-    for (int64_t i = 0; i < a.n_order; ++i) {
-        const int64_t user = a.order[i];
-        const int64_t n = a.data.indptr[user + 1] - a.data.indptr[user];
-        if (groups.empty() || !groups.back().packed || groups.back().size == size || n != count) {
-            if (!groups.empty() && groups.back().packed) close_last();
-            groups.emplace_back();
-            groups.back().packed = size > 1;
-        }
-        groups.back().user[groups.back().size++] = user;
-        count = n;
     }
-    if (!groups.empty() && groups.back().packed) close_last();
     return groups;
 }
 
@@ -679,11 +843,14 @@ void run_training(const TrainArgs& a) {
     const bool packed = group > 1;
     const int user_lanes = padded_lanes(P, V::W);
     const int lanes = packed ? V::W : user_lanes;
-    int64_t max_ratings = 0;
+    int64_t max_ratings = 0, call_steps = 0;
     for (int64_t i = 0; i < a.n_order; ++i) {
-        const int64_t n = a.data.indptr[a.order[i] + 1] - a.data.indptr[a.order[i]];
+        const int64_t n = rating_count(a.data, a.order[i]);
         max_ratings = n > max_ratings ? n : max_ratings;
+        call_steps += (n + a.batch_size - 1) / a.batch_size;
     }
+    const int64_t max_steps = (max_ratings + a.batch_size - 1) / a.batch_size;
+    const BiasCorrections bias(a.optimizer, (a.epoch_start + a.n_epochs) * max_steps, call_steps * a.n_epochs);
     const std::vector<Group> groups = make_groups(a, group);
     const auto n_groups = static_cast<int64_t>(groups.size());
     const int threads = static_cast<int>(n_groups < a.num_threads ? n_groups : a.num_threads);
@@ -710,7 +877,7 @@ void run_training(const TrainArgs& a) {
         }
         // Users come heaviest first, so the dynamic schedule ends with small users.
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < n_groups; ++i) train_group<V>(a, groups[i], b, lanes, out, user_lanes);
+        for (int64_t i = 0; i < n_groups; ++i) train_group<V>(a, groups[i], bias, b, lanes, out, user_lanes);
 #pragma omp critical
         {
             merge_outputs(b, K, P, lanes, a.val_limbs, a.finite);

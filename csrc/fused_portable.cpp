@@ -27,8 +27,10 @@ struct VecPortable {
     static reg relu(reg x) { return 0.0f > x ? 0.0f : x; }
     static reg where_positive(reg g, reg y) { return y > 0.0f ? g : 0.0f; }
     static void add_to_double(double* acc, reg x) { *acc += static_cast<double>(x); }
-    static reg gather(const float* base, const int32_t* idx) { return base[idx[0]]; }
+    static reg blend(const int32_t* live, reg a, reg b) { return live[0] ? a : b; }
     static void transpose_block(const float* src, ptrdiff_t, float* dst, ptrdiff_t) { *dst = *src; }
+    static constexpr int kRowColumns = 1;
+    static void transpose_rows(const float* const* rows, ptrdiff_t col, float* dst) { *dst = rows[0][col]; }
 };
 
 }  // namespace

@@ -29,8 +29,8 @@ struct VecSse4 {
         _mm_store_pd(acc, _mm_add_pd(_mm_load_pd(acc), _mm_cvtps_pd(x)));
         _mm_store_pd(acc + 2, _mm_add_pd(_mm_load_pd(acc + 2), _mm_cvtps_pd(_mm_movehl_ps(x, x))));
     }
-    static reg gather(const float* base, const int32_t* idx) {
-        return _mm_setr_ps(base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]);
+    static reg blend(const int32_t* live, reg a, reg b) {  // blendv takes a where the mask's sign bit is set
+        return _mm_blendv_ps(b, a, _mm_castsi128_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(live))));
     }
     static void transpose_block(const float* src, ptrdiff_t src_stride, float* dst, ptrdiff_t dst_stride) {
         __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + src_stride);
@@ -40,6 +40,16 @@ struct VecSse4 {
         _mm_storeu_ps(dst + dst_stride, r1);
         _mm_storeu_ps(dst + 2 * dst_stride, r2);
         _mm_storeu_ps(dst + 3 * dst_stride, r3);
+    }
+    static constexpr int kRowColumns = 4;
+    static void transpose_rows(const float* const* rows, ptrdiff_t col, float* dst) {
+        __m128 r0 = _mm_loadu_ps(rows[0] + col), r1 = _mm_loadu_ps(rows[1] + col);
+        __m128 r2 = _mm_loadu_ps(rows[2] + col), r3 = _mm_loadu_ps(rows[3] + col);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_store_ps(dst, r0);
+        _mm_store_ps(dst + 4, r1);
+        _mm_store_ps(dst + 8, r2);
+        _mm_store_ps(dst + 12, r3);
     }
 };
 

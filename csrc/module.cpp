@@ -377,7 +377,7 @@ PYBIND11_MODULE(_C, m) {
           "these many epochs, inside the call; snapshots float32 [K-1, U, P, d] or None receives the "
           "embeddings at each checkpoint but the last.  Returns (finite uint8 [K, P]: 0 for a probe whose "
           "state or loss became NaN/inf, limbs int64 [K, P, 6] with val else None).  num_threads 0: OpenMP's "
-          "default.  users_in_lanes: with P at most half a register, same-length users share one (the same "
+          "default.  users_in_lanes: with P at most half a register, several users share one (the same "
           "bits; False: one user per register).",
           "emb"_a, "adam_m"_a, "adam_v"_a, "lrs"_a, "regs"_a, "indptr"_a, "items"_a, "ratings"_a, "weights"_a,
           "keys"_a, "order"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a, "tower_weights"_a,

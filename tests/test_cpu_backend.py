@@ -252,11 +252,15 @@ def test_thread_count_follows_the_work_unless_given():
 @pytest.mark.parametrize("kind,P,optimizer,batch", [("mf", 1, "adam", 3), ("tower2", 2, "adam", 5),
                                                     ("tower1", 3, "sgd", 2), ("mf", 5, "adam", 64)])
 def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch):
-    # Same-length users share a register when P is at most half of it; every lane must run exactly
-    # what it runs alone: embeddings, moments, checkpoint losses and snapshots, bitwise.  Many users
-    # share counts here (groups fill, and some are partial), including users without ratings.
+    # Users share a register when P is at most half of it, whatever their rating counts; every lane
+    # must run exactly what it runs alone: embeddings, moments, checkpoint losses and snapshots,
+    # bitwise.  The counts mix users with 1 rating, counts below, at and above the batch size (a
+    # register's users then take different numbers of steps, and last minibatches of different
+    # sizes), runs of equal counts, and users without ratings.
     head = random_head(kind, 23, 6, 4, seed=20)
-    counts = np.random.default_rng(21).choice([0, 1, 2, 7, 7, 7, 12, 40], 90)
+    rng = np.random.default_rng(21)
+    counts = np.concatenate([rng.integers(1, 3 * batch + 2, 60), [1, 1, batch, batch + 1, 0, 0, 2 * batch - 1],
+                             rng.choice([0, 1, 2, 7, 7, 7, 12, 40], 23)])
     train, val = random_ratings(90, 23, counts=counts, seed=22), random_ratings(90, 23, seed=23)
     lrs, regs = [3e-2, 1e-1, 1e-2, 2e-1, 5e-2][:P], [1e-3, 1e-2, 0.0, 1e-4, 1e-1][:P]
     hyp = HyperParams(model="matrix_factorization_6", optimizer=optimizer, batch_size=batch, seed=4)
@@ -303,3 +307,25 @@ def test_wide_probe_blocks_are_transposed_exactly():
                         np.arange(7), dense.item_vectors.numpy(), dense.item_bias.numpy(), dense.global_bias,
                         [], [], [], **{**kwargs, "n_epochs": 0}, simd=simd)
         assert all(np.array_equal(s, k) for s, k in zip(state, kept)), simd
+
+
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+def test_bias_corrections_from_the_table_or_per_step_are_the_same(simd):
+    # Adam's bias corrections come from a per-call table when it is no longer than the call's steps,
+    # else from std::pow per step.  One user, 20 steps an epoch: a 3-epoch call uses the table
+    # (60 counts, 60 steps); calls of 1 epoch from epoch 1 on do not (40 or 60 counts, 20 steps).
+    # Both must give the same bits, and the reference within float32 tolerance.
+    head = random_head("mf", 13, 4, seed=40)
+    data = random_ratings(1, 13, counts=[40], seed=41)
+    hyp = HyperParams(model="matrix_factorization_4", batch_size=2, seed=3)
+    lrs, regs = [1e-2, 3e-2], [1e-3, 0.0]
+    runs = []
+    for calls in ([3], [1, 1, 1]):
+        problem = prepare(head, data, None, hyp, CpuBackend(simd=simd))
+        problem.start(lrs, regs)
+        for n in calls:
+            problem.train(n)
+        runs.append(problem.embeddings().clone())
+    assert torch.equal(runs[0], runs[1])
+    ref, _, _ = _train("reference", head, data, lrs, regs, batch_size=2, epochs=3, seed=3)
+    assert rel_err(runs[0], ref) <= 1e-5, describe_mismatch(runs[0], ref, 1e-5)

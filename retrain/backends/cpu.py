@@ -3,8 +3,8 @@
 For each user, all P probes train together with the user's embeddings and Adam moments held in a
 local buffer for the whole call; the probes sit in SIMD lanes (AVX-512 or AVX2 with FMA when the
 CPU has them, else SSE4; a portable C++ kernel elsewhere), so a probe's result does not depend on
-the other probes or on the thread count.  With few probes, several users with the same rating
-count share a register (users in lanes), with the same bits.
+the other probes or on the thread count.  With few probes, several users (of any rating counts)
+share a register (users in lanes), with the same bits.
 Tensors are passed zero-copy (``tensor.numpy()``); the prepared problem keeps the numpy views of
 everything fixed, so a call converts nothing.
 """
@@ -109,8 +109,9 @@ class CpuBackend(Backend):
             AVX2 fuse multiply-adds and give the same bits; SSE4 and portable give the same bits;
             the two pairs differ by rounding only.
         users_in_lanes: when the probes fill at most half a register (P = 1 in the final retrain
-            and fold-in), several users with the same rating count share it, one per group of
-            lanes: the same bits as one user per register (False), several times faster.
+            and fold-in), several users share it, one per group of lanes (each with its own
+            minibatch sizes and step counts): the same bits as one user per register (False),
+            faster.
     """
 
     name = "cpu"

@@ -6,8 +6,11 @@ minibatches of 16 ratings (the project default) or 1024 (where the torch baselin
 eager and batched baselines draw minibatches across users (``retrain.baselines``), the fused
 backends per user (the contract); ``user_parallel`` is the contract in plain PyTorch, vectorised
 across users (the strongest honest baseline), timed over one full epoch.  ``cpu-r1`` is the cpu
-backend restricted to its round-1 kernel (AVX2, one user per register), timed side by side.
-``test_fold_in`` times the serving recipe (``train_embeddings``, P = 1) on 10,000 new users.  The slow backends are
+backend restricted to its round-1 kernel layout (AVX2, one user per register; it shares the later
+permutation and bias-correction code), timed side by side.
+``test_fold_in`` times the serving recipe (``train_embeddings``, P = 1) on 10,000 new users.
+``test_one_thread_cpu_time`` compares cpu, cpu-r1 and user_parallel on one thread in CPU time
+(``time.thread_time``), the figures that stay meaningful on a shared, loaded machine.  The slow backends are
 timed on a slice (a few steps, the reference on its first users); the baselines' set-up (allocating the [U, P, d] state, building modules), timed with
 ``max_steps=0``, is subtracted, so what they are credited with is their speed per step.
 
@@ -48,7 +51,11 @@ PROBES = (1, 8, 64)
 BATCHES = (16, 1024)
 THREADS = 2  # the cpu backend and the peak; the torch baselines run with 1 and 2, the faster counts
 FLOPS_PER_RATING_PROBE = 4 * D
-DATASETS = ("ml-latest-small", "synthetic-1M")
+DATASETS = ("ml-latest-small", "synthetic-100k", "synthetic-1M")
+# The synthetic sets (Pareto user activity): ML-100k-sized (943 users x 1,682 items, 101,153
+# ratings) and 25,000 users x 10,000 items (1,001,794 ratings).
+SYNTHETIC = {"synthetic-100k": dict(n_users=943, n_items=1682, mean_ratings_per_user=180),
+             "synthetic-1M": dict(n_users=25_000, n_items=10_000, mean_ratings_per_user=45)}
 ROUNDS = 5
 # Work per timed round for the slow backends (the fused one trains full epochs).
 EAGER_STEPS = 48           # optimizer steps over all probes (at least 2 per probe), or more ...
@@ -70,7 +77,9 @@ class Summary:
     def __init__(self):
         self.rows = {}  # (dataset, batch, P) -> {backend: best rating·probe·epochs / s}
         self.peak = None
+        self.one_thread_peak = None
         self.fold_in = {}  # kernel -> best users / s
+        self.one_thread = {}  # (dataset, batch, P) -> {backend: rating·probe·epochs per CPU second, one thread}
 
     def add(self, benchmark, key: tuple, backend: str, work: float, setup: float = 0.0) -> None:
         """Record ``work`` rating·probe·epochs done in the best round, less ``setup`` seconds."""
@@ -103,14 +112,27 @@ class Summary:
                          f" | {ratio(speeds.get('eager'))} | {ratio(best_batched)} | "
                          f"{ratio(speeds.get('user_parallel'))} | "
                          + (f"{gflops:.3g} | {100 * gflops * 1e9 / self.peak:.2g} |" if cpu else " | |"))
+        if self.one_thread:
+            lines += ["", "One thread, CPU time (time.thread_time), best of rounds: rating·probe·epochs per CPU second; "
+                      f"FP32 peak (torch matmul, 1 thread, CPU time): {self.one_thread_peak / 1e9:.1f} GFLOP/s.", "",
+                      "| data set | batch | P | cpu | cpu-r1 | user_parallel | cpu / cpu-r1 | cpu / user_parallel | "
+                      "cpu GFLOP/s | % of peak |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for key in sorted(self.one_thread, key=lambda k: (DATASETS.index(k[0]), k[1], k[2])):
+                r = self.one_thread[key]
+                cells = " | ".join(f"{r[b]:.3g}" if b in r else "" for b in ("cpu", "cpu-r1", "user_parallel"))
+                ratio = lambda b: f"{r['cpu'] / r[b]:.1f}x" if b in r else ""
+                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {cells} | {ratio('cpu-r1')} | "
+                             f"{ratio('user_parallel')} | {r['cpu'] * FLOPS_PER_RATING_PROBE / 1e9:.3g} | "
+                             f"{100 * r['cpu'] * FLOPS_PER_RATING_PROBE / self.one_thread_peak:.2g} |")
         if self.fold_in:
             lines += ["", f"Fold-in of {FOLD_IN_USERS:,} new users, {FOLD_IN_EPOCHS} epochs (train_embeddings, "
                       f"{THREADS} threads): " + ", ".join(f"{k}: {v:,.0f} users/s" for k, v in self.fold_in.items())]
         return "\n".join(lines)
 
 
-def _matmul_peak(threads: int, n: int = 3072, repeats: int = 5) -> float:
-    """FP32 flop/s of an n x n matmul in torch on ``threads`` threads (best of ``repeats``)."""
+def _matmul_peak(threads: int, n: int = 3072, repeats: int = 5, clock=time.perf_counter) -> float:
+    """FP32 flop/s of an n x n matmul in torch on ``threads`` threads (best of ``repeats``), timed
+    by ``clock`` (time.thread_time: CPU time, for one thread)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -118,9 +140,9 @@ def _matmul_peak(threads: int, n: int = 3072, repeats: int = 5) -> float:
         a @ b
         best = float("inf")
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock()
             a @ b
-            best = min(best, time.perf_counter() - start)
+            best = min(best, clock() - start)
     finally:
         torch.set_num_threads(saved)
     return 2 * n**3 / best
@@ -130,8 +152,9 @@ def _matmul_peak(threads: int, n: int = 3072, repeats: int = 5) -> float:
 def summary(request):
     s = Summary()
     yield s
-    if s.rows:
+    if s.rows or s.one_thread:
         s.peak = _matmul_peak(THREADS)
+        s.one_thread_peak = _matmul_peak(1, clock=time.thread_time)
         text = s.table()
         RUNS.mkdir(exist_ok=True)
         (RUNS / "bench_cpu.md").write_text(text + "\n")
@@ -158,7 +181,7 @@ def _load(name: str):
             from retrain.movielens import load_movielens
             _CACHE[name] = load_movielens(ML_SMALL)
         else:
-            _CACHE[name] = synthetic_ratings(n_users=25_000, n_items=10_000, mean_ratings_per_user=45, seed=0)
+            _CACHE[name] = synthetic_ratings(**SYNTHETIC[name], seed=0)
     return _CACHE[name]
 
 
@@ -168,7 +191,7 @@ def problem(request):
     name = request.param
     if name == "ml-latest-small" and not ML_SMALL.exists():
         pytest.skip(f"{ML_SMALL} not present")
-    if name == "synthetic-1M":
+    if name in SYNTHETIC:
         _skip_when_disabled(request)
     ratings = _load(name)
     g = torch.Generator().manual_seed(0)
@@ -237,6 +260,9 @@ def test_fold_in(benchmark, summary, kernel, request):
     assert emb.shape == (FOLD_IN_USERS, D) and torch.isfinite(emb).all()
     if benchmark.stats is not None:
         summary.fold_in[kernel] = FOLD_IN_USERS / benchmark.stats.stats.min
+        one = CpuBackend(num_threads=1, **CPU_KERNELS[kernel])
+        seconds = _thread_seconds(lambda: train_embeddings(head, ratings, hyp, FOLD_IN_EPOCHS, one))
+        summary.fold_in[f"{kernel} (1 thread, CPU time)"] = FOLD_IN_USERS / seconds
 
 
 @pytest.mark.parametrize("P", PROBES)
@@ -312,3 +338,46 @@ def test_user_parallel(benchmark, summary, problem, batch, P, torch_threads):
     setup = min(_seconds(run, 0) for _ in range(ROUNDS))
     benchmark.pedantic(run, args=(None,), rounds=ROUNDS)
     summary.add(benchmark, (name, batch, P), "user_parallel", P * ratings.nnz, setup)
+
+
+# --------------------------------------------------------------------------- one thread, CPU time
+
+def _thread_seconds(run, rounds: int = ROUNDS) -> float:
+    """Best CPU time of this thread over ``rounds`` calls of ``run`` (after one warm-up).  On one
+    thread (OpenMP and torch both run in the caller) this counts only the time the work was on a
+    core, so it stays meaningful when other jobs share the machine."""
+    run()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.thread_time()
+        run()
+        best = min(best, time.thread_time() - start)
+    return best
+
+
+@pytest.mark.skipif(not HAS_CPU_EXTENSION, reason="retrain._C not built")
+@pytest.mark.parametrize("P", (1, 64))
+@pytest.mark.parametrize("batch", BATCHES)
+def test_one_thread_cpu_time(summary, problem, batch, P, request):
+    # cpu, cpu-r1 and user_parallel side by side on one thread, timed in CPU time (time.thread_time):
+    # the figures for a loaded machine.  user_parallel: one epoch, its set-up (run with
+    # max_steps=0) subtracted, as in test_user_parallel.
+    _skip_when_disabled(request)
+    name, head, data, init, ratings = problem
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rates = {}
+        for kernel, options in CPU_KERNELS.items():
+            if options.get("simd", "auto") not in ("auto", *_C.simd_paths()):
+                continue
+            _, one_epoch = _epochs(CpuBackend(num_threads=1, **options), head, ratings, init, batch, P)
+            rates[kernel] = ratings.nnz * P / _thread_seconds(one_epoch)
+        lrs, regs = _hyper(P)
+        run = lambda max_steps: user_parallel(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
+                                              max_steps=max_steps)
+        setup = _thread_seconds(lambda: run(0))
+        rates["user_parallel"] = ratings.nnz * P / max(_thread_seconds(lambda: run(None), rounds=3) - setup, 1e-9)
+    finally:
+        torch.set_num_threads(saved)
+    summary.one_thread[(name, batch, P)] = rates
