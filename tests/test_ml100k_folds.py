@@ -94,3 +94,10 @@ def test_fold_split_is_the_protocol_on_the_fold():
     # a quarter of each known user's base ratings, rounded per user, is validation
     assert split.val.counts.tolist() == np.round(split.pretrain.union(split.val).counts * 0.25).tolist()
     assert ml100k.fold_split(table, 2, new_users=0, seed=0).new_users is None
+
+
+def test_wheel_path_names_a_missing_wheel(tmp_path):
+    path, _ = _wheel(tmp_path, ROWS)
+    assert ml100k.wheel_path(str(path)) == str(path)
+    with pytest.raises(FileNotFoundError, match="recbole wheel not found: .*nowhere.whl"):
+        ml100k.wheel_path(str(tmp_path / "nowhere.whl"))

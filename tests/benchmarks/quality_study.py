@@ -1,4 +1,4 @@
-"""Quality study on ml-latest-small (docs/pipeline.md, "Refit" and "Recommendation quality").
+"""Quality study on ml-latest-small and ML-100k u1..u5 (docs/pipeline.md, "Refit" and "Recommendation quality").
 
     .venv/bin/python tests/benchmarks/quality_study.py [--folds 5] [--item-damping 5] [--data PATH]
 
@@ -10,8 +10,10 @@ closed-form ridge fold-in (tuned reg) and of the item-bias baseline; recall@10 /
 (test ratings >= 4 are relevant) of the refitted users' top-10 unseen items; and the share of
 top-10 slots given to items with at most 2 pretraining ratings.  New users (``--new-users``, off by
 default): each held-out user with more than k ratings is folded in on k random ones (the served
-recipe) and scored on the others, against the item-bias baseline on the same ratings, for k in
-``KS``.  Prints one markdown row per fold and the means.  Not a timed benchmark: it measures quality.
+recipe) and scored on the others, against the closed-form ridge fold-in (tuned reg), the same
+with a count-independent penalty (``--new-user-damping``, ``ridge_embeddings(damping=...)``) and
+the item-bias baseline on the same ratings, for k in ``KS``.  Prints one markdown row per fold
+and the means.  Not a timed benchmark: it measures quality.
 
     .venv/bin/python tests/benchmarks/quality_study.py --ml100k WHEEL|fetch [--item-damping 5] [--held-out 0.2]
 
@@ -61,9 +63,10 @@ def base_k(split, k: int, seed: int):
     return fold, split.new_test.select_users(np.flatnonzero(split.new_fold_in.counts > k))
 
 
-def one_fold(split, seed: int, damping: float, backend: str, shots_of=None) -> dict:
+def one_fold(split, seed: int, damping: float, backend: str, shots_of=None, new_damping: float = 5.0) -> dict:
     """One fold's row: ``split`` a ``ProtocolSplit``; ``shots_of(k) -> (fold-in, test)`` the new
-    users' k-shot parts (None: no new-user columns)."""
+    users' k-shot parts (None: no new-user columns); ``new_damping`` the count-independent
+    penalty of the damped ridge fold-in of new users."""
     base = pretrain(split.pretrain, "matrix_factorization_32", seed=seed, item_damping=damping)
     head = base.head
     hyp = HyperParams(model=head.name, seed=seed)
@@ -80,6 +83,10 @@ def one_fold(split, seed: int, damping: float, backend: str, shots_of=None) -> d
             fold, test = shots_of(k)
             emb = fold_in(head, fold, result.hyp, result.epochs, backend=backend)
             shots[f"new k={k}"] = model_rmse(head, emb, test)
+            ridge = ridge_embeddings(head, fold, result.hyp.regularization).float()
+            shots[f"ridge k={k}"] = model_rmse(head, ridge, test)
+            damped = ridge_embeddings(head, fold, result.hyp.regularization, damping=new_damping).float()
+            shots[f"damped k={k}"] = model_rmse(head, damped, test)
             shots[f"bias k={k}"] = biases.item_bias_rmse(test)
     return dict(**shots,
         seed=seed, epochs=result.epochs, lr=result.hyp.learning_rate, reg=result.hyp.regularization,
@@ -101,9 +108,11 @@ def main() -> int:
                         "(its path, or 'fetch': pip download into " + ml100k.CACHE + ")")
     parser.add_argument("--held-out", type=float, default=0.2, help="with --ml100k: the fraction of users held "
                         "out as new users (0: none, every user is known)")
+    parser.add_argument("--new-user-damping", type=float, default=5.0,
+                        help="the damped ridge fold-in's penalty (ridge_embeddings(damping=...))")
     args = parser.parse_args()
     known = ["early_stopped", "refit", "ridge", "item_bias", "recall", "ndcg", "rare"]
-    new = [f"{w} k={k}" for k in KS for w in ("new", "bias")]
+    new = [f"{w} k={k}" for k in KS for w in ("new", "ridge", "damped", "bias")]
     if args.ml100k:
         table = ml100k.read_inter(ml100k.wheel_path(args.ml100k))
         print(f"ML-100k u1..u5 from {args.ml100k} ({ml100k.MEMBER}, md5 {ml100k.MD5}), {args.held_out:g} held out")
@@ -122,7 +131,8 @@ def main() -> int:
     rows = []
     for seed, split in enumerate(folds):
         t = time.perf_counter()
-        row = one_fold(split, seed, args.item_damping, args.backend, shots[seed] if new[0] in columns else None)
+        row = one_fold(split, seed, args.item_damping, args.backend, shots[seed] if new[0] in columns else None,
+                       args.new_user_damping)
         rows.append(row)
         print("| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
               + f" |  ({time.perf_counter() - t:.0f} s)", flush=True)
