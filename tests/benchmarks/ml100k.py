@@ -106,19 +106,19 @@ def fold_split(table: Table, fold: int, *, new_users: float = 0.2, val: float = 
     A seeded ``new_users`` fraction of all the users (``sample_users(n_users, new_users, seed)``,
     as ``protocol_split`` picks them) is held out of pretraining: ``new_fold_in`` is their
     u{fold}.base ratings, ``new_test`` their u{fold}.test ratings, ``new_users`` both (all three
-    ``None`` for ``new_users=0``).  Every other
-    (known) user's u{fold}.base ratings are split per user into ``pretrain`` and ``val``
-    (``val`` of them, ``Ratings.split_per_user(val, seed + 1)``, as ``protocol_split`` cuts its
-    validation part from what the test part leaves), and its u{fold}.test ratings are ``test``.
+    ``None`` for ``new_users=0``).  Every other (known) user's u{fold}.base ratings are split per
+    user into ``pretrain`` and ``val`` (``val`` of them, ``Ratings.split_per_user(val, seed + 1)``,
+    as ``protocol_split`` cuts its validation part from what the test part leaves), and its
+    u{fold}.test ratings are ``test``.
     The default ``val=0.25`` of the base part is 20 % of a user's ratings, as in the ml-latest-small
     study.  Every part indexes all of the table's items (sorted ids).
     """
-    user_ids, items_ids = np.unique(table.user), np.unique(table.item)
+    user_ids, item_ids = np.unique(table.user), np.unique(table.item)
 
     def ratings(part: Table) -> Ratings:
-        return Ratings.from_coo(np.searchsorted(user_ids, part.user), np.searchsorted(items_ids, part.item),
-                                part.rating, n_users=len(user_ids), n_items=len(items_ids),
-                                user_ids=user_ids, item_ids=items_ids)
+        return Ratings.from_coo(np.searchsorted(user_ids, part.user), np.searchsorted(item_ids, part.item),
+                                part.rating, n_users=len(user_ids), n_items=len(item_ids),
+                                user_ids=user_ids, item_ids=item_ids)
 
     base, test = (ratings(part) for part in mku_fold(table, fold))
     held = sample_users(len(user_ids), new_users, seed) if new_users > 0 else np.zeros(0, dtype=np.int64)
