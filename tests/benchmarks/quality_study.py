@@ -1,4 +1,4 @@
-"""Quality study on ml-latest-small (docs/pipeline.md, "Refit" and "Recommendation quality").
+"""Quality study on ml-latest-small and ML-100k u1..u5 (docs/pipeline.md, "Refit" and "Recommendation quality").
 
     .venv/bin/python tests/benchmarks/quality_study.py [--folds 5] [--item-damping 5] [--data PATH]
 
@@ -10,8 +10,18 @@ closed-form ridge fold-in (tuned reg) and of the item-bias baseline; recall@10 /
 (test ratings >= 4 are relevant) of the refitted users' top-10 unseen items; and the share of
 top-10 slots given to items with at most 2 pretraining ratings.  New users (``--new-users``, off by
 default): each held-out user with more than k ratings is folded in on k random ones (the served
-recipe) and scored on the others, against the item-bias baseline on the same ratings, for k in
-``KS``.  Prints one markdown row per fold and the means.  Not a timed benchmark: it measures quality.
+recipe) and scored on the others, against the closed-form ridge fold-in (tuned reg), the same
+with a count-independent penalty (``--new-user-damping``, ``ridge_embeddings(damping=...)``) and
+the item-bias baseline on the same ratings, for k in ``KS``.  Prints one markdown row per fold
+and the means.  Not a timed benchmark: it measures quality.
+
+    .venv/bin/python tests/benchmarks/quality_study.py --ml100k WHEEL|fetch [--item-damping 5] [--held-out 0.2]
+
+ML-100k's official folds u1..u5 instead (``ml100k.py``: read from the recbole 1.2.1 wheel; ``fetch``
+downloads it into a cache outside the repo), the same protocol on each (``ml100k.fold_split``):
+20 % of the users (``--held-out``) held out as new users, each known user's u{i}.base split into pretraining and
+validation (a quarter), scored on its u{i}.test ratings; new users folded in on k random ones of
+their u{i}.base ratings and scored on their u{i}.test ratings.  Prints every column.
 """
 import argparse
 import os
@@ -25,6 +35,8 @@ from retrain import (HyperParams, fold_in, load_movielens, pretrain, protocol_sp
 from retrain.report import BiasBaseline, model_rmse, ranking_metrics, rare_item_share
 from retrain.ridge import ridge_embeddings
 from retrain.trainer import train_embeddings
+
+import ml100k
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "ml-latest-small",
                             "ratings.csv")
@@ -44,8 +56,17 @@ def first_k(ratings, k: int, seed: int):
     return keep._subset_rows(rank < k), keep._subset_rows(rank >= k)
 
 
-def one_fold(data, seed: int, damping: float, backend: str, new_users: bool = False) -> dict:
-    split = protocol_split(data, 0.2, 0.2, 0.2, seed=seed)
+def base_k(split, k: int, seed: int):
+    """(fold-in, test) of the new users of an ML-100k fold with more than ``k`` u{i}.base ratings:
+    ``k`` random ones of those, and their u{i}.test ratings."""
+    fold, _ = first_k(split.new_fold_in, k, seed)
+    return fold, split.new_test.select_users(np.flatnonzero(split.new_fold_in.counts > k))
+
+
+def one_fold(split, seed: int, damping: float, backend: str, shots_of=None, new_damping: float = 5.0) -> dict:
+    """One fold's row: ``split`` a ``ProtocolSplit``; ``shots_of(k) -> (fold-in, test)`` the new
+    users' k-shot parts (None: no new-user columns); ``new_damping`` the count-independent
+    penalty of the damped ridge fold-in of new users."""
     base = pretrain(split.pretrain, "matrix_factorization_32", seed=seed, item_damping=damping)
     head = base.head
     hyp = HyperParams(model=head.name, seed=seed)
@@ -56,12 +77,16 @@ def one_fold(data, seed: int, damping: float, backend: str, new_users: bool = Fa
     support = np.bincount(split.pretrain.items, minlength=head.n_items)
     recall, ndcg = ranking_metrics(top.numpy(), split.test)
     shots = {}
-    if new_users:
+    if shots_of is not None:
         biases = BiasBaseline.fit(split.pretrain)
         for k in KS:
-            fold, test = first_k(split.new_users, k, seed)
+            fold, test = shots_of(k)
             emb = fold_in(head, fold, result.hyp, result.epochs, backend=backend)
             shots[f"new k={k}"] = model_rmse(head, emb, test)
+            ridge = ridge_embeddings(head, fold, result.hyp.regularization).float()
+            shots[f"ridge k={k}"] = model_rmse(head, ridge, test)
+            damped = ridge_embeddings(head, fold, result.hyp.regularization, damping=new_damping).float()
+            shots[f"damped k={k}"] = model_rmse(head, damped, test)
             shots[f"bias k={k}"] = biases.item_bias_rmse(test)
     return dict(**shots,
         seed=seed, epochs=result.epochs, lr=result.hyp.learning_rate, reg=result.hyp.regularization,
@@ -79,17 +104,35 @@ def main() -> int:
     parser.add_argument("--item-damping", type=float, default=5.0)
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--new-users", action="store_true", help="hold out 20%% of the users and score k-shot fold-ins")
+    parser.add_argument("--ml100k", metavar="WHEEL", help="ML-100k's u1..u5 from the recbole 1.2.1 wheel "
+                        "(its path, or 'fetch': pip download into " + ml100k.CACHE + ")")
+    parser.add_argument("--held-out", type=float, default=0.2, help="with --ml100k: the fraction of users held "
+                        "out as new users (0: none, every user is known)")
+    parser.add_argument("--new-user-damping", type=float, default=5.0,
+                        help="the damped ridge fold-in's penalty (ridge_embeddings(damping=...))")
     args = parser.parse_args()
-    data = load_movielens(args.data)
-    columns = ["seed", "epochs", "early_stopped", "refit", "ridge", "item_bias", "recall", "ndcg", "rare"]
-    if args.new_users:
-        columns = ["seed", "epochs"] + [f"{w} k={k}" for k in KS for w in ("new", "bias")]
-    print(f"item_damping {args.item_damping}; {data}")
+    known = ["early_stopped", "refit", "ridge", "item_bias", "recall", "ndcg", "rare"]
+    new = [f"{w} k={k}" for k in KS for w in ("new", "ridge", "damped", "bias")]
+    if args.ml100k:
+        table = ml100k.read_inter(ml100k.wheel_path(args.ml100k))
+        print(f"ML-100k u1..u5 from {args.ml100k} ({ml100k.MEMBER}, md5 {ml100k.MD5}), {args.held_out:g} held out")
+        folds = [ml100k.fold_split(table, fold, new_users=args.held_out, seed=fold - 1)
+                 for fold in range(1, ml100k.N_FOLDS + 1)]
+        shots = [lambda k, split=split, seed=seed: base_k(split, k, seed) for seed, split in enumerate(folds)]
+        columns = ["seed", "epochs"] + known + (new if args.held_out > 0 else [])
+    else:
+        data = load_movielens(args.data)
+        print(data)
+        folds = [protocol_split(data, 0.2, 0.2, 0.2, seed=seed) for seed in range(args.folds)]
+        shots = [lambda k, split=split, seed=seed: first_k(split.new_users, k, seed) for seed, split in enumerate(folds)]
+        columns = ["seed", "epochs"] + (new if args.new_users else known)
+    print(f"item_damping {args.item_damping}")
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     rows = []
-    for seed in range(args.folds):
+    for seed, split in enumerate(folds):
         t = time.perf_counter()
-        row = one_fold(data, seed, args.item_damping, args.backend, args.new_users)
+        row = one_fold(split, seed, args.item_damping, args.backend, shots[seed] if new[0] in columns else None,
+                       args.new_user_damping)
         rows.append(row)
         print("| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
               + f" |  ({time.perf_counter() - t:.0f} s)", flush=True)
