@@ -594,6 +594,29 @@ def next_start_point(points: np.ndarray, losses: np.ndarray, taken: np.ndarray, 
     return None
 
 
+class Starts:
+    """The searches' starts, one per call (None: no more): ``next_start_point`` of the points
+    evaluated so far (``history``, a live list of ``Evaluation``) and the starts taken, clipped
+    into the box ``[inner_lower, inner_upper]`` that BOBYQA keeps starts in."""
+
+    def __init__(self, history: list, step: np.ndarray, inner_lower: np.ndarray, inner_upper: np.ndarray):
+        self.history, self.step, self.inner_lower, self.inner_upper = history, step, inner_lower, inner_upper
+        self.taken: list[np.ndarray] = []
+
+    def __call__(self) -> np.ndarray | None:
+        found = next_start_point(np.array([e.point for e in self.history]).reshape(-1, 2),
+                                 np.array([e.loss for e in self.history]), np.array(self.taken).reshape(-1, 2),
+                                 self.step)
+        if found is None:
+            return None
+        start = np.clip(found, self.inner_lower, self.inner_upper)
+        # Both are taken: a point near the bounds (the zoomed batch reaches them) is clipped
+        # farther than a step from itself, and would otherwise be chosen again and again (each
+        # search from it costing nothing: its points are cached), never ending the run.
+        self.taken.extend([found, start])
+        return start
+
+
 def _opening(code: int, start, lower, upper, step, seed: int) -> list[tuple[float, float]]:
     """The first points the algorithm asks for from ``start`` whatever the values (up to
     ``DRY_RUN_CALLS``): the common prefix of two dry runs on different functions."""
@@ -767,17 +790,7 @@ class _Search:
             if ev.run_round({-1: [tuple(p) for p in zoom]})[-1] is None:
                 return
             step = STEP_FACTOR * (zoom_upper - zoom_lower) / math.sqrt(n_zoom)
-        taken: list = []
-
-        def next_start():
-            found = next_start_point(np.array([e.point for e in ev.history]), np.array([e.loss for e in ev.history]),
-                                     np.array(taken).reshape(-1, 2), step)
-            if found is not None:
-                found = np.clip(found, inner_lower, inner_upper)
-                taken.append(found)
-            return found
-
-        self.run(next_start, step)
+        self.run(Starts(ev.history, step, inner_lower, inner_upper), step)
 
     def run(self, starts, step: np.ndarray, all_at_once: bool = False) -> None:
         """Search from ``starts`` (an array, taken in order, or a function giving the next start or

@@ -467,3 +467,16 @@ def test_plots_of_a_tuning_run(problem, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["landscape.png", "traces.png"]  # no temporary left
     with pytest.raises(ValueError, match="finite"):
         plot_search_traces(tmp_path / "none.png", {"diverged": [(0.1, math.inf)]})
+
+
+
+def test_a_best_point_outside_the_start_box_starts_one_search_only():
+    # The zoomed batch reaches the bounds while searches start inside them: a best point there is
+    # clipped to a start farther than a step from itself.  It used to be chosen again after every
+    # search (which cost nothing: its points were cached), and tuning never ended (ML-100k u3).
+    point = lambda a, b, loss: tune_module.Evaluation(a, b, loss, loss, 4, False, 0, -1, 0.0)
+    history = [point(2.98, 0.0, 0.5), point(0.0, 0.0, 0.9), point(1.0, 1.0, 0.505)]
+    starts = tune_module.Starts(history, np.array([0.1, 0.1]), np.array([-1.5, -2.5]), np.array([2.5, 4.5]))
+    assert starts().tolist() == [2.5, 0.0]  # the best point, clipped into the box
+    assert starts().tolist() == [1.0, 1.0]  # then the next best far from it, within START_MARGIN
+    assert starts() is None  # not the first again; 0.9 is more than START_MARGIN worse
