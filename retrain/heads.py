@@ -217,12 +217,19 @@ class Head:
         Q = self.item_vectors.to(feats)
         return (feats * Q[items]).sum(-1) + self.item_bias.to(feats)[items] + self.global_bias
 
-    @functools.cached_property
+    @property
     def item_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(Q [n_items, h] float32, b + mu [n_items] float64)`` as numpy arrays, made once (``Q``
-        a view of a CPU head's tensor): a serving request gathers its rows from them without a
-        torch round trip."""
-        return self.item_vectors.cpu().numpy(), self.item_bias.cpu().numpy().astype(np.float64) + self.global_bias
+        """``(Q [n_items, h] float32, b + mu [n_items] float64)`` as numpy arrays (``Q`` a view of a
+        CPU head's tensor): a serving request gathers its rows from them without a torch round
+        trip.  Made once, and again when either tensor is modified in place (torch counts that in
+        ``_version``), so an edited head never serves stale biases."""
+        versions = (self.item_vectors._version, self.item_bias._version)
+        cached = self.__dict__.get("_item_arrays")
+        if cached is None or cached[0] != versions:
+            arrays = (self.item_vectors.detach().cpu().numpy(),
+                      self.item_bias.detach().cpu().numpy().astype(np.float64) + self.global_bias)
+            cached = self.__dict__["_item_arrays"] = (versions, arrays)
+        return cached[1]
 
     @functools.cached_property
     def item_index(self) -> IdIndex:

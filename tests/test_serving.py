@@ -1,4 +1,6 @@
 """Serving: fold-in reproduces the retrain's rows; recommend matches a brute-force top-k."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +114,22 @@ def test_ridge_solver_refuses_a_singular_system(scipy, monkeypatch):
     one_rating = random_ratings(1, 6, counts=[1], seed=2)  # rank 1 < d = 4 and no regularisation
     with pytest.raises(InputError, match="singular"):
         ridge_embeddings(head, one_rating, 0.0)
+
+
+
+def test_ridge_serves_a_head_edited_in_place_with_its_new_values():
+    # The ridge path caches the item table as numpy arrays per head: an in-place edit of the
+    # head's tensors must reach the next request (else: the old biases, silently).
+    head = random_head("mf", n_items=15, d=4, seed=6)
+    data = random_ratings(3, 15, counts=np.array([4, 6, 2]), seed=7)
+    before = ridge_embeddings(head, data, 0.03).numpy()
+    with torch.no_grad():
+        head.item_bias.add_(0.5)
+        head.item_vectors.mul_(2.0)
+    fresh = dataclasses.replace(head, item_vectors=head.item_vectors.clone(), item_bias=head.item_bias.clone())
+    np.testing.assert_allclose(ridge_embeddings(head, data, 0.03).numpy(), _ridge_by_lstsq(fresh, data, 0.03, 0.0),
+                               rtol=1e-9, atol=1e-10)
+    assert not np.allclose(ridge_embeddings(head, data, 0.03).numpy(), before)
 
 
 def _brute_force(head, emb, k, seen=None):
