@@ -229,6 +229,12 @@ def _replace_seen(seen: Ratings, new: Ratings, index: np.ndarray, found: np.ndar
                             n_items=seen.n_items, user_ids=user_ids, item_ids=seen.item_ids)
 
 
+def item_support(seen: Ratings | None, n_items: int) -> np.ndarray | None:
+    """Training ratings per item (int64 ``[n_items]``) of ``seen``, what ``min_support`` filters
+    on; None without ``seen``."""
+    return None if seen is None else np.bincount(seen.items, minlength=n_items).astype(np.int64)
+
+
 def save_bundle(path, model: Model, recipe: Recipe, seen: Ratings | None = None, item_support=None) -> None:
     """Write ``model`` with its recipe (and the seen items and item support when given) to ``path``."""
     extra = {}

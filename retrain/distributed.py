@@ -47,6 +47,7 @@ import torch.distributed as dist
 from . import shards, trainer, tuner
 from .backends import get_backend
 from .backends.base import Backend, Checkpoint, Problem
+from .bundle import item_support
 from .contract import FIXED_POINT_LIMBS, fixed_point_limbs, fixed_point_value, fmix32, user_key
 from .errors import InputError
 
@@ -576,7 +577,7 @@ def save_shards(path, shard: Shard, model, recipe, seen=None) -> None:
     failed = [f"rank {rank}: {message}" for rank, (status, message) in enumerate(entries) if status == "error"]
     if failed:
         raise OSError(f"writing the shards of {path} failed on {len(failed)} rank(s): " + "; ".join(failed))
-    support = None if seen is None else np.bincount(seen.items, minlength=model.head.n_items)
+    support = item_support(seen, model.head.n_items)
     on_rank0(shard.backend, lambda: shards.write_index(path, model.head, recipe.to_json(), support,
                                                        [e for _, e in entries]))
 

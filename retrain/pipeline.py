@@ -13,11 +13,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from . import distributed
-from .bundle import Recipe, ServedModel
+from .bundle import Recipe, ServedModel, item_support
 from .data import Ratings, as_ratings, sample_users
 from .errors import InputError, check_float, check_int
 from .files import check_writable
@@ -73,8 +72,7 @@ class RetrainResult:
         """The retrained model as ``retrain.load`` would return it from ``save``'s file."""
         if self.model is None or self.shard is not None:
             raise InputError("this rank holds no whole user table: load the saved bundle (retrain.load) instead")
-        support = None if self.seen is None else np.bincount(self.seen.items, minlength=self.model.head.n_items)
-        return ServedModel(self.model, self.recipe, self.seen, support)
+        return ServedModel(self.model, self.recipe, self.seen, item_support(self.seen, self.model.head.n_items))
 
     def save(self, path) -> None:
         """Write the model, its ids and its recipe as one file (``retrain.bundle``), atomically; a
