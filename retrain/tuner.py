@@ -5,7 +5,12 @@ two CPU cores, 256 on a GPU: docs/benchmarks.md), so a search should ask for man
 NLopt asks for one point at a time, so ``tune`` runs:
 
 1. a *space-filling batch*: (0, 0) and a shifted Halton design, up to ``width`` points (a quarter
-   of ``max_evals`` at most), trained as ONE probe batch;
+   of ``max_evals`` at most), trained as ONE probe batch; its probes that can neither be among
+   the best ``ZOOM_BEST`` share nor within ``START_MARGIN`` of the best stop early
+   (``retrain.trainer.Pruning``: the plateaus of too-small lr or too-strong reg, which would train
+   to ``max_epochs``), as do those of the zoomed batch that cannot come within ``START_MARGIN``
+   of the best: neither the zoomed box nor the starts depend on their values, so the search is
+   the one without pruning (``Evaluation.pruned`` marks them; their loss is their best so far);
 2. a *zoomed batch*: a second Halton design of as many points (a quarter of ``max_evals``) over
    the box of the best 15 % of the first batch, widened by one trust radius on each side.  The
    optimum of a tuning problem lies in a narrow, long valley (lr against reg) whose floor early
