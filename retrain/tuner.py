@@ -120,7 +120,8 @@ class Evaluation:
     """One evaluated point.
 
     ``loss`` is the value NLopt saw (the penalty when ``diverged``), ``val_loss`` the probe's best
-    finite validation loss, ``epochs`` its best epoch.  ``round`` is the index of the probe batch
+    finite validation loss, ``epochs`` its best epoch, ``epochs_trained`` the epochs it trained
+    (what it cost).  ``round`` is the index of the probe batch
     that trained it (0 is the first; for a point read from the journal, the number of batches
     trained before it), ``optimizer`` the local search that asked for it first (-1: the
     space-filling batch), ``time`` seconds since ``tune`` started, ``trained`` False when read
@@ -139,6 +140,7 @@ class Evaluation:
     time: float
     trained: bool = True
     pruned: bool = False
+    epochs_trained: int = 0
 
     @property
     def point(self) -> tuple[float, float]:
@@ -286,7 +288,7 @@ class Journal:
         entry = dict(a=evaluation.a, b=evaluation.b, lr=evaluation.lr, reg=evaluation.reg, loss=evaluation.loss,
                      val_loss=evaluation.val_loss, epochs=evaluation.epochs, diverged=evaluation.diverged,
                      round=evaluation.round, optimizer=evaluation.optimizer, time=evaluation.time,
-                     pruned=evaluation.pruned, problem=self.problem)
+                     pruned=evaluation.pruned, epochs_trained=evaluation.epochs_trained, problem=self.problem)
         self._write((json.dumps(entry) + "\n").encode())
 
     def _write(self, data: bytes) -> None:
@@ -388,7 +390,8 @@ class _Evaluator:
             e = self.journaled[k]
             self._record(Evaluation(float(e["a"]), float(e["b"]), float(e["loss"]), float(e["val_loss"]),
                                     int(e["epochs"]), bool(e["diverged"]), self.n_batches, fresh[k][1],
-                                    self.elapsed(), trained=False, pruned=bool(e.get("pruned", False))), k)
+                                    self.elapsed(), trained=False, pruned=bool(e.get("pruned", False)),
+                                    epochs_trained=int(e.get("epochs_trained", 0))), k)
         if not to_train:
             return
         points = [fresh[k][0] for k in to_train]
@@ -409,7 +412,7 @@ class _Evaluator:
             loss = penalty if diverged else probe.best_val_loss
             evaluation = Evaluation(float(point[0]), float(point[1]), float(loss), float(probe.best_val_loss),
                                     int(probe.best_epoch), diverged, self.n_batches, fresh[k][1], self.elapsed(),
-                                    pruned=probe.stop_reason == "pruned")
+                                    pruned=probe.stop_reason == "pruned", epochs_trained=probe.epochs_trained)
             self._record(evaluation, k)
             if self.journal:
                 self.journal.append(evaluation)

@@ -498,6 +498,9 @@ def test_pruning_the_space_filling_batches_changes_no_search(problem, monkeypatc
     assert [e.point for e in pruned.history] == [e.point for e in full.history]
     assert (pruned.a, pruned.b, pruned.val_loss, pruned.epochs) == (full.a, full.b, full.val_loss, full.epochs)
     for p, f in zip(pruned.history, full.history):
-        assert p.loss == f.loss if not p.pruned else p.loss >= f.loss > pruned.val_loss
+        if p.pruned:
+            assert p.loss >= f.loss > pruned.val_loss and p.epochs_trained < f.epochs_trained
+        else:
+            assert (p.loss, p.epochs, p.epochs_trained) == (f.loss, f.epochs, f.epochs_trained)
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
     assert [line["pruned"] for line in lines] == [e.pruned for e in pruned.history]
