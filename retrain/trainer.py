@@ -264,7 +264,8 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
         done = _train_group(problem, lrs[sl], regs[sl], hyp, return_embeddings, budget, deadline, pruning)
         results += done
         if pruning is not None:
-            pruning = replace(pruning, known=pruning.known + tuple(r.best_val_loss for r in done if r.stop_reason in FINAL))
+            finished = tuple(r.best_val_loss for r in done if r.stop_reason in FINAL)
+            pruning = replace(pruning, known=pruning.known + finished)
     return results
 
 

@@ -121,12 +121,12 @@ class Evaluation:
 
     ``loss`` is the value NLopt saw (the penalty when ``diverged``), ``val_loss`` the probe's best
     finite validation loss, ``epochs`` its best epoch, ``epochs_trained`` the epochs it trained
-    (what it cost).  ``round`` is the index of the probe batch
-    that trained it (0 is the first; for a point read from the journal, the number of batches
-    trained before it), ``optimizer`` the local search that asked for it first (-1: the
-    space-filling batch), ``time`` seconds since ``tune`` started, ``trained`` False when read
-    from the journal, ``pruned`` True when training stopped it early because it could not matter
-    (``retrain.trainer.Pruning``: ``val_loss`` is its best so far, no lower than its full value).
+    (what it cost).  ``round`` is the index of the probe batch that trained it (0 is the first; for
+    a point read from the journal, the number of batches trained before it), ``optimizer`` the
+    local search that asked for it first (-1: the space-filling batches), ``time`` seconds since
+    ``tune`` started, ``trained`` False when read from the journal, ``pruned`` True when training
+    stopped it early because it could not matter (``retrain.trainer.Pruning``: ``val_loss`` is its
+    best so far, no lower than its full value).
     """
 
     a: float
