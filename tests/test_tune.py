@@ -504,3 +504,8 @@ def test_pruning_the_space_filling_batches_changes_no_search(problem, monkeypatc
             assert (p.loss, p.epochs, p.epochs_trained) == (f.loss, f.epochs, f.epochs_trained)
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
     assert [line["pruned"] for line in lines] == [e.pruned for e in pruned.history]
+    # Replayed from the journal: the same points, values and marks, nothing trained.
+    again = tune(head, train, val, hyp, max_evals=48, backend=BACKEND, journal=journal)
+    assert not any(e.trained for e in again.history)
+    assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in again.history] == \
+        [(e.point, e.loss, e.pruned, e.epochs_trained) for e in pruned.history]
