@@ -82,21 +82,25 @@ class Pruning:
     ``max(k-th smallest known, (1 + margin) * smallest known)`` with ``k = rank`` (infinite while
     fewer than ``rank`` are known).  A probe's *bound* at epoch ``e`` is
     ``min(best so far, last loss - (max_epochs - e) * r)``, where ``r`` is its fastest fall per
-    epoch between two checkpoints so far: what it would reach if it kept falling at that rate
-    until ``max_epochs``.  A probe whose bound exceeds the target is stopped (``"pruned"``).
+    epoch over its last ``window`` checkpoint intervals: what it would reach if it kept falling at
+    that rate until ``max_epochs``.  A probe whose bound exceeds the target is stopped
+    (``"pruned"``).
 
-    So, as long as no probe's loss later falls faster than it already has (a loss curve that is
-    convex in the epochs: a learning rate too small, a regularisation too strong, the plateau
-    probes of a tuning run), a pruned probe's final loss exceeds the final ``rank``-th best and is
-    more than ``margin`` worse than the final best: the best ``rank`` losses of the batch and
-    ``known`` are those of training every probe to its end, and a probe within ``margin`` of the
-    best is never pruned.  A pruned probe reports its best so far, which is no lower than the loss
-    it would have reached.
+    So, as long as no probe's loss later falls faster than it did over its last ``window``
+    intervals (loss curves that flatten: a learning rate too small, a regularisation too strong,
+    the plateau probes of a tuning run), a pruned probe's final loss exceeds the final
+    ``rank``-th best and is more than ``margin`` worse than the final best: the best ``rank``
+    losses of the batch and ``known`` are those of training every probe to its end, and a probe
+    within ``margin`` of the best is never pruned.  A pruned probe reports its best so far, which
+    is no lower than the loss it would have reached.  The window forgets the steep first fall from
+    the init, which would otherwise bound every probe for good; 4 intervals held on every probe of
+    two 41x41 tuning grids but one (docs/benchmarks.md, "Tuner").
     """
 
     known: tuple[float, ...] = ()
     rank: int = 1
     margin: float = 0.0
+    window: int = 4
 
     def target(self, batch_best: np.ndarray) -> float:
         """The loss a probe must be able to reach to go on, given the batch's best losses so far."""
@@ -107,15 +111,17 @@ class Pruning:
         return max(float(known[self.rank - 1]), (1.0 + self.margin) * float(known[0]))
 
 
-def reachable_loss(history: list, max_epochs: int) -> float:
+def reachable_loss(history: list, max_epochs: int, window: int) -> float:
     """``Pruning``'s bound of a probe with ``history = [(epoch, loss), ...]``: the lowest loss it
-    reaches by ``max_epochs`` if it never falls faster per epoch than it has so far."""
+    reaches by ``max_epochs`` if it never falls faster per epoch than over its last ``window``
+    checkpoint intervals."""
     epochs = np.array([e for e, _ in history], dtype=np.float64)
     losses = np.array([v for _, v in history], dtype=np.float64)
     best = float(losses.min())
     if len(history) < 2:
         return -math.inf  # no rate known yet
-    rate = max(0.0, float(np.max((losses[:-1] - losses[1:]) / np.diff(epochs))))
+    falls = (losses[:-1] - losses[1:]) / np.diff(epochs)
+    rate = max(0.0, float(np.max(falls[-window:])))
     return min(best, float(losses[-1]) - (max_epochs - epochs[-1]) * rate)
 
 
@@ -305,7 +311,8 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
             if pruning is not None and epoch < hyp.max_epochs:
                 target = pruning.target(np.array([r.best_val_loss for r in results if r.stop_reason in FINAL]))
                 for slot, probe in enumerate(active):
-                    if not stopped[slot] and reachable_loss(results[probe].history, hyp.max_epochs) > target:
+                    bound = reachable_loss(results[probe].history, hyp.max_epochs, pruning.window)
+                    if not stopped[slot] and bound > target:
                         results[probe].stop_reason, stopped[slot] = "pruned", True
         keep = np.flatnonzero(~stopped)
         if len(keep) and deadline is not None and time.monotonic() >= deadline:

@@ -13,6 +13,7 @@ from problems import BACKEND, planted_hyp, planted_problem
 A = np.array([-2.0, -1.2, -0.4, 0.0, 0.5, 1.0, 1.5, 2.0, 2.2, 2.5, 2.5, 3.0])
 B = np.array([4.9, -2.0, 1.0, 3.0, 3.5, 3.0, 2.5, 2.0, 1.0, -1.0, 2.5, 0.0])
 PLATEAUS = slice(0, 5)
+WINDOW = Pruning().window
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,14 @@ def _final(result) -> float:
     return result.best_val_loss if result.stop_reason in ("patience", "max_epochs") else math.inf
 
 
-def test_reachable_loss_extrapolates_the_fastest_fall_so_far():
+def test_reachable_loss_extrapolates_the_fastest_recent_fall():
     history = [(0, 1.0), (2, 0.8), (4, 0.7), (6, 0.65)]  # falls of 0.1, 0.05, 0.025 per epoch
-    assert reachable_loss(history, 16) == pytest.approx(0.65 - 10 * 0.1)
-    assert reachable_loss([(0, 1.0), (2, 1.2), (4, 1.1)], 8) == pytest.approx(1.1 - 4 * 0.05)
-    assert reachable_loss([(0, 1.0), (2, 1.2), (4, 1.1)], 5) == pytest.approx(1.0)  # the best so far bounds it
-    assert reachable_loss([(0, 1.0)], 8) == -math.inf  # no rate known: never pruned
+    assert reachable_loss(history, 16, 4) == pytest.approx(0.65 - 10 * 0.1)
+    assert reachable_loss(history, 16, 2) == pytest.approx(0.65 - 10 * 0.05)  # the first fall forgotten
+    assert reachable_loss([(0, 1.0), (2, 1.2), (4, 1.1)], 8, 4) == pytest.approx(1.1 - 4 * 0.05)
+    assert reachable_loss([(0, 1.0), (2, 1.2), (4, 1.1)], 5, 4) == pytest.approx(1.0)  # the best so far bounds it
+    assert reachable_loss([(0, 1.0), (2, 1.2), (4, 1.3)], 8, 1) == pytest.approx(1.0)  # rising: no fall to extrapolate
+    assert reachable_loss([(0, 1.0)], 8, 4) == -math.inf  # no rate known: never pruned
 
 
 def test_the_target_is_the_rank_th_known_loss_or_a_margin_over_the_best():
@@ -59,7 +62,7 @@ def test_pruned_probes_could_not_have_reached_the_target_and_the_others_are_unch
             assert _final(f) > target  # it could not have reached the target
             assert p.history == f.history[:len(p.history)]  # the same training, cut short
             assert p.best_val_loss >= f.best_val_loss and p.epochs_trained < f.epochs_trained
-            assert reachable_loss(p.history, hyp.max_epochs) > target
+            assert reachable_loss(p.history, hyp.max_epochs, WINDOW) > target
         else:  # bitwise what training it to its end gives
             assert (p.history, p.best_epoch, p.best_val_loss, p.stop_reason) == \
                 (f.history, f.best_epoch, f.best_val_loss, f.stop_reason)
