@@ -5,8 +5,9 @@ state on the backend's device); ``run_probes`` runs the early-stopping loop on i
 probes, and can be called again on the same problem (the tuner does, every round).
 ``train_probes`` is both in one call.  The loop: a validation at epoch 0 (the init) and then
 every ``epochs_per_checkpoint`` epochs, per-probe patience, each probe's best embeddings kept on
-request, probes whose state or loss is NaN/inf stopped, and the probes split into groups that fit
-a memory budget.  It never touches the state itself: the problem does.
+request, probes whose state or loss is NaN/inf stopped, optionally probes that cannot reach a target
+loss stopped early (``Pruning``), and the probes split into groups that fit a memory budget.  It
+never touches the state itself: the problem does.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from .hyperparams import HyperParams
 log = logging.getLogger(__name__)
 
 
-STOP_REASONS = ("patience", "max_epochs", "diverged", "deadline")
+STOP_REASONS = ("patience", "max_epochs", "diverged", "deadline", "pruned")
+FINAL = ("patience", "max_epochs")  # the stop reasons whose best_val_loss is what training gives
 
 
 @dataclass
@@ -41,8 +43,10 @@ class ProbeResult:
     ``best_epoch`` / ``best_val_loss`` are the best finite checkpoint; ``embeddings`` (``[U, d]``,
     only when asked for) are the embeddings at ``best_epoch``.  ``stop_reason`` says why it
     stopped: ``"patience"`` (no improvement for ``patience + 1`` checkpoints), ``"max_epochs"``
-    (the cap; it may still have been improving), ``"diverged"`` (its state or loss became NaN/inf)
-    or ``"deadline"`` (``run_probes``' time budget ran out: its result is not final).
+    (the cap; it may still have been improving), ``"diverged"`` (its state or loss became NaN/inf),
+    ``"deadline"`` (``run_probes``' time budget ran out: its result is not final) or ``"pruned"``
+    (``Pruning`` showed it cannot reach the target: ``best_val_loss`` is its best so far, an upper
+    bound of what training it on would have given).
     """
 
     lr: float
@@ -65,6 +69,60 @@ class ProbeResult:
     @property
     def epochs_trained(self) -> int:
         return self.history[-1][0] if self.history else 0
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """When ``run_probes`` stops a probe early: once it cannot reach the ``rank`` best losses
+    known, nor come within ``margin`` (a share) of the best.
+
+    *Known* losses are ``known`` (points evaluated before this batch) and the best validation
+    losses of the probes of this batch that have finished (stopped by patience or ``max_epochs``:
+    final values; a probe still training may yet diverge).  The *target* is
+    ``max(k-th smallest known, (1 + margin) * smallest known)`` with ``k = rank`` (infinite while
+    fewer than ``rank`` are known).  A probe's *bound* at epoch ``e`` is
+    ``min(best so far, last loss - (max_epochs - e) * r)``, where ``r`` is its fastest fall per
+    epoch over its last ``window`` checkpoint intervals: what it would reach if it kept falling at
+    that rate until ``max_epochs``.  A probe whose bound exceeds the target is stopped
+    (``"pruned"``).
+
+    So, as long as no probe's loss later falls faster than it did over its last ``window``
+    intervals (loss curves that flatten: a learning rate too small, a regularisation too strong,
+    the plateau probes of a tuning run), a pruned probe's final loss exceeds the final
+    ``rank``-th best and is more than ``margin`` worse than the final best: the best ``rank``
+    losses of the batch and ``known`` are those of training every probe to its end, and a probe
+    within ``margin`` of the best is never pruned.  A pruned probe reports its best so far, which
+    is no lower than the loss it would have reached.  The window forgets the steep first fall from
+    the init, which would otherwise bound every probe for good; 4 intervals held on every probe of
+    two 41x41 tuning grids but one (docs/benchmarks.md, "Tuner").
+    """
+
+    known: tuple[float, ...] = ()
+    rank: int = 1
+    margin: float = 0.0
+    window: int = 4
+
+    def target(self, batch_best: np.ndarray) -> float:
+        """The loss a probe must be able to reach to go on, given the batch's best losses so far."""
+        known = np.sort(np.concatenate([np.asarray(self.known, dtype=np.float64).ravel(), batch_best]))
+        known = known[np.isfinite(known)]
+        if len(known) < self.rank:
+            return math.inf
+        return max(float(known[self.rank - 1]), (1.0 + self.margin) * float(known[0]))
+
+
+def reachable_loss(history: list, max_epochs: int, window: int) -> float:
+    """``Pruning``'s bound of a probe with ``history = [(epoch, loss), ...]``: the lowest loss it
+    reaches by ``max_epochs`` if it never falls faster per epoch than over its last ``window``
+    checkpoint intervals."""
+    epochs = np.array([e for e, _ in history], dtype=np.float64)
+    losses = np.array([v for _, v in history], dtype=np.float64)
+    best = float(losses.min())
+    if len(history) < 2:
+        return -math.inf  # no rate known yet
+    falls = (losses[:-1] - losses[1:]) / np.diff(epochs)
+    rate = max(0.0, float(np.max(falls[-window:])))
+    return min(best, float(losses[-1]) - (max_epochs - epochs[-1]) * rate)
 
 
 def _as_vector(values, name: str) -> np.ndarray:
@@ -189,8 +247,11 @@ def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams
 
 
 def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddings: bool = False,
-               memory_budget: int | None = None, deadline: float | None = None) -> list[ProbeResult]:
-    """``train_probes`` on a prepared problem (``prepare`` with the same ``hyp``)."""
+               memory_budget: int | None = None, deadline: float | None = None,
+               pruning: Pruning | None = None) -> list[ProbeResult]:
+    """``train_probes`` on a prepared problem (``prepare`` with the same ``hyp``); with ``pruning``,
+    probes that cannot reach its target stop early (``stop_reason == "pruned"``, see ``Pruning``;
+    the known losses of a memory group include those of the groups before it)."""
     lrs, regs = _as_vector(lrs, "lrs"), _as_vector(regs, "regs")
     if lrs.shape != regs.shape:
         raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")
@@ -206,12 +267,16 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     results = []
     for first in range(0, len(lrs), group):
         sl = slice(first, first + group)
-        results += _train_group(problem, lrs[sl], regs[sl], hyp, return_embeddings, budget, deadline)
+        done = _train_group(problem, lrs[sl], regs[sl], hyp, return_embeddings, budget, deadline, pruning)
+        results += done
+        if pruning is not None:
+            finished = tuple(r.best_val_loss for r in done if r.stop_reason in FINAL)
+            pruning = replace(pruning, known=pruning.known + finished)
     return results
 
 
 def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embeddings: bool, budget: int,
-                 deadline: float | None) -> list[ProbeResult]:
+                 deadline: float | None, pruning: Pruning | None) -> list[ProbeResult]:
     results = [ProbeResult(float(lr), float(reg)) for lr, reg in zip(lrs, regs)]
     problem.start(lrs, regs, keep_best=return_embeddings)
     active = np.arange(len(lrs))  # probe ids still training, in slot order
@@ -243,6 +308,12 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                 elif epoch >= hyp.max_epochs:
                     r.stop_reason, stopped[slot] = "max_epochs", True
             problem.keep_best(improved, index)
+            if pruning is not None and epoch < hyp.max_epochs:
+                target = pruning.target(np.array([r.best_val_loss for r in results if r.stop_reason in FINAL]))
+                for slot, probe in enumerate(active):
+                    bound = reachable_loss(results[probe].history, hyp.max_epochs, pruning.window)
+                    if not stopped[slot] and bound > target:
+                        results[probe].stop_reason, stopped[slot] = "pruned", True
         keep = np.flatnonzero(~stopped)
         if len(keep) and deadline is not None and time.monotonic() >= deadline:
             for probe in active[keep]:

@@ -5,7 +5,12 @@ two CPU cores, 256 on a GPU: docs/benchmarks.md), so a search should ask for man
 NLopt asks for one point at a time, so ``tune`` runs:
 
 1. a *space-filling batch*: (0, 0) and a shifted Halton design, up to ``width`` points (a quarter
-   of ``max_evals`` at most), trained as ONE probe batch;
+   of ``max_evals`` at most), trained as ONE probe batch; its probes that can neither be among
+   the best ``ZOOM_BEST`` share nor within ``START_MARGIN`` of the best stop early
+   (``retrain.trainer.Pruning``: the plateaus of too-small lr or too-strong reg, which would train
+   to ``max_epochs``), as do those of the zoomed batch that cannot come within ``START_MARGIN``
+   of the best: neither the zoomed box nor the starts depend on their values, so the search is
+   the one without pruning (``Evaluation.pruned`` marks them; their loss is their best so far);
 2. a *zoomed batch*: a second Halton design of as many points (a quarter of ``max_evals``) over
    the box of the best 15 % of the first batch, widened by one trust radius on each side.  The
    optimum of a tuning problem lies in a narrow, long valley (lr against reg) whose floor early
@@ -58,6 +63,7 @@ training and then goes on: it ends where an uninterrupted run would have ended.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -77,7 +83,7 @@ from .errors import InputError, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
-from .trainer import check_training_inputs, prepare, run_probes
+from .trainer import Pruning, check_training_inputs, prepare, run_probes
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +120,13 @@ class Evaluation:
     """One evaluated point.
 
     ``loss`` is the value NLopt saw (the penalty when ``diverged``), ``val_loss`` the probe's best
-    finite validation loss, ``epochs`` its best epoch.  ``round`` is the index of the probe batch
-    that trained it (0 is the first; for a point read from the journal, the number of batches
-    trained before it), ``optimizer`` the local search that asked for it first (-1: the
-    space-filling batch), ``time`` seconds since ``tune`` started, ``trained`` False when read
-    from the journal.
+    finite validation loss, ``epochs`` its best epoch, ``epochs_trained`` the epochs it trained
+    (what it cost).  ``round`` is the index of the probe batch that trained it (0 is the first; for
+    a point read from the journal, the number of batches trained before it), ``optimizer`` the
+    local search that asked for it first (-1: the space-filling batches), ``time`` seconds since
+    ``tune`` started, ``trained`` False when read from the journal, ``pruned`` True when training
+    stopped it early because it could not matter (``retrain.trainer.Pruning``: ``val_loss`` is its
+    best so far, no lower than its full value).
     """
 
     a: float
@@ -131,6 +139,8 @@ class Evaluation:
     optimizer: int
     time: float
     trained: bool = True
+    pruned: bool = False
+    epochs_trained: int = 0
 
     @property
     def point(self) -> tuple[float, float]:
@@ -278,7 +288,7 @@ class Journal:
         entry = dict(a=evaluation.a, b=evaluation.b, lr=evaluation.lr, reg=evaluation.reg, loss=evaluation.loss,
                      val_loss=evaluation.val_loss, epochs=evaluation.epochs, diverged=evaluation.diverged,
                      round=evaluation.round, optimizer=evaluation.optimizer, time=evaluation.time,
-                     problem=self.problem)
+                     pruned=evaluation.pruned, epochs_trained=evaluation.epochs_trained, problem=self.problem)
         self._write((json.dumps(entry) + "\n").encode())
 
     def _write(self, data: bytes) -> None:
@@ -316,8 +326,8 @@ class _Evaluator:
         """Evaluations the budget still allows."""
         return self.max_evals - len(self.history)
 
-    def run_round(self, requests: dict[int, list], openings: dict[int, list] | None = None
-                  ) -> dict[int, list[float] | None]:
+    def run_round(self, requests: dict[int, list], openings: dict[int, list] | None = None,
+                  pruning: Pruning | None = None) -> dict[int, list[float] | None]:
         """One round: the values of every parked request, or None for a search that must stop.
 
         ``openings`` holds points to train along with a search's request (its opening): trained
@@ -327,7 +337,8 @@ class _Evaluator:
         most promising searches and which request falls over the budget does not depend on thread
         timing: a resumed run replays the rounds of the interrupted one.  A search more than
         ``PRUNE_MARGIN`` worse than the run's best point once its opening is answered is ended.
-        No round starts after ``max_time``.
+        No round starts after ``max_time``.  ``pruning`` (its ``known`` losses filled in from the
+        points evaluated so far) stops the batch's probes that cannot matter early.
         """
         if time.monotonic() >= self.deadline:
             return {opt_id: None for opt_id in requests}
@@ -353,7 +364,7 @@ class _Evaluator:
                 if len(self.history) + len(fresh) < self.max_evals:
                     fresh[k] = value
         if fresh:
-            self._evaluate(fresh)
+            self._evaluate(fresh, pruning)
         answers = {}
         for opt_id, points in replies.items():
             if points is not None and all(_key(p) in self.cache for p in points):
@@ -372,22 +383,25 @@ class _Evaluator:
                 new[k] = (tuple(p), opt_id)
         return new
 
-    def _evaluate(self, fresh: dict) -> None:
+    def _evaluate(self, fresh: dict, pruning: Pruning | None) -> None:
         from_journal = [k for k in fresh if k in self.journaled]
         to_train = [k for k in fresh if k not in self.journaled]
         for k in from_journal:
             e = self.journaled[k]
             self._record(Evaluation(float(e["a"]), float(e["b"]), float(e["loss"]), float(e["val_loss"]),
                                     int(e["epochs"]), bool(e["diverged"]), self.n_batches, fresh[k][1],
-                                    self.elapsed(), trained=False), k)
+                                    self.elapsed(), trained=False, pruned=bool(e.get("pruned", False)),
+                                    epochs_trained=int(e.get("epochs_trained", 0))), k)
         if not to_train:
             return
         points = [fresh[k][0] for k in to_train]
         t0 = time.perf_counter()
         if self.problem is None:  # prepared once per tuning run, on its first batch
             self.problem = prepare(self.head, self.train, self.val, self.hyp, self.backend)
+        if pruning is not None:
+            pruning = dataclasses.replace(pruning, known=tuple(e.loss for e in self.history))
         probes = run_probes(self.problem, [lr_from_a(p[0]) for p in points], [reg_from_b(p[1]) for p in points],
-                            self.hyp, deadline=self.deadline)
+                            self.hyp, deadline=self.deadline, pruning=pruning)
         unfinished = 0
         for k, point, probe in zip(to_train, points, probes):
             if not probe.finished:  # stopped by max_time: its loss is not the point's
@@ -397,7 +411,8 @@ class _Evaluator:
             penalty = 2.0 * probe.history[0][1] + 1.0  # the init's loss: shared by every probe
             loss = penalty if diverged else probe.best_val_loss
             evaluation = Evaluation(float(point[0]), float(point[1]), float(loss), float(probe.best_val_loss),
-                                    int(probe.best_epoch), diverged, self.n_batches, fresh[k][1], self.elapsed())
+                                    int(probe.best_epoch), diverged, self.n_batches, fresh[k][1], self.elapsed(),
+                                    pruned=probe.stop_reason == "pruned", epochs_trained=probe.epochs_trained)
             self._record(evaluation, k)
             if self.journal:
                 self.journal.append(evaluation)
@@ -567,11 +582,15 @@ def space_filling(n: int, lower: np.ndarray, upper: np.ndarray, seed: int) -> np
     return lower + unit * (upper - lower)
 
 
+def zoom_count(n: int) -> int:
+    """How many of ``n`` first-batch points span the zoomed box: the best ``ZOOM_BEST`` share, two at least."""
+    return max(2, math.ceil(ZOOM_BEST * n))
+
+
 def zoom_box(points: np.ndarray, losses: np.ndarray, pad: np.ndarray, lower: np.ndarray, upper: np.ndarray):
     """``(lower [2], upper [2])``: the bounding box of the best ``ZOOM_BEST`` share of ``points
     [n, 2]`` (two at least; ties: first), widened by ``pad [2]`` on each side, within the bounds."""
-    k = max(2, math.ceil(ZOOM_BEST * len(points)))
-    best = points[np.argsort(losses, kind="stable")[:k]]
+    best = points[np.argsort(losses, kind="stable")[:zoom_count(len(points))]]
     return np.maximum(best.min(axis=0) - pad, lower), np.minimum(best.max(axis=0) + pad, upper)
 
 
@@ -776,7 +795,10 @@ class _Search:
         inner_lower, inner_upper = self.lower + step, self.upper - step  # BOBYQA keeps starts this far in
         points = np.vstack([np.clip(np.zeros(2), inner_lower, inner_upper),
                             space_filling(n - 1, inner_lower, inner_upper, self.seed)])
-        losses = ev.run_round({-1: [tuple(p) for p in points]})[-1]
+        # Probes that can neither enter the zoomed box nor be within START_MARGIN of the best stop
+        # early (Pruning): neither the box nor the starts depend on their values.
+        pruning = Pruning(rank=zoom_count(n), margin=START_MARGIN)
+        losses = ev.run_round({-1: [tuple(p) for p in points]}, pruning=pruning)[-1]
         if losses is None:  # max_time ran out during the batch
             return
         n_zoom = min(self.width, int(ev.max_evals * ZOOM_SHARE))
@@ -787,7 +809,7 @@ class _Search:
             # design's spacing.
             zoom_lower, zoom_upper = zoom_box(points, np.array(losses), step, self.lower, self.upper)
             zoom = space_filling(n_zoom, zoom_lower, zoom_upper, self.seed + 1)
-            if ev.run_round({-1: [tuple(p) for p in zoom]})[-1] is None:
+            if ev.run_round({-1: [tuple(p) for p in zoom]}, pruning=Pruning(margin=START_MARGIN))[-1] is None:
                 return
             step = STEP_FACTOR * (zoom_upper - zoom_lower) / math.sqrt(n_zoom)
         self.run(Starts(ev.history, step, inner_lower, inner_upper), step)

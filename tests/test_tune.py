@@ -480,3 +480,32 @@ def test_a_best_point_outside_the_start_box_starts_one_search_only():
     assert starts().tolist() == [2.5, 0.0]  # the best point, clipped into the box
     assert starts().tolist() == [1.0, 1.0]  # then the next best far from it, within START_MARGIN
     assert starts() is None  # not the first again; 0.9 is more than START_MARGIN worse
+
+
+def test_pruning_the_space_filling_batches_changes_no_search(problem, monkeypatch, tmp_path):
+    """The oracle is the same run with every probe trained to its end: the same points in the same
+    order, the same best point, the same values but for the pruned points, which report more."""
+    head, train, val = problem
+    hyp = planted_hyp(max_epochs=32)
+    journal = tmp_path / "tune.jsonl"
+    pruned = tune(head, train, val, hyp, max_evals=48, backend=BACKEND, journal=journal)
+    with monkeypatch.context() as patch:
+        patch.setattr(tune_module, "run_probes", lambda *args, pruning=None, **kw: run_probes(*args, **kw))
+        full = tune(head, train, val, hyp, max_evals=48, backend=BACKEND)
+    assert not any(e.pruned for e in full.history)
+    stopped = [e for e in pruned.history if e.pruned]
+    assert stopped and all(e.round < 2 for e in stopped)  # only the two space-filling batches prune
+    assert [e.point for e in pruned.history] == [e.point for e in full.history]
+    assert (pruned.a, pruned.b, pruned.val_loss, pruned.epochs) == (full.a, full.b, full.val_loss, full.epochs)
+    for p, f in zip(pruned.history, full.history):
+        if p.pruned:
+            assert p.loss >= f.loss > pruned.val_loss and p.epochs_trained < f.epochs_trained
+        else:
+            assert (p.loss, p.epochs, p.epochs_trained) == (f.loss, f.epochs, f.epochs_trained)
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [line["pruned"] for line in lines] == [e.pruned for e in pruned.history]
+    # Replayed from the journal: the same points, values and marks, nothing trained.
+    again = tune(head, train, val, hyp, max_evals=48, backend=BACKEND, journal=journal)
+    assert not any(e.trained for e in again.history)
+    assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in again.history] == \
+        [(e.point, e.loss, e.pruned, e.epochs_trained) for e in pruned.history]

@@ -1,7 +1,9 @@
 """Tuning searches side by side on one problem: ``tune``, the seed's loop, a dense grid, batched TPE.
 
 Each search spends (about) the same evaluations on the same prepared data and split, and reports
-evaluations, probe batches (``run_probes`` calls), wall time and the best validation loss:
+evaluations, probe batches (``run_probes`` calls), wall time, the best validation loss and two
+cost proxies that do not depend on the machine's load: probe-epochs (the epochs every probe
+trained, summed) and the sum over batches of the batch's longest probe (epochs):
 
 * ``tune``: ``retrain.tune`` as shipped (a space-filling batch as wide as the backend trains
   cheaply, a zoomed one over its best points, then lock-step BOBYQA searches from the best distinct points);
@@ -75,6 +77,7 @@ class _Recorder:
         self.hyp, self.backend = hyp, backend
         self.problem = prepare(head, train, val, hyp, backend)
         self.batches, self.evals, self.best, self.best_point = 0, 0, math.inf, None
+        self.probe_epochs = self.longest_epochs = 0
         self.trace = []  # (seconds, best loss so far) after each batch
 
     def losses(self, points) -> list[float]:
@@ -83,6 +86,8 @@ class _Recorder:
         synchronize(self.backend)
         self.batches += 1
         self.evals += len(points)
+        self.probe_epochs += sum(r.epochs_trained for r in probes)
+        self.longest_epochs += max(r.epochs_trained for r in probes)
         out = []
         for point, probe in zip(points, probes):
             loss = (2.0 * probe.history[0][1] + 1.0) if probe.diverged else probe.best_val_loss
@@ -94,7 +99,8 @@ class _Recorder:
 
     def row(self, search: str, seed: int) -> dict:
         return dict(search=search, seed=seed, evals=self.evals, batches=self.batches,
-                    wall_s=time.perf_counter() - self.start, best_val_loss=self.best,
+                    wall_s=time.perf_counter() - self.start, probe_epochs=self.probe_epochs,
+                    longest_epochs=self.longest_epochs, best_val_loss=self.best,
                     best_a=self.best_point[0], best_b=self.best_point[1], trace=self.trace)
 
 
@@ -105,11 +111,13 @@ def run_tune(head, train, val, hyp, backend, max_evals: int, seed: int, width: i
                   n_starts=None)
     synchronize(backend)
     wall = time.perf_counter() - start
-    trace, best = [], math.inf
+    trace, best, longest = [], math.inf, {}
     for e in result.history:
         best = min(best, e.loss) if not e.diverged else best
         trace.append((e.time, best))
+        longest[e.round] = max(longest.get(e.round, 0), e.epochs_trained)
     return dict(search="tune", seed=seed, evals=result.n_evals, batches=result.n_batches, wall_s=wall,
+                probe_epochs=sum(e.epochs_trained for e in result.history), longest_epochs=sum(longest.values()),
                 best_val_loss=result.val_loss, best_a=result.a, best_b=result.b, trace=trace, result=result)
 
 
@@ -219,11 +227,12 @@ def width_table(rows: list[dict]) -> str:
 
 def table(rows: list[dict]) -> str:
     """Markdown table: one line per search and seed."""
-    lines = ["| search | seed | evaluations | probe batches | wall s | best val loss | best (a, b) |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| search | seed | evaluations | probe batches | probe-epochs | longest probes (epochs) | wall s | "
+             "best val loss | best (a, b) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['search']} | {r['seed']} | {r['evals']} | {r['batches']} | {r['wall_s']:.2f} | "
-                     f"{r['best_val_loss']:.5f} | ({r['best_a']:.2f}, {r['best_b']:.2f}) |")
+        lines.append(f"| {r['search']} | {r['seed']} | {r['evals']} | {r['batches']} | {r['probe_epochs']} | "
+                     f"{r['longest_epochs']} | {r['wall_s']:.2f} | {r['best_val_loss']:.5f} | "
+                     f"({r['best_a']:.2f}, {r['best_b']:.2f}) |")
     return "\n".join(lines)
 
 
