@@ -75,7 +75,7 @@ class Recipe:
         try:
             entry = json.loads(text)
             rating_range = entry.get("rating_range")
-            return Recipe(HyperParams(**entry["hyperparams"]), entry["epochs"],
+            return Recipe(HyperParams.recorded(entry["hyperparams"]), entry["epochs"],
                           None if rating_range is None else tuple(rating_range), entry.get("val_loss"),
                           bool(entry.get("refit", False)))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, InputError) as exc:
