@@ -20,6 +20,7 @@ _DEFAULTS = {
 }
 
 
+DEFAULT_DAMPING = 0.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
 # Fields added after files began recording hyper-parameters, with the value every older file's
 # model was trained with.
 RECORDED_BEFORE = dict(damping=0.0)
@@ -70,7 +71,7 @@ class HyperParams:
     patience: int = 0
     subsampling_factor: float | None = None
     num_users: int | None = None
-    damping: float = 0.0
+    damping: float = DEFAULT_DAMPING
 
     def __post_init__(self):
         # Every field is checked and stored as a plain Python value (a numpy integer becomes an

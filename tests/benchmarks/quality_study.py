@@ -10,11 +10,12 @@ closed-form ridge fold-in (tuned reg) and of the item-bias baseline; recall@10 /
 (test ratings >= 4 are relevant) of the refitted users' top-10 unseen items; and the share of
 top-10 slots given to items with at most 2 pretraining ratings.  New users (``--new-users``, off by
 default): each held-out user with more than k ratings is folded in on k random ones (the served
-recipe) and scored on the others, against the closed-form ridge fold-in (tuned reg), the same
-with a count-independent penalty (``--new-user-damping``, ``ridge_embeddings(damping=...)``) and
+recipe) and scored on the others, against the closed-form ridge fold-in (tuned reg, the recipe's
+damping: ``fold_in(solver="ridge")``), the same with a count-independent penalty
+(``--new-user-damping``, ``ridge_embeddings(damping=...)``, instead of the recipe's) and
 the item-bias baseline on the same ratings, for k in ``KS``.  ``--damping D`` sets the recipe's
-``HyperParams.damping`` (tuning, retrain, refit and the served fold-in all train with it; the
-ridge columns keep damping 0, or ``--new-user-damping``).  Prints one markdown row per fold and
+``HyperParams.damping`` (tuning, retrain, refit, the served fold-in and the ridge columns use
+it; the damped ridge column uses ``--new-user-damping``).  Prints one markdown row per fold and
 the means.  Not a timed benchmark: it measures quality.
 
     .venv/bin/python tests/benchmarks/quality_study.py --ml100k WHEEL|fetch [--item-damping 5] [--held-out 0.2]
@@ -91,7 +92,7 @@ def one_fold(split, seed: int, damping: float, backend: str, shots_of=None, new_
             fold, test = shots_of(k)
             emb = fold_in(head, fold, result.hyp, result.epochs, backend=backend)
             shots[f"new k={k}"] = model_rmse(head, emb, test)
-            ridge = ridge_embeddings(head, fold, result.hyp.regularization).float()
+            ridge = ridge_embeddings(head, fold, result.hyp.regularization, damping=result.hyp.damping).float()
             shots[f"ridge k={k}"] = model_rmse(head, ridge, test)
             damped = ridge_embeddings(head, fold, result.hyp.regularization, damping=new_damping).float()
             shots[f"damped k={k}"] = model_rmse(head, damped, test)
@@ -100,7 +101,8 @@ def one_fold(split, seed: int, damping: float, backend: str, shots_of=None, new_
         seed=seed, epochs=result.epochs, lr=result.hyp.learning_rate, reg=result.hyp.regularization,
         early_stopped=model_rmse(head, result.model.user_embeddings, split.test),
         refit=model_rmse(head, refit, split.test),
-        ridge=model_rmse(head, ridge_embeddings(head, seen, result.hyp.regularization).float(), split.test),
+        ridge=model_rmse(head, ridge_embeddings(head, seen, result.hyp.regularization,
+                                                damping=result.hyp.damping).float(), split.test),
         item_bias=BiasBaseline.fit(split.pretrain).item_bias_rmse(split.test),
         recall=recall, ndcg=ndcg, rare=rare_item_share(top.numpy(), support))
 
