@@ -87,6 +87,20 @@ def test_a_damped_recipe_round_trips_and_a_bundle_written_before_damping_loads_w
     assert not torch.equal(undamped[0], served.model.user_embeddings[2])
 
 
+@pytest.mark.parametrize("kind", ["int64", "str"])
+def test_a_fold_in_with_ratings_far_outside_the_rating_range_names_the_user_and_value(kind):
+    served, _ = _served(*ID_KINDS[kind])  # rating range (1, 5): far is below -3 or above 9
+    user_ids, item_ids = ID_KINDS[kind]
+    def request(values):
+        return Ratings.from_ids(np.array([user_ids[0], user_ids[1], user_ids[1]]), item_ids[[0, 1, 2]],
+                                np.array(values, dtype=np.float32))
+    assert served.fold_in(request([4.0, -3.0, 9.0])).embeddings.shape == (2, 4)  # the edges are still accepted
+    for values, value in (([4.0, 50.0, 3.0], "50"), ([4.0, 2.0, -3.5], "-3.5")):
+        with pytest.raises(InputError, match=rf"user {user_ids[1]} has the rating {value}, far outside the "
+                                             r"model's rating range \[1, 5\]"):
+            served.fold_in(request(values))
+
+
 def test_the_metadata_is_one_sorted_json_recipe(tmp_path):
     served, _ = _served(*ID_KINDS["int64"])
     served.save(tmp_path / "m.safetensors")
