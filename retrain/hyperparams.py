@@ -20,7 +20,7 @@ _DEFAULTS = {
 }
 
 
-DEFAULT_DAMPING = 0.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
+DEFAULT_DAMPING = 5.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
 # Fields added after files began recording hyper-parameters, with the value every older file's
 # model was trained with.
 RECORDED_BEFORE = dict(damping=0.0)

@@ -17,7 +17,7 @@ from retrain.shards import save_shards
 from retrain.trainer import train_embeddings
 
 HYP = HyperParams(model="matrix_factorization_4", learning_rate=0.05, regularization=1e-3, batch_size=4,
-                  num_users=30)
+                  num_users=30, damping=0.0)  # what a bundle written before damping existed loads with
 EPOCHS = 6
 
 

@@ -9,7 +9,7 @@ from problems import describe_mismatch, random_head, random_ratings, rel_err
 from retrain.backends.base import ACTIVATION_CODES, csr_tensors, head_tensors
 from retrain.backends.cpu import HAS_CPU_EXTENSION, IMPORT_ERROR, CpuBackend
 from retrain.contract import fixed_point_value
-from retrain.hyperparams import HyperParams
+from retrain.hyperparams import DEFAULT_DAMPING, HyperParams
 from retrain.trainer import prepare
 
 pytestmark = pytest.mark.skipif(not HAS_CPU_EXTENSION, reason=f"retrain._C not built: {IMPORT_ERROR}")
@@ -121,7 +121,8 @@ def test_validation_entry_checks_name_the_argument():
 
 # --------------------------------------------------------------------------- numerics
 
-def _train(backend, head, data, lrs, regs, *, optimizer="adam", batch_size=3, epochs=3, seed=1, damping=0.0):
+def _train(backend, head, data, lrs, regs, *, optimizer="adam", batch_size=3, epochs=3, seed=1,
+           damping=DEFAULT_DAMPING):
     """``(embeddings [U, P, d], first moment or None, validation losses [P])`` after ``epochs``."""
     hyp = HyperParams(model=f"matrix_factorization_{head.d}", optimizer=optimizer, batch_size=batch_size, seed=seed,
                       damping=damping)
