@@ -61,6 +61,9 @@ struct TrainArgs {
     const float* init = nullptr;
     const float* lrs = nullptr;   // [P]
     const float* regs = nullptr;  // [P]
+    // [U] or null (zeros): user u's damping / n (retrain.contract.damping_terms); the L2 of probe p
+    // on user u is regs[p] + damping[u] in float32.
+    const float* damping = nullptr;
     const int64_t* order = nullptr;  // users to visit, each once, heaviest first
     int64_t n_order = 0;
     int n_probes = 0;

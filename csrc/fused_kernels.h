@@ -755,6 +755,19 @@ void group_checkpoint(const TrainArgs& a, const Group& grp, int k, UserBuffers& 
     }
 }
 
+// b.reg2 [lanes] <- 2 reg_u of each lane's probe p and user u: reg_u = regs[p] + damping[u] in
+// float32 (docs/semantics.md); lanes of no user (padding, or past a packed group's users) 0.
+inline void set_regularization(const TrainArgs& a, const Group& grp, UserBuffers& b, int lanes) {
+    const int P = a.n_probes;
+    const int per_user = grp.packed ? P : lanes;  // lanes [g P, g P + P) are user g's when packed
+    for (int v = 0; v < lanes; ++v) {
+        const int g = v / per_user, p = v % per_user;
+        const bool used = g < grp.size && p < P;
+        const float damping = used && a.damping != nullptr ? a.damping[grp.user[g]] : 0.0f;
+        b.reg2[v] = used ? 2.0f * (a.regs[p] + damping) : 0.0f;
+    }
+}
+
 // The whole call for one group: load (or start fresh), train every epoch with its checkpoints,
 // store.  `out` receives the checkpoints' outputs of a packed group (see group_checkpoint).
 template <class V>
@@ -783,6 +796,7 @@ void train_group(const TrainArgs& a, const Group& grp, const BiasCorrections& bi
             }
         }
     }
+    set_regularization(a, grp, b, lanes);
     int k = 0;
     for (int64_t t = 0; t < a.n_epochs; ++t) {
         if (n > 0) train_epoch<V>(a, grp, a.epoch_start + t, bias, b, lanes);
@@ -870,11 +884,8 @@ void run_training(const TrainArgs& a) {
         }
         // Where a packed group's checkpoint outputs go (a user alone writes to b; lanes == user_lanes).
         UserBuffers& out = packed ? unpacked : b;
-        for (int v = 0; v < lanes; ++v) {  // lane v holds probe v % P (of user v / P when packed)
-            const bool used = v < group * P;
-            b.lr[v] = used ? a.lrs[v % P] : 0.0f;
-            b.reg2[v] = used ? 2.0f * a.regs[v % P] : 0.0f;
-        }
+        for (int v = 0; v < lanes; ++v)  // lane v holds probe v % P (of user v / P when packed)
+            b.lr[v] = v < group * P ? a.lrs[v % P] : 0.0f;  // b.reg2 is per user: set_regularization
         // Users come heaviest first, so the dynamic schedule ends with small users.
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < n_groups; ++i) train_group<V>(a, groups[i], bias, b, lanes, out, user_lanes);

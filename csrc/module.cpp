@@ -218,7 +218,8 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
                           int64_t n_epochs, int64_t batch_size, const std::string& optimizer, double beta1,
                           double beta2, double eps, int64_t seed, const py::object& init,
                           const py::object& checkpoint_ends, const py::object& val, const py::object& snapshots,
-                          int num_threads, const std::string& simd, bool users_in_lanes) {
+                          int num_threads, const std::string& simd, bool users_in_lanes,
+                          const py::object& user_damping) {
     TrainArgs a;
     a.head = head_arg(item_vectors, item_bias, global_bias, tower_weights, tower_biases, tower_activations);
     a.data = csr_arg(indptr, items, ratings, weights, a.head);
@@ -246,6 +247,11 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     require_shape(reg, "regs", {a.n_probes});
     a.lrs = ptr<float>(lr);
     a.regs = ptr<float>(reg);
+    if (!user_damping.is_none()) {
+        const auto damping = array_arg<float>(user_damping, "user_damping", 1);
+        require_shape(damping, "user_damping", {a.data.n_users});
+        a.damping = ptr<float>(damping);
+    }
     const auto k = array_arg<int64_t>(keys, "keys", 1);
     require_shape(k, "keys", {a.data.n_users});
     a.data.keys = ptr<int64_t>(k);
@@ -378,13 +384,14 @@ PYBIND11_MODULE(_C, m) {
           "embeddings at each checkpoint but the last.  Returns (finite uint8 [K, P]: 0 for a probe whose "
           "state or loss became NaN/inf, limbs int64 [K, P, 6] with val else None).  num_threads 0: OpenMP's "
           "default.  users_in_lanes: with P at most half a register, several users share one (the same "
-          "bits; False: one user per register).",
+          "bits; False: one user per register).  user_damping float32 [U] or None (zeros): user u's L2 is "
+          "regs[p] + user_damping[u] (retrain.contract.damping_terms).",
           "emb"_a, "adam_m"_a, "adam_v"_a, "lrs"_a, "regs"_a, "indptr"_a, "items"_a, "ratings"_a, "weights"_a,
           "keys"_a, "order"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a, "tower_weights"_a,
           "tower_biases"_a, "tower_activations"_a, py::kw_only(), "epoch_start"_a, "n_epochs"_a, "batch_size"_a,
           "optimizer"_a, "beta1"_a, "beta2"_a, "eps"_a, "seed"_a, "init"_a = py::none(),
           "checkpoint_ends"_a = py::none(), "val"_a = py::none(), "snapshots"_a = py::none(), "num_threads"_a = 0,
-          "simd"_a = "auto", "users_in_lanes"_a = true);
+          "simd"_a = "auto", "users_in_lanes"_a = true, "user_damping"_a = py::none());
     m.def("validation_loss", &validation_loss_py,
           "Per-probe exact sums of w (pred - r)^2 over all ratings: (limbs int64 [P, 6] as "
           "retrain.contract.fixed_point_limbs, finite uint8 [P]); emb float32 [U, P, d].", "emb"_a,

@@ -164,7 +164,7 @@ def _work_item(work, n_work, n_probe_blocks, order_ptr, indptr_ptr, keys_ptr):
 @triton.jit
 def _train_item(
     user, probe_block, start, n, key,
-    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, items_ptr, ratings_ptr, weights_ptr,
+    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, damp_ptr, items_ptr, ratings_ptr, weights_ptr,
     q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
     ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr, snap_ptr,
     stride_state_u, stride_state_p, stride_q, stride_snap,
@@ -198,7 +198,8 @@ def _train_item(
             m = tl.load(m_ptr + state_offs, mask=mask_state, other=0.0)
             v = tl.load(v_ptr + state_offs, mask=mask_state, other=0.0)
     lr = tl.load(lr_ptr + offs_p, mask=mask_p, other=0.0)[:, None]
-    reg2 = 2.0 * tl.load(reg_ptr + offs_p, mask=mask_p, other=0.0)[:, None]
+    # reg_u = reg + damping / n in float32 (docs/semantics.md), the same for every probe block.
+    reg2 = 2.0 * (tl.load(reg_ptr + offs_p, mask=mask_p, other=0.0) + tl.load(damp_ptr + user))[:, None]
 
     n_steps = (n + batch_size - 1) // batch_size
     mask_bits, shift = _permutation_params(n)
@@ -289,7 +290,7 @@ def _train_item(
 @triton.jit(do_not_specialize=["seed", "epoch_start", "n_epochs", "batch_size", "fresh", "validate",
                                "n_checkpoints", "n_snapshots"])
 def _train_epochs_kernel(
-    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr,
+    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, damp_ptr,
     order_ptr, indptr_ptr, keys_ptr, items_ptr, ratings_ptr, weights_ptr,
     q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
     ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr, snap_ptr, counter_ptr,
@@ -313,7 +314,7 @@ def _train_epochs_kernel(
             next_user, next_start, next_n, next_key = _work_item(next_work, n_work, n_probe_blocks, order_ptr,
                                                                  indptr_ptr, keys_ptr)
             _train_item(user, work % n_probe_blocks, start, n, key,
-                        emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, items_ptr, ratings_ptr,
+                        emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, damp_ptr, items_ptr, ratings_ptr,
                         weights_ptr, q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
                         ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr,
                         snap_ptr, stride_state_u, stride_state_p, stride_q, stride_snap,
@@ -326,7 +327,7 @@ def _train_epochs_kernel(
         work = tl.program_id(0).to(tl.int64)
         user, start, n, key = _work_item(work, n_work, n_probe_blocks, order_ptr, indptr_ptr, keys_ptr)
         _train_item(user, work % n_probe_blocks, start, n, key,
-                    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, items_ptr, ratings_ptr, weights_ptr,
+                    emb_ptr, m_ptr, v_ptr, init_ptr, bad_ptr, lr_ptr, reg_ptr, damp_ptr, items_ptr, ratings_ptr, weights_ptr,
                     q_ptr, item_bias_ptr, w1_ptr, c1_ptr, w2_ptr, c2_ptr,
                     ends_ptr, val_indptr_ptr, val_items_ptr, val_ratings_ptr, val_weights_ptr, partial_ptr, snap_ptr,
                     stride_state_u, stride_state_p, stride_q, stride_snap,
@@ -365,7 +366,7 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
                       item_vectors, item_bias, global_bias: float, tower, *, order: torch.Tensor, epoch_start: int,
                       checkpoint_ends, batch_size: int, optimizer: str, seed: int, adam: tuple[float, float, float],
                       init: torch.Tensor | None = None, val: tuple | None = None,
-                      snapshots: torch.Tensor | None = None,
+                      snapshots: torch.Tensor | None = None, user_damping: torch.Tensor | None = None,
                       blocks: Blocks | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Advance P probes by ``checkpoint_ends[-1]`` epochs (``epoch_start`` ...) in place, in one
     launch, with a checkpoint after ``checkpoint_ends[k]`` epochs for each k.
@@ -385,6 +386,8 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
         val: ``(indptr, items, ratings, weights)`` of the validation ratings (CSR by user, the
             same users) or None: each checkpoint also computes the per-user validation losses.
         snapshots: float32 ``[S, U, P, d]`` (S < K) or None: the embeddings at checkpoints 0..S-1.
+        user_damping: float32 ``[U]`` or None (zeros): user u's L2 is ``regs[p] + user_damping[u]``
+            (``retrain.contract.damping_terms``).
         blocks: override ``pick_blocks`` (tests, benchmarks); it also picks the kernel variant
             (``kernels/blocks.py``: products, persistent grid, item bias folded into the rows of
             a cached table, ``kernels/items.py``).
@@ -412,6 +415,9 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
     check_tensor("lrs", lrs, torch.float32, (n_probes,), device)
     check_tensor("regs", regs, torch.float32, (n_probes,), device)
     check_tensor("order", order, torch.int64, (None,), device)
+    if user_damping is None:
+        user_damping = torch.zeros(n_users, dtype=torch.float32, device=device)
+    check_tensor("user_damping", user_damping, torch.float32, (n_users,), device)
     if init is not None:
         check_tensor("init", init, torch.float32, (n_users, d), device)
     if val is not None:
@@ -444,7 +450,7 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
     snap = snapshots if snapshots is not None else emb
     beta1, beta2, eps = adam
     _train_epochs_kernel[(n_programs,)](
-        emb, *moments, emb if init is None else init, bad, lrs, regs,
+        emb, *moments, emb if init is None else init, bad, lrs, regs, user_damping,
         order, indptr, keys, items, ratings, weights,
         table, item_bias, w1, c1, w2, c2,
         torch.tensor(ends, dtype=torch.int64, device=device), *val, partial if partial is not None else emb, snap,

@@ -42,7 +42,7 @@ def read_hyp(path) -> tuple[HyperParams, int]:
         text = f.read()
     try:
         entry = json.loads(text)
-        return HyperParams(**entry["hyperparams"]), check_int("epochs", entry["epochs"], 0)
+        return HyperParams.recorded(entry["hyperparams"]), check_int("epochs", entry["epochs"], 0)
     except (json.JSONDecodeError, KeyError, TypeError, InputError) as exc:
         raise InputError(f"{path}: not a hyper-parameter file written by 'run' or 'demo' ({exc})") from None
 

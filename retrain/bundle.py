@@ -30,7 +30,7 @@ from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, check_int
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
-from .ids import concatenate, same_kind
+from .ids import concatenate, format_id, same_kind
 from .serving import diverged_message, fold_in_rows, recommend
 from .shards import is_index, read_index
 from .trainer import check_ratings
@@ -75,7 +75,7 @@ class Recipe:
         try:
             entry = json.loads(text)
             rating_range = entry.get("rating_range")
-            return Recipe(HyperParams(**entry["hyperparams"]), entry["epochs"],
+            return Recipe(HyperParams.recorded(entry["hyperparams"]), entry["epochs"],
                           None if rating_range is None else tuple(rating_range), entry.get("val_loss"),
                           bool(entry.get("refit", False)))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, InputError) as exc:
@@ -148,11 +148,14 @@ class ServedModel:
 
         Ratings on items the model does not know are dropped and counted; users left without
         ratings get their initial embedding and are flagged.  A batch flags diverged users
-        (``diverged``); for a single user a divergence is an InputError.
+        (``diverged``); for a single user a divergence is an InputError.  A rating far outside the
+        recipe's rating range ``[lo, hi]`` (below ``lo - (hi - lo)`` or above ``hi + (hi - lo)``:
+        another column or scale) is an InputError naming the user and the value.
         """
         raw = as_ratings(ratings, "ratings")
         if not well_formed(raw, raw.n_items):  # a hand-built Ratings: the item lookup would wrap or fail
             check_ratings(raw, "ratings", raw.n_items)
+        self._check_rating_scale(raw)
         same_kind(self.head.item_ids, raw.item_ids, "item id")  # else every rating would be dropped
         known = raw.with_items(self.head.item_index, drop_unknown=True)
         dropped = raw.counts - known.counts
@@ -163,6 +166,19 @@ class ServedModel:
         if diverged.any() and known.n_users == 1:
             raise InputError(diverged_message(known.user_ids, 1, self.recipe.hyp))
         return FoldInResult(known.user_ids, emb, known, dropped, known.counts == 0, diverged)
+
+    def _check_rating_scale(self, ratings: Ratings) -> None:
+        """InputError for the first rating far outside the recipe's range (none without a range)."""
+        if self.recipe.rating_range is None or ratings.nnz == 0:
+            return
+        lo, hi = self.recipe.rating_range
+        far = (ratings.ratings < lo - (hi - lo)) | (ratings.ratings > hi + (hi - lo))
+        if far.any():
+            row = int(np.argmax(far))
+            user = ratings.user_ids[ratings.user_of_row()[row]]
+            raise InputError(f"ratings: user {format_id(user)} has the rating {ratings.ratings[row]:g}, far outside "
+                             f"the model's rating range [{lo:g}, {hi:g}] ({int(far.sum())} such ratings): another "
+                             "column or scale?")
 
     def add_users(self, ratings_or_result, **fold_in_options) -> FoldInResult:
         """Fold in users (as ``fold_in``, or a ``FoldInResult`` already computed) and put them in the

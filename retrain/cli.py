@@ -41,7 +41,7 @@ from .demo import (DEFAULT_MAX_EVALS, DEFAULT_MODEL, DEMO_USERS, describe, load_
 from .errors import InputError
 from .files import check_writable
 from .heads import Model
-from .hyperparams import HyperParams, model_family
+from .hyperparams import DEFAULT_DAMPING, HyperParams, model_family
 from .movielens import load_movielens
 from .plots import plot_tuning_landscape
 from .pretrain import pretrain
@@ -90,7 +90,8 @@ def cmd_demo(args) -> int:
     data, source = load_ratings(args.data, n_users=args.users, seed=args.seed)
     result = run_demo(data, source, model=args.model, backend=backend, progress=progress_enabled(args.quiet),
                       seed=args.seed, out=args.out, max_evals=args.max_evals, n_starts=args.n_starts,
-                      max_time=args.max_time, new_users=args.new_users, val=args.val, test=args.test)
+                      max_time=args.max_time, new_users=args.new_users, val=args.val, test=args.test,
+                      damping=args.damping)
     print(result.text)
     return 0
 
@@ -116,7 +117,8 @@ def cmd_tune(args) -> int:
     model = Model.load(args.model)
     split = _known_parts(args, model)
     result = run_tune(model.head, split, _metered(args), seed=args.seed, max_evals=args.max_evals,
-                      n_starts=args.n_starts, max_time=args.max_time, algorithm=args.algorithm, journal=args.journal)
+                      n_starts=args.n_starts, max_time=args.max_time, algorithm=args.algorithm, journal=args.journal,
+                      damping=args.damping)
     print(f"tuned on {result.hyp.num_users} of {split.pretrain.n_users} users: lr {result.lr:.4g} "
           f"(a = {result.a:.3f}), reg {result.reg:.4g} (b = {result.b:.3f}), validation loss {result.val_loss:.4f}, "
           f"best epoch {result.epochs}")
@@ -136,11 +138,12 @@ def cmd_run(args) -> int:
     backend = MeteredBackend(sharded or inner, progress=progress_enabled(args.quiet))
     result = run_pipeline(model, split, backend, seed=args.seed, max_evals=args.max_evals,
                           n_starts=args.n_starts, max_time=args.max_time, path=args.out, journal=args.journal,
-                          refit=not args.no_refit)
+                          refit=not args.no_refit, damping=args.damping)
     if sharded is not None and sharded.rank > 0:
         return 0  # rank 0 reports
     print(f"retrained {split.pretrain.n_users} users: lr {result.hyp.learning_rate:.4g}, "
-          f"reg {result.hyp.regularization:.4g}, {result.epochs} epochs, validation loss {result.val_loss:.4f}"
+          f"reg {result.hyp.regularization:.4g}, damping {result.hyp.damping:g}, {result.epochs} epochs, "
+          f"validation loss {result.val_loss:.4f}"
           + ("; refitted on training + validation ratings" if result.refit else "")
           + ("" if sharded is None else f"; sharded over {sharded.world_size} ranks"))
     if split.test.nnz and result.shard is None:
@@ -155,7 +158,7 @@ def cmd_run(args) -> int:
 
 def _served(args) -> ServedModel:
     """The ``--model`` bundle with its recipe (or an old model's ``--hyp`` file, or the options
-    alone); ``--lr`` / ``--reg`` / ``--epochs`` / ``--num-users`` override it."""
+    alone); ``--lr`` / ``--reg`` / ``--epochs`` / ``--num-users`` / ``--damping`` override it."""
     if args.hyp:
         hyp, epochs = read_hyp(args.hyp)
         served = ServedModel(Model.load(args.model), Recipe(hyp, epochs))
@@ -169,7 +172,8 @@ def _served(args) -> ServedModel:
             served = ServedModel(model, Recipe(HyperParams(model=model.head.name, seed=args.seed, num_users=1), 0))
     recipe = served.recipe
     changes = {name: value for name, value in (("learning_rate", args.lr), ("regularization", args.reg),
-                                               ("num_users", args.num_users)) if value is not None}
+                                               ("num_users", args.num_users), ("damping", args.damping))
+               if value is not None}
     served.recipe = dataclasses.replace(recipe, hyp=recipe.hyp.replace(**changes),
                                         epochs=recipe.epochs if args.epochs is None else args.epochs)
     return served
@@ -193,7 +197,7 @@ def cmd_fold_in(args) -> int:
                          + "; wrote nothing")
     write_embeddings(args.out, result.embeddings, result.user_ids, model=served.head.name, epochs=epochs)
     print(f"folded in {len(result.user_ids)} users ({result.ratings.nnz} ratings): lr {hyp.learning_rate:.4g}, "
-          f"reg {hyp.regularization:.4g}, {epochs} epochs; wrote {args.out} (embeddings "
+          f"reg {hyp.regularization:.4g}, damping {hyp.damping:g}, {epochs} epochs; wrote {args.out} (embeddings "
           f"[{result.embeddings.shape[0]}, {result.embeddings.shape[1]}], user_ids)")
     if args.recommendations:
         k = min(args.k, served.head.n_items)
@@ -239,6 +243,9 @@ def _tuning(parser) -> None:
                        help="the most NLopt local searches live at once after the wide first batch (default 8)")
     group.add_argument("--max-time", type=_positive_float, default=3600.0, metavar="S",
                        help="tuning time budget in seconds (default 3600)")
+    group.add_argument("--damping", type=_non_negative_float, default=DEFAULT_DAMPING, metavar="D",
+                       help="count-independent L2 on the user embeddings, in ratings: a user with n ratings is "
+                            f"shrunk as if by D/n more reg; fixed, not tuned (default {DEFAULT_DAMPING:g})")
 
 
 def _at_least(convert, minimum, *, strict: bool = False):
@@ -347,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, help="override the learning rate")
     p.add_argument("--reg", type=_non_negative_float, help="override the L2 regularisation")
     p.add_argument("--num-users", type=_positive_int, help="override the retrain's user count (sets the Glorot bound)")
+    p.add_argument("--damping", type=_non_negative_float, help="override the recipe's damping (D/n more reg for a "
+                                                               "user with n ratings)")
     p.add_argument("--out", default="embeddings.safetensors", metavar="FILE",
                    help="embeddings file (default embeddings.safetensors)")
     p.add_argument("--recommendations", metavar="CSV", help="also write the top --k unseen items per user")

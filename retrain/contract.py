@@ -17,8 +17,11 @@ bit-identical values.  ``docs/semantics.md`` states the same functions in words.
   position ``i`` repeatedly until the value is below ``n`` (cycle walking).  Position ``i`` of the
   epoch visits the user's rating ``perm(i)`` (canonical order index).
 * Adam step count of a user's step ``c`` (0-based) in epoch ``t``: ``t * ceil(n / B) + c + 1``.
-* The step itself (loss, optimizer and its constants, batch size, seed) is a ``StepSpec``: every
-  backend receives one and takes its constants from it.
+* The step itself (loss, optimizer and its constants, batch size, seed, damping) is a
+  ``StepSpec``: every backend receives one and takes its constants from it.
+* Per-user L2 of probe ``p`` on user ``u`` with ``n`` training ratings in the call:
+  ``reg_u = fl32(reg_p + fl32(fl32(damping) / fl32(n)))`` (float32 division, then float32 add;
+  ``damping_terms`` is the inner term, 0 for ``n = 0``), so ``damping = 0`` gives ``reg_p`` exactly.
 * Validation sums are exact: each user's sum ``sum w (pred - r)^2`` (float64) is truncated to a
   multiple of ``2**-64`` and the users' values are added as integers (``fixed_point_limbs``), so
   the total does not depend on the order of the users, the thread count or how users are split
@@ -44,6 +47,7 @@ GOLDEN = 0x9E3779B9
 INIT_DOMAIN = 0x1D2E3F40
 PERM_DOMAIN = 0x5A17C0DE
 PERM_ROUNDS = 4
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def fmix32(x):
@@ -179,10 +183,15 @@ OPTIMIZERS = {"adam": Adam, "sgd": SGD}
 class StepSpec:
     """What one training step is, the same for every backend.
 
-    ``loss``: ``"mse"``: ``L_C = (1/|C|) sum_C w (pred - r)^2 + reg ||e||^2``.
+    ``loss``: ``"mse"``: ``L_C = (1/|C|) sum_C w (pred - r)^2 + reg_u ||e||^2``, with
+    ``reg_u = fl32(reg + fl32(damping / n))`` for a user with ``n`` training ratings in the call
+    (all of them, not the minibatch: ``damping_terms``).
     ``optimizer``: ``Adam(beta1, beta2, eps)`` or ``SGD()`` (a name is accepted too).
     ``batch_size``: ratings per step (a user's last step may be shorter).
     ``seed``: keys the permutations and the initial embeddings (used mod 2**32).
+    ``damping``: count-independent L2 on the user embedding, in ratings (finite, >= 0): a user
+    with ``n`` ratings is shrunk as if by ``damping / n`` more reg; 0 leaves every result as
+    without it, bit for bit.
 
     Adding a loss or an optimizer means: this spec, the reference backend, each fast backend and
     the parity suite; nothing else reads these constants.
@@ -192,6 +201,7 @@ class StepSpec:
     optimizer: Adam | SGD = field(default_factory=Adam)
     batch_size: int = 16
     seed: int = 0
+    damping: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.optimizer, str):
@@ -204,6 +214,17 @@ class StepSpec:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         check_int("batch_size", self.batch_size, 1)
         check_int("seed", self.seed, 0)
+        object.__setattr__(self, "damping", check_float("damping", self.damping, 0.0, maximum=FLOAT32_MAX))
+
+
+def damping_terms(damping: float, counts) -> np.ndarray:
+    """float32 ``[U]``: ``fl32(fl32(damping) / fl32(n))`` for users with ``n = counts[u]`` training
+    ratings (0 where ``n = 0``: those take no step).  Every backend adds it to each probe's reg in
+    float32 (``reg_u = reg + term``), so the backends agree and ``damping = 0`` changes nothing."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = np.maximum(counts, 1).astype(np.float32)
+    terms = np.float32(damping) / n
+    return np.where(counts > 0, terms, np.float32(0.0)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- exact sums

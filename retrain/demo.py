@@ -21,7 +21,7 @@ from .data import Ratings, synthetic_ratings
 from .errors import InputError
 from .files import atomic_write_bytes
 from .heads import Head, Model
-from .hyperparams import HyperParams, model_family
+from .hyperparams import DEFAULT_DAMPING, HyperParams, model_family
 from .movielens import load_movielens
 from .pipeline import RetrainResult, retrain_user_embeddings, tuning_subsample
 from .plots import plot_tuning_landscape, plot_validation_curve
@@ -55,11 +55,12 @@ def describe(data: Ratings) -> str:
 
 
 def run_pipeline(base: Model, split: ProtocolSplit, backend: MeteredBackend, *, seed: int, max_evals: int,
-                 n_starts: int, max_time: float, path=None, journal=None, refit: bool = True) -> RetrainResult:
+                 n_starts: int, max_time: float, path=None, journal=None, refit: bool = True,
+                 damping: float = DEFAULT_DAMPING) -> RetrainResult:
     """``retrain_user_embeddings`` of the known users (pretraining part, early-stopped on the
-    validation part, refitted on both unless ``refit`` is False), its backend calls recorded as
-    the stage ``"pipeline"``."""
-    hyp = HyperParams(model=base.head.name, seed=seed)
+    validation part, refitted on both unless ``refit`` is False) with ``HyperParams.damping``
+    ``damping``, its backend calls recorded as the stage ``"pipeline"``."""
+    hyp = HyperParams(model=base.head.name, seed=seed, damping=damping)
     with backend.stage("pipeline", max_epochs=hyp.max_epochs, max_evals=max_evals,
                        final_users=split.pretrain.n_users):
         return retrain_user_embeddings(base, split.pretrain, split.val, hyp, max_iters=max_evals, backend=backend,
@@ -68,13 +69,15 @@ def run_pipeline(base: Model, split: ProtocolSplit, backend: MeteredBackend, *, 
 
 
 def run_tune(head: Head, split: ProtocolSplit, backend: MeteredBackend, *, seed: int, max_evals: int,
-             n_starts: int, max_time: float, algorithm: str = "LN_BOBYQA", journal=None) -> TuneResult:
+             n_starts: int, max_time: float, algorithm: str = "LN_BOBYQA", journal=None,
+             damping: float = DEFAULT_DAMPING) -> TuneResult:
     """``tune`` on the subsample of the known users that ``run_pipeline`` tunes on (so a pipeline
-    given the same journal replays these points), its backend calls recorded as the stage ``"tune"``.
+    given the same journal and ``damping`` replays these points), its backend calls recorded as
+    the stage ``"tune"``.
 
     The result's ``hyp.num_users`` is the subsample's user count.
     """
-    hyp = HyperParams(model=head.name, seed=seed)
+    hyp = HyperParams(model=head.name, seed=seed, damping=damping)
     train, val, sub_hyp = tuning_subsample(split.pretrain, split.val, hyp)
     with backend.stage("tune", max_epochs=hyp.max_epochs, max_evals=max_evals):
         return tune(head, train, val, sub_hyp, max_evals=max_evals, max_time=max_time, algorithm=algorithm,
@@ -108,12 +111,14 @@ class DemoResult:
 
 def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend="auto", progress: bool = False,
              seed: int = 0, out=None, max_evals: int = DEFAULT_MAX_EVALS, n_starts: int = 8,
-             max_time: float = 3600.0, new_users: float = 0.2, val: float = 0.2, test: float = 0.2) -> DemoResult:
+             max_time: float = 3600.0, new_users: float = 0.2, val: float = 0.2, test: float = 0.2,
+             damping: float = DEFAULT_DAMPING) -> DemoResult:
     """Run the whole job on ``data`` and write its artifacts to ``out`` (default ``runs/<timestamp>``).
 
     ``source`` describes the data in the report; ``backend`` is a name or a backend; ``progress``
     draws bars on stderr; ``max_evals`` / ``n_starts`` / ``max_time`` (seconds) are the tuning
-    budget; ``new_users`` / ``val`` / ``test`` the fractions of ``protocol_split``.  InputError
+    budget; ``new_users`` / ``val`` / ``test`` the fractions of ``protocol_split``; ``damping`` the
+    recipe's ``HyperParams.damping``.  InputError
     for a bad argument (before any work), or when the split holds out no new users.
     """
     model_family(model)
@@ -135,7 +140,7 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     t = time.perf_counter()
     model_path, journal = out / "model.safetensors", out / "journal.jsonl"
     result = run_pipeline(base, split, backend, seed=seed, max_evals=max_evals, n_starts=n_starts,
-                          max_time=max_time, path=model_path, journal=journal)
+                          max_time=max_time, path=model_path, journal=journal, damping=damping)
     pipeline_s = time.perf_counter() - t
     throughput = tuning_throughput(backend, result)
     timings["tuning"] = throughput["wall_s"]
@@ -149,9 +154,10 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     t = time.perf_counter()
     ridge_known = ridge_new = None
     if head.is_linear:
-        reg = result.hyp.regularization
-        ridge_known = model_rmse(head, ridge_embeddings(head, result.seen, reg), split.test)  # the same ratings
-        ridge_new = model_rmse(head, ridge_embeddings(head, split.new_fold_in, reg), split.new_test)
+        reg, damping = result.hyp.regularization, result.hyp.damping  # fold_in(solver="ridge")'s objective
+        ridge_known = model_rmse(head, ridge_embeddings(head, result.seen, reg, damping=damping),
+                                 split.test)  # the same ratings
+        ridge_new = model_rmse(head, ridge_embeddings(head, split.new_fold_in, reg, damping=damping), split.new_test)
     timings["closed-form ridge fold-in"] = time.perf_counter() - t
 
     biases = BiasBaseline.fit(split.pretrain)
@@ -176,6 +182,7 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     tuning = [
         ("tuned learning rate", f"{tune.lr:.4g} (a = {tune.a:.3f})"),
         ("tuned L2 regularisation", f"{tune.reg:.4g} (b = {tune.b:.3f})"),
+        ("user damping (fixed: reg + damping / n for a user with n ratings)", f"{result.hyp.damping:g}"),
         ("epochs (final retrain's kept checkpoint)", result.epochs),
         ("best tuning validation loss (MSE, subsample)", tune.val_loss),
         ("final retrain validation loss (MSE)", result.val_loss),

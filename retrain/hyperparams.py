@@ -5,6 +5,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from .contract import FLOAT32_MAX
 from .errors import InputError, check_float, check_fraction, check_int
 
 OPTIMIZERS = ("adam", "sgd")
@@ -17,6 +18,12 @@ _DEFAULTS = {
     "matrix_factorization": dict(batch_size=16, max_epochs=128, epochs_per_checkpoint=4, subsampling_factor=0.25),
     "mlp": dict(batch_size=16, max_epochs=128, epochs_per_checkpoint=4, subsampling_factor=0.25),
 }
+
+
+DEFAULT_DAMPING = 5.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
+# Fields added after files began recording hyper-parameters, with the value every older file's
+# model was trained with.
+RECORDED_BEFORE = dict(damping=0.0)
 
 
 def lr_from_a(a: float) -> float:
@@ -46,8 +53,11 @@ class HyperParams:
     ``learning_rate`` and ``regularization`` are what the tuner searches (``lr = 1e-3 * 10**a``,
     ``reg = 1e-5 * 10**b``).  Fields left as ``None`` take the model family's default.
     ``patience`` counts checkpoints without improvement before a probe stops; ``num_users`` is the
-    user count that sets the Glorot bound (``None``: the data's).  A bad value (a float or a bool
-    where an integer belongs, a negative count, a non-finite rate) raises InputError naming the field.
+    user count that sets the Glorot bound (``None``: the data's).  ``damping``: count-independent
+    L2 on the user embedding, in ratings: a user with n ratings is shrunk as if by ``damping / n``
+    more reg (``StepSpec.damping``, docs/semantics.md); fixed, the tuner does not search it.  A bad
+    value (a float or a bool where an integer belongs, a negative count, a non-finite rate) raises
+    InputError naming the field.
     """
 
     model: str = "matrix_factorization_32"
@@ -61,6 +71,7 @@ class HyperParams:
     patience: int = 0
     subsampling_factor: float | None = None
     num_users: int | None = None
+    damping: float = DEFAULT_DAMPING
 
     def __post_init__(self):
         # Every field is checked and stored as a plain Python value (a numpy integer becomes an
@@ -81,9 +92,17 @@ class HyperParams:
             patience=check_int("patience", self.patience, 0),
             subsampling_factor=check_fraction("subsampling_factor", self.subsampling_factor, zero=False, one=True),
             num_users=None if self.num_users is None else check_int("num_users", self.num_users, 1),
+            damping=check_float("damping", self.damping, 0.0, maximum=FLOAT32_MAX),
         )
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+
+    @classmethod
+    def recorded(cls, fields: dict) -> "HyperParams":
+        """The hyper-parameters a model file or ``.hyp.json`` recorded (``to_dict``'s fields).  A
+        field the file predates takes the value its model was trained with, not today's default:
+        ``damping`` 0."""
+        return cls(**{**RECORDED_BEFORE, **fields})
 
     def replace(self, **changes) -> "HyperParams":
         """A copy with ``changes`` applied (like ``dataclasses.replace``)."""

@@ -44,7 +44,8 @@ def fold_in(model_or_head: Model | Head, new_users_ratings: Ratings, hyp: HyperP
     ``epochs`` epochs with ``hyp`` (use ``RetrainResult.hyp`` and ``RetrainResult.epochs``).
     ``hyp.num_users`` must be the retrain's user count when the head uses the Glorot init,
     because the init's bound depends on it.  ``solver="ridge"`` returns instead the exact
-    minimiser of the full-batch objective with ``hyp.regularization`` (linear heads only;
+    minimiser of the full-batch objective with ``hyp.regularization`` and ``hyp.damping``
+    (``(1/n) sum w err^2 + (reg + damping / n) ||e||^2``, the training loss's; linear heads only;
     ``epochs`` is ignored; users without ratings keep their init).
 
     Raises InputError when some user's embedding is not finite (the recipe diverged on its
@@ -70,7 +71,7 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
                          "Glorot bound of the init); RetrainResult.hyp carries it")
     check_item_ids(head, ratings, "new_users_ratings")
     if solver == "ridge":
-        emb, rated = ridge_solve(head, ratings, hyp.regularization)
+        emb, rated = ridge_solve(head, ratings, hyp.regularization, damping=hyp.damping)
         emb = emb.astype(np.float32)
         if len(rated) < len(emb):  # the others keep the contract's init (computed only for them: it is per user)
             empty = np.setdiff1d(np.arange(len(emb)), rated)

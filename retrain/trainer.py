@@ -174,8 +174,10 @@ def check_training_inputs(head, train: Ratings, val: Ratings | None) -> None:
 
 
 def step_spec(hyp: HyperParams) -> StepSpec:
-    """The step ``hyp`` describes: MSE, its optimizer with the default constants, batch size, seed."""
-    return StepSpec(loss="mse", optimizer=hyp.optimizer, batch_size=hyp.batch_size, seed=hyp.seed)
+    """The step ``hyp`` describes: MSE, its optimizer with the default constants, batch size, seed,
+    damping."""
+    return StepSpec(loss="mse", optimizer=hyp.optimizer, batch_size=hyp.batch_size, seed=hyp.seed,
+                    damping=hyp.damping)
 
 
 def default_memory_budget(device: torch.device) -> int:

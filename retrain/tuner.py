@@ -199,6 +199,8 @@ def problem_fingerprint(head: Head, train: Ratings, val: Ratings, hyp: HyperPara
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     settings = {k: v for k, v in hyp.to_dict().items() if k not in ("learning_rate", "regularization")}
+    if settings["damping"] == 0:  # as journals written before damping existed (trained with 0) recorded it
+        del settings["damping"]
     settings.update(global_bias=head.global_bias, init=head.init,
                     activations=[layer.activation for layer in head.tower])
     digest.update(json.dumps(settings, sort_keys=True).encode())

@@ -47,11 +47,13 @@ def _train(backend, head, data, lrs, regs, *, batch_size, optimizer, epochs, see
     return problem.embeddings().cpu().clone(), checkpoint.losses
 
 
-def torch_optim_embeddings(head, data, lr, reg, *, batch_size, optimizer, epochs, seed, n_users_for_init=None):
+def torch_optim_embeddings(head, data, lr, reg, *, batch_size, optimizer, epochs, seed, n_users_for_init=None,
+                           damping=0.0):
     """The oracle: each user trained alone by ``torch.optim`` on the contract's schedule.
 
-    ``L_C = mean_C w (pred - r)^2 + reg ||e||^2`` per minibatch of the user's permutation of the
-    epoch, Adam(0.9, 0.999, 1e-8) or SGD, the user's own step count (a fresh optimizer per user).
+    ``L_C = mean_C w (pred - r)^2 + reg_u ||e||^2`` per minibatch of the user's permutation of the
+    epoch, Adam(0.9, 0.999, 1e-8) or SGD, the user's own step count (a fresh optimizer per user);
+    ``reg_u = fl32(reg + fl32(damping / n))`` for the user's ``n`` ratings (docs/semantics.md).
     """
     keys = user_key(data.user_ids)
     init = initial_embeddings(keys, head.d, seed, head.init_scale(n_users_for_init or data.n_users))
@@ -59,6 +61,7 @@ def torch_optim_embeddings(head, data, lr, reg, *, batch_size, optimizer, epochs
     for u in range(data.n_users):
         start, n = int(data.indptr[u]), int(data.counts[u])
         e = torch.nn.Parameter(out[u].clone())
+        reg_u = float(np.float32(reg) + np.float32(damping) / np.float32(max(n, 1)))  # float32 ops, exact as float
         opt = (torch.optim.Adam([e], lr=lr, betas=(0.9, 0.999), eps=1e-8) if optimizer == "adam"
                else torch.optim.SGD([e], lr=lr))
         items = torch.from_numpy(data.items[start:start + n])
@@ -68,7 +71,7 @@ def torch_optim_embeddings(head, data, lr, reg, *, batch_size, optimizer, epochs
             for first in range(0, n, batch_size):
                 rows = order[first:first + batch_size]
                 pred = head.scores(e[None], items[rows])[0]
-                loss = (weights[rows] * (pred - ratings[rows]) ** 2).mean() + reg * (e * e).sum()
+                loss = (weights[rows] * (pred - ratings[rows]) ** 2).mean() + reg_u * (e * e).sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -111,22 +114,51 @@ def test_matches_reference(backend, kind, d, h, P, batch, optimizer):
 
 
 @pytest.mark.parametrize("backend", ALL)
-@pytest.mark.parametrize("kind,d,h,optimizer,batch", [("mf", 3, 3, "adam", 4), ("tower1", 4, 5, "adam", 3),
-                                                      ("biases", 1, 1, "sgd", 2)])
-def test_matches_torch_optim_per_user(backend, kind, d, h, optimizer, batch):
+@pytest.mark.parametrize("kind,d,h,optimizer,batch,P,damping", [
+    ("mf", 3, 3, "adam", 4, 2, 0.0), ("tower1", 4, 5, "adam", 3, 2, 0.0), ("biases", 1, 1, "sgd", 2, 2, 0.0),
+    ("mf", 3, 3, "adam", 4, 1, 2.5), ("tower1", 4, 5, "adam", 3, 3, 2.5), ("biases", 1, 1, "sgd", 2, 2, 2.5)])
+def test_matches_torch_optim_per_user(backend, kind, d, h, optimizer, batch, P, damping):
+    # Users with 1 rating, fewer than, exactly and more than a batch, and none (no step: the init).
+    # With damping, reg_u = reg + damping / n for the user's n ratings in the call (not its
+    # minibatch's); P = 1 packs users of these different counts into the cpu backend's lanes.
     head = random_head(kind, 13, d, h, seed=4)
-    data = random_ratings(7, 13, seed=5)
-    lrs, regs, epochs, seed = [3e-2, 1e-2], [1e-3, 1e-1], 3, 7
-    hyp = _hyp(kind, head.d, batch_size=batch, optimizer=optimizer, seed=seed)
+    counts = [1, batch - 1, batch, batch + 1, 3 * batch + 2, 0, 1, 2 * batch]
+    data = random_ratings(len(counts), 13, counts=counts, seed=5)
+    lrs, regs, epochs, seed = [3e-2, 1e-2, 5e-2][:P], [1e-3, 1e-1, 0.0][:P], 3, 7
+    hyp = _hyp(kind, head.d, batch_size=batch, optimizer=optimizer, seed=seed, damping=damping)
     problem = prepare(head, data, None, hyp, backend)
     problem.start(lrs, regs)
     problem.train(epochs)
     got = problem.embeddings().cpu()
     for p, (lr, reg) in enumerate(zip(lrs, regs)):
-        want = torch_optim_embeddings(head, data, lr, reg, batch_size=batch, optimizer=optimizer, epochs=epochs,
-                                      seed=seed)
+        oracle = dict(batch_size=batch, optimizer=optimizer, epochs=epochs, seed=seed)
+        want = torch_optim_embeddings(head, data, lr, reg, damping=damping, **oracle)
         err = rel_err(got[:, p], want)
         assert err <= TOL, f"probe {p}: {err:.3g}: {describe_mismatch(got[:, p], want, TOL)}"
+        if damping:  # it is not ignored: the test can fail
+            assert rel_err(got[:, p], torch_optim_embeddings(head, data, lr, reg, **oracle)) > 100 * TOL
+
+
+@pytest.mark.parametrize("backend", FAST or NO_FAST)
+@pytest.mark.parametrize("kind,d,P,batch,optimizer", [("mf", 3, 1, 4, "adam"), ("mf", 8, 5, 3, "adam"),
+                                                      ("tower2", 6, 2, 5, "sgd")])
+def test_damping_matches_reference(backend, kind, d, P, batch, optimizer):
+    head = random_head(kind, 23, d, d, seed=d + P)
+    counts = np.random.default_rng(P).choice([0, 1, 2, batch - 1, batch, batch + 1, 3 * batch, 40], 30)
+    data = random_ratings(30, 23, counts=counts, seed=P + batch)
+    rng = np.random.default_rng(batch)
+    lrs, regs = (10 ** rng.uniform(-3, -1, P)).tolist(), (10 ** rng.uniform(-5, -1, P)).tolist()
+    hyp = _hyp(kind, d, batch_size=batch, optimizer=optimizer, seed=2, damping=4.0)
+
+    def run(backend):
+        problem = prepare(head, data, data, hyp, backend)
+        problem.start(lrs, regs)
+        problem.train(1)
+        return problem.embeddings().cpu().clone(), problem.checkpoint(2).losses
+
+    (emb, loss), (ref_emb, ref_loss) = run(backend), run("reference")
+    assert rel_err(emb, ref_emb) <= TOL, describe_mismatch(emb, ref_emb, TOL)
+    assert rel_err(loss, ref_loss) <= TOL, describe_mismatch(loss, ref_loss, TOL)
 
 
 @pytest.mark.parametrize("backend", ALL)

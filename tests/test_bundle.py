@@ -17,13 +17,13 @@ from retrain.shards import save_shards
 from retrain.trainer import train_embeddings
 
 HYP = HyperParams(model="matrix_factorization_4", learning_rate=0.05, regularization=1e-3, batch_size=4,
-                  num_users=30)
+                  num_users=30, damping=0.0)  # what a bundle written before damping existed loads with
 EPOCHS = 6
 
 
-def _served(user_ids, item_ids, seed=0) -> tuple[ServedModel, Ratings]:
-    """A served model whose user table is the recipe's training of random ratings, with the
-    given original ids; returns it and those ratings."""
+def _served(user_ids, item_ids, seed=0, hyp=HYP) -> tuple[ServedModel, Ratings]:
+    """A served model whose user table is ``hyp``'s training of random ratings, with the given
+    original ids; returns it and those ratings."""
     rng = np.random.default_rng(seed)
     head = dataclasses.replace(random_head("mf", n_items=len(item_ids), d=4, seed=seed), item_ids=item_ids)
     n = len(user_ids)
@@ -31,9 +31,9 @@ def _served(user_ids, item_ids, seed=0) -> tuple[ServedModel, Ratings]:
     items = np.concatenate([rng.choice(len(item_ids), 6, replace=False) for _ in range(n)])
     ratings = Ratings.from_coo(users, items, rng.integers(1, 6, len(users)), n_users=n, n_items=len(item_ids),
                                user_ids=user_ids, item_ids=item_ids)
-    emb = train_embeddings(head, ratings, HYP, EPOCHS, backend=BACKEND)
+    emb = train_embeddings(head, ratings, hyp, EPOCHS, backend=BACKEND)
     support = np.bincount(ratings.items, minlength=len(item_ids))
-    return ServedModel(Model(head, emb, ratings.user_ids), Recipe(HYP, EPOCHS, (1.0, 5.0), 0.9, True), ratings,
+    return ServedModel(Model(head, emb, ratings.user_ids), Recipe(hyp, EPOCHS, (1.0, 5.0), 0.9, True), ratings,
                        support), ratings
 
 
@@ -62,6 +62,43 @@ def test_save_load_roundtrip_keeps_ids_recipe_and_bytes(tmp_path, kind):
     folded = back.fold_in(one)
     assert folded.user_ids.tolist() == [ratings.user_ids[3]]
     assert torch.equal(folded.embeddings[0], served.model.user_embeddings[3])
+
+
+def test_a_damped_recipe_round_trips_and_a_bundle_written_before_damping_loads_with_0(tmp_path):
+    from safetensors.numpy import save_file
+    from retrain.files import read_safetensors
+
+    damped = HYP.replace(damping=2.0)
+    served, ratings = _served(*ID_KINDS["int64"], hyp=damped)
+    served.save(tmp_path / "damped.safetensors")
+    back = retrain.load(tmp_path / "damped.safetensors")
+    assert back.recipe.hyp.damping == 2.0 and back.recipe == served.recipe
+    one = ratings.select_users([2])
+    assert torch.equal(back.fold_in(one).embeddings[0], served.model.user_embeddings[2])  # the damped row, bitwise
+    # The same file as an older version wrote it: no damping field in the recipe.
+    tensors, metadata = read_safetensors(tmp_path / "damped.safetensors")
+    recipe = json.loads(metadata["recipe"])
+    del recipe["hyperparams"]["damping"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={**metadata, "recipe": json.dumps(recipe)})
+    old = retrain.load(tmp_path / "old.safetensors")
+    assert old.recipe.hyp == HYP and old.recipe.hyp.damping == 0.0
+    undamped = fold_in(served.head, one.with_items(served.head.item_ids), HYP, EPOCHS, backend=BACKEND)
+    assert torch.equal(old.fold_in(one).embeddings, undamped)
+    assert not torch.equal(undamped[0], served.model.user_embeddings[2])
+
+
+@pytest.mark.parametrize("kind", ["int64", "str"])
+def test_a_fold_in_with_ratings_far_outside_the_rating_range_names_the_user_and_value(kind):
+    served, _ = _served(*ID_KINDS[kind])  # rating range (1, 5): far is below -3 or above 9
+    user_ids, item_ids = ID_KINDS[kind]
+    def request(values):
+        return Ratings.from_ids(np.array([user_ids[0], user_ids[1], user_ids[1]]), item_ids[[0, 1, 2]],
+                                np.array(values, dtype=np.float32))
+    assert served.fold_in(request([4.0, -3.0, 9.0])).embeddings.shape == (2, 4)  # the edges are still accepted
+    for values, value in (([4.0, 50.0, 3.0], "50"), ([4.0, 2.0, -3.5], "-3.5")):
+        with pytest.raises(InputError, match=rf"user {user_ids[1]} has the rating {value}, far outside the "
+                                             r"model's rating range \[1, 5\]"):
+            served.fold_in(request(values))
 
 
 def test_the_metadata_is_one_sorted_json_recipe(tmp_path):
@@ -147,8 +184,9 @@ def test_old_model_and_hyp_json_pair_still_loads_and_a_model_without_recipe_is_n
     served.model.save(path)  # Model.save: no recipe inside
     with pytest.raises(InputError, match="old.safetensors holds no recipe"):
         retrain.load(path)
+    fields = {k: v for k, v in HYP.to_dict().items() if k != "damping"}  # written before damping existed
     (tmp_path / "old.safetensors.hyp.json").write_text(json.dumps(
-        {"hyperparams": HYP.to_dict(), "epochs": EPOCHS, "val_loss": 0.5}))
+        {"hyperparams": fields, "epochs": EPOCHS, "val_loss": 0.5}))
     back = retrain.load(path)
     assert back.recipe.hyp == HYP and back.recipe.epochs == EPOCHS and back.seen is None
 

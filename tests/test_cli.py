@@ -71,7 +71,9 @@ def tiny_split():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    proc = cli("demo", *TINY, *TUNING, "--out", out, "--quiet")
+    # Damping 0: with the default, 150 users tune reg onto its lower bound, and the warning saying so
+    # would be the demo's only line on stderr.
+    proc = cli("demo", *TINY, *TUNING, "--damping", 0, "--out", out, "--quiet")
     check_ok(proc)
     return proc, out
 
@@ -157,17 +159,18 @@ def test_pretrain_tune_run_chain_resumes_from_the_journal(tmp_path, capsys, rest
     assert "validation RMSE" in capsys.readouterr().out and base.is_file()
 
     assert in_process(capsys, "tune", "--model", base, "--journal", journal, "--plot", tmp_path / "landscape.png",
-                      *TINY[:2], *TUNING, "--quiet") == 0
+                      *TINY[:2], *TUNING, "--damping", 2, "--quiet") == 0
     assert "6 evaluations in" in capsys.readouterr().out and len(journal.read_text().splitlines()) == 6
     check_png(tmp_path / "landscape.png")
 
-    # run tunes the same subsample with the same settings: every point comes from the journal.
+    # run tunes the same subsample with the same settings (damping included): every point comes from the journal.
     assert in_process(capsys, "run", "--model", base, "--journal", journal, "--out", retrained, *TINY[:2], *TUNING,
-                      "--quiet") == 0
+                      "--damping", 2, "--quiet") == 0
     out = capsys.readouterr().out
-    assert "6 evaluations in 0 probe batches" in out and "test RMSE" in out
+    assert "6 evaluations in 0 probe batches" in out and "test RMSE" in out and "damping 2," in out
     assert Model.load(retrained).n_users == tiny_split().pretrain.n_users
-    assert retrain.load(retrained).recipe.epochs >= 1 and not (tmp_path / "new.safetensors.hyp.json").exists()
+    recipe = retrain.load(retrained).recipe
+    assert recipe.epochs >= 1 and recipe.hyp.damping == 2.0 and not (tmp_path / "new.safetensors.hyp.json").exists()
 
 
 def test_run_under_torchrun_writes_the_bundle_of_one_process(tmp_path, capsys, restore_logger):
@@ -239,6 +242,7 @@ BAD_INPUTS = {
     "split fractions adding up to 1": (lambda tmp: ["pretrain", "--users", 40, "--val", "0.5", "--test", "0.5"],
                                        "val + test"),
     "nan regularisation": (lambda tmp: ["pretrain", "--users", 40, "--reg", "nan"], "--reg"),
+    "negative damping": (lambda tmp: ["run", "--model", tmp / "missing.safetensors", "--damping", "-1"], "--damping"),
     "unknown backend": (lambda tmp: ["bench", "--backends", "gpu"], "gpu"),
     "missing model file": (lambda tmp: ["fold-in", "--model", tmp / "missing.safetensors", "--ratings",
                                         tmp / "malformed.csv"], "missing.safetensors"),

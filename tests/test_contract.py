@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from retrain.backends import available_backends
-from retrain.contract import (SGD, Adam, StepSpec, adam_step, exact_sum, fixed_point_limbs, fixed_point_value, fmix32,
-                              init_scale, initial_embeddings, permutation, user_key)
+from retrain.contract import (SGD, Adam, StepSpec, adam_step, damping_terms, exact_sum, fixed_point_limbs,
+                              fixed_point_value, fmix32, init_scale, initial_embeddings, permutation, user_key)
+from retrain.errors import InputError
 
 PINNED_STRING_KEYS = [50747558, 3736593416, 3650754705]  # "alice", "bob", "Zoë"
 PINNED_KEYS = [(0, 0), (1, 1), (12345, 12345), (2**32 + 7, 1364076720), (-5, 2114883778), (2**62 + 3, 1869769535)]
@@ -157,8 +158,9 @@ def test_step_spec_names_and_checks_its_constants():
     assert StepSpec(optimizer="sgd").optimizer == SGD() and StepSpec().optimizer == Adam(0.9, 0.999, 1e-8)
     for kwargs, match in ((dict(optimizer="rmsprop"), "optimizer"), (dict(loss="huber"), "loss"),
                           (dict(batch_size=0), "batch_size"), (dict(batch_size=2.0), "batch_size"),
-                          (dict(seed=-1), "seed")):
-        with pytest.raises(ValueError, match=match):
+                          (dict(seed=-1), "seed"), (dict(damping=-0.5), "damping"),
+                          (dict(damping=float("nan")), "damping"), (dict(damping=1e39), "damping")):
+        with pytest.raises(InputError, match=match):
             StepSpec(**kwargs)
     with pytest.raises(ValueError, match="beta1"):
         Adam(beta1=1.0)
@@ -189,3 +191,16 @@ def test_keys_of_wide_integer_and_string_ids():
     assert wide.tolist() == user_key(np.array([-1, -(2**63) + 5])).tolist()
     assert user_key(["alice", "bob", "Zoë"]).tolist() == PINNED_STRING_KEYS
     assert user_key(np.array(["alice", "bob", "Zoë"], dtype=object)).tolist() == PINNED_STRING_KEYS
+
+
+def test_damping_terms_are_float32_divisions_and_zero_damping_changes_no_reg():
+    counts = np.array([0, 1, 3, 7, 10, 2**25 + 1])
+    terms = damping_terms(0.7, counts)
+    assert terms.dtype == np.float32 and terms[0] == 0.0  # no ratings: no step, no term
+    # fl32(fl32(0.7) / fl32(n)); for n = 9, 0.7 / 9 in float64 then rounded is another float.
+    want = [np.float32(0.7) / np.float32(n) for n in counts[1:]]
+    assert terms[1:].tolist() == [float(x) for x in want]
+    assert damping_terms(0.7, [9])[0] == np.float32(0.7) / np.float32(9) != np.float32(0.7 / 9)
+    regs = np.float32([0.0, 1e-5, 0.3, 1e-30])
+    zero = damping_terms(0.0, counts)
+    assert not np.signbit(zero).any() and all(np.array_equal(regs + t, regs) for t in zero)  # reg + 0 is reg

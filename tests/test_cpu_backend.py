@@ -9,7 +9,7 @@ from problems import describe_mismatch, random_head, random_ratings, rel_err
 from retrain.backends.base import ACTIVATION_CODES, csr_tensors, head_tensors
 from retrain.backends.cpu import HAS_CPU_EXTENSION, IMPORT_ERROR, CpuBackend
 from retrain.contract import fixed_point_value
-from retrain.hyperparams import HyperParams
+from retrain.hyperparams import DEFAULT_DAMPING, HyperParams
 from retrain.trainer import prepare
 
 pytestmark = pytest.mark.skipif(not HAS_CPU_EXTENSION, reason=f"retrain._C not built: {IMPORT_ERROR}")
@@ -121,9 +121,11 @@ def test_validation_entry_checks_name_the_argument():
 
 # --------------------------------------------------------------------------- numerics
 
-def _train(backend, head, data, lrs, regs, *, optimizer="adam", batch_size=3, epochs=3, seed=1):
+def _train(backend, head, data, lrs, regs, *, optimizer="adam", batch_size=3, epochs=3, seed=1,
+           damping=DEFAULT_DAMPING):
     """``(embeddings [U, P, d], first moment or None, validation losses [P])`` after ``epochs``."""
-    hyp = HyperParams(model=f"matrix_factorization_{head.d}", optimizer=optimizer, batch_size=batch_size, seed=seed)
+    hyp = HyperParams(model=f"matrix_factorization_{head.d}", optimizer=optimizer, batch_size=batch_size, seed=seed,
+                      damping=damping)
     problem = prepare(head, data, data, hyp, backend)
     problem.start(lrs, regs)
     checkpoint = problem.checkpoint(epochs)
@@ -131,18 +133,20 @@ def _train(backend, head, data, lrs, regs, *, optimizer="adam", batch_size=3, ep
     return problem.embeddings().clone(), moment, checkpoint.losses
 
 
-SIMD_CASES = [("mf", 8, 8, "adam", 4), ("tower1", 5, 6, "sgd", 7), ("tower2", 6, 4, "adam", 1)]
+SIMD_CASES = [("mf", 8, 8, "adam", 4, 0.0), ("tower1", 5, 6, "sgd", 7, 0.0), ("tower2", 6, 4, "adam", 1, 0.0),
+              ("mf", 8, 8, "adam", 4, 3.0), ("tower1", 5, 6, "sgd", 7, 3.0)]  # damping: reg + 3 / n per user
 
 
 @pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
-@pytest.mark.parametrize("kind,d,h,optimizer,batch", SIMD_CASES)
-def test_every_simd_path_matches_reference(simd, kind, d, h, optimizer, batch):
+@pytest.mark.parametrize("kind,d,h,optimizer,batch,damping", SIMD_CASES)
+def test_every_simd_path_matches_reference(simd, kind, d, h, optimizer, batch, damping):
     # The registry's backend runs the best path only; this covers the others the CPU can run.
     head = random_head(kind, 17, d, h, seed=2)
     data = random_ratings(7, 17, seed=3)
     lrs, regs = [1e-2, 3e-2, 1e-1], [1e-4, 1e-2, 1e-3]
-    emb, _, loss = _train(CpuBackend(simd=simd), head, data, lrs, regs, optimizer=optimizer, batch_size=batch)
-    ref, _, ref_loss = _train("reference", head, data, lrs, regs, optimizer=optimizer, batch_size=batch)
+    args = dict(optimizer=optimizer, batch_size=batch, damping=damping)
+    emb, _, loss = _train(CpuBackend(simd=simd), head, data, lrs, regs, **args)
+    ref, _, ref_loss = _train("reference", head, data, lrs, regs, **args)
     assert rel_err(emb, ref) <= 1e-5, describe_mismatch(emb, ref, 1e-5)
     assert rel_err(loss, ref_loss) <= 1e-5
 
@@ -249,21 +253,23 @@ def test_thread_count_follows_the_work_unless_given():
 
 
 @pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
-@pytest.mark.parametrize("kind,P,optimizer,batch", [("mf", 1, "adam", 3), ("tower2", 2, "adam", 5),
-                                                    ("tower1", 3, "sgd", 2), ("mf", 5, "adam", 64)])
-def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch):
+@pytest.mark.parametrize("kind,P,optimizer,batch,damping", [("mf", 1, "adam", 3, 0.0), ("tower2", 2, "adam", 5, 0.0),
+                                                            ("tower1", 3, "sgd", 2, 0.0), ("mf", 5, "adam", 64, 0.0),
+                                                            ("mf", 1, "adam", 3, 4.0), ("tower1", 3, "sgd", 2, 4.0)])
+def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch, damping):
     # Users share a register when P is at most half of it, whatever their rating counts; every lane
     # must run exactly what it runs alone: embeddings, moments, checkpoint losses and snapshots,
     # bitwise.  The counts mix users with 1 rating, counts below, at and above the batch size (a
-    # register's users then take different numbers of steps, and last minibatches of different
-    # sizes), runs of equal counts, and users without ratings.
+    # register's users then take different numbers of steps, last minibatches of different sizes
+    # and, with damping, different regs reg + damping / n), runs of equal counts, and users without
+    # ratings.
     head = random_head(kind, 23, 6, 4, seed=20)
     rng = np.random.default_rng(21)
     counts = np.concatenate([rng.integers(1, 3 * batch + 2, 60), [1, 1, batch, batch + 1, 0, 0, 2 * batch - 1],
                              rng.choice([0, 1, 2, 7, 7, 7, 12, 40], 23)])
     train, val = random_ratings(90, 23, counts=counts, seed=22), random_ratings(90, 23, seed=23)
     lrs, regs = [3e-2, 1e-1, 1e-2, 2e-1, 5e-2][:P], [1e-3, 1e-2, 0.0, 1e-4, 1e-1][:P]
-    hyp = HyperParams(model="matrix_factorization_6", optimizer=optimizer, batch_size=batch, seed=4)
+    hyp = HyperParams(model="matrix_factorization_6", optimizer=optimizer, batch_size=batch, seed=4, damping=damping)
 
     def run(users_in_lanes):
         problem = prepare(head, train, val, hyp, CpuBackend(num_threads=2, simd=simd, users_in_lanes=users_in_lanes))
@@ -281,7 +287,8 @@ def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch):
         assert np.array_equal(a.losses, b.losses) and np.array_equal(a.finite, b.finite)
     if simd != _C.simd_paths()[-1]:
         return  # the reference once: the paths agree with it (test_every_simd_path_matches_reference)
-    ref = _train("reference", head, train, lrs, regs, optimizer=optimizer, batch_size=batch, epochs=5, seed=4)
+    ref = _train("reference", head, train, lrs, regs, optimizer=optimizer, batch_size=batch, epochs=5, seed=4,
+                 damping=damping)
     assert rel_err(packed[0], ref[0]) <= 1e-5, describe_mismatch(packed[0], ref[0], 1e-5)
 
 

@@ -16,6 +16,8 @@ BAD_FLOATS = [
     ("learning_rate", "0.01"),
     ("regularization", -1e-5), ("regularization", float("nan")), ("regularization", float("inf")),
     ("subsampling_factor", 0.0), ("subsampling_factor", 1.5), ("subsampling_factor", float("nan")),
+    ("damping", -1.0), ("damping", float("nan")), ("damping", float("inf")), ("damping", 1e39), ("damping", "5"),
+    ("damping", None),
 ]
 
 
@@ -48,3 +50,10 @@ def test_defaults_follow_the_model_and_values_are_stored_as_plain_python():
     assert type(hyp.seed) is int and type(hyp.num_users) is int and type(hyp.learning_rate) is float
     assert HyperParams(**json.loads(json.dumps(hyp.to_dict()))) == hyp  # a .hyp.json file round-trips
     assert HyperParams(model="matrix_factorization_4", subsampling_factor=1, regularization=0).subsampling_factor == 1.0
+
+
+def test_recorded_fields_missing_from_an_old_file_take_the_value_it_was_trained_with():
+    hyp = HyperParams(model="matrix_factorization_4", damping=3.0)
+    old = {k: v for k, v in hyp.to_dict().items() if k != "damping"}  # written before damping existed
+    assert HyperParams.recorded(old) == hyp.replace(damping=0.0)
+    assert HyperParams.recorded(hyp.to_dict()) == hyp

@@ -113,9 +113,10 @@ def test_ml_latest_small_pipeline_is_within_two_percent_of_the_best_ridge_fold_i
     assert pipeline_rmse <= 1.02 * best_ridge, (pipeline_rmse, best_ridge)
 
 
-def test_refit_trains_every_user_on_all_its_ratings_with_the_serving_recipe(tmp_path):
+@pytest.mark.parametrize("damping", [0.0, 3.0])
+def test_refit_trains_every_user_on_all_its_ratings_with_the_serving_recipe(tmp_path, damping):
     head, train, val = planted_problem(n_users=40)
-    hyp = planted_hyp(subsampling_factor=0.5, seed=1)
+    hyp = planted_hyp(subsampling_factor=0.5, seed=1, damping=damping)
     path = tmp_path / "bundle.safetensors"
     result = retrain_user_embeddings(_pretrained(head, train), train, val, hyp, max_iters=8, n_starts=4,
                                      backend=BACKEND, path=path)
@@ -127,6 +128,7 @@ def test_refit_trains_every_user_on_all_its_ratings_with_the_serving_recipe(tmp_
     # The bundle carries the recipe: a served fold-in of the same users' ratings gives the same rows.
     served = retrain.load(path)
     assert served.recipe.epochs == result.epochs and served.recipe.hyp == result.hyp and served.recipe.refit
+    assert result.hyp.damping == damping  # the tuner keeps it fixed and the recipe carries it
     part = train.union(val).select_users(held)
     folded = served.fold_in(part)
     assert torch.equal(folded.embeddings, result.model.user_embeddings[held])

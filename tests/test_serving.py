@@ -62,7 +62,7 @@ def test_fold_in_ridge_solver_is_the_closed_form():
     init = train_embeddings(head, data, hyp, 0, backend="reference")
     emb = fold_in(head, data, hyp, epochs=0, solver="ridge")
     assert torch.equal(emb[0], init[0])  # no ratings: the init
-    assert rel_err(emb, ridge_embeddings(head, data, 0.05, init=init)) <= 1e-7
+    assert rel_err(emb, ridge_embeddings(head, data, 0.05, init=init, damping=hyp.damping)) <= 1e-7
     with pytest.raises(ValueError, match="solver"):
         fold_in(head, data, hyp, 1, solver="als")
     with pytest.raises(ValueError, match="linear head"):
@@ -84,6 +84,18 @@ def _ridge_by_lstsq(head, data, reg, damping):
         y = np.concatenate([scale[:, 0] * (data.ratings[rows] - c[data.items[rows]]), np.zeros(A.shape[1])])
         out[u] = np.linalg.lstsq(X, y, rcond=None)[0]
     return out
+
+
+@pytest.mark.parametrize("n_users", [3, 12])  # the user-by-user path (<= 8 users) and the bucketed one
+def test_fold_in_ridge_solver_minimises_the_damped_training_objective(n_users):
+    # solver="ridge" solves the training loss's full-batch objective, damping included:
+    # (1/n) sum w err^2 + (reg + damping / n) ||e||^2.
+    head = random_head("mf", n_items=15, d=4, seed=8)
+    data = random_ratings(n_users, 15, counts=np.arange(n_users) % 5 + 1, seed=9)
+    hyp = HyperParams(model="matrix_factorization_4", regularization=0.01, damping=2.0, num_users=n_users)
+    emb = fold_in(head, data, hyp, epochs=0, solver="ridge").double().numpy()
+    np.testing.assert_allclose(emb, _ridge_by_lstsq(head, data, 0.01, 2.0), rtol=1e-6, atol=1e-7)  # float32 rows
+    assert np.abs(emb - _ridge_by_lstsq(head, data, 0.01, 0.0)).max() > 1e-2  # and the damping is not ignored
 
 
 @pytest.mark.parametrize("kind", ["mf", "linear_tower"])

@@ -48,7 +48,8 @@ def _train(device, head, data, lrs, regs, *, batch_size, optimizer, blocks=None,
     forced blocks), or the reference backend on the CPU when ``device`` is None."""
     init = torch.from_numpy(initial_embeddings(user_key(data.user_ids), head.d, seed, head.init_scale(data.n_users)))
     if device is None:
-        hyp = HyperParams(model="matrix_factorization_2", batch_size=batch_size, optimizer=optimizer, seed=seed)
+        hyp = HyperParams(model="matrix_factorization_2", batch_size=batch_size, optimizer=optimizer, seed=seed,
+                          damping=0.0)  # the launcher below without user_damping: zeros
         problem = prepare(head, data, None, hyp, "reference", init=init)
         problem.start(lrs, regs)
         problem.train(2)

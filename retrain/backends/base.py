@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..contract import FIXED_POINT_LIMBS, StepSpec, exact_sum, fixed_point_limbs, fixed_point_value, user_key
+from ..contract import (FIXED_POINT_LIMBS, StepSpec, damping_terms, exact_sum, fixed_point_limbs, fixed_point_value,
+                        user_key)
 from ..errors import InputError
 from ..heads import Head
 
@@ -143,7 +144,8 @@ class Problem:
     """A training problem prepared on a backend's device; see the module docstring.
 
     Subclasses implement ``_train(epoch_start, n_epochs, fresh) -> finite bool [P]`` (advance the
-    live probes in ``self.emb`` / ``self.moments`` with ``self.lrs`` / ``self.regs``; when ``fresh``,
+    live probes in ``self.emb`` / ``self.moments`` with ``self.lrs`` / ``self.regs``, user ``u``'s
+    L2 being ``regs + user_damping[u]`` in float32; when ``fresh``,
     every probe starts from ``self.init`` and the moments from zero, and the state is only
     written) and ``_validate(emb) -> (limbs int64 [P, 6], finite bool [P])`` (per-probe exact sums of
     ``w (pred - r)^2`` over the validation ratings, ``retrain.contract.fixed_point_limbs``).
@@ -160,6 +162,8 @@ class Problem:
         counts = train.counts
         self.order = heaviest_first(counts)  # every user: the ones without ratings come last
         self.n_with_ratings = int((counts > 0).sum())
+        # float32 [U]: each user's damping / n, added to every probe's reg (docs/semantics.md).
+        self.user_damping = torch.from_numpy(damping_terms(spec.damping, counts)).to(self.device)
         weight, _ = exact_sum(torch.from_numpy(val.weights.astype(np.float64))) if val is not None else (0.0, None)
         self.val_weight = float(weight)
         self.has_val = self.val_weight > 0  # validation ratings that all weigh 0 validate nothing

@@ -45,6 +45,7 @@ class CpuProblem(Problem):
         self._val_nnz = val.nnz if val is not None else 0
         self._order = np.ascontiguousarray(self.order)
         self._init_np = self.init.numpy()
+        self._damping = self.user_damping.numpy()
         self._snapshot_flat = torch.empty(0, dtype=torch.float32)
         opt = spec.optimizer
         self._optimizer = dict(optimizer=opt.name, beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps) \
@@ -67,7 +68,8 @@ class CpuProblem(Problem):
                                val=self._val_csr if validate else None,
                                snapshots=None if snapshots is None else snapshots.numpy(),
                                num_threads=self.backend.threads(work, len(order)), simd=self.backend.simd,
-                               users_in_lanes=self.backend.users_in_lanes, **self._optimizer)
+                               users_in_lanes=self.backend.users_in_lanes, user_damping=self._damping,
+                               **self._optimizer)
 
     def _train(self, epoch_start, n_epochs, fresh):
         finite, _ = self._call(np.array([n_epochs], dtype=np.int64), validate=False)

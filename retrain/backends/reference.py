@@ -45,7 +45,8 @@ class ReferenceProblem(Problem):
         e = self.emb[user].clone().requires_grad_(True)  # [P, d]
         pred = self.head.scores(e, data.items[rows].long())  # [P, |C|]
         error = data.weights[rows] * (pred - data.ratings[rows]) ** 2
-        loss = error.mean(dim=1) + self.regs * (e * e).sum(dim=1)  # [P]: each probe's own loss
+        reg = self.regs + self.user_damping[user]  # [P] float32: reg_u = fl32(reg + damping / n)
+        loss = error.mean(dim=1) + reg * (e * e).sum(dim=1)  # [P]: each probe's own loss
         (grad,) = torch.autograd.grad(loss.sum(), e)
         with torch.no_grad():
             lr = self.lrs[:, None]

@@ -81,7 +81,7 @@ class TritonProblem(Problem):
             self.emb, m, v, self.lrs, self.regs, data.indptr, data.keys, data.items, data.ratings, data.weights,
             *self._head, order=order, epoch_start=self.epoch, checkpoint_ends=ends, batch_size=self.spec.batch_size,
             optimizer=self.spec.optimizer.name, seed=self.spec.seed, adam=self._adam,
-            init=self.init if self.fresh else None, snapshots=snapshots,
+            init=self.init if self.fresh else None, snapshots=snapshots, user_damping=self.user_damping,
             val=(val.indptr, val.items, val.ratings, val.weights) if validate else None)
 
     def _train(self, epoch_start, n_epochs, fresh):

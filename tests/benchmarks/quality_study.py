@@ -10,12 +10,16 @@ closed-form ridge fold-in (tuned reg) and of the item-bias baseline; recall@10 /
 (test ratings >= 4 are relevant) of the refitted users' top-10 unseen items; and the share of
 top-10 slots given to items with at most 2 pretraining ratings.  New users (``--new-users``, off by
 default): each held-out user with more than k ratings is folded in on k random ones (the served
-recipe) and scored on the others, against the closed-form ridge fold-in (tuned reg), the same
-with a count-independent penalty (``--new-user-damping``, ``ridge_embeddings(damping=...)``) and
-the item-bias baseline on the same ratings, for k in ``KS``.  Prints one markdown row per fold
-and the means.  Not a timed benchmark: it measures quality.
+recipe) and scored on the others, against the closed-form ridge fold-in (tuned reg, the recipe's
+damping: ``fold_in(solver="ridge")``), the same with a count-independent penalty
+(``--new-user-damping``, ``ridge_embeddings(damping=...)``, instead of the recipe's) and
+the item-bias baseline on the same ratings, for k in ``KS``.  ``--damping D`` sets the recipe's
+``HyperParams.damping`` (tuning, retrain, refit, the served fold-in and the ridge columns use
+it; the damped ridge column uses ``--new-user-damping``).  Prints one markdown row per fold and
+the means.  Not a timed benchmark: it measures quality.
 
     .venv/bin/python tests/benchmarks/quality_study.py --ml100k WHEEL|fetch [--item-damping 5] [--held-out 0.2]
+        [--damping D]
 
 ML-100k's official folds u1..u5 instead (``ml100k.py``: read from the recbole 1.2.1 wheel; ``fetch``
 downloads it into a cache outside the repo), the same protocol on each (``ml100k.fold_split``):
@@ -63,13 +67,18 @@ def base_k(split, k: int, seed: int):
     return fold, split.new_test.select_users(np.flatnonzero(split.new_fold_in.counts > k))
 
 
-def one_fold(split, seed: int, damping: float, backend: str, shots_of=None, new_damping: float = 5.0) -> dict:
+def one_fold(split, seed: int, damping: float, backend: str, shots_of=None, new_damping: float = 5.0,
+             user_damping: float | None = None) -> dict:
     """One fold's row: ``split`` a ``ProtocolSplit``; ``shots_of(k) -> (fold-in, test)`` the new
     users' k-shot parts (None: no new-user columns); ``new_damping`` the count-independent
-    penalty of the damped ridge fold-in of new users."""
+    penalty of the damped ridge fold-in of new users; ``user_damping`` the recipe's
+    ``HyperParams.damping`` (None: the default), which the pipeline, the refit and the served
+    fold-in train with."""
     base = pretrain(split.pretrain, "matrix_factorization_32", seed=seed, item_damping=damping)
     head = base.head
     hyp = HyperParams(model=head.name, seed=seed)
+    if user_damping is not None:
+        hyp = hyp.replace(damping=user_damping)
     result = retrain_user_embeddings(base, split.pretrain, split.val, hyp, backend=backend, refit=False)
     seen = split.pretrain.union(split.val)
     refit = train_embeddings(head, seen, result.hyp, result.epochs, backend=backend)
@@ -83,7 +92,7 @@ def one_fold(split, seed: int, damping: float, backend: str, shots_of=None, new_
             fold, test = shots_of(k)
             emb = fold_in(head, fold, result.hyp, result.epochs, backend=backend)
             shots[f"new k={k}"] = model_rmse(head, emb, test)
-            ridge = ridge_embeddings(head, fold, result.hyp.regularization).float()
+            ridge = ridge_embeddings(head, fold, result.hyp.regularization, damping=result.hyp.damping).float()
             shots[f"ridge k={k}"] = model_rmse(head, ridge, test)
             damped = ridge_embeddings(head, fold, result.hyp.regularization, damping=new_damping).float()
             shots[f"damped k={k}"] = model_rmse(head, damped, test)
@@ -92,7 +101,8 @@ def one_fold(split, seed: int, damping: float, backend: str, shots_of=None, new_
         seed=seed, epochs=result.epochs, lr=result.hyp.learning_rate, reg=result.hyp.regularization,
         early_stopped=model_rmse(head, result.model.user_embeddings, split.test),
         refit=model_rmse(head, refit, split.test),
-        ridge=model_rmse(head, ridge_embeddings(head, seen, result.hyp.regularization).float(), split.test),
+        ridge=model_rmse(head, ridge_embeddings(head, seen, result.hyp.regularization,
+                                                damping=result.hyp.damping).float(), split.test),
         item_bias=BiasBaseline.fit(split.pretrain).item_bias_rmse(split.test),
         recall=recall, ndcg=ndcg, rare=rare_item_share(top.numpy(), support))
 
@@ -110,6 +120,8 @@ def main() -> int:
                         "out as new users (0: none, every user is known)")
     parser.add_argument("--new-user-damping", type=float, default=5.0,
                         help="the damped ridge fold-in's penalty (ridge_embeddings(damping=...))")
+    parser.add_argument("--damping", type=float, help="the recipe's HyperParams.damping (default: "
+                        "HyperParams' default): the pipeline, the refit and the served fold-in train with it")
     args = parser.parse_args()
     known = ["early_stopped", "refit", "ridge", "item_bias", "recall", "ndcg", "rare"]
     new = [f"{w} k={k}" for k in KS for w in ("new", "ridge", "damped", "bias")]
@@ -126,13 +138,14 @@ def main() -> int:
         folds = [protocol_split(data, 0.2, 0.2, 0.2, seed=seed) for seed in range(args.folds)]
         shots = [lambda k, split=split, seed=seed: first_k(split.new_users, k, seed) for seed, split in enumerate(folds)]
         columns = ["seed", "epochs"] + (new if args.new_users else known)
-    print(f"item_damping {args.item_damping}")
+    print(f"item_damping {args.item_damping}, recipe damping "
+          f"{HyperParams().damping if args.damping is None else args.damping}")
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     rows = []
     for seed, split in enumerate(folds):
         t = time.perf_counter()
         row = one_fold(split, seed, args.item_damping, args.backend, shots[seed] if new[0] in columns else None,
-                       args.new_user_damping)
+                       args.new_user_damping, args.damping)
         rows.append(row)
         print("| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
               + f" |  ({time.perf_counter() - t:.0f} s)", flush=True)

@@ -9,9 +9,9 @@ user id of a 10,000-user table, and the numpy loop with scipy's Cholesky ``dposv
 Data: a matrix-factorization head (d = 32, 10,000 items, random item vectors) and
 ``synthetic_ratings(10_000, 10_000, 40, seed=0)`` users.  Single-user requests are users with
 10-50 ratings, the recipe is Adam, batch 16, ``EPOCHS`` epochs (train solver) or the same reg
-(ridge).  The numpy loop is the strongest plain baseline: the item table converted to float64
-once, outside the timing, then per user ``A = Q[items]``, ``solve(A^T W A / n + reg I,
-A^T W (r - c) / n)``.  Reported: p50 / p99 over ``REQUESTS`` single-user calls of each variant
+and damping (ridge).  The numpy loop is the strongest plain baseline: the item table converted to
+float64 once, outside the timing, then per user ``A = Q[items]``, ``solve(A^T W A / n +
+(reg + damping / n) I, A^T W (r - c) / n)``.  Reported: p50 / p99 over ``REQUESTS`` single-user calls of each variant
 (interleaved request by request, so load drift hits all alike; the fold-ins and the
 recommends in two such groups, so that a recommend's pass over the item table does not evict
 the next fold-in's rows), the best of ``ROUNDS`` for the
@@ -63,26 +63,31 @@ def setup(request):
     return full, data, head, hyp
 
 
-def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float, solve=np.linalg.solve) -> np.ndarray:
-    """The baseline: the closed-form ridge solution user by user in plain numpy (float64)."""
+def numpy_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float, damping: float,
+                     solve=np.linalg.solve) -> np.ndarray:
+    """The baseline: the closed-form ridge solution user by user in plain numpy (float64), with
+    the recipe's penalty ``reg + damping / n`` on the diagonal."""
     out = np.zeros((ratings.n_users, Q64.shape[1]))
-    eye = reg * np.eye(Q64.shape[1])
+    d = Q64.shape[1]
     for u in range(ratings.n_users):
         rows = slice(ratings.indptr[u], ratings.indptr[u + 1])
         items, n = ratings.items[rows], ratings.indptr[u + 1] - ratings.indptr[u]
         if n == 0:
             continue
         A, w = Q64[items], ratings.weights[rows].astype(np.float64)
-        out[u] = solve(A.T @ (A * w[:, None]) / n + eye, A.T @ (w * (ratings.ratings[rows] - c64[items])) / n)
+        gram = A.T @ (A * w[:, None])
+        gram /= n
+        gram.flat[::d + 1] += reg + damping / n
+        out[u] = solve(gram, A.T @ (w * (ratings.ratings[rows] - c64[items])) / n)
     return out
 
 
-def cholesky_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float) -> np.ndarray:
+def cholesky_ridge_loop(Q64: np.ndarray, c64: np.ndarray, ratings, reg: float, damping: float) -> np.ndarray:
     """The numpy loop with the solve done by LAPACK's Cholesky (scipy ``dposv``), as the one-user
     path of ``fold_in(solver='ridge')`` does: the baseline with the same solver."""
     from scipy.linalg.lapack import dposv
 
-    return numpy_ridge_loop(Q64, c64, ratings, reg, solve=lambda a, b: dposv(a, b)[1])
+    return numpy_ridge_loop(Q64, c64, ratings, reg, damping, solve=lambda a, b: dposv(a, b)[1])
 
 
 def _matmul_peak_flops(n: int = 1024, repeats: int = 3) -> float:
@@ -124,10 +129,10 @@ def test_serving_latency_and_throughput(setup):
 
     # Correctness first (the oracle is the numpy loop): the same solution, to float32 rounding.
     check = data.select_users(users[:50])
-    np.testing.assert_allclose(fold_in(head, check, hyp, 0, solver="ridge").double().numpy(),
-                               numpy_ridge_loop(Q64, c64, check, REG), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(cholesky_ridge_loop(Q64, c64, check, REG), numpy_ridge_loop(Q64, c64, check, REG),
-                               rtol=1e-10, atol=1e-12)
+    loop = numpy_ridge_loop(Q64, c64, check, REG, hyp.damping)
+    np.testing.assert_allclose(fold_in(head, check, hyp, 0, solver="ridge").double().numpy(), loop,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cholesky_ridge_loop(Q64, c64, check, REG, hyp.damping), loop, rtol=1e-10, atol=1e-12)
 
     emb_one = fold_in(head, singles[0], hyp, 0, solver="ridge")
     one_user = data.user_ids[users[:1]]
@@ -139,8 +144,8 @@ def test_serving_latency_and_throughput(setup):
             lambda r: fold_in(head, r, hyp, EPOCHS, backend=BACKEND),
         "fold_in(solver='ridge')": lambda r: fold_in(head, r, hyp, 0, solver="ridge"),
         "ServedModel.fold_in(solver='ridge'), original ids": lambda r: served.fold_in(requests[id(r)], solver="ridge"),
-        "numpy ridge loop (baseline)": lambda r: numpy_ridge_loop(Q64, c64, r, REG),
-        "numpy ridge loop, Cholesky (scipy dposv)": lambda r: cholesky_ridge_loop(Q64, c64, r, REG),
+        "numpy ridge loop (baseline)": lambda r: numpy_ridge_loop(Q64, c64, r, REG, hyp.damping),
+        "numpy ridge loop, Cholesky (scipy dposv)": lambda r: cholesky_ridge_loop(Q64, c64, r, REG, hyp.damping),
     }, {
         "recommend top-10 (1 user)": lambda r: recommend(head, emb_one, 10, backend=BACKEND),
         "ServedModel.recommend top-10 (1 user id)": lambda r: served.recommend(one_user, 10, backend=BACKEND),
@@ -163,7 +168,7 @@ def test_serving_latency_and_throughput(setup):
         for _ in range(rounds):  # interleaved rounds
             times["train"] = min(times["train"], _best(lambda: fold_in(head, batch, hyp, EPOCHS, backend=BACKEND), 1))
             times["ridge"] = min(times["ridge"], _best(lambda: fold_in(head, batch, hyp, 0, solver="ridge"), 1))
-            times["numpy"] = min(times["numpy"], _best(lambda: numpy_ridge_loop(Q64, c64, batch, REG), 1))
+            times["numpy"] = min(times["numpy"], _best(lambda: numpy_ridge_loop(Q64, c64, batch, REG, hyp.damping), 1))
         throughput[batch.n_users] = {k: batch.n_users / v for k, v in times.items()}
         flops = float((batch.counts * D * D).sum() + batch.n_users * D**3 / 3)
         peak_fraction[batch.n_users] = flops / times["ridge"] / peak
