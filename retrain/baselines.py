@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .backends.base import CSRTensors, heaviest_first
-from .contract import GOLDEN, MASK32, PERM_DOMAIN, PERM_ROUNDS, Adam, combine
+from .contract import GOLDEN, MASK32, PERM_DOMAIN, PERM_ROUNDS, Adam, combine, damping_terms
 from .errors import InputError
 from .heads import Head
 
@@ -255,22 +255,23 @@ def _user_parallel_grad(head: Head, e, q, offset, rating, coef, reg):
     """Gradient of each (user, probe) loss w.r.t. its embedding, ``[k, P, d]``.
 
     ``e [k, P, d]``; ``q [k, w, h]`` item vectors of each user's minibatch; ``offset``, ``rating``
-    ``[k, w]``; ``coef [k, w]`` = w / |C| (0 on padding); ``reg [P]``.  By hand (two batched
-    matmuls) without a tower, by autograd through one.
+    ``[k, w]``; ``coef [k, w]`` = w / |C| (0 on padding); ``reg [k, P]`` (each user's damped reg).
+    By hand (two batched matmuls) without a tower, by autograd through one.
     """
     if not head.tower:
         pred = torch.bmm(e, q.transpose(1, 2)) + offset[:, None, :]  # [k, P, w]
         d_pred = 2.0 * coef[:, None, :] * (pred - rating[:, None, :])
-        return torch.bmm(d_pred, q) + 2.0 * reg[None, :, None] * e
+        return torch.bmm(d_pred, q) + 2.0 * reg[:, :, None] * e
     leaf = e.detach().requires_grad_(True)
     pred = torch.bmm(head.user_features(leaf), q.transpose(1, 2)) + offset[:, None, :]
-    loss = (coef[:, None, :] * (pred - rating[:, None, :]) ** 2).sum() + (reg[None, :, None] * leaf * leaf).sum()
+    loss = (coef[:, None, :] * (pred - rating[:, None, :]) ** 2).sum() + (reg[:, :, None] * leaf * leaf).sum()
     (grad,) = torch.autograd.grad(loss, leaf)
     return grad
 
 
 def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, *,
-                  n_epochs: int, batch_size: int, seed: int = 0, max_steps: int | None = None) -> torch.Tensor:
+                  n_epochs: int, batch_size: int, seed: int = 0, damping: float = 0.0,
+                  max_steps: int | None = None) -> torch.Tensor:
     """The contract's schedule in plain PyTorch, vectorised across users; returns ``[U, P, d]``.
 
     Users are sorted by rating count (heaviest first), so at step ``c`` of an epoch the users that
@@ -279,7 +280,8 @@ def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.T
     of counts (``retrain.contract.permutation``, every user its own round constants), the
     minibatch ratings are padded to the bucket's width (at most ``batch_size``), predictions and gradients are batched
     matmuls, and Adam updates the prefix in place with each user's own step count.  Adam's
-    constants are the contract's defaults (``retrain.contract.Adam()``).  ``max_steps`` caps the
+    constants are the contract's defaults (``retrain.contract.Adam()``); ``damping`` is the
+    step spec's (each user's reg is ``reg + damping_terms(damping, counts)``).  ``max_steps`` caps the
     number of steps (each one minibatch of every active user).  Runs on ``init.device``.
     """
     _check(data, init, lrs, regs, batch_size)
@@ -302,7 +304,8 @@ def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.T
     n_probes = len(lrs)
     emb = init.to(device)[order][:, None, :].repeat(1, n_probes, 1)
     adam_m, adam_v = torch.zeros_like(emb), torch.zeros_like(emb)
-    lr, reg = lrs.to(device)[None, :, None], regs.to(device)
+    lr = lrs.to(device)[None, :, None]
+    reg = regs.to(device)[None, :] + torch.from_numpy(damping_terms(damping, counts_all)).to(device)[order][:, None]
     steps_per_epoch = (counts + batch_size - 1) // batch_size  # [U] sorted
     # Users with a c-th minibatch: the first active[c] (counts sorted decreasing).
     max_chunks = int(steps_per_epoch[0]) if n_rated else 0
@@ -322,7 +325,8 @@ def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.T
             coef = torch.where(valid, weights[rows], 0.0) / size[first:first + len(rows), None]
             item = items[rows]
             e = emb[first:first + len(rows)]
-            grads.append(_user_parallel_grad(head, e, Q[item], offsets[item], ratings[rows], coef, reg))
+            grads.append(_user_parallel_grad(head, e, Q[item], offsets[item], ratings[rows], coef,
+                                             reg[first:first + len(rows)]))
         grad = grads[0] if len(grads) == 1 else torch.cat(grads)
         e = emb[:k]
         t = (epoch * steps_per_epoch[:k] + chunk + 1).double()  # each user's own Adam step

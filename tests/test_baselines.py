@@ -118,19 +118,20 @@ def test_user_parallel_permutations_are_the_contracts():
 
 @pytest.mark.parametrize("kind,d,h,batch", [("mf", 6, None, 1), ("mf", 6, None, 4), ("tower2", 5, 3, 3),
                                             ("tower1", 4, 6, 200)])
-def test_user_parallel_matches_the_reference_backend(kind, d, h, batch):
+@pytest.mark.parametrize("damping", [0.0, 3.0])
+def test_user_parallel_matches_the_reference_backend(kind, d, h, batch, damping):
     # Same init, same permutations, same step counts: equal up to float32 rounding (the gradient
     # sums run in another order than autograd's).  Users with 0, 1 and 150 ratings included.
     head = random_head(kind, 17, d, h, seed=2)
     ratings = random_ratings(9, 17, seed=3)
-    hyp = HyperParams(model=f"matrix_factorization_{d}", batch_size=batch, seed=11, damping=0.0)  # the baseline's loss
+    hyp = HyperParams(model=f"matrix_factorization_{d}", batch_size=batch, seed=11, damping=damping)
     lrs, regs = [1e-2, 3e-2, 1e-1], [1e-4, 1e-2, 1e-3]
     problem = prepare(head, ratings, None, hyp, "reference")
     problem.start(lrs, regs)
     problem.train(3)
     want = problem.embeddings()
     got = user_parallel(head, csr_tensors(ratings, "cpu"), problem.init, torch.tensor(lrs), torch.tensor(regs),
-                        n_epochs=3, batch_size=batch, seed=11)
+                        n_epochs=3, batch_size=batch, seed=11, damping=damping)
     assert rel_err(got, want) <= 2e-6, describe_mismatch(got, want, 2e-6)
 
 
@@ -159,8 +160,9 @@ def test_hand_written_gradient_of_user_parallel_is_autograds():
     valid = torch.arange(w)[None, :] < sizes[:, None]
     coef = torch.where(valid, torch.rand(k, w, generator=g, dtype=torch.float64) + 0.5, 0.0) / sizes[:, None]
     e = torch.randn(k, P, 5, generator=g, dtype=torch.float64)
-    reg = torch.tensor([1e-3, 1e-1, 0.5], dtype=torch.float64)
-    grad = _user_parallel_grad(head, e, q, offset, rating, coef, reg)
+    reg = torch.tensor([1e-3, 1e-1, 0.5], dtype=torch.float64)[None, :] + torch.tensor([[0.0], [0.2], [0.0], [1.5]],
+                                                                                      dtype=torch.float64)
+    grad = _user_parallel_grad(head, e, q, offset, rating, coef, reg)  # reg [k, P]: damped per user
 
     leaf = e.clone().requires_grad_(True)
     losses = []
@@ -168,6 +170,6 @@ def test_hand_written_gradient_of_user_parallel_is_autograds():
         n = int(sizes[u])
         pred = leaf[u] @ q[u, :n].T + offset[u, :n]  # [P, n]
         weight = coef[u, :n] * n
-        losses.append((weight * (pred - rating[u, :n]) ** 2).mean(dim=1) + reg * (leaf[u] ** 2).sum(dim=1))
+        losses.append((weight * (pred - rating[u, :n]) ** 2).mean(dim=1) + reg[u] * (leaf[u] ** 2).sum(dim=1))
     (want,) = torch.autograd.grad(torch.stack(losses).sum(), leaf)
     torch.testing.assert_close(grad, want, rtol=1e-12, atol=1e-12)
