@@ -147,6 +147,24 @@ def test_every_simd_path_matches_reference(simd, kind, d, h, optimizer, batch):
     assert rel_err(loss, ref_loss) <= 1e-5
 
 
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+@pytest.mark.parametrize("P", [1, 3])
+def test_epoch_orders_at_power_of_two_edges_match_reference(simd, P):
+    # The kernels build each epoch's order from a table of the bijection over [0, 2**bits) (written
+    # a vector at a time, its last block partial when 2**bits is below the vector width) and walk
+    # the table.  Counts at, below and above powers of two, minibatches of 3 (so the order decides
+    # which ratings share a step): every path within tolerance of the reference, whose order is
+    # retrain.contract's.
+    head = random_head("mf", 40, 5, seed=8)
+    counts = [2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129]
+    data = random_ratings(len(counts), 40, counts=counts, seed=9)
+    lrs, regs = [5e-2, 1e-1, 2e-2][:P], [1e-3, 0.0, 1e-2][:P]
+    emb, _, loss = _train(CpuBackend(simd=simd), head, data, lrs, regs, batch_size=3, epochs=2)
+    ref, _, ref_loss = _train("reference", head, data, lrs, regs, batch_size=3, epochs=2)
+    assert rel_err(emb, ref) <= 1e-5, describe_mismatch(emb, ref, 1e-5)
+    assert rel_err(loss, ref_loss) <= 1e-5
+
+
 def _threads_problem():
     head = random_head("tower1", 40, 6, 5, seed=5)
     counts = np.random.default_rng(6).integers(0, 60, 300)
