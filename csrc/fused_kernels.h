@@ -405,23 +405,46 @@ inline void merge_outputs(const UserBuffers& b, int checkpoints, int P, int lane
 // --------------------------------------------------------------------------- training
 
 // Adam's bias corrections 1 / (1 - beta^t) of step count t, rounded to float once (in double
-// before, as the reference computes them).  A table over every step count of the call when it is
-// no longer than the call's steps (std::pow twice per count instead of twice per user and step)
-// and than kMaxSteps (8 MB), else computed per step: the same values either way.
+// before, as the reference computes them).  A user with S steps an epoch takes the counts
+// (epoch_start, epoch_start + n_epochs] * S of the call, so a table holds, for each distinct S of
+// the call's users, those n_epochs * S counts (std::pow twice per count instead of twice per user
+// and step; never more entries than the call has steps), unless it would exceed kMaxSteps (8 MB):
+// then std::pow per step.  The same values either way.
 class BiasCorrections {
 public:
     static constexpr int64_t kMaxSteps = int64_t{1} << 20;
 
-    BiasCorrections(const OptimizerView& opt, int64_t last_step, int64_t call_steps) : opt_(opt) {
-        if (!opt.adam || last_step > call_steps || last_step > kMaxSteps) return;
-        table_.resize(2 * static_cast<size_t>(last_step));
-        for (int64_t t = 1; t <= last_step; ++t) compute(t, &table_[2 * (t - 1)], &table_[2 * (t - 1) + 1]);
+    // has_steps[S]: some user of the call takes S steps an epoch.
+    BiasCorrections(const OptimizerView& opt, int64_t epoch_start, int64_t n_epochs, const std::vector<bool>& has_steps)
+        : opt_(opt), epoch_start_(epoch_start) {
+        if (!opt.adam) return;
+        segment_.assign(has_steps.size(), -1);
+        int64_t entries = 0;
+        for (size_t S = 1; S < has_steps.size(); ++S)
+            if (has_steps[S]) {
+                segment_[S] = entries;
+                entries += n_epochs * static_cast<int64_t>(S);
+            }
+        if (entries > kMaxSteps) {
+            segment_.clear();
+            return;
+        }
+        table_.resize(2 * static_cast<size_t>(entries));
+        for (int64_t S = 1; S < static_cast<int64_t>(has_steps.size()); ++S) {
+            if (segment_[S] < 0) continue;
+            for (int64_t k = 0; k < n_epochs * S; ++k) {
+                float* at = &table_[2 * static_cast<size_t>(segment_[S] + k)];
+                compute(epoch_start * S + k + 1, at, at + 1);
+            }
+        }
     }
 
-    void get(int64_t t, float* unbias1, float* unbias2) const {
-        if (2 * static_cast<size_t>(t) > table_.size()) return compute(t, unbias1, unbias2);
-        *unbias1 = table_[2 * (t - 1)];
-        *unbias2 = table_[2 * (t - 1) + 1];
+    // The corrections of step count t of a user with S steps an epoch (t in the call's counts).
+    void get(int64_t S, int64_t t, float* unbias1, float* unbias2) const {
+        if (segment_.empty()) return compute(t, unbias1, unbias2);
+        const float* at = &table_[2 * static_cast<size_t>(segment_[S] + t - epoch_start_ * S - 1)];
+        *unbias1 = at[0];
+        *unbias2 = at[1];
     }
 
 private:
@@ -431,7 +454,9 @@ private:
     }
 
     OptimizerView opt_;
-    std::vector<float> table_;  // [t - 1] -> (unbias1, unbias2)
+    int64_t epoch_start_;
+    std::vector<int64_t> segment_;  // [S] -> the first entry of S's counts in table_, -1 where no user has S
+    std::vector<float> table_;      // [entry] -> (unbias1, unbias2)
 };
 
 // The constants are the step spec's (in double, rounded to float once, as the reference does);
@@ -693,7 +718,7 @@ void train_epoch(const TrainArgs& a, const Group& grp, int64_t epoch, const Bias
             count[g] = chunk < steps[g] ? static_cast<int>(n[g] - first < B ? n[g] - first : B) : 0;
             all_live = all_live && count[g] > 0;
             float unbias1 = 0.0f, unbias2 = 0.0f;
-            if (a.optimizer.adam && count[g] > 0) bias.get(adam_step(epoch, n[g], B, chunk), &unbias1, &unbias2);
+            if (a.optimizer.adam && count[g] > 0) bias.get(steps[g], adam_step(epoch, n[g], B, chunk), &unbias1, &unbias2);
             for (int v = g * per_user; v < (g + 1) * per_user && v < lanes; ++v) {
                 b.live[v] = count[g] > 0 ? -1 : 0;
                 b.unbias1[v] = unbias1;
@@ -844,14 +869,12 @@ void run_training(const TrainArgs& a) {
     const bool packed = group > 1;
     const int user_lanes = padded_lanes(P, V::W);
     const int lanes = packed ? V::W : user_lanes;
-    int64_t max_ratings = 0, call_steps = 0;
-    for (int64_t i = 0; i < a.n_order; ++i) {
-        const int64_t n = rating_count(a.data, a.order[i]);
-        max_ratings = n > max_ratings ? n : max_ratings;
-        call_steps += (n + a.batch_size - 1) / a.batch_size;
-    }
-    const int64_t max_steps = (max_ratings + a.batch_size - 1) / a.batch_size;
-    const BiasCorrections bias(a.optimizer, (a.epoch_start + a.n_epochs) * max_steps, call_steps * a.n_epochs);
+    int64_t max_ratings = 0;
+    for (int64_t i = 0; i < a.n_order; ++i)
+        max_ratings = rating_count(a.data, a.order[i]) > max_ratings ? rating_count(a.data, a.order[i]) : max_ratings;
+    std::vector<bool> has_steps(static_cast<size_t>((max_ratings + a.batch_size - 1) / a.batch_size) + 1, false);
+    for (int64_t i = 0; i < a.n_order; ++i) has_steps[(rating_count(a.data, a.order[i]) + a.batch_size - 1) / a.batch_size] = true;
+    const BiasCorrections bias(a.optimizer, a.epoch_start, a.n_epochs, has_steps);
     const std::vector<Group> groups = make_groups(a, group);
     const auto n_groups = static_cast<int64_t>(groups.size());
     const int threads = static_cast<int>(n_groups < a.num_threads ? n_groups : a.num_threads);

@@ -329,21 +329,25 @@ def test_wide_probe_blocks_are_transposed_exactly():
 
 @pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
 def test_bias_corrections_from_the_table_or_per_step_are_the_same(simd):
-    # Adam's bias corrections come from a per-call table when it is no longer than the call's steps,
-    # else from std::pow per step.  One user, 20 steps an epoch: a 3-epoch call uses the table
-    # (60 counts, 60 steps); calls of 1 epoch from epoch 1 on do not (40 or 60 counts, 20 steps).
-    # Both must give the same bits, and the reference within float32 tolerance.
+    # Adam's bias corrections come from a per-call table of each distinct steps-per-epoch S's
+    # counts, n_epochs * S of them, unless the table would exceed 2**20 entries: then std::pow per
+    # step.  Users of 2**16, 40, 3 and 1 ratings, minibatches of 1: a 17-epoch call exceeds the
+    # table (17 * 65,580 counts), 17 calls of one epoch from epochs 0-16 each fit (65,580).  Both
+    # must give the same bits.  The table's counts against the reference: a small call of 3 epochs.
     head = random_head("mf", 13, 4, seed=40)
-    data = random_ratings(1, 13, counts=[40], seed=41)
-    hyp = HyperParams(model="matrix_factorization_4", batch_size=2, seed=3)
     lrs, regs = [1e-2, 3e-2], [1e-3, 0.0]
-    runs = []
-    for calls in ([3], [1, 1, 1]):
-        problem = prepare(head, data, None, hyp, CpuBackend(simd=simd))
+
+    def train(data, calls, batch):
+        problem = prepare(head, data, None, HyperParams(model="matrix_factorization_4", batch_size=batch, seed=3),
+                          CpuBackend(simd=simd))
         problem.start(lrs, regs)
         for n in calls:
             problem.train(n)
-        runs.append(problem.embeddings().clone())
-    assert torch.equal(runs[0], runs[1])
-    ref, _, _ = _train("reference", head, data, lrs, regs, batch_size=2, epochs=3, seed=3)
-    assert rel_err(runs[0], ref) <= 1e-5, describe_mismatch(runs[0], ref, 1e-5)
+        return problem.embeddings().clone()
+
+    big = random_ratings(4, 13, counts=[2**16, 40, 3, 1], seed=41)
+    assert torch.equal(train(big, [17], 1), train(big, [1] * 17, 1))
+    small = random_ratings(3, 13, counts=[40, 7, 1], seed=42)
+    ref, _, _ = _train("reference", head, small, lrs, regs, batch_size=2, epochs=3, seed=3)
+    emb = train(small, [1, 2], 2)
+    assert rel_err(emb, ref) <= 1e-5, describe_mismatch(emb, ref, 1e-5)
