@@ -51,6 +51,10 @@ constexpr int kTile = 64;  // ratings per tile: bounds the scratch; their Q rows
 // Micro-kernel: V::kAccumulators registers (rows x kBlockVectors vectors of lanes).
 constexpr int kBlockVectors = 2;
 constexpr int kPackedRatings = 4;  // users in lanes: ratings of every lane's minibatch handled together
+// Users in lanes: ratings of every lane's minibatch staged at a time, in [rating][lane] order (a
+// multiple of kPackedRatings).
+constexpr int kStagedRatings = 32;
+static_assert(kStagedRatings % kPackedRatings == 0, "a staged window holds whole packed blocks");
 
 // --------------------------------------------------------------------------- small matrix products
 
@@ -228,11 +232,12 @@ struct UserBuffers {
     // the Adam bias corrections of its step count.
     int32_t* live;                // [lanes]
     float *unbias1, *unbias2;     // [lanes]
-    // Users in lanes only: kPackedRatings ratings of every lane's minibatch.
-    float* item_block;            // [kPackedRatings][h][lanes] their item vectors
-    const float** lane_rows;      // [lanes] one rating's item row of each lane (pointers into Q)
-    float *lane_offset, *lane_rating, *lane_coef;  // [kPackedRatings][lanes] b + mu, r, w * scale
-    int32_t* slot_live;           // [kPackedRatings][lanes] -1 where the lane's minibatch has that rating
+    // Users in lanes only: kStagedRatings ratings of every lane's minibatch, and the item vectors
+    // of kPackedRatings of them.
+    float* item_block;            // [kPackedRatings][h][lanes] item vectors
+    const float** lane_rows;      // [kStagedRatings][lanes] item rows (pointers into Q)
+    float *lane_offset, *lane_rating, *lane_coef;  // [kStagedRatings][lanes] b + mu, r, w * scale
+    int32_t* slot_live;           // [kStagedRatings][lanes] -1 where the lane's minibatch has that rating
 
     // Carve the buffers from `base`; with base = nullptr only measures (returns the bytes).
     // `group`: users per register (1: probes only).
@@ -267,13 +272,13 @@ struct UserBuffers {
         t.live = c.take<int32_t>(lanes);
         t.unbias1 = c.take<float>(lanes);
         t.unbias2 = c.take<float>(lanes);
-        const size_t packed = group > 1 ? static_cast<size_t>(lanes) * kPackedRatings : 0;
-        t.item_block = c.take<float>(static_cast<size_t>(head.h) * packed);
-        t.lane_rows = c.take<const float*>(group > 1 ? static_cast<size_t>(lanes) : 0);
-        t.lane_offset = c.take<float>(packed);
-        t.lane_rating = c.take<float>(packed);
-        t.lane_coef = c.take<float>(packed);
-        t.slot_live = c.take<int32_t>(packed);
+        const size_t staged = group > 1 ? static_cast<size_t>(lanes) * kStagedRatings : 0;
+        t.item_block = c.take<float>(group > 1 ? static_cast<size_t>(head.h) * lanes * kPackedRatings : 0);
+        t.lane_rows = c.take<const float*>(staged);
+        t.lane_offset = c.take<float>(staged);
+        t.lane_rating = c.take<float>(staged);
+        t.lane_coef = c.take<float>(staged);
+        t.slot_live = c.take<int32_t>(staged);
         if (b != nullptr) *b = t;
         return static_cast<size_t>(c.next() - base);
     }
@@ -550,6 +555,45 @@ void transpose_item_rows(const float* const* rows, int h, float* item_block) {
         for (int l = 0; l < W; ++l) item_block[j * W + l] = rows[l][j];
 }
 
+// Ratings [k0, k0 + n) of every lane's minibatch -> slot k - k0 of b.lane_rows, lane_offset,
+// lane_rating, lane_coef and slot_live (slots past a lane's count: item 0, zeros, not live).  One
+// user's ratings in a loop of their own, stored straight into their lanes: the loads of one rating
+// do not wait for another's, and the products read whole vectors.
+template <class V>
+void stage_ratings(const TrainArgs& a, const Group& grp, const int64_t* start, const uint32_t* const* positions,
+                   const int* count, const float* coef, int k0, int n, UserBuffers& b) {
+    constexpr int W = V::W;
+    const int P = a.n_probes, h = a.head.h;
+    // Locals, so that the stores below cannot make the compiler reload them.
+    const float* const item_vectors = a.head.item_vectors;
+    const float* const item_bias = a.head.item_bias;
+    const float global_bias = a.head.global_bias;
+    const int32_t* const items = a.data.items;
+    const float* const ratings = a.data.ratings;
+    const float* const weights = a.data.weights;
+    auto put = [&](int k, int lane, const float* row, float offset, float rating, float weight, int32_t live) {
+        b.lane_rows[k * W + lane] = row;
+        b.lane_offset[k * W + lane] = offset;
+        b.lane_rating[k * W + lane] = rating;
+        b.lane_coef[k * W + lane] = weight;
+        b.slot_live[k * W + lane] = live;
+    };
+    for (int g = 0; g < grp.size; ++g) {  // lanes [g P, g P + P) are user g's
+        const int live = count[g] - k0 < 0 ? 0 : (count[g] - k0 < n ? count[g] - k0 : n);
+        for (int k = 0; k < live; ++k) {
+            const int64_t at = start[g] + positions[g][k0 + k];
+            const int64_t item = items[at];
+            const float* row = item_vectors + item * h;
+            const float offset = item_bias[item] + global_bias, rating = ratings[at], weight = weights[at] * coef[g];
+            for (int p = 0; p < P; ++p) put(k, g * P + p, row, offset, rating, weight, -1);
+        }
+        for (int k = live; k < n; ++k)  // no rating here: item 0, its d loss / d pred masked to 0
+            for (int p = 0; p < P; ++p) put(k, g * P + p, item_vectors, 0.0f, 0.0f, 0.0f, 0);
+    }
+    for (int lane = grp.size * P; lane < W; ++lane)  // lanes of no user
+        for (int k = 0; k < n; ++k) put(k, lane, item_vectors, 0.0f, 0.0f, 0.0f, 0);
+}
+
 // The gradient of one minibatch step of every user of a packed register, w.r.t. the features
 // [h][W] (one register wide), kPackedRatings ratings of every lane's minibatch at a time (their
 // dot products are independent chains).  User g's minibatch has count[g] ratings (0: it takes no
@@ -563,52 +607,25 @@ void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first
                              const float* features, UserBuffers& b) {
     using R = typename V::reg;
     constexpr int W = V::W;
-    const HeadView& head = a.head;
-    const int P = a.n_probes, h = head.h;
+    const int h = a.head.h;
     int most = 0;
     float coef[kMaxGroup];
-    for (int g = 0; g < grp.size; ++g) {
-        most = count[g] > most ? count[g] : most;
-        coef[g] = count[g] > 0 ? 2.0f / static_cast<float>(count[g]) : 0.0f;
-    }
-    // Locals, so that the stores below cannot make the compiler reload them.
-    const float* const item_vectors = head.item_vectors;
-    const float* const item_bias = head.item_bias;
-    const float global_bias = head.global_bias;
-    const int32_t* const items = a.data.items;
-    const float* const ratings = a.data.ratings;
-    const float* const weights = a.data.weights;
     int64_t start[kMaxGroup];
     const uint32_t* positions[kMaxGroup];
     for (int g = 0; g < grp.size; ++g) {
+        most = count[g] > most ? count[g] : most;
+        coef[g] = count[g] > 0 ? 2.0f / static_cast<float>(count[g]) : 0.0f;
         start[g] = a.data.indptr[grp.user[g]];
         positions[g] = b.order + g * b.order_stride + first;
     }
     for (int k0 = 0; k0 < most; k0 += kPackedRatings) {
-        for (int r = 0; r < kPackedRatings; ++r) {
-            for (int l = 0, g = 0; g < kMaxGroup && l < W; ++g) {  // lanes [g P, g P + P) are user g's
-                const float* row = item_vectors;  // no rating here: item 0, its d loss / d pred masked to 0
-                int32_t live = 0;
-                float bias = 0.0f, rating = 0.0f, weight = 0.0f;
-                if (g < grp.size && k0 + r < count[g]) {
-                    const int64_t at = start[g] + positions[g][k0 + r];
-                    const int64_t item = items[at];
-                    row = item_vectors + item * h;
-                    bias = item_bias[item] + global_bias;
-                    rating = ratings[at];
-                    weight = weights[at] * coef[g];
-                    live = -1;
-                }
-                for (int p = 0; p < P && l < W; ++p, ++l) {
-                    b.lane_rows[l] = row;
-                    b.lane_offset[r * W + l] = bias;
-                    b.lane_rating[r * W + l] = rating;
-                    b.lane_coef[r * W + l] = weight;
-                    b.slot_live[r * W + l] = live;
-                }
-            }
-            transpose_item_rows<V>(b.lane_rows, h, b.item_block + r * h * W);
+        const int slot = k0 % kStagedRatings;
+        if (slot == 0) {
+            const int left = (most - k0 + kPackedRatings - 1) / kPackedRatings * kPackedRatings;
+            stage_ratings<V>(a, grp, start, positions, count, coef, k0, left < kStagedRatings ? left : kStagedRatings, b);
         }
+        for (int r = 0; r < kPackedRatings; ++r)
+            transpose_item_rows<V>(b.lane_rows + (slot + r) * W, h, b.item_block + r * h * W);
         R pred[kPackedRatings];
         for (int r = 0; r < kPackedRatings; ++r) pred[r] = V::zero();
         for (int j = 0; j < h; ++j) {
@@ -618,9 +635,10 @@ void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first
         }
         R diff[kPackedRatings];
         for (int r = 0; r < kPackedRatings; ++r) {
-            const R x = V::mul(V::load(b.lane_coef + r * W),
-                               V::sub(V::add(pred[r], V::load(b.lane_offset + r * W)), V::load(b.lane_rating + r * W)));
-            diff[r] = V::blend(b.slot_live + r * W, x, V::zero());
+            const int at = (slot + r) * W;
+            const R x = V::mul(V::load(b.lane_coef + at),
+                               V::sub(V::add(pred[r], V::load(b.lane_offset + at)), V::load(b.lane_rating + at)));
+            diff[r] = V::blend(b.slot_live + at, x, V::zero());
         }
         for (int j = 0; j < h; ++j) {
             R acc = k0 == 0 ? V::fmadd(V::load(b.item_block + j * W), diff[0], V::zero()) : V::load(b.g + j * W);

@@ -268,13 +268,15 @@ def test_thread_count_follows_the_work_unless_given():
 
 @pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
 @pytest.mark.parametrize("kind,P,optimizer,batch", [("mf", 1, "adam", 3), ("tower2", 2, "adam", 5),
-                                                    ("tower1", 3, "sgd", 2), ("mf", 5, "adam", 64)])
+                                                    ("tower1", 3, "sgd", 2), ("mf", 5, "adam", 64),
+                                                    ("mf", 1, "adam", 40)])
 def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch):
     # Users share a register when P is at most half of it, whatever their rating counts; every lane
     # must run exactly what it runs alone: embeddings, moments, checkpoint losses and snapshots,
     # bitwise.  The counts mix users with 1 rating, counts below, at and above the batch size (a
     # register's users then take different numbers of steps, and last minibatches of different
-    # sizes), runs of equal counts, and users without ratings.
+    # sizes), runs of equal counts, and users without ratings.  Minibatches of 40 and 64 span more
+    # than one window of staged ratings (32).
     head = random_head(kind, 23, 6, 4, seed=20)
     rng = np.random.default_rng(21)
     counts = np.concatenate([rng.integers(1, 3 * batch + 2, 60), [1, 1, batch, batch + 1, 0, 0, 2 * batch - 1],
