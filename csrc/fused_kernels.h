@@ -622,7 +622,8 @@ void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first
         const int slot = k0 % kStagedRatings;
         if (slot == 0) {
             const int left = (most - k0 + kPackedRatings - 1) / kPackedRatings * kPackedRatings;
-            stage_ratings<V>(a, grp, start, positions, count, coef, k0, left < kStagedRatings ? left : kStagedRatings, b);
+            const int n = left < kStagedRatings ? left : kStagedRatings;
+            stage_ratings<V>(a, grp, start, positions, count, coef, k0, n, b);
         }
         for (int r = 0; r < kPackedRatings; ++r)
             transpose_item_rows<V>(b.lane_rows + (slot + r) * W, h, b.item_block + r * h * W);
@@ -736,7 +737,8 @@ void train_epoch(const TrainArgs& a, const Group& grp, int64_t epoch, const Bias
             count[g] = chunk < steps[g] ? static_cast<int>(n[g] - first < B ? n[g] - first : B) : 0;
             all_live = all_live && count[g] > 0;
             float unbias1 = 0.0f, unbias2 = 0.0f;
-            if (a.optimizer.adam && count[g] > 0) bias.get(steps[g], adam_step(epoch, n[g], B, chunk), &unbias1, &unbias2);
+            if (a.optimizer.adam && count[g] > 0)
+                bias.get(steps[g], adam_step(epoch, n[g], B, chunk), &unbias1, &unbias2);
             for (int v = g * per_user; v < (g + 1) * per_user && v < lanes; ++v) {
                 b.live[v] = count[g] > 0 ? -1 : 0;
                 b.unbias1[v] = unbias1;
@@ -890,8 +892,9 @@ void run_training(const TrainArgs& a) {
     int64_t max_ratings = 0;
     for (int64_t i = 0; i < a.n_order; ++i)
         max_ratings = rating_count(a.data, a.order[i]) > max_ratings ? rating_count(a.data, a.order[i]) : max_ratings;
-    std::vector<bool> has_steps(static_cast<size_t>((max_ratings + a.batch_size - 1) / a.batch_size) + 1, false);
-    for (int64_t i = 0; i < a.n_order; ++i) has_steps[(rating_count(a.data, a.order[i]) + a.batch_size - 1) / a.batch_size] = true;
+    const auto steps_of = [&](int64_t n) { return static_cast<size_t>((n + a.batch_size - 1) / a.batch_size); };
+    std::vector<bool> has_steps(steps_of(max_ratings) + 1, false);  // [S]: some user takes S steps an epoch
+    for (int64_t i = 0; i < a.n_order; ++i) has_steps[steps_of(rating_count(a.data, a.order[i]))] = true;
     const BiasCorrections bias(a.optimizer, a.epoch_start, a.n_epochs, has_steps);
     const std::vector<Group> groups = make_groups(a, group);
     const auto n_groups = static_cast<int64_t>(groups.size());
