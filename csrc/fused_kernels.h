@@ -51,6 +51,10 @@ constexpr int kTile = 64;  // ratings per tile: bounds the scratch; their Q rows
 // Micro-kernel: V::kAccumulators registers (rows x kBlockVectors vectors of lanes).
 constexpr int kBlockVectors = 2;
 constexpr int kPackedRatings = 4;  // users in lanes: ratings of every lane's minibatch handled together
+// Users in lanes: ratings of every lane's minibatch staged at a time, in [rating][lane] order (a
+// multiple of kPackedRatings).
+constexpr int kStagedRatings = 32;
+static_assert(kStagedRatings % kPackedRatings == 0, "a staged window holds whole packed blocks");
 
 // --------------------------------------------------------------------------- small matrix products
 
@@ -223,15 +227,17 @@ struct UserBuffers {
     uint8_t* bad;                 // [checkpoints][lanes] 1 where this thread saw a non-finite state or loss
     uint32_t* order;              // the epoch's permutations [group][order_stride]
     int64_t order_stride;         // max ratings of a user
+    uint32_t* bijection;          // [2 order_stride] the bijection table of one permutation (fill_order)
     // The step of each lane's user: -1 where it takes one, 0 where it has finished its epoch, and
     // the Adam bias corrections of its step count.
     int32_t* live;                // [lanes]
     float *unbias1, *unbias2;     // [lanes]
-    // Users in lanes only: kPackedRatings ratings of every lane's minibatch.
-    float* item_block;            // [kPackedRatings][h][lanes] their item vectors
-    const float** lane_rows;      // [lanes] one rating's item row of each lane (pointers into Q)
-    float *lane_offset, *lane_rating, *lane_coef;  // [kPackedRatings][lanes] b + mu, r, w * scale
-    int32_t* slot_live;           // [kPackedRatings][lanes] -1 where the lane's minibatch has that rating
+    // Users in lanes only: kStagedRatings ratings of every lane's minibatch, and the item vectors
+    // of kPackedRatings of them.
+    float* item_block;            // [kPackedRatings][h][lanes] item vectors
+    const float** lane_rows;      // [kStagedRatings][lanes] item rows (pointers into Q)
+    float *lane_offset, *lane_rating, *lane_coef;  // [kStagedRatings][lanes] b + mu, r, w * scale
+    int32_t* slot_live;           // [kStagedRatings][lanes] -1 where the lane's minibatch has that rating
 
     // Carve the buffers from `base`; with base = nullptr only measures (returns the bytes).
     // `group`: users per register (1: probes only).
@@ -262,16 +268,17 @@ struct UserBuffers {
         t.bad = c.take<uint8_t>(static_cast<size_t>(checkpoints) * lanes);
         t.order = c.take<uint32_t>(static_cast<size_t>(max_ratings) * group);
         t.order_stride = max_ratings;
+        t.bijection = c.take<uint32_t>(2 * static_cast<size_t>(max_ratings));
         t.live = c.take<int32_t>(lanes);
         t.unbias1 = c.take<float>(lanes);
         t.unbias2 = c.take<float>(lanes);
-        const size_t packed = group > 1 ? static_cast<size_t>(lanes) * kPackedRatings : 0;
-        t.item_block = c.take<float>(static_cast<size_t>(head.h) * packed);
-        t.lane_rows = c.take<const float*>(group > 1 ? static_cast<size_t>(lanes) : 0);
-        t.lane_offset = c.take<float>(packed);
-        t.lane_rating = c.take<float>(packed);
-        t.lane_coef = c.take<float>(packed);
-        t.slot_live = c.take<int32_t>(packed);
+        const size_t staged = group > 1 ? static_cast<size_t>(lanes) * kStagedRatings : 0;
+        t.item_block = c.take<float>(group > 1 ? static_cast<size_t>(head.h) * lanes * kPackedRatings : 0);
+        t.lane_rows = c.take<const float*>(staged);
+        t.lane_offset = c.take<float>(staged);
+        t.lane_rating = c.take<float>(staged);
+        t.lane_coef = c.take<float>(staged);
+        t.slot_live = c.take<int32_t>(staged);
         if (b != nullptr) *b = t;
         return static_cast<size_t>(c.next() - base);
     }
@@ -403,23 +410,46 @@ inline void merge_outputs(const UserBuffers& b, int checkpoints, int P, int lane
 // --------------------------------------------------------------------------- training
 
 // Adam's bias corrections 1 / (1 - beta^t) of step count t, rounded to float once (in double
-// before, as the reference computes them).  A table over every step count of the call when it is
-// no longer than the call's steps (std::pow twice per count instead of twice per user and step)
-// and than kMaxSteps (8 MB), else computed per step: the same values either way.
+// before, as the reference computes them).  A user with S steps an epoch takes the counts
+// (epoch_start, epoch_start + n_epochs] * S of the call, so a table holds, for each distinct S of
+// the call's users, those n_epochs * S counts (std::pow twice per count instead of twice per user
+// and step; never more entries than the call has steps), unless it would exceed kMaxSteps (8 MB):
+// then std::pow per step.  The same values either way.
 class BiasCorrections {
 public:
     static constexpr int64_t kMaxSteps = int64_t{1} << 20;
 
-    BiasCorrections(const OptimizerView& opt, int64_t last_step, int64_t call_steps) : opt_(opt) {
-        if (!opt.adam || last_step > call_steps || last_step > kMaxSteps) return;
-        table_.resize(2 * static_cast<size_t>(last_step));
-        for (int64_t t = 1; t <= last_step; ++t) compute(t, &table_[2 * (t - 1)], &table_[2 * (t - 1) + 1]);
+    // has_steps[S]: some user of the call takes S steps an epoch.
+    BiasCorrections(const OptimizerView& opt, int64_t epoch_start, int64_t n_epochs, const std::vector<bool>& has_steps)
+        : opt_(opt), epoch_start_(epoch_start) {
+        if (!opt.adam) return;
+        segment_.assign(has_steps.size(), -1);
+        int64_t entries = 0;
+        for (size_t S = 1; S < has_steps.size(); ++S)
+            if (has_steps[S]) {
+                segment_[S] = entries;
+                entries += n_epochs * static_cast<int64_t>(S);
+            }
+        if (entries > kMaxSteps) {
+            segment_.clear();
+            return;
+        }
+        table_.resize(2 * static_cast<size_t>(entries));
+        for (int64_t S = 1; S < static_cast<int64_t>(has_steps.size()); ++S) {
+            if (segment_[S] < 0) continue;
+            for (int64_t k = 0; k < n_epochs * S; ++k) {
+                float* at = &table_[2 * static_cast<size_t>(segment_[S] + k)];
+                compute(epoch_start * S + k + 1, at, at + 1);
+            }
+        }
     }
 
-    void get(int64_t t, float* unbias1, float* unbias2) const {
-        if (2 * static_cast<size_t>(t) > table_.size()) return compute(t, unbias1, unbias2);
-        *unbias1 = table_[2 * (t - 1)];
-        *unbias2 = table_[2 * (t - 1) + 1];
+    // The corrections of step count t of a user with S steps an epoch (t in the call's counts).
+    void get(int64_t S, int64_t t, float* unbias1, float* unbias2) const {
+        if (segment_.empty()) return compute(t, unbias1, unbias2);
+        const float* at = &table_[2 * static_cast<size_t>(segment_[S] + t - epoch_start_ * S - 1)];
+        *unbias1 = at[0];
+        *unbias2 = at[1];
     }
 
 private:
@@ -429,7 +459,9 @@ private:
     }
 
     OptimizerView opt_;
-    std::vector<float> table_;  // [t - 1] -> (unbias1, unbias2)
+    int64_t epoch_start_;
+    std::vector<int64_t> segment_;  // [S] -> the first entry of S's counts in table_, -1 where no user has S
+    std::vector<float> table_;      // [entry] -> (unbias1, unbias2)
 };
 
 // The constants are the step spec's (in double, rounded to float once, as the reference does);
@@ -523,6 +555,45 @@ void transpose_item_rows(const float* const* rows, int h, float* item_block) {
         for (int l = 0; l < W; ++l) item_block[j * W + l] = rows[l][j];
 }
 
+// Ratings [k0, k0 + n) of every lane's minibatch -> slot k - k0 of b.lane_rows, lane_offset,
+// lane_rating, lane_coef and slot_live (slots past a lane's count: item 0, zeros, not live).  One
+// user's ratings in a loop of their own, stored straight into their lanes: the loads of one rating
+// do not wait for another's, and the products read whole vectors.
+template <class V>
+void stage_ratings(const TrainArgs& a, const Group& grp, const int64_t* start, const uint32_t* const* positions,
+                   const int* count, const float* coef, int k0, int n, UserBuffers& b) {
+    constexpr int W = V::W;
+    const int P = a.n_probes, h = a.head.h;
+    // Locals, so that the stores below cannot make the compiler reload them.
+    const float* const item_vectors = a.head.item_vectors;
+    const float* const item_bias = a.head.item_bias;
+    const float global_bias = a.head.global_bias;
+    const int32_t* const items = a.data.items;
+    const float* const ratings = a.data.ratings;
+    const float* const weights = a.data.weights;
+    auto put = [&](int k, int lane, const float* row, float offset, float rating, float weight, int32_t live) {
+        b.lane_rows[k * W + lane] = row;
+        b.lane_offset[k * W + lane] = offset;
+        b.lane_rating[k * W + lane] = rating;
+        b.lane_coef[k * W + lane] = weight;
+        b.slot_live[k * W + lane] = live;
+    };
+    for (int g = 0; g < grp.size; ++g) {  // lanes [g P, g P + P) are user g's
+        const int live = count[g] - k0 < 0 ? 0 : (count[g] - k0 < n ? count[g] - k0 : n);
+        for (int k = 0; k < live; ++k) {
+            const int64_t at = start[g] + positions[g][k0 + k];
+            const int64_t item = items[at];
+            const float* row = item_vectors + item * h;
+            const float offset = item_bias[item] + global_bias, rating = ratings[at], weight = weights[at] * coef[g];
+            for (int p = 0; p < P; ++p) put(k, g * P + p, row, offset, rating, weight, -1);
+        }
+        for (int k = live; k < n; ++k)  // no rating here: item 0, its d loss / d pred masked to 0
+            for (int p = 0; p < P; ++p) put(k, g * P + p, item_vectors, 0.0f, 0.0f, 0.0f, 0);
+    }
+    for (int lane = grp.size * P; lane < W; ++lane)  // lanes of no user
+        for (int k = 0; k < n; ++k) put(k, lane, item_vectors, 0.0f, 0.0f, 0.0f, 0);
+}
+
 // The gradient of one minibatch step of every user of a packed register, w.r.t. the features
 // [h][W] (one register wide), kPackedRatings ratings of every lane's minibatch at a time (their
 // dot products are independent chains).  User g's minibatch has count[g] ratings (0: it takes no
@@ -536,52 +607,26 @@ void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first
                              const float* features, UserBuffers& b) {
     using R = typename V::reg;
     constexpr int W = V::W;
-    const HeadView& head = a.head;
-    const int P = a.n_probes, h = head.h;
+    const int h = a.head.h;
     int most = 0;
     float coef[kMaxGroup];
-    for (int g = 0; g < grp.size; ++g) {
-        most = count[g] > most ? count[g] : most;
-        coef[g] = count[g] > 0 ? 2.0f / static_cast<float>(count[g]) : 0.0f;
-    }
-    // Locals, so that the stores below cannot make the compiler reload them.
-    const float* const item_vectors = head.item_vectors;
-    const float* const item_bias = head.item_bias;
-    const float global_bias = head.global_bias;
-    const int32_t* const items = a.data.items;
-    const float* const ratings = a.data.ratings;
-    const float* const weights = a.data.weights;
     int64_t start[kMaxGroup];
     const uint32_t* positions[kMaxGroup];
     for (int g = 0; g < grp.size; ++g) {
+        most = count[g] > most ? count[g] : most;
+        coef[g] = count[g] > 0 ? 2.0f / static_cast<float>(count[g]) : 0.0f;
         start[g] = a.data.indptr[grp.user[g]];
         positions[g] = b.order + g * b.order_stride + first;
     }
     for (int k0 = 0; k0 < most; k0 += kPackedRatings) {
-        for (int r = 0; r < kPackedRatings; ++r) {
-            for (int l = 0, g = 0; g < kMaxGroup && l < W; ++g) {  // lanes [g P, g P + P) are user g's
-                const float* row = item_vectors;  // no rating here: item 0, its d loss / d pred masked to 0
-                int32_t live = 0;
-                float bias = 0.0f, rating = 0.0f, weight = 0.0f;
-                if (g < grp.size && k0 + r < count[g]) {
-                    const int64_t at = start[g] + positions[g][k0 + r];
-                    const int64_t item = items[at];
-                    row = item_vectors + item * h;
-                    bias = item_bias[item] + global_bias;
-                    rating = ratings[at];
-                    weight = weights[at] * coef[g];
-                    live = -1;
-                }
-                for (int p = 0; p < P && l < W; ++p, ++l) {
-                    b.lane_rows[l] = row;
-                    b.lane_offset[r * W + l] = bias;
-                    b.lane_rating[r * W + l] = rating;
-                    b.lane_coef[r * W + l] = weight;
-                    b.slot_live[r * W + l] = live;
-                }
-            }
-            transpose_item_rows<V>(b.lane_rows, h, b.item_block + r * h * W);
+        const int slot = k0 % kStagedRatings;
+        if (slot == 0) {
+            const int left = (most - k0 + kPackedRatings - 1) / kPackedRatings * kPackedRatings;
+            const int n = left < kStagedRatings ? left : kStagedRatings;
+            stage_ratings<V>(a, grp, start, positions, count, coef, k0, n, b);
         }
+        for (int r = 0; r < kPackedRatings; ++r)
+            transpose_item_rows<V>(b.lane_rows + (slot + r) * W, h, b.item_block + r * h * W);
         R pred[kPackedRatings];
         for (int r = 0; r < kPackedRatings; ++r) pred[r] = V::zero();
         for (int j = 0; j < h; ++j) {
@@ -591,9 +636,10 @@ void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first
         }
         R diff[kPackedRatings];
         for (int r = 0; r < kPackedRatings; ++r) {
-            const R x = V::mul(V::load(b.lane_coef + r * W),
-                               V::sub(V::add(pred[r], V::load(b.lane_offset + r * W)), V::load(b.lane_rating + r * W)));
-            diff[r] = V::blend(b.slot_live + r * W, x, V::zero());
+            const int at = (slot + r) * W;
+            const R x = V::mul(V::load(b.lane_coef + at),
+                               V::sub(V::add(pred[r], V::load(b.lane_offset + at)), V::load(b.lane_rating + at)));
+            diff[r] = V::blend(b.slot_live + at, x, V::zero());
         }
         for (int j = 0; j < h; ++j) {
             R acc = k0 == 0 ? V::fmadd(V::load(b.item_block + j * W), diff[0], V::zero()) : V::load(b.g + j * W);
@@ -604,10 +650,14 @@ void packed_feature_gradient(const TrainArgs& a, const Group& grp, int64_t first
     }
 }
 
-// Permutation::fill N positions at a time in integer vector registers (GCC vector extensions,
-// compiled for each file's instruction set; N = 8 for AVX2 and AVX-512, else 4): the same rounds
-// and cycle walking per position, so the same order.  Positions past n in the last block are
-// computed but neither walked nor stored.
+// Permutation::fill in two passes, the same order: first the bijection of every x in
+// [0, 2**bits) into `table`, N values at a time in integer vector registers (GCC vector
+// extensions, compiled for each file's instruction set; N = 8 for AVX2 and AVX-512, else 4), with
+// no walking, so the blocks are independent and pipeline; then the cycle walk of each position
+// through the table: order[i] = the first of table[i], table[table[i]], ... inside [0, n).
+// 2**bits < 2 n, so a position walks fewer than one step on average; the first step selects
+// instead of branching (the branch would be mispredicted on up to half of the positions: on
+// 20-200 ratings, a third of the permutation's time), the rest loop (rarely more than once).
 typedef uint32_t Words4 __attribute__((vector_size(16)));
 typedef uint32_t Words8 __attribute__((vector_size(32)));
 
@@ -622,43 +672,38 @@ struct Positions {
         }
     }
 
-    static bool any(const Words& w) {
-        uint32_t any = 0;
-        for (int l = 0; l < N; ++l) any |= w[l];
-        return any != 0;
-    }
-
-    static void fill(const Permutation& perm, uint32_t* order) {
+    static void fill(const Permutation& perm, uint32_t* table, uint32_t* order) {
         const uint32_t n = perm.n();
         if (n <= 1) {
             if (n == 1) order[0] = 0;
             return;
         }
+        const uint64_t size = uint64_t{perm.mask()} + 1;  // 2**bits
         Words lane;
         for (int l = 0; l < N; ++l) lane[l] = static_cast<uint32_t>(l);
-        for (uint32_t i0 = 0; i0 < n; i0 += N) {
-            const Words i = lane + i0;
-            Words x = i;
+        for (uint64_t x0 = 0; x0 < size; x0 += N) {
+            Words x = lane + static_cast<uint32_t>(x0);
             rounds(perm, &x);
-            Words walking = (Words)((x >= n) & (i < n));  // ~0 where the position's value is outside [0, n)
-            while (any(walking)) {
-                Words y = x;
-                rounds(perm, &y);
-                x = (y & walking) | (x & ~walking);
-                walking = (Words)((x >= n) & (i < n));
-            }
-            if (i0 + N <= n)
-                std::memcpy(order + i0, &x, sizeof(x));
+            if (x0 + N <= size)
+                std::memcpy(table + x0, &x, sizeof(x));
             else
-                for (uint32_t l = 0; l < n - i0; ++l) order[i0 + l] = x[l];
+                for (uint64_t l = 0; l < size - x0; ++l) table[x0 + l] = x[l];
+        }
+        for (uint32_t i = 0; i < n; ++i) {
+            uint32_t x = table[i];
+            const uint32_t walk = 0u - static_cast<uint32_t>(x >= n);  // ~0 where x is outside [0, n)
+            x = (table[x] & walk) | (x & ~walk);                       // x < 2**bits: inside the table
+            while (x >= n) x = table[x];
+            order[i] = x;
         }
     }
 };
 
+// order[0..n) <- the permutation's order; `table` has room for 2**bits < 2 n values.
 template <class V>
-void fill_order(const Permutation& perm, uint32_t* order) {
+void fill_order(const Permutation& perm, uint32_t* table, uint32_t* order) {
     using Words = typename std::conditional<(V::W >= 8), Words8, Words4>::type;
-    Positions<Words>::fill(perm, order);
+    Positions<Words>::fill(perm, table, order);
 }
 
 // Ratings of a user (in the training data).
@@ -679,7 +724,7 @@ void train_epoch(const TrainArgs& a, const Group& grp, int64_t epoch, const Bias
         most = steps[g] > most ? steps[g] : most;
         fill_order<V>(Permutation(a.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(a.data.keys[grp.user[g]]),
                                static_cast<uint32_t>(n[g])),
-                   b.order + g * b.order_stride);
+                   b.bijection, b.order + g * b.order_stride);
     }
     // Lanes [g P, g P + P) are user g's when packed; all lanes are user 0's otherwise.
     const int per_user = grp.packed ? a.n_probes : lanes;
@@ -692,7 +737,8 @@ void train_epoch(const TrainArgs& a, const Group& grp, int64_t epoch, const Bias
             count[g] = chunk < steps[g] ? static_cast<int>(n[g] - first < B ? n[g] - first : B) : 0;
             all_live = all_live && count[g] > 0;
             float unbias1 = 0.0f, unbias2 = 0.0f;
-            if (a.optimizer.adam && count[g] > 0) bias.get(adam_step(epoch, n[g], B, chunk), &unbias1, &unbias2);
+            if (a.optimizer.adam && count[g] > 0)
+                bias.get(steps[g], adam_step(epoch, n[g], B, chunk), &unbias1, &unbias2);
             for (int v = g * per_user; v < (g + 1) * per_user && v < lanes; ++v) {
                 b.live[v] = count[g] > 0 ? -1 : 0;
                 b.unbias1[v] = unbias1;
@@ -857,14 +903,13 @@ void run_training(const TrainArgs& a) {
     const bool packed = group > 1;
     const int user_lanes = padded_lanes(P, V::W);
     const int lanes = packed ? V::W : user_lanes;
-    int64_t max_ratings = 0, call_steps = 0;
-    for (int64_t i = 0; i < a.n_order; ++i) {
-        const int64_t n = rating_count(a.data, a.order[i]);
-        max_ratings = n > max_ratings ? n : max_ratings;
-        call_steps += (n + a.batch_size - 1) / a.batch_size;
-    }
-    const int64_t max_steps = (max_ratings + a.batch_size - 1) / a.batch_size;
-    const BiasCorrections bias(a.optimizer, (a.epoch_start + a.n_epochs) * max_steps, call_steps * a.n_epochs);
+    int64_t max_ratings = 0;
+    for (int64_t i = 0; i < a.n_order; ++i)
+        max_ratings = rating_count(a.data, a.order[i]) > max_ratings ? rating_count(a.data, a.order[i]) : max_ratings;
+    const auto steps_of = [&](int64_t n) { return static_cast<size_t>((n + a.batch_size - 1) / a.batch_size); };
+    std::vector<bool> has_steps(steps_of(max_ratings) + 1, false);  // [S]: some user takes S steps an epoch
+    for (int64_t i = 0; i < a.n_order; ++i) has_steps[steps_of(rating_count(a.data, a.order[i]))] = true;
+    const BiasCorrections bias(a.optimizer, a.epoch_start, a.n_epochs, has_steps);
     const std::vector<Group> groups = make_groups(a, group);
     const auto n_groups = static_cast<int64_t>(groups.size());
     const int threads = static_cast<int>(n_groups < a.num_threads ? n_groups : a.num_threads);

@@ -151,6 +151,24 @@ def test_every_simd_path_matches_reference(simd, kind, d, h, optimizer, batch, d
     assert rel_err(loss, ref_loss) <= 1e-5
 
 
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+@pytest.mark.parametrize("P", [1, 3])
+def test_epoch_orders_at_power_of_two_edges_match_reference(simd, P):
+    # The kernels build each epoch's order from a table of the bijection over [0, 2**bits) (written
+    # a vector at a time, its last block partial when 2**bits is below the vector width) and walk
+    # the table.  Counts at, below and above powers of two, minibatches of 3 (so the order decides
+    # which ratings share a step): every path within tolerance of the reference, whose order is
+    # retrain.contract's.
+    head = random_head("mf", 40, 5, seed=8)
+    counts = [2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129]
+    data = random_ratings(len(counts), 40, counts=counts, seed=9)
+    lrs, regs = [5e-2, 1e-1, 2e-2][:P], [1e-3, 0.0, 1e-2][:P]
+    emb, _, loss = _train(CpuBackend(simd=simd), head, data, lrs, regs, batch_size=3, epochs=2)
+    ref, _, ref_loss = _train("reference", head, data, lrs, regs, batch_size=3, epochs=2)
+    assert rel_err(emb, ref) <= 1e-5, describe_mismatch(emb, ref, 1e-5)
+    assert rel_err(loss, ref_loss) <= 1e-5
+
+
 def _threads_problem():
     head = random_head("tower1", 40, 6, 5, seed=5)
     counts = np.random.default_rng(6).integers(0, 60, 300)
@@ -292,6 +310,27 @@ def test_users_in_lanes_give_the_per_user_bits(simd, kind, P, optimizer, batch, 
     assert rel_err(packed[0], ref[0]) <= 1e-5, describe_mismatch(packed[0], ref[0], 1e-5)
 
 
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+def test_users_in_lanes_across_staging_windows(simd):
+    # A packed register stages 32 ratings of every lane's minibatch at a time.  Minibatches of 40
+    # (a window of 32, then one of 8) with counts of 1, below, at and above the batch size and up
+    # to four minibatches, P = 1: bitwise the per-user result (embeddings, moments, losses).
+    head = random_head("mf", 50, 6, seed=24)
+    counts = np.concatenate([np.random.default_rng(25).integers(1, 160, 40), [1, 39, 40, 41, 80, 0]])
+    train, val = random_ratings(46, 50, counts=counts, seed=26), random_ratings(46, 50, seed=27)
+    hyp = HyperParams(model="matrix_factorization_6", batch_size=40, seed=5)
+
+    def run(users_in_lanes):
+        problem = prepare(head, train, val, hyp, CpuBackend(num_threads=2, simd=simd, users_in_lanes=users_in_lanes))
+        problem.start([3e-2], [1e-3])
+        losses = problem.checkpoint(3).losses
+        return problem.embeddings().clone(), [m.clone() for m in problem.moments], losses
+
+    packed, alone = run(True), run(False)
+    assert torch.equal(packed[0], alone[0]) and all(torch.equal(a, b) for a, b in zip(packed[1], alone[1]))
+    assert np.array_equal(packed[2], alone[2])
+
+
 def test_wide_probe_blocks_are_transposed_exactly():
     # P and d above every register width, neither a multiple of it: the state moves between
     # [P][d] and the kernel's [d][lanes] in register-sized blocks plus edges.  On every path, a
@@ -318,21 +357,25 @@ def test_wide_probe_blocks_are_transposed_exactly():
 
 @pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
 def test_bias_corrections_from_the_table_or_per_step_are_the_same(simd):
-    # Adam's bias corrections come from a per-call table when it is no longer than the call's steps,
-    # else from std::pow per step.  One user, 20 steps an epoch: a 3-epoch call uses the table
-    # (60 counts, 60 steps); calls of 1 epoch from epoch 1 on do not (40 or 60 counts, 20 steps).
-    # Both must give the same bits, and the reference within float32 tolerance.
+    # Adam's bias corrections come from a per-call table of each distinct steps-per-epoch S's
+    # counts, n_epochs * S of them, unless the table would exceed 2**20 entries: then std::pow per
+    # step.  Users of 2**16, 40, 3 and 1 ratings, minibatches of 1: a 17-epoch call exceeds the
+    # table (17 * 65,580 counts), 17 calls of one epoch from epochs 0-16 each fit (65,580).  Both
+    # must give the same bits.  The table's counts against the reference: a small call of 3 epochs.
     head = random_head("mf", 13, 4, seed=40)
-    data = random_ratings(1, 13, counts=[40], seed=41)
-    hyp = HyperParams(model="matrix_factorization_4", batch_size=2, seed=3)
     lrs, regs = [1e-2, 3e-2], [1e-3, 0.0]
-    runs = []
-    for calls in ([3], [1, 1, 1]):
-        problem = prepare(head, data, None, hyp, CpuBackend(simd=simd))
+
+    def train(data, calls, batch):
+        problem = prepare(head, data, None, HyperParams(model="matrix_factorization_4", batch_size=batch, seed=3),
+                          CpuBackend(simd=simd))
         problem.start(lrs, regs)
         for n in calls:
             problem.train(n)
-        runs.append(problem.embeddings().clone())
-    assert torch.equal(runs[0], runs[1])
-    ref, _, _ = _train("reference", head, data, lrs, regs, batch_size=2, epochs=3, seed=3)
-    assert rel_err(runs[0], ref) <= 1e-5, describe_mismatch(runs[0], ref, 1e-5)
+        return problem.embeddings().clone()
+
+    big = random_ratings(4, 13, counts=[2**16, 40, 3, 1], seed=41)
+    assert torch.equal(train(big, [17], 1), train(big, [1] * 17, 1))
+    small = random_ratings(3, 13, counts=[40, 7, 1], seed=42)
+    ref, _, _ = _train("reference", head, small, lrs, regs, batch_size=2, epochs=3, seed=3)
+    emb = train(small, [1, 2], 2)
+    assert rel_err(emb, ref) <= 1e-5, describe_mismatch(emb, ref, 1e-5)
