@@ -333,7 +333,7 @@ def test_user_parallel(benchmark, summary, problem, batch, P, torch_threads):
     name, head, data, init, ratings = problem
     lrs, regs = _hyper(P)
     run = lambda max_steps: user_parallel(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
-                                          max_steps=max_steps)
+                                          damping=HyperParams().damping, max_steps=max_steps)
     run(None)
     setup = min(_seconds(run, 0) for _ in range(ROUNDS))
     benchmark.pedantic(run, args=(None,), rounds=ROUNDS)
@@ -375,7 +375,7 @@ def test_one_thread_cpu_time(summary, problem, batch, P, request):
             rates[kernel] = ratings.nnz * P / _thread_seconds(one_epoch)
         lrs, regs = _hyper(P)
         run = lambda max_steps: user_parallel(head, data, init, lrs, regs, n_epochs=1, batch_size=batch,
-                                              max_steps=max_steps)
+                                              damping=HyperParams().damping, max_steps=max_steps)
         setup = _thread_seconds(lambda: run(0))
         rates["user_parallel"] = ratings.nnz * P / max(_thread_seconds(lambda: run(None), rounds=3) - setup, 1e-9)
     finally:
