@@ -2,9 +2,12 @@
 
 For a linear head ``pred(e, i) = A[i] . e + c[i]`` and a user's ``n`` training ratings, the
 full-batch objective ``(1/n) sum w (A_i . e + c_i - r)^2 + reg ||e||^2`` is minimised by
-``(A^T W A / n + reg I) e = A^T W (r - c) / n``.  Solved in float64 (numpy) for all users at once,
-with ``A`` formed only for the items the ratings touch: a one-user fold-in costs two small
-matrix products and a solve, not a float64 copy of the whole item table.
+``(A^T W A / n + reg I) e = A^T W (r - c) / n``; with ``damping`` (below) the diagonal term is
+``reg + damping / n``.  Both paths solve n times that system, ``(A^T W A + (n reg + damping) I) e =
+A^T W (r - c)``: the same solution without dividing each ``[d, d]`` matrix by n.  Solved in
+float64 (numpy) for all users at once, with ``A`` formed only for the items the ratings touch: a
+one-user fold-in costs two small matrix products and a solve, not a float64 copy of the whole
+item table.
 """
 from __future__ import annotations
 
@@ -63,12 +66,10 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
     A, c = (t.numpy() for t in head.linear_form(ratings.items if per_rating else None))
     rows = np.arange(ratings.nnz) if per_rating else ratings.items  # each rating's row of A
     gram, rhs = _normal_equations(A, c, rows, ratings, has)
-    n = counts[has].astype(np.float64)
-    gram /= n[:, None, None]
     diagonal = np.arange(d)
-    gram[:, diagonal, diagonal] += (reg + damping / n)[:, None]
+    gram[:, diagonal, diagonal] += (counts[has] * reg + damping)[:, None]  # n times the system (module docstring)
     try:
-        out[has] = np.linalg.solve(gram, (rhs / n[:, None])[..., None])[..., 0]
+        out[has] = np.linalg.solve(gram, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError:
         raise InputError(_SINGULAR) from None
     return out, has
@@ -84,8 +85,8 @@ def _solve_few_users(head: Head, ratings: Ratings, users: np.ndarray, reg: float
         X, c = _linear_rows(head, ratings.items[start:stop])
         w, n = ratings.weights[start:stop].astype(np.float64), stop - start
         Xw = X * w[:, None]
-        gram = X.T @ Xw  # n times the system's matrix: the same solution, two divisions fewer
-        gram.flat[::d + 1] += n * reg + damping  # the diagonal, in place
+        gram = X.T @ Xw
+        gram.flat[::d + 1] += n * reg + damping  # the diagonal, in place: n times the system
         out[u] = _solve_spd(gram, Xw.T @ (ratings.ratings[start:stop] - c))
 
 
