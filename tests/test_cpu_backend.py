@@ -263,11 +263,16 @@ def test_validation_sums_are_the_contract_fixed_point_sums():
 
 def test_thread_count_follows_the_work_unless_given():
     auto, torch_threads = CpuBackend(), torch.get_num_threads()
-    assert auto.threads(3000, 200) == 1  # a few thousand rating·probes: one thread
-    assert auto.threads(10**9, 10**5) == torch_threads
-    assert auto.threads(10**9, 1) == 1  # one user has one owner
-    assert auto.threads(2 * CpuBackend.WORK_PER_THREAD, 100) == min(2, torch_threads)
-    assert CpuBackend(num_threads=3).threads(10, 1) == 3
+    assert auto.threads(3000, 1, 200) == 1  # a few thousand ratings: one thread
+    assert auto.threads(3000, 64, 200) == min(2, torch_threads)  # ... unless they carry many probes
+    assert auto.threads(10**9, 64, 10**5) == torch_threads
+    assert auto.threads(10**9, 64, 1) == 1  # one user has one owner
+    assert auto.threads(2 * CpuBackend.WORK_PER_THREAD // 64, 64, 100) == min(2, torch_threads)
+    # Fewer probes than MIN_LANES cost what MIN_LANES cost: P = 1 and P = 8 get the same threads.
+    ratings = 2 * CpuBackend.WORK_PER_THREAD // CpuBackend.MIN_LANES
+    assert auto.threads(ratings, 1, 100) == auto.threads(ratings, CpuBackend.MIN_LANES, 100) == min(2, torch_threads)
+    assert auto.threads(ratings - 1, 1, 100) == 1
+    assert CpuBackend(num_threads=3).threads(10, 1, 1) == 3
 
 
 @pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
