@@ -101,7 +101,13 @@ class HyperParams:
     def recorded(cls, fields: dict) -> "HyperParams":
         """The hyper-parameters a model file or ``.hyp.json`` recorded (``to_dict``'s fields).  A
         field the file predates takes the value its model was trained with, not today's default:
-        ``damping`` 0."""
+        ``damping`` 0.  Any other missing field is an InputError naming it: every file records
+        them all, and today's default need not be what the model was trained with."""
+        if not isinstance(fields, dict):
+            raise InputError(f"the recorded hyper-parameters must be a mapping, got {type(fields).__name__}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in fields and f.name not in RECORDED_BEFORE]
+        if missing:
+            raise InputError(f"the recorded hyper-parameters lack the field(s) {missing}")
         return cls(**{**RECORDED_BEFORE, **fields})
 
     def replace(self, **changes) -> "HyperParams":

@@ -57,3 +57,12 @@ def test_recorded_fields_missing_from_an_old_file_take_the_value_it_was_trained_
     old = {k: v for k, v in hyp.to_dict().items() if k != "damping"}  # written before damping existed
     assert HyperParams.recorded(old) == hyp.replace(damping=0.0)
     assert HyperParams.recorded(hyp.to_dict()) == hyp
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "regularization", "batch_size", "seed", "num_users"])
+def test_a_recorded_field_missing_other_than_those_added_later_is_named(field):
+    # A recipe without its learning rate used to serve with today's default (1e-3), silently.
+    hyp = HyperParams(model="matrix_factorization_4", learning_rate=0.05, num_users=7)
+    fields = {k: v for k, v in hyp.to_dict().items() if k != field}
+    with pytest.raises(InputError, match=rf"lack the field\(s\) \['{field}'\]"):
+        HyperParams.recorded(fields)
