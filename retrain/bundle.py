@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -59,7 +61,9 @@ class Recipe:
         if self.hyp.num_users is None:
             raise InputError("a recipe's hyp.num_users must be set: it is the retrain's user count")
         if self.rating_range is not None:
-            low, high = (float(x) for x in self.rating_range)
+            pair = self.rating_range if isinstance(self.rating_range, (tuple, list)) else ()  # not "15" as (1, 5)
+            numeric = len(pair) == 2 and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in pair)
+            low, high = (float(x) for x in pair) if numeric else (math.nan, math.nan)
             if not (np.isfinite(low) and np.isfinite(high) and low <= high):
                 raise InputError(f"rating_range must be finite (low, high) with low <= high, got {self.rating_range}")
             object.__setattr__(self, "rating_range", (low, high))
@@ -74,10 +78,14 @@ class Recipe:
     def from_json(text: str, where: str) -> "Recipe":
         try:
             entry = json.loads(text)
-            rating_range = entry.get("rating_range")
+            rating_range, val_loss, refit = entry.get("rating_range"), entry.get("val_loss"), entry.get("refit", False)
+            if not isinstance(refit, bool):  # bool("false") is True
+                raise InputError(f"refit must be true or false, got {refit!r}")
+            if val_loss is not None and (isinstance(val_loss, bool) or not isinstance(val_loss, numbers.Real)):
+                raise InputError(f"val_loss must be a number, got {val_loss!r}")
             return Recipe(HyperParams.recorded(entry["hyperparams"]), entry["epochs"],
-                          None if rating_range is None else tuple(rating_range), entry.get("val_loss"),
-                          bool(entry.get("refit", False)))
+                          None if rating_range is None else tuple(rating_range),
+                          None if val_loss is None else float(val_loss), refit)
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, InputError) as exc:
             raise InputError(f"{where}: the recipe in the file is malformed ({exc})") from None
 

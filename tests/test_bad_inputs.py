@@ -4,6 +4,7 @@ Each case is a row of a table: what is called, the error type, and what the mess
 CLI cases also check the exit status and that no file in the folder was written or changed.
 """
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,19 @@ def _bad_recipe(tmp_path, served):
     tensors, metadata = read_safetensors(tmp_path / "m.safetensors")
     from safetensors.numpy import save_file
     save_file(tensors, str(tmp_path / "m.safetensors"), metadata={**metadata, "recipe": "{not json"})
+    return tmp_path / "m.safetensors"
+
+
+def _edited(tmp_path, served, tensors=None, metadata=None, recipe=None):
+    """``served`` saved, then rewritten with some tensors, metadata or recipe entries replaced
+    (None: removed)."""
+    served.save(tmp_path / "m.safetensors")
+    old_tensors, old_metadata = read_safetensors(tmp_path / "m.safetensors")
+    entry = {**json.loads(old_metadata["recipe"]), **(recipe or {})}
+    merged = lambda old, new: {k: v for k, v in {**old, **(new or {})}.items() if v is not None}
+    from safetensors.numpy import save_file
+    save_file(merged(old_tensors, tensors), str(tmp_path / "m.safetensors"),
+              metadata=merged(old_metadata, {**(metadata or {}), "recipe": json.dumps(entry)}))
     return tmp_path / "m.safetensors"
 
 
@@ -174,6 +188,18 @@ API_CASES = {
     "load a file missing item ids": (lambda t, s: retrain.load(_without(t, s, "item_ids")), InputError,
                                      r"lacks the tensor\(s\) \['item_ids'\]"),
     "load a malformed recipe": (lambda t, s: retrain.load(_bad_recipe(t, s)), InputError, r"recipe .* malformed"),
+    # a recipe entry of the wrong type used to crash (ValueError) or read wrong ("15" as (1, 5), "false" as True)
+    "load a recipe with a one-number rating range": (lambda t, s: retrain.load(_edited(t, s, recipe={
+        "rating_range": [1]})), InputError, r"m.safetensors: the recipe .* malformed \(rating_range must be"),
+    "load a recipe with a text rating range": (lambda t, s: retrain.load(_edited(t, s, recipe={
+        "rating_range": "15"})), InputError, r"malformed \(rating_range must be"),
+    "load a recipe with refit as text": (lambda t, s: retrain.load(_edited(t, s, recipe={"refit": "false"})),
+                                         InputError, r"malformed \(refit must be true or false, got 'false'\)"),
+    "load a recipe with val_loss as text": (lambda t, s: retrain.load(_edited(t, s, recipe={"val_loss": "x"})),
+                                            InputError, r"malformed \(val_loss must be a number"),
+    "load a recipe without its learning rate": (lambda t, s: retrain.load(_edited(t, s, recipe={"hyperparams": {
+        k: v for k, v in s.recipe.hyp.to_dict().items() if k != "learning_rate"}})), InputError,
+        r"lack the field\(s\) \['learning_rate'\]"),
     "load a model without a recipe": (lambda t, s: (s.model.save(t / "m.safetensors"),
                                                     retrain.load(t / "m.safetensors")), InputError,
                                       r"holds no recipe"),
