@@ -178,3 +178,18 @@ def test_data_frames_where_ratings_are_expected():
         retrain_user_embeddings(model, frame, split.val, planted_hyp(), backend=BACKEND)
     with pytest.raises(retrain.InputError, match="ratings must be retrain.Ratings or a pandas DataFrame, got list"):
         retrain.pretrain([[1, 2, 3.0]], "matrix_factorization_3")
+
+
+def test_validation_ratings_are_required_for_the_retrain_and_its_tuning_subsample(monkeypatch):
+    # Without them every loss is 0, and the retrain used to return its epoch-0 init as the model (epochs 0).
+    head, train, val = planted_problem(n_users=20)
+    model = _pretrained(head, train)
+    monkeypatch.setattr(pipeline, "tune", lambda *a, **k: pytest.fail("tuned without validation ratings"))
+    empty = val._subset_rows(np.zeros(val.nnz, dtype=bool))
+    with pytest.raises(retrain.InputError, match="val has no ratings"):
+        retrain_user_embeddings(model, train, empty, planted_hyp(), backend=BACKEND)
+    tuned = sample_users(train.n_users, planted_hyp().subsampling_factor, planted_hyp().seed)
+    keep = ~np.isin(val.user_of_row(), tuned)  # validation ratings only for users outside the subsample
+    with pytest.raises(retrain.InputError, match=r"the tuning subsample \(\d+ of 20 users, hyp.subsampling_factor "
+                                                 r"[0-9.]+\) has no validation ratings"):
+        retrain_user_embeddings(model, train, val._subset_rows(keep), planted_hyp(), backend=BACKEND)
