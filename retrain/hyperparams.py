@@ -20,6 +20,7 @@ _DEFAULTS = {
 }
 
 
+MAX_SEED = 2**32 - 1  # the contract hashes the seed mod 2**32: a larger one would alias a smaller one
 DEFAULT_DAMPING = 5.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
 # Fields added after files began recording hyper-parameters, with the value every older file's
 # model was trained with.
@@ -56,7 +57,8 @@ class HyperParams:
     user count that sets the Glorot bound (``None``: the data's).  ``damping``: count-independent
     L2 on the user embedding, in ratings: a user with n ratings is shrunk as if by ``damping / n``
     more reg (``StepSpec.damping``, docs/semantics.md); fixed, the tuner does not search it.  A bad
-    value (a float or a bool where an integer belongs, a negative count, a non-finite rate) raises
+    value (a float or a bool where an integer belongs, a negative count, a seed above ``2**32 - 1``, a
+    non-finite rate) raises
     InputError naming the field.
     """
 
@@ -86,7 +88,7 @@ class HyperParams:
             learning_rate=check_float("learning_rate", self.learning_rate, 0.0, strict=True),
             regularization=check_float("regularization", self.regularization, 0.0),
             batch_size=check_int("batch_size", self.batch_size, 1),
-            seed=check_int("seed", self.seed, 0),
+            seed=check_int("seed", self.seed, 0, MAX_SEED),
             max_epochs=check_int("max_epochs", self.max_epochs, 1),
             epochs_per_checkpoint=check_int("epochs_per_checkpoint", self.epochs_per_checkpoint, 1),
             patience=check_int("patience", self.patience, 0),

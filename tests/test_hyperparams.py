@@ -10,7 +10,9 @@ INTEGER_FIELDS = ("batch_size", "max_epochs", "epochs_per_checkpoint", "patience
 NOT_INTEGERS = (16.0, 2.5, True, "16")
 BAD_INTEGERS = ([(field, value) for field in INTEGER_FIELDS for value in NOT_INTEGERS]
                 + [("batch_size", 0), ("max_epochs", 0), ("epochs_per_checkpoint", 0), ("patience", -1), ("seed", -1),
-                   ("num_users", 0), ("patience", None), ("seed", None)])  # None: "the default" for the others
+                   ("num_users", 0), ("patience", None), ("seed", None),
+                   # the contract uses the seed mod 2**32: 2**32 trained exactly as 0, 2**63 crashed the cpu backend
+                   ("seed", 2**32), ("seed", 2**63)])  # None: "the default" for the others
 BAD_FLOATS = [
     ("learning_rate", 0.0), ("learning_rate", -1e-3), ("learning_rate", float("nan")), ("learning_rate", float("inf")),
     ("learning_rate", "0.01"),
