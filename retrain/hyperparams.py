@@ -57,9 +57,8 @@ class HyperParams:
     user count that sets the Glorot bound (``None``: the data's).  ``damping``: count-independent
     L2 on the user embedding, in ratings: a user with n ratings is shrunk as if by ``damping / n``
     more reg (``StepSpec.damping``, docs/semantics.md); fixed, the tuner does not search it.  A bad
-    value (a float or a bool where an integer belongs, a negative count, a seed above ``2**32 - 1``, a
-    non-finite rate) raises
-    InputError naming the field.
+    value (a float or a bool where an integer belongs, a negative count, a seed above ``2**32 - 1``,
+    a non-finite rate) raises InputError naming the field.
     """
 
     model: str = "matrix_factorization_32"
