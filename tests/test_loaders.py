@@ -1,4 +1,5 @@
 """MovieLens loaders: each format from a small file the test writes, and ml-latest-small if present."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,41 @@ def test_ids_in_files_are_exact(tmp_path):
     missing.write_text("uid,item,rating\n1,1,4\n")
     with pytest.raises(InputError, match=r"no user column: expected one of \['userId', 'user'\]"):
         load_movielens(missing)
+
+
+@pytest.mark.parametrize("first,second", [("007", "7"), ("+7", "7"), ("7_0", "70"), ("-0", "0")])
+def test_an_integer_id_is_written_one_way_so_two_ids_never_merge(tmp_path, first, second):
+    # Python's int() reads both texts as one integer: these two users used to become one.
+    path = tmp_path / "r.csv"
+    path.write_text(f"user,item,rating\n{first},1,4\n{second},2,3\n")
+    with pytest.raises(InputError, match=rf"r.csv:3: malformed id: column 'user' has '{second}' but line 2 has "
+                                         rf"'{re.escape(first)}': ids must be all integers"):
+        load_movielens(path)
+    path.write_text(f"user,item,rating\n{first},1,4\n{first}x,2,3\n")  # as strings they stay apart, exactly
+    assert load_movielens(path).user_ids.tolist() == sorted([first, f"{first}x"])
+
+
+def test_what_only_python_reads_as_a_number_is_a_malformed_rating(tmp_path):
+    path = tmp_path / "r.csv"
+    for text in ("1_0", "\u0663"):  # float() reads 10 and 3
+        path.write_text(f"user,item,rating\n1,1,4\n1,2,{text}\n", encoding="utf-8")
+        with pytest.raises(InputError, match=rf"r.csv:3: malformed rating '{text}'"):
+            load_movielens(path)
+
+
+def test_a_byte_order_mark_bytes_that_are_not_utf8_and_a_repeated_column(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"\xef\xbb\xbfuserId,movieId,rating\r\n1,2,4\r\n")  # Excel's UTF-8 CSV
+    r = load_movielens(path)
+    assert r.user_ids.tolist() == [1] and r.item_ids.tolist() == [2] and r.ratings.tolist() == [4.0]
+    path.write_bytes(b"\xef\xbb\xbf1,2,4\n3,2,5\n")  # no header: the mark is not part of the first id
+    assert load_movielens(path).user_ids.tolist() == [1, 3]
+    # Latin-1 ids used to load as surrogates, and the model's save crashed after the whole pretraining.
+    path.write_bytes(b"user,item,rating\nbob,x,3\nren\xe9,x,4\n")
+    with pytest.raises(InputError, match=r"r.csv:3: malformed id: column 'user' has .* not UTF-8"):
+        load_movielens(path)
+    path.write_bytes(b"user,item,rating,comment\nbob,x,3,caf\xe9\n")  # in a column that is not read: no harm
+    assert load_movielens(path).user_ids.tolist() == ["bob"]
+    path.write_text("user,item,rating,rating\n1,2,3,4\n")  # which one? it used to take the first
+    with pytest.raises(InputError, match=r"r.csv:1: the header names the column 'rating' 2 times"):
+        load_movielens(path)
