@@ -29,7 +29,7 @@ import torch
 from .artifacts import hyp_path, read_hyp
 from .contract import CONTRACT_VERSION
 from .data import Ratings, as_ratings, well_formed
-from .errors import InputError, check_int
+from .errors import InputError, blame, check_int
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
 from .ids import concatenate, format_id, same_kind
@@ -288,15 +288,32 @@ def load(path) -> ServedModel:
         raise InputError(f"{path} holds no recipe (hyper-parameters and epochs): it was not written by "
                          "RetrainResult.save or 'run' (a pretrained model?), and there is no "
                          f"{hyp_path(path).name} beside it")
-    seen = None
-    if "seen.indptr" in tensors and "seen.items" in tensors:
-        indptr, items = np.array(tensors["seen.indptr"]), np.array(tensors["seen.items"])
-        if len(indptr) != model.n_users + 1 or indptr[-1] != len(items):
-            raise InputError(f"{path}: seen.indptr / seen.items do not describe {model.n_users} users")
-        seen = Ratings.from_coo(np.repeat(np.arange(model.n_users), np.diff(indptr)), items, np.zeros(len(items)),
-                                n_users=model.n_users, n_items=head.n_items, user_ids=model.user_ids,
-                                item_ids=head.item_ids)
+    with blame(path):
+        return ServedModel(model, recipe, _seen(tensors, model), _support(tensors, head.n_items))
+
+
+def _seen(tensors: dict, model: Model) -> Ratings | None:
+    """The seen items a bundle holds (None when it holds none); InputError unless they are CSR of
+    the model's users and items."""
+    if "seen.indptr" not in tensors or "seen.items" not in tensors:
+        return None
+    indptr, items = np.array(tensors["seen.indptr"]), np.array(tensors["seen.items"])
+    if (indptr.dtype != np.int64 or items.dtype != np.int64 or indptr.shape != (model.n_users + 1,) or items.ndim != 1
+            or indptr[0] != 0 or indptr[-1] != len(items) or np.any(np.diff(indptr) < 0)):
+        raise InputError(f"seen.indptr / seen.items do not describe {model.n_users} users: int64 [{model.n_users + 1}] "
+                         f"rising from 0 to the length of int64 [nnz] expected, got {indptr.dtype} {list(indptr.shape)} "
+                         f"/ {items.dtype} {list(items.shape)}")
+    with blame("seen.items"):
+        return Ratings.from_coo(np.repeat(np.arange(model.n_users), np.diff(indptr)), items, np.zeros(len(items)),
+                                n_users=model.n_users, n_items=model.head.n_items, user_ids=model.user_ids,
+                                item_ids=model.head.item_ids)
+
+
+def _support(tensors: dict, n_items: int) -> np.ndarray | None:
+    """The training ratings per item a bundle holds (None when it holds none), checked."""
     support = tensors.get("item_support")
-    if support is not None and support.shape != (head.n_items,):
-        raise InputError(f"{path}: item_support must be [n_items={head.n_items}], got {support.shape}")
-    return ServedModel(model, recipe, seen, support)
+    if support is not None and (support.dtype != np.int64 or support.shape != (n_items,) or (support < 0).any()):
+        raise InputError(f"item_support must be int64 [n_items={n_items}] counts >= 0, got {support.dtype} "
+                         f"{list(support.shape)}" + (" with negative counts" if support.dtype == np.int64
+                                                      and support.shape == (n_items,) else ""))
+    return support

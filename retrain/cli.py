@@ -27,7 +27,6 @@ import os
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 
 from . import distributed
 from .artifacts import read_hyp, write_embeddings, write_recommendations
@@ -38,7 +37,7 @@ from .bundle import load as load_bundle
 from .data import Ratings
 from .demo import (DEFAULT_MAX_EVALS, DEFAULT_MODEL, DEMO_USERS, describe, load_ratings, run_demo, run_pipeline,
                    run_tune)
-from .errors import InputError
+from .errors import InputError, blame
 from .files import check_writable
 from .heads import Model
 from .hyperparams import DEFAULT_DAMPING, HyperParams, model_family
@@ -66,17 +65,8 @@ def _known_parts(args, model: Model) -> ProtocolSplit:
     data, source, split = _data(args)
     log.info("data: %s (%s); known users: %d pretraining / %d validation ratings", source, describe(data),
              split.pretrain.nnz, split.val.nnz)
-    with _blame("--data"):
+    with blame("--data"):
         return split.with_items(model.head.item_ids)
-
-
-@contextmanager
-def _blame(name: str):
-    """Prefix an InputError raised inside with ``name``: the option or file at fault."""
-    try:
-        yield
-    except InputError as exc:
-        raise InputError(f"{name}: {exc}") from None
 
 
 def _metered(args) -> MeteredBackend:
@@ -184,7 +174,7 @@ def cmd_fold_in(args) -> int:
     hyp, epochs = served.recipe.hyp, served.recipe.epochs
     new_users = load_movielens(args.ratings)
     backend = _metered(args)
-    with backend.stage("fold-in", max_epochs=epochs), _blame(args.ratings):
+    with backend.stage("fold-in", max_epochs=epochs), blame(args.ratings):
         result = served.fold_in(new_users, backend=backend)
     if result.n_dropped:
         print(f"dropped {result.n_dropped} ratings on items the model does not know")

@@ -7,12 +7,25 @@ exception is a bug in retrain and keeps its traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
 
 class InputError(ValueError):
     """A mistake in what the caller passed; the message names the argument, row, id or file."""
+
+
+@contextlib.contextmanager
+def blame(name):
+    """Prefix an InputError raised inside with ``name`` (the option, file or argument at fault),
+    unless its message starts with it already."""
+    try:
+        yield
+    except InputError as exc:
+        if str(exc).startswith(str(name)):
+            raise
+        raise InputError(f"{name}: {exc}") from None
 
 
 def check_int(name: str, value, minimum: int | None = 0, maximum: int | None = None) -> int:

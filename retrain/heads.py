@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .contract import CONTRACT_VERSION, init_scale
-from .errors import InputError
+from .errors import InputError, blame
 from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
 from .ids import IdIndex, decode, encode, exact_ids, format_id, same_kind
 
@@ -233,8 +233,9 @@ class Head:
 
     @functools.cached_property
     def item_index(self) -> IdIndex:
-        """``item_ids`` with their sort order, made once: requests map original item ids through it."""
-        return IdIndex(self.item_ids)
+        """``item_ids`` with their sort order, made once: requests map original item ids through it.
+        InputError when an item id is there twice."""
+        return IdIndex(self.item_ids).unique("item id")
 
     def linear_form(self, items=None) -> tuple[torch.Tensor, torch.Tensor]:
         """For a linear head: ``(A [m, d], c [m])`` with ``pred(e, i) = A[i] . e + c[i]`` (float64)
@@ -297,10 +298,11 @@ class Model:
     @property
     def user_lookup(self) -> IdIndex:
         """``user_ids`` with their sort order, made on first use and again only when ``user_ids`` is
-        replaced (assign a new array rather than editing it in place)."""
+        replaced (assign a new array rather than editing it in place).  InputError when a user id
+        is there twice."""
         index = self.__dict__.get("_user_lookup")
         if index is None or index.ids is not self.user_ids:
-            index = self.__dict__["_user_lookup"] = IdIndex(self.user_ids)
+            index = self.__dict__["_user_lookup"] = IdIndex(self.user_ids).unique("user id")
         return index
 
     def predict(self, user_ids, item_ids) -> torch.Tensor:
@@ -338,10 +340,17 @@ def _positions(known: IdIndex, query, what: str) -> np.ndarray:
 
 def model_from_tensors(path, head: Head, tensors: dict) -> Model:
     """The ``Model`` of a file's tensors; InputError naming the file when the user table is missing."""
-    user_ids = decode(tensors, "user_ids")
-    if "user_embeddings" not in tensors or user_ids is None:
-        raise InputError(f"{path}: no user_embeddings / user_ids in the file (a head only?)")
-    return Model(head, torch.from_numpy(np.array(tensors["user_embeddings"])), user_ids)
+    with blame(path):
+        user_ids = decode(tensors, "user_ids")
+        if "user_embeddings" not in tensors or user_ids is None:
+            raise InputError("no user_embeddings / user_ids in the file (a head only?)")
+        model = Model(head, torch.from_numpy(np.array(tensors["user_embeddings"])), user_ids)
+        bad = ~torch.isfinite(model.user_embeddings).all(1)
+        if bad.any():  # a retrain never writes one: it would predict NaN
+            raise InputError(f"user_embeddings row {int(bad.nonzero()[0])} is not finite ({int(bad.sum())} rows)")
+        model.user_lookup  # made now, so that a repeated user id fails the load, not a later request
+    return model
+
 
 
 def head_tensors(head: Head) -> dict:
@@ -387,16 +396,23 @@ def read_model_file(path) -> tuple[Head, dict, dict]:
                          f"implements version {CONTRACT_VERSION!r}: its embeddings cannot be reproduced here "
                          "(retrain again with this version)")
     acts = [a for a in metadata.get("activations", "").split(",") if a]
-    needed = ["item_vectors", "item_bias", "global_bias"] + [f"tower.{l}.{t}" for l in range(len(acts))
-                                                             for t in ("weight", "bias")]
+    tower_tensors = [f"tower.{l}.{t}" for l in range(len(acts)) for t in ("weight", "bias")]
+    needed = ["item_vectors", "item_bias", "global_bias"] + tower_tensors
     missing = [name for name in needed if name not in tensors]
-    item_ids = decode(tensors, "item_ids")
-    if missing or item_ids is None:
-        raise InputError(f"{path}: the file lacks the tensor(s) {missing or ['item_ids']}: not a complete model file")
-    t = lambda name: torch.from_numpy(np.array(tensors[name]))
-    tower = [Layer(t(f"tower.{l}.weight"), t(f"tower.{l}.bias"), act) for l, act in enumerate(acts)]
-    head = Head(t("item_vectors"), t("item_bias"), float(tensors["global_bias"][0]), tower,
-                init=metadata.get("init", "glorot"), name=metadata.get("name", "head"), item_ids=item_ids)
+    with blame(path):
+        item_ids = decode(tensors, "item_ids")
+        if missing or item_ids is None:
+            raise InputError(f"the file lacks the tensor(s) {missing or ['item_ids']}: not a complete model file")
+        extra = sorted(name for name in tensors if name.startswith("tower.") and name not in tower_tensors)
+        if extra:  # the metadata and the tensors disagree on the tower: which one is the model?
+            raise InputError(f"the tensor(s) {extra} belong to no layer of the activations {acts} in the metadata")
+        if tensors["global_bias"].shape != (1,):
+            raise InputError(f"global_bias must be [1], got {list(tensors['global_bias'].shape)}")
+        t = lambda name: torch.from_numpy(np.array(tensors[name]))
+        tower = [Layer(t(f"tower.{l}.weight"), t(f"tower.{l}.bias"), act) for l, act in enumerate(acts)]
+        head = Head(t("item_vectors"), t("item_bias"), float(tensors["global_bias"][0]), tower,
+                    init=metadata.get("init", "glorot"), name=metadata.get("name", "head"), item_ids=item_ids)
+        head.item_index  # made now, so that a repeated item id fails the load, not a later request
     return head, tensors, metadata
 
 

@@ -155,6 +155,16 @@ class IdIndex:
         self._order = np.argsort(ids, kind="stable")
         self._sorted = ids[self._order]
 
+    def unique(self, what: str) -> "IdIndex":
+        """Itself, or InputError naming an id that ``ids`` holds twice (``what``: e.g. ``"user id"``):
+        a model's ids must be distinct, else a lookup finds only the first row of a repeated one."""
+        repeated = np.flatnonzero(self._sorted[1:] == self._sorted[:-1])  # the sort is there already: no cost
+        if len(repeated):
+            rows = np.sort(self._order[repeated[0]:repeated[0] + 2])
+            raise InputError(f"{what} {format_id(self._sorted[repeated[0]])!r} is there twice (entries {rows[0]} and "
+                             f"{rows[1]}; {len(repeated)} repeats): a model's {what}s must be distinct")
+        return self
+
     def find(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``lookup(self.ids, query)``."""
         index = np.zeros(len(query), np.int64)
@@ -187,9 +197,21 @@ def encode(ids: np.ndarray, name: str) -> dict[str, np.ndarray]:
     ``{name + ".utf8": uint8 [bytes], name + ".offsets": int64 [n + 1]}`` for strings."""
     if kind(ids) == "int":
         return {name: np.ascontiguousarray(ids)}
-    blobs = [x.encode("utf-8") for x in ids.tolist()]
+    try:
+        blobs = [x.encode("utf-8") for x in ids.tolist()]
+    except UnicodeEncodeError:  # a lone surrogate (text decoded with surrogateescape): no UTF-8 for it
+        row = next(row for row, x in enumerate(ids.tolist()) if not _encodes(x))
+        raise InputError(f"{name}: row {row} is not valid text ({ids[row]!r} holds a lone surrogate)") from None
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs], dtype=np.int64)]).astype(np.int64)
     return {f"{name}.utf8": np.frombuffer(b"".join(blobs), dtype=np.uint8).copy(), f"{name}.offsets": offsets}
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def decode(tensors: dict, name: str) -> np.ndarray | None:
@@ -198,9 +220,17 @@ def decode(tensors: dict, name: str) -> np.ndarray | None:
         return exact_ids(np.asarray(tensors[name]), name)
     if f"{name}.utf8" not in tensors or f"{name}.offsets" not in tensors:
         return None
-    data = np.asarray(tensors[f"{name}.utf8"], dtype=np.uint8).tobytes()
-    offsets = np.asarray(tensors[f"{name}.offsets"], dtype=np.int64)
-    return _strings([data[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])], name)
+    data, offsets = np.asarray(tensors[f"{name}.utf8"]), np.asarray(tensors[f"{name}.offsets"])
+    if data.dtype != np.uint8 or data.ndim != 1 or offsets.dtype != np.int64 or offsets.ndim != 1:
+        raise InputError(f"{name}.utf8 / {name}.offsets must be uint8 [bytes] / int64 [n + 1], got "
+                         f"{data.dtype} {list(data.shape)} / {offsets.dtype} {list(offsets.shape)}")
+    if not len(offsets) or offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
+        raise InputError(f"{name}.offsets must rise from 0 to the {len(data)} bytes of {name}.utf8")
+    data = data.tobytes()
+    try:
+        return _strings([data[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])], name)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name}.utf8 is not UTF-8 text ({exc.reason} at byte {exc.start} of an id)") from None
 
 
 def format_id(value) -> str:

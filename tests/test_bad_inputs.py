@@ -200,9 +200,46 @@ API_CASES = {
     "load a recipe without its learning rate": (lambda t, s: retrain.load(_edited(t, s, recipe={"hyperparams": {
         k: v for k, v in s.recipe.hyp.to_dict().items() if k != "learning_rate"}})), InputError,
         r"lack the field\(s\) \['learning_rate'\]"),
+    # tensors of a bundle that used to crash (IndexError, TypeError, UnicodeDecodeError) or load wrong
+    "load a global bias of no value": (lambda t, s: retrain.load(_edited(t, s, {"global_bias": np.zeros(0, np.float32)})),
+                                       InputError, r"m.safetensors: global_bias must be \[1\], got \[0\]"),
+    "load a global bias of two values": (lambda t, s: retrain.load(_edited(t, s, {"global_bias": np.ones(2, np.float32)})),
+                                         InputError, r"global_bias must be \[1\], got \[2\]"),
+    "load a tower layer the metadata does not name": (lambda t, s: retrain.load(_edited(t, s, {
+        "tower.0.weight": np.eye(4, dtype=np.float32), "tower.0.bias": np.zeros(4, np.float32)})), InputError,
+        r"tower.0.bias', 'tower.0.weight'\] belong to no layer"),
+    "load a repeated user id": (lambda t, s: retrain.load(_edited(t, s, {"user_ids": np.array([10, 11, 12, 13, 14, 15,
+                                                                                               16, 17, 11])})),
+                                InputError, r"m.safetensors: user id '11' is there twice \(entries 1 and 8"),
+    "load a repeated item id": (lambda t, s: retrain.load(_edited(t, s, {"item_ids": np.arange(12) // 2 * 2 + 100})),
+                                InputError, r"item id '100' is there twice \(entries 0 and 1; 6 repeats\)"),
+    "predict with a head repeating an item id": (lambda t, s: Model(dataclasses.replace(
+        s.head, item_ids=np.arange(12) % 11), s.model.user_embeddings, s.model.user_ids).predict([10], [3]), InputError,
+        r"item id '0' is there twice"),
+    "load a NaN user row": (lambda t, s: retrain.load(_edited(t, s, {"user_embeddings": _nan_row(s.model).numpy()})),
+                            InputError, r"user_embeddings row 1 is not finite \(1 rows\)"),
+    "load float seen.indptr": (lambda t, s: retrain.load(_edited(t, s, {"seen.indptr": s.seen.indptr * 1.0})),
+                               InputError, r"seen.indptr / seen.items do not describe 9 users: .* got float64 \[10\]"),
+    "load 2-d seen.indptr": (lambda t, s: retrain.load(_edited(t, s, {"seen.indptr": s.seen.indptr[:, None]})),
+                             InputError, r"got int64 \[10, 1\]"),
+    "load seen items out of range": (lambda t, s: retrain.load(_edited(t, s, {"seen.items": s.seen.items + 12})),
+                                     InputError, r"m.safetensors: seen.items: item out of range: row 11 has item 23 >= 12"),
+    "load fractional item support": (lambda t, s: retrain.load(_edited(t, s, {"item_support": s.item_support + 0.5})),
+                                     InputError, r"item_support must be int64 \[n_items=12\] counts >= 0, got float64"),
+    "load negative item support": (lambda t, s: retrain.load(_edited(t, s, {"item_support": -s.item_support})),
+                                   InputError, r"got int64 \[12\] with negative counts"),
+    "load string item ids that are no UTF-8": (lambda t, s: retrain.load(_edited(t, s, {
+        "item_ids": None, "item_ids.utf8": np.full(12, 0xFF, np.uint8), "item_ids.offsets": np.arange(13)})),
+        InputError, r"m.safetensors: item_ids.utf8 is not UTF-8 text"),
+    "load string item id offsets beyond the text": (lambda t, s: retrain.load(_edited(t, s, {
+        "item_ids": None, "item_ids.utf8": np.full(12, 97, np.uint8), "item_ids.offsets": np.arange(13) * 5})),
+        InputError, r"item_ids.offsets must rise from 0 to the 12 bytes of item_ids.utf8"),
     "load a model without a recipe": (lambda t, s: (s.model.save(t / "m.safetensors"),
                                                     retrain.load(t / "m.safetensors")), InputError,
                                       r"holds no recipe"),
+    "save a user id that is no UTF-8 text": (lambda t, s: Model(s.head, s.model.user_embeddings[:2], ["ok", "b\udce9"])
+                                               .save(t / "m.safetensors"), InputError,
+                                               r"user_ids: row 1 is not valid text"),
     "save over a folder": (lambda t, s: s.save(t), IsADirectoryError, r"Is a directory"),
 }
 
