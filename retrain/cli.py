@@ -69,6 +69,15 @@ def _known_parts(args, model: Model) -> ProtocolSplit:
         return split.with_items(model.head.item_ids)
 
 
+def _check_outputs(args, *options: str) -> None:
+    """InputError unless the files these options name (those given) can be written: before any
+    work, so that none is lost to an output path that fails at the end."""
+    for option in options:
+        path = getattr(args, option[2:].replace("-", "_"))
+        if path is not None:
+            check_writable(path, option)
+
+
 def _metered(args) -> MeteredBackend:
     """The ``--backend``, metered, with progress bars when they can be seen."""
     return MeteredBackend(get_backend(args.backend), progress=progress_enabled(args.quiet))
@@ -87,6 +96,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    _check_outputs(args, "--out")  # before the data is loaded and the pretraining runs
     data, source, split = _data(args)
     ratings = data if args.all_ratings else split.pretrain
     log.info("pretraining %s on %s (%s)", args.model, "all ratings" if args.all_ratings else "the pretraining part",
@@ -104,6 +114,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    _check_outputs(args, "--journal", "--plot")
     model = Model.load(args.model)
     split = _known_parts(args, model)
     result = run_tune(model.head, split, _metered(args), seed=args.seed, max_evals=args.max_evals,
@@ -120,7 +131,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    check_writable(args.out, "--out")  # before the data is loaded and the tuning starts
+    _check_outputs(args, "--out", "--journal")  # before the data is loaded and the tuning starts
     model = Model.load(args.model)
     split = _known_parts(args, model)
     inner = get_backend(args.backend)
@@ -170,6 +181,7 @@ def _served(args) -> ServedModel:
 
 
 def cmd_fold_in(args) -> int:
+    _check_outputs(args, "--out", "--recommendations")
     served = _served(args)
     hyp, epochs = served.recipe.hyp, served.recipe.epochs
     new_users = load_movielens(args.ratings)

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -70,6 +71,8 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see the module docstring)."""
     path = os.fspath(path)
+    if os.path.isdir(path):  # else the rename fails, naming the temporary
+        raise IsADirectoryError(errno.EISDIR, f"{os.strerror(errno.EISDIR)}, expected a file name", path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     name = os.path.basename(path)

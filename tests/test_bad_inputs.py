@@ -240,7 +240,8 @@ API_CASES = {
     "save a user id that is no UTF-8 text": (lambda t, s: Model(s.head, s.model.user_embeddings[:2], ["ok", "b\udce9"])
                                                .save(t / "m.safetensors"), InputError,
                                                r"user_ids: row 1 is not valid text"),
-    "save over a folder": (lambda t, s: s.save(t), IsADirectoryError, r"Is a directory"),
+    "save over a folder": (lambda t, s: s.save(t), IsADirectoryError,
+                           r"Is a directory, expected a file name: '[^']+'$"),  # not the temporary's name
 }
 
 
@@ -367,6 +368,25 @@ def test_run_checks_out_before_tuning(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli.Model, "load", staticmethod(lambda path: called.append(2)))
     code = main(["run", "--model", str(tmp_path / "m.safetensors"), "--out", str(tmp_path), "--quiet"])
     assert code == 2 and called == [] and "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,option", [
+    ("pretrain", "--out"), ("tune", "--journal"), ("tune", "--plot"), ("run", "--journal"), ("fold-in", "--out"),
+    ("fold-in", "--recommendations")])
+def test_every_output_is_checked_before_any_work(command, option, tmp_path, monkeypatch, capsys):
+    # They used to fail at the end: a whole pretraining or tuning lost, or (--recommendations)
+    # the embeddings written and the top-k not.
+    import retrain.cli as cli
+
+    called = []
+    for name in ("_data", "_served"):
+        monkeypatch.setattr(cli, name, lambda *a, **k: called.append(name))
+    monkeypatch.setattr(cli.Model, "load", staticmethod(lambda path: called.append("load")))
+    inputs = {"pretrain": [], "tune": ["--model", "m"], "run": ["--model", "m"],
+              "fold-in": ["--model", "m", "--ratings", "r.csv"]}[command]
+    code = main([command, *inputs, option, str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and called == [] and len(err) == 1 and f"{option} {tmp_path} is a folder" in err[0], err
 
 
 @pytest.fixture
