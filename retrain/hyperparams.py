@@ -44,6 +44,8 @@ def model_family(model: str) -> str:
         raise InputError(
             f"unknown model name {model!r}: expected 'user_item_biases', 'matrix_factorization_K' or 'mlp_DxH'"
         )
+    if any(size is not None and int(size) == 0 for size in m.groups()[1:]):  # mlp_0x4 pretrained a d = 0 model
+        raise InputError(f"model name {model!r}: its sizes must be >= 1")
     return model.rsplit("_", 1)[0] if m.group(2) else ("mlp" if m.group(3) else model)
 
 
