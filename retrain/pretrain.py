@@ -41,7 +41,8 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
             global mean, so an item with one 5-star rating no longer tops everyone's list.  0 gives
             plain weighted-lambda ALS.
 
-    Raises InputError for an unknown model name, no ratings, or a bad ``seed``/``reg``/``iterations``.
+    Raises InputError for an unknown model name, no ratings (or only ratings of weight 0), or a bad
+    ``seed``/``reg``/``iterations``.
     ``ratings`` may be a pandas DataFrame (``Ratings.from_pandas`` reads it).
     """
     ratings = as_ratings(ratings, "ratings")
@@ -52,6 +53,8 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
     iterations = None if iterations is None else check_int("iterations", iterations, 1)
     if ratings.nnz == 0:
         raise InputError("pretrain needs at least one rating")
+    if not ratings.weights.any():  # the weighted global mean would be 0/0
+        raise InputError(f"every one of the {ratings.nnz} ratings has weight 0: pretrain needs a rating of weight > 0")
     if family == "mlp":
         d, h = (int(x) for x in model.split("_")[1].split("x"))
         return _pretrain_mlp(ratings, d, h, seed, 1e-4 if reg is None else reg, iterations or 20)

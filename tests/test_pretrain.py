@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from retrain import InputError
-from retrain.data import synthetic_ratings
+from retrain.data import Ratings, synthetic_ratings
 from retrain.movielens import load_movielens
 from retrain.pretrain import pretrain
 
@@ -41,6 +41,15 @@ def test_models_beat_the_global_mean_on_synthetic_data():
 def test_bad_arguments_name_the_problem(model, kwargs, message):
     with pytest.raises(InputError, match=message):
         pretrain(synthetic_ratings(20, 10, 5), model, **kwargs)
+
+
+@pytest.mark.parametrize("model", ["matrix_factorization_4", "mlp_4x4"])
+def test_ratings_that_all_weigh_zero_are_named(model):
+    # The global mean was 0/0: a RuntimeWarning, then "head parameters must be finite".
+    data = synthetic_ratings(20, 10, 5)
+    weightless = Ratings.from_coo(data.user_of_row(), data.items, data.ratings, np.zeros(data.nnz))
+    with pytest.raises(InputError, match=rf"every one of the {data.nnz} ratings has weight 0"):
+        pretrain(weightless, model)
 
 
 @pytest.mark.movielens
