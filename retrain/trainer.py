@@ -24,7 +24,7 @@ from .backends import get_backend
 from .backends.base import Problem
 from .contract import StepSpec, initial_embeddings, user_key
 from .data import Ratings
-from .errors import InputError, check_int
+from .errors import InputError, check_float, check_int
 from .heads import Head
 from .hyperparams import HyperParams
 
@@ -126,7 +126,10 @@ def reachable_loss(history: list, max_epochs: int, window: int) -> float:
 
 
 def _as_vector(values, name: str) -> np.ndarray:
-    v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    try:
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    except (TypeError, ValueError):  # "a", None, ragged lists
+        raise InputError(f"{name} must be a non-empty 1-d sequence of numbers, got {values!r}") from None
     if v.ndim != 1 or v.size == 0:
         raise InputError(f"{name} must be a non-empty 1-d sequence, got shape {v.shape}")
     if not np.all(np.isfinite(v)):
@@ -261,6 +264,10 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
         raise InputError("learning rates must be > 0 and regularisations >= 0")
     if step_spec(hyp) != problem.spec:
         raise InputError(f"hyp describes the step {step_spec(hyp)} but the problem was prepared for {problem.spec}")
+    if deadline is not None:
+        check_float("deadline", deadline)
+    if memory_budget is not None:
+        check_float("memory_budget", memory_budget, 0.0)
     per_probe = problem.state_bytes(1, return_embeddings)
     budget = memory_budget if memory_budget is not None else default_memory_budget(problem.device)
     group = max(1, min(len(lrs), int(budget // max(per_probe, 1))))
