@@ -34,7 +34,22 @@ def _as_numpy(x, name: str) -> np.ndarray:
     return x
 
 
+def _check_values(values: np.ndarray, name: str) -> np.ndarray:
+    """Ratings or weights as float64; InputError for text (numpy reads "1_0" as 10) or complex
+    numbers (it drops the imaginary part)."""
+    if not values.size or values.dtype.kind not in "USOc":
+        return values.astype(np.float64)
+    row = 0 if values.dtype.kind != "O" else next(
+        (row for row, x in enumerate(values) if isinstance(x, (str, bytes, complex))), None)  # None, pd.NA: NaN
+    if row is not None:
+        value = values[row].item() if isinstance(values[row], np.generic) else values[row]
+        raise InputError(f"{name}s must be numbers: row {row} has {value!r} ({values.dtype} values)")
+    return values.astype(np.float64)
+
+
 def _check_ids(ids: np.ndarray, n: int | None, name: str) -> tuple[np.ndarray, int]:
+    if ids.dtype == np.bool_:  # True would be index 1
+        raise InputError(f"{name} indices must be integers, got bool values")
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
             raise InputError(f"{name} must be integer indices, got non-integer values")
@@ -85,10 +100,8 @@ class Ratings:
         """
         users = _as_numpy(users, "users")
         items = _as_numpy(items, "items")
-        ratings = _as_numpy(ratings, "ratings").astype(np.float64)
-        if weights is None:
-            weights = np.ones(len(ratings))
-        weights = _as_numpy(weights, "weights").astype(np.float64)
+        ratings = _check_values(_as_numpy(ratings, "ratings"), "rating")
+        weights = np.ones(len(ratings)) if weights is None else _check_values(_as_numpy(weights, "weights"), "weight")
         lengths = {len(users), len(items), len(ratings), len(weights)}
         if len(lengths) != 1:
             raise InputError(
@@ -116,6 +129,8 @@ class Ratings:
                 f"user_ids/item_ids must have n_users={n_users}/n_items={n_items} entries, "
                 f"got {len(user_ids)}/{len(item_ids)}"
             )
+        for ids, what in ((user_ids, "user id"), (item_ids, "item id")):
+            IdIndex(ids).unique(what)  # two users of one id would share a key and a row in every lookup
         return cls._from_valid(users, items, ratings, weights, n_users, user_ids, item_ids)
 
     @classmethod
@@ -212,8 +227,13 @@ class Ratings:
         return self._subset_rows(~to_val), self._subset_rows(to_val)
 
     def select_users(self, users) -> "Ratings":
-        """Ratings of the given user indices only, re-indexed ``0..len(users)-1`` in that order."""
-        users = np.asarray(users, dtype=np.int64)
+        """Ratings of the given user indices only, re-indexed ``0..len(users)-1`` in that order.
+        ``users`` are integers (a bool mask is an InputError: ``np.flatnonzero(mask)`` are its indices)."""
+        users = np.asarray(users)
+        if users.ndim != 1 or (users.size and (users.dtype == np.bool_ or not np.issubdtype(users.dtype, np.integer))):
+            raise InputError(f"users must be a 1-d array of user indices, got {users.dtype} {list(users.shape)}"
+                             + (": for a mask, select_users(np.flatnonzero(mask))" if users.dtype == np.bool_ else ""))
+        users = users.astype(np.int64, copy=False)
         if users.size and (users.min() < 0 or users.max() >= self.n_users):
             raise InputError(f"user index out of range [0, {self.n_users})")
         starts = self.indptr[users]
@@ -314,7 +334,7 @@ _FLOAT32_INF_BITS = 0x7F800000
 
 
 def _id_index(item_ids) -> IdIndex:
-    return item_ids if isinstance(item_ids, IdIndex) else IdIndex(exact_ids(item_ids, "item_ids"))
+    return item_ids if isinstance(item_ids, IdIndex) else IdIndex(exact_ids(item_ids, "item_ids")).unique("item id")
 
 
 def find_columns(available: list, chosen: dict, where: str, fix: str) -> dict:

@@ -157,12 +157,13 @@ class IdIndex:
 
     def unique(self, what: str) -> "IdIndex":
         """Itself, or InputError naming an id that ``ids`` holds twice (``what``: e.g. ``"user id"``):
-        a model's ids must be distinct, else a lookup finds only the first row of a repeated one."""
+        the ids of a model or a ``Ratings`` must be distinct, else a lookup finds only the first row
+        of a repeated one."""
         repeated = np.flatnonzero(self._sorted[1:] == self._sorted[:-1])  # the sort is there already: no cost
         if len(repeated):
             rows = np.sort(self._order[repeated[0]:repeated[0] + 2])
             raise InputError(f"{what} {format_id(self._sorted[repeated[0]])!r} is there twice (entries {rows[0]} and "
-                             f"{rows[1]}; {len(repeated)} repeats): a model's {what}s must be distinct")
+                             f"{rows[1]}; {len(repeated)} repeats): {what}s must be distinct")
         return self
 
     def find(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,16 @@ def test_sources_agree():
     (dict(users=[], items=[], ratings=[]), "empty"),
     (dict(users=[0, 1], items=[0], ratings=[1, 2]), "equal lengths"),
     (dict(users=[0.5, 1], items=[0, 1], ratings=[1, 2]), "integer"),
+    # These used to be read wrong, silently: text through numpy's float() ("1_0" is 10), the real
+    # part of a complex number, True as index 1, two users (items) of one id sharing a key and a row.
+    (dict(users=[0, 1], items=[0, 1], ratings=np.array(["4", "1_0"])), r"ratings must be numbers: row 0 has '4'"),
+    (dict(users=[0, 1], items=[0, 1], ratings=np.array([4, "3"], dtype=object)),
+     r"ratings must be numbers: row 1 has '3' \(object values\)"),
+    (dict(users=[0, 1], items=[0, 1], ratings=[1, 2], weights=[1, 1 + 2j]), r"weights must be numbers: row 0 has \(1"),
+    (dict(users=[True, False], items=[0, 1], ratings=[1, 2]), "user indices must be integers, got bool"),
+    (dict(users=[0, 1], items=[0, 1], ratings=[1, 2], user_ids=[7, 7]),
+     r"user id '7' is there twice \(entries 0 and 1; 1 repeats\): user ids must be distinct"),
+    (dict(users=[0, 0], items=[0, 1], ratings=[1, 2], item_ids=["a", "a"]), r"item id 'a' is there twice"),
 ])
 def test_bad_input_names_the_problem(kwargs, message):
     users, items, ratings = kwargs.pop("users"), kwargs.pop("items"), kwargs.pop("ratings")
@@ -171,3 +181,20 @@ def test_with_items_matches_ids_across_integer_widths():
     assert moved.nnz == 2 and moved.items.tolist() == [0, 0] and moved.ratings.tolist() == [2.0, 3.0]
     with pytest.raises(InputError, match=f"item id {BIG}"):
         r.with_items(model_items)
+
+
+@pytest.mark.parametrize("users,message", [
+    (np.array([True, False, True]), r"got bool \[3\]: for a mask, select_users\(np.flatnonzero\(mask\)\)"),
+    (np.array([1.7]), r"got float64 \[1\]"), (np.array([[1]]), r"got int64 \[1, 1\]")])
+def test_select_users_takes_indices_only(users, message):
+    # A mask used to select users 1, 0, 1 (its values as indices) and 1.7 user 1, silently.
+    data = Ratings.from_coo([0, 1, 2, 2], [0, 1, 2, 0], [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(InputError, match=r"users must be a 1-d array of user indices, " + message):
+        data.select_users(users)
+    assert data.select_users(np.flatnonzero(np.array([True, False, True]))).user_ids.tolist() == [0, 2]
+
+
+def test_with_items_refuses_a_target_that_repeats_an_id():
+    data = Ratings.from_coo([0, 1], [0, 1], [1.0, 2.0], item_ids=[5, 6])
+    with pytest.raises(InputError, match="item id '5' is there twice"):  # every rating of 5 went to the first
+        data.with_items(np.array([5, 5, 6]))
