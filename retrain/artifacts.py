@@ -7,12 +7,14 @@
   (float32) and the user ids (``user_ids [n]``, int64 or uint64, or UTF-8 for strings), metadata ``format = "retrain.embeddings"``, ``model``
   and ``epochs``.
 * the recommendations (``write_recommendations``): CSV ``user_id,rank,item_id,score`` in original
-  ids, ranks from 1.
+  ids, ranks from 1 (a string id holding a comma, a quote or a line break is quoted as CSV does).
 
 Every file is written atomically (a reader sees the old file or the new one, never a part).
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -66,12 +68,14 @@ def write_recommendations(path, items: torch.Tensor, scores: torch.Tensor, user_
     ``user_ids[r]``; ``item_ids`` maps item indices to original ids.  Entries scored ``-inf``
     (fewer than ``k`` unseen items) are left out.
     """
-    lines = ["user_id,rank,item_id,score"]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")  # quotes a string id holding a comma, a quote or a newline
+    writer.writerow(["user_id", "rank", "item_id", "score"])
     for row, user in enumerate(user_ids):
-        lines += [f"{user},{rank + 1},{item_ids[item]},{score:.6g}"
-                  for rank, (item, score) in enumerate(zip(items[row].tolist(), scores[row].tolist()))
-                  if np.isfinite(score)]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+        writer.writerows([user, rank + 1, item_ids[item], f"{score:.6g}"]
+                         for rank, (item, score) in enumerate(zip(items[row].tolist(), scores[row].tolist()))
+                         if np.isfinite(score))
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def make_out_dir(out=None) -> Path:

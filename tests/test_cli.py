@@ -329,3 +329,23 @@ def test_an_interrupt_exits_130(tmp_path, capsys, monkeypatch, restore_logger):
     monkeypatch.setattr(Ratings, "split_per_user", _raise(KeyboardInterrupt()))
     code = in_process(capsys, "pretrain", "--users", 40, "--out", tmp_path / "model.safetensors")
     assert code == 130 and capsys.readouterr().err.strip() == "retrain pretrain: interrupted"
+
+
+def test_recommendations_quote_string_ids_that_hold_commas_quotes_or_line_breaks(tmp_path):
+    # They used to be written bare: "smith, j" became two fields and shifted every column after it.
+    import csv
+
+    import torch
+
+    from retrain.artifacts import write_recommendations
+
+    users, items = np.array(["smith, j", 'say "hi"']), np.array(["a\nb", "plain", "c,d"])
+    write_recommendations(tmp_path / "top.csv", torch.tensor([[2, 1], [0, 2]]), torch.tensor([[2.5, 1.0], [3.0, 0.5]]),
+                          users, items)
+    with open(tmp_path / "top.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["user_id", "rank", "item_id", "score"], ["smith, j", "1", "c,d", "2.5"],
+                    ["smith, j", "2", "plain", "1"], ['say "hi"', "1", "a\nb", "3"], ['say "hi"', "2", "c,d", "0.5"]]
+    write_recommendations(tmp_path / "int.csv", torch.tensor([[1]]), torch.tensor([[4.25]]), np.array([7]),
+                          np.array([10, 11]))
+    assert (tmp_path / "int.csv").read_text() == "user_id,rank,item_id,score\n7,1,11,4.25\n"  # plain ids: as before
