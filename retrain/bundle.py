@@ -33,7 +33,7 @@ from .errors import InputError, blame, check_int
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
 from .ids import concatenate, format_id, same_kind
-from .serving import diverged_message, fold_in_rows, recommend
+from .serving import check_item_ids, diverged_message, fold_in_rows, recommend
 from .shards import is_index, read_index
 from .trainer import check_ratings
 
@@ -192,8 +192,14 @@ class ServedModel:
         """Fold in users (as ``fold_in``, or a ``FoldInResult`` already computed) and put them in the
         user table: a new id is appended, a known id's row and seen items are replaced.  Diverged
         users are an InputError (nothing is added)."""
-        result = (ratings_or_result if isinstance(ratings_or_result, FoldInResult)
-                  else self.fold_in(ratings_or_result, **fold_in_options))
+        if isinstance(ratings_or_result, FoldInResult):
+            result = ratings_or_result
+            check_item_ids(self.head, result.ratings, "the fold-in result's ratings")  # another model's result?
+            if tuple(result.embeddings.shape) != (len(result.user_ids), self.head.d):
+                raise InputError(f"the fold-in result's embeddings are {list(result.embeddings.shape)}, the model "
+                                 f"needs [{len(result.user_ids)}, d={self.head.d}]: a result of another model?")
+        else:
+            result = self.fold_in(ratings_or_result, **fold_in_options)
         if result.diverged.any():
             raise InputError(diverged_message(result.user_ids[result.diverged], len(result.user_ids),
                                               self.recipe.hyp) + ": not added")

@@ -59,6 +59,8 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
     has = counts.nonzero()[0]
     d, U = head.d, ratings.n_users
     out = np.zeros((U, d)) if init is None else torch.as_tensor(init, dtype=torch.float64).numpy().copy()
+    if out.shape != (U, d):  # else some users would get no row, or the solve a [d, d] of the wrong size
+        raise InputError(f"init must be [n_users={U}, d={d}], got {list(out.shape)}")
     if len(has) <= _FEW_USERS:
         _solve_few_users(head, ratings, has, reg, damping, out)
         return out, has

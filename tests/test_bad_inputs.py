@@ -74,6 +74,14 @@ def _bad_recipe(tmp_path, served):
     return tmp_path / "m.safetensors"
 
 
+def _other_models_result(served, d, item_ids):
+    """A fold-in of user 99 by a model of embedding size ``d`` over the items ``item_ids``."""
+    head = dataclasses.replace(random_head("mf", n_items=len(item_ids), d=d, seed=5), item_ids=item_ids)
+    other = ServedModel(Model(head, np.zeros((0, d), np.float32), np.zeros(0, np.int64)),
+                        Recipe(HYP.replace(model=head.name), 2))
+    return other.fold_in(Ratings.from_ids([99, 99], item_ids[:2], [4.0, 2.0]))
+
+
 def _edited(tmp_path, served, tensors=None, metadata=None, recipe=None):
     """``served`` saved, then rewritten with some tensors, metadata or recipe entries replaced
     (None: removed)."""
@@ -173,6 +181,16 @@ API_CASES = {
                                    r"item id '100' is a string but the model's item ids are integers"),
     "add users with string ids": (lambda t, s: ServedModel(s.model, s.recipe, s.seen).add_users(
         Ratings.from_ids(["u1"], [100], [4.0])), InputError, r"user id 'u1' is a string but the model's user ids are integers"),
+    # another model's fold-in: its seen items used to be stored as this model's (or a crash, another d)
+    "add another model's fold-in, other items": (lambda t, s: ServedModel(s.model, s.recipe, s.seen).add_users(
+        _other_models_result(s, 4, np.arange(12) + 200)), InputError,
+        r"the fold-in result's ratings index items differently from the model"),
+    "add another model's fold-in, other d": (lambda t, s: ServedModel(s.model, s.recipe, s.seen).add_users(
+        _other_models_result(s, 2, s.head.item_ids)), InputError,
+        r"the fold-in result's embeddings are \[1, 2\], the model needs \[1, d=4\]"),
+    "ridge with an init of too few users": (lambda t, s: retrain.ridge.ridge_embeddings(s.head, s.seen, 0.1,
+                                                                                        init=np.zeros((8, 4))),
+                                            InputError, r"init must be \[n_users=9, d=4\], got \[8, 4\]"),
     "recipe for another model": (lambda t, s: ServedModel(s.model, Recipe(HYP.replace(model="user_item_biases"), 1)),
                                  InputError, r"recipe is for model 'user_item_biases'"),
     "recipe without num_users": (lambda t, s: Recipe(HYP.replace(num_users=None), 1), InputError, r"num_users"),
