@@ -16,7 +16,7 @@ import functools
 import numpy as np
 import torch
 
-from .data import Ratings, well_formed
+from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, check_float
 from .heads import Head
 from .trainer import check_ratings
@@ -47,6 +47,7 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
                 damping: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """``ridge_embeddings`` as a float64 numpy array ``[n_users, d]``, and the indices of the users
     with ratings (the others got ``init``): serving converts once, and inits only the others."""
+    ratings = as_ratings(ratings, "ratings", frames=False)
     reg = check_float("reg", reg, 0.0)
     damping = check_float("damping", damping, 0.0)
     if ratings.n_items != head.n_items:

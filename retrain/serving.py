@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .data import Ratings
+from .data import Ratings, as_ratings
 from .errors import InputError
 from .heads import Head, Model
 from .ids import format_id
@@ -25,7 +25,8 @@ SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are compute
 
 
 def check_item_ids(head: Head, ratings: Ratings, name: str) -> None:
-    """ValueError unless ``ratings`` index items exactly as ``head`` does."""
+    """InputError unless ``ratings`` are ``Ratings`` that index items exactly as ``head`` does."""
+    as_ratings(ratings, name, frames=False)  # a DataFrame, say: it indexes no items of the head
     same = ratings.item_ids is head.item_ids  # with_items(head.item_ids) shares the array: no O(items) check
     if not same and (ratings.n_items != head.n_items or not np.array_equal(ratings.item_ids, head.item_ids)):
         raise InputError(f"{name} index items differently from the model ({ratings.n_items} vs {head.n_items} "
@@ -137,11 +138,14 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
         raise InputError(f"k must be an integer in [1, n_items={head.n_items}], got {k!r}")
     n = embeddings.shape[0]
     if exclude_seen is not None:
+        check_item_ids(head, exclude_seen, "exclude_seen")
         if exclude_seen.n_users != n:
             raise InputError(f"exclude_seen has {exclude_seen.n_users} users but embeddings have {n} rows")
-        check_item_ids(head, exclude_seen, "exclude_seen")
     if exclude_items is not None:
-        exclude_items = torch.as_tensor(np.asarray(exclude_items), dtype=torch.bool)
+        mask = np.asarray(exclude_items)
+        if mask.dtype != np.bool_:  # 0.5 or item indices cast to True would exclude every item or the wrong ones
+            raise InputError(f"exclude_items must be bool [n_items={head.n_items}], got {mask.dtype} values")
+        exclude_items = torch.as_tensor(mask)
         if exclude_items.shape != (head.n_items,):
             raise InputError(f"exclude_items must be bool [n_items={head.n_items}], got {tuple(exclude_items.shape)}")
 

@@ -23,7 +23,7 @@ import torch
 from .backends import get_backend
 from .backends.base import Problem
 from .contract import StepSpec, initial_embeddings, user_key
-from .data import Ratings
+from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
 from .heads import Head
 from .hyperparams import HyperParams
@@ -143,6 +143,7 @@ def check_ratings(data: Ratings, name: str, n_items: int) -> None:
     ``Ratings`` built through its constructors are; one built by hand may not be, and a backend
     must never read outside the head's tables.
     """
+    as_ratings(data, name, frames=False)  # a DataFrame, say: it indexes no items of the head
     indptr, nnz = np.asarray(data.indptr), len(data.items)
     if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
         raise InputError(f"{name}: indptr must start at 0, never decrease and end at nnz = {nnz}")

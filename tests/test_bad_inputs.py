@@ -191,6 +191,20 @@ API_CASES = {
     "ridge with an init of too few users": (lambda t, s: retrain.ridge.ridge_embeddings(s.head, s.seen, 0.1,
                                                                                         init=np.zeros((8, 4))),
                                             InputError, r"init must be \[n_users=9, d=4\], got \[8, 4\]"),
+    # a DataFrame (or a list) where the low-level API takes Ratings indexed as the head: AttributeError
+    "low-level fold-in of a frame": (lambda t, s: fold_in(s.head, pytest.importorskip("pandas").DataFrame(
+        {"userId": [1], "movieId": [100], "rating": [4.0]}), HYP, 1), InputError,
+        r"new_users_ratings must be retrain.Ratings, got a DataFrame: build one with retrain.Ratings.from_pandas"),
+    "recommend excluding a list": (lambda t, s: recommend(s.head, s.model.user_embeddings, 3, exclude_seen=[1]),
+                                   InputError, r"exclude_seen must be retrain.Ratings, got list"),
+    "train on a frame": (lambda t, s: train_embeddings(s.head, pytest.importorskip("pandas").DataFrame(
+        {"userId": [1], "movieId": [100], "rating": [4.0]}), HYP, 1), InputError, r"train must be retrain.Ratings"),
+    "ridge on a list": (lambda t, s: retrain.ridge.ridge_embeddings(s.head, [1, 2], 0.1), InputError,
+                        r"ratings must be retrain.Ratings, got list"),
+    # a mask that is not bool used to be cast: 0.5 excluded every item, indices [0, 1, 2] the wrong ones
+    "recommend excluding a float mask": (lambda t, s: recommend(s.head, s.model.user_embeddings, 3,
+                                                                exclude_items=np.full(12, 0.5)), InputError,
+                                         r"exclude_items must be bool \[n_items=12\], got float64 values"),
     "recipe for another model": (lambda t, s: ServedModel(s.model, Recipe(HYP.replace(model="user_item_biases"), 1)),
                                  InputError, r"recipe is for model 'user_item_biases'"),
     "recipe without num_users": (lambda t, s: Recipe(HYP.replace(num_users=None), 1), InputError, r"num_users"),
