@@ -69,13 +69,25 @@ def _known_parts(args, model: Model) -> ProtocolSplit:
         return split.with_items(model.head.item_ids)
 
 
+_INPUTS = ("--data", "--model", "--ratings", "--hyp")
+
+
 def _check_outputs(args, *options: str) -> None:
-    """InputError unless the files these options name (those given) can be written: before any
-    work, so that none is lost to an output path that fails at the end."""
+    """InputError unless the files these options name (those given) can be written, and none of
+    them is an input file or another output: before any work, so that none is lost to an output
+    path that fails at the end, and no input is overwritten (``fold-in --out`` naming the model)."""
+    given = lambda option: getattr(args, option[2:].replace("-", "_"), None)
+    taken = {os.path.realpath(given(option)): option for option in _INPUTS if given(option) is not None}
     for option in options:
-        path = getattr(args, option[2:].replace("-", "_"))
-        if path is not None:
-            check_writable(path, option)
+        path = given(option)
+        if path is None:
+            continue
+        check_writable(path, option)
+        clash = taken.get(os.path.realpath(path))
+        if clash is not None:
+            raise InputError(f"{option} {path} is the file of {clash} too: writing it would destroy that; name "
+                             "another file")
+        taken[os.path.realpath(path)] = option
 
 
 def _metered(args) -> MeteredBackend:

@@ -421,6 +421,33 @@ def test_every_output_is_checked_before_any_work(command, option, tmp_path, monk
     assert code == 2 and called == [] and len(err) == 1 and f"{option} {tmp_path} is a folder" in err[0], err
 
 
+@pytest.mark.parametrize("args,message", [
+    (["fold-in", "--model", "{m}", "--ratings", "{r}", "--out", "{m}"], "--out {m} is the file of --model too"),
+    (["fold-in", "--model", "{m}", "--ratings", "{r}", "--recommendations", "{r}"],
+     "--recommendations {r} is the file of --ratings too"),
+    (["fold-in", "--model", "{m}", "--ratings", "{r}", "--out", "{o}", "--recommendations", "{o}"],
+     "--recommendations {o} is the file of --out too"),
+    (["tune", "--model", "{m}", "--data", "{r}", "--journal", "{r}"], "--journal {r} is the file of --data too"),
+    (["run", "--model", "{m}", "--out", "{m}"], "--out {m} is the file of --model too"),
+    (["pretrain", "--data", "{r}", "--out", "{r}"], "--out {r} is the file of --data too")])
+def test_no_output_overwrites_an_input_or_another_output(args, message, tmp_path, monkeypatch, capsys):
+    # fold-in --out model.safetensors replaced the model by its embeddings; tune --journal ratings.csv
+    # appended the journal to the data.
+    import retrain.cli as cli
+
+    called = []
+    for name in ("_data", "_served"):
+        monkeypatch.setattr(cli, name, lambda *a, **k: called.append(name))
+    monkeypatch.setattr(cli.Model, "load", staticmethod(lambda path: called.append("load")))
+    files = {"m": tmp_path / "m.safetensors", "r": tmp_path / "r.csv", "o": tmp_path / "o"}
+    for path in files.values():
+        path.write_bytes(b"input")
+    code = main([a.format(**files) for a in args] + ["--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and called == [] and len(err) == 1 and message.format(**files) in err[0], err
+    assert all(path.read_bytes() == b"input" for path in files.values())
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A 128 KiB tmpfs (root only): writes beyond it fail with ENOSPC."""
