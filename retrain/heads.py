@@ -126,6 +126,8 @@ class Head:
         convert = lambda name, value: object.__setattr__(self, name, value)
         convert("item_vectors", torch.as_tensor(self.item_vectors, dtype=torch.float32).contiguous())
         convert("item_bias", torch.as_tensor(self.item_bias, dtype=torch.float32).contiguous())
+        if isinstance(self.global_bias, (str, bytes)) or np.size(self.global_bias) != 1:
+            raise InputError(f"global_bias must be one number, got {self.global_bias!r}")
         convert("global_bias", float(self.global_bias))
         n_items = self.item_vectors.shape[0] if self.item_vectors.ndim == 2 else 0
         convert("item_ids", np.arange(n_items, dtype=np.int64) if self.item_ids is None
@@ -311,9 +313,9 @@ class Model:
         return self.predict_indices(self.user_index(user_ids), _positions(self.head.item_index, item_ids, "item"))
 
     def predict_indices(self, users, items) -> torch.Tensor:
-        """Predictions ``[n]`` for user row indices and item indices (equal-length arrays)."""
-        users = torch.as_tensor(np.asarray(users), dtype=torch.long)
-        items = torch.as_tensor(np.asarray(items), dtype=torch.long)
+        """Predictions ``[n]`` for user row indices and item indices (equal-length arrays); InputError
+        naming an index that is not an integer in range (a negative one would count from the end)."""
+        users, items = _indices(users, self.n_users, "users"), _indices(items, self.head.n_items, "items")
         if len(users) != len(items):
             raise InputError(f"users and items must have equal lengths, got {len(users)} and {len(items)}")
         return self.head.predict(self.user_embeddings[users], items)
@@ -326,6 +328,18 @@ class Model:
     def load(path) -> "Model":
         head, tensors, _ = read_model_file(path)
         return model_from_tensors(path, head, tensors)
+
+
+def _indices(values, n: int, name: str) -> torch.Tensor:
+    """``values`` as int64 indices in ``[0, n)``, or InputError naming the first bad entry."""
+    array = np.asarray(values)
+    if array.ndim != 1 or (array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer))):
+        raise InputError(f"{name} must be a 1-d array of integer indices, got {array.dtype} {list(array.shape)}")
+    bad = (array < 0) | (array >= n)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(f"{name} index {array[row]} (entry {row}) is not in [0, {n})")
+    return torch.from_numpy(array.astype(np.int64))
 
 
 def _positions(known: IdIndex, query, what: str) -> np.ndarray:

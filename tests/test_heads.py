@@ -25,6 +25,26 @@ def test_dimension_mismatch_is_named():
         Head(torch.full((5, 3), float("nan")), torch.zeros(5), 0.0)
 
 
+@pytest.mark.parametrize("users,items,message", [
+    ([-1], [0], r"users index -1 \(entry 0\) is not in \[0, 3\)"),  # counted from the end, silently
+    ([0, 3], [0, 0], r"users index 3 \(entry 1\) is not in \[0, 3\)"),  # IndexError
+    ([0], [-5], r"items index -5 \(entry 0\) is not in \[0, 5\)"),
+    ([0.7], [0], r"users must be a 1-d array of integer indices, got float64 \[1\]"),  # truncated to 0
+    ([True], [0], r"users must be a 1-d array of integer indices, got bool \[1\]"),  # index 1
+])
+def test_predict_indices_takes_indices_in_range_only(users, items, message):
+    model = Model(random_head("mf", 5, 2), torch.arange(6.0).reshape(3, 2), [10, 11, 12])
+    with pytest.raises(ValueError, match=message):
+        model.predict_indices(users, items)
+    assert torch.equal(model.predict_indices([2], [4]), model.head.predict(model.user_embeddings[[2]], torch.tensor([4])))
+
+
+@pytest.mark.parametrize("bias", ["3", torch.tensor([1.0, 2.0])])
+def test_a_global_bias_must_be_one_number(bias):
+    with pytest.raises(ValueError, match="global_bias must be one number"):  # "3" read as 3.0; two: a ValueError
+        Head(torch.zeros(5, 3), torch.zeros(5), bias)
+
+
 @pytest.mark.parametrize("kind", ["biases", "mf", "tower1", "tower2"])
 def test_save_load_roundtrip(tmp_path, kind):
     head = random_head(kind, 17, d=5, h=3)
