@@ -149,7 +149,9 @@ def check_writable(path, what: str) -> None:
     """InputError unless a file could be written at ``path`` (its folder exists or can be created,
     and is writable; ``path`` is not a folder).  Lets a long run fail before it starts."""
     path = os.fspath(path)
-    if os.path.isdir(path):
+    if not path:
+        raise InputError(f"{what} is empty, expected a file name")
+    if os.path.isdir(path) or not os.path.basename(path):  # "new/" names a folder too
         raise InputError(f"{what} {path} is a folder, expected a file name")
     directory = os.path.dirname(os.path.abspath(path))
     existing = directory

@@ -421,6 +421,18 @@ def test_every_output_is_checked_before_any_work(command, option, tmp_path, monk
     assert code == 2 and called == [] and len(err) == 1 and f"{option} {tmp_path} is a folder" in err[0], err
 
 
+@pytest.mark.parametrize("path,message", [("", "--out is empty, expected a file name"),
+                                          ("new/", "--out new/ is a folder, expected a file name")])
+def test_an_output_that_names_no_file_is_refused_before_any_work(path, message, monkeypatch, capsys):
+    # Both used to fail after the pretraining, naming the temporary ("'.tmp-...' -> ''").
+    import retrain.cli as cli
+
+    monkeypatch.setattr(cli, "_data", lambda *a, **k: pytest.fail("loaded the data"))
+    code = main(["pretrain", "--out", path, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
 @pytest.mark.parametrize("args,message", [
     (["fold-in", "--model", "{m}", "--ratings", "{r}", "--out", "{m}"], "--out {m} is the file of --model too"),
     (["fold-in", "--model", "{m}", "--ratings", "{r}", "--recommendations", "{r}"],
