@@ -135,11 +135,19 @@ class ServedModel:
     def __init__(self, model: Model, recipe: Recipe, seen: Ratings | None = None, item_support=None):
         if recipe.hyp.model != model.head.name:
             raise InputError(f"the recipe is for model {recipe.hyp.model!r} but the head is {model.head.name!r}")
-        if seen is not None and (seen.n_users != model.n_users or seen.n_items != model.head.n_items):
+        if seen is not None and (seen.n_users != model.n_users or seen.n_items != model.head.n_items
+                                 or not np.array_equal(seen.user_ids, model.user_ids)
+                                 or not np.array_equal(seen.item_ids, model.head.item_ids)):
             raise InputError(f"seen ratings describe {seen.n_users} users and {seen.n_items} items, the model "
-                             f"{model.n_users} and {model.head.n_items}")
-        self.model, self.recipe, self.seen = model, recipe, seen
-        self.item_support = None if item_support is None else np.asarray(item_support, dtype=np.int64)
+                             f"{model.n_users} and {model.head.n_items} (or other ids): row u of seen must be user u")
+        if item_support is not None:
+            support = np.asarray(item_support)
+            if (support.shape != (model.head.n_items,) or not np.issubdtype(support.dtype, np.integer)
+                    or (support < 0).any()):  # else truncated, or a shape mismatch in recommend
+                raise InputError(f"item_support must be integer counts >= 0 [n_items={model.head.n_items}], got "
+                                 f"{support.dtype} {list(support.shape)}")
+            item_support = support.astype(np.int64)
+        self.model, self.recipe, self.seen, self.item_support = model, recipe, seen, item_support
 
     @property
     def head(self) -> Head:
@@ -295,7 +303,7 @@ def load(path) -> ServedModel:
                          "RetrainResult.save or 'run' (a pretrained model?), and there is no "
                          f"{hyp_path(path).name} beside it")
     with blame(path):
-        return ServedModel(model, recipe, _seen(tensors, model), _support(tensors, head.n_items))
+        return ServedModel(model, recipe, _seen(tensors, model), tensors.get("item_support"))
 
 
 def _seen(tensors: dict, model: Model) -> Ratings | None:
@@ -313,13 +321,3 @@ def _seen(tensors: dict, model: Model) -> Ratings | None:
         return Ratings.from_coo(np.repeat(np.arange(model.n_users), np.diff(indptr)), items, np.zeros(len(items)),
                                 n_users=model.n_users, n_items=model.head.n_items, user_ids=model.user_ids,
                                 item_ids=model.head.item_ids)
-
-
-def _support(tensors: dict, n_items: int) -> np.ndarray | None:
-    """The training ratings per item a bundle holds (None when it holds none), checked."""
-    support = tensors.get("item_support")
-    if support is not None and (support.dtype != np.int64 or support.shape != (n_items,) or (support < 0).any()):
-        raise InputError(f"item_support must be int64 [n_items={n_items}] counts >= 0, got {support.dtype} "
-                         f"{list(support.shape)}" + (" with negative counts" if support.dtype == np.int64
-                                                      and support.shape == (n_items,) else ""))
-    return support

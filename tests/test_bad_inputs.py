@@ -205,6 +205,11 @@ API_CASES = {
     "recommend excluding a float mask": (lambda t, s: recommend(s.head, s.model.user_embeddings, 3,
                                                                 exclude_items=np.full(12, 0.5)), InputError,
                                          r"exclude_items must be bool \[n_items=12\], got float64 values"),
+    "serve with a support of other items": (lambda t, s: ServedModel(s.model, s.recipe, s.seen, np.ones(5, np.int64)),
+                                            InputError, r"item_support must be integer counts >= 0 \[n_items=12\]"),
+    "serve with seen ratings of other users": (lambda t, s: ServedModel(s.model, s.recipe, Ratings.from_coo(
+        s.seen.user_of_row(), s.seen.items, s.seen.ratings, n_users=9, n_items=12, user_ids=np.arange(9) + 50,
+        item_ids=s.head.item_ids)), InputError, r"seen ratings describe 9 users and 12 items, .*\(or other ids\)"),
     "recipe for another model": (lambda t, s: ServedModel(s.model, Recipe(HYP.replace(model="user_item_biases"), 1)),
                                  InputError, r"recipe is for model 'user_item_biases'"),
     "recipe without num_users": (lambda t, s: Recipe(HYP.replace(num_users=None), 1), InputError, r"num_users"),
@@ -257,9 +262,9 @@ API_CASES = {
     "load seen items out of range": (lambda t, s: retrain.load(_edited(t, s, {"seen.items": s.seen.items + 12})),
                                      InputError, r"m.safetensors: seen.items: item out of range: row 11 has item 23 >= 12"),
     "load fractional item support": (lambda t, s: retrain.load(_edited(t, s, {"item_support": s.item_support + 0.5})),
-                                     InputError, r"item_support must be int64 \[n_items=12\] counts >= 0, got float64"),
+                                     InputError, r"item_support must be integer counts >= 0 \[n_items=12\], got float64 \[12\]"),
     "load negative item support": (lambda t, s: retrain.load(_edited(t, s, {"item_support": -s.item_support})),
-                                   InputError, r"got int64 \[12\] with negative counts"),
+                                   InputError, r"item_support must be integer counts >= 0 \[n_items=12\], got int64 \[12\]"),
     "load string item ids that are no UTF-8": (lambda t, s: retrain.load(_edited(t, s, {
         "item_ids": None, "item_ids.utf8": np.full(12, 0xFF, np.uint8), "item_ids.offsets": np.arange(13)})),
         InputError, r"m.safetensors: item_ids.utf8 is not UTF-8 text"),
