@@ -1,16 +1,19 @@
 """MovieLens-style loaders: ml-100k ``u.data``, ml-1m ``ratings.dat``, ml-latest(-small)
 ``ratings.csv``, and any CSV with a header naming its columns.
 
-A file with a header is read by column name: ``userId`` / ``movieId`` / ``rating`` (MovieLens) or
+Comma-separated fields may be quoted as CSV quotes them (``"smith, j"``).  A file with a header is
+read by column name: ``userId`` / ``movieId`` / ``rating`` (MovieLens) or
 ``user`` / ``item`` / ``rating`` (and ``weight`` when present), in any order; only the headerless
 MovieLens formats (``u.data``, ``ratings.dat``, a headerless CSV) are read by position (user,
 item, rating).  A log line says which columns were used.  Ids are integers of any width, or
 strings when a column holds no integer at all (``retrain.ids``); an integer is written the one
-way (``7``, ``-7``: ``007``, ``+7`` and ``7_0`` are no integers, so no two ids merge into one).  Users and items are indexed in
-sorted original-id order; ``Ratings.user_ids`` / ``item_ids`` keep the original ids.
+way (``7``, ``-7``: ``007``, ``+7`` and ``7_0`` are no integers, so no two ids merge into one).
+Users and items are indexed in sorted original-id order; ``Ratings.user_ids`` / ``item_ids``
+keep the original ids.
 """
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -35,14 +38,20 @@ def _split_lines(path: str) -> tuple[list[list[str]], list[int], str | None]:
     rows, numbers = [], []
     for number, line in enumerate(lines, start=1):
         if line.strip():
-            rows.append([field.strip() for field in line.split(sep)])
+            rows.append([field.strip() for field in _fields(line, sep)])
             numbers.append(number)
     return rows, numbers, sep
 
 
+def _fields(line: str, sep: str | None) -> list[str]:
+    if sep == "," and '"' in line:  # CSV quoting (pandas writes "smith, j" for a string holding a comma)
+        return next(csv.reader([line]))
+    return line.split(sep)
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape made of bytes that are not UTF-8
 # An integer id is written the one way: no sign but "-", no leading zero, no "_" (Python's int()
 # reads "007", "+7", "7_0" and "٧" too, and would merge "007" with "7").
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape made of bytes that are not UTF-8
 _INTEGER_ID = re.compile(r"0|-?[1-9][0-9]*")
 
 

@@ -119,3 +119,20 @@ def test_a_byte_order_mark_bytes_that_are_not_utf8_and_a_repeated_column(tmp_pat
     path.write_text("user,item,rating,rating\n1,2,3,4\n")  # which one? it used to take the first
     with pytest.raises(InputError, match=r"r.csv:1: the header names the column 'rating' 2 times"):
         load_movielens(path)
+
+
+def test_quoted_csv_fields_are_read_as_csv_writes_them(tmp_path):
+    # A quoted id used to keep its quotes, and one holding a comma split into two fields.
+    import csv
+
+    rows = [["user", "item", "rating"], ["smith, j", 'the "best"', "4"], ["plain", "x", "3.5"]]
+    path = tmp_path / "r.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f, quoting=csv.QUOTE_MINIMAL).writerows(rows)
+    r = load_movielens(path)
+    assert r.user_ids.tolist() == ["plain", "smith, j"] and r.item_ids.tolist() == ['the "best"', "x"]
+    assert r.ratings.tolist() == [3.5, 4.0]
+    with open(path, "w", newline="") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows([["userId", "movieId", "rating"], ["1", "10", "4"]])
+    r = load_movielens(path)
+    assert r.user_ids.tolist() == [1] and r.item_ids.tolist() == [10] and r.ratings.tolist() == [4.0]
