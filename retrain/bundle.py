@@ -315,8 +315,8 @@ def _seen(tensors: dict, model: Model) -> Ratings | None:
     if (indptr.dtype != np.int64 or items.dtype != np.int64 or indptr.shape != (model.n_users + 1,) or items.ndim != 1
             or indptr[0] != 0 or indptr[-1] != len(items) or np.any(np.diff(indptr) < 0)):
         raise InputError(f"seen.indptr / seen.items do not describe {model.n_users} users: int64 [{model.n_users + 1}] "
-                         f"rising from 0 to the length of int64 [nnz] expected, got {indptr.dtype} {list(indptr.shape)} "
-                         f"/ {items.dtype} {list(items.shape)}")
+                         f"rising from 0 to the length of int64 [nnz] expected, got {indptr.dtype} "
+                         f"{list(indptr.shape)} / {items.dtype} {list(items.shape)}")
     with blame("seen.items"):
         return Ratings.from_coo(np.repeat(np.arange(model.n_users), np.diff(indptr)), items, np.zeros(len(items)),
                                 n_users=model.n_users, n_items=model.head.n_items, user_ids=model.user_ids,

@@ -47,6 +47,22 @@ def _check_values(values: np.ndarray, name: str) -> np.ndarray:
     return values.astype(np.float64)
 
 
+def value_problem(values: np.ndarray, name: str) -> tuple[int, str, str] | None:
+    """``(row, rule, value)`` of the first of ``values`` (float64 ratings or weights, ``name``
+    ``"rating"`` or ``"weight"``) that ``Ratings`` refuses: not finite (also beyond float32's
+    range), or a negative weight; None when there is none."""
+    with np.errstate(over="ignore"):  # 1e39 is finite in float64 but inf in float32
+        bad = ~np.isfinite(values) | ~np.isfinite(values.astype(np.float32))
+    if bad.any():
+        row = int(np.argmax(bad))
+        beyond = " (beyond float32's range)" if np.isfinite(values[row]) else ""
+        return row, "must be finite", f"{values[row]}{beyond}"
+    if name == "weight" and (values < 0).any():
+        row = int(np.argmax(values < 0))
+        return row, "must be >= 0", f"{values[row]}"
+    return None
+
+
 def _check_ids(ids: np.ndarray, n: int | None, name: str) -> tuple[np.ndarray, int]:
     if ids.dtype == np.bool_:  # True would be index 1
         raise InputError(f"{name} indices must be integers, got bool values")
@@ -113,15 +129,10 @@ class Ratings:
         users, n_users = _check_ids(users, n_users, "user")
         items, n_items = _check_ids(items, n_items, "item")
         for name, values in (("rating", ratings), ("weight", weights)):
-            with np.errstate(over="ignore"):  # 1e39 is finite in float64 but inf in float32
-                bad = ~np.isfinite(values) | ~np.isfinite(values.astype(np.float32))
-            if bad.any():
-                row = int(np.argmax(bad))
-                why = " (beyond float32's range)" if np.isfinite(values[row]) else ""
-                raise InputError(f"{name} must be finite: row {row} has {name} {values[row]}{why}")
-        if (weights < 0).any():
-            row = int(np.argmax(weights < 0))
-            raise InputError(f"weight must be >= 0: row {row} has weight {weights[row]}")
+            problem = value_problem(values, name)
+            if problem is not None:
+                row, rule, value = problem
+                raise InputError(f"{name} {rule}: row {row} has {name} {value}")
         user_ids = np.arange(n_users, dtype=np.int64) if user_ids is None else exact_ids(user_ids, "user_ids")
         item_ids = np.arange(n_items, dtype=np.int64) if item_ids is None else exact_ids(item_ids, "item_ids")
         if len(user_ids) != n_users or len(item_ids) != n_items:

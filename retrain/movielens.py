@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from .data import Ratings, find_columns
+from .data import Ratings, find_columns, value_problem
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,10 @@ def _parse(path: str) -> Ratings:
         except ValueError:
             bad = next(i for i, x in enumerate(column(name)) if not _is_number(x))
             raise InputError(f"{path}:{numbers[bad]}: malformed {name} {column(name)[bad]!r}") from None
+        problem = value_problem(values[name], name)  # here, where the row's line is known
+        if problem is not None:
+            row, rule, value = problem
+            raise InputError(f"{path}:{numbers[row]}: {name} {rule}, got {value}")
     users = _id_column(path, column("user"), numbers, header[positions["user"]] if header else "user")
     items = _id_column(path, column("item"), numbers, header[positions["item"]] if header else "item")
     try:

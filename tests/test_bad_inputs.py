@@ -138,7 +138,13 @@ API_CASES = {
     "CSV bad rating": (lambda t, s: load_movielens(_csv(t, "r.csv", "userId,movieId,rating\n1,2,x\n")), InputError,
                        r"r.csv:2: malformed rating 'x'"),
     "CSV rating beyond float32": (lambda t, s: load_movielens(_csv(t, "r.csv", "1,2,1e39\n")), InputError,
-                                  r"r.csv: rating must be finite: row 0"),
+                                  r"r.csv:1: rating must be finite, got 1e\+39 \(beyond float32's range\)"),
+    # these named the data row ("row 1"), not the file's line
+    "CSV NaN rating after a blank line": (lambda t, s: load_movielens(_csv(t, "r.csv", "user,item,rating\n1,2,3\n\n"
+                                                                                       "1,3,nan\n")), InputError,
+                                          r"r.csv:4: rating must be finite, got nan"),
+    "CSV negative weight": (lambda t, s: load_movielens(_csv(t, "r.csv", "user,item,rating,weight\n1,2,3,1\n1,3,4,-2\n")),
+                            InputError, r"r.csv:3: weight must be >= 0, got -2.0"),
     "CSV short line": (lambda t, s: load_movielens(_csv(t, "u.data", "1\t2\t3\n4\t5\n")), InputError,
                        r"u.data:2: malformed line: 2 fields"),
     # serving
