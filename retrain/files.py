@@ -60,7 +60,8 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InputError(f"model file not found: {path}")
+        raise InputError(f"model file {path} is a folder, expected a file" if os.path.isdir(path)
+                         else f"model file not found: {path}")
     try:
         with safe_open(path, framework="numpy") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})

@@ -142,5 +142,6 @@ def load_movielens(path) -> Ratings:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InputError(f"ratings file not found: {path}")
+        raise InputError(f"ratings file {path} is a folder, expected a file" if os.path.isdir(path)
+                         else f"ratings file not found: {path}")
     return _parse(path)

@@ -222,6 +222,9 @@ API_CASES = {
     "recipe with a bad rating range": (lambda t, s: Recipe(HYP, 1, (5.0, 1.0)), InputError, r"rating_range"),
     # files
     "load a missing file": (lambda t, s: retrain.load(t / "nope.safetensors"), InputError, r"not found"),
+    "load a folder": (lambda t, s: retrain.load(t), InputError, r"model file .* is a folder, expected a file"),
+    "read ratings from a folder": (lambda t, s: load_movielens(t), InputError,
+                                   r"ratings file .* is a folder, expected a file"),  # said "not found"
     "load a non-safetensors file": (lambda t, s: retrain.load(_csv(t, "x.safetensors", "hello")), InputError,
                                     r"x.safetensors: not a safetensors file"),
     "load a file missing user_embeddings": (lambda t, s: retrain.load(_without(t, s, "user_embeddings")),
