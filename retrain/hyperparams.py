@@ -86,8 +86,8 @@ class HyperParams:
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         checked = dict(
-            learning_rate=check_float("learning_rate", self.learning_rate, 0.0, strict=True),
-            regularization=check_float("regularization", self.regularization, 0.0),
+            learning_rate=check_float("learning_rate", self.learning_rate, 0.0, strict=True, maximum=FLOAT32_MAX),
+            regularization=check_float("regularization", self.regularization, 0.0, maximum=FLOAT32_MAX),
             batch_size=check_int("batch_size", self.batch_size, 1),
             seed=check_int("seed", self.seed, 0, MAX_SEED),
             max_epochs=check_int("max_epochs", self.max_epochs, 1),

@@ -22,7 +22,7 @@ import torch
 
 from .backends import get_backend
 from .backends.base import Problem
-from .contract import StepSpec, initial_embeddings, user_key
+from .contract import FLOAT32_MAX, StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
 from .heads import Head
@@ -263,6 +263,9 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
         raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")
     if (lrs <= 0).any() or (regs < 0).any():
         raise InputError("learning rates must be > 0 and regularisations >= 0")
+    if max(lrs.max(), regs.max()) > FLOAT32_MAX:  # the step is float32: inf, reported as a divergence
+        raise InputError(f"learning rates and regularisations must be at most {FLOAT32_MAX:g} (float32's range), got "
+                         f"{max(lrs.max(), regs.max()):g}")
     if step_spec(hyp) != problem.spec:
         raise InputError(f"hyp describes the step {step_spec(hyp)} but the problem was prepared for {problem.spec}")
     if deadline is not None:

@@ -15,7 +15,7 @@ BAD_INTEGERS = ([(field, value) for field in INTEGER_FIELDS for value in NOT_INT
                    ("seed", 2**32), ("seed", 2**63)])  # None: "the default" for the others
 BAD_FLOATS = [
     ("learning_rate", 0.0), ("learning_rate", -1e-3), ("learning_rate", float("nan")), ("learning_rate", float("inf")),
-    ("learning_rate", "0.01"),
+    ("learning_rate", "0.01"), ("learning_rate", 1e39), ("regularization", 1e39),  # inf in float32: "diverged"
     ("regularization", -1e-5), ("regularization", float("nan")), ("regularization", float("inf")),
     ("subsampling_factor", 0.0), ("subsampling_factor", 1.5), ("subsampling_factor", float("nan")),
     ("damping", -1.0), ("damping", float("nan")), ("damping", float("inf")), ("damping", 1e39), ("damping", "5"),

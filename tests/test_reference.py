@@ -107,6 +107,8 @@ def test_bad_training_input_is_named():
     # These used to raise a bare ValueError or TypeError from numpy or a comparison deep inside.
     with pytest.raises(InputError, match=r"lrs must be a non-empty 1-d sequence of numbers, got \['0.01', 'a'\]"):
         train_probes(head, train, val, ["0.01", "a"], [0.0, 0.0], hyp, backend="reference")
+    with pytest.raises(InputError, match=r"at most 3.40282e\+38 \(float32's range\), got 1e\+39"):
+        train_probes(head, train, val, [1e-2, 1e-2], [0.0, 1e39], hyp, backend="reference")  # was "diverged"
     with pytest.raises(InputError, match="memory_budget must be a finite number >= 0, got nan"):
         train_probes(head, train, val, [1e-2], [0.0], hyp, backend="reference", memory_budget=float("nan"))
     with pytest.raises(InputError, match="deadline must be a number, got '10'"):
