@@ -57,7 +57,15 @@ class Recipe:
     refit: bool = False
 
     def __post_init__(self):
-        check_int("epochs", self.epochs, 0)
+        # Stored as plain Python values, so that to_json writes them (json refuses numpy's scalars).
+        object.__setattr__(self, "epochs", check_int("epochs", self.epochs, 0))
+        if not isinstance(self.refit, (bool, np.bool_)):  # bool("false") is True
+            raise InputError(f"refit must be true or false, got {self.refit!r}")
+        object.__setattr__(self, "refit", bool(self.refit))
+        if self.val_loss is not None:
+            if isinstance(self.val_loss, (bool, np.bool_)) or not isinstance(self.val_loss, numbers.Real):
+                raise InputError(f"val_loss must be a number, got {self.val_loss!r}")
+            object.__setattr__(self, "val_loss", float(self.val_loss))
         if self.hyp.num_users is None:
             raise InputError("a recipe's hyp.num_users must be set: it is the retrain's user count")
         if self.rating_range is not None:
@@ -78,14 +86,10 @@ class Recipe:
     def from_json(text: str, where: str) -> "Recipe":
         try:
             entry = json.loads(text)
-            rating_range, val_loss, refit = entry.get("rating_range"), entry.get("val_loss"), entry.get("refit", False)
-            if not isinstance(refit, bool):  # bool("false") is True
-                raise InputError(f"refit must be true or false, got {refit!r}")
-            if val_loss is not None and (isinstance(val_loss, bool) or not isinstance(val_loss, numbers.Real)):
-                raise InputError(f"val_loss must be a number, got {val_loss!r}")
+            rating_range = entry.get("rating_range")
             return Recipe(HyperParams.recorded(entry["hyperparams"]), entry["epochs"],
-                          None if rating_range is None else tuple(rating_range),
-                          None if val_loss is None else float(val_loss), refit)
+                          None if rating_range is None else tuple(rating_range), entry.get("val_loss"),
+                          entry.get("refit", False))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, InputError) as exc:
             raise InputError(f"{where}: the recipe in the file is malformed ({exc})") from None
 

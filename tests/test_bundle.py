@@ -332,3 +332,16 @@ def test_model_and_head_reprs_are_one_short_line():
                          (served.head, ["Head", "matrix_factorization_4", "20 items", "d=4"])):
         text = repr(thing)
         assert len(text) < 200 and "\n" not in text and all(w in text for w in words), text
+
+
+def test_a_recipe_of_numpy_scalars_saves_as_the_plain_one(tmp_path):
+    # numpy's scalars (an epoch count from an argmax, a loss from a mean) crashed the save: json
+    # refuses them (TypeError).
+    served, _ = _served(*ID_KINDS["int64"])
+    plain = Recipe(HYP, EPOCHS, (1.0, 5.0), 0.5, True)
+    served.recipe = Recipe(HYP, np.int64(EPOCHS), (np.float32(1), np.float64(5)), np.float32(0.5), np.bool_(True))
+    assert served.recipe == plain and served.recipe.to_json() == plain.to_json()
+    served.save(tmp_path / "m.safetensors")
+    assert retrain.load(tmp_path / "m.safetensors").recipe == plain
+    with pytest.raises(InputError, match="refit must be true or false, got 'no'"):
+        Recipe(HYP, EPOCHS, refit="no")
