@@ -28,6 +28,7 @@ from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
 from .ids import IdIndex, decode, encode, exact_ids, format_id, same_kind
 
 ACTIVATIONS = ("identity", "relu", "tanh")
+_CHECK_ROWS = 1 << 20  # rows of a loaded user table checked at a time (a bool copy of all of it is a quarter of it)
 FORMAT = "retrain.model"
 VERSION = "1"
 
@@ -359,9 +360,10 @@ def model_from_tensors(path, head: Head, tensors: dict) -> Model:
         if "user_embeddings" not in tensors or user_ids is None:
             raise InputError("no user_embeddings / user_ids in the file (a head only?)")
         model = Model(head, torch.from_numpy(np.array(tensors["user_embeddings"])), user_ids)
-        bad = ~torch.isfinite(model.user_embeddings).all(1)
-        if bad.any():  # a retrain never writes one: it would predict NaN
-            raise InputError(f"user_embeddings row {int(bad.nonzero()[0])} is not finite ({int(bad.sum())} rows)")
+        for first in range(0, model.n_users, _CHECK_ROWS):  # a retrain never writes one: it would predict NaN
+            bad = ~torch.isfinite(model.user_embeddings[first:first + _CHECK_ROWS]).all(1)
+            if bad.any():
+                raise InputError(f"user_embeddings row {first + int(bad.nonzero()[0])} is not finite")
         model.user_lookup  # made now, so that a repeated user id fails the load, not a later request
     return model
 
