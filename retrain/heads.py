@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -28,7 +29,7 @@ from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
 from .ids import IdIndex, decode, encode, exact_ids, format_id, same_kind
 
 ACTIVATIONS = ("identity", "relu", "tanh")
-_CHECK_ROWS = 1 << 20  # rows of a loaded user table checked at a time (a bool copy of all of it is a quarter of it)
+_CHECK_ROWS = 1 << 20  # rows of a user table checked for NaN at a time
 FORMAT = "retrain.model"
 VERSION = "1"
 
@@ -360,13 +361,22 @@ def model_from_tensors(path, head: Head, tensors: dict) -> Model:
         if "user_embeddings" not in tensors or user_ids is None:
             raise InputError("no user_embeddings / user_ids in the file (a head only?)")
         model = Model(head, torch.from_numpy(np.array(tensors["user_embeddings"])), user_ids)
-        for first in range(0, model.n_users, _CHECK_ROWS):  # a retrain never writes one: it would predict NaN
-            bad = ~torch.isfinite(model.user_embeddings[first:first + _CHECK_ROWS]).all(1)
-            if bad.any():
-                raise InputError(f"user_embeddings row {first + int(bad.nonzero()[0])} is not finite")
+        _check_finite_rows(model.user_embeddings.numpy())  # a retrain never writes one: it would predict NaN
         model.user_lookup  # made now, so that a repeated user id fails the load, not a later request
     return model
 
+
+
+def _check_finite_rows(table: np.ndarray) -> None:
+    """InputError naming the first row of ``table [n, d]`` that is not finite.  One sum first (a
+    sum of finite rows is finite but for an overflow): a bool copy of the table would cost a
+    quarter of its memory and most of the load's time."""
+    if math.isfinite(np.add.reduce(table, axis=None)):
+        return
+    for first in range(0, len(table), _CHECK_ROWS):
+        bad = np.flatnonzero(~np.isfinite(table[first:first + _CHECK_ROWS]).all(1))
+        if len(bad):
+            raise InputError(f"user_embeddings row {first + int(bad[0])} is not finite")
 
 
 def head_tensors(head: Head) -> dict:
