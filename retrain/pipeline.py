@@ -85,9 +85,18 @@ class RetrainResult:
 
 def tuning_subsample(train: Ratings, val: Ratings, hyp: HyperParams) -> tuple[Ratings, Ratings, HyperParams]:
     """The seeded ``hyp.subsampling_factor`` of the users that tuning trains on, and ``hyp`` with
-    ``num_users`` set to the subsample's size (the Glorot bound follows the subsample, as in the seed)."""
+    ``num_users`` set to the subsample's size (the Glorot bound follows the subsample, as in the seed).
+    InputError when ``val`` or the subsample's part of it has no ratings: every loss would be 0,
+    and the epoch-0 init would win (a table of untrained rows)."""
+    if val.nnz == 0:
+        raise InputError("val has no ratings: tuning and early stopping validate on it (protocol_split makes one)")
     users = sample_users(train.n_users, hyp.subsampling_factor, hyp.seed)
-    return train.select_users(users), val.select_users(users), hyp.replace(num_users=len(users))
+    sub_val = val.select_users(users)
+    if sub_val.nnz == 0:
+        raise InputError(f"the tuning subsample ({len(users)} of {train.n_users} users, hyp.subsampling_factor "
+                         f"{hyp.subsampling_factor:g}) has no validation ratings: raise subsampling_factor or give "
+                         "more users validation ratings")
+    return train.select_users(users), sub_val, hyp.replace(num_users=len(users))
 
 
 DEFAULT_MAX_GATHER_BYTES = 2 * 2**30
@@ -151,13 +160,7 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     elif shards and sharded is None:
         raise InputError("shards=True writes one file per rank: it needs a sharded run (a torch.distributed group)")
 
-    if val.nnz == 0:  # every loss would be 0: the epoch-0 init would win, a table of untrained rows
-        raise InputError("val has no ratings: tuning and early stopping validate on it (protocol_split makes one)")
     sub_train, sub_val, sub_hyp = tuning_subsample(train, val, hyp)
-    if sub_val.nnz == 0:
-        raise InputError(f"the tuning subsample ({sub_train.n_users} of {train.n_users} users, hyp.subsampling_factor "
-                         f"{hyp.subsampling_factor:g}) has no validation ratings: raise subsampling_factor or give "
-                         "more users validation ratings")
     tune_options = dict(max_evals=max_iters, max_time=max_time, n_starts=n_starts, journal=journal, seed=hyp.seed)
     if sharded is None:
         tuned = tune(head, sub_train, sub_val, sub_hyp, backend=backend, **tune_options)

@@ -193,3 +193,5 @@ def test_validation_ratings_are_required_for_the_retrain_and_its_tuning_subsampl
     with pytest.raises(retrain.InputError, match=r"the tuning subsample \(\d+ of 20 users, hyp.subsampling_factor "
                                                  r"[0-9.]+\) has no validation ratings"):
         retrain_user_embeddings(model, train, val._subset_rows(keep), planted_hyp(), backend=BACKEND)
+    with pytest.raises(retrain.InputError, match="the tuning subsample"):  # what the tune command trains on too
+        pipeline.tuning_subsample(train, val._subset_rows(keep), planted_hyp())
