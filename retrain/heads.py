@@ -404,6 +404,7 @@ def save_file(path, *, head: Head, user_embeddings=None, user_ids=None, extra_te
     tensors = head_tensors(head)
     if user_embeddings is not None:
         tensors["user_embeddings"] = torch.as_tensor(user_embeddings, dtype=torch.float32)
+        _check_finite_rows(tensors["user_embeddings"].detach().cpu().numpy())  # the load would refuse the file
         tensors.update(encode(exact_ids(user_ids, "user_ids"), "user_ids"))
     tensors.update(extra_tensors or {})
     atomic_write_bytes(path, safetensors_bytes(tensors, {**head_metadata(head), **(extra_metadata or {})}))

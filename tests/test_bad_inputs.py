@@ -264,6 +264,8 @@ API_CASES = {
         r"item id '0' is there twice"),
     "load a NaN user row": (lambda t, s: retrain.load(_edited(t, s, {"user_embeddings": _nan_row(s.model).numpy()})),
                             InputError, r"user_embeddings row 1 is not finite"),
+    "save a NaN user row": (lambda t, s: Model(s.head, _nan_row(s.model), s.model.user_ids).save(t / "m.safetensors"),
+                            InputError, r"user_embeddings row 1 is not finite"),  # a file the load refuses
     "load float seen.indptr": (lambda t, s: retrain.load(_edited(t, s, {"seen.indptr": s.seen.indptr * 1.0})),
                                InputError, r"seen.indptr / seen.items do not describe 9 users: .* got float64 \[10\]"),
     "load 2-d seen.indptr": (lambda t, s: retrain.load(_edited(t, s, {"seen.indptr": s.seen.indptr[:, None]})),
