@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, check_float, check_fraction, check_int
-from .ids import IdIndex, exact_ids
+from .ids import IdIndex, exact_ids, format_id
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,10 @@ class Ratings:
         position, found = self.known_items(index)
         if not found.all() and not drop_unknown:
             row = int(np.argmin(found))
-            raise InputError(f"item id {self.item_ids[self.items[row]]} (row {row}) is not in the model's items")
+            user = self.user_ids[np.searchsorted(self.indptr, row, side="right") - 1]
+            # The row is one of the CSR order, which no file or frame has: name the user instead.
+            raise InputError(f"item id {format_id(self.item_ids[self.items[row]])} (rated by user {format_id(user)}; "
+                             f"{int((~found).sum())} ratings on unknown items) is not in the model's items")
         kept = self._subset_rows(found) if not found.all() else self
         # Already checked ratings: only the item order inside each user changes (it is canonical).
         return Ratings._from_valid(kept.user_of_row(), position[found], kept.ratings, kept.weights, self.n_users,

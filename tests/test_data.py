@@ -198,3 +198,11 @@ def test_with_items_refuses_a_target_that_repeats_an_id():
     data = Ratings.from_coo([0, 1], [0, 1], [1.0, 2.0], item_ids=[5, 6])
     with pytest.raises(InputError, match="item id '5' is there twice"):  # every rating of 5 went to the first
         data.with_items(np.array([5, 5, 6]))
+
+
+def test_with_items_names_the_unknown_item_and_its_user():
+    # It named a row of the CSR order ("row 3"), which no file or frame has.
+    data = Ratings.from_ids(["b", "a", "b", "c"], [10, 11, 12, 10], [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(InputError, match=r"item id 12 \(rated by user b; 1 ratings on unknown items\) is not in "
+                                         r"the model's items"):
+        data.with_items(np.array([10, 11]))
