@@ -78,10 +78,11 @@ def _check_ids(ids: np.ndarray, n: int | None, name: str) -> tuple[np.ndarray, i
         raise InputError(f"{name} must be >= 0: row {row} has {name} {ids[row]}")
     if n is None:
         n = int(ids.max()) + 1 if ids.size else 0
-    elif ids.size and ids.max() >= n:
+    n = check_int(f"n_{name}s", n, 0)  # n_users=2.5 was 2
+    if ids.size and ids.max() >= n:
         row = int(np.argmax(ids))
         raise InputError(f"{name} out of range: row {row} has {name} {ids[row]} >= {n}")
-    return ids, int(n)
+    return ids, n
 
 
 @dataclass(frozen=True, eq=False)

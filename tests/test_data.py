@@ -44,6 +44,8 @@ def test_sources_agree():
      r"ratings must be numbers: row 1 has '3' \(object values\)"),
     (dict(users=[0, 1], items=[0, 1], ratings=[1, 2], weights=[1, 1 + 2j]), r"weights must be numbers: row 0 has \(1"),
     (dict(users=[True, False], items=[0, 1], ratings=[1, 2]), "user indices must be integers, got bool"),
+    (dict(users=[0, 1], items=[0, 1], ratings=[1, 2], n_users=2.5), r"n_users must be an integer >= 0, got 2.5"),
+    (dict(users=[0, 1], items=[0, 1], ratings=[1, 2], n_items=True), r"n_items must be an integer >= 0, got True"),
     (dict(users=[0, 1], items=[0, 1], ratings=[1, 2], user_ids=[7, 7]),
      r"user id '7' is there twice \(entries 0 and 1; 1 repeats\): user ids must be distinct"),
     (dict(users=[0, 0], items=[0, 1], ratings=[1, 2], item_ids=["a", "a"]), r"item id 'a' is there twice"),
