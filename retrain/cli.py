@@ -40,7 +40,7 @@ from .demo import (DEFAULT_MAX_EVALS, DEFAULT_MODEL, DEMO_USERS, describe, load_
 from .errors import InputError, blame
 from .files import check_writable
 from .heads import Model
-from .hyperparams import DEFAULT_DAMPING, HyperParams, model_family
+from .hyperparams import DEFAULT_DAMPING, MAX_SEED, HyperParams, model_family
 from .movielens import load_movielens
 from .plots import plot_tuning_landscape
 from .pretrain import pretrain
@@ -243,7 +243,7 @@ def _common(parser, *, data=True, backend=True) -> None:
     if backend:
         group.add_argument("--backend", default="auto", choices=BACKENDS,
                            help="probe-training backend (default auto: triton on a CUDA GPU, else cpu, else reference)")
-    group.add_argument("--seed", type=_non_negative_int, default=0,
+    group.add_argument("--seed", type=_seed, default=0,
                        help="seeds the data split, the init and the schedule (default 0)")
     group.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     group.add_argument("--verbose", "-v", action="store_true", help="debug log lines; the traceback of any error")
@@ -262,22 +262,26 @@ def _tuning(parser) -> None:
                             f"shrunk as if by D/n more reg; fixed, not tuned (default {DEFAULT_DAMPING:g})")
 
 
-def _at_least(convert, minimum, *, strict: bool = False):
+def _at_least(convert, minimum, *, strict: bool = False, maximum=None):
     """An argparse type: ``convert(text)`` (``int`` or ``float``), finite and ``>= minimum``
-    (``>`` when ``strict``); anything else (``16.0`` for an int, ``nan``, ``-1``) is one error line."""
+    (``>`` when ``strict``) and ``<= maximum`` when given; anything else (``16.0`` for an int,
+    ``nan``, ``-1``) is one error line."""
     def parse(text: str):
         try:
             value = convert(text)
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)
+                and (maximum is None or value <= maximum)):
             kind = "an integer" if convert is int else "a finite number"
-            raise argparse.ArgumentTypeError(f"expected {kind} {'>' if strict else '>='} {minimum}, got {text!r}")
+            bound = f" and <= {maximum}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"expected {kind} {'>' if strict else '>='} {minimum}{bound}, got {text!r}")
         return value
     return parse
 
 
-_positive_int, _non_negative_int = _at_least(int, 1), _at_least(int, 0)
+_positive_int = _at_least(int, 1)
+_seed = _at_least(int, 0, maximum=MAX_SEED)  # HyperParams' range: checked before the data is loaded
 _positive_float, _non_negative_float = _at_least(float, 0, strict=True), _at_least(float, 0)
 
 

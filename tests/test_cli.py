@@ -237,6 +237,9 @@ BAD_INPUTS = {
     "bad option value": (lambda tmp: ["demo", "--max-evals", "0"], "--max-evals"),
     "negative seed": (lambda tmp: ["pretrain", "--seed", "-1"], "--seed"),
     "non-integer seed": (lambda tmp: ["demo", "--seed", "1.5"], "--seed"),
+    # the contract uses the seed mod 2**32; it was refused only once the data was loaded and split
+    "seed beyond 32 bits": (lambda tmp: ["tune", "--model", tmp / "missing.safetensors", "--seed", 2**32],
+                            "argument --seed: expected an integer >= 0 and <= 4294967295, got '4294967296'"),
     "non-integer users": (lambda tmp: ["demo", "--users", "16.0"], "--users"),
     "split fraction out of range": (lambda tmp: ["demo", "--users", 40, "--test", "1.2"], "test must be"),
     "split fractions adding up to 1": (lambda tmp: ["pretrain", "--users", 40, "--val", "0.5", "--test", "0.5"],
