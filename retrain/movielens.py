@@ -72,8 +72,10 @@ def _is_number(text: str) -> bool:
 
 
 def _id_column(path: str, values: list[str], numbers: list[int], column: str) -> np.ndarray:
-    """Integers when every value is one (``_INTEGER_ID``), strings when none is; a mix, or text
-    that is not UTF-8, names the first odd line."""
+    """Integers when every value is one (``_INTEGER_ID``), strings when none is; a mix, an empty
+    id or text that is not UTF-8 names the first odd line."""
+    if "" in values:  # a missing value, not the id "" of a user
+        raise InputError(f"{path}:{numbers[values.index('')]}: malformed id: column {column!r} is empty")
     parsed = [int(text) if _INTEGER_ID.fullmatch(text) else None for text in values]
     is_int = [p is not None for p in parsed]
     if all(is_int):

@@ -136,3 +136,10 @@ def test_quoted_csv_fields_are_read_as_csv_writes_them(tmp_path):
         csv.writer(f, quoting=csv.QUOTE_ALL).writerows([["userId", "movieId", "rating"], ["1", "10", "4"]])
     r = load_movielens(path)
     assert r.user_ids.tolist() == [1] and r.item_ids.tolist() == [10] and r.ratings.tolist() == [4.0]
+
+
+def test_an_empty_id_is_a_malformed_line(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\nalice,x,3\n,y,4\n")  # it loaded as the user ""
+    with pytest.raises(InputError, match=r"r.csv:3: malformed id: column 'user' is empty"):
+        load_movielens(path)
