@@ -430,6 +430,9 @@ def read_model_file(path) -> tuple[Head, dict, dict]:
         item_ids = decode(tensors, "item_ids")
         if missing or item_ids is None:
             raise InputError(f"the file lacks the tensor(s) {missing or ['item_ids']}: not a complete model file")
+        absent = [key for key in ("init", "name") if key not in metadata]  # every file records them
+        if absent:  # a default init would give other initial embeddings than the model was trained from
+            raise InputError(f"the metadata lacks {absent}: not a complete model file")
         extra = sorted(name for name in tensors if name.startswith("tower.") and name not in tower_tensors)
         if extra:  # the metadata and the tensors disagree on the tower: which one is the model?
             raise InputError(f"the tensor(s) {extra} belong to no layer of the activations {acts} in the metadata")
@@ -438,7 +441,7 @@ def read_model_file(path) -> tuple[Head, dict, dict]:
         t = lambda name: torch.from_numpy(np.array(tensors[name]))
         tower = [Layer(t(f"tower.{l}.weight"), t(f"tower.{l}.bias"), act) for l, act in enumerate(acts)]
         head = Head(t("item_vectors"), t("item_bias"), float(tensors["global_bias"][0]), tower,
-                    init=metadata.get("init", "glorot"), name=metadata.get("name", "head"), item_ids=item_ids)
+                    init=metadata["init"], name=metadata["name"], item_ids=item_ids)
         head.item_index  # made now, so that a repeated item id fails the load, not a later request
     return head, tensors, metadata
 

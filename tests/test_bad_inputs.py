@@ -266,6 +266,8 @@ API_CASES = {
                             InputError, r"user_embeddings row 1 is not finite"),
     "save a NaN user row": (lambda t, s: Model(s.head, _nan_row(s.model), s.model.user_ids).save(t / "m.safetensors"),
                             InputError, r"user_embeddings row 1 is not finite"),  # a file the load refuses
+    "load a file without its init": (lambda t, s: retrain.load(_edited(t, s, metadata={"init": None})), InputError,
+                                     r"m.safetensors: the metadata lacks \['init'\]"),  # it loaded as glorot
     "load float seen.indptr": (lambda t, s: retrain.load(_edited(t, s, {"seen.indptr": s.seen.indptr * 1.0})),
                                InputError, r"seen.indptr / seen.items do not describe 9 users: .* got float64 \[10\]"),
     "load 2-d seen.indptr": (lambda t, s: retrain.load(_edited(t, s, {"seen.indptr": s.seen.indptr[:, None]})),
