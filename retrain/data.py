@@ -134,6 +134,7 @@ class Ratings:
             if problem is not None:
                 row, rule, value = problem
                 raise InputError(f"{name} {rule}: row {row} has {name} {value}")
+        given_users, given_items = user_ids is not None, item_ids is not None
         user_ids = np.arange(n_users, dtype=np.int64) if user_ids is None else exact_ids(user_ids, "user_ids")
         item_ids = np.arange(n_items, dtype=np.int64) if item_ids is None else exact_ids(item_ids, "item_ids")
         if len(user_ids) != n_users or len(item_ids) != n_items:
@@ -141,8 +142,9 @@ class Ratings:
                 f"user_ids/item_ids must have n_users={n_users}/n_items={n_items} entries, "
                 f"got {len(user_ids)}/{len(item_ids)}"
             )
-        for ids, what in ((user_ids, "user id"), (item_ids, "item id")):
-            IdIndex(ids).unique(what)  # two users of one id would share a key and a row in every lookup
+        for ids, what, given in ((user_ids, "user id", given_users), (item_ids, "item id", given_items)):
+            if given:  # two users of one id would share a key and a row in every lookup
+                IdIndex(ids).unique(what)
         return cls._from_valid(users, items, ratings, weights, n_users, user_ids, item_ids)
 
     @classmethod

@@ -366,7 +366,6 @@ def model_from_tensors(path, head: Head, tensors: dict) -> Model:
     return model
 
 
-
 def _check_finite_rows(table: np.ndarray) -> None:
     """InputError naming the first row of ``table [n, d]`` that is not finite.  One sum first (a
     sum of finite rows is finite but for an overflow): a bool copy of the table would cost a
