@@ -730,6 +730,9 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     if not (isinstance(max_time, (int, float)) and max_time > 0):
         raise InputError(f"max_time must be > 0 seconds, got {max_time!r}")
     check_training_inputs(head, train, val)
+    if not (val.weights > 0).any():  # every loss would be 0: the untrained init (epoch 0) would win
+        raise InputError(f"val has no ratings of weight > 0 ({val.nnz} ratings): tune minimises the validation "
+                         "loss, so it needs some (retrain.protocol_split makes them)")
     if starts is not None:
         starts = np.asarray(starts, dtype=np.float64).reshape(-1, 2) if len(starts) else np.zeros((0, 2))
         if len(starts) == 0 or not np.all((starts >= lower) & (starts <= upper)):

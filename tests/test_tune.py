@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import retrain.tuner as tune_module
+from retrain.data import Ratings
+from retrain.errors import InputError
 from retrain.hyperparams import lr_from_a, reg_from_b
 from retrain.trainer import prepare, run_probes, train_probes
 from retrain.tuner import Journal, problem_fingerprint, tune
@@ -509,3 +511,16 @@ def test_pruning_the_space_filling_batches_changes_no_search(problem, monkeypatc
     assert not any(e.trained for e in again.history)
     assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in again.history] == \
         [(e.point, e.loss, e.pruned, e.epochs_trained) for e in pruned.history]
+
+
+@pytest.mark.parametrize("empty", ["no ratings", "zero weights"])
+def test_a_validation_set_that_validates_nothing_is_refused(problem, empty):
+    """Every loss would be 0, so the untrained init (epoch 0) would win: an InputError, not epochs 0."""
+    head, train, val = problem
+    if empty == "no ratings":
+        val = val._subset_rows(np.zeros(val.nnz, dtype=bool))  # the same users, none with a rating
+    else:
+        val = Ratings.from_coo(val.user_of_row(), val.items, val.ratings, np.zeros(val.nnz), n_users=val.n_users,
+                               n_items=val.n_items, user_ids=val.user_ids, item_ids=val.item_ids)
+    with pytest.raises(InputError, match="val has no ratings of weight > 0"):
+        tune(head, train, val, planted_hyp(), max_evals=2, backend=BACKEND)
