@@ -317,16 +317,27 @@ void place_broadcast(const float* init, float* buf, int P, int d, int lanes) {
         for (int p = 0; p < P; ++p) buf[static_cast<ptrdiff_t>(i) * lanes + p] = init[i];
 }
 
-template <class V>
-void load_transposed(const float* state, float* buf, int P, int d, int lanes) {
-    std::memset(buf, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
-    place_transposed<V>(state, buf, P, d, lanes);
-}
-
 // Lanes [0, P) of buf [d][lanes] -> state [P][d].
 template <class V>
 void store_transposed(const float* buf, float* state, int P, int d, int lanes) {
     transpose<V>(buf, lanes, state, d, d, P);
+}
+
+// One user's state, [P][d] or (probes_last) [d][P], -> lanes [0, P) of buf [d][lanes]: a transpose,
+// or d row copies (the layout the kernels compute in, so nothing is shuffled).
+template <class V>
+void place_state(const float* state, bool probes_last, float* buf, int P, int d, int lanes) {
+    if (!probes_last) return place_transposed<V>(state, buf, P, d, lanes);
+    for (int i = 0; i < d; ++i)
+        std::memcpy(buf + static_cast<ptrdiff_t>(i) * lanes, state + static_cast<ptrdiff_t>(i) * P, sizeof(float) * P);
+}
+
+// Lanes [0, P) of buf [d][lanes] -> one user's state, [P][d] or (probes_last) [d][P].
+template <class V>
+void store_state(const float* buf, float* state, bool probes_last, int P, int d, int lanes) {
+    if (!probes_last) return store_transposed<V>(buf, state, P, d, lanes);
+    for (int i = 0; i < d; ++i)
+        std::memcpy(state + static_cast<ptrdiff_t>(i) * P, buf + static_cast<ptrdiff_t>(i) * lanes, sizeof(float) * P);
 }
 
 // out [d][out_lanes] <- lanes [0, P) of buf [d][lanes] (one user of a packed register), padding zero.
@@ -835,10 +846,10 @@ void train_group(const TrainArgs& a, const Group& grp, const BiasCorrections& bi
         if (fresh) {  // a fresh batch: every probe from the init, moments from zero
             place_broadcast(a.init + static_cast<ptrdiff_t>(user) * d, b.e + g * P, P, d, lanes);
         } else {
-            place_transposed<V>(a.emb + offset, b.e + g * P, P, d, lanes);
+            place_state<V>(a.emb + offset, a.probes_last, b.e + g * P, P, d, lanes);
             if (adam) {
-                place_transposed<V>(a.adam_m + offset, b.m + g * P, P, d, lanes);
-                place_transposed<V>(a.adam_v + offset, b.v + g * P, P, d, lanes);
+                place_state<V>(a.adam_m + offset, a.probes_last, b.m + g * P, P, d, lanes);
+                place_state<V>(a.adam_v + offset, a.probes_last, b.v + g * P, P, d, lanes);
             }
         }
     }
@@ -853,10 +864,10 @@ void train_group(const TrainArgs& a, const Group& grp, const BiasCorrections& bi
     if (n == 0 && !fresh) return;  // nothing moved
     for (int g = 0; g < grp.size; ++g) {
         const ptrdiff_t offset = static_cast<ptrdiff_t>(grp.user[g]) * P * d;
-        store_transposed<V>(b.e + g * P, a.emb + offset, P, d, lanes);
+        store_state<V>(b.e + g * P, a.emb + offset, a.probes_last, P, d, lanes);
         if (adam) {
-            store_transposed<V>(b.m + g * P, a.adam_m + offset, P, d, lanes);
-            store_transposed<V>(b.v + g * P, a.adam_v + offset, P, d, lanes);
+            store_state<V>(b.m + g * P, a.adam_m + offset, a.probes_last, P, d, lanes);
+            store_state<V>(b.v + g * P, a.adam_v + offset, a.probes_last, P, d, lanes);
         }
     }
 }
@@ -965,7 +976,8 @@ void run_validation(const ValidationArgs& a) {
 #pragma omp for schedule(dynamic, 64)
         for (int64_t u = 0; u < n_users; ++u) {
             if (a.data.indptr[u + 1] == a.data.indptr[u]) continue;
-            load_transposed<V>(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, b.e, P, a.head.d, lanes);
+            std::memset(b.e, 0, sizeof(float) * static_cast<size_t>(a.head.d) * lanes);
+            place_state<V>(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, a.probes_last, b.e, P, a.head.d, lanes);
             const float* features = tower_forward<V>(a.head.tower, b.e, lanes, b.act);
             user_validation_sums<V>(a.head, a.data, u, features, b, lanes);
             add_user_sums(b, P, lanes, 0);
