@@ -18,6 +18,10 @@
 #include "contract.h"
 #include "fused.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace py = pybind11;
 
 namespace retrain {
@@ -358,6 +362,22 @@ py::array_t<float> initial_embeddings_py(const py::handle& keys, int d, int64_t 
     return out;
 }
 
+// Asks Linux to back the 2 MiB-aligned interior of `array`'s memory with huge pages
+// (MADV_HUGEPAGE, honoured where transparent huge pages are "always" or "madvise"); effective for
+// pages not yet touched.  True when the kernel accepted it; false elsewhere or for a small array.
+bool advise_huge_pages_py(const py::handle& array) {
+    if (!py::isinstance<py::array>(array)) fail("array must be a numpy array");
+    const auto a = py::reinterpret_borrow<py::array>(array);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+    const auto start = reinterpret_cast<uintptr_t>(a.data());
+    const uintptr_t begin = (start + kHuge - 1) / kHuge * kHuge, end = (start + a.nbytes()) / kHuge * kHuge;
+    return end > begin && madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE) == 0;
+#else
+    return false;
+#endif
+}
+
 std::vector<std::string> simd_paths() {
     std::vector<std::string> names;
     for (const auto& [name, s] : kSimdNames)
@@ -382,6 +402,9 @@ PYBIND11_MODULE(_C, m) {
     m.def("simd_paths", &simd_paths, "Instruction sets with a kernel this build and CPU can run, slowest first "
           "('portable', 'sse4', 'avx2', 'avx512'); 'auto' picks AVX-512 for more than 8 probes, else the best "
           "of the others.");
+    m.def("advise_huge_pages", &advise_huge_pages_py,
+          "Ask the OS to back the array's memory (its 2 MiB-aligned interior, pages not yet touched) with "
+          "huge pages; returns whether it accepted.  Changes no value.", "array"_a);
     m.def("train_epochs", &train_epochs_py,
           "Advance P probes by n_epochs epochs in place: emb, adam_m, adam_v float32 [U, P, d], or [U, d, P] "
           "with probes_last (moments ignored for sgd), lrs/regs float32 [P], CSR ratings (indptr int64, items int32, ratings/weights "

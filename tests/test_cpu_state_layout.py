@@ -132,3 +132,13 @@ def test_fold_in_matches_reference():
     ref = train_embeddings(head, data, hyp, 4, "reference")
     assert emb.shape == (len(COUNTS), 5) and emb.is_contiguous()
     assert rel_err(emb, ref) <= 1e-5, describe_mismatch(emb, ref, 1e-5)
+
+
+def test_huge_page_advice_changes_no_value():
+    # The problem's state buffers ask for huge pages when allocated; the advice moves no data.
+    state = np.arange(3 << 20, dtype=np.float32)  # 12 MiB: a 2 MiB-aligned interior exists
+    assert isinstance(_C.advise_huge_pages(state), bool)
+    assert np.array_equal(state, np.arange(3 << 20, dtype=np.float32))
+    assert _C.advise_huge_pages(np.zeros(10, np.float32)) is False  # no whole huge page inside
+    with pytest.raises(ValueError, match="numpy array"):
+        _C.advise_huge_pages([1.0])

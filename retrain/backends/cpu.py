@@ -38,7 +38,10 @@ class _ProbesLastBuffer(_StateBuffer):
     """A state buffer stored ``[U, d, P]`` (``lanes``) whose ``tensor`` is the ``[U, P, d]`` view of it."""
 
     def resize(self, n_probes: int) -> None:
+        grows = self.flat.numel() < self.n_users * n_probes * self.d
         super().resize(n_probes)
+        if grows:  # fresh, untouched memory: huge pages spare the page walks of each user's random place
+            _C.advise_huge_pages(self.flat.numpy())
         self._set(n_probes)
 
     def keep(self, slots: torch.Tensor) -> None:
