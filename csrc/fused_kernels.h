@@ -882,6 +882,29 @@ inline void set_regularization(const TrainArgs& a, const Group& grp, UserBuffers
     }
 }
 
+// Every epoch of the call with its checkpoints, on the group's state in b.e / b.m / b.v.
+template <class V>
+void train_loaded_group(const TrainArgs& a, const Group& grp, int64_t n, const BiasCorrections& bias, UserBuffers& b,
+                        int lanes, UserBuffers& out, int out_lanes) {
+    set_regularization(a, grp, b, lanes);
+    int k = 0;
+    for (int64_t t = 0; t < a.n_epochs; ++t) {
+        if (n > 0) train_epoch<V>(a, grp, a.epoch_start + t, bias, b, lanes);
+        for (; k < a.n_checkpoints && a.checkpoint_ends[k] == t + 1; ++k)
+            group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);
+    }
+    for (; k < a.n_checkpoints; ++k) group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);  // ends of 0 epochs
+}
+
+// A probes-last state is already [d][lanes] where the probes fill whole registers (lanes = P) and
+// the arrays are register-aligned: a user alone then trains in place, with no copy in or out.
+template <class V>
+bool trains_in_place(const TrainArgs& a, const Group& grp, int lanes) {
+    const auto aligned = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % (sizeof(float) * V::W) == 0; };
+    return a.probes_last && !grp.packed && lanes == a.n_probes && aligned(a.emb) &&
+           (!a.optimizer.adam || (aligned(a.adam_m) && aligned(a.adam_v)));
+}
+
 // The whole call for one group: load (or start fresh), train every epoch with its checkpoints,
 // store.  `out` receives the checkpoints' outputs of a packed group (see group_checkpoint).
 template <class V>
@@ -891,6 +914,24 @@ void train_group(const TrainArgs& a, const Group& grp, const BiasCorrections& bi
     int64_t n = 0;  // the group's most ratings
     for (int g = 0; g < grp.size; ++g) n = rating_count(a.data, grp.user[g]) > n ? rating_count(a.data, grp.user[g]) : n;
     const bool adam = a.optimizer.adam, fresh = a.init != nullptr;
+    if (trains_in_place<V>(a, grp, lanes)) {
+        const int64_t user = grp.user[0];
+        const ptrdiff_t offset = static_cast<ptrdiff_t>(user) * P * d;
+        UserBuffers state = b;  // b's scratch and outputs, the user's state in place
+        state.e = a.emb + offset;
+        if (adam) {
+            state.m = a.adam_m + offset;
+            state.v = a.adam_v + offset;
+        }
+        if (fresh) {
+            place_broadcast(a.init + static_cast<ptrdiff_t>(user) * d, state.e, P, d, lanes);
+            if (adam) {
+                std::memset(state.m, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+                std::memset(state.v, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+            }
+        }
+        return train_loaded_group<V>(a, grp, n, bias, state, lanes, state, out_lanes);
+    }
     const size_t state_bytes = sizeof(float) * static_cast<size_t>(d) * lanes;
     std::memset(b.e, 0, state_bytes);
     if (adam) {
@@ -910,14 +951,7 @@ void train_group(const TrainArgs& a, const Group& grp, const BiasCorrections& bi
             }
         }
     }
-    set_regularization(a, grp, b, lanes);
-    int k = 0;
-    for (int64_t t = 0; t < a.n_epochs; ++t) {
-        if (n > 0) train_epoch<V>(a, grp, a.epoch_start + t, bias, b, lanes);
-        for (; k < a.n_checkpoints && a.checkpoint_ends[k] == t + 1; ++k)
-            group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);
-    }
-    for (; k < a.n_checkpoints; ++k) group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);  // ends of 0 epochs
+    train_loaded_group<V>(a, grp, n, bias, b, lanes, out, out_lanes);
     if (n == 0 && !fresh) return;  // nothing moved
     for (int g = 0; g < grp.size; ++g) {
         const ptrdiff_t offset = static_cast<ptrdiff_t>(grp.user[g]) * P * d;

@@ -56,17 +56,27 @@ def _run(head, train, val, state, P, *, probes_last, simd, optimizer, init=None,
     return finite, limbs, snapshots
 
 
+def _zeros(shape, misalign):
+    """float32 zeros starting ``misalign`` floats past a 64-byte boundary."""
+    size = int(np.prod(shape))
+    buffer = np.zeros(size + 32, np.float32)
+    start = (-buffer.ctypes.data % 64) // 4 + misalign
+    return buffer[start:start + size].reshape(shape)
+
+
 @pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
-@pytest.mark.parametrize("P", [1, 3, 17, 65])
+@pytest.mark.parametrize("P,misalign", [(1, 0), (3, 0), (17, 0), (32, 0), (32, 1), (65, 0)])
 @pytest.mark.parametrize("kind,d,optimizer", [("mf", 5, "adam"), ("tower1", 6, "sgd")])
-def test_probes_last_gives_the_same_bits(simd, P, kind, d, optimizer):
+def test_probes_last_gives_the_same_bits(simd, P, misalign, kind, d, optimizer):
     # A fresh call (from the init) then a continued one, in both layouts: the state (transposed
     # back), the finite flags, the validation limbs and the snapshots are identical; so is a
-    # validation pass.  P = 1 and 3 pack users in lanes, 17 and 65 are not multiples of any width.
+    # validation pass.  P = 1 and 3 pack users in lanes (P = 1 trains in place on the portable
+    # path), 17 and 65 are not multiples of any width, P = 32 fills whole registers: aligned, a
+    # user trains in place in the probes-last state; one float off, it is copied as for 17.
     head, train, val, U = _case(kind, d, seed=P)
     init = np.random.default_rng(P).normal(scale=0.1, size=(U, d)).astype(np.float32)
     upd = [np.zeros((U, P, d), np.float32) for _ in range(3)]
-    udp = [np.zeros((U, d, P), np.float32) for _ in range(3)]
+    udp = [_zeros((U, d, P), misalign) for _ in range(3)]
     for call, start in ((dict(init=init), 0), (dict(), 3)):
         a = _run(head, train, val, upd, P, probes_last=False, simd=simd, optimizer=optimizer, epoch_start=start, **call)
         b = _run(head, train, val, udp, P, probes_last=True, simd=simd, optimizer=optimizer, epoch_start=start,
