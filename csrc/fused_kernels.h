@@ -38,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <atomic>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -384,8 +385,8 @@ void store_transposed(const float* buf, float* state, int P, int d, int lanes) {
 template <class V>
 void place_state(const float* state, bool probes_last, float* buf, int P, int d, int lanes) {
     if (!probes_last) return place_transposed<V>(state, buf, P, d, lanes);
-    for (int i = 0; i < d; ++i)
-        std::memcpy(buf + static_cast<ptrdiff_t>(i) * lanes, state + static_cast<ptrdiff_t>(i) * P, sizeof(float) * P);
+    for (int i = 0; i < d; ++i)  // a loop, not memcpy: a call per row would cost more than P = 1's 4 bytes
+        for (int p = 0; p < P; ++p) buf[static_cast<ptrdiff_t>(i) * lanes + p] = state[static_cast<ptrdiff_t>(i) * P + p];
 }
 
 // Lanes [0, P) of buf [d][lanes] -> one user's state, [P][d] or (probes_last) [d][P].
@@ -393,7 +394,7 @@ template <class V>
 void store_state(const float* buf, float* state, bool probes_last, int P, int d, int lanes) {
     if (!probes_last) return store_transposed<V>(buf, state, P, d, lanes);
     for (int i = 0; i < d; ++i)
-        std::memcpy(state + static_cast<ptrdiff_t>(i) * P, buf + static_cast<ptrdiff_t>(i) * lanes, sizeof(float) * P);
+        for (int p = 0; p < P; ++p) state[static_cast<ptrdiff_t>(i) * P + p] = buf[static_cast<ptrdiff_t>(i) * lanes + p];
 }
 
 // out [d][out_lanes] <- lanes [0, P) of buf [d][lanes] (one user of a packed register), padding zero.
@@ -1036,12 +1037,14 @@ void run_training(const TrainArgs& a) {
             b.lr[v] = v < group * P ? a.lrs[v % P] : 0.0f;  // b.reg2 is per user: set_regularization
         // Users come heaviest first, so the dynamic schedule ends with small users.  Each thread
         // claims its next group before it trains the current one, so that it can prefetch that
-        // group's state (StatePrefetch).
+        // group's state (StatePrefetch).  A packed group's state is a few lines (P <= W / 2): they
+        // are asked for at once, and its steps (one register wide) are not interrupted.
         StatePrefetch prefetch;
-        b.prefetch = &prefetch;
+        b.prefetch = packed ? nullptr : &prefetch;
         for (int64_t i = next_group.fetch_add(1), j; i < n_groups; i = j) {
             j = next_group.fetch_add(1);
             prefetch.start(a, j < n_groups ? groups[j].user : nullptr, j < n_groups ? groups[j].size : 0);
+            if (packed) prefetch.advance(std::numeric_limits<int>::max());
             train_group<V>(a, groups[i], bias, b, lanes, out, user_lanes);
         }
 #pragma omp critical
