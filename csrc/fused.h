@@ -1,8 +1,9 @@
 // The fused CPU training loop: plain views of already-checked buffers, and the entry points.
 //
 // Layouts: embeddings and Adam moments are user-major float32, [U, P, d] (one user's probes are
-// contiguous) or, with probes_last, [U, d, P] (the kernels' own lane order: a call moves each
-// user's state with row copies instead of transposes); ratings are CSR by user (indptr int64 [U+1], items int32, ratings/weights float32).
+// contiguous) or, with probes_last, [U, d, P] (the kernels' own lane order: a user trains in place
+// or is moved by row copies, never transposed); ratings are CSR by user (indptr int64 [U+1], items
+// int32, ratings/weights float32).
 // Nothing here knows Python: module.cpp checks the arguments and builds these views.
 #pragma once
 
@@ -83,7 +84,9 @@ struct TrainArgs {
     CsrView val;                     // val.indptr == nullptr: no validation
     uint8_t* finite = nullptr;       // [n_checkpoints][P] out: 0 for a probe with a NaN/inf state or loss
     int64_t* val_limbs = nullptr;    // [n_checkpoints][P][kFixedLimbs] out (with val)
-    float* snapshots = nullptr;      // [n_checkpoints - 1][U][P][d] out or null: embeddings at each checkpoint but the last (always [U][P][d])
+    // [n_checkpoints - 1][U][P][d] out or null (in either state layout): the embeddings at each
+    // checkpoint but the last.
+    float* snapshots = nullptr;
     // With P at most half a register, put several users in its lanes (bitwise the
     // same result; false: one user per register, for comparisons).
     bool users_in_lanes = true;

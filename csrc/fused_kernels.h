@@ -32,12 +32,12 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <atomic>
 #include <limits>
 #include <new>
 #include <type_traits>
@@ -57,6 +57,7 @@ constexpr int kPackedRatings = 4;  // users in lanes: ratings of every lane's mi
 // multiple of kPackedRatings).
 constexpr int kStagedRatings = 32;
 static_assert(kStagedRatings % kPackedRatings == 0, "a staged window holds whole packed blocks");
+constexpr int kMaxGroup = 16;  // users in lanes: at most one per lane of a 16-float register
 
 // --------------------------------------------------------------------------- state prefetch
 
@@ -94,7 +95,7 @@ public:
     }
 
 private:
-    static constexpr int kMaxRanges = 3 * 16;  // kMaxGroup users
+    static constexpr int kMaxRanges = 3 * kMaxGroup;  // emb, m and v of each user of a group
     const char* at_[kMaxRanges];
     int n_ranges_ = 0, range_ = 0;
     size_t bytes_ = 0, offset_ = 0;
@@ -606,7 +607,6 @@ void feature_gradient(const TrainArgs& a, int64_t start, const uint32_t* positio
 }
 
 // Users that train together: one (probes only), or up to G in lanes.
-constexpr int kMaxGroup = 16;
 struct Group {
     int64_t user[kMaxGroup];
     int size = 0;
