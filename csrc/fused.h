@@ -1,7 +1,9 @@
 // The fused CPU training loop: plain views of already-checked buffers, and the entry points.
 //
-// Layouts: embeddings and Adam moments are user-major [U, P, d] float32 (one user's probes are
-// contiguous); ratings are CSR by user (indptr int64 [U+1], items int32, ratings/weights float32).
+// Layouts: embeddings and Adam moments are user-major float32, [U, P, d] (one user's probes are
+// contiguous) or, with probes_last, [U, d, P] (the kernels' own lane order: a user trains in place
+// or is moved by row copies, never transposed); ratings are CSR by user (indptr int64 [U+1], items
+// int32, ratings/weights float32).
 // Nothing here knows Python: module.cpp checks the arguments and builds these views.
 #pragma once
 
@@ -53,9 +55,10 @@ struct OptimizerView {
 struct TrainArgs {
     HeadView head;
     CsrView data;
-    float* emb = nullptr;     // [U, P, d], updated in place
-    float* adam_m = nullptr;  // [U, P, d] (Adam only)
-    float* adam_v = nullptr;  // [U, P, d] (Adam only)
+    float* emb = nullptr;     // [U, P, d] ([U, d, P] with probes_last), updated in place
+    float* adam_m = nullptr;  // like emb (Adam only)
+    float* adam_v = nullptr;  // like emb (Adam only)
+    bool probes_last = false;
     // [U, d] or null.  When set, every probe of every user starts from it (the moments from zero)
     // and emb / adam_m / adam_v are only written: a fresh probe batch needs no broadcast copy.
     const float* init = nullptr;
@@ -81,7 +84,9 @@ struct TrainArgs {
     CsrView val;                     // val.indptr == nullptr: no validation
     uint8_t* finite = nullptr;       // [n_checkpoints][P] out: 0 for a probe with a NaN/inf state or loss
     int64_t* val_limbs = nullptr;    // [n_checkpoints][P][kFixedLimbs] out (with val)
-    float* snapshots = nullptr;      // [n_checkpoints - 1][U][P][d] out or null: embeddings at each checkpoint but the last
+    // [n_checkpoints - 1][U][P][d] out or null (in either state layout): the embeddings at each
+    // checkpoint but the last.
+    float* snapshots = nullptr;
     // With P at most half a register, put several users in its lanes (bitwise the
     // same result; false: one user per register, for comparisons).
     bool users_in_lanes = true;
@@ -90,7 +95,8 @@ struct TrainArgs {
 struct ValidationArgs {
     HeadView head;
     CsrView data;
-    const float* emb = nullptr;  // [U, P, d]
+    const float* emb = nullptr;  // [U, P, d] ([U, d, P] with probes_last)
+    bool probes_last = false;
     int n_probes = 0;
     int num_threads = 1;
     int64_t* limbs = nullptr;  // [P][kFixedLimbs] out: exact sum over users of sum w (pred - r)^2

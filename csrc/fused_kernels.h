@@ -32,11 +32,13 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -55,6 +57,53 @@ constexpr int kPackedRatings = 4;  // users in lanes: ratings of every lane's mi
 // multiple of kPackedRatings).
 constexpr int kStagedRatings = 32;
 static_assert(kStagedRatings % kPackedRatings == 0, "a staged window holds whole packed blocks");
+constexpr int kMaxGroup = 16;  // users in lanes: at most one per lane of a 16-float register
+
+// --------------------------------------------------------------------------- state prefetch
+
+// Lines of the next group's state asked for after each micro-kernel call and each row of the
+// optimizer update (see StatePrefetch): on the 1M set at P = 64 (one step of 45 ratings a user,
+// 384 lines) 32 and 8 ask for all of them within the step; 16 and 4 were 5% slower, 8 and 2 14%.
+constexpr int kPrefetchPerBlock = 32;
+constexpr int kPrefetchPerRow = 8;
+
+// The state of the group a thread trains next (emb and moments of each of its users), asked into
+// this core's caches a few lines at a time while the thread trains the current group.  At once,
+// a user's 384 lines (P = 64, d = 32, Adam) overflow the core's miss queue and are mostly lost;
+// spread through the arithmetic, they arrive behind it.
+class StatePrefetch {
+public:
+    void start(const TrainArgs& a, const int64_t* users, int n_users) {
+        n_ranges_ = range_ = 0;
+        offset_ = 0;
+        if (a.init != nullptr) return;  // a fresh call reads no state
+        bytes_ = sizeof(float) * static_cast<size_t>(a.n_probes) * a.head.d;
+        const float* arrays[3] = {a.emb, a.adam_m, a.adam_v};
+        for (int g = 0; g < n_users; ++g)
+            for (int k = 0; k < (a.optimizer.adam ? 3 : 1); ++k)
+                at_[n_ranges_++] = reinterpret_cast<const char*>(arrays[k] + users[g] * a.n_probes * a.head.d);
+    }
+    void advance(int lines) {
+        for (; lines > 0 && range_ < n_ranges_; --lines) {
+            __builtin_prefetch(at_[range_] + offset_, 0, 2);
+            offset_ += 64;
+            if (offset_ >= bytes_) {
+                offset_ = 0;
+                ++range_;
+            }
+        }
+    }
+
+private:
+    static constexpr int kMaxRanges = 3 * kMaxGroup;  // emb, m and v of each user of a group
+    const char* at_[kMaxRanges];
+    int n_ranges_ = 0, range_ = 0;
+    size_t bytes_ = 0, offset_ = 0;
+};
+
+inline void prefetch_some(StatePrefetch* prefetch, int lines) {
+    if (prefetch != nullptr) prefetch->advance(lines);
+}
 
 // --------------------------------------------------------------------------- small matrix products
 
@@ -106,21 +155,28 @@ inline void gemm_tail(int rows, int m0, int K, const A& a, const float* B, ptrdi
 }
 
 template <class V, int NR, bool ACCUMULATE, class A>
-inline void gemm_rows(int M, int K, const A& a, const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc) {
+inline void gemm_rows(int M, int K, const A& a, const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc,
+                      StatePrefetch* prefetch) {
     constexpr int MR = V::kAccumulators / NR;
     int m = 0;
-    for (; m + MR <= M; m += MR) micro_kernel<V, MR, NR, ACCUMULATE>(m, K, a, B, ldb, C + m * ldc, ldc);
+    for (; m + MR <= M; m += MR) {
+        micro_kernel<V, MR, NR, ACCUMULATE>(m, K, a, B, ldb, C + m * ldc, ldc);
+        prefetch_some(prefetch, kPrefetchPerBlock);
+    }
     gemm_tail<V, MR - 1, NR, ACCUMULATE>(M - m, m, K, a, B, ldb, C + m * ldc, ldc);
+    prefetch_some(prefetch, kPrefetchPerBlock);
 }
 
 // C [M][lanes] (+)= A [M x K] * B [K][lanes]; lanes is a multiple of V::W.  Each lane of C sums
-// its K terms in order k = 0, 1, ..., whatever the blocking.
+// its K terms in order k = 0, 1, ..., whatever the blocking.  `prefetch` (or null) advances after
+// each micro-kernel call.
 template <class V, bool ACCUMULATE, class A>
-void gemm(int M, int K, int lanes, const A& a, const float* B, float* C) {
+void gemm(int M, int K, int lanes, const A& a, const float* B, float* C, StatePrefetch* prefetch = nullptr) {
     constexpr int step = kBlockVectors * V::W;
     int n = 0;
-    for (; n + step <= lanes; n += step) gemm_rows<V, kBlockVectors, ACCUMULATE>(M, K, a, B + n, lanes, C + n, lanes);
-    for (; n < lanes; n += V::W) gemm_rows<V, 1, ACCUMULATE>(M, K, a, B + n, lanes, C + n, lanes);
+    for (; n + step <= lanes; n += step)
+        gemm_rows<V, kBlockVectors, ACCUMULATE>(M, K, a, B + n, lanes, C + n, lanes, prefetch);
+    for (; n < lanes; n += V::W) gemm_rows<V, 1, ACCUMULATE>(M, K, a, B + n, lanes, C + n, lanes, prefetch);
 }
 
 // --------------------------------------------------------------------------- the frozen tower
@@ -238,6 +294,7 @@ struct UserBuffers {
     const float** lane_rows;      // [kStagedRatings][lanes] item rows (pointers into Q)
     float *lane_offset, *lane_rating, *lane_coef;  // [kStagedRatings][lanes] b + mu, r, w * scale
     int32_t* slot_live;           // [kStagedRatings][lanes] -1 where the lane's minibatch has that rating
+    StatePrefetch* prefetch;      // the next group's state (training only; null elsewhere)
 
     // Carve the buffers from `base`; with base = nullptr only measures (returns the bytes).
     // `group`: users per register (1: probes only).
@@ -279,6 +336,7 @@ struct UserBuffers {
         t.lane_rating = c.take<float>(staged);
         t.lane_coef = c.take<float>(staged);
         t.slot_live = c.take<int32_t>(staged);
+        t.prefetch = nullptr;
         if (b != nullptr) *b = t;
         return static_cast<size_t>(c.next() - base);
     }
@@ -317,16 +375,27 @@ void place_broadcast(const float* init, float* buf, int P, int d, int lanes) {
         for (int p = 0; p < P; ++p) buf[static_cast<ptrdiff_t>(i) * lanes + p] = init[i];
 }
 
-template <class V>
-void load_transposed(const float* state, float* buf, int P, int d, int lanes) {
-    std::memset(buf, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
-    place_transposed<V>(state, buf, P, d, lanes);
-}
-
 // Lanes [0, P) of buf [d][lanes] -> state [P][d].
 template <class V>
 void store_transposed(const float* buf, float* state, int P, int d, int lanes) {
     transpose<V>(buf, lanes, state, d, d, P);
+}
+
+// One user's state, [P][d] or (probes_last) [d][P], -> lanes [0, P) of buf [d][lanes]: a transpose,
+// or d row copies (the layout the kernels compute in, so nothing is shuffled).
+template <class V>
+void place_state(const float* state, bool probes_last, float* buf, int P, int d, int lanes) {
+    if (!probes_last) return place_transposed<V>(state, buf, P, d, lanes);
+    for (int i = 0; i < d; ++i)  // a loop, not memcpy: a call per row would cost more than P = 1's 4 bytes
+        for (int p = 0; p < P; ++p) buf[static_cast<ptrdiff_t>(i) * lanes + p] = state[static_cast<ptrdiff_t>(i) * P + p];
+}
+
+// Lanes [0, P) of buf [d][lanes] -> one user's state, [P][d] or (probes_last) [d][P].
+template <class V>
+void store_state(const float* buf, float* state, bool probes_last, int P, int d, int lanes) {
+    if (!probes_last) return store_transposed<V>(buf, state, P, d, lanes);
+    for (int i = 0; i < d; ++i)
+        for (int p = 0; p < P; ++p) state[static_cast<ptrdiff_t>(i) * P + p] = buf[static_cast<ptrdiff_t>(i) * lanes + p];
 }
 
 // out [d][out_lanes] <- lanes [0, P) of buf [d][lanes] (one user of a packed register), padding zero.
@@ -492,6 +561,7 @@ void adam_update(UserBuffers& b, const OptimizerView& opt, const float* grad, in
             V::store(b.v + row + v, s);
             V::store(b.e + row + v, next);
         }
+        prefetch_some(b.prefetch, kPrefetchPerRow);
     }
 }
 
@@ -521,7 +591,7 @@ void feature_gradient(const TrainArgs& a, int64_t start, const uint32_t* positio
     for (int t0 = 0; t0 < count; t0 += kTile) {
         const int n = count - t0 < kTile ? count - t0 : kTile;
         gather(head, a.data, n, [&](int k) { return start + positions[t0 + k]; }, b, coef);
-        gemm<V, false>(n, head.h, lanes, ItemRows{b.rows}, features, b.tile);  // pred - offset
+        gemm<V, false>(n, head.h, lanes, ItemRows{b.rows}, features, b.tile, b.prefetch);  // pred - offset
         for (int k = 0; k < n; ++k) {
             float* row = b.tile + static_cast<ptrdiff_t>(k) * lanes;
             const R offset = V::set1(b.offset[k]), rating = V::set1(b.rating[k]), coef_k = V::set1(b.coef[k]);
@@ -530,14 +600,13 @@ void feature_gradient(const TrainArgs& a, int64_t start, const uint32_t* positio
         }
         // d loss / d features = sum_k (d loss / d pred_k) Q[i_k].
         if (t0 == 0)
-            gemm<V, false>(head.h, n, lanes, ItemColumns{b.rows}, b.tile, b.g);
+            gemm<V, false>(head.h, n, lanes, ItemColumns{b.rows}, b.tile, b.g, b.prefetch);
         else
-            gemm<V, true>(head.h, n, lanes, ItemColumns{b.rows}, b.tile, b.g);
+            gemm<V, true>(head.h, n, lanes, ItemColumns{b.rows}, b.tile, b.g, b.prefetch);
     }
 }
 
 // Users that train together: one (probes only), or up to G in lanes.
-constexpr int kMaxGroup = 16;
 struct Group {
     int64_t user[kMaxGroup];
     int size = 0;
@@ -814,6 +883,29 @@ inline void set_regularization(const TrainArgs& a, const Group& grp, UserBuffers
     }
 }
 
+// Every epoch of the call with its checkpoints, on the group's state in b.e / b.m / b.v.
+template <class V>
+void train_loaded_group(const TrainArgs& a, const Group& grp, int64_t n, const BiasCorrections& bias, UserBuffers& b,
+                        int lanes, UserBuffers& out, int out_lanes) {
+    set_regularization(a, grp, b, lanes);
+    int k = 0;
+    for (int64_t t = 0; t < a.n_epochs; ++t) {
+        if (n > 0) train_epoch<V>(a, grp, a.epoch_start + t, bias, b, lanes);
+        for (; k < a.n_checkpoints && a.checkpoint_ends[k] == t + 1; ++k)
+            group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);
+    }
+    for (; k < a.n_checkpoints; ++k) group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);  // ends of 0 epochs
+}
+
+// A probes-last state is already [d][lanes] where the probes fill whole registers (lanes = P) and
+// the arrays are register-aligned: a user alone then trains in place, with no copy in or out.
+template <class V>
+bool trains_in_place(const TrainArgs& a, const Group& grp, int lanes) {
+    const auto aligned = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % (sizeof(float) * V::W) == 0; };
+    return a.probes_last && !grp.packed && lanes == a.n_probes && aligned(a.emb) &&
+           (!a.optimizer.adam || (aligned(a.adam_m) && aligned(a.adam_v)));
+}
+
 // The whole call for one group: load (or start fresh), train every epoch with its checkpoints,
 // store.  `out` receives the checkpoints' outputs of a packed group (see group_checkpoint).
 template <class V>
@@ -823,6 +915,24 @@ void train_group(const TrainArgs& a, const Group& grp, const BiasCorrections& bi
     int64_t n = 0;  // the group's most ratings
     for (int g = 0; g < grp.size; ++g) n = rating_count(a.data, grp.user[g]) > n ? rating_count(a.data, grp.user[g]) : n;
     const bool adam = a.optimizer.adam, fresh = a.init != nullptr;
+    if (trains_in_place<V>(a, grp, lanes)) {
+        const int64_t user = grp.user[0];
+        const ptrdiff_t offset = static_cast<ptrdiff_t>(user) * P * d;
+        UserBuffers state = b;  // b's scratch and outputs, the user's state in place
+        state.e = a.emb + offset;
+        if (adam) {
+            state.m = a.adam_m + offset;
+            state.v = a.adam_v + offset;
+        }
+        if (fresh) {
+            place_broadcast(a.init + static_cast<ptrdiff_t>(user) * d, state.e, P, d, lanes);
+            if (adam) {
+                std::memset(state.m, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+                std::memset(state.v, 0, sizeof(float) * static_cast<size_t>(d) * lanes);
+            }
+        }
+        return train_loaded_group<V>(a, grp, n, bias, state, lanes, state, out_lanes);
+    }
     const size_t state_bytes = sizeof(float) * static_cast<size_t>(d) * lanes;
     std::memset(b.e, 0, state_bytes);
     if (adam) {
@@ -835,28 +945,21 @@ void train_group(const TrainArgs& a, const Group& grp, const BiasCorrections& bi
         if (fresh) {  // a fresh batch: every probe from the init, moments from zero
             place_broadcast(a.init + static_cast<ptrdiff_t>(user) * d, b.e + g * P, P, d, lanes);
         } else {
-            place_transposed<V>(a.emb + offset, b.e + g * P, P, d, lanes);
+            place_state<V>(a.emb + offset, a.probes_last, b.e + g * P, P, d, lanes);
             if (adam) {
-                place_transposed<V>(a.adam_m + offset, b.m + g * P, P, d, lanes);
-                place_transposed<V>(a.adam_v + offset, b.v + g * P, P, d, lanes);
+                place_state<V>(a.adam_m + offset, a.probes_last, b.m + g * P, P, d, lanes);
+                place_state<V>(a.adam_v + offset, a.probes_last, b.v + g * P, P, d, lanes);
             }
         }
     }
-    set_regularization(a, grp, b, lanes);
-    int k = 0;
-    for (int64_t t = 0; t < a.n_epochs; ++t) {
-        if (n > 0) train_epoch<V>(a, grp, a.epoch_start + t, bias, b, lanes);
-        for (; k < a.n_checkpoints && a.checkpoint_ends[k] == t + 1; ++k)
-            group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);
-    }
-    for (; k < a.n_checkpoints; ++k) group_checkpoint<V>(a, grp, k, b, lanes, out, out_lanes);  // ends of 0 epochs
+    train_loaded_group<V>(a, grp, n, bias, b, lanes, out, out_lanes);
     if (n == 0 && !fresh) return;  // nothing moved
     for (int g = 0; g < grp.size; ++g) {
         const ptrdiff_t offset = static_cast<ptrdiff_t>(grp.user[g]) * P * d;
-        store_transposed<V>(b.e + g * P, a.emb + offset, P, d, lanes);
+        store_state<V>(b.e + g * P, a.emb + offset, a.probes_last, P, d, lanes);
         if (adam) {
-            store_transposed<V>(b.m + g * P, a.adam_m + offset, P, d, lanes);
-            store_transposed<V>(b.v + g * P, a.adam_v + offset, P, d, lanes);
+            store_state<V>(b.m + g * P, a.adam_m + offset, a.probes_last, P, d, lanes);
+            store_state<V>(b.v + g * P, a.adam_v + offset, a.probes_last, P, d, lanes);
         }
     }
 }
@@ -917,6 +1020,7 @@ void run_training(const TrainArgs& a) {
     const size_t out_bytes = packed ? UserBuffers::layout(nullptr, nullptr, a.head, user_lanes, 0, K) : 0;
     const size_t per_thread = group_bytes + out_bytes;
     Scratch scratch(per_thread * threads);
+    std::atomic<int64_t> next_group{0};
 #pragma omp parallel num_threads(threads)
     {
         char* mine = scratch.data() + per_thread * omp_get_thread_num();
@@ -931,9 +1035,18 @@ void run_training(const TrainArgs& a) {
         UserBuffers& out = packed ? unpacked : b;
         for (int v = 0; v < lanes; ++v)  // lane v holds probe v % P (of user v / P when packed)
             b.lr[v] = v < group * P ? a.lrs[v % P] : 0.0f;  // b.reg2 is per user: set_regularization
-        // Users come heaviest first, so the dynamic schedule ends with small users.
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < n_groups; ++i) train_group<V>(a, groups[i], bias, b, lanes, out, user_lanes);
+        // Users come heaviest first, so the dynamic schedule ends with small users.  Each thread
+        // claims its next group before it trains the current one, so that it can prefetch that
+        // group's state (StatePrefetch).  A packed group's state is a few lines (P <= W / 2): they
+        // are asked for at once, and its steps (one register wide) are not interrupted.
+        StatePrefetch prefetch;
+        b.prefetch = packed ? nullptr : &prefetch;
+        for (int64_t i = next_group.fetch_add(1), j; i < n_groups; i = j) {
+            j = next_group.fetch_add(1);
+            prefetch.start(a, j < n_groups ? groups[j].user : nullptr, j < n_groups ? groups[j].size : 0);
+            if (packed) prefetch.advance(std::numeric_limits<int>::max());
+            train_group<V>(a, groups[i], bias, b, lanes, out, user_lanes);
+        }
 #pragma omp critical
         {
             merge_outputs(b, K, P, lanes, a.val_limbs, a.finite);
@@ -965,7 +1078,8 @@ void run_validation(const ValidationArgs& a) {
 #pragma omp for schedule(dynamic, 64)
         for (int64_t u = 0; u < n_users; ++u) {
             if (a.data.indptr[u + 1] == a.data.indptr[u]) continue;
-            load_transposed<V>(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, b.e, P, a.head.d, lanes);
+            std::memset(b.e, 0, sizeof(float) * static_cast<size_t>(a.head.d) * lanes);
+            place_state<V>(a.emb + static_cast<ptrdiff_t>(u) * P * a.head.d, a.probes_last, b.e, P, a.head.d, lanes);
             const float* features = tower_forward<V>(a.head.tower, b.e, lanes, b.act);
             user_validation_sums<V>(a.head, a.data, u, features, b, lanes);
             add_user_sums(b, P, lanes, 0);

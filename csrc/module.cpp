@@ -18,6 +18,10 @@
 #include "contract.h"
 #include "fused.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace py = pybind11;
 
 namespace retrain {
@@ -209,6 +213,16 @@ std::vector<int64_t> checkpoint_ends_arg(const py::object& ends, int64_t n_epoch
     return out;
 }
 
+// P of a state array: [n_users, P, d], or [n_users, d, P] with probes_last; else ValueError.
+int state_probes(const py::array& a, const std::string& name, int64_t n_users, int d, bool probes_last) {
+    const int probes = static_cast<int>(a.shape(probes_last ? 2 : 1));
+    if (probes_last)
+        require_shape(a, name + " (probes_last)", {n_users, d, probes});
+    else
+        require_shape(a, name, {n_users, probes, d});
+    return probes;
+}
+
 py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const py::handle& adam_v,
                           const py::handle& lrs, const py::handle& regs, const py::handle& indptr,
                           const py::handle& items, const py::handle& ratings, const py::handle& weights,
@@ -219,18 +233,18 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
                           double beta2, double eps, int64_t seed, const py::object& init,
                           const py::object& checkpoint_ends, const py::object& val, const py::object& snapshots,
                           int num_threads, const std::string& simd, bool users_in_lanes,
-                          const py::object& user_damping) {
+                          const py::object& user_damping, bool probes_last) {
     TrainArgs a;
     a.head = head_arg(item_vectors, item_bias, global_bias, tower_weights, tower_biases, tower_activations);
     a.data = csr_arg(indptr, items, ratings, weights, a.head);
     auto e = array_arg<float>(emb, "emb", 3, true);
-    require_shape(e, "emb", {a.data.n_users, e.shape(1), a.head.d});
-    a.n_probes = static_cast<int>(e.shape(1));
+    a.probes_last = probes_last;
+    a.n_probes = state_probes(e, "emb", a.data.n_users, a.head.d, probes_last);
     a.emb = static_cast<float*>(e.mutable_data());
     a.optimizer = optimizer_arg(optimizer, beta1, beta2, eps);
     if (a.optimizer.adam) {
         auto m = array_arg<float>(adam_m, "adam_m", 3, true);
-        require_shape(m, "adam_m", {e.shape(0), e.shape(1), e.shape(2)});
+        require_shape(m, "adam_m", {e.shape(0), e.shape(1), e.shape(2)});  // emb's layout
         a.adam_m = static_cast<float*>(m.mutable_data());
         auto v = array_arg<float>(adam_v, "adam_v", 3, true);
         require_shape(v, "adam_v", {e.shape(0), e.shape(1), e.shape(2)});
@@ -278,7 +292,7 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     }
     if (!snapshots.is_none()) {
         auto snap = array_arg<float>(snapshots, "snapshots", 4, true);
-        require_shape(snap, "snapshots", {K - 1, e.shape(0), e.shape(1), e.shape(2)});
+        require_shape(snap, "snapshots", {K - 1, a.data.n_users, a.n_probes, a.head.d});
         a.snapshots = static_cast<float*>(snap.mutable_data());
     }
     const Simd s = simd_arg(simd, a.n_probes);
@@ -301,13 +315,13 @@ py::tuple validation_loss_py(const py::handle& emb, const py::handle& indptr, co
                              const py::handle& ratings, const py::handle& weights, const py::handle& item_vectors,
                              const py::handle& item_bias, double global_bias, const py::sequence& tower_weights,
                              const py::sequence& tower_biases, const py::sequence& tower_activations, int num_threads,
-                             const std::string& simd) {
+                             const std::string& simd, bool probes_last) {
     ValidationArgs a;
     a.head = head_arg(item_vectors, item_bias, global_bias, tower_weights, tower_biases, tower_activations);
     a.data = csr_arg(indptr, items, ratings, weights, a.head);
     const auto e = array_arg<float>(emb, "emb", 3);
-    require_shape(e, "emb", {a.data.n_users, e.shape(1), a.head.d});
-    a.n_probes = static_cast<int>(e.shape(1));
+    a.probes_last = probes_last;
+    a.n_probes = state_probes(e, "emb", a.data.n_users, a.head.d, probes_last);
     a.emb = ptr<float>(e);
     a.num_threads = threads_arg(num_threads);
     const Simd s = simd_arg(simd, a.n_probes);
@@ -348,6 +362,22 @@ py::array_t<float> initial_embeddings_py(const py::handle& keys, int d, int64_t 
     return out;
 }
 
+// Asks Linux to back the 2 MiB-aligned interior of `array`'s memory with huge pages
+// (MADV_HUGEPAGE, honoured where transparent huge pages are "always" or "madvise"); effective for
+// pages not yet touched.  True when the kernel accepted it; false elsewhere or for a small array.
+bool advise_huge_pages_py(const py::handle& array) {
+    if (!py::isinstance<py::array>(array)) fail("array must be a numpy array");
+    const auto a = py::reinterpret_borrow<py::array>(array);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+    const auto start = reinterpret_cast<uintptr_t>(a.data());
+    const uintptr_t begin = (start + kHuge - 1) / kHuge * kHuge, end = (start + a.nbytes()) / kHuge * kHuge;
+    return end > begin && madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE) == 0;
+#else
+    return false;
+#endif
+}
+
 std::vector<std::string> simd_paths() {
     std::vector<std::string> names;
     for (const auto& [name, s] : kSimdNames)
@@ -372,9 +402,12 @@ PYBIND11_MODULE(_C, m) {
     m.def("simd_paths", &simd_paths, "Instruction sets with a kernel this build and CPU can run, slowest first "
           "('portable', 'sse4', 'avx2', 'avx512'); 'auto' picks AVX-512 for more than 8 probes, else the best "
           "of the others.");
+    m.def("advise_huge_pages", &advise_huge_pages_py,
+          "Ask the OS to back the array's memory (its 2 MiB-aligned interior, pages not yet touched) with "
+          "huge pages; returns whether it accepted.  Changes no value.", "array"_a);
     m.def("train_epochs", &train_epochs_py,
-          "Advance P probes by n_epochs epochs in place: emb, adam_m, adam_v float32 [U, P, d] (moments "
-          "ignored for sgd), lrs/regs float32 [P], CSR ratings (indptr int64, items int32, ratings/weights "
+          "Advance P probes by n_epochs epochs in place: emb, adam_m, adam_v float32 [U, P, d], or [U, d, P] "
+          "with probes_last (moments ignored for sgd), lrs/regs float32 [P], CSR ratings (indptr int64, items int32, ratings/weights "
           "float32, keys int64), order int64 (the users to visit, heaviest first), the frozen head "
           "(item_vectors [I, h], item_bias [I], global_bias, tower lists; activations 0 identity, 1 relu, "
           "2 tanh), the step spec's optimizer and constants.  init float32 [U, d] or None: start every probe "
@@ -385,17 +418,19 @@ PYBIND11_MODULE(_C, m) {
           "state or loss became NaN/inf, limbs int64 [K, P, 6] with val else None).  num_threads 0: OpenMP's "
           "default.  users_in_lanes: with P at most half a register, several users share one (the same "
           "bits; False: one user per register).  user_damping float32 [U] or None (zeros): user u's L2 is "
-          "regs[p] + user_damping[u] (retrain.contract.damping_terms).",
+          "regs[p] + user_damping[u] (retrain.contract.damping_terms).  probes_last: the state's layout "
+          "(the same bits either way; snapshots are [K-1, U, P, d] in both).",
           "emb"_a, "adam_m"_a, "adam_v"_a, "lrs"_a, "regs"_a, "indptr"_a, "items"_a, "ratings"_a, "weights"_a,
           "keys"_a, "order"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a, "tower_weights"_a,
           "tower_biases"_a, "tower_activations"_a, py::kw_only(), "epoch_start"_a, "n_epochs"_a, "batch_size"_a,
           "optimizer"_a, "beta1"_a, "beta2"_a, "eps"_a, "seed"_a, "init"_a = py::none(),
           "checkpoint_ends"_a = py::none(), "val"_a = py::none(), "snapshots"_a = py::none(), "num_threads"_a = 0,
-          "simd"_a = "auto", "users_in_lanes"_a = true, "user_damping"_a = py::none());
+          "simd"_a = "auto", "users_in_lanes"_a = true, "user_damping"_a = py::none(), "probes_last"_a = false);
     m.def("validation_loss", &validation_loss_py,
           "Per-probe exact sums of w (pred - r)^2 over all ratings: (limbs int64 [P, 6] as "
-          "retrain.contract.fixed_point_limbs, finite uint8 [P]); emb float32 [U, P, d].", "emb"_a,
+          "retrain.contract.fixed_point_limbs, finite uint8 [P]); emb float32 [U, P, d], or [U, d, P] with "
+          "probes_last.", "emb"_a,
           "indptr"_a, "items"_a, "ratings"_a, "weights"_a, "item_vectors"_a, "item_bias"_a, "global_bias"_a,
           "tower_weights"_a, "tower_biases"_a, "tower_activations"_a, py::kw_only(), "num_threads"_a = 0,
-          "simd"_a = "auto");
+          "simd"_a = "auto", "probes_last"_a = false);
 }

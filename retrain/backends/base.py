@@ -16,7 +16,8 @@ Several checkpoints in one call let a backend validate each user while its state
 (the ``cpu`` backend does), instead of streaming the whole state in and out once per checkpoint.
 Backends implement two methods on their ``Problem`` subclass, ``_train`` and ``_validate``, and may
 override ``checkpoints``; the state bookkeeping here is shared.  Layouts are user-major, so one user's probes are contiguous:
-embeddings and optimizer moments are float32 ``[U, P, d]``.  The finiteness flag of a probe comes out
+embeddings and optimizer moments are float32 ``[U, P, d]`` (a backend may store them in another order behind
+``[U, P, d]`` views: the ``cpu`` backend keeps them probes last, ``[U, d, P]``).  The finiteness flag of a probe comes out
 of the training call's epilogue and the validation pass, never from an extra sweep over the state.
 """
 from __future__ import annotations

@@ -5,6 +5,9 @@ local buffer for the whole call; the probes sit in SIMD lanes (AVX-512 or AVX2 w
 CPU has them, else SSE4; a portable C++ kernel elsewhere), so a probe's result does not depend on
 the other probes or on the thread count.  With few probes, several users (of any rating counts)
 share a register (users in lanes), with the same bits.
+The prepared problem keeps its state probes last, ``[U, d, P]`` in memory (the kernel's lane order:
+a call moves each user's state with row copies, no transposes); ``emb``, ``moments`` and
+``embeddings()`` are ``[U, P, d]`` views of it, as for every backend.
 Tensors are passed zero-copy (``tensor.numpy()``); the prepared problem keeps the numpy views of
 everything fixed, so a call converts nothing.
 """
@@ -15,7 +18,7 @@ import torch
 
 from ..contract import Adam
 from ..errors import check_int
-from .base import ACTIVATION_CODES, Backend, Problem, csr_tensors, head_tensors
+from .base import _COMPACT_CHUNK, ACTIVATION_CODES, Backend, Problem, _StateBuffer, csr_tensors, head_tensors
 
 try:
     from .. import _C
@@ -31,9 +34,36 @@ def _csr_arrays(data) -> tuple:
     return tuple(t.numpy() for t in (data.indptr, data.items, data.ratings, data.weights))
 
 
+class _ProbesLastBuffer(_StateBuffer):
+    """A state buffer stored ``[U, d, P]`` (``lanes``) whose ``tensor`` is the ``[U, P, d]`` view of it."""
+
+    def resize(self, n_probes: int) -> None:
+        grows = self.flat.numel() < self.n_users * n_probes * self.d
+        super().resize(n_probes)
+        if grows:  # fresh, untouched memory: huge pages spare the page walks of each user's random place
+            _C.advise_huge_pages(self.flat.numpy())
+        self._set(n_probes)
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Keep probes ``slots`` (increasing) in place: user blocks move to lower addresses in order,
+        each read before anything is written over it."""
+        old, n_new = self.lanes, len(slots)
+        self._set(n_new)
+        chunk = max(1, _COMPACT_CHUNK // max(1, old.shape[2] * self.d))
+        for first in range(0, self.n_users, chunk):
+            rows = slice(first, first + chunk)
+            self.lanes[rows] = old[rows].index_select(2, slots)  # index_select copies before the write
+
+    def _set(self, n_probes: int) -> None:
+        self.lanes = self.flat[:self.n_users * self.d * n_probes].view(self.n_users, self.d, n_probes)
+        self.tensor = self.lanes.transpose(1, 2)
+
+
 class CpuProblem(Problem):
     def __init__(self, backend, head, train, val, spec, init):
         super().__init__(backend, head, train, val, spec, init)
+        self._emb = _ProbesLastBuffer(self.n_users, self.d, self.device)
+        self._moments = [_ProbesLastBuffer(self.n_users, self.d, self.device) for _ in self._moments]
         dense = head_tensors(head, "cpu", backend.name)
         self._head = (dense.item_vectors.numpy(), dense.item_bias.numpy(), dense.global_bias,
                       [w.numpy() for w, _, _ in dense.tower], [c.numpy() for _, c, _ in dense.tower],
@@ -53,15 +83,14 @@ class CpuProblem(Problem):
 
     def _call(self, ends: np.ndarray, *, validate: bool, snapshots=None):
         """One ``_C.train_epochs`` call of ``ends[-1]`` epochs with checkpoints after ``ends``."""
-        moments = self.moments
         empty = np.zeros((0, 0, 0), dtype=np.float32)
-        m, v = (moments[0].numpy(), moments[1].numpy()) if moments else (empty, empty)
+        m, v = (self._moments[0].lanes.numpy(), self._moments[1].lanes.numpy()) if self._moments else (empty, empty)
         # A fresh batch, or a call that validates or snapshots, visits every user; otherwise only
         # the users with training ratings move.
         every = self.fresh or validate or snapshots is not None
         order = self._order if every else self._order[:self.n_with_ratings]
         ratings = self.n_train * int(ends[-1]) + (self._val_nnz * len(ends) if validate else 0)
-        return _C.train_epochs(self.emb.numpy(), m, v, self.lrs.numpy(), self.regs.numpy(), *self._train_csr,
+        return _C.train_epochs(self._emb.lanes.numpy(), m, v, self.lrs.numpy(), self.regs.numpy(), *self._train_csr,
                                self._keys, order, *self._head, epoch_start=self.epoch, n_epochs=int(ends[-1]),
                                batch_size=self.spec.batch_size, seed=self.spec.seed,
                                init=self._init_np if self.fresh else None, checkpoint_ends=ends,
@@ -69,7 +98,7 @@ class CpuProblem(Problem):
                                snapshots=None if snapshots is None else snapshots.numpy(),
                                num_threads=self.backend.threads(ratings, self.n_probes, len(order)), simd=self.backend.simd,
                                users_in_lanes=self.backend.users_in_lanes, user_damping=self._damping,
-                               **self._optimizer)
+                               probes_last=True, **self._optimizer)
 
     def _train(self, epoch_start, n_epochs, fresh):
         finite, _ = self._call(np.array([n_epochs], dtype=np.int64), validate=False)
@@ -92,9 +121,12 @@ class CpuProblem(Problem):
         return self._fused_checkpoints(int(ends[-1]), finite, limbs, snapshots)
 
     def _validate(self, emb):
-        limbs, finite = _C.validation_loss(emb.numpy(), *self._val_csr, *self._head,
+        # emb [U, P, d]: the state's view (probes last in memory) or another tensor.
+        probes_last = not emb.is_contiguous()
+        state = emb.transpose(1, 2).contiguous() if probes_last else emb
+        limbs, finite = _C.validation_loss(state.numpy(), *self._val_csr, *self._head,
                                            num_threads=self.backend.threads(self._val_nnz, emb.shape[1], self.n_users),
-                                           simd=self.backend.simd)
+                                           simd=self.backend.simd, probes_last=probes_last)
         return limbs, finite.astype(bool)
 
 

@@ -17,7 +17,9 @@ timed on a slice (a few steps, the reference on its first users); the baselines'
 Flops counted per rating·probe: 4h = 128 (prediction dot product 2h, gradient axpy 2h; DESIGN.md §6
 with no tower).  Adam's O(d) work per step and the O(1) terms per rating are not counted, so the
 fraction of peak is a lower bound.  The peak is a large FP32 matmul in torch on the same threads,
-measured in the same run.
+measured in the same run, as is the memory bandwidth (a torch copy of 1 GiB): the summary says
+what share of each P = 64 cpu epoch the state traffic alone (embeddings and Adam moments read and
+written back once, 2 x 3 x P x d floats a user) would take at that bandwidth.
 
     .venv/bin/python -m pytest tests/benchmarks/test_bench_cpu.py --benchmark-enable
 
@@ -80,6 +82,8 @@ class Summary:
         self.one_thread_peak = None
         self.fold_in = {}  # kernel -> best users / s
         self.one_thread = {}  # (dataset, batch, P) -> {backend: rating·probe·epochs per CPU second, one thread}
+        self.bandwidth = None  # bytes / s, read + written, THREADS threads
+        self.epoch = {}  # (dataset, batch, P) -> (rating·probes of an epoch, state bytes moved by an epoch)
 
     def add(self, benchmark, key: tuple, backend: str, work: float, setup: float = 0.0) -> None:
         """Record ``work`` rating·probe·epochs done in the best round, less ``setup`` seconds."""
@@ -124,6 +128,19 @@ class Summary:
                 lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {cells} | {ratio('cpu-r1')} | "
                              f"{ratio('user_parallel')} | {r['cpu'] * FLOPS_PER_RATING_PROBE / 1e9:.3g} | "
                              f"{100 * r['cpu'] * FLOPS_PER_RATING_PROBE / self.one_thread_peak:.2g} |")
+        if self.bandwidth and self.epoch:
+            lines += ["", f"Memory bandwidth (torch copy of 1 GiB, {THREADS} threads, read + written): "
+                      f"{self.bandwidth / 1e9:.1f} GB/s. State traffic of one cpu epoch at that bandwidth:", "",
+                      "| data set | batch | P | state GB | at bandwidth ms | cpu epoch ms | share |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            for key in sorted(self.epoch, key=lambda k: (DATASETS.index(k[0]), k[1], k[2])):
+                work, state = self.epoch[key]
+                cpu = self.rows.get(key, {}).get("cpu")
+                if not cpu:
+                    continue
+                bound, took = state / self.bandwidth, work / cpu
+                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {state / 1e9:.2f} | {1e3 * bound:.1f} | "
+                             f"{1e3 * took:.1f} | {100 * bound / took:.0f}% |")
         if self.fold_in:
             lines += ["", f"Fold-in of {FOLD_IN_USERS:,} new users, {FOLD_IN_EPOCHS} epochs (train_embeddings, "
                       f"{THREADS} threads): " + ", ".join(f"{k}: {v:,.0f} users/s" for k, v in self.fold_in.items())]
@@ -148,11 +165,31 @@ def _matmul_peak(threads: int, n: int = 3072, repeats: int = 5, clock=time.perf_
     return 2 * n**3 / best
 
 
+def _copy_bandwidth(threads: int, n_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes read + written per second by a torch copy of ``n_bytes`` on ``threads`` threads (best of
+    ``repeats``)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        src = torch.ones(n_bytes // 4)
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            dst.copy_(src)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(saved)
+    return 2 * n_bytes / best
+
+
 @pytest.fixture(scope="module")
 def summary(request):
     s = Summary()
     yield s
     if s.rows or s.one_thread:
+        s.bandwidth = _copy_bandwidth(THREADS)
         s.peak = _matmul_peak(THREADS)
         s.one_thread_peak = _matmul_peak(1, clock=time.thread_time)
         text = s.table()
@@ -237,6 +274,8 @@ def test_cpu(benchmark, summary, problem, batch, P, kernel):
     prepared, one_epoch = _epochs(_cpu_backend(kernel), head, ratings, init, batch, P)
     benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
     summary.add(benchmark, (name, batch, P), kernel, ratings.nnz * P)
+    if P == 64:  # read and written back once per epoch: embeddings and both Adam moments
+        summary.epoch[(name, batch, P)] = (ratings.nnz * P, 2 * 3 * ratings.n_users * P * D * 4)
     assert torch.isfinite(prepared.embeddings()).all()
 
 
