@@ -3,13 +3,14 @@
 * ``<model>.hyp.json`` (``read_hyp``): the tuned hyper-parameters and the epoch count that older
   versions wrote beside a retrained model; the model file now holds its recipe
   (``retrain.bundle``), and such pairs are only read.
-* the fold-in's embeddings (``write_embeddings``): safetensors with ``embeddings [n, d]``
+* the fold-in's embeddings (``embeddings_bytes``): safetensors with ``embeddings [n, d]``
   (float32) and the user ids (``user_ids [n]``, int64 or uint64, or UTF-8 for strings), metadata ``format = "retrain.embeddings"``, ``model``
   and ``epochs``.
-* the recommendations (``write_recommendations``): CSV ``user_id,rank,item_id,score`` in original
+* the recommendations (``recommendations_bytes``): CSV ``user_id,rank,item_id,score`` in original
   ids, ranks from 1 (a string id holding a comma, a quote or a line break is quoted as CSV does).
 
-Every file is written atomically (a reader sees the old file or the new one, never a part).
+Their bytes are made here and written by the caller with ``retrain.files.atomic_write_files``
+(a reader sees the old file or the new one, never a part; a fold-in's two files all or none).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, check_int
-from .files import atomic_write_bytes, safetensors_bytes
+from .files import safetensors_bytes
 from .ids import encode, exact_ids
 from .hyperparams import HyperParams
 
@@ -49,20 +50,19 @@ def read_hyp(path) -> tuple[HyperParams, int]:
         raise InputError(f"{path}: not a hyper-parameter file written by 'run' or 'demo' ({exc})") from None
 
 
-def write_embeddings(path, embeddings: torch.Tensor, user_ids: np.ndarray, *, model: str, epochs: int) -> None:
-    """Write folded-in ``embeddings [n, d]`` of the users ``user_ids [n]`` (original ids, stored as
-    ``retrain.ids.encode`` does: ``user_ids`` or ``user_ids.utf8`` / ``user_ids.offsets``).
+def embeddings_bytes(embeddings: torch.Tensor, user_ids: np.ndarray, *, model: str, epochs: int) -> bytes:
+    """The file of folded-in ``embeddings [n, d]`` of the users ``user_ids [n]`` (original ids,
+    stored as ``retrain.ids.encode`` does: ``user_ids`` or ``user_ids.utf8`` / ``user_ids.offsets``).
 
     ``model`` (the head's name) and ``epochs`` (of the fold-in) go into the metadata.
     """
     tensors = {"embeddings": embeddings.contiguous(), **encode(exact_ids(user_ids, "user_ids"), "user_ids")}
-    atomic_write_bytes(path, safetensors_bytes(tensors, {"format": "retrain.embeddings", "model": model,
-                                                         "epochs": str(epochs)}))
+    return safetensors_bytes(tensors, {"format": "retrain.embeddings", "model": model, "epochs": str(epochs)})
 
 
-def write_recommendations(path, items: torch.Tensor, scores: torch.Tensor, user_ids: np.ndarray,
-                          item_ids: np.ndarray) -> None:
-    """Write the top-k lists of ``recommend`` as CSV ``user_id,rank,item_id,score``.
+def recommendations_bytes(items: torch.Tensor, scores: torch.Tensor, user_ids: np.ndarray,
+                          item_ids: np.ndarray) -> bytes:
+    """The top-k lists of ``recommend`` as CSV ``user_id,rank,item_id,score``.
 
     ``items`` / ``scores``: ``[n, k]`` item indices and scores; row ``r`` belongs to user
     ``user_ids[r]``; ``item_ids`` maps item indices to original ids.  Entries scored ``-inf``
@@ -75,7 +75,7 @@ def write_recommendations(path, items: torch.Tensor, scores: torch.Tensor, user_
         writer.writerows([user, rank + 1, item_ids[item], f"{score:.6g}"]
                          for rank, (item, score) in enumerate(zip(items[row].tolist(), scores[row].tolist()))
                          if np.isfinite(score))
-    atomic_write_bytes(path, text.getvalue().encode())
+    return text.getvalue().encode()
 
 
 def make_out_dir(out=None) -> Path:

@@ -29,7 +29,7 @@ import time
 import traceback
 
 from . import distributed
-from .artifacts import read_hyp, write_embeddings, write_recommendations
+from .artifacts import embeddings_bytes, read_hyp, recommendations_bytes
 from .backends import BACKENDS, get_backend
 from .bench import run_bench
 from .bundle import Recipe, ServedModel
@@ -38,7 +38,7 @@ from .data import Ratings
 from .demo import (DEFAULT_MAX_EVALS, DEFAULT_MODEL, DEMO_USERS, describe, load_ratings, run_demo, run_pipeline,
                    run_tune)
 from .errors import InputError, blame
-from .files import check_writable
+from .files import atomic_write_files, check_writable
 from .heads import Model
 from .hyperparams import DEFAULT_DAMPING, MAX_SEED, HyperParams, model_family
 from .movielens import load_movielens
@@ -209,14 +209,16 @@ def cmd_fold_in(args) -> int:
     if result.diverged.any():
         raise InputError(diverged_message(result.user_ids[result.diverged], len(result.user_ids), hyp)
                          + "; wrote nothing")
-    write_embeddings(args.out, result.embeddings, result.user_ids, model=served.head.name, epochs=epochs)
+    files = [(args.out, embeddings_bytes(result.embeddings, result.user_ids, model=served.head.name, epochs=epochs))]
+    if args.recommendations:
+        k = min(args.k, served.head.n_items)
+        items, scores = recommend(served.head, result.embeddings, k, exclude_seen=result.ratings, backend=backend)
+        files.append((args.recommendations, recommendations_bytes(items, scores, result.user_ids, served.head.item_ids)))
+    atomic_write_files(files)  # both or neither: a full disk leaves no embeddings without their lists
     print(f"folded in {len(result.user_ids)} users ({result.ratings.nnz} ratings): lr {hyp.learning_rate:.4g}, "
           f"reg {hyp.regularization:.4g}, damping {hyp.damping:g}, {epochs} epochs; wrote {args.out} (embeddings "
           f"[{result.embeddings.shape[0]}, {result.embeddings.shape[1]}], user_ids)")
     if args.recommendations:
-        k = min(args.k, served.head.n_items)
-        items, scores = recommend(served.head, result.embeddings, k, exclude_seen=result.ratings, backend=backend)
-        write_recommendations(args.recommendations, items, scores, result.user_ids, served.head.item_ids)
         print(f"wrote the top {k} unseen items per user to {args.recommendations}")
     return 0
 

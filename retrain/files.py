@@ -1,6 +1,7 @@
 """Files as retrain writes them: atomic, byte-reproducible safetensors, honouring the umask.
 
-* ``atomic_write_bytes``: a reader sees the old file or the new one, never a part.  The bytes go
+* ``atomic_write_bytes``: a reader sees the old file or the new one, never a part
+  (``atomic_write_files``: several files, all or none).  The bytes go
   to ``.tmp-<pid>-<random>-<name>`` beside the target, are fsynced and renamed over it.  A process
   killed in between leaves its temporary file behind; the next write to the same target removes
   those of processes that no longer run (on this machine).  The new file gets the mode of the
@@ -71,7 +72,29 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see the module docstring)."""
-    path = os.fspath(path)
+    atomic_write_files([(path, data)])
+
+
+def atomic_write_files(files: list[tuple[object, bytes]]) -> None:
+    """Write each ``(path, data)`` atomically, all or none: every temporary is written and fsynced
+    before the first is renamed over its target, so a failure while writing (a full disk, a bad
+    folder) leaves every target as it was.  (The renames themselves cannot fail for want of space;
+    a process killed between two of them leaves the first file new and the second old.)"""
+    staged = []  # (temporary, target)
+    try:
+        for path, data in files:
+            staged.append((_write_temporary(os.fspath(path), data), os.fspath(path)))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+
+
+def _write_temporary(path: str, data: bytes) -> str:
+    """``data`` in a fsynced temporary beside ``path``, with the mode ``path`` will have; its name."""
     if os.path.isdir(path):  # else the rename fails, naming the temporary
         raise IsADirectoryError(errno.EISDIR, f"{os.strerror(errno.EISDIR)}, expected a file name", path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -86,11 +109,10 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return tmp
 
 
 def remove_stale_temporaries(directory: str, name: str) -> list[str]:

@@ -19,7 +19,7 @@ from problems import random_head
 from retrain import InputError, Ratings
 from retrain.bundle import Recipe, ServedModel
 from retrain.cli import main
-from retrain.files import atomic_write_bytes, read_safetensors, remove_stale_temporaries
+from retrain.files import atomic_write_bytes, atomic_write_files, read_safetensors, remove_stale_temporaries
 from retrain.heads import Head, Model
 from retrain.hyperparams import HyperParams
 from retrain.movielens import load_movielens
@@ -386,6 +386,36 @@ def test_a_kill_inside_the_atomic_write_leaves_a_temporary_that_the_next_write_r
     assert len(left) == 1 and target.read_bytes() == b"old"  # readers still see the old file
     atomic_write_bytes(target, b"newer")
     assert os.listdir(tmp_path) == ["model.safetensors"] and target.read_bytes() == b"newer"
+
+
+def _fsync_failing_after(monkeypatch, n_ok: int) -> None:
+    """``os.fsync`` as retrain.files calls it: the first ``n_ok`` calls work, then a full disk."""
+    import errno
+
+    import retrain.files as files
+    calls = []
+    real = os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) > n_ok:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+
+
+def test_several_files_are_written_all_or_none(tmp_path, monkeypatch):
+    first, second = tmp_path / "emb.safetensors", tmp_path / "sub" / "top.csv"
+    first.write_bytes(b"old")
+    _fsync_failing_after(monkeypatch, 1)  # the second file's write meets a full disk
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_files([(first, b"new"), (second, b"new")])
+    assert first.read_bytes() == b"old" and not second.exists()  # the first was not renamed yet
+    assert sorted(os.listdir(tmp_path)) == ["emb.safetensors", "sub"] and os.listdir(tmp_path / "sub") == []
+    monkeypatch.undo()
+    atomic_write_files([(first, b"new"), (second, b"newer")])
+    assert first.read_bytes() == b"new" and second.read_bytes() == b"newer"
 
 
 def test_temporaries_of_running_processes_and_other_files_are_kept(tmp_path):

@@ -138,6 +138,30 @@ def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
     assert not seen & {(int(user), int(item)) for user, _, item, _ in top}
 
 
+def test_a_fold_in_whose_recommendations_meet_a_full_disk_writes_neither_file(demo, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import retrain.files as files
+    _, out = demo
+    emb = tmp_path / "emb.safetensors"
+    emb.write_bytes(b"the previous fold-in")
+    written = []
+
+    def fsync(fd):  # the embeddings' temporary is written, the recommendations' meets a full disk
+        written.append(fd)
+        if len(written) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("userId,movieId,rating\nnew-user,0,4.0\nnew-user,1,3.0\n")
+    code = in_process(capsys, "fold-in", "--model", out / "model.safetensors", "--ratings", csv, "--out", emb,
+                      "--recommendations", tmp_path / "top.csv", "--quiet")
+    assert code == 2 and "No space left" in capsys.readouterr().err
+    assert emb.read_bytes() == b"the previous fold-in" and not (tmp_path / "top.csv").exists()
+    assert sorted(os.listdir(tmp_path)) == ["emb.safetensors", "ratings.csv"]  # no temporary left
+
+
 def test_fold_in_drops_items_the_model_lacks_and_flags_users_left_without_ratings(demo, tmp_path, capsys,
                                                                                   restore_logger):
     _, out = demo
@@ -337,18 +361,17 @@ def test_an_interrupt_exits_130(tmp_path, capsys, monkeypatch, restore_logger):
 def test_recommendations_quote_string_ids_that_hold_commas_quotes_or_line_breaks(tmp_path):
     # They used to be written bare: "smith, j" became two fields and shifted every column after it.
     import csv
+    import io
 
     import torch
 
-    from retrain.artifacts import write_recommendations
+    from retrain.artifacts import recommendations_bytes
 
     users, items = np.array(["smith, j", 'say "hi"']), np.array(["a\nb", "plain", "c,d"])
-    write_recommendations(tmp_path / "top.csv", torch.tensor([[2, 1], [0, 2]]), torch.tensor([[2.5, 1.0], [3.0, 0.5]]),
-                          users, items)
-    with open(tmp_path / "top.csv", newline="") as f:
-        rows = list(csv.reader(f))
+    text = recommendations_bytes(torch.tensor([[2, 1], [0, 2]]), torch.tensor([[2.5, 1.0], [3.0, 0.5]]), users,
+                                 items).decode()
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     assert rows == [["user_id", "rank", "item_id", "score"], ["smith, j", "1", "c,d", "2.5"],
                     ["smith, j", "2", "plain", "1"], ['say "hi"', "1", "a\nb", "3"], ['say "hi"', "2", "c,d", "0.5"]]
-    write_recommendations(tmp_path / "int.csv", torch.tensor([[1]]), torch.tensor([[4.25]]), np.array([7]),
-                          np.array([10, 11]))
-    assert (tmp_path / "int.csv").read_text() == "user_id,rank,item_id,score\n7,1,11,4.25\n"  # plain ids: as before
+    plain = recommendations_bytes(torch.tensor([[1]]), torch.tensor([[4.25]]), np.array([7]), np.array([10, 11]))
+    assert plain == b"user_id,rank,item_id,score\n7,1,11,4.25\n"  # plain ids: as before
