@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .contract import CONTRACT_VERSION, init_scale
-from .errors import InputError, blame
+from .errors import InputError, blame, check_int
 from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
 from .ids import IdIndex, decode, encode, exact_ids, format_id, same_kind
 
@@ -61,6 +61,34 @@ class HeadLike(Protocol):
     def init_scale(self, n_users: int) -> float: ...
 
     def scores(self, emb: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
+
+
+_HEAD_LIKE_MEMBERS = ("n_items", "d", "init", "init_scale", "scores")
+
+
+def check_head_like(head) -> None:
+    """InputError unless ``head`` has ``HeadLike``'s members, at least one item and ``d >= 1``.
+
+    What ``scores`` returns is checked where it is called (``retrain.backends.reference``).
+    """
+    missing = [name for name in _HEAD_LIKE_MEMBERS if not hasattr(head, name)]
+    if missing:
+        raise InputError(f"head must be a retrain.Head or implement retrain.heads.HeadLike; a "
+                         f"{type(head).__name__} has no {', '.join(missing)}")
+    check_int("head.n_items", head.n_items, 1)
+    check_int("head.d", head.d, 1)
+
+
+def check_scores(pred, n_rows: int, n_items: int) -> torch.Tensor:
+    """``HeadLike.scores``' output ``pred``, or InputError unless it is a floating tensor
+    ``[n_rows, n_items]`` (broadcasting a ``[n, 1]`` or ``[1, m]`` one would train wrong numbers)."""
+    if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
+        kind = f"a {pred.dtype} tensor" if isinstance(pred, torch.Tensor) else f"a {type(pred).__name__}"
+        raise InputError(f"head.scores must return a floating-point torch tensor, got {kind}")
+    if tuple(pred.shape) != (n_rows, n_items):
+        raise InputError(f"head.scores(emb [{n_rows}, d], items [{n_items}]) must return [{n_rows}, {n_items}], "
+                         f"got {list(pred.shape)}")
+    return pred
 
 
 def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:

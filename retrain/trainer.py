@@ -25,7 +25,7 @@ from .backends.base import Problem
 from .contract import FLOAT32_MAX, StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
-from .heads import Head
+from .heads import Head, check_head_like
 from .hyperparams import HyperParams
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ def check_ratings(data: Ratings, name: str, n_items: int) -> None:
 
 def check_training_inputs(head, train: Ratings, val: Ratings | None) -> None:
     """Raise InputError when the data and the head do not describe the same users and items."""
+    check_head_like(head)
     check_ratings(train, "train", head.n_items)
     if val is not None:
         check_ratings(val, "val", head.n_items)

@@ -90,6 +90,42 @@ def test_reference_trains_any_head_like_object():
         train_embeddings(head, data, hyp, epochs=1, backend="cpu")
 
 
+class ReshapedHead(SoftplusHead):
+    """A SoftplusHead whose ``scores`` output is passed through ``change`` (a broken head)."""
+
+    def __init__(self, change, d=3):
+        super().__init__(9, d, seed=1)
+        self.change = change
+
+    def scores(self, emb, items):
+        return self.change(super().scores(emb, items))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s[:, :1], r"must return \[1, \d+\], got \[1, 1\]"),  # broadcast: trained wrong numbers
+    (lambda s: s[:1, :1], r"must return \[1, \d+\], got \[1, 1\]"),
+    (lambda s: s[0], r"must return \[1, \d+\], got \[\d+\]"),  # was an IndexError inside the step
+    (lambda s: s.T, r"got \[\d+, 1\]"),
+    (lambda s: s.detach(), "differentiable in emb"),  # trained the regulariser alone
+    (lambda s: s.long(), "floating-point torch tensor, got a torch.int64"),  # truncated predictions
+    (lambda s: s.detach().numpy(), "floating-point torch tensor, got a ndarray"),  # a TypeError inside
+])
+def test_a_head_like_whose_scores_are_malformed_is_named(change, message):
+    data = random_ratings(5, 9, seed=2)
+    hyp = HyperParams(model="matrix_factorization_3", batch_size=2)
+    with pytest.raises(InputError, match=message):
+        train_embeddings(ReshapedHead(change), data, hyp, epochs=1)
+
+
+def test_an_object_that_is_no_head_like_is_named():
+    data = random_ratings(5, 9, seed=2)
+    hyp = HyperParams(model="matrix_factorization_3")
+    with pytest.raises(InputError, match="implement retrain.heads.HeadLike; a object has no n_items, d, init"):
+        train_embeddings(object(), data, hyp, epochs=1)  # was an AttributeError
+    with pytest.raises(InputError, match="head.d must be an integer >= 1, got 0"):
+        train_embeddings(ReshapedHead(lambda s: s, d=0), data, hyp, epochs=1)  # was a RuntimeError inside
+
+
 def test_bad_training_input_is_named():
     head = random_head("mf", 10, 2)
     train, val = random_ratings(5, 10, seed=0).split_per_user(0.3)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..contract import Adam, adam_step, permutation
+from ..errors import InputError
+from ..heads import check_scores
 from .base import Backend, Problem, csr_tensors, limbs_of_partials
 
 
@@ -43,7 +45,9 @@ class ReferenceProblem(Problem):
         """One minibatch of one user for all P probes: ``L_C`` (docs/semantics.md) and its update."""
         data = self.train_data
         e = self.emb[user].clone().requires_grad_(True)  # [P, d]
-        pred = self.head.scores(e, data.items[rows].long())  # [P, |C|]
+        pred = check_scores(self.head.scores(e, data.items[rows].long()), len(e), len(rows))  # [P, |C|]
+        if not pred.requires_grad:  # the step would follow the regulariser alone
+            raise InputError("head.scores must be differentiable in emb (its output has no gradient)")
         error = data.weights[rows] * (pred - data.ratings[rows]) ** 2
         reg = self.regs + self.user_damping[user]  # [P] float32: reg_u = fl32(reg + damping / n)
         loss = error.mean(dim=1) + reg * (e * e).sum(dim=1)  # [P]: each probe's own loss
@@ -70,7 +74,8 @@ class ReferenceProblem(Problem):
                 rows = slice(indptr[user], indptr[user + 1])
                 if indptr[user + 1] == indptr[user]:
                     continue
-                pred = self.head.scores(emb[user], data.items[rows].long())  # [P, n]
+                items = data.items[rows].long()
+                pred = check_scores(self.head.scores(emb[user], items), emb.shape[1], len(items))  # [P, n]
                 partial[user] = (data.weights[rows] * (pred - data.ratings[rows]) ** 2).double().sum(dim=1)
         return limbs_of_partials(partial)
 
