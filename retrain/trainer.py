@@ -253,6 +253,20 @@ def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams
                       deadline=deadline)
 
 
+def check_step_sizes(lrs: np.ndarray, regs: np.ndarray) -> None:
+    """InputError unless every learning rate is > 0 and every regularisation >= 0 in float32, the
+    step's precision: above float32's range the step is inf (it read as a divergence), and a
+    learning rate below ~1.4e-45 is 0 there (the probe never moved and its init won)."""
+    if (lrs <= 0).any() or (regs < 0).any():
+        raise InputError("learning rates must be > 0 and regularisations >= 0")
+    if max(lrs.max(), regs.max()) > FLOAT32_MAX:
+        raise InputError(f"learning rates and regularisations must be at most {FLOAT32_MAX:g} (float32's range), got "
+                         f"{max(lrs.max(), regs.max()):g}")
+    if (lrs.astype(np.float32) == 0).any():
+        raise InputError(f"learning rates must be at least float32's smallest number (~1.4e-45; a smaller one trains "
+                         f"with 0), got {lrs.min():g}")
+
+
 def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddings: bool = False,
                memory_budget: int | None = None, deadline: float | None = None,
                pruning: Pruning | None = None) -> list[ProbeResult]:
@@ -262,11 +276,7 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     lrs, regs = _as_vector(lrs, "lrs"), _as_vector(regs, "regs")
     if lrs.shape != regs.shape:
         raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")
-    if (lrs <= 0).any() or (regs < 0).any():
-        raise InputError("learning rates must be > 0 and regularisations >= 0")
-    if max(lrs.max(), regs.max()) > FLOAT32_MAX:  # the step is float32: inf, reported as a divergence
-        raise InputError(f"learning rates and regularisations must be at most {FLOAT32_MAX:g} (float32's range), got "
-                         f"{max(lrs.max(), regs.max()):g}")
+    check_step_sizes(lrs, regs)
     if step_spec(hyp) != problem.spec:
         raise InputError(f"hyp describes the step {step_spec(hyp)} but the problem was prepared for {problem.spec}")
     if deadline is not None:
@@ -378,6 +388,7 @@ def train_embeddings(head, ratings: Ratings, hyp: HyperParams, epochs: int, back
     reproduced), else ``ratings.n_users``.
     """
     epochs = check_int("epochs", epochs, 0)
+    check_step_sizes(np.array([hyp.learning_rate]), np.array([hyp.regularization]))
     problem = prepare(head, ratings, None, hyp, backend, init=init)
     problem.start([hyp.learning_rate], [hyp.regularization])
     problem.train(epochs)

@@ -145,6 +145,10 @@ def test_bad_training_input_is_named():
         train_probes(head, train, val, ["0.01", "a"], [0.0, 0.0], hyp, backend="reference")
     with pytest.raises(InputError, match=r"at most 3.40282e\+38 \(float32's range\), got 1e\+39"):
         train_probes(head, train, val, [1e-2, 1e-2], [0.0, 1e39], hyp, backend="reference")  # was "diverged"
+    with pytest.raises(InputError, match="at least float32's smallest number .* got 1e-50"):
+        train_probes(head, train, val, [1e-2, 1e-50], [0.0, 0.0], hyp, backend="reference")  # trained lr 0
+    with pytest.raises(InputError, match="got 1e-50"):
+        train_embeddings(head, train, hyp.replace(learning_rate=1e-50), epochs=2, backend="reference")
     with pytest.raises(InputError, match="memory_budget must be a finite number >= 0, got nan"):
         train_probes(head, train, val, [1e-2], [0.0], hyp, backend="reference", memory_budget=float("nan"))
     with pytest.raises(InputError, match="deadline must be a number, got '10'"):
