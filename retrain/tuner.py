@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends import get_backend
+from .contract import FLOAT32_MAX
 from .errors import InputError, check_int
 from .data import Ratings
 from .heads import Head
@@ -115,6 +116,12 @@ DRY_RUN_CALLS = 8  # the longest opening looked for
 OPENING = 2 * 2 + 1  # BOBYQA's opening in two dimensions: what a new search is budgeted for
 CPU_WIDTH, GPU_WIDTH = 64, 256  # default batch widths, measured (docs/benchmarks.md, "Tuner")
 DEFAULT_BOUNDS = ((-2.0, 3.0), (-3.0, 5.0))  # a: lr from 1e-5 to 1; b: reg from 1e-8 to 1
+# The widest bounds whose lr and reg float32 holds (retrain.trainer.check_step_sizes): beyond, the
+# batch raised mid-run (lr or reg inf) or trained a learning rate of 0 that let the init win.  Rounded
+# inwards to 0.01: at the exact edge 10^a rounds past float32's largest number.
+A_MAX = math.floor(100 * math.log10(FLOAT32_MAX / lr_from_a(0))) / 100
+A_MIN = math.ceil(100 * math.log10(float(np.finfo(np.float32).smallest_subnormal) / lr_from_a(0))) / 100
+B_MAX = math.floor(100 * math.log10(FLOAT32_MAX / reg_from_b(0))) / 100
 
 
 @dataclass(frozen=True)
@@ -558,6 +565,10 @@ def check_bounds(bounds) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"bounds must be finite ((a_lo, a_hi), (b_lo, b_hi)), got {bounds!r}")
     if not np.all(array[:, 0] < array[:, 1]):
         raise InputError(f"bounds must have lo < hi for a and for b, got {bounds!r}")
+    (a_lo, a_hi), (_, b_hi) = array
+    if a_hi > A_MAX or b_hi > B_MAX or a_lo < A_MIN:
+        raise InputError(f"bounds must keep lr = 1e-3 * 10^a and reg = 1e-5 * 10^b inside float32's range, the step's "
+                         f"(a in [{A_MIN:.2f}, {A_MAX:.2f}], b <= {B_MAX:.2f}), got {bounds!r}")
     return array[:, 0].copy(), array[:, 1].copy()
 
 

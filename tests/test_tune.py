@@ -15,7 +15,7 @@ from retrain.data import Ratings
 from retrain.errors import InputError
 from retrain.hyperparams import lr_from_a, reg_from_b
 from retrain.trainer import prepare, run_probes, train_probes
-from retrain.tuner import Journal, problem_fingerprint, tune
+from retrain.tuner import A_MAX, A_MIN, B_MAX, Journal, check_bounds, problem_fingerprint, tune
 
 from problems import BACKEND, planted_hyp, planted_problem
 
@@ -524,3 +524,23 @@ def test_a_validation_set_that_validates_nothing_is_refused(problem, empty):
                                n_items=val.n_items, user_ids=val.user_ids, item_ids=val.item_ids)
     with pytest.raises(InputError, match="val has no ratings of weight > 0"):
         tune(head, train, val, planted_hyp(), max_evals=2, backend=BACKEND)
+
+
+@pytest.mark.parametrize("bounds,before", [
+    (((41.0, 43.0), (-2.0, 2.0)), "an InputError on lrs from the first batch, naming no bound"),
+    (((-2.0, 2.0), (40.0, 45.0)), "the same, on regs"),
+    (((-60.0, -50.0), (-2.0, 2.0)), "every lr was 0 in float32: the untrained init won, as a tuned optimum"),
+    (((0.0, 400.0), (-2.0, 2.0)), "an OverflowError from 10 ** 400"),
+])
+def test_bounds_that_leave_float32_are_refused_before_any_training(problem, bounds, before):
+    head, train, val = problem
+    with pytest.raises(InputError, match=r"bounds must keep lr = 1e-3 \* 10\^a and reg = 1e-5 \* 10\^b inside float32"):
+        tune(head, train, val, planted_hyp(), max_evals=2, backend=BACKEND, bounds=bounds)
+
+
+def test_the_widest_bounds_float32_holds_train():
+    """At the edges of the allowed box lr and reg are finite and non-zero in float32 (the oracle: numpy)."""
+    lower, upper = check_bounds(((A_MIN, A_MAX), (-3.0, B_MAX)))
+    for lr in (lr_from_a(lower[0]), lr_from_a(upper[0])):
+        assert 0 < np.float32(lr) and lr <= np.finfo(np.float32).max
+    assert reg_from_b(upper[1]) <= np.finfo(np.float32).max
