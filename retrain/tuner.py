@@ -284,7 +284,11 @@ class Journal:
             entry = json.loads(line)
             for name in ("a", "b", "loss", "val_loss", "epochs"):
                 float(entry[name])
-            bool(entry["diverged"])
+            # A NaN loss won every comparison it took part in (the tuned point was NaN); the writer
+            # never writes one (a diverged point's loss is the finite penalty), nor "false" as a flag.
+            if not all(math.isfinite(float(entry[name])) for name in ("a", "b", "loss")) or \
+                    not isinstance(entry["diverged"], bool):
+                raise ValueError
         except (ValueError, KeyError, TypeError):
             raise InputError(f"journal {self.path} line {number} is not a journal entry: {line[:80]!r}") from None
         return entry

@@ -417,6 +417,21 @@ def test_every_journal_line_must_be_of_this_problem(problem, tmp_path):
         tune(head, train, val, planted_hyp(), max_evals=4, journal=journal, backend=BACKEND)
 
 
+@pytest.mark.parametrize("field,value", [("loss", math.nan), ("loss", math.inf), ("a", math.nan),
+                                         ("diverged", "false"), ("diverged", 0)])
+def test_a_journal_line_with_a_non_finite_loss_or_a_non_bool_flag_is_refused(problem, tmp_path, field, value):
+    """A NaN loss used to come back as the tuned optimum (``val_loss`` NaN); ``"false"`` read as diverged."""
+    head, train, val = problem
+    journal = tmp_path / "tune.jsonl"
+    tune(head, train, val, planted_hyp(), max_evals=3, journal=journal, backend=BACKEND)
+    lines = journal.read_text().splitlines()
+    assert json.loads(lines[1])["loss"] > 0 and json.loads(lines[1])["diverged"] is False  # what the writer writes
+    lines[1] = json.dumps(json.loads(lines[1]) | {field: value})
+    journal.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="line 2 is not a journal entry"):
+        tune(head, train, val, planted_hyp(), max_evals=3, journal=journal, backend=BACKEND)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(bounds=((3, -2), (-3, 5))), "lo < hi"),
     (dict(bounds=((-2, 3),)), "bounds"),
