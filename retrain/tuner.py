@@ -80,7 +80,7 @@ import numpy as np
 
 from .backends import get_backend
 from .contract import FLOAT32_MAX
-from .errors import InputError, check_int
+from .errors import InputError, check_float, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
@@ -576,6 +576,22 @@ def check_bounds(bounds) -> tuple[np.ndarray, np.ndarray]:
     return array[:, 0].copy(), array[:, 1].copy()
 
 
+def check_starts(starts, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``starts = [(a, b), ...]`` as float64 ``[n, 2]``; InputError unless non-empty and inside the
+    bounds (a ragged list, a string or a scalar used to raise numpy's error)."""
+    try:
+        array = np.asarray(starts, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = np.zeros(0)
+    if array.ndim == 1 and array.shape == (2,):
+        array = array[None]  # one point given as (a, b)
+    if array.ndim != 2 or array.shape[1:] != (2,) or len(array) == 0 or \
+            not np.all((array >= lower) & (array <= upper)):
+        raise InputError(f"starts must be a non-empty list of (a, b) inside the bounds {tuple(zip(lower, upper))}, "
+                         f"got {starts!r}")
+    return array
+
+
 def default_width(backend="auto") -> int:
     """Points per probe batch that cost little more than a few on ``backend``'s device:
     ``GPU_WIDTH`` on a CUDA device, ``CPU_WIDTH`` otherwise (measured: docs/benchmarks.md)."""
@@ -742,16 +758,13 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     max_evals = check_int("max_evals", max_evals, 1)
     n_starts = None if n_starts is None else check_int("n_starts", n_starts, 1)
     width = None if width is None else check_int("width", width, 1)
-    if not (isinstance(max_time, (int, float)) and max_time > 0):
-        raise InputError(f"max_time must be > 0 seconds, got {max_time!r}")
+    max_time = check_float("max_time", max_time, 0.0, strict=True)  # seconds
     check_training_inputs(head, train, val)
     if not (val.weights > 0).any():  # every loss would be 0: the untrained init (epoch 0) would win
         raise InputError(f"val has no ratings of weight > 0 ({val.nnz} ratings): tune minimises the validation "
                          "loss, so it needs some (retrain.protocol_split makes them)")
     if starts is not None:
-        starts = np.asarray(starts, dtype=np.float64).reshape(-1, 2) if len(starts) else np.zeros((0, 2))
-        if len(starts) == 0 or not np.all((starts >= lower) & (starts <= upper)):
-            raise InputError(f"starts must be a non-empty list of (a, b) inside the bounds, got {starts.tolist()}")
+        starts = check_starts(starts, lower, upper)
     width = width or default_width(backend)
 
     jr = Journal(journal, problem_fingerprint(head, train, val, hyp)) if journal is not None else None
