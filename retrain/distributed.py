@@ -138,6 +138,24 @@ def shard_users(keys, counts, world_size: int) -> np.ndarray:
     return owner
 
 
+def _as_owner(owner, n_users: int, world_size: int) -> np.ndarray:
+    """``owner`` as int64 ``[n_users]``, or InputError unless it gives each user a whole rank in
+    ``[0, world_size)`` (a user of rank ``world_size`` was trained by none and gathered as
+    uninitialised memory; 0.5 was truncated to 0)."""
+    owner = np.asarray(owner)
+    if owner.shape != (n_users,):
+        raise InputError(f"the assignment given covers {owner.size} users, the data {n_users}")
+    if owner.dtype.kind not in "iuf":
+        raise InputError(f"the assignment (owner) must hold integer ranks, got {owner.dtype}")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(owner) | (owner != np.floor(owner)) | (owner < 0) | (owner >= world_size)
+    if bad.any():
+        user = int(np.argmax(bad))
+        raise InputError(f"the assignment (owner) must give each user an integer rank in [0, {world_size}); user "
+                         f"{user} has {owner[user].item()!r}")
+    return owner.astype(np.int64)
+
+
 def _problem_digest(head, train, val, spec, init: torch.Tensor) -> tuple:
     """A checksum of what a prepared problem depends on, to catch ranks given other arguments than
     rank 0 (a mistake, not an adversary: CRC-32 over the arrays, a few GB/s)."""
@@ -224,13 +242,11 @@ class ShardedBackend(Backend):
         """This rank's users of ``train`` / ``val`` / ``init`` (every user's) on the inner backend."""
         self._command("prepare")
         init = torch.as_tensor(init)
-        self._check_same_inputs(_problem_digest(head, train, val, spec, init))
-        if self._pinned is None:
-            self.owner = shard_users(user_key(train.user_ids), train.counts, self.world_size)
-        elif len(self._pinned) == train.n_users:
-            self.owner = self._pinned
-        else:
-            raise InputError(f"the assignment given covers {len(self._pinned)} users, the data {train.n_users}")
+        pinned = None if self._pinned is None else _as_owner(self._pinned, train.n_users, self.world_size)
+        # Ranks given other assignments would train some users twice and others not at all.
+        extra = () if pinned is None else (zlib.crc32(pinned.tobytes()),)
+        self._check_same_inputs(_problem_digest(head, train, val, spec, init) + extra)
+        self.owner = shard_users(user_key(train.user_ids), train.counts, self.world_size) if pinned is None else pinned
         users = np.flatnonzero(self.owner == self.rank)
         local_val = val.select_users(users) if val is not None else None
         inner = self.inner.prepare(head, train.select_users(users), local_val, spec, init=init[torch.from_numpy(users)])
@@ -244,7 +260,7 @@ class ShardedBackend(Backend):
         """Problems prepared inside take ``owner`` (int64 ``[U]``, each user's rank: e.g. another
         problem's over the same users) instead of ``shard_users`` of their own rating counts
         (None: they do not)."""
-        self._pinned = None if owner is None else np.asarray(owner, dtype=np.int64)
+        self._pinned = None if owner is None else np.asarray(owner)
         try:
             yield self
         finally:

@@ -340,3 +340,19 @@ def test_triton_fused_checkpoints_are_reduced_over_ranks():
         _same_probes(got, want)
         if rank == 0:
             assert all(torch.equal(g.embeddings, w.embeddings) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("owner,message", [
+    ([0, 0, 0, 0, 0, 1], "user 5 has 1"),  # rank 1 of 1: trained by none, gathered as uninitialised memory
+    ([0, 0, 0, 0, 0, -1], "user 5 has -1"),  # numpy's bincount ValueError
+    ([0, 0, 0, 0, 0, 0.5], "user 5 has 0.5"),  # truncated to rank 0
+    ([0, 0, 0, 0, 0], "covers 5 users, the data 6"),
+])
+def test_an_assignment_outside_the_ranks_is_refused(one_rank, owner, message):
+    head, data = random_head("mf", 20, 3, seed=5), synthetic_ratings(6, 20, mean_ratings_per_user=5, seed=3)
+    hyp = HyperParams(model="matrix_factorization_3", batch_size=3)
+    with pytest.raises(InputError, match=message):
+        distributed.train_embeddings(head, data, hyp, 2, BACKEND, owner=owner)
+    # A whole assignment, even as floats, is the one-process result (the oracle).
+    want = train_embeddings(head, data, hyp, 2, BACKEND)
+    assert torch.equal(distributed.train_embeddings(head, data, hyp, 2, BACKEND, owner=[0.0] * 6), want)
