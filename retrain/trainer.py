@@ -27,6 +27,7 @@ from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
 from .heads import Head, check_head_like
 from .hyperparams import HyperParams
+from .ids import format_id
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,12 @@ def check_training_inputs(head, train: Ratings, val: Ratings | None) -> None:
     check_ratings(train, "train", head.n_items)
     if val is not None:
         check_ratings(val, "val", head.n_items)
-        if val.n_users != train.n_users or not np.array_equal(val.user_ids, train.user_ids):
+        if val.n_users != train.n_users:
             raise InputError(f"train and val must hold the same users (got {train.n_users} and {val.n_users} users)")
+        if not np.array_equal(val.user_ids, train.user_ids):
+            row = int(np.argmax(np.asarray(val.user_ids) != np.asarray(train.user_ids)))
+            raise InputError(f"train and val must hold the same users in the same order: row {row} is user "
+                             f"{format_id(train.user_ids[row])} in train, {format_id(val.user_ids[row])} in val")
 
 
 def step_spec(hyp: HyperParams) -> StepSpec:

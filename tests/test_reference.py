@@ -1,4 +1,6 @@
 """The reference backend: the closed-form ridge oracle, fold-in, any HeadLike head, input checks."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -136,6 +138,10 @@ def test_bad_training_input_is_named():
         train_probes(head, train, val.select_users([0, 1]), [1e-2], [0.0], hyp, backend="reference")
     with pytest.raises(ValueError, match="same length"):
         train_probes(head, train, val, [1e-2, 1e-3], [0.0], hyp, backend="reference")
+    other = dataclasses.replace(val, user_ids=val.user_ids[::-1].copy())  # as many users, other ids
+    with pytest.raises(InputError, match=rf"same order: row 0 is user {train.user_ids[0]} in train, "
+                                         rf"{train.user_ids[-1]} in val"):  # said "got 5 and 5 users"
+        train_probes(head, train, other, [1e-2], [0.0], hyp, backend="reference")
     with pytest.raises(ValueError, match="lrs must be finite"):
         train_probes(head, train, val, [np.nan], [0.0], hyp, backend="reference")
     with pytest.raises(ValueError, match="unknown backend"):
