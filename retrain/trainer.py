@@ -202,7 +202,9 @@ def contract_init(head, user_ids, hyp: HyperParams, n_users: int) -> torch.Tenso
     """The contract's initial embeddings ``[len(user_ids), d]`` (float32) of these users: keyed by
     their original ids, seeded by ``hyp.seed``, the Glorot bound of ``hyp.num_users`` users (else
     ``n_users``)."""
-    scale = head.init_scale(hyp.num_users or n_users)
+    n = hyp.num_users or n_users
+    # A HeadLike's NaN or negative half-width made every probe "diverge" at epoch 0.
+    scale = check_float(f"head.init_scale({n})", head.init_scale(n), 0.0)
     return torch.from_numpy(initial_embeddings(user_key(user_ids), head.d, hyp.seed, scale))
 
 

@@ -1,5 +1,6 @@
 """The reference backend: the closed-form ridge oracle, fold-in, any HeadLike head, input checks."""
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -126,6 +127,11 @@ def test_an_object_that_is_no_head_like_is_named():
         train_embeddings(object(), data, hyp, epochs=1)  # was an AttributeError
     with pytest.raises(InputError, match="head.d must be an integer >= 1, got 0"):
         train_embeddings(ReshapedHead(lambda s: s, d=0), data, hyp, epochs=1)  # was a RuntimeError inside
+    for scale in (math.nan, -1.0):  # every probe "diverged" at epoch 0
+        head = ReshapedHead(lambda s: s)
+        head.init_scale = lambda n_users: scale
+        with pytest.raises(InputError, match=r"head.init_scale\(5\) must be a finite number >= 0"):
+            train_embeddings(head, data, hyp, epochs=1)
 
 
 def test_bad_training_input_is_named():
