@@ -399,8 +399,13 @@ class _Evaluator:
         return new
 
     def _evaluate(self, fresh: dict, pruning: Pruning | None) -> None:
-        from_journal = [k for k in fresh if k in self.journaled]
-        to_train = [k for k in fresh if k not in self.journaled]
+        # A pruned entry's loss is an upper bound, good only for a round that prunes (whose search
+        # does not depend on it): another search resuming the journal (other bounds, seed or
+        # starts) would take it as the point's loss.  It trains again there.
+        usable = {k for k in fresh if k in self.journaled and (pruning is not None or
+                                                                not self.journaled[k].get("pruned", False))}
+        from_journal = [k for k in fresh if k in usable]
+        to_train = [k for k in fresh if k not in usable]
         for k in from_journal:
             e = self.journaled[k]
             self._record(Evaluation(float(e["a"]), float(e["b"]), float(e["loss"]), float(e["val_loss"]),

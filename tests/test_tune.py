@@ -583,3 +583,24 @@ def test_the_widest_bounds_float32_holds_train():
     for lr in (lr_from_a(lower[0]), lr_from_a(upper[0])):
         assert 0 < np.float32(lr) and lr <= np.finfo(np.float32).max
     assert reg_from_b(upper[1]) <= np.finfo(np.float32).max
+
+
+def test_a_pruned_journal_entry_is_trained_again_for_a_search_that_does_not_prune(problem, tmp_path):
+    """Another search resuming a journal (here: one start on a point the space-filling batch
+    pruned) used to get the pruned point's best-so-far, an upper bound, as its loss; the oracle is
+    ``train_probes`` of that point to its end."""
+    head, train, val = problem
+    journal = tmp_path / "tune.jsonl"
+    first = tune(head, train, val, planted_hyp(), max_evals=40, journal=journal, backend=BACKEND)
+    pruned = [e for e in first.history if e.pruned]
+    assert pruned, "the space-filling batch prunes its plateau points"
+    point = pruned[0]
+    again = tune(head, train, val, planted_hyp(), max_evals=1, journal=journal, backend=BACKEND,
+                 starts=[point.point])
+    (want,) = train_probes(head, train, val, [point.lr], [point.reg], planted_hyp(), backend=BACKEND)
+    (got,) = again.history
+    assert got.trained and not got.pruned and got.point == point.point
+    assert got.loss == want.best_val_loss < point.loss
+    # The search that wrote it, resumed, still replays the journal without training (unchanged).
+    assert not any(e.trained for e in tune(head, train, val, planted_hyp(), max_evals=40, journal=journal,
+                                           backend=BACKEND).history)
