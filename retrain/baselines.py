@@ -47,9 +47,10 @@ def _batches(n: int, batch_size: int, n_epochs: int, generator: torch.Generator,
             yield order[first:first + batch_size]
 
 
-def _check(data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, batch_size: int) -> None:
-    if init.ndim != 2 or init.shape[0] != data.n_users:
-        raise InputError(f"init must be [n_users={data.n_users}, d], got {tuple(init.shape)}")
+def _check(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor,
+           batch_size: int) -> None:
+    if init.ndim != 2 or init.shape != (data.n_users, head.d):  # another d crashed inside a matmul
+        raise InputError(f"init must be [n_users={data.n_users}, d={head.d}], got {tuple(init.shape)}")
     if lrs.ndim != 1 or lrs.shape != regs.shape:
         raise InputError(f"lrs and regs must be [P] vectors of one length, got {tuple(lrs.shape)} and {tuple(regs.shape)}")
     if batch_size < 1:
@@ -66,7 +67,7 @@ def eager_loop(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tens
     weight decay.  ``max_steps`` caps the optimizer steps per probe (to time a slice of big data).
     Every probe sees the same minibatches.  Returns ``[U, P, d]``.
     """
-    _check(data, init, lrs, regs, batch_size)
+    _check(head, data, init, lrs, regs, batch_size)
     device = init.device
     head = head.to(device)
     users, items, ratings, weights = _rows(data, device)
@@ -144,7 +145,7 @@ def batched(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor,
     ``compile=True`` runs the gradient and update through ``torch.compile`` (dynamic shapes).
     ``max_steps`` caps the number of minibatches.  Returns ``[U, P, d]``.
     """
-    _check(data, init, lrs, regs, batch_size)
+    _check(head, data, init, lrs, regs, batch_size)
     device = init.device
     head = head.to(device)
     users, items, ratings, weights = _rows(data, device)
@@ -284,7 +285,7 @@ def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.T
     step spec's (each user's reg is ``reg + damping_terms(damping, counts)``).  ``max_steps`` caps the
     number of steps (each one minibatch of every active user).  Runs on ``init.device``.
     """
-    _check(data, init, lrs, regs, batch_size)
+    _check(head, data, init, lrs, regs, batch_size)
     device = init.device
     head = head.to(device)
     counts_all = (data.indptr[1:] - data.indptr[:-1]).cpu().numpy()

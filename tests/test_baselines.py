@@ -9,6 +9,7 @@ from retrain.backends.base import csr_tensors
 from retrain.baselines import (_bucket_permutations, _linear_update, _user_parallel_grad, batched, eager_loop,
                                user_parallel)
 from retrain.contract import permutation
+from retrain.errors import InputError
 from retrain.hyperparams import HyperParams
 from retrain.trainer import prepare
 
@@ -76,6 +77,9 @@ def test_bad_inputs_raise():
         eager_loop(head, data, init, torch.ones(2), torch.ones(1), n_epochs=1, batch_size=2)
     with pytest.raises(ValueError, match="batch_size"):
         batched(head, data, init, torch.ones(1), torch.ones(1), n_epochs=1, batch_size=0)
+    for baseline in BASELINES.values():  # init of another d: a RuntimeError inside a matmul
+        with pytest.raises(InputError, match=rf"init must be \[n_users=12, d=4\], got \(12, 5\)"):
+            baseline(head, data, torch.zeros(12, 5), torch.ones(1), torch.ones(1), n_epochs=1, batch_size=2)
 
 
 def test_hand_written_gradient_of_the_batched_baseline_is_autograds():
