@@ -77,6 +77,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .backends import get_backend
 from .contract import FLOAT32_MAX
@@ -200,18 +201,29 @@ def _key(point) -> tuple[float, float]:
 
 
 def problem_fingerprint(head: Head, train: Ratings, val: Ratings, hyp: HyperParams) -> str:
-    """A short hash of everything a probe's loss depends on except (lr, reg)."""
+    """A short hash of everything a probe's loss depends on except (lr, reg).
+
+    A ``HeadLike`` other than ``Head`` is known by what it computes: its scores of every item for
+    a few fixed embeddings, and its init's half-width (its parameters are its own business).
+    """
     digest = hashlib.sha256()
     arrays = [train.indptr, train.items, train.ratings, train.weights, train.user_ids,
-              val.indptr, val.items, val.ratings, val.weights, head.item_vectors.numpy(), head.item_bias.numpy()]
-    arrays += [t.numpy() for layer in head.tower for t in (layer.weight, layer.bias)]
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
+              val.indptr, val.items, val.ratings, val.weights]
     settings = {k: v for k, v in hyp.to_dict().items() if k not in ("learning_rate", "regularization")}
     if settings["damping"] == 0:  # as journals written before damping existed (trained with 0) recorded it
         del settings["damping"]
-    settings.update(global_bias=head.global_bias, init=head.init,
-                    activations=[layer.activation for layer in head.tower])
+    if isinstance(head, Head):
+        arrays += [head.item_vectors.numpy(), head.item_bias.numpy()]
+        arrays += [t.numpy() for layer in head.tower for t in (layer.weight, layer.bias)]
+        settings.update(global_bias=head.global_bias, init=head.init,
+                        activations=[layer.activation for layer in head.tower])
+    else:  # it had no item_vectors: an AttributeError once a journal was given
+        probe = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (4, head.d)).astype(np.float32))
+        with torch.no_grad():
+            arrays.append(head.scores(probe, torch.arange(head.n_items)).detach().cpu().numpy())
+        settings.update(init=head.init, init_scale=float(head.init_scale(hyp.num_users or train.n_users)))
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

@@ -13,11 +13,11 @@ import pytest
 import retrain.tuner as tune_module
 from retrain.data import Ratings
 from retrain.errors import InputError
-from retrain.hyperparams import lr_from_a, reg_from_b
+from retrain.hyperparams import HyperParams, lr_from_a, reg_from_b
 from retrain.trainer import prepare, run_probes, train_probes
 from retrain.tuner import A_MAX, A_MIN, B_MAX, Journal, check_bounds, problem_fingerprint, tune
 
-from problems import BACKEND, planted_hyp, planted_problem
+from problems import BACKEND, planted_hyp, planted_problem, random_ratings
 
 @pytest.fixture(scope="module")
 def problem():
@@ -604,3 +604,19 @@ def test_a_pruned_journal_entry_is_trained_again_for_a_search_that_does_not_prun
     # The search that wrote it, resumed, still replays the journal without training (unchanged).
     assert not any(e.trained for e in tune(head, train, val, planted_hyp(), max_evals=40, journal=journal,
                                            backend=BACKEND).history)
+
+
+def test_a_head_like_head_tunes_with_a_journal_that_knows_it(tmp_path, count_batches):
+    """``problem_fingerprint`` read ``item_vectors``: a HeadLike with a journal raised AttributeError.
+    Its journal resumes without training, and another head's journal is refused."""
+    from test_reference import SoftplusHead
+    head, other = SoftplusHead(9, 3, seed=1), SoftplusHead(9, 3, seed=2)
+    train, val = random_ratings(8, 9, seed=2).split_per_user(0.3, seed=0)
+    hyp = HyperParams(model="matrix_factorization_3", batch_size=2, max_epochs=2, patience=1)
+    journal = tmp_path / "tune.jsonl"
+    first = tune(head, train, val, hyp, max_evals=3, journal=journal)
+    count_batches.clear()
+    again = tune(head, train, val, hyp, max_evals=3, journal=journal)
+    assert count_batches == [] and [e.loss for e in again.history] == [e.loss for e in first.history]
+    with pytest.raises(InputError, match="written for another problem"):
+        tune(other, train, val, hyp, max_evals=3, journal=journal)
