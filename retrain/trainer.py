@@ -103,6 +103,13 @@ class Pruning:
     margin: float = 0.0
     window: int = 4
 
+    def __post_init__(self):
+        # rank 0 raised an IndexError at the first checkpoint; window 0 read as every interval
+        # (falls[-0:]) and a negative one as all but the first few.
+        check_int("Pruning.rank", self.rank, 1)
+        check_int("Pruning.window", self.window, 1)
+        check_float("Pruning.margin", self.margin, 0.0)
+
     def target(self, batch_best: np.ndarray) -> float:
         """The loss a probe must be able to reach to go on, given the batch's best losses so far."""
         known = np.sort(np.concatenate([np.asarray(self.known, dtype=np.float64).ravel(), batch_best]))

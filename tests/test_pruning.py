@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from retrain.errors import InputError
 from retrain.trainer import Pruning, prepare, reachable_loss, run_probes
 
 from problems import BACKEND, planted_hyp, planted_problem
@@ -85,3 +86,15 @@ def test_known_losses_set_the_target(prepared):
     low = run_probes(problem, lrs, regs, hyp, pruning=Pruning(known=(0.0,)))
     assert [(r.stop_reason, r.epochs_trained) for r in low] == [("pruned", hyp.epochs_per_checkpoint)] * len(lrs)
     assert [r.history for r in low] == [r.history[:2] for r in full]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(rank=0), "Pruning.rank must be an integer >= 1, got 0"),  # an IndexError at the first checkpoint
+    (dict(window=0), "Pruning.window must be an integer >= 1, got 0"),  # read as every interval
+    (dict(window=-2), "Pruning.window"),
+    (dict(margin=math.nan), "Pruning.margin must be a finite number >= 0"),
+    (dict(rank=1.5), "Pruning.rank"),
+])
+def test_a_malformed_pruning_is_refused_where_it_is_made(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        Pruning(**kwargs)
