@@ -161,6 +161,9 @@ def test_bad_training_input_is_named():
         train_probes(head, train, val, [1e-2, 1e-50], [0.0, 0.0], hyp, backend="reference")  # trained lr 0
     with pytest.raises(InputError, match="got 1e-50"):
         train_embeddings(head, train, hyp.replace(learning_rate=1e-50), epochs=2, backend="reference")
+    for backend in ("reference", "cpu"):  # the cpu kernel segfaulted (int64 overflow of n + batch_size - 1)
+        with pytest.raises(InputError, match=r"batch_size must be an integer in \[1, 4611686018427387904\]"):
+            train_embeddings(head, train, hyp.replace(batch_size=2**63 - 16), epochs=1, backend=backend)
     with pytest.raises(InputError, match="memory_budget must be a finite number >= 0, got nan"):
         train_probes(head, train, val, [1e-2], [0.0], hyp, backend="reference", memory_budget=float("nan"))
     with pytest.raises(InputError, match="deadline must be a number, got '10'"):
