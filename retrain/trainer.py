@@ -403,7 +403,8 @@ def train_embeddings(head, ratings: Ratings, hyp: HyperParams, epochs: int, back
     epochs, no validation: the serving-time recipe.  Returns embeddings ``[n_users, d]`` (CPU).
 
     The Glorot bound uses ``hyp.num_users`` (set it to the user count of the retrain being
-    reproduced), else ``ratings.n_users``.
+    reproduced), else ``ratings.n_users``.  A user whose training diverges gets a non-finite row
+    (no error here: the callers flag or refuse those users, ``retrain.serving``, the pipeline's refit).
     """
     epochs = check_int("epochs", epochs, 0)
     check_step_sizes(np.array([hyp.learning_rate]), np.array([hyp.regularization]))
