@@ -304,6 +304,9 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     per_probe = problem.state_bytes(1, return_embeddings)
     budget = memory_budget if memory_budget is not None else default_memory_budget(problem.device)
     group = max(1, min(len(lrs), int(budget // max(per_probe, 1))))
+    if per_probe > budget:  # one probe is the least a batch can hold: it was exceeded silently
+        log.warning("memory budget %.3g bytes is below one probe's state (%d bytes): training one probe at a time "
+                    "beyond it", budget, per_probe)
     if group < len(lrs):
         log.info("memory budget %.3g bytes: training %d probes in groups of %d", budget, len(lrs), group)
     results = []

@@ -191,3 +191,14 @@ def test_hand_built_ratings_outside_the_item_table_are_refused_before_any_backen
     broken = Ratings(good.indptr[::-1].copy(), good.items, good.ratings, good.weights, good.user_ids, good.item_ids)
     with pytest.raises(InputError, match="indptr must start at 0"):
         train_embeddings(head, broken, hyp, 1, backend=backend)
+
+
+def test_a_memory_budget_below_one_probe_trains_one_at_a_time_and_says_so(caplog):
+    head = random_head("mf", 10, 2)
+    train, val = random_ratings(5, 10, seed=0).split_per_user(0.3)
+    hyp = HyperParams(model="matrix_factorization_2", max_epochs=2)
+    want = train_probes(head, train, val, [1e-2, 1e-1], [0.0, 0.0], hyp, backend="reference")
+    with caplog.at_level("WARNING", logger="retrain.trainer"):
+        got = train_probes(head, train, val, [1e-2, 1e-1], [0.0, 0.0], hyp, backend="reference", memory_budget=1)
+    assert [r.history for r in got] == [r.history for r in want]  # the oracle: one batch of both
+    assert "below one probe's state" in caplog.text
