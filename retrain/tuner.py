@@ -70,6 +70,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import sys
 import threading
@@ -433,7 +434,8 @@ class _Evaluator:
         if pruning is not None:
             pruning = dataclasses.replace(pruning, known=tuple(e.loss for e in self.history))
         probes = run_probes(self.problem, [lr_from_a(p[0]) for p in points], [reg_from_b(p[1]) for p in points],
-                            self.hyp, deadline=self.deadline, pruning=pruning)
+                            self.hyp, deadline=None if math.isinf(self.deadline) else self.deadline,
+                            pruning=pruning)
         unfinished = 0
         for k, point, probe in zip(to_train, points, probes):
             if not probe.finished:  # stopped by max_time: its loss is not the point's
@@ -747,7 +749,8 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
         hyp: everything but lr and reg.
         max_evals: the most distinct points evaluated (both space-filling batches, openings and
             finite-difference points included); ``>= 1``.
-        max_time: seconds, checked at every checkpoint; points it stops are not counted.
+        max_time: seconds, checked at every checkpoint; points it stops are not counted
+            (``math.inf``: no limit).
         algorithm: an NLopt algorithm name (``LN_*``, ``GN_*``; ``LD_*`` / ``GD_*`` get finite
             differences).  Deterministic global ones (``GN_DIRECT*``) ignore the start, so their
             searches ask for the same points: evaluated once.
@@ -775,7 +778,8 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     max_evals = check_int("max_evals", max_evals, 1)
     n_starts = None if n_starts is None else check_int("n_starts", n_starts, 1)
     width = None if width is None else check_int("width", width, 1)
-    max_time = check_float("max_time", max_time, 0.0, strict=True)  # seconds
+    no_limit = isinstance(max_time, numbers.Real) and not isinstance(max_time, bool) and max_time == math.inf
+    max_time = math.inf if no_limit else check_float("max_time", max_time, 0.0, strict=True)  # seconds
     check_training_inputs(head, train, val)
     if not (val.weights > 0).any():  # every loss would be 0: the untrained init (epoch 0) would win
         raise InputError(f"val has no ratings of weight > 0 ({val.nnz} ratings): tune minimises the validation "

@@ -459,7 +459,6 @@ def test_bad_arguments_raise_value_error(problem, kwargs, match):
     (dict(starts=[(0.0, 0.0, 0.0)]), "starts must be"),  # "cannot reshape"
     (dict(starts="ab"), "starts must be"),  # "could not convert string to float"
     (dict(starts=0), "starts must be"),  # a TypeError from len()
-    (dict(max_time=math.inf), "max_time must be a finite number > 0"),  # named the trainer's deadline
     (dict(max_time=True), "max_time must be a number, got True"),  # trained with 1 s
 ])
 def test_malformed_starts_and_max_time_are_input_errors(problem, kwargs, match):
@@ -468,14 +467,17 @@ def test_malformed_starts_and_max_time_are_input_errors(problem, kwargs, match):
         tune(head, train, val, planted_hyp(), backend=BACKEND, **kwargs)
 
 
-def test_max_time_may_be_a_numpy_number_and_one_start_a_pair(problem):
-    """np.float32(100) was refused as not > 0; ``starts=(a, b)`` is one start."""
+def test_max_time_may_be_a_numpy_number_or_inf_and_one_start_a_pair(problem):
+    """np.float32(100) was refused as not > 0, inf (no limit) raised naming the trainer's deadline;
+    ``starts=(a, b)`` is one start."""
     head, train, val = problem
     one = tune(head, train, val, planted_hyp(), max_evals=3, backend=BACKEND, max_time=np.float32(100),
                starts=(0.5, 0.5))
     pair = tune(head, train, val, planted_hyp(), max_evals=3, backend=BACKEND, starts=[(0.5, 0.5)])
+    unlimited = tune(head, train, val, planted_hyp(), max_evals=3, backend=BACKEND, max_time=math.inf,
+                     starts=[(0.5, 0.5)])
     assert one.history[0].point == pair.history[0].point == (0.5, 0.5)
-    assert [e.loss for e in one.history] == [e.loss for e in pair.history]
+    assert [e.loss for e in one.history] == [e.loss for e in pair.history] == [e.loss for e in unlimited.history]
 
 
 def test_a_tuning_run_prepares_the_data_once(problem, monkeypatch, count_batches):
