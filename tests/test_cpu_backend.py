@@ -74,6 +74,7 @@ BAD_CALLS = {
     "tower_lengths": ("tower_biases", _set("tower_biases", lambda cs: cs[:1])),
     "tower_activation": ("tower_activations", _set("tower_activations", [1, 5])),
     "batch_size": ("batch_size", lambda a, k: k.__setitem__("batch_size", 0)),
+    "batch_size_huge": ("batch_size", lambda a, k: k.__setitem__("batch_size", 2**63 - 16)),  # segfaulted
     "n_epochs": ("n_epochs", lambda a, k: k.__setitem__("n_epochs", -1)),
     "optimizer": ("optimizer", lambda a, k: k.__setitem__("optimizer", "rmsprop")),
     "simd": ("simd", lambda a, k: k.__setitem__("simd", "neon")),
