@@ -114,31 +114,38 @@ class _StateBuffer:
     """A ``[U, P, d]`` float32 tensor that is a view of a reusable flat buffer.
 
     Starting a batch reuses the buffer when it is large enough, and dropping probes compacts the
-    live ones in place, so the state never exists twice in memory.
+    live ones in place, so the state never exists twice in memory.  ``storage`` is the buffer in
+    memory order, its probes along ``PROBE_AXIS``; ``tensor`` is its ``[U, P, d]`` view (the same
+    tensor here; a subclass may store the probes elsewhere).
     """
+
+    PROBE_AXIS = 1
 
     def __init__(self, n_users: int, d: int, device):
         self.n_users, self.d, self.device = n_users, d, device
         self.flat = torch.empty(0, dtype=torch.float32, device=device)
-        self.tensor = self.flat.view(n_users, 0, d)
+        self._set(0)
 
     def resize(self, n_probes: int) -> None:
         size = self.n_users * n_probes * self.d
         if self.flat.numel() < size:
             self.flat = torch.empty(0, dtype=torch.float32, device=self.device)  # free the old one first
             self.flat = torch.empty(size, dtype=torch.float32, device=self.device)
-        self.tensor = self.flat[:size].view(self.n_users, n_probes, self.d)
+        self._set(n_probes)
 
     def keep(self, slots: torch.Tensor) -> None:
         """Keep probes ``slots`` (increasing) in place: user blocks move to lower addresses in order,
         each read before anything is written over it."""
-        old, n_new = self.tensor, len(slots)
-        new = self.flat[:self.n_users * n_new * self.d].view(self.n_users, n_new, self.d)
-        chunk = max(1, _COMPACT_CHUNK // max(1, old.shape[1] * self.d))
+        old = self.storage
+        self._set(len(slots))
+        chunk = max(1, _COMPACT_CHUNK // max(1, old.shape[self.PROBE_AXIS] * self.d))
         for first in range(0, self.n_users, chunk):
             rows = slice(first, first + chunk)
-            new[rows] = old[rows].index_select(1, slots)  # index_select copies before the write
-        self.tensor = new
+            self.storage[rows] = old[rows].index_select(self.PROBE_AXIS, slots)  # copies before the write
+
+    def _set(self, n_probes: int) -> None:
+        self.storage = self.flat[:self.n_users * n_probes * self.d].view(self.n_users, n_probes, self.d)
+        self.tensor = self.storage
 
 
 class Problem:

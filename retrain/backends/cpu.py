@@ -18,7 +18,7 @@ import torch
 
 from ..contract import Adam
 from ..errors import check_int
-from .base import _COMPACT_CHUNK, ACTIVATION_CODES, Backend, Problem, _StateBuffer, csr_tensors, head_tensors
+from .base import ACTIVATION_CODES, Backend, Problem, _StateBuffer, csr_tensors, head_tensors
 
 try:
     from .. import _C
@@ -35,28 +35,20 @@ def _csr_arrays(data) -> tuple:
 
 
 class _ProbesLastBuffer(_StateBuffer):
-    """A state buffer stored ``[U, d, P]`` (``lanes``) whose ``tensor`` is the ``[U, P, d]`` view of it."""
+    """A state buffer stored ``[U, d, P]`` (``storage``, the kernel's lane order) whose ``tensor``
+    is the ``[U, P, d]`` view of it."""
+
+    PROBE_AXIS = 2
 
     def resize(self, n_probes: int) -> None:
         grows = self.flat.numel() < self.n_users * n_probes * self.d
         super().resize(n_probes)
         if grows:  # fresh, untouched memory: huge pages spare the page walks of each user's random place
             _C.advise_huge_pages(self.flat.numpy())
-        self._set(n_probes)
-
-    def keep(self, slots: torch.Tensor) -> None:
-        """Keep probes ``slots`` (increasing) in place: user blocks move to lower addresses in order,
-        each read before anything is written over it."""
-        old, n_new = self.lanes, len(slots)
-        self._set(n_new)
-        chunk = max(1, _COMPACT_CHUNK // max(1, old.shape[2] * self.d))
-        for first in range(0, self.n_users, chunk):
-            rows = slice(first, first + chunk)
-            self.lanes[rows] = old[rows].index_select(2, slots)  # index_select copies before the write
 
     def _set(self, n_probes: int) -> None:
-        self.lanes = self.flat[:self.n_users * self.d * n_probes].view(self.n_users, self.d, n_probes)
-        self.tensor = self.lanes.transpose(1, 2)
+        self.storage = self.flat[:self.n_users * self.d * n_probes].view(self.n_users, self.d, n_probes)
+        self.tensor = self.storage.transpose(1, 2)
 
 
 class CpuProblem(Problem):
@@ -84,13 +76,13 @@ class CpuProblem(Problem):
     def _call(self, ends: np.ndarray, *, validate: bool, snapshots=None):
         """One ``_C.train_epochs`` call of ``ends[-1]`` epochs with checkpoints after ``ends``."""
         empty = np.zeros((0, 0, 0), dtype=np.float32)
-        m, v = (self._moments[0].lanes.numpy(), self._moments[1].lanes.numpy()) if self._moments else (empty, empty)
+        m, v = (self._moments[0].storage.numpy(), self._moments[1].storage.numpy()) if self._moments else (empty, empty)
         # A fresh batch, or a call that validates or snapshots, visits every user; otherwise only
         # the users with training ratings move.
         every = self.fresh or validate or snapshots is not None
         order = self._order if every else self._order[:self.n_with_ratings]
         ratings = self.n_train * int(ends[-1]) + (self._val_nnz * len(ends) if validate else 0)
-        return _C.train_epochs(self._emb.lanes.numpy(), m, v, self.lrs.numpy(), self.regs.numpy(), *self._train_csr,
+        return _C.train_epochs(self._emb.storage.numpy(), m, v, self.lrs.numpy(), self.regs.numpy(), *self._train_csr,
                                self._keys, order, *self._head, epoch_start=self.epoch, n_epochs=int(ends[-1]),
                                batch_size=self.spec.batch_size, seed=self.spec.seed,
                                init=self._init_np if self.fresh else None, checkpoint_ends=ends,
