@@ -20,6 +20,9 @@ _DEFAULTS = {
 }
 
 
+# Far above any user's rating count (a larger batch is the same full batch); near 2^63 a kernel's
+# step count (n + batch_size - 1) / batch_size overflows int64.
+MAX_BATCH_SIZE = 2**62
 MAX_SEED = 2**32 - 1  # the contract hashes the seed mod 2**32: a larger one would alias a smaller one
 DEFAULT_DAMPING = 5.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
 # Fields added after files began recording hyper-parameters, with the value every older file's
@@ -88,7 +91,7 @@ class HyperParams:
         checked = dict(
             learning_rate=check_float("learning_rate", self.learning_rate, 0.0, strict=True, maximum=FLOAT32_MAX),
             regularization=check_float("regularization", self.regularization, 0.0, maximum=FLOAT32_MAX),
-            batch_size=check_int("batch_size", self.batch_size, 1),
+            batch_size=check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE),
             seed=check_int("seed", self.seed, 0, MAX_SEED),
             max_epochs=check_int("max_epochs", self.max_epochs, 1),
             epochs_per_checkpoint=check_int("epochs_per_checkpoint", self.epochs_per_checkpoint, 1),

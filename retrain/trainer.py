@@ -32,7 +32,6 @@ from .ids import format_id
 log = logging.getLogger(__name__)
 
 
-MAX_BATCH_SIZE = 2**62  # far above any user's rating count: a larger batch is the same full batch
 STOP_REASONS = ("patience", "max_epochs", "diverged", "deadline", "pruned")
 FINAL = ("patience", "max_epochs")  # the stop reasons whose best_val_loss is what training gives
 
@@ -230,9 +229,6 @@ def prepare(head, train: Ratings, val: Ratings | None, hyp: HyperParams, backend
         init: initial embeddings ``[U, d]`` instead of the contract's.
     """
     check_training_inputs(head, train, val)
-    # The cpu kernel's ceil(n / batch_size) overflowed int64 (a segfault) for a batch size near 2^63;
-    # any batch at least as large as a user's ratings is the same full batch.
-    check_int("batch_size", hyp.batch_size, 1, MAX_BATCH_SIZE)
     if backend == "auto" and not isinstance(head, Head):
         backend = "reference"  # the fast backends train the dense Head only
     be = get_backend(backend)
