@@ -96,12 +96,19 @@ class Pruning:
     is no lower than the loss it would have reached.  The window forgets the steep first fall from
     the init, which would otherwise bound every probe for good; 4 intervals held on every probe of
     two 41x41 tuning grids but one (docs/benchmarks.md, "Tuner").
+
+    ``known_at`` holds ``(epoch, loss)`` pairs: final losses of this batch's probes that are not
+    trained in this call (a resumed batch's probes that had finished before the interruption),
+    each known from the checkpoint at the epoch it stopped at, as it was when it trained beside
+    the others: so the probes trained now stop where they stopped in the whole batch (when it
+    trained in one memory group of ``run_probes``).
     """
 
     known: tuple[float, ...] = ()
     rank: int = 1
     margin: float = 0.0
     window: int = 4
+    known_at: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self):
         # rank 0 raised an IndexError at the first checkpoint; window 0 read as every interval
@@ -109,10 +116,18 @@ class Pruning:
         check_int("Pruning.rank", self.rank, 1)
         check_int("Pruning.window", self.window, 1)
         check_float("Pruning.margin", self.margin, 0.0)
+        for pair in self.known_at:
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise InputError(f"Pruning.known_at must hold (epoch, loss) pairs, got {pair!r}")
+            check_int("Pruning.known_at epoch", pair[0], 0)
+            check_float("Pruning.known_at loss", pair[1])
 
-    def target(self, batch_best: np.ndarray) -> float:
-        """The loss a probe must be able to reach to go on, given the batch's best losses so far."""
-        known = np.sort(np.concatenate([np.asarray(self.known, dtype=np.float64).ravel(), batch_best]))
+    def target(self, batch_best: np.ndarray, epoch: int) -> float:
+        """The loss a probe must be able to reach to go on at the checkpoint of ``epoch``, given the
+        best losses of the batch's probes finished so far."""
+        later = [loss for at, loss in self.known_at if at <= epoch]
+        known = np.sort(np.concatenate([np.asarray(self.known, dtype=np.float64).ravel(), batch_best,
+                                        np.asarray(later, dtype=np.float64)]))
         known = known[np.isfinite(known)]
         if len(known) < self.rank:
             return math.inf
@@ -283,10 +298,16 @@ def check_step_sizes(lrs: np.ndarray, regs: np.ndarray) -> None:
 
 def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddings: bool = False,
                memory_budget: int | None = None, deadline: float | None = None,
-               pruning: Pruning | None = None) -> list[ProbeResult]:
+               pruning: Pruning | None = None, on_finish=None) -> list[ProbeResult]:
     """``train_probes`` on a prepared problem (``prepare`` with the same ``hyp``); with ``pruning``,
     probes that cannot reach its target stop early (``stop_reason == "pruned"``, see ``Pruning``;
-    the known losses of a memory group include those of the groups before it)."""
+    the known losses of a memory group include those of the groups before it).
+
+    ``on_finish(index, result)`` is called once for each probe (``index`` into ``lrs``) at the
+    checkpoint where it stops for good (patience, ``max_epochs``, diverged or pruned; not for the
+    deadline), before the others train on: its ``ProbeResult`` is final then, but for
+    ``embeddings``, attached when the call returns.  The tuner journals each point there, so an
+    interrupted batch loses none of its finished probes."""
     lrs, regs = _as_vector(lrs, "lrs"), _as_vector(regs, "regs")
     if lrs.shape != regs.shape:
         raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")
@@ -308,7 +329,8 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     results = []
     for first in range(0, len(lrs), group):
         sl = slice(first, first + group)
-        done = _train_group(problem, lrs[sl], regs[sl], hyp, return_embeddings, budget, deadline, pruning)
+        finish = None if on_finish is None else (lambda index, result, first=first: on_finish(first + index, result))
+        done = _train_group(problem, lrs[sl], regs[sl], hyp, return_embeddings, budget, deadline, pruning, finish)
         results += done
         if pruning is not None:
             finished = tuple(r.best_val_loss for r in done if r.stop_reason in FINAL)
@@ -317,7 +339,7 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
 
 
 def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embeddings: bool, budget: int,
-                 deadline: float | None, pruning: Pruning | None) -> list[ProbeResult]:
+                 deadline: float | None, pruning: Pruning | None, on_finish) -> list[ProbeResult]:
     results = [ProbeResult(float(lr), float(reg)) for lr, reg in zip(lrs, regs)]
     problem.start(lrs, regs, keep_best=return_embeddings)
     active = np.arange(len(lrs))  # probe ids still training, in slot order
@@ -326,6 +348,7 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
     checkpoints, epochs = [problem.validate()], [0]  # epoch 0: the init
     while True:
         stopped = np.zeros(len(active), dtype=bool)  # stopped at an earlier checkpoint of this call
+        reported = np.zeros(len(active), dtype=bool)  # passed to on_finish
         for index, (checkpoint, n_epochs) in enumerate(zip(checkpoints, epochs)):
             epoch += n_epochs
             improved = []
@@ -350,11 +373,16 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                     r.stop_reason, stopped[slot] = "max_epochs", True
             problem.keep_best(improved, index)
             if pruning is not None and epoch < hyp.max_epochs:
-                target = pruning.target(np.array([r.best_val_loss for r in results if r.stop_reason in FINAL]))
+                finished = np.array([r.best_val_loss for r in results if r.stop_reason in FINAL])
+                target = pruning.target(finished, epoch)
                 for slot, probe in enumerate(active):
                     bound = reachable_loss(results[probe].history, hyp.max_epochs, pruning.window)
                     if not stopped[slot] and bound > target:
                         results[probe].stop_reason, stopped[slot] = "pruned", True
+            if on_finish is not None:
+                for slot in np.flatnonzero(stopped & ~reported):
+                    on_finish(int(active[slot]), results[active[slot]])
+                reported |= stopped
         keep = np.flatnonzero(~stopped)
         if len(keep) and deadline is not None and time.monotonic() >= deadline:
             for probe in active[keep]:

@@ -417,43 +417,52 @@ class _Evaluator:
         # starts) would take it as the point's loss.  It trains again there.
         usable = {k for k in fresh if k in self.journaled and (pruning is not None or
                                                                 not self.journaled[k].get("pruned", False))}
-        from_journal = [k for k in fresh if k in usable]
+        done = {k: self._from_journal(k, fresh[k][1]) for k in fresh if k in usable}
         to_train = [k for k in fresh if k not in usable]
-        for k in from_journal:
-            e = self.journaled[k]
-            self._record(Evaluation(float(e["a"]), float(e["b"]), float(e["loss"]), float(e["val_loss"]),
-                                    int(e["epochs"]), bool(e["diverged"]), self.n_batches, fresh[k][1],
-                                    self.elapsed(), trained=False, pruned=bool(e.get("pruned", False)),
-                                    epochs_trained=int(e.get("epochs_trained", 0))), k)
-        if not to_train:
-            return
+        if to_train:
+            self._train(fresh, to_train, done, pruning)
+        for k in fresh:  # in the batch's order, journaled or not: a resumed run replays the rounds
+            if k in done:
+                self._record(done[k], k)
+
+    def _from_journal(self, key, search: int) -> Evaluation:
+        e = self.journaled[key]
+        return Evaluation(float(e["a"]), float(e["b"]), float(e["loss"]), float(e["val_loss"]), int(e["epochs"]),
+                          bool(e["diverged"]), self.n_batches, search, self.elapsed(), trained=False,
+                          pruned=bool(e.get("pruned", False)), epochs_trained=int(e.get("epochs_trained", 0)))
+
+    def _train(self, fresh: dict, to_train: list, done: dict, pruning: Pruning | None) -> None:
+        """Train the points ``to_train`` of the batch ``fresh`` into ``done`` (key -> Evaluation),
+        each journaled as soon as its probe finishes.  With ``pruning``, the batch's points in
+        ``done`` already (journaled by an interrupted run) count towards its target from the epoch
+        they stopped at, as they did when they trained beside the others."""
         points = [fresh[k][0] for k in to_train]
         t0 = time.perf_counter()
         if self.problem is None:  # prepared once per tuning run, on its first batch
             self.problem = prepare(self.head, self.train, self.val, self.hyp, self.backend)
         if pruning is not None:
-            pruning = dataclasses.replace(pruning, known=tuple(e.loss for e in self.history))
-        probes = run_probes(self.problem, [lr_from_a(p[0]) for p in points], [reg_from_b(p[1]) for p in points],
-                            self.hyp, deadline=None if math.isinf(self.deadline) else self.deadline,
-                            pruning=pruning)
-        unfinished = 0
-        for k, point, probe in zip(to_train, points, probes):
-            if not probe.finished:  # stopped by max_time: its loss is not the point's
-                unfinished += 1
-                continue
+            final = [e for e in done.values() if not (e.pruned or e.diverged)]
+            pruning = dataclasses.replace(pruning, known=tuple(e.loss for e in self.history),
+                                          known_at=tuple((e.epochs_trained, e.loss) for e in final))
+
+        def finished(index: int, probe) -> None:
+            k, point = to_train[index], points[index]
             diverged = probe.diverged or not math.isfinite(probe.best_val_loss)
             penalty = 2.0 * probe.history[0][1] + 1.0  # the init's loss: shared by every probe
-            loss = penalty if diverged else probe.best_val_loss
-            evaluation = Evaluation(float(point[0]), float(point[1]), float(loss), float(probe.best_val_loss),
-                                    int(probe.best_epoch), diverged, self.n_batches, fresh[k][1], self.elapsed(),
-                                    pruned=probe.stop_reason == "pruned", epochs_trained=probe.epochs_trained)
-            self._record(evaluation, k)
+            done[k] = Evaluation(float(point[0]), float(point[1]), float(penalty if diverged else probe.best_val_loss),
+                                 float(probe.best_val_loss), int(probe.best_epoch), diverged, self.n_batches,
+                                 fresh[k][1], self.elapsed(), pruned=probe.stop_reason == "pruned",
+                                 epochs_trained=probe.epochs_trained)
             if self.journal:
-                self.journal.append(evaluation)
+                self.journal.append(done[k])
+
+        run_probes(self.problem, [lr_from_a(p[0]) for p in points], [reg_from_b(p[1]) for p in points], self.hyp,
+                   deadline=None if math.isinf(self.deadline) else self.deadline, pruning=pruning, on_finish=finished)
         self.n_batches += 1
-        best = min((e.loss for e in self.history), default=math.nan)
+        unfinished = sum(k not in done for k in to_train)  # stopped by max_time: their losses are not the points'
+        best = min([e.loss for e in self.history] + [e.loss for e in done.values()], default=math.nan)
         log.info("tune batch %d: trained %d points in %.2f s (%d evaluations, best %.6g)", self.n_batches, len(points),
-                 time.perf_counter() - t0, len(self.history), best)
+                 time.perf_counter() - t0, len(self.history) + len(done), best)
         if unfinished:
             log.warning("tune: max_time = %g s ran out during batch %d: %d of its %d points did not finish "
                         "(not counted)", self.max_time, self.n_batches, unfinished, len(points))

@@ -38,9 +38,12 @@ def test_reachable_loss_extrapolates_the_fastest_recent_fall():
 
 
 def test_the_target_is_the_rank_th_known_loss_or_a_margin_over_the_best():
-    assert Pruning(known=(3.0, 1.0), rank=2).target(np.array([2.0])) == 2.0
-    assert Pruning(known=(1.0, 1.01), rank=2, margin=0.05).target(np.array([])) == pytest.approx(1.05)
-    assert Pruning(known=(1.0,), rank=3).target(np.array([2.0, math.inf])) == math.inf  # too few known
+    assert Pruning(known=(3.0, 1.0), rank=2).target(np.array([2.0]), 4) == 2.0
+    assert Pruning(known=(1.0, 1.01), rank=2, margin=0.05).target(np.array([]), 4) == pytest.approx(1.05)
+    assert Pruning(known=(1.0,), rank=3).target(np.array([2.0, math.inf]), 4) == math.inf  # too few known
+    # known_at: each loss counts from its epoch on.
+    later = Pruning(known=(3.0,), rank=2, known_at=((4, 1.0), (8, 2.0)))
+    assert [later.target(np.array([]), e) for e in (2, 4, 6, 8)] == [math.inf, 3.0, 3.0, 2.0]
 
 
 @pytest.mark.parametrize("rank, margin, group", [(1, 0.0, None), (3, 0.02, None), (2, 0.0, 4)],
@@ -88,8 +91,66 @@ def test_known_losses_set_the_target(prepared):
     assert [r.history for r in low] == [r.history[:2] for r in full]
 
 
+def test_a_batch_trained_in_part_stops_its_probes_where_the_whole_batch_did(prepared):
+    """A resumed batch: the probes that had finished are given as ``known_at`` (their final loss
+    at the epoch they stopped) and the others train alone; each stops where it stopped in the
+    whole batch, bit for bit.  Known from the start instead, they prune some probes sooner."""
+    problem, hyp = prepared
+    lrs, regs = 1e-3 * 10.0 ** A, 1e-5 * 10.0 ** B
+    pruning = Pruning(rank=2, margin=0.02)
+    whole = run_probes(problem, lrs, regs, hyp, pruning=pruning)
+    done = [i for i, r in enumerate(whole) if r.stop_reason in ("patience", "max_epochs")]
+    cut = sorted(whole[i].epochs_trained for i in done)[len(done) // 2]  # the run was interrupted here
+    before = [i for i in done if whole[i].epochs_trained <= cut]
+    rest = [i for i in range(len(A)) if i not in before]
+    assert before and any(whole[i].stop_reason == "pruned" for i in rest)
+
+    resumed = run_probes(problem, lrs[rest], regs[rest], hyp, pruning=Pruning(
+        rank=2, margin=0.02, known_at=tuple((whole[i].epochs_trained, whole[i].best_val_loss) for i in before)))
+    expected = [(whole[i].history, whole[i].best_epoch, whole[i].best_val_loss, whole[i].stop_reason) for i in rest]
+    assert [(r.history, r.best_epoch, r.best_val_loss, r.stop_reason) for r in resumed] == expected
+
+    early = run_probes(problem, lrs[rest], regs[rest], hyp, pruning=Pruning(
+        rank=2, margin=0.02, known=tuple(whole[i].best_val_loss for i in before)))
+    assert [r.history for r in early] != [whole[i].history for i in rest]
+
+
+@pytest.mark.parametrize("group", [None, 5], ids=["one-group", "memory-groups"])
+def test_on_finish_reports_each_probe_once_where_it_stops(prepared, group):
+    problem, hyp = prepared
+    lrs, regs = 1e-3 * 10.0 ** A, 1e-5 * 10.0 ** B
+    budget = None if group is None else group * problem.state_bytes(1, False)
+    seen = []
+
+    def on_finish(index, result):  # a copy of what is final when it is reported
+        seen.append((index, list(result.history), result.best_epoch, result.best_val_loss, result.stop_reason))
+
+    results = run_probes(problem, lrs, regs, hyp, memory_budget=budget, pruning=Pruning(rank=2), on_finish=on_finish)
+    assert sorted(i for i, *_ in seen) == list(range(len(A)))  # each probe once
+    assert {r.stop_reason for r in results} >= {"pruned", "patience"}
+    for index, history, best_epoch, best_val_loss, stop_reason in seen:
+        r = results[index]
+        assert (history, best_epoch, best_val_loss, stop_reason) == (r.history, r.best_epoch, r.best_val_loss,
+                                                                     r.stop_reason)
+    # In the order they stopped (memory groups one after another).
+    firsts = [i for i, *_ in seen]
+    stops = [(i // group if group else 0, results[i].epochs_trained) for i in firsts]
+    assert stops == sorted(stops)
+
+
+def test_on_finish_is_not_called_for_a_probe_the_deadline_stopped(prepared):
+    problem, hyp = prepared
+    seen = []
+    results = run_probes(problem, [1e-5, 1e-5], [1e-5, 1e-5], hyp, deadline=0.0,
+                         on_finish=lambda index, result: seen.append(index))
+    assert [r.stop_reason for r in results] == ["deadline"] * 2 and seen == []
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(rank=0), "Pruning.rank must be an integer >= 1, got 0"),  # an IndexError at the first checkpoint
+    (dict(known_at=((4, 1.0), 2.0)), "Pruning.known_at must hold"),
+    (dict(known_at=((-1, 1.0),)), "Pruning.known_at epoch"),
+    (dict(known_at=((4, math.nan),)), "Pruning.known_at loss"),
     (dict(window=0), "Pruning.window must be an integer >= 1, got 0"),  # read as every interval
     (dict(window=-2), "Pruning.window"),
     (dict(margin=math.nan), "Pruning.margin must be a finite number >= 0"),

@@ -545,13 +545,55 @@ def test_pruning_the_space_filling_batches_changes_no_search(problem, monkeypatc
             assert p.loss >= f.loss > pruned.val_loss and p.epochs_trained < f.epochs_trained
         else:
             assert (p.loss, p.epochs, p.epochs_trained) == (f.loss, f.epochs, f.epochs_trained)
-    lines = [json.loads(line) for line in journal.read_text().splitlines()]
-    assert [line["pruned"] for line in lines] == [e.pruned for e in pruned.history]
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]  # in the order the probes finished
+    assert sorted((line["a"], line["b"], line["pruned"]) for line in lines) == \
+        sorted((e.a, e.b, e.pruned) for e in pruned.history)
     # Replayed from the journal: the same points, values and marks, nothing trained.
     again = tune(head, train, val, hyp, max_evals=48, backend=BACKEND, journal=journal)
     assert not any(e.trained for e in again.history)
     assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in again.history] == \
         [(e.point, e.loss, e.pruned, e.epochs_trained) for e in pruned.history]
+
+
+def test_an_interrupted_batch_keeps_its_finished_probes_and_resumes_to_the_same_search(problem, monkeypatch,
+                                                                                        tmp_path):
+    """Killed in the middle of the pruned space-filling batch: the probes that had finished are in
+    the journal; the resumed run trains only the others, which stop where they stopped in the
+    whole batch, and ends as an uninterrupted run ends."""
+    head, train, val = problem
+    hyp, kwargs = planted_hyp(max_epochs=32), dict(max_evals=48, backend=BACKEND)
+    whole = tune(head, train, val, hyp, **kwargs)
+    first_batch = [e for e in whole.history if e.round == 0]
+    assert any(e.pruned for e in first_batch)
+    journal, cut, calls = tmp_path / "tune.jsonl", len(first_batch) // 2, []
+
+    def interrupted(problem, lrs, regs, hyp, on_finish=None, **kw):
+        calls.append(len(lrs))
+        finished = []
+
+        def finish(index, result):  # killed in the first batch once ``cut`` of its probes have finished
+            on_finish(index, result)
+            finished.append(index)
+            if len(calls) == 1 and len(finished) == cut:
+                raise KeyboardInterrupt
+        return run_probes(problem, lrs, regs, hyp, on_finish=finish, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tune_module, "run_probes", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            tune(head, train, val, hyp, journal=journal, **kwargs)
+    assert len(journal.read_text().splitlines()) == cut  # nothing finished is lost
+
+    trained = []
+    with monkeypatch.context() as patch:
+        patch.setattr(tune_module, "run_probes", lambda problem, lrs, *a, **kw: (trained.append(len(lrs)),
+                                                                                 run_probes(problem, lrs, *a, **kw))[1])
+        resumed = tune(head, train, val, hyp, journal=journal, **kwargs)
+    assert trained[0] == len(first_batch) - cut
+    assert sum(not e.trained for e in resumed.history) == cut
+    assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in resumed.history] == \
+        [(e.point, e.loss, e.pruned, e.epochs_trained) for e in whole.history]
+    assert (resumed.a, resumed.b, resumed.val_loss) == (whole.a, whole.b, whole.val_loss)
 
 
 @pytest.mark.parametrize("empty", ["no ratings", "zero weights"])
