@@ -135,7 +135,9 @@ class Evaluation:
     (what it cost).  ``round`` is the index of the probe batch that trained it (0 is the first; for
     a point read from the journal, the number of batches trained before it), ``optimizer`` the
     local search that asked for it first (-1: the space-filling batches), ``time`` seconds since
-    ``tune`` started, ``trained`` False when read from the journal, ``pruned`` True when training
+    ``tune`` started when its probe finished (for a point read from the journal, when it was read;
+    ``history`` is in batch order, not in time order), ``trained`` False when read from the
+    journal, ``pruned`` True when training
     stopped it early because it could not matter (``retrain.trainer.Pruning``: ``val_loss`` is its
     best so far, no lower than its full value).
     """

@@ -112,7 +112,7 @@ def run_tune(head, train, val, hyp, backend, max_evals: int, seed: int, width: i
     synchronize(backend)
     wall = time.perf_counter() - start
     trace, best, longest = [], math.inf, {}
-    for e in result.history:
+    for e in sorted(result.history, key=lambda e: e.time):  # a point's time: when its probe finished
         best = min(best, e.loss) if not e.diverged else best
         trace.append((e.time, best))
         longest[e.round] = max(longest.get(e.round, 0), e.epochs_trained)
