@@ -46,6 +46,7 @@ from retrain.trainer import prepare, run_probes
 from retrain.tuner import DEFAULT_BOUNDS, tune
 
 MODEL = "matrix_factorization_32"
+ML_SMALL = Path(__file__).resolve().parents[3] / "shared/data/ml-latest-small/ratings.csv"  # absent: skipped
 SEARCHES = ("tune", "tpe", "grid", "seed-loop")  # the slowest last: the GPU check has a time budget
 
 

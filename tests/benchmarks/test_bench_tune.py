@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from gpu_tune import have_optuna, ml100k_sized, protocol_problem, run_search, table, warm_up, width_sweep, width_table
+from gpu_tune import (ML_SMALL, have_optuna, ml100k_sized, protocol_problem, run_search, table, warm_up,
+                      width_sweep, width_table)
 from retrain.data import synthetic_ratings
 
-ML_SMALL = Path(__file__).resolve().parents[3] / "shared/data/ml-latest-small/ratings.csv"
 RUNS = Path(__file__).resolve().parents[2] / "runs"
 BACKEND = "auto"
 SEARCHES = ("tune", "tpe", "seed-loop", "grid")
