@@ -23,7 +23,7 @@ from retrain.errors import InputError
 from retrain.heads import Head
 from retrain.hyperparams import HyperParams
 from retrain.movielens import load_movielens
-from retrain.trainer import train_embeddings, train_probes
+from retrain.trainer import prepare, train_embeddings, train_probes
 from retrain.tuner import tune
 from retrain.bundle import load
 from retrain.heads import Model
@@ -356,3 +356,18 @@ def test_an_assignment_outside_the_ranks_is_refused(one_rank, owner, message):
     # A whole assignment, even as floats, is the one-process result (the oracle).
     want = train_embeddings(head, data, hyp, 2, BACKEND)
     assert torch.equal(distributed.train_embeddings(head, data, hyp, 2, BACKEND, owner=[0.0] * 6), want)
+
+
+def test_a_sharded_problem_checks_slots_before_it_sends_them(one_rank):
+    # The followers' copy was made first (np.asarray(slots, dtype=np.int64)): ValueError for
+    # ["a"], and a bool mask or 1.5 was queued for them as int64 slots before rank 0 refused it.
+    head, train, val = _synthetic()
+    backend = distributed.ShardedBackend(BACKEND)
+    with backend.driving():
+        problem = prepare(head, train, val, HYP, backend)
+        problem.start(LRS, REGS, keep_best=True)
+        for call in ("keep_best", "drop"):
+            for bad in (["a"], [True, False, True, True], [1.5]):
+                with pytest.raises(InputError, match="must be a 1-d array of probe slot indices"):
+                    getattr(problem, call)(bad)
+        assert [name for name, _, _ in backend._queue] == ["start"] and problem.n_probes == 4
