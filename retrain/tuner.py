@@ -86,7 +86,7 @@ from .errors import InputError, check_float, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
-from .trainer import Pruning, check_training_inputs, prepare, run_probes
+from .trainer import Pruning, check_training_inputs, check_validation, prepare, run_probes, validation_weight
 
 log = logging.getLogger(__name__)
 
@@ -792,9 +792,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     no_limit = isinstance(max_time, numbers.Real) and not isinstance(max_time, bool) and max_time == math.inf
     max_time = math.inf if no_limit else check_float("max_time", max_time, 0.0, strict=True)  # seconds
     check_training_inputs(head, train, val)
-    if not (val.weights > 0).any():  # every loss would be 0: the untrained init (epoch 0) would win
-        raise InputError(f"val has no ratings of weight > 0 ({val.nnz} ratings): tune minimises the validation "
-                         "loss, so it needs some (retrain.protocol_split makes them)")
+    check_validation(validation_weight(val))  # before the journal is opened and anything trains
     if starts is not None:
         starts = check_starts(starts, lower, upper)
     width = width or default_width(backend)

@@ -327,9 +327,16 @@ def test_users_without_train_or_val_ratings(backend):
     assert len(r.history) == 3 and all(np.isfinite(loss) and loss > 0 for _, loss in r.history)
     empty_val = val._subset_rows(np.zeros(val.nnz, bool))
     weightless = Ratings(val.indptr, val.items, val.ratings, np.zeros_like(val.weights), val.user_ids, val.item_ids)
-    for no_val in (empty_val, weightless):
-        (r,) = train_probes(head, train, no_val, [1e-2], [1e-3], hyp, backend=backend)
-        assert [loss for _, loss in r.history] == [0.0, 0.0]  # nothing improves on 0: patience 0 stops
+    for no_val in (empty_val, weightless, None):
+        # Every loss was 0 and the untrained init came back as the best checkpoint (best_epoch 0).
+        with pytest.raises(InputError, match=r"val has no ratings of weight > 0 \(it is empty, or every weight is 0\)"):
+            train_probes(head, train, no_val, [1e-2], [1e-3], hyp, backend=backend)
+        problem = prepare(head, train, no_val, hyp, backend)  # train_embeddings' way: no validation needed
+        problem.start([1e-2], [1e-3])
+        problem.train(2)
+        assert problem.validate().losses.tolist() == [0.0]
+        with pytest.raises(InputError, match="val has no ratings of weight > 0"):
+            run_probes(problem, [1e-2], [1e-3], hyp)
 
 
 @pytest.mark.parametrize("backend", ALL)

@@ -275,6 +275,38 @@ def test_input_errors_are_raised_on_every_rank_and_leave_the_group_usable():
         _same_probes(probes, want)
 
 
+def _val_of_rank0_users(weight):
+    """``_synthetic`` with validation ratings of rank 0's users (of 2) only, each of ``weight``:
+    rank 1's shard of val is empty."""
+    head, train, val = _synthetic()
+    owner = distributed.shard_users(user_key(train.user_ids), train.counts, 2)
+    keep = owner[val.user_of_row()] == 0
+    val = Ratings.from_coo(val.user_of_row()[keep], val.items[keep], val.ratings[keep],
+                           np.full(int(keep.sum()), weight), n_users=val.n_users, n_items=val.n_items,
+                           user_ids=val.user_ids, item_ids=val.item_ids)
+    return head, train, val
+
+
+def _val_on_one_rank_job(rank):
+    raised = []
+    try:  # no validation weight on any rank: every rank raises, none waits for the others
+        distributed.train_probes(*_val_of_rank0_users(0.0), LRS, REGS, HYP, BACKEND)
+    except InputError as exc:
+        raised.append(str(exc))
+    return raised, distributed.train_probes(*_val_of_rank0_users(1.0), LRS, REGS, HYP, BACKEND)
+
+
+def test_validation_on_one_rank_only_is_validation_and_none_is_refused_on_every_rank():
+    # The check reads the problem's global validation weight: rank 1's empty shard of val must not
+    # refuse (or skip a reduction), and a val that weighs nothing anywhere must fail every rank.
+    want = train_probes(*_val_of_rank0_users(1.0), LRS, REGS, HYP, BACKEND)
+    with pytest.raises(InputError, match="val has no ratings of weight > 0"):
+        train_probes(*_val_of_rank0_users(0.0), LRS, REGS, HYP, BACKEND)
+    for raised, probes in results(run_ranks(2, _val_on_one_rank_job)):
+        assert len(raised) == 1 and "val has no ratings of weight > 0" in raised[0]
+        _same_probes(probes, want)
+
+
 def test_sharded_backend_needs_a_process_group():
     with pytest.raises(InputError, match="process group"):
         distributed.ShardedBackend(BACKEND)

@@ -104,6 +104,14 @@ def csr_tensors(ratings, device) -> CSRTensors:
                       as_t(user_key(ratings.user_ids), np.int64))
 
 
+def validation_weight(val) -> float:
+    """The total weight of validation ratings ``val`` (0 for None), the exact sum the losses are
+    divided by (``retrain.contract.exact_sum``: each weight truncated to a multiple of 2^-64)."""
+    if val is None:
+        return 0.0
+    return float(exact_sum(torch.from_numpy(val.weights.astype(np.float64)))[0])
+
+
 def heaviest_first(counts: np.ndarray) -> np.ndarray:
     """User indices by decreasing rating count, ties in index order (int64): the longest users
     start first, so the threads or programs of a launch finish together."""
@@ -172,8 +180,7 @@ class Problem:
         self.n_with_ratings = int((counts > 0).sum())
         # float32 [U]: each user's damping / n, added to every probe's reg (docs/semantics.md).
         self.user_damping = torch.from_numpy(damping_terms(spec.damping, counts)).to(self.device)
-        weight, _ = exact_sum(torch.from_numpy(val.weights.astype(np.float64))) if val is not None else (0.0, None)
-        self.val_weight = float(weight)
+        self.val_weight = validation_weight(val)
         self.has_val = self.val_weight > 0  # validation ratings that all weigh 0 validate nothing
         self._emb = _StateBuffer(self.n_users, self.d, self.device)
         self._moments = [_StateBuffer(self.n_users, self.d, self.device) for _ in range(spec.optimizer.n_moments)]
