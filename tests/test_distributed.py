@@ -125,9 +125,9 @@ def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
         assert (got.a, got.b, got.val_loss, got.epochs) == (want.a, want.b, want.val_loss, want.epochs)
         assert [(e.a, e.b, e.loss, e.epochs) for e in got.history] == [(e.a, e.b, e.loss, e.epochs) for e in want.history]
     lines = journal.read_text().splitlines()
-    assert len(lines) == 10  # written once, by rank 0
+    assert len(lines) == 1 + 10  # a header and the entries, written once, by rank 0
     # An interrupted run (the last 4 entries lost) resumes from the journal: only those train again.
-    journal.write_text("\n".join(lines[:6]) + "\n")
+    journal.write_text("\n".join(lines[:1 + 6]) + "\n")
     resumed = results(run_ranks(2, _tune_job, str(journal)))[1]
     assert (resumed.a, resumed.b, resumed.epochs) == (want.a, want.b, want.epochs)
     assert sum(e.trained for e in resumed.history) == 4
