@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError, check_float, check_fraction, check_int
+from .errors import InputError, check_float, check_fraction, check_indices, check_int
 from .ids import IdIndex, exact_ids, format_id
 
 log = logging.getLogger(__name__)
@@ -242,14 +242,9 @@ class Ratings:
 
     def select_users(self, users) -> "Ratings":
         """Ratings of the given user indices only, re-indexed ``0..len(users)-1`` in that order.
-        ``users`` are integers (a bool mask is an InputError: ``np.flatnonzero(mask)`` are its indices)."""
-        users = np.asarray(users)
-        if users.ndim != 1 or (users.size and (users.dtype == np.bool_ or not np.issubdtype(users.dtype, np.integer))):
-            raise InputError(f"users must be a 1-d array of user indices, got {users.dtype} {list(users.shape)}"
-                             + (": for a mask, select_users(np.flatnonzero(mask))" if users.dtype == np.bool_ else ""))
-        users = users.astype(np.int64, copy=False)
-        if users.size and (users.min() < 0 or users.max() >= self.n_users):
-            raise InputError(f"user index out of range [0, {self.n_users})")
+        ``users`` are integers in ``[0, n_users)`` (``retrain.errors.check_indices``: a bool mask is
+        an InputError, ``np.flatnonzero(mask)`` are its indices; a negative index too)."""
+        users = check_indices("users", users, self.n_users, "user")
         starts = self.indptr[users]
         counts = self.indptr[users + 1] - starts
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

@@ -429,13 +429,14 @@ class ShardedProblem:
         self.backend._command("checkpoints", epochs)
         return self.inner.checkpoints(epochs)
 
+    # Done (their arguments checked) on this rank first: a call the checks refuse is never sent.
     def keep_best(self, slots, index: int | None = None) -> None:
-        self.backend._command("keep_best", np.asarray(slots, dtype=np.int64), index)
         self.inner.keep_best(slots, index)
+        self.backend._command("keep_best", np.asarray(slots, dtype=np.int64), index)
 
     def drop(self, keep) -> None:
-        self.backend._command("drop", np.asarray(keep, dtype=np.int64))
         self.inner.drop(keep)
+        self.backend._command("drop", np.asarray(keep, dtype=np.int64))
 
     def best_embeddings(self) -> torch.Tensor:
         """``[len(users), P, d]`` (CPU): this rank's users at each probe's best checkpoint."""

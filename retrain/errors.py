@@ -11,6 +11,8 @@ import contextlib
 import math
 import numbers
 
+import numpy as np
+
 
 class InputError(ValueError):
     """A mistake in what the caller passed; the message names the argument, row, id or file."""
@@ -72,6 +74,27 @@ def check_fraction(name: str, value, *, zero: bool = True, one: bool = False) ->
     if not (low_ok and high_ok):  # NaN fails both
         raise InputError(f"{name} must be a fraction in {interval}, got {value!r}")
     return value
+
+
+def check_indices(name: str, values, n: int, what: str = "integer") -> np.ndarray:
+    """``values`` as an int64 numpy array ``[m]`` of indices in ``[0, n)``, or InputError naming
+    ``name`` and the first bad entry.
+
+    Refused: anything but a 1-d array of integers (an empty one of any dtype is fine: ``[]`` is
+    float64), so floats (``0.7`` would be truncated to 0, even ``1.0``) and bool masks (their 0/1
+    would be used as indices); negative indices (numpy and torch count them from the end);
+    indices ``>= n``.  ``what`` says in the message what the indices index (``"user"``: "a 1-d
+    array of user indices").
+    """
+    array = np.asarray(values)
+    if array.ndim != 1 or (array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer))):
+        raise InputError(f"{name} must be a 1-d array of {what} indices, got {array.dtype} {list(array.shape)}"
+                         + (": for a mask, pass np.flatnonzero(mask)" if array.dtype == np.bool_ else ""))
+    bad = (array < 0) | (array >= n)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(f"{name} index {array[row]} (entry {row}) is not in [0, {n})")
+    return array.astype(np.int64, copy=False)
 
 
 def _range_text(minimum, maximum) -> str:

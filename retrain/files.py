@@ -6,6 +6,10 @@
   killed in between leaves its temporary file behind; the next write to the same target removes
   those of processes that no longer run (on this machine).  The new file gets the mode of the
   file it replaces, else ``0o666`` less the umask (as ``open`` would give), not mkstemp's 0600.
+  A symbolic link is written through, as ``open(path, "w")``, ``torch.save`` and ``numpy.save``
+  do (``write_target``): the file it leads to gets the new bytes and the link stays a link (a
+  deployment link ``current -> v7/model.safetensors`` keeps pointing at v7), the temporary and
+  the rename being in the target's folder, on the target's file system.
 * ``safetensors_bytes``: the safetensors format (an 8-byte little-endian header length, a JSON
   header, the raw little-endian tensor bytes) with the header written deterministically (sorted
   keys, tensors in name order, no whitespace), so equal content gives equal bytes.
@@ -71,7 +75,8 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    """Write ``data`` to ``path`` atomically (see the module docstring); through ``path``'s
+    symbolic links (``write_target``)."""
     atomic_write_files([(path, data)])
 
 
@@ -79,13 +84,24 @@ def atomic_write_files(files: list[tuple[object, bytes]]) -> None:
     """Write each ``(path, data)`` atomically, all or none: every temporary is written and fsynced
     before the first is renamed over its target, so a failure while writing (a full disk, a bad
     folder) leaves every target as it was.  (The renames themselves cannot fail for want of space;
-    a process killed between two of them leaves the first file new and the second old.)"""
+    a process killed between two of them leaves the first file new and the second old.)
+
+    Each path is written through its symbolic links (``write_target``); two paths that lead to
+    the same file (the same name, or a link to the other) are an InputError before anything is
+    written: one of the two contents would be lost."""
+    targets = {}  # target -> the path given for it
+    for path, _ in files:
+        target = write_target(path)
+        if target in targets:
+            raise InputError(f"{os.fspath(path)} and {targets[target]} are the same file ({target}): two outputs "
+                             "must name two files")
+        targets[target] = os.fspath(path)
     staged = []  # (temporary, target)
     try:
-        for path, data in files:
-            staged.append((_write_temporary(os.fspath(path), data), os.fspath(path)))
-        for tmp, path in staged:
-            os.replace(tmp, path)
+        for target, (_, data) in zip(targets, files):
+            staged.append((_write_temporary(target, data), target))
+        for tmp, target in staged:
+            os.replace(tmp, target)
     except BaseException:
         for tmp, _ in staged:
             if os.path.exists(tmp):
@@ -93,11 +109,29 @@ def atomic_write_files(files: list[tuple[object, bytes]]) -> None:
         raise
 
 
-def _write_temporary(path: str, data: bytes) -> str:
-    """``data`` in a fsynced temporary beside ``path``, with the mode ``path`` will have; its name."""
+def write_target(path) -> str:
+    """The file that writing ``path`` writes, as an absolute path: ``path`` with every symbolic
+    link resolved (``os.path.realpath``: each link of a chain, and links among its folders).
+
+    A dangling link names the file to create, as ``open`` creates it, when that file's folder
+    exists; else FileNotFoundError naming the link and its target.  A loop of links: OSError
+    (ELOOP), as ``open`` raises; a folder: IsADirectoryError."""
+    path = os.fspath(path)
     if os.path.isdir(path):  # else the rename fails, naming the temporary
         raise IsADirectoryError(errno.EISDIR, f"{os.strerror(errno.EISDIR)}, expected a file name", path)
-    directory = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)
+    if os.path.islink(target):  # realpath stops at a loop
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+    if os.path.islink(path) and not os.path.isdir(os.path.dirname(target)):
+        raise FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)}: the folder of {target}, where the "
+                                "link leads", path)
+    return target
+
+
+def _write_temporary(path: str, data: bytes) -> str:
+    """``data`` in a fsynced temporary beside ``path`` (a ``write_target``), with the mode
+    ``path`` will have; its name."""
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     name = os.path.basename(path)
     remove_stale_temporaries(directory, name)
@@ -169,14 +203,18 @@ def current_umask() -> int:
 
 
 def check_writable(path, what: str) -> None:
-    """InputError unless a file could be written at ``path`` (its folder exists or can be created,
-    and is writable; ``path`` is not a folder).  Lets a long run fail before it starts."""
+    """InputError unless a file could be written at ``path`` (the folder of its ``write_target``
+    exists or can be created, and is writable; ``path`` is not a folder).  Lets a long run fail
+    before it starts."""
     path = os.fspath(path)
     if not path:
         raise InputError(f"{what} is empty, expected a file name")
     if os.path.isdir(path) or not os.path.basename(path):  # "new/" names a folder too
         raise InputError(f"{what} {path} is a folder, expected a file name")
-    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        directory = os.path.dirname(write_target(path))  # a link's target is what will be written
+    except OSError as exc:
+        raise InputError(f"{what} {path} cannot be written: {exc.strerror}") from None
     existing = directory
     while not os.path.exists(existing):  # the folders that makedirs would create
         existing = os.path.dirname(existing)

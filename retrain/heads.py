@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .contract import CONTRACT_VERSION, init_scale
-from .errors import InputError, blame, check_int
+from .errors import InputError, blame, check_indices, check_int
 from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
 from .ids import IdIndex, decode, encode, exact_ids, format_id, same_kind
 
@@ -345,7 +345,8 @@ class Model:
     def predict_indices(self, users, items) -> torch.Tensor:
         """Predictions ``[n]`` for user row indices and item indices (equal-length arrays); InputError
         naming an index that is not an integer in range (a negative one would count from the end)."""
-        users, items = _indices(users, self.n_users, "users"), _indices(items, self.head.n_items, "items")
+        users = torch.from_numpy(check_indices("users", users, self.n_users))
+        items = torch.from_numpy(check_indices("items", items, self.head.n_items))
         if len(users) != len(items):
             raise InputError(f"users and items must have equal lengths, got {len(users)} and {len(items)}")
         return self.head.predict(self.user_embeddings[users], items)
@@ -358,18 +359,6 @@ class Model:
     def load(path) -> "Model":
         head, tensors, _ = read_model_file(path)
         return model_from_tensors(path, head, tensors)
-
-
-def _indices(values, n: int, name: str) -> torch.Tensor:
-    """``values`` as int64 indices in ``[0, n)``, or InputError naming the first bad entry."""
-    array = np.asarray(values)
-    if array.ndim != 1 or (array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer))):
-        raise InputError(f"{name} must be a 1-d array of integer indices, got {array.dtype} {list(array.shape)}")
-    bad = (array < 0) | (array >= n)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise InputError(f"{name} index {array[row]} (entry {row}) is not in [0, {n})")
-    return torch.from_numpy(array.astype(np.int64))
 
 
 def _positions(known: IdIndex, query, what: str) -> np.ndarray:

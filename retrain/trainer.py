@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .backends.base import Problem
+from .backends.base import Problem, validation_weight
 from .contract import FLOAT32_MAX, StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
@@ -263,7 +263,8 @@ def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams
 
     Args:
         head: the frozen item side.
-        train, val: ratings of the same users (``val`` for checkpoints; may be empty).
+        train, val: ratings of the same users (``val`` for checkpoints: InputError unless some
+            rating there weighs > 0, ``check_validation``).
         lrs, regs: length-P sequences.
         hyp: batch size, optimizer, seed, max_epochs, epochs_per_checkpoint, patience, num_users
             (the Glorot bound uses ``hyp.num_users`` or else ``train.n_users``).
@@ -280,6 +281,17 @@ def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams
     problem = prepare(head, train, val, hyp, backend, init=init)
     return run_probes(problem, lrs, regs, hyp, return_embeddings=return_embeddings, memory_budget=memory_budget,
                       deadline=deadline)
+
+
+def check_validation(val_weight: float) -> None:
+    """InputError unless the validation ratings weigh more than 0 in all (``val_weight``: a prepared
+    problem's, every rank's users together; or ``validation_weight(val)``).  Early stopping keeps
+    each probe's checkpoint of least validation loss, and without validation every loss is 0: the
+    untrained init (epoch 0) would come back as the best checkpoint, and the tuned optimum."""
+    if not val_weight > 0:
+        raise InputError("val has no ratings of weight > 0 (it is empty, or every weight is 0): early stopping and "
+                         "tuning minimise the validation loss, so they need some (retrain.protocol_split makes them; "
+                         "train_embeddings trains a fixed number of epochs without)")
 
 
 def check_step_sizes(lrs: np.ndarray, regs: np.ndarray) -> None:
@@ -308,6 +320,7 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     deadline), before the others train on: its ``ProbeResult`` is final then, but for
     ``embeddings``, attached when the call returns.  The tuner journals each point there, so an
     interrupted batch loses none of its finished probes."""
+    check_validation(problem.val_weight)
     lrs, regs = _as_vector(lrs, "lrs"), _as_vector(regs, "regs")
     if lrs.shape != regs.shape:
         raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")

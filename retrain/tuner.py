@@ -54,10 +54,12 @@ Rules, applied in a fixed order so that a run is deterministic:
   ``FD_STEP`` of each bound's range (one-sided at a bound); those points train in the same batch
   as the point itself.
 
-The journal is JSONL, one line per finished point, flushed as it is written, and locked
-(``fcntl.flock``) for the length of a run: a second run on the same journal is refused.  Each line
-carries a fingerprint of the problem (data, head, hyper-parameters other than lr/reg), checked for
-every line on load, so that a journal is never resumed against other data.  A run given the
+The journal is JSONL, a header line and then one line per finished point, flushed as it is
+written, and locked (``fcntl.flock``) for the length of a run: a second run on the same journal is
+refused.  Each line carries a fingerprint of the problem (data, head, hyper-parameters other than
+lr/reg; not the backend), checked for every line on load, so that a journal is never resumed
+against other data; the header says how the fingerprints were made (``FINGERPRINT_VERSION``), and
+a journal of another version, one of an older retrain included, is refused.  A run given the
 journal of an interrupted run with the same arguments replays the journal's points without
 training and then goes on: it ends where an uninterrupted run would have ended.
 """
@@ -86,7 +88,7 @@ from .errors import InputError, check_float, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
-from .trainer import Pruning, check_training_inputs, prepare, run_probes
+from .trainer import Pruning, check_training_inputs, check_validation, prepare, run_probes, validation_weight
 
 log = logging.getLogger(__name__)
 
@@ -203,18 +205,27 @@ def _key(point) -> tuple[float, float]:
     return (round(float(point[0]), KEY_DIGITS), round(float(point[1]), KEY_DIGITS))
 
 
+FINGERPRINT_VERSION = 2
+"""How ``problem_fingerprint`` hashes, recorded in a journal's header: 2 hashes each array's dtype
+and shape before its bytes; 1 (journals without a header, before) hashed the bytes alone, so
+arrays of other lengths or dtypes with the same bytes back to back hashed the same."""
+JOURNAL_FORMAT = "retrain.tune-journal"
+
+
 def problem_fingerprint(head: Head, train: Ratings, val: Ratings, hyp: HyperParams) -> str:
     """A short hash of everything a probe's loss depends on except (lr, reg).
 
-    A ``HeadLike`` other than ``Head`` is known by what it computes: its scores of every item for
-    a few fixed embeddings, and its init's half-width (its parameters are its own business).
+    Each array is hashed with its dtype and shape before its bytes, so that no two different
+    lists of arrays give the same stream (``FINGERPRINT_VERSION``).  A ``HeadLike`` other than
+    ``Head`` is known by what it computes: its scores of every item for a few fixed embeddings,
+    and its init's half-width (its parameters are its own business).  The backend is left out on
+    purpose: a journal may be resumed on another backend, whose losses agree with this one's
+    to float32 rounding (docs/semantics.md, "Determinism"), not bitwise.
     """
     digest = hashlib.sha256()
     arrays = [train.indptr, train.items, train.ratings, train.weights, train.user_ids,
               val.indptr, val.items, val.ratings, val.weights]
     settings = {k: v for k, v in hyp.to_dict().items() if k not in ("learning_rate", "regularization")}
-    if settings["damping"] == 0:  # as journals written before damping existed (trained with 0) recorded it
-        del settings["damping"]
     if isinstance(head, Head):
         arrays += [head.item_vectors.numpy(), head.item_bias.numpy()]
         arrays += [t.numpy() for layer in head.tower for t in (layer.weight, layer.bias)]
@@ -226,9 +237,19 @@ def problem_fingerprint(head: Head, train: Ratings, val: Ratings, hyp: HyperPara
             arrays.append(head.scores(probe, torch.arange(head.n_items)).detach().cpu().numpy())
         settings.update(init=head.init, init_scale=float(head.init_scale(hyp.num_users or train.n_users)))
     for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{list(array.shape)}".encode())  # then exactly size * itemsize bytes
+        digest.update(array.tobytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 class Journal:
@@ -236,9 +257,12 @@ class Journal:
 
     ``open()`` takes an exclusive advisory lock (``fcntl.flock``) on the file for as long as the
     journal is open (a second writer gets an InputError) and returns the entries keyed by point;
-    ``append`` writes one line and flushes it; ``close()`` releases the lock.  On load, every line
-    must carry this problem's fingerprint; a last line cut short (a killed run) is dropped, and cut
-    off the file so that the next line starts cleanly; a bad line anywhere else is an error.
+    ``append`` writes one line and flushes it; ``close()`` releases the lock.  The first line is a
+    header, ``{"format": JOURNAL_FORMAT, "fingerprint_version": FINGERPRINT_VERSION}``, written when
+    the journal is created; a journal of another version (one without a header: an older retrain)
+    is refused, since its fingerprints cannot be compared with this version's.  On load, every
+    entry must carry this problem's fingerprint; a last line cut short (a killed run) is dropped,
+    and cut off the file so that the next line starts cleanly; a bad line anywhere else is an error.
     """
 
     def __init__(self, path, problem: str):
@@ -279,8 +303,18 @@ class Journal:
         data = self._file.read()
         lines = data.split(b"\n")
         complete, tail = lines[:-1], lines[-1]  # ``tail`` is what follows the last newline
+        if not complete:  # a new journal, or one killed while its header was written
+            if _is_json(tail):  # a whole line without its newline: the header, else refused
+                self._check_header(tail)
+                self._write(b"\n")
+            else:
+                self._file.truncate(0)
+                self._write((json.dumps({"format": JOURNAL_FORMAT, "fingerprint_version": FINGERPRINT_VERSION})
+                             + "\n").encode())
+            return {}
+        self._check_header(complete[0])
         entries = {}
-        for number, line in enumerate(complete, start=1):
+        for number, line in enumerate(complete[1:], start=2):
             if line.strip():
                 self._add(entries, self._parse(line, number), number)
         if tail.strip():
@@ -293,6 +327,23 @@ class Journal:
                 self._add(entries, entry, len(lines))
                 self._write(b"\n")  # a whole last line that only lacks its newline
         return entries
+
+    def _check_header(self, line: bytes) -> None:
+        """InputError unless ``line`` is this version's header."""
+        try:
+            header = json.loads(line)
+        except ValueError:
+            header = None
+        if isinstance(header, dict) and header.get("format") == JOURNAL_FORMAT:
+            if header.get("fingerprint_version") != FINGERPRINT_VERSION:
+                raise InputError(f"journal {self.path} was written with fingerprint version "
+                                 f"{header.get('fingerprint_version')!r}, this retrain checks version "
+                                 f"{FINGERPRINT_VERSION}: delete or rename it, or resume it with the retrain that wrote it")
+            return
+        if isinstance(header, dict) and "problem" in header:  # an entry: journals had no header before version 2
+            raise InputError(f"journal {self.path} was written by an older retrain, whose fingerprints of the problem "
+                             "this version cannot check: delete or rename it (its points are then trained again)")
+        raise InputError(f"journal {self.path} line 1 is not a tuning journal's header: {line[:80]!r}")
 
     def _parse(self, line: bytes, number: int) -> dict:
         try:
@@ -777,12 +828,14 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
             (all searched at once, no space-filling batch).
         space_filling_first_batch: False: no space-filling batch; ``n_starts`` searches (8 when
             None) start from (0, 0) and Halton points one initial step inside the bounds.
-        journal: path of a JSONL journal to append to and resume from (locked while the run lasts).
+        journal: path of a JSONL journal to append to and resume from (locked while the run lasts;
+            resumable on another backend, see ``problem_fingerprint``).
         backend: backend name or instance used for every batch.
         seed: seeds the Halton design and stochastic NLopt algorithms (``hyp.seed`` seeds training).
 
     Returns a ``TuneResult``.  Raises InputError for bad arguments, for a journal another run
-    holds or that belongs to another problem, and when ``max_time`` let no point finish.
+    holds, that belongs to another problem or that an older retrain wrote, and when ``max_time``
+    let no point finish.
     """
     code = _algorithm(algorithm)
     lower, upper = check_bounds(bounds)
@@ -792,9 +845,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     no_limit = isinstance(max_time, numbers.Real) and not isinstance(max_time, bool) and max_time == math.inf
     max_time = math.inf if no_limit else check_float("max_time", max_time, 0.0, strict=True)  # seconds
     check_training_inputs(head, train, val)
-    if not (val.weights > 0).any():  # every loss would be 0: the untrained init (epoch 0) would win
-        raise InputError(f"val has no ratings of weight > 0 ({val.nnz} ratings): tune minimises the validation "
-                         "loss, so it needs some (retrain.protocol_split makes them)")
+    check_validation(validation_weight(val))  # before the journal is opened and anything trains
     if starts is not None:
         starts = check_starts(starts, lower, upper)
     width = width or default_width(backend)

@@ -21,6 +21,7 @@ from problems import describe_mismatch, random_head, random_ratings, rel_err
 from retrain.backends import available_backends
 from retrain.contract import initial_embeddings, permutation, user_key
 from retrain.data import Ratings
+from retrain.errors import InputError
 from retrain.hyperparams import HyperParams
 from retrain.trainer import prepare, run_probes, train_embeddings, train_probes
 
@@ -326,9 +327,16 @@ def test_users_without_train_or_val_ratings(backend):
     assert len(r.history) == 3 and all(np.isfinite(loss) and loss > 0 for _, loss in r.history)
     empty_val = val._subset_rows(np.zeros(val.nnz, bool))
     weightless = Ratings(val.indptr, val.items, val.ratings, np.zeros_like(val.weights), val.user_ids, val.item_ids)
-    for no_val in (empty_val, weightless):
-        (r,) = train_probes(head, train, no_val, [1e-2], [1e-3], hyp, backend=backend)
-        assert [loss for _, loss in r.history] == [0.0, 0.0]  # nothing improves on 0: patience 0 stops
+    for no_val in (empty_val, weightless, None):
+        # Every loss was 0 and the untrained init came back as the best checkpoint (best_epoch 0).
+        with pytest.raises(InputError, match=r"val has no ratings of weight > 0 \(it is empty, or every weight is 0\)"):
+            train_probes(head, train, no_val, [1e-2], [1e-3], hyp, backend=backend)
+        problem = prepare(head, train, no_val, hyp, backend)  # train_embeddings' way: no validation needed
+        problem.start([1e-2], [1e-3])
+        problem.train(2)
+        assert problem.validate().losses.tolist() == [0.0]
+        with pytest.raises(InputError, match="val has no ratings of weight > 0"):
+            run_probes(problem, [1e-2], [1e-3], hyp)
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -348,6 +356,41 @@ def test_several_checkpoints_in_one_call_equal_one_call_each(backend):
         assert joint[index].finite.tolist() == alone.finite.tolist() == [True, False, True]
         together.keep_best([0, 2], index)
         assert torch.equal(together.best_embeddings()[:, [0, 2]], one.embeddings()[:, [0, 2]].cpu())
+
+
+BAD_SLOTS = [  # slots of 3 live probes; what torch did with them before they were checked
+    ([3], r"{name} index 3 \(entry 0\) is not in \[0, 3\)"),  # IndexError
+    ([0, -1], r"{name} index -1 \(entry 1\) is not in \[0, 3\)"),  # probe 2, silently
+    ([1.0], r"{name} must be a 1-d array of probe slot indices, got float64 \[1\]"),  # IndexError
+    ([True, False, True], r"got bool \[3\]: for a mask, pass np.flatnonzero\(mask\)"),  # slots 1, 0, 1
+    ([[0, 1]], r"{name} must be a 1-d array of probe slot indices, got int64 \[1, 2\]"),
+]
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_keep_best_and_drop_refuse_bad_slots_and_leave_the_state_alone(backend):
+    head, train, val, hyp = _trainer_problem()
+    problem = prepare(head, train, val, hyp, backend)
+    problem.start([1e-2, 3e-2, 1e-1], [1e-4, 1e-2, 1e-3], keep_best=True)
+    problem.checkpoints([1, 1])  # checkpoint 0 is a snapshot, 1 the current state
+    state = problem.embeddings().cpu().clone()
+    cases = [("keep_best", slots, message.format(name="slots")) for slots, message in BAD_SLOTS]
+    cases += [("keep_best", [2, 0, 2], r"slots must be distinct probe slots, got slot 2 twice")]
+    cases += [("drop", keep, message.format(name="keep")) for keep, message in BAD_SLOTS]
+    cases += [("drop", [0, 2, 1], r"keep must be increasing probe slots, got 1 after 2 \(entry 2\)"),
+              ("drop", [1, 1], r"keep must be increasing probe slots, got 1 after 1 \(entry 1\)")]
+    for call, slots, message in cases:
+        with pytest.raises(InputError, match=message):
+            getattr(problem, call)(*([slots, 0] if call == "keep_best" else [slots]))
+    for index, message in [(-1, "got -1"), (2, "got 2"), (1.0, "got 1.0")]:  # -1: the last snapshot, silently
+        with pytest.raises(InputError, match=r"index must be an integer in \[0, 1\], " + message):
+            problem.keep_best([0], index)
+    assert problem.live.tolist() == [0, 1, 2] and torch.equal(problem.embeddings().cpu(), state)
+    problem.keep_best([2, 0], 1)  # in any order
+    problem.drop([0, 2])
+    assert problem.live.tolist() == [0, 2]
+    assert torch.equal(problem.best_embeddings()[:, [0, 2]], state[:, [0, 2]])
+    assert torch.equal(problem.embeddings().cpu(), state[:, [0, 2]])
 
 
 @pytest.mark.parametrize("backend", ALL)

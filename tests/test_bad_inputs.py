@@ -440,6 +440,63 @@ def test_new_files_honour_the_umask_and_replaced_files_keep_their_mode(tmp_path)
     assert (tmp_path / "kept.bin").stat().st_mode & 0o777 == 0o604
 
 
+def _deployment(tmp_path):
+    """``serve/current -> ../v7/model.safetensors`` (a relative link, in another folder than its
+    target), the target's mode 0o640."""
+    for folder in ("v7", "serve"):
+        (tmp_path / folder).mkdir()
+    target = tmp_path / "v7" / "model.safetensors"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    (tmp_path / "serve" / "current").symlink_to("../v7/model.safetensors")
+    return tmp_path / "serve" / "current", target
+
+
+def test_an_atomic_write_through_a_link_writes_its_target_and_keeps_the_link(tmp_path):
+    # The link was replaced by a regular file: "current" silently stopped pointing at v7.
+    link, target = _deployment(tmp_path)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and os.readlink(link) == "../v7/model.safetensors"
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640  # the replaced file's mode
+    assert os.listdir(tmp_path / "serve") == ["current"] and os.listdir(tmp_path / "v7") == ["model.safetensors"]
+    # A chain of two links, the middle one in a third folder.
+    (tmp_path / "alias").mkdir()
+    (tmp_path / "alias" / "model").symlink_to("../v7/model.safetensors")
+    os.unlink(link)
+    link.symlink_to("../alias/model")
+    atomic_write_bytes(link, b"newer")
+    assert link.is_symlink() and (tmp_path / "alias" / "model").is_symlink() and target.read_bytes() == b"newer"
+    assert [os.listdir(tmp_path / f) for f in ("serve", "alias", "v7")] == [["current"], ["model"],
+                                                                          ["model.safetensors"]]
+
+
+def test_an_atomic_write_through_a_dangling_link_creates_its_target_when_the_folder_exists(tmp_path, capsys):
+    (tmp_path / "v8").mkdir()
+    for name, to in (("next", "v8/model.safetensors"), ("lost", "v9/model.safetensors"), ("loop", "loop")):
+        (tmp_path / name).symlink_to(to)
+    atomic_write_bytes(tmp_path / "next", b"new")  # as open(path, "w") does
+    assert (tmp_path / "next").is_symlink() and (tmp_path / "v8" / "model.safetensors").read_bytes() == b"new"
+    with pytest.raises(FileNotFoundError, match=r"the folder of .*v9/model.safetensors, where the link leads"):
+        atomic_write_bytes(tmp_path / "lost", b"new")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        atomic_write_bytes(tmp_path / "loop", b"new")
+    assert sorted(os.listdir(tmp_path)) == ["loop", "lost", "next", "v8"] and os.listdir(tmp_path / "v8") == [
+        "model.safetensors"]  # no v9 made, no temporary left
+    code = main(["pretrain", "--out", str(tmp_path / "lost"), "--quiet"])  # refused before any work
+    assert code == 2 and "--out " + str(tmp_path / "lost") + " cannot be written: No such file or directory: the " \
+        "folder of" in capsys.readouterr().err and not (tmp_path / "v9").exists()
+
+
+def test_two_outputs_that_are_one_file_are_refused(tmp_path):
+    # Both temporaries were renamed onto the same file: the first content was lost.
+    link, target = _deployment(tmp_path)
+    with pytest.raises(InputError, match=r"serve/current and .*v7/model.safetensors are the same file"):
+        atomic_write_files([(target, b"embeddings"), (link, b"recommendations")])
+    with pytest.raises(InputError, match="are the same file"):
+        atomic_write_files([(target, b"1"), (tmp_path / "v7" / ".." / "v7" / "model.safetensors", b"2")])
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path / "v7") == ["model.safetensors"]
+
+
 def test_run_checks_out_before_tuning(tmp_path, monkeypatch, capsys):
     import retrain.cli as cli
 
@@ -487,6 +544,8 @@ def test_an_output_that_names_no_file_is_refused_before_any_work(path, message, 
      "--recommendations {r} is the file of --ratings too"),
     (["fold-in", "--model", "{m}", "--ratings", "{r}", "--out", "{o}", "--recommendations", "{o}"],
      "--recommendations {o} is the file of --out too"),
+    (["fold-in", "--model", "{m}", "--ratings", "{r}", "--out", "{o}", "--recommendations", "{l}"],
+     "--recommendations {l} is the file of --out too"),  # a link to it
     (["tune", "--model", "{m}", "--data", "{r}", "--journal", "{r}"], "--journal {r} is the file of --data too"),
     (["run", "--model", "{m}", "--out", "{m}"], "--out {m} is the file of --model too"),
     (["pretrain", "--data", "{r}", "--out", "{r}"], "--out {r} is the file of --data too")])
@@ -502,6 +561,8 @@ def test_no_output_overwrites_an_input_or_another_output(args, message, tmp_path
     files = {"m": tmp_path / "m.safetensors", "r": tmp_path / "r.csv", "o": tmp_path / "o"}
     for path in files.values():
         path.write_bytes(b"input")
+    files["l"] = tmp_path / "l"
+    files["l"].symlink_to("o")
     code = main([a.format(**files) for a in args] + ["--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and called == [] and len(err) == 1 and message.format(**files) in err[0], err

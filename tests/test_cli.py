@@ -99,7 +99,7 @@ def test_demo_prints_the_table_and_writes_every_artifact(demo):
     model = Model.load(out / "model.safetensors")
     assert model.head.name == MODEL
     assert np.array_equal(model.user_ids, split.pretrain.user_ids)  # the known users only
-    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()[1:]]  # after the header
     assert len(journal) == 6 and all({"a", "b", "loss"} <= set(entry) for entry in journal)
     recipe = retrain.load(out / "model.safetensors").recipe  # the recipe lives in the model file
     assert recipe.hyp.num_users == split.pretrain.n_users and recipe.epochs >= 1 and recipe.refit
@@ -184,7 +184,7 @@ def test_pretrain_tune_run_chain_resumes_from_the_journal(tmp_path, capsys, rest
 
     assert in_process(capsys, "tune", "--model", base, "--journal", journal, "--plot", tmp_path / "landscape.png",
                       *TINY[:2], *TUNING, "--damping", 2, "--quiet") == 0
-    assert "6 evaluations in" in capsys.readouterr().out and len(journal.read_text().splitlines()) == 6
+    assert "6 evaluations in" in capsys.readouterr().out and len(journal.read_text().splitlines()) == 1 + 6
     check_png(tmp_path / "landscape.png")
 
     # run tunes the same subsample with the same settings (damping included): every point comes from the journal.

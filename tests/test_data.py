@@ -186,7 +186,7 @@ def test_with_items_matches_ids_across_integer_widths():
 
 
 @pytest.mark.parametrize("users,message", [
-    (np.array([True, False, True]), r"got bool \[3\]: for a mask, select_users\(np.flatnonzero\(mask\)\)"),
+    (np.array([True, False, True]), r"got bool \[3\]: for a mask, pass np.flatnonzero\(mask\)"),
     (np.array([1.7]), r"got float64 \[1\]"), (np.array([[1]]), r"got int64 \[1, 1\]")])
 def test_select_users_takes_indices_only(users, message):
     # A mask used to select users 1, 0, 1 (its values as indices) and 1.7 user 1, silently.
@@ -194,6 +194,16 @@ def test_select_users_takes_indices_only(users, message):
     with pytest.raises(InputError, match=r"users must be a 1-d array of user indices, " + message):
         data.select_users(users)
     assert data.select_users(np.flatnonzero(np.array([True, False, True]))).user_ids.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("users,message", [([0, 3], r"users index 3 \(entry 1\) is not in \[0, 3\)"),
+                                           ([2, -1], r"users index -1 \(entry 1\) is not in \[0, 3\)"),
+                                           (np.array([2**63], dtype=np.uint64), r"users index 9223372036854775808")])
+def test_select_users_names_the_first_index_out_of_range(users, message):
+    # It said "user index out of range [0, 3)", without the index or where it stands.
+    data = Ratings.from_coo([0, 1, 2, 2], [0, 1, 2, 0], [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(InputError, match=message):
+        data.select_users(users)
 
 
 def test_with_items_refuses_a_target_that_repeats_an_id():

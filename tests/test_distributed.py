@@ -23,7 +23,7 @@ from retrain.errors import InputError
 from retrain.heads import Head
 from retrain.hyperparams import HyperParams
 from retrain.movielens import load_movielens
-from retrain.trainer import train_embeddings, train_probes
+from retrain.trainer import prepare, train_embeddings, train_probes
 from retrain.tuner import tune
 from retrain.bundle import load
 from retrain.heads import Model
@@ -125,9 +125,9 @@ def test_tune_same_as_one_process_and_resumes_from_rank0_journal(tmp_path):
         assert (got.a, got.b, got.val_loss, got.epochs) == (want.a, want.b, want.val_loss, want.epochs)
         assert [(e.a, e.b, e.loss, e.epochs) for e in got.history] == [(e.a, e.b, e.loss, e.epochs) for e in want.history]
     lines = journal.read_text().splitlines()
-    assert len(lines) == 10  # written once, by rank 0
+    assert len(lines) == 1 + 10  # a header and the entries, written once, by rank 0
     # An interrupted run (the last 4 entries lost) resumes from the journal: only those train again.
-    journal.write_text("\n".join(lines[:6]) + "\n")
+    journal.write_text("\n".join(lines[:1 + 6]) + "\n")
     resumed = results(run_ranks(2, _tune_job, str(journal)))[1]
     assert (resumed.a, resumed.b, resumed.epochs) == (want.a, want.b, want.epochs)
     assert sum(e.trained for e in resumed.history) == 4
@@ -275,6 +275,38 @@ def test_input_errors_are_raised_on_every_rank_and_leave_the_group_usable():
         _same_probes(probes, want)
 
 
+def _val_of_rank0_users(weight):
+    """``_synthetic`` with validation ratings of rank 0's users (of 2) only, each of ``weight``:
+    rank 1's shard of val is empty."""
+    head, train, val = _synthetic()
+    owner = distributed.shard_users(user_key(train.user_ids), train.counts, 2)
+    keep = owner[val.user_of_row()] == 0
+    val = Ratings.from_coo(val.user_of_row()[keep], val.items[keep], val.ratings[keep],
+                           np.full(int(keep.sum()), weight), n_users=val.n_users, n_items=val.n_items,
+                           user_ids=val.user_ids, item_ids=val.item_ids)
+    return head, train, val
+
+
+def _val_on_one_rank_job(rank):
+    raised = []
+    try:  # no validation weight on any rank: every rank raises, none waits for the others
+        distributed.train_probes(*_val_of_rank0_users(0.0), LRS, REGS, HYP, BACKEND)
+    except InputError as exc:
+        raised.append(str(exc))
+    return raised, distributed.train_probes(*_val_of_rank0_users(1.0), LRS, REGS, HYP, BACKEND)
+
+
+def test_validation_on_one_rank_only_is_validation_and_none_is_refused_on_every_rank():
+    # The check reads the problem's global validation weight: rank 1's empty shard of val must not
+    # refuse (or skip a reduction), and a val that weighs nothing anywhere must fail every rank.
+    want = train_probes(*_val_of_rank0_users(1.0), LRS, REGS, HYP, BACKEND)
+    with pytest.raises(InputError, match="val has no ratings of weight > 0"):
+        train_probes(*_val_of_rank0_users(0.0), LRS, REGS, HYP, BACKEND)
+    for raised, probes in results(run_ranks(2, _val_on_one_rank_job)):
+        assert len(raised) == 1 and "val has no ratings of weight > 0" in raised[0]
+        _same_probes(probes, want)
+
+
 def test_sharded_backend_needs_a_process_group():
     with pytest.raises(InputError, match="process group"):
         distributed.ShardedBackend(BACKEND)
@@ -356,3 +388,18 @@ def test_an_assignment_outside_the_ranks_is_refused(one_rank, owner, message):
     # A whole assignment, even as floats, is the one-process result (the oracle).
     want = train_embeddings(head, data, hyp, 2, BACKEND)
     assert torch.equal(distributed.train_embeddings(head, data, hyp, 2, BACKEND, owner=[0.0] * 6), want)
+
+
+def test_a_sharded_problem_checks_slots_before_it_sends_them(one_rank):
+    # The followers' copy was made first (np.asarray(slots, dtype=np.int64)): ValueError for
+    # ["a"], and a bool mask or 1.5 was queued for them as int64 slots before rank 0 refused it.
+    head, train, val = _synthetic()
+    backend = distributed.ShardedBackend(BACKEND)
+    with backend.driving():
+        problem = prepare(head, train, val, HYP, backend)
+        problem.start(LRS, REGS, keep_best=True)
+        for call in ("keep_best", "drop"):
+            for bad in (["a"], [True, False, True, True], [1.5]):
+                with pytest.raises(InputError, match="must be a 1-d array of probe slot indices"):
+                    getattr(problem, call)(bad)
+        assert [name for name, _, _ in backend._queue] == ["start"] and problem.n_probes == 4

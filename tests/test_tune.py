@@ -15,7 +15,8 @@ from retrain.data import Ratings
 from retrain.errors import InputError
 from retrain.hyperparams import HyperParams, lr_from_a, reg_from_b
 from retrain.trainer import prepare, run_probes, train_probes
-from retrain.tuner import A_MAX, A_MIN, B_MAX, Journal, check_bounds, problem_fingerprint, tune
+from retrain.tuner import (A_MAX, A_MIN, B_MAX, FINGERPRINT_VERSION, JOURNAL_FORMAT, Journal, check_bounds,
+                           problem_fingerprint, tune)
 
 from problems import BACKEND, planted_hyp, planted_problem, random_ratings
 
@@ -189,12 +190,19 @@ def test_identical_points_are_trained_once(problem, count_batches):
     assert len({e.point for e in result.history}) == 12
 
 
+def _entries(journal) -> list[str]:
+    """The entry lines of a journal, after its header (checked)."""
+    header, *lines = journal.read_text().splitlines()
+    assert json.loads(header) == {"format": JOURNAL_FORMAT, "fingerprint_version": FINGERPRINT_VERSION}
+    return lines
+
+
 def test_resume_from_a_journal_trains_none_of_its_points(problem, count_batches, tmp_path):
     head, train, val = problem
     journal = tmp_path / "runs" / "tune.jsonl"  # the folder is created
     kwargs = dict(n_starts=4, space_filling_first_batch=False, backend=BACKEND)
     first = tune(head, train, val, planted_hyp(), max_evals=16, journal=journal, **kwargs)
-    assert len(journal.read_text().splitlines()) == 16
+    assert len(_entries(journal)) == 16
 
     count_batches.clear()
     again = tune(head, train, val, planted_hyp(), max_evals=16, journal=journal, **kwargs)
@@ -208,7 +216,7 @@ def test_resume_from_a_journal_trains_none_of_its_points(problem, count_batches,
     trained = [p for batch in count_batches for p in batch]
     assert len(trained) == 12
     assert not any(tune_module._key(p) in {tune_module._key(q) for q in journaled} for p in trained)
-    assert len(journal.read_text().splitlines()) == 28
+    assert len(_entries(journal)) == 28
 
     # Resuming ends where an uninterrupted run ends.
     fresh = tune(head, train, val, planted_hyp(), max_evals=28, **kwargs)
@@ -227,7 +235,7 @@ def test_a_journal_cut_mid_line_still_loads(problem, count_batches, tmp_path):
     resumed = tune(head, train, val, planted_hyp(), max_evals=8, journal=journal, **kwargs)
     assert sum(len(batch) for batch in count_batches) == 1  # only the cut point is trained again
     assert sum(e.trained for e in resumed.history) == 1
-    lines = journal.read_text().splitlines()
+    lines = _entries(journal)
     assert len(lines) == 8 and all(json.loads(line)["problem"] for line in lines)
 
 
@@ -238,9 +246,57 @@ def test_a_journal_of_another_problem_or_a_bad_line_is_refused(problem, tmp_path
          journal=journal, backend=BACKEND)
     with pytest.raises(ValueError, match="another problem"):
         tune(head, train, val, planted_hyp(seed=1), max_evals=2, journal=journal, backend=BACKEND)
-    journal.write_text("not json\n" + journal.read_text())
-    with pytest.raises(ValueError, match="line 1"):
+    header, *lines = journal.read_text().splitlines()
+    journal.write_text("\n".join([header, "not json", *lines]) + "\n")
+    with pytest.raises(ValueError, match="line 2 is not a journal entry"):
         Journal(journal, problem_fingerprint(head, train, val, planted_hyp())).load()
+
+
+def _with_user_ids(data: Ratings, user_ids) -> Ratings:
+    return Ratings.from_coo(data.user_of_row(), data.items, data.ratings, data.weights, n_users=data.n_users,
+                            n_items=data.n_items, user_ids=user_ids, item_ids=data.item_ids)
+
+
+def test_problems_whose_arrays_have_the_same_bytes_have_other_fingerprints():
+    # User ids 97 and 98 + 99 * 2^32 (int64) are the bytes of "a" and "bc" (numpy's <U2): the old
+    # fingerprint hashed the bytes alone, so the two problems hashed the same, yet their user keys,
+    # and so their inits and losses, differ.
+    head, train, val = planted_problem(n_users=2)
+    numbers, texts = np.array([97, 98 + (99 << 32)], dtype=np.int64), np.array(["a", "bc"])
+    assert numbers.tobytes() == texts.tobytes()
+    by_number = (_with_user_ids(train, numbers), _with_user_ids(val, numbers))
+    by_text = (_with_user_ids(train, texts), _with_user_ids(val, texts))
+    for a, b in zip(by_number, by_text):  # every array the fingerprint hashes: the same bytes
+        for field in ("indptr", "items", "ratings", "weights", "user_ids"):
+            assert getattr(a, field).tobytes() == getattr(b, field).tobytes()
+    assert problem_fingerprint(head, *by_number, planted_hyp()) != problem_fingerprint(head, *by_text, planted_hyp())
+
+
+@pytest.mark.parametrize("first_line,message", [
+    # As an older retrain wrote it: entries only, no header.
+    (json.dumps({"a": 0.0, "b": 0.0, "lr": 1e-3, "reg": 1e-5, "loss": 1.0, "val_loss": 1.0, "epochs": 4,
+                 "diverged": False, "problem": "0123456789abcdef"}),
+     "was written by an older retrain, whose fingerprints of the problem this version cannot check: delete or rename"),
+    (json.dumps({"format": JOURNAL_FORMAT, "fingerprint_version": 3}),
+     "was written with fingerprint version 3, this retrain checks version 2: delete or rename it"),
+    ('{"not": "a header"}', "line 1 is not a tuning journal's header")])
+def test_a_journal_of_another_fingerprint_version_is_refused(problem, tmp_path, first_line, message):
+    head, train, val = problem
+    journal = tmp_path / "tune.jsonl"
+    journal.write_text(first_line + "\n")
+    with pytest.raises(InputError, match=message):
+        tune(head, train, val, planted_hyp(), max_evals=2, journal=journal, backend=BACKEND)
+    assert journal.read_text() == first_line + "\n"  # left as it was
+    journal.write_text(first_line)  # a whole line without its newline: the same
+    with pytest.raises(InputError, match=message):
+        Journal(journal, "0123456789abcdef").load()
+
+
+def test_a_journal_killed_while_its_header_was_written_starts_afresh(tmp_path):
+    journal = tmp_path / "tune.jsonl"
+    journal.write_text('{"format": "retrain.tu')
+    assert Journal(journal, "0123456789abcdef").load() == {}
+    assert _entries(journal) == []
 
 
 def test_divergence_is_a_finite_penalty(problem):
@@ -331,7 +387,7 @@ def test_max_time_stops_probes_at_a_checkpoint_and_unfinished_points_are_not_cou
         clock.setattr(time, "monotonic", lambda: float(next(ticks)))
         cut = tune(head, train, val, planted_hyp(), max_time=60, journal=journal, **kwargs)
     assert stopped, "the 60-tick budget should stop some probes inside a batch"
-    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    lines = [json.loads(line) for line in _entries(journal)]
     assert len(lines) == cut.n_evals < 24
     unfinished = {tune_module._key(p) for p in stopped}
     assert not unfinished & {tune_module._key((e["a"], e["b"])) for e in lines}
@@ -387,7 +443,7 @@ def test_a_journal_in_use_by_another_process_is_refused(problem, tmp_path):
         holder.communicate("")
     assert journal.read_text() == ""  # the refused run wrote nothing
     result = tune(head, train, val, planted_hyp(), max_evals=4, journal=journal, backend=BACKEND)
-    assert len(journal.read_text().splitlines()) == result.n_evals == 4
+    assert len(_entries(journal)) == result.n_evals == 4
 
 
 def test_a_journal_holds_its_lock_for_the_whole_run(problem, tmp_path, monkeypatch):
@@ -545,7 +601,7 @@ def test_pruning_the_space_filling_batches_changes_no_search(problem, monkeypatc
             assert p.loss >= f.loss > pruned.val_loss and p.epochs_trained < f.epochs_trained
         else:
             assert (p.loss, p.epochs, p.epochs_trained) == (f.loss, f.epochs, f.epochs_trained)
-    lines = [json.loads(line) for line in journal.read_text().splitlines()]  # in the order the probes finished
+    lines = [json.loads(line) for line in _entries(journal)]  # in the order the probes finished
     assert sorted((line["a"], line["b"], line["pruned"]) for line in lines) == \
         sorted((e.a, e.b, e.pruned) for e in pruned.history)
     # Replayed from the journal: the same points, values and marks, nothing trained.
@@ -582,7 +638,7 @@ def test_an_interrupted_batch_keeps_its_finished_probes_and_resumes_to_the_same_
         patch.setattr(tune_module, "run_probes", interrupted)
         with pytest.raises(KeyboardInterrupt):
             tune(head, train, val, hyp, journal=journal, **kwargs)
-    assert len(journal.read_text().splitlines()) == cut  # nothing finished is lost
+    assert len(_entries(journal)) == cut  # nothing finished is lost
 
     trained = []
     with monkeypatch.context() as patch:

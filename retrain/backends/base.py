@@ -29,7 +29,7 @@ import torch
 
 from ..contract import (FIXED_POINT_LIMBS, StepSpec, damping_terms, exact_sum, fixed_point_limbs, fixed_point_value,
                         user_key)
-from ..errors import InputError
+from ..errors import InputError, check_indices, check_int
 from ..heads import Head
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "tanh": 2}
@@ -104,6 +104,14 @@ def csr_tensors(ratings, device) -> CSRTensors:
                       as_t(user_key(ratings.user_ids), np.int64))
 
 
+def validation_weight(val) -> float:
+    """The total weight of validation ratings ``val`` (0 for None), the exact sum the losses are
+    divided by (``retrain.contract.exact_sum``: each weight truncated to a multiple of 2^-64)."""
+    if val is None:
+        return 0.0
+    return float(exact_sum(torch.from_numpy(val.weights.astype(np.float64)))[0])
+
+
 def heaviest_first(counts: np.ndarray) -> np.ndarray:
     """User indices by decreasing rating count, ties in index order (int64): the longest users
     start first, so the threads or programs of a launch finish together."""
@@ -172,8 +180,7 @@ class Problem:
         self.n_with_ratings = int((counts > 0).sum())
         # float32 [U]: each user's damping / n, added to every probe's reg (docs/semantics.md).
         self.user_damping = torch.from_numpy(damping_terms(spec.damping, counts)).to(self.device)
-        weight, _ = exact_sum(torch.from_numpy(val.weights.astype(np.float64))) if val is not None else (0.0, None)
-        self.val_weight = float(weight)
+        self.val_weight = validation_weight(val)
         self.has_val = self.val_weight > 0  # validation ratings that all weigh 0 validate nothing
         self._emb = _StateBuffer(self.n_users, self.d, self.device)
         self._moments = [_StateBuffer(self.n_users, self.d, self.device) for _ in range(spec.optimizer.n_moments)]
@@ -290,18 +297,40 @@ class Problem:
 
     def keep_best(self, slots, index: int | None = None) -> None:
         """Record the embeddings of the live probes in ``slots`` at checkpoint ``index`` (0-based) of
-        the last ``checkpoints`` call (None: the current state, its last checkpoint) as their best."""
-        if self._best is None or len(slots) == 0:
+        the last ``checkpoints`` call (None: the current state, its last checkpoint) as their best.
+
+        ``slots``: distinct slot indices in ``[0, n_probes)``, any order; negative ones are refused
+        (not counted from the end: a wrapped slot would record another probe).  ``index``: None or
+        an integer in ``[0, K - 1]`` for the last call's K checkpoints (after a ``drop``, 0: the
+        current state), checked when the batch keeps its best (else nothing is recorded).
+        InputError naming the argument and the bad value otherwise.
+        """
+        slots = check_indices("slots", slots, self.n_probes, "probe slot")
+        ordered = np.sort(slots)
+        repeated = np.flatnonzero(np.diff(ordered) == 0)
+        if len(repeated):  # index_copy_ would record one of the copies, unspecified which
+            raise InputError(f"slots must be distinct probe slots, got slot {ordered[repeated[0]]} twice")
+        if self._best is None:
             return
-        slots = torch.as_tensor(np.asarray(slots, dtype=np.int64), device=self.device)
-        probes = torch.as_tensor(self.live, device=self.device)[slots]
+        if index is not None:
+            index = check_int("index", index, 0, len(self._snapshots))
+        if len(slots) == 0:
+            return
+        probes = torch.as_tensor(self.live[slots], device=self.device)
+        slots = torch.as_tensor(slots, device=self.device)
         last = index is None or index == len(self._snapshots)
         source = self.embeddings() if last else self._snapshots[index]
         self._best.index_copy_(1, probes, source.index_select(1, slots))
 
     def drop(self, keep) -> None:
-        """Go on with the live probes in ``keep`` (slot indices, increasing) only."""
-        keep = np.asarray(keep, dtype=np.int64)
+        """Go on with the live probes in ``keep`` only: increasing slot indices in ``[0, n_probes)``
+        (the state is compacted in place, in slot order); negative ones are refused.  InputError
+        naming the bad value otherwise."""
+        keep = check_indices("keep", keep, self.n_probes, "probe slot")
+        decrease = np.flatnonzero(np.diff(keep) <= 0)
+        if len(decrease):  # the compaction moves each kept probe to a lower slot, in order
+            at = int(decrease[0]) + 1
+            raise InputError(f"keep must be increasing probe slots, got {keep[at]} after {keep[at - 1]} (entry {at})")
         if len(keep) == self.n_probes:
             return
         slots = torch.as_tensor(keep, device=self.device)
