@@ -338,7 +338,8 @@ class Journal:
             if header.get("fingerprint_version") != FINGERPRINT_VERSION:
                 raise InputError(f"journal {self.path} was written with fingerprint version "
                                  f"{header.get('fingerprint_version')!r}, this retrain checks version "
-                                 f"{FINGERPRINT_VERSION}: delete or rename it, or resume it with the retrain that wrote it")
+                                 f"{FINGERPRINT_VERSION}: delete or rename it, or resume it with the retrain that "
+                                 "wrote it")
             return
         if isinstance(header, dict) and "problem" in header:  # an entry: journals had no header before version 2
             raise InputError(f"journal {self.path} was written by an older retrain, whose fingerprints of the problem "
