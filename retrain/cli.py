@@ -215,7 +215,8 @@ def cmd_fold_in(args) -> int:
         items, scores = recommend(served.head, result.embeddings, k, exclude_seen=result.ratings, backend=backend)
         files.append((args.recommendations, recommendations_bytes(items, scores, result.user_ids, served.head.item_ids)))
     atomic_write_files(files)  # both or neither: a full disk leaves no embeddings without their lists
-    print(f"folded in {len(result.user_ids)} users ({result.ratings.nnz} ratings): lr {hyp.learning_rate:.4g}, "
+    n = len(result.user_ids)
+    print(f"folded in {n} user{'s' * (n != 1)} ({result.ratings.nnz} ratings): lr {hyp.learning_rate:.4g}, "
           f"reg {hyp.regularization:.4g}, damping {hyp.damping:g}, {epochs} epochs; wrote {args.out} (embeddings "
           f"[{result.embeddings.shape[0]}, {result.embeddings.shape[1]}], user_ids)")
     if args.recommendations:
