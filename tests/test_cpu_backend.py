@@ -262,6 +262,30 @@ def test_validation_sums_are_the_contract_fixed_point_sums():
     assert fixed_point_value(limbs[0]) == fixed_point_value(want.sum(0))
 
 
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+def test_validation_sums_past_2_to_the_64_do_not_wrap(simd):
+    # Eight users with one term of 5e18 each (the fast path: below 2**63) add up to 4e19, past
+    # 2**64 (2**128 units of 2**-64): the 128-bit sum wrapped and gave 1.55e18 (it must carry).
+    from retrain.contract import fixed_point_limbs
+
+    n = 8
+    emb = np.full((n, 1, 1), 2.236e9, np.float32)
+    csr = (np.arange(n + 1, dtype=np.int64), np.zeros(n, np.int32), np.zeros(n, np.float32), np.ones(n, np.float32))
+    head = (np.ones((1, 1), np.float32), np.zeros(1, np.float32), 0.0, [], [], [])
+    term = float(emb[0, 0, 0] * emb[0, 0, 0])  # w (pred - r)^2 in float32, as the kernels compute it
+    want = fixed_point_value(fixed_point_limbs(torch.full((n,), term, dtype=torch.float64))[0].sum(0))
+    assert term < 2.0**63 and n * term > 2.0**64
+    for threads in (1, 2):
+        limbs, finite = _C.validation_loss(emb, *csr, *head, num_threads=threads, simd=simd)
+        assert finite.all() and fixed_point_value(limbs) == want
+        finite, limbs = _C.train_epochs(
+            emb.copy(), emb.copy(), emb.copy(), np.ones(1, np.float32), np.zeros(1, np.float32), *csr,
+            np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64), *head, epoch_start=0, n_epochs=0,
+            batch_size=1, optimizer="adam", beta1=0.9, beta2=0.999, eps=1e-8, seed=0, init=emb[:, 0],
+            val=csr, num_threads=threads, simd=simd)
+        assert finite.all() and fixed_point_value(limbs[0]) == want
+
+
 def test_thread_count_follows_the_work_unless_given():
     auto, torch_threads = CpuBackend(), torch.get_num_threads()
     assert auto.threads(3000, 1, 200) == 1  # a few thousand ratings: one thread
