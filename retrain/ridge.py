@@ -19,6 +19,7 @@ import torch
 from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, check_float
 from .heads import Head
+from .ids import shown_ids
 from .trainer import check_ratings
 
 _GRAM_CHUNK_BYTES = 64 << 20
@@ -37,8 +38,9 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
     Users without ratings get ``init`` (their initial embedding; zeros when not given), as in
     the contract where they keep their init.  Raises InputError for a bad ``reg``, ratings on
     other items than the head's, hand-built ratings with an item index out of range or a
-    negative or non-finite weight (naming the row), when ``reg == 0`` leaves a user's system
-    singular, and for a non-linear head.  A non-finite rating gives its user a non-finite row.
+    negative or non-finite weight (naming the row), when a too small ``reg`` (0) leaves a user's
+    system singular (its rated items span fewer than ``d`` dimensions; naming the users), and for a
+    non-linear head.  A non-finite rating gives its user a non-finite row.
     """
     return torch.from_numpy(ridge_solve(head, ratings, reg, init=init, damping=damping)[0])
 
@@ -70,7 +72,11 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
     rows = np.arange(ratings.nnz) if per_rating else ratings.items  # each rating's row of A
     gram, rhs = _normal_equations(A, c, rows, ratings, has)
     diagonal = np.arange(d)
-    gram[:, diagonal, diagonal] += (counts[has] * reg + damping)[:, None]  # n times the system (module docstring)
+    added = counts[has] * reg + damping
+    gram[:, diagonal, diagonal] += added[:, None]  # n times the system (module docstring)
+    maybe = _may_be_singular(added, np.trace(gram, axis1=1, axis2=2), d)
+    if maybe.any():
+        _check_regular(gram[maybe], added[maybe], ratings.user_ids[has[maybe]])
     try:
         out[has] = np.linalg.solve(gram, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError:
@@ -89,8 +95,32 @@ def _solve_few_users(head: Head, ratings: Ratings, users: np.ndarray, reg: float
         w, n = ratings.weights[start:stop].astype(np.float64), stop - start
         Xw = X * w[:, None]
         gram = X.T @ Xw
-        gram.flat[::d + 1] += n * reg + damping  # the diagonal, in place: n times the system
+        added = n * reg + damping
+        gram.flat[::d + 1] += added  # the diagonal, in place: n times the system
+        if _may_be_singular(added, gram.trace(), d):
+            _check_regular(gram[None], np.array([added]), ratings.user_ids[u:u + 1])
         out[u] = _solve_spd(gram, Xw.T @ (ratings.ratings[start:stop] - c))
+
+
+def _may_be_singular(added, trace, d: int):
+    """Whether a system whose ridge term ``added`` is on its diagonal may be singular at numpy's
+    rank tolerance (``d * eps * largest eigenvalue``; its ``trace`` bounds that eigenvalue): the
+    term bounds every eigenvalue from below, so a regularised request checks nothing but a trace.
+    Works on scalars and on arrays of users alike."""
+    return added <= 2 * d * np.finfo(np.float64).eps * trace
+
+
+def _check_regular(gram: np.ndarray, added: np.ndarray, user_ids) -> None:
+    """InputError naming the users whose system ``gram [u, d, d]`` (ridge term ``added [u]`` on
+    its diagonal) has rank below ``d`` at numpy's tolerance.  A solve seldom meets an exact zero
+    pivot, so fewer independent rated items than ``d`` with ``reg = 0`` returned one of infinitely
+    many minimisers, picked by rounding."""
+    d = gram.shape[-1]
+    bad = np.flatnonzero(np.linalg.matrix_rank(gram, hermitian=True) < d)
+    if len(bad):
+        raise InputError(f"the ridge system is singular for user ids {shown_ids(user_ids[bad])} ({len(bad)} of them): "
+                         f"their rated items span fewer than d = {d} dimensions and reg * n + damping = {added[bad[0]]:g} "
+                         "does not make up for it: use reg > 0")
 
 
 def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from .backends import get_backend
 from .data import Ratings, as_ratings
 from .errors import InputError
 from .heads import Head, Model
-from .ids import format_id
+from .ids import shown_ids
 from .hyperparams import HyperParams
 from .ridge import ridge_solve
 from .trainer import check_ratings, contract_init, train_embeddings
@@ -79,11 +79,6 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
             emb[empty] = contract_init(head, ratings.user_ids[empty], hyp, ratings.n_users).numpy()
         return torch.from_numpy(emb)
     return train_embeddings(head, ratings, hyp, epochs, backend=backend)
-
-
-def shown_ids(ids, most: int = 5) -> str:
-    """The first ``most`` ids as text, for a message: ``"3, 8, ..."``."""
-    return ", ".join(format_id(u) for u in ids[:most]) + (", ..." if len(ids) > most else "")
 
 
 def diverged_message(user_ids, n: int, hyp: HyperParams) -> str:
