@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from .contract import initial_embeddings, user_key
+from .contract import FLOAT32_MAX, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
 from .heads import Head, Layer, Model
@@ -48,8 +48,9 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
     ratings = as_ratings(ratings, "ratings")
     family = model_family(model)
     seed = check_int("seed", seed, 0)
-    reg = None if reg is None else check_float("reg", reg, 0.0)
-    item_damping = check_float("item_damping", item_damping, 0.0)
+    # float32's range: torch's weight decay cannot hold 1e308 (a RuntimeError inside Adam's step)
+    reg = None if reg is None else check_float("reg", reg, 0.0, maximum=FLOAT32_MAX)
+    item_damping = check_float("item_damping", item_damping, 0.0, maximum=FLOAT32_MAX)
     iterations = None if iterations is None else check_int("iterations", iterations, 1)
     if ratings.nnz == 0:
         raise InputError("pretrain needs at least one rating")

@@ -16,6 +16,7 @@ import functools
 import numpy as np
 import torch
 
+from .contract import FLOAT32_MAX
 from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, check_float
 from .heads import Head
@@ -50,8 +51,9 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
     """``ridge_embeddings`` as a float64 numpy array ``[n_users, d]``, and the indices of the users
     with ratings (the others got ``init``): serving converts once, and inits only the others."""
     ratings = as_ratings(ratings, "ratings", frames=False)
-    reg = check_float("reg", reg, 0.0)
-    damping = check_float("damping", damping, 0.0)
+    # float32's range, as every other reg: n * reg stays finite in float64 (1e308 made the systems inf)
+    reg = check_float("reg", reg, 0.0, maximum=FLOAT32_MAX)
+    damping = check_float("damping", damping, 0.0, maximum=FLOAT32_MAX)
     if ratings.n_items != head.n_items:
         raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
     if not head.is_linear:

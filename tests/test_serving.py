@@ -142,6 +142,8 @@ def test_ridge_solver_refuses_a_rank_deficient_system_without_an_exact_zero_pivo
     with pytest.raises(InputError, match=rf"singular for user ids 1000\b.*\({n_users} of them\).*d = 4"):
         ridge_embeddings(head, data, 0.0)
     ridge_embeddings(head, data, 1e-9)  # a little regularisation makes every system regular
+    with pytest.raises(InputError, match="reg must be .* <= 3.40282e"):  # n * 1e308 is inf: no system at all
+        ridge_embeddings(head, data, 1e308)
 
 
 def test_ridge_serves_a_head_edited_in_place_with_its_new_values():
