@@ -9,6 +9,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -276,6 +278,14 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     // near 2^63 overflows; any batch above a user's count is the same full batch.
     if (batch_size < 1 || batch_size > (int64_t{1} << 62))
         fail("batch_size must be in [1, 2^62], got " + std::to_string(batch_size));
+    // A user's Adam step count reaches (epoch_start + n_epochs) * steps per epoch: at most 2^62,
+    // so that it (and the bias-correction table's size) never overflows int64.
+    int64_t most = 0;
+    for (int64_t u = 0; u < a.data.n_users; ++u) most = std::max(most, a.data.indptr[u + 1] - a.data.indptr[u]);
+    const int64_t max_epochs = (int64_t{1} << 62) / std::max<int64_t>(1, (most + batch_size - 1) / batch_size);
+    if (n_epochs > max_epochs || epoch_start > max_epochs - n_epochs)
+        fail("epoch_start + n_epochs must be at most " + std::to_string(max_epochs) + " (2^62 Adam steps of a user with " +
+             std::to_string(most) + " ratings), got " + std::to_string(epoch_start) + " + " + std::to_string(n_epochs));
     a.epoch_start = epoch_start;
     a.n_epochs = n_epochs;
     a.batch_size = batch_size;

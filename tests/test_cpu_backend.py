@@ -100,6 +100,31 @@ def test_train_entry_checks_name_the_argument(case):
     assert np.array_equal(emb, before)  # checked before any work
 
 
+def test_hostile_calls_raise_value_errors_naming_the_argument_or_give_their_documented_result():
+    # One child process runs the cases of tests/hostile_calls.py in turn; when it dies (a
+    # segfault, an abort), the case it was running is reported and a new child goes on.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("hostile_calls.py")
+    sys.path.insert(0, str(script.parent))
+    from hostile_calls import cases
+
+    todo, failed = sorted(cases()), []
+    while todo:
+        proc = subprocess.run([sys.executable, str(script), *todo], capture_output=True, text=True, timeout=300)
+        lines = proc.stdout.splitlines()
+        for line in lines:
+            name, outcome, detail = line.split("\t", 2)
+            if outcome != "match":
+                failed.append(f"{name}: {outcome}: {detail}")
+        if len(lines) < len(todo):  # the child died in the next case
+            failed.append(f"{todo[len(lines)]}: the process died (exit {proc.returncode}): {proc.stderr[-300:]}")
+        todo = todo[len(lines) + 1:]
+    assert not failed, "\n".join(failed)
+
+
 def test_sgd_needs_no_moments_and_a_fresh_call_writes_the_init():
     args, kwargs = _valid_args("sgd")
     args["adam_m"] = args["adam_v"] = np.zeros(0, np.float32)  # empty moments are fine for sgd
