@@ -64,6 +64,15 @@ void require_shape(const py::array& a, const std::string& name, const std::vecto
     if (!same) fail(name + " must have shape " + shape_text(shape) + ", got " + shape_of(a));
 }
 
+// Buffers the call writes must not overlap another argument it reads or writes (an alias of
+// emb as adam_m, or init inside emb, trained silently wrong numbers).
+void require_disjoint(const py::array& a, const std::string& name_a, const py::array& b, const std::string& name_b) {
+    const auto* a0 = static_cast<const char*>(a.data());
+    const auto* b0 = static_cast<const char*>(b.data());
+    if (a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes())
+        fail(name_a + " and " + name_b + " share memory: pass separate arrays");
+}
+
 HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, double global_bias,
                   const py::sequence& tower_weights, const py::sequence& tower_biases,
                   const py::sequence& tower_activations) {
@@ -243,6 +252,8 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     a.probes_last = probes_last;
     a.n_probes = state_probes(e, "emb", a.data.n_users, a.head.d, probes_last);
     a.emb = static_cast<float*>(e.mutable_data());
+    // The arrays written in place, and init (read while emb is written): no two may overlap.
+    std::vector<std::pair<py::array, std::string>> buffers = {{e, "emb"}};
     a.optimizer = optimizer_arg(optimizer, beta1, beta2, eps);
     if (a.optimizer.adam) {
         auto m = array_arg<float>(adam_m, "adam_m", 3, true);
@@ -251,11 +262,13 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
         auto v = array_arg<float>(adam_v, "adam_v", 3, true);
         require_shape(v, "adam_v", {e.shape(0), e.shape(1), e.shape(2)});
         a.adam_v = static_cast<float*>(v.mutable_data());
+        buffers.insert(buffers.end(), {{m, "adam_m"}, {v, "adam_v"}});
     }
     if (!init.is_none()) {
         const auto i = array_arg<float>(init, "init", 2);
         require_shape(i, "init", {a.data.n_users, a.head.d});
         a.init = ptr<float>(i);
+        buffers.emplace_back(i, "init");
     }
     const auto lr = array_arg<float>(lrs, "lrs", 1);
     require_shape(lr, "lrs", {a.n_probes});
@@ -307,7 +320,11 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
         auto snap = array_arg<float>(snapshots, "snapshots", 4, true);
         require_shape(snap, "snapshots", {K - 1, a.data.n_users, a.n_probes, a.head.d});
         a.snapshots = static_cast<float*>(snap.mutable_data());
+        buffers.emplace_back(snap, "snapshots");
     }
+    for (size_t i = 0; i < buffers.size(); ++i)
+        for (size_t j = i + 1; j < buffers.size(); ++j)
+            require_disjoint(buffers[i].first, buffers[i].second, buffers[j].first, buffers[j].second);
     const Simd s = simd_arg(simd, a.n_probes);
     py::array_t<uint8_t> finite({K, static_cast<py::ssize_t>(a.n_probes)});
     a.finite = finite.mutable_data();

@@ -96,6 +96,13 @@ def cases() -> dict:
         "n_epochs 2^62 (the step count overflowed)": (_train(n_epochs=2**62), r"epoch_start \+ n_epochs must be at most"),
         "epoch_start 2^62 (trained with wrapped step counts)": (_train(epoch_start=2**62, n_epochs=1),
                                                                 r"epoch_start \+ n_epochs must be at most"),
+        # aliasing: a buffer written in place must not overlap another argument
+        "adam_m is emb": (_train_with(lambda a: {**a, "adam_m": a["emb"]}), "emb and adam_m share memory"),
+        "adam_v is adam_m": (_train_with(lambda a: {**a, "adam_v": a["adam_m"]}), "adam_m and adam_v share memory"),
+        "init inside emb": (_train_with(lambda a: {**a, "init": a["emb"].reshape(U * P, D)[:U]}),
+                            "emb and init share memory"),
+        "snapshots inside emb": (_train_with(lambda a: {**a, "checkpoint_ends": np.array([1, 2]),
+                                                        "snapshots": a["emb"][None]}), "emb and snapshots share memory"),
         # the contract functions
         "permutation n = -1": (lambda: _C.permutation(0, 0, 0, -1), r"n must be in \[0, 2\*\*32\)"),
         "permutation n = 2^32": (lambda: _C.permutation(0, 0, 0, 2**32), r"n must be in \[0, 2\*\*32\)"),
