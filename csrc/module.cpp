@@ -126,36 +126,37 @@ HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, d
 }
 
 // CSR ratings; checks indptr (starts at 0, non-decreasing, ends at nnz) and every item index.
+// `prefix` goes before every argument name in a message ("val ": the validation arrays).
 CsrView csr_arg(const py::handle& indptr, const py::handle& items, const py::handle& ratings,
-                const py::handle& weights, const HeadView& head) {
+                const py::handle& weights, const HeadView& head, const std::string& prefix = "") {
     CsrView data;
-    const auto ip = array_arg<int64_t>(indptr, "indptr", 1);
-    if (ip.shape(0) < 1) fail("indptr must have n_users + 1 >= 1 entries");
+    const auto ip = array_arg<int64_t>(indptr, prefix + "indptr", 1);
+    if (ip.shape(0) < 1) fail(prefix + "indptr must have n_users + 1 >= 1 entries");
     data.n_users = ip.shape(0) - 1;
-    const auto it = array_arg<int32_t>(items, "items", 1);
+    const auto it = array_arg<int32_t>(items, prefix + "items", 1);
     const py::ssize_t nnz = it.shape(0);
-    const auto r = array_arg<float>(ratings, "ratings", 1);
-    const auto w = array_arg<float>(weights, "weights", 1);
-    require_shape(r, "ratings", {nnz});
-    require_shape(w, "weights", {nnz});
+    const auto r = array_arg<float>(ratings, prefix + "ratings", 1);
+    const auto w = array_arg<float>(weights, prefix + "weights", 1);
+    require_shape(r, prefix + "ratings", {nnz});
+    require_shape(w, prefix + "weights", {nnz});
     data.indptr = ptr<int64_t>(ip);
     data.items = ptr<int32_t>(it);
     data.ratings = ptr<float>(r);
     data.weights = ptr<float>(w);
-    if (data.indptr[0] != 0) fail("indptr[0] must be 0, got " + std::to_string(data.indptr[0]));
+    if (data.indptr[0] != 0) fail(prefix + "indptr[0] must be 0, got " + std::to_string(data.indptr[0]));
     for (int64_t u = 0; u < data.n_users; ++u) {
         const int64_t n = data.indptr[u + 1] - data.indptr[u];
         if (n < 0)
-            fail("indptr must be non-decreasing: indptr[" + std::to_string(u + 1) + "] < indptr[" +
+            fail(prefix + "indptr must be non-decreasing: indptr[" + std::to_string(u + 1) + "] < indptr[" +
                  std::to_string(u) + "]");
-        if (n >= (int64_t{1} << 31)) fail("indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
+        if (n >= (int64_t{1} << 31)) fail(prefix + "indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
     }
     if (data.indptr[data.n_users] != nnz)
-        fail("indptr[-1] must equal len(items) = " + std::to_string(nnz) + ", got " +
+        fail(prefix + "indptr[-1] must equal len(items) = " + std::to_string(nnz) + ", got " +
              std::to_string(data.indptr[data.n_users]));
     for (py::ssize_t k = 0; k < nnz; ++k)
         if (data.items[k] < 0 || data.items[k] >= head.n_items)
-            fail("items: row " + std::to_string(k) + " has item " + std::to_string(data.items[k]) +
+            fail(prefix + "items: row " + std::to_string(k) + " has item " + std::to_string(data.items[k]) +
                  " outside [0, n_items = " + std::to_string(head.n_items) + ")");
     return data;
 }
@@ -183,8 +184,8 @@ OptimizerView optimizer_arg(const std::string& name, double beta1, double beta2,
     OptimizerView opt;
     if (name != "adam" && name != "sgd") fail("optimizer must be 'adam' or 'sgd', got '" + name + "'");
     opt.adam = name == "adam";
-    if (opt.adam && !(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0 && eps > 0.0))
-        fail("Adam needs 0 <= beta1, beta2 < 1 and eps > 0, got " + std::to_string(beta1) + ", " +
+    if (opt.adam && !(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0 && eps > 0.0 && std::isfinite(eps)))
+        fail("Adam needs 0 <= beta1, beta2 < 1 and a finite eps > 0, got " + std::to_string(beta1) + ", " +
              std::to_string(beta2) + ", " + std::to_string(eps));
     opt.beta1 = beta1;
     opt.beta2 = beta2;
@@ -310,9 +311,11 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     a.n_checkpoints = static_cast<int>(ends.size());
     const auto K = static_cast<py::ssize_t>(ends.size());
     if (!val.is_none()) {
-        const auto parts = val.cast<py::tuple>();
-        if (parts.size() != 4) fail("val must be a tuple (indptr, items, ratings, weights)");
-        a.val = csr_arg(parts[0], parts[1], parts[2], parts[3], a.head);
+        if (!py::isinstance<py::tuple>(val) || py::len(val) != 4)
+            fail("val must be a tuple (indptr, items, ratings, weights) or None, got " +
+                 std::string(py::str(py::type::of(val))));
+        const auto parts = py::reinterpret_borrow<py::tuple>(val);
+        a.val = csr_arg(parts[0], parts[1], parts[2], parts[3], a.head, "val ");
         if (a.val.n_users != a.data.n_users)
             fail("val has " + std::to_string(a.val.n_users) + " users, the ratings " + std::to_string(a.data.n_users));
     }

@@ -93,6 +93,7 @@ def cases() -> dict:
         "NaN learning rates: every probe flagged": (_train(lrs=np.full(P, np.nan, np.float32), val=_val),
                                                     _finite_flags([[0, 0, 0]])),
         "infinite reg: every probe flagged": (_train(regs=np.full(P, np.inf, np.float32)), _finite_flags([[0, 0, 0]])),
+        "eps inf": (_train(eps=float("inf")), "finite eps > 0"),
         "n_epochs 2^62 (the step count overflowed)": (_train(n_epochs=2**62), r"epoch_start \+ n_epochs must be at most"),
         "epoch_start 2^62 (trained with wrapped step counts)": (_train(epoch_start=2**62, n_epochs=1),
                                                                 r"epoch_start \+ n_epochs must be at most"),
@@ -103,6 +104,12 @@ def cases() -> dict:
                             "emb and init share memory"),
         "snapshots inside emb": (_train_with(lambda a: {**a, "checkpoint_ends": np.array([1, 2]),
                                                         "snapshots": a["emb"][None]}), "emb and snapshots share memory"),
+        # val
+        "val a list": (_train(val=lambda a: list(_val(a))), r"val must be a tuple \(indptr, items, ratings, weights\)"),
+        "val an int": (_train(val=5), "val must be a tuple"),
+        "val items out of range": (_train(val=lambda a: (a["indptr"], np.full(10, I, np.int32), a["ratings"],
+                                                         a["weights"])), "val items: row 0 has item 11"),
+        "val of fewer users": (_train(val=lambda a: (a["indptr"][:-1].copy(),) + _val(a)[1:]), "val indptr"),
         # the contract functions
         "permutation n = -1": (lambda: _C.permutation(0, 0, 0, -1), r"n must be in \[0, 2\*\*32\)"),
         "permutation n = 2^32": (lambda: _C.permutation(0, 0, 0, 2**32), r"n must be in \[0, 2\*\*32\)"),
