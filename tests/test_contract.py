@@ -159,7 +159,11 @@ def test_step_spec_names_and_checks_its_constants():
     for kwargs, match in ((dict(optimizer="rmsprop"), "optimizer"), (dict(loss="huber"), "loss"),
                           (dict(batch_size=0), "batch_size"), (dict(batch_size=2.0), "batch_size"),
                           (dict(seed=-1), "seed"), (dict(damping=-0.5), "damping"),
-                          (dict(damping=float("nan")), "damping"), (dict(damping=1e39), "damping")):
+                          (dict(damping=float("nan")), "damping"), (dict(damping=1e39), "damping"),
+                          # HyperParams' ranges: 2^63 was a TypeError inside the cpu backend's pybind11
+                          # call, and the seed 2^32 trained as seed 0
+                          (dict(batch_size=2**63), r"batch_size must be an integer in \[1, 4611686018427387904\]"),
+                          (dict(seed=2**32), r"seed must be an integer in \[0, 4294967295\]")):
         with pytest.raises(InputError, match=match):
             StepSpec(**kwargs)
     with pytest.raises(ValueError, match="beta1"):
