@@ -119,7 +119,8 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     draws bars on stderr; ``max_evals`` / ``n_starts`` / ``max_time`` (seconds) are the tuning
     budget; ``new_users`` / ``val`` / ``test`` the fractions of ``protocol_split``; ``damping`` the
     recipe's ``HyperParams.damping``.  InputError
-    for a bad argument (before any work), or when the split holds out no new users.
+    for a bad argument (before any work), or when the split holds out no new users or leaves a
+    test part without ratings.
     """
     model_family(model)
     start = time.perf_counter()
@@ -127,6 +128,12 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     split = protocol_split(data, new_users, val, test, seed=seed)
     if split.new_users is None:
         raise InputError("the demo needs new users: new_users must be > 0")
+    # Every predictor is scored on the test parts: without ratings there, every RMSE of the report
+    # is NaN (protocol_split allows test = 0, and a new user's part is rounded per user).
+    for part, users in ((split.test, "known"), (split.new_test, "new")):
+        if part.nnz == 0:
+            raise InputError(f"the test part of the {users} users is empty (test={test:g} of each user's ratings, "
+                             "rounded per user): the demo scores every predictor on it; use test > 0 or more data")
     out = make_out_dir(out)
     log.info("data: %s (%s); known users: %d pretraining / %d validation / %d test ratings; new users: %d",
              source, describe(data), split.pretrain.nnz, split.val.nnz, split.test.nnz, split.new_users.n_users)
