@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .data import Ratings, as_ratings
+from .data import Ratings, as_ratings, well_formed
 from .errors import InputError
 from .heads import Head, Model
 from .ids import shown_ids
@@ -114,7 +114,8 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     Returns ``(items, scores)``: int64 item indices ``[n, k]`` (``head.item_ids[items]`` are the
     original ids) and float32 scores ``[n, k]``, best first, on the CPU.  A score that is NaN is
     never ranked (it counts as ``-inf``); an embedding that is not finite is an InputError naming
-    its row.
+    its row, and so is a hand-built ``exclude_seen`` with an item index out of range or a broken
+    ``indptr``.
     """
     model = model_or_head if isinstance(model_or_head, Model) else None
     head = _head_of(model_or_head)
@@ -134,6 +135,13 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     n = embeddings.shape[0]
     if exclude_seen is not None:
         check_item_ids(head, exclude_seen, "exclude_seen")
+        # A hand-built one (no constructor checks) with item -1 excluded the last item instead, and
+        # with an index past the items or a broken indptr raised inside torch / numpy.  The cheap
+        # checks first (a request's cost); check_ratings names the row when one fails.
+        indptr = exclude_seen.indptr
+        if not (well_formed(exclude_seen, head.n_items, finite_ratings=False) and len(indptr) and indptr[0] == 0
+                and indptr[-1] == exclude_seen.nnz and (len(indptr) < 3 or np.diff(indptr).min() >= 0)):
+            check_ratings(exclude_seen, "exclude_seen", head.n_items)
         if exclude_seen.n_users != n:
             raise InputError(f"exclude_seen has {exclude_seen.n_users} users but embeddings have {n} rows")
     if exclude_items is not None:

@@ -177,6 +177,17 @@ API_CASES = {
                                                        solver="ridge"), InputError, r"row 7 has a non-finite rating"),
     "served fold-in, NaN rating": (lambda t, s: s.fold_in(_hand_built(s.seen, "ratings", 7, np.nan), solver="ridge"),
                                    InputError, r"row 7 has a non-finite rating"),
+    # recommend's exclude_seen: item -1 excluded the last item instead of the seen one, 12 raised an
+    # IndexError inside torch, a decreasing indptr a ValueError inside numpy
+    "recommend excluding a negative item index": (lambda t, s: recommend(s.head, s.model.user_embeddings, 3,
+                                                                         exclude_seen=_hand_built(s.seen, "items", 5, -1)),
+                                                  InputError, r"exclude_seen: row 5 has an item index < 0"),
+    "recommend excluding an item index too big": (lambda t, s: recommend(s.head, s.model.user_embeddings, 3,
+                                                                         exclude_seen=_hand_built(s.seen, "items", 5, 12)),
+                                                  InputError, r"exclude_seen: row 5 has an item index >= 12"),
+    "recommend excluding with a decreasing indptr": (lambda t, s: recommend(
+        s.head, s.model.user_embeddings, 3, exclude_seen=_hand_built(s.seen, "indptr", 2, 0)), InputError,
+        r"exclude_seen: indptr must start at 0, never decrease"),
     "fold-in of a non-model": (lambda t, s: fold_in("model.safetensors", s.seen, HYP, 1), InputError,
                                r"expected a retrain Model or a Head, got str"),
     "fold-in of a dict": (lambda t, s: s.fold_in({"userId": [1]}), InputError, r"Ratings or a pandas DataFrame"),
