@@ -58,7 +58,7 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
         raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
     if not head.is_linear:
         raise InputError(f"the ridge solver needs a linear head (no tower or identity activations), not {head.name!r}")
-    if not well_formed(ratings, head.n_items, finite_ratings=False):  # a non-finite rating gives a non-finite row
+    if not well_formed_request(ratings, head.n_items, finite_ratings=False):  # a non-finite rating: a non-finite row
         check_ratings(ratings, "ratings", head.n_items)
     counts = ratings.counts
     has = counts.nonzero()[0]
@@ -84,6 +84,15 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
     except np.linalg.LinAlgError:
         raise InputError(_SINGULAR) from None
     return out, has
+
+
+def well_formed_request(ratings: Ratings, n_items: int, *, finite_ratings: bool = True) -> bool:
+    """``retrain.data.well_formed`` (three reductions) and ``indptr``'s ends and order (one diff):
+    a request's cheap check.  False sends the caller to ``check_ratings``, which names what is
+    wrong; a hand-built ``indptr`` that started at 1 or ended short silently dropped ratings."""
+    indptr = ratings.indptr
+    return bool(well_formed(ratings, n_items, finite_ratings=finite_ratings) and len(indptr) and indptr[0] == 0
+                and indptr[-1] == ratings.nnz and (len(indptr) < 3 or np.diff(indptr).min() >= 0))
 
 
 def _solve_few_users(head: Head, ratings: Ratings, users: np.ndarray, reg: float, damping: float,

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .data import Ratings, as_ratings, well_formed
+from .data import Ratings, as_ratings
 from .errors import InputError
 from .heads import Head, Model
 from .ids import shown_ids
 from .hyperparams import HyperParams
-from .ridge import ridge_solve
+from .ridge import ridge_solve, well_formed_request
 from .trainer import check_ratings, contract_init, train_embeddings
 
 SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are computed this many bytes at a time
@@ -136,11 +136,8 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     if exclude_seen is not None:
         check_item_ids(head, exclude_seen, "exclude_seen")
         # A hand-built one (no constructor checks) with item -1 excluded the last item instead, and
-        # with an index past the items or a broken indptr raised inside torch / numpy.  The cheap
-        # checks first (a request's cost); check_ratings names the row when one fails.
-        indptr = exclude_seen.indptr
-        if not (well_formed(exclude_seen, head.n_items, finite_ratings=False) and len(indptr) and indptr[0] == 0
-                and indptr[-1] == exclude_seen.nnz and (len(indptr) < 3 or np.diff(indptr).min() >= 0)):
+        # with an index past the items or a broken indptr raised inside torch / numpy.
+        if not well_formed_request(exclude_seen, head.n_items, finite_ratings=False):
             check_ratings(exclude_seen, "exclude_seen", head.n_items)
         if exclude_seen.n_users != n:
             raise InputError(f"exclude_seen has {exclude_seen.n_users} users but embeddings have {n} rows")

@@ -171,6 +171,14 @@ API_CASES = {
     "ridge fold-in, negative weight": (lambda t, s: fold_in(s.head, _hand_built(s.seen.select_users([1]), "weights", 2,
                                                                                 -4.0), HYP, 0, solver="ridge"),
                                        InputError, r"row 2 has a negative weight"),
+    # a broken indptr: the ridge solver's cheap check did not look at it, and an indptr that started
+    # at 1 or ended short dropped ratings silently
+    "ridge fold-in, indptr ending short": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "indptr", -1, s.seen.nnz - 2),
+                                                                HYP, 0, solver="ridge"), InputError,
+                                           r"indptr must start at 0, never decrease and end at nnz"),
+    "ridge, indptr starting at 1": (lambda t, s: retrain.ridge.ridge_embeddings(s.head, _hand_built(s.seen, "indptr", 0, 1),
+                                                                              0.1), InputError,
+                                    r"indptr must start at 0, never decrease and end at nnz"),
     "served fold-in, negative item index": (lambda t, s: s.fold_in(_hand_built(s.seen, "items", 5, -3)), InputError,
                                             r"row 5 has an item index < 0"),
     "ridge fold-in, NaN rating": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "ratings", 7, np.nan), HYP, 0,
