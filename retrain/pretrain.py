@@ -19,6 +19,7 @@ from .errors import InputError, check_float, check_int
 from .heads import Head, Layer, Model
 from .hyperparams import model_family
 from .ridge import ridge_embeddings
+from .trainer import check_ratings
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,14 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
             global mean, so an item with one 5-star rating no longer tops everyone's list.  0 gives
             plain weighted-lambda ALS.
 
-    Raises InputError for an unknown model name, no ratings (or only ratings of weight 0), or a bad
-    ``seed``/``reg``/``iterations``.
+    Raises InputError for an unknown model name, no ratings (or only ratings of weight 0), malformed
+    hand-built ratings (naming the row), or a bad ``seed``/``reg``/``iterations``.
     ``ratings`` may be a pandas DataFrame (``Ratings.from_pandas`` reads it).
     """
     ratings = as_ratings(ratings, "ratings")
+    # Hand-built Ratings (no constructor checks): the MLP trained item -1 as the last item and a
+    # negative weight with its sign flipped, silently; ALS named the items "users".
+    check_ratings(ratings, "ratings", ratings.n_items)
     family = model_family(model)
     seed = check_int("seed", seed, 0)
     # float32's range: torch's weight decay cannot hold 1e308 (a RuntimeError inside Adam's step)

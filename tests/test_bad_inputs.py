@@ -23,6 +23,7 @@ from retrain.files import atomic_write_bytes, atomic_write_files, read_safetenso
 from retrain.heads import Head, Model
 from retrain.hyperparams import HyperParams
 from retrain.movielens import load_movielens
+from retrain.protocol import protocol_split
 from retrain.serving import fold_in, recommend
 from retrain.trainer import train_embeddings
 
@@ -179,6 +180,16 @@ API_CASES = {
     "ridge, indptr starting at 1": (lambda t, s: retrain.ridge.ridge_embeddings(s.head, _hand_built(s.seen, "indptr", 0, 1),
                                                                               0.1), InputError,
                                     r"indptr must start at 0, never decrease and end at nnz"),
+    # pretrain and protocol_split checked nothing: the MLP trained item -1 as the last item (and
+    # 12 raised an IndexError inside torch), a split dropped the ratings past a short indptr
+    "pretrain an MLP, negative item index": (lambda t, s: retrain.pretrain(_hand_built(s.seen, "items", 5, -1),
+                                                                                    "mlp_2x2", iterations=1),
+                                             InputError, r"ratings: row 5 has an item index < 0"),
+    "pretrain ALS, negative weight": (lambda t, s: retrain.pretrain(_hand_built(s.seen, "weights", 5, -1.0),
+                                                                             "matrix_factorization_2", iterations=1),
+                                      InputError, r"ratings: row 5 has a negative weight"),
+    "protocol_split, indptr ending short": (lambda t, s: protocol_split(_hand_built(s.seen, "indptr", -1, s.seen.nnz - 2)),
+                                            InputError, r"data: indptr must start at 0, never decrease"),
     "served fold-in, negative item index": (lambda t, s: s.fold_in(_hand_built(s.seen, "items", 5, -3)), InputError,
                                             r"row 5 has an item index < 0"),
     "ridge fold-in, NaN rating": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "ratings", 7, np.nan), HYP, 0,
