@@ -190,6 +190,9 @@ API_CASES = {
                                       InputError, r"ratings: row 5 has a negative weight"),
     "protocol_split, indptr ending short": (lambda t, s: protocol_split(_hand_built(s.seen, "indptr", -1, s.seen.nnz - 2)),
                                             InputError, r"data: indptr must start at 0, never decrease"),
+    "model_rmse, negative item index": (lambda t, s: retrain.report.model_rmse(s.head, s.model.user_embeddings,
+                                                                              _hand_built(s.seen, "items", 5, -1)),
+                                        InputError, r"ratings: row 5 has an item index < 0"),  # scored the last item
     "served fold-in, negative item index": (lambda t, s: s.fold_in(_hand_built(s.seen, "items", 5, -3)), InputError,
                                             r"row 5 has an item index < 0"),
     "ridge fold-in, NaN rating": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "ratings", 7, np.nan), HYP, 0,
