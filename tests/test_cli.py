@@ -238,6 +238,16 @@ def test_bench_compares_backends_with_the_eager_loop():
     assert "| backend " in proc.stdout and "eager PyTorch loop" in proc.stdout and "× eager loop" in proc.stdout
 
 
+@pytest.mark.parametrize("count", ["probes", "epochs", "baseline_steps"])
+def test_run_bench_refuses_counts_below_one(count):
+    # 0 timed nothing and printed a table of zeros; -1 probes raised inside torch.logspace.
+    from retrain.bench import run_bench
+
+    for value in (0, -1):
+        with pytest.raises(InputError, match=f"{count} must be an integer >= 1"):
+            run_bench(model=MODEL, users=USERS, backends=["reference"], **{count: value})
+
+
 def test_metered_backend_records_what_the_trainer_saw():
     from retrain.backends import get_backend
     from retrain.hyperparams import HyperParams
