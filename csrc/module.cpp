@@ -149,7 +149,8 @@ CsrView csr_arg(const py::handle& indptr, const py::handle& items, const py::han
         if (n < 0)
             fail(prefix + "indptr must be non-decreasing: indptr[" + std::to_string(u + 1) + "] < indptr[" +
                  std::to_string(u) + "]");
-        if (n >= (int64_t{1} << 31)) fail(prefix + "indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
+        if (n >= (int64_t{1} << 31))
+            fail(prefix + "indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
     }
     if (data.indptr[data.n_users] != nnz)
         fail(prefix + "indptr[-1] must equal len(items) = " + std::to_string(nnz) + ", got " +
@@ -298,8 +299,9 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     for (int64_t u = 0; u < a.data.n_users; ++u) most = std::max(most, a.data.indptr[u + 1] - a.data.indptr[u]);
     const int64_t max_epochs = (int64_t{1} << 62) / std::max<int64_t>(1, (most + batch_size - 1) / batch_size);
     if (n_epochs > max_epochs || epoch_start > max_epochs - n_epochs)
-        fail("epoch_start + n_epochs must be at most " + std::to_string(max_epochs) + " (2^62 Adam steps of a user with " +
-             std::to_string(most) + " ratings), got " + std::to_string(epoch_start) + " + " + std::to_string(n_epochs));
+        fail("epoch_start + n_epochs must be at most " + std::to_string(max_epochs) +
+             " (2^62 Adam steps of a user with " + std::to_string(most) + " ratings), got " +
+             std::to_string(epoch_start) + " + " + std::to_string(n_epochs));
     a.epoch_start = epoch_start;
     a.n_epochs = n_epochs;
     a.batch_size = batch_size;
