@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from .contract import FLOAT32_MAX, initial_embeddings, user_key
+from .contract import FLOAT32_MAX, MAX_SEED, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
 from .heads import Head, Layer, Model
@@ -51,7 +51,7 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
     # negative weight with its sign flipped, silently; ALS named the items "users".
     check_ratings(ratings, "ratings", ratings.n_items)
     family = model_family(model)
-    seed = check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0, MAX_SEED)  # HyperParams' range; torch's generator overflowed at 2^64
     # float32's range: torch's weight decay cannot hold 1e308 (a RuntimeError inside Adam's step)
     reg = None if reg is None else check_float("reg", reg, 0.0, maximum=FLOAT32_MAX)
     item_damping = check_float("item_damping", item_damping, 0.0, maximum=FLOAT32_MAX)
