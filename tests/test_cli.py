@@ -125,6 +125,16 @@ def test_run_demo_refuses_a_split_without_test_ratings(tmp_path, new_users, test
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
+@pytest.mark.parametrize("argument,value", [("seed", 2**33), ("max_evals", 0), ("damping", -1.0), ("max_time", -1.0)])
+def test_run_demo_checks_every_argument_before_any_work(tmp_path, argument, value, monkeypatch):
+    # They were found only after the pretraining (minutes on a large file), the folder made.
+    monkeypatch.setattr("retrain.demo.pretrain", lambda *a, **k: pytest.fail("pretrained before the checks"))
+    data, source = load_ratings(n_users=USERS, seed=SEED)
+    with pytest.raises(InputError, match=argument):
+        run_demo(data, source, model=MODEL, out=tmp_path / "run", **{argument: value})
+    assert not (tmp_path / "run").exists()
+
+
 def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
     _, out = demo
     split = tiny_split()
