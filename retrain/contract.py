@@ -80,11 +80,22 @@ def id_words(user_ids) -> np.ndarray:
     (little-endian) for strings.  Stable across runs, processes and machines."""
     ids = np.asarray(user_ids)
     if ids.dtype.kind in "US" or (ids.dtype == object and all(isinstance(x, str) for x in ids.ravel())):
-        digest = lambda text: hashlib.blake2b(str(text).encode("utf-8"), digest_size=8).digest()
-        return np.frombuffer(b"".join(digest(x) for x in ids.ravel()), dtype="<u8").reshape(ids.shape).copy()
+        return np.frombuffer(b"".join(_text_digest(x) for x in ids.ravel()), dtype="<u8").reshape(ids.shape).copy()
     if ids.dtype == np.uint64:
         return ids.copy()
     return ids.astype(np.int64).view(np.uint64)
+
+
+def _text_digest(text) -> bytes:
+    """The first 8 bytes of BLAKE2b of ``text``'s UTF-8; InputError for text that has none (a lone
+    surrogate, as ``surrogateescape`` makes of bytes that are not UTF-8): a UnicodeEncodeError in
+    the middle of a training run before."""
+    try:
+        data = str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"user id {str(text)!r} is not valid text (it holds a lone surrogate): it has no UTF-8 "
+                         "bytes to key it by") from None
+    return hashlib.blake2b(data, digest_size=8).digest()
 
 
 def user_key(user_ids) -> np.ndarray:

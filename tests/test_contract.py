@@ -197,6 +197,13 @@ def test_keys_of_wide_integer_and_string_ids():
     assert user_key(np.array(["alice", "bob", "Zoë"], dtype=object)).tolist() == PINNED_STRING_KEYS
 
 
+def test_a_string_id_without_utf8_is_an_input_error():
+    # A lone surrogate (what surrogateescape makes of bytes that are not UTF-8) has no UTF-8 to hash:
+    # a UnicodeEncodeError in the middle of a training run.
+    with pytest.raises(InputError, match=r"user id 'a\\udc80' is not valid text"):
+        user_key(["b", "a\udc80"])
+
+
 def test_damping_terms_are_float32_divisions_and_zero_damping_changes_no_reg():
     counts = np.array([0, 1, 3, 7, 10, 2**25 + 1])
     terms = damping_terms(0.7, counts)
