@@ -116,10 +116,11 @@ public:
         if (exponent == 0) return true;                      // below 2**-1022: truncates to 0
         const unsigned __int128 mantissa = (bits & ((uint64_t{1} << 52) - 1)) | (uint64_t{1} << 52);
         const int shift = exponent - 1075 + 64;  // v * 2**64 = mantissa * 2**shift
-        if (shift >= 0)
-            small_ += mantissa << shift;  // < 2**127
-        else if (shift > -64)
-            small_ += mantissa >> -shift;  // truncation toward zero = floor for v >= 0
+        // Each term is below 2**127 units, but their sum can pass 2**128 (three values near 2**63,
+        // or a thousand near 2**54): a carry out of the 128 bits is 2**128 units, one unit of limb 4.
+        const unsigned __int128 term = shift >= 0 ? mantissa << shift : shift > -64 ? mantissa >> -shift : 0;
+        small_ += term;   // floor(v * 2**64) (truncation toward zero = floor for v >= 0)
+        if (small_ < term) ++big_[4];
         return true;
     }
 
@@ -129,8 +130,8 @@ public:
     }
 
 private:
-    unsigned __int128 small_ = 0;  // sums of fewer than 2**64 values below 2**63, in units of 2**-64
-    int64_t big_[kFixedLimbs] = {};
+    unsigned __int128 small_ = 0;  // the fast path's sum mod 2**128, in units of 2**-64
+    int64_t big_[kFixedLimbs] = {};  // add_fixed's limbs, and small_'s carries (2**128 units) in big_[4]
 };
 
 // 1-based Adam step count of a user's chunk-th step (0-based) in `epoch` (bias correction).

@@ -497,7 +497,8 @@ public:
         for (size_t S = 1; S < has_steps.size(); ++S)
             if (has_steps[S]) {
                 segment_[S] = entries;
-                entries += n_epochs * static_cast<int64_t>(S);
+                entries += n_epochs * static_cast<int64_t>(S);  // <= 2^62 (module.cpp): no overflow
+                if (entries > kMaxSteps) break;
             }
         if (entries > kMaxSteps) {
             segment_.clear();

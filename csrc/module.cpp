@@ -9,6 +9,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -60,6 +62,15 @@ void require_shape(const py::array& a, const std::string& name, const std::vecto
     bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
     for (size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
     if (!same) fail(name + " must have shape " + shape_text(shape) + ", got " + shape_of(a));
+}
+
+// Buffers the call writes must not overlap another argument it reads or writes (an alias of
+// emb as adam_m, or init inside emb, trained silently wrong numbers).
+void require_disjoint(const py::array& a, const std::string& name_a, const py::array& b, const std::string& name_b) {
+    const auto* a0 = static_cast<const char*>(a.data());
+    const auto* b0 = static_cast<const char*>(b.data());
+    if (a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes())
+        fail(name_a + " and " + name_b + " share memory: pass separate arrays");
 }
 
 HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, double global_bias,
@@ -115,36 +126,38 @@ HeadView head_arg(const py::handle& item_vectors, const py::handle& item_bias, d
 }
 
 // CSR ratings; checks indptr (starts at 0, non-decreasing, ends at nnz) and every item index.
+// `prefix` goes before every argument name in a message ("val ": the validation arrays).
 CsrView csr_arg(const py::handle& indptr, const py::handle& items, const py::handle& ratings,
-                const py::handle& weights, const HeadView& head) {
+                const py::handle& weights, const HeadView& head, const std::string& prefix = "") {
     CsrView data;
-    const auto ip = array_arg<int64_t>(indptr, "indptr", 1);
-    if (ip.shape(0) < 1) fail("indptr must have n_users + 1 >= 1 entries");
+    const auto ip = array_arg<int64_t>(indptr, prefix + "indptr", 1);
+    if (ip.shape(0) < 1) fail(prefix + "indptr must have n_users + 1 >= 1 entries");
     data.n_users = ip.shape(0) - 1;
-    const auto it = array_arg<int32_t>(items, "items", 1);
+    const auto it = array_arg<int32_t>(items, prefix + "items", 1);
     const py::ssize_t nnz = it.shape(0);
-    const auto r = array_arg<float>(ratings, "ratings", 1);
-    const auto w = array_arg<float>(weights, "weights", 1);
-    require_shape(r, "ratings", {nnz});
-    require_shape(w, "weights", {nnz});
+    const auto r = array_arg<float>(ratings, prefix + "ratings", 1);
+    const auto w = array_arg<float>(weights, prefix + "weights", 1);
+    require_shape(r, prefix + "ratings", {nnz});
+    require_shape(w, prefix + "weights", {nnz});
     data.indptr = ptr<int64_t>(ip);
     data.items = ptr<int32_t>(it);
     data.ratings = ptr<float>(r);
     data.weights = ptr<float>(w);
-    if (data.indptr[0] != 0) fail("indptr[0] must be 0, got " + std::to_string(data.indptr[0]));
+    if (data.indptr[0] != 0) fail(prefix + "indptr[0] must be 0, got " + std::to_string(data.indptr[0]));
     for (int64_t u = 0; u < data.n_users; ++u) {
         const int64_t n = data.indptr[u + 1] - data.indptr[u];
         if (n < 0)
-            fail("indptr must be non-decreasing: indptr[" + std::to_string(u + 1) + "] < indptr[" +
+            fail(prefix + "indptr must be non-decreasing: indptr[" + std::to_string(u + 1) + "] < indptr[" +
                  std::to_string(u) + "]");
-        if (n >= (int64_t{1} << 31)) fail("indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
+        if (n >= (int64_t{1} << 31))
+            fail(prefix + "indptr: user " + std::to_string(u) + " has more than 2**31 - 1 ratings");
     }
     if (data.indptr[data.n_users] != nnz)
-        fail("indptr[-1] must equal len(items) = " + std::to_string(nnz) + ", got " +
+        fail(prefix + "indptr[-1] must equal len(items) = " + std::to_string(nnz) + ", got " +
              std::to_string(data.indptr[data.n_users]));
     for (py::ssize_t k = 0; k < nnz; ++k)
         if (data.items[k] < 0 || data.items[k] >= head.n_items)
-            fail("items: row " + std::to_string(k) + " has item " + std::to_string(data.items[k]) +
+            fail(prefix + "items: row " + std::to_string(k) + " has item " + std::to_string(data.items[k]) +
                  " outside [0, n_items = " + std::to_string(head.n_items) + ")");
     return data;
 }
@@ -172,8 +185,8 @@ OptimizerView optimizer_arg(const std::string& name, double beta1, double beta2,
     OptimizerView opt;
     if (name != "adam" && name != "sgd") fail("optimizer must be 'adam' or 'sgd', got '" + name + "'");
     opt.adam = name == "adam";
-    if (opt.adam && !(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0 && eps > 0.0))
-        fail("Adam needs 0 <= beta1, beta2 < 1 and eps > 0, got " + std::to_string(beta1) + ", " +
+    if (opt.adam && !(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0 && eps > 0.0 && std::isfinite(eps)))
+        fail("Adam needs 0 <= beta1, beta2 < 1 and a finite eps > 0, got " + std::to_string(beta1) + ", " +
              std::to_string(beta2) + ", " + std::to_string(eps));
     opt.beta1 = beta1;
     opt.beta2 = beta2;
@@ -241,6 +254,8 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     a.probes_last = probes_last;
     a.n_probes = state_probes(e, "emb", a.data.n_users, a.head.d, probes_last);
     a.emb = static_cast<float*>(e.mutable_data());
+    // The arrays written in place, and init (read while emb is written): no two may overlap.
+    std::vector<std::pair<py::array, std::string>> buffers = {{e, "emb"}};
     a.optimizer = optimizer_arg(optimizer, beta1, beta2, eps);
     if (a.optimizer.adam) {
         auto m = array_arg<float>(adam_m, "adam_m", 3, true);
@@ -249,11 +264,13 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
         auto v = array_arg<float>(adam_v, "adam_v", 3, true);
         require_shape(v, "adam_v", {e.shape(0), e.shape(1), e.shape(2)});
         a.adam_v = static_cast<float*>(v.mutable_data());
+        buffers.insert(buffers.end(), {{m, "adam_m"}, {v, "adam_v"}});
     }
     if (!init.is_none()) {
         const auto i = array_arg<float>(init, "init", 2);
         require_shape(i, "init", {a.data.n_users, a.head.d});
         a.init = ptr<float>(i);
+        buffers.emplace_back(i, "init");
     }
     const auto lr = array_arg<float>(lrs, "lrs", 1);
     require_shape(lr, "lrs", {a.n_probes});
@@ -276,6 +293,15 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     // near 2^63 overflows; any batch above a user's count is the same full batch.
     if (batch_size < 1 || batch_size > (int64_t{1} << 62))
         fail("batch_size must be in [1, 2^62], got " + std::to_string(batch_size));
+    // A user's Adam step count reaches (epoch_start + n_epochs) * steps per epoch: at most 2^62,
+    // so that it (and the bias-correction table's size) never overflows int64.
+    int64_t most = 0;
+    for (int64_t u = 0; u < a.data.n_users; ++u) most = std::max(most, a.data.indptr[u + 1] - a.data.indptr[u]);
+    const int64_t max_epochs = (int64_t{1} << 62) / std::max<int64_t>(1, (most + batch_size - 1) / batch_size);
+    if (n_epochs > max_epochs || epoch_start > max_epochs - n_epochs)
+        fail("epoch_start + n_epochs must be at most " + std::to_string(max_epochs) +
+             " (2^62 Adam steps of a user with " + std::to_string(most) + " ratings), got " +
+             std::to_string(epoch_start) + " + " + std::to_string(n_epochs));
     a.epoch_start = epoch_start;
     a.n_epochs = n_epochs;
     a.batch_size = batch_size;
@@ -287,9 +313,11 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     a.n_checkpoints = static_cast<int>(ends.size());
     const auto K = static_cast<py::ssize_t>(ends.size());
     if (!val.is_none()) {
-        const auto parts = val.cast<py::tuple>();
-        if (parts.size() != 4) fail("val must be a tuple (indptr, items, ratings, weights)");
-        a.val = csr_arg(parts[0], parts[1], parts[2], parts[3], a.head);
+        if (!py::isinstance<py::tuple>(val) || py::len(val) != 4)
+            fail("val must be a tuple (indptr, items, ratings, weights) or None, got " +
+                 std::string(py::str(py::type::of(val))));
+        const auto parts = py::reinterpret_borrow<py::tuple>(val);
+        a.val = csr_arg(parts[0], parts[1], parts[2], parts[3], a.head, "val ");
         if (a.val.n_users != a.data.n_users)
             fail("val has " + std::to_string(a.val.n_users) + " users, the ratings " + std::to_string(a.data.n_users));
     }
@@ -297,7 +325,11 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
         auto snap = array_arg<float>(snapshots, "snapshots", 4, true);
         require_shape(snap, "snapshots", {K - 1, a.data.n_users, a.n_probes, a.head.d});
         a.snapshots = static_cast<float*>(snap.mutable_data());
+        buffers.emplace_back(snap, "snapshots");
     }
+    for (size_t i = 0; i < buffers.size(); ++i)
+        for (size_t j = i + 1; j < buffers.size(); ++j)
+            require_disjoint(buffers[i].first, buffers[i].second, buffers[j].first, buffers[j].second);
     const Simd s = simd_arg(simd, a.n_probes);
     py::array_t<uint8_t> finite({K, static_cast<py::ssize_t>(a.n_probes)});
     a.finite = finite.mutable_data();

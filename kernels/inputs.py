@@ -4,6 +4,8 @@ Each raises ValueError naming the argument; the kernels themselves check nothing
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -38,6 +40,27 @@ def check_ratings(indptr, items, ratings, weights, device, keys=None) -> None:
 
 
 def check_items(item_vectors, item_bias, device) -> None:
-    """``item_vectors`` float32 [I, h] (rows contiguous), ``item_bias`` float32 [I]."""
+    """``item_vectors`` float32 [I, h >= 1] (rows contiguous), ``item_bias`` float32 [I]."""
     check_tensor("item_vectors", item_vectors, torch.float32, (None, None), device)
+    if item_vectors.shape[1] < 1:  # pick_blocks divided by the feature block: ZeroDivisionError
+        raise ValueError(f"item_vectors must be [n_items, h >= 1], got {list(item_vectors.shape)}")
     check_tensor("item_bias", item_bias, torch.float32, (item_vectors.shape[0],), device)
+
+
+def check_integers(**values) -> None:
+    """Each value is an integer (Python or numpy; not a bool): the launchers pass them to the
+    kernels as scalars, where 2.5 would fail deep inside Triton."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def check_disjoint(**tensors) -> None:
+    """No two of the (contiguous) ``tensors`` share memory: the kernels write some of them in
+    place while reading the others (None entries are skipped)."""
+    spans = [(name, t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+             for name, t in tensors.items() if t is not None and t.numel() > 0]
+    for i, (name_a, start_a, end_a) in enumerate(spans):
+        for name_b, start_b, end_b in spans[i + 1:]:
+            if start_a < end_b and start_b < end_a:
+                raise ValueError(f"{name_a} and {name_b} share memory: pass separate tensors")

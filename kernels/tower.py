@@ -151,6 +151,8 @@ def tower_args(tower, d: int, h: int, placeholder: torch.Tensor):
     """
     if len(tower) > 2:
         raise ValueError(f"a tower has at most 2 layers, got {len(tower)}")
+    if d < 1:  # pick_blocks divides by the feature blocks
+        raise ValueError(f"the embeddings must have d >= 1 features, got {d}")
     width = d
     for l, (weight, bias, act) in enumerate(tower):
         if weight.dtype != torch.float32 or bias.dtype != torch.float32:

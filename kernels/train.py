@@ -22,6 +22,8 @@ states both in words.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +31,7 @@ import triton.language as tl
 from retrain.contract import GOLDEN, PERM_DOMAIN
 
 from .blocks import MIN_DOT_K, Blocks, pick_blocks
-from .inputs import check_items, check_ratings, check_tensor
+from .inputs import check_disjoint, check_integers, check_items, check_ratings, check_tensor
 from .items import _gather_items, _predict, folded_table
 from .tower import _mm, _tower_backward, _tower_forward, tower_args
 from .validate import _user_loss
@@ -397,9 +399,14 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
     validation ratings (0 for users not in ``order`` or without validation ratings), or None.
     """
     device = emb.device
-    ends = [int(n) for n in checkpoint_ends]
+    ends = list(checkpoint_ends)  # a string "12" would be the epochs [1, 2]
+    check_integers(batch_size=batch_size, epoch_start=epoch_start, seed=seed,
+                   **{f"checkpoint_ends[{k}]": n for k, n in enumerate(ends)})
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if len(adam) != 3 or optimizer == "adam" and not (0.0 <= adam[0] < 1.0 and 0.0 <= adam[1] < 1.0 and
+                                                      0.0 < adam[2] < math.inf):
+        raise ValueError(f"adam must be (beta1, beta2, eps) with 0 <= beta1, beta2 < 1 and a finite eps > 0, got {adam}")
     if batch_size < 1 or epoch_start < 0 or not ends or min(ends) < 0 or ends != sorted(set(ends)):
         raise ValueError(f"need batch_size >= 1, epoch_start >= 0 and increasing checkpoint_ends >= 0; got "
                          f"{batch_size}, {epoch_start}, {ends}")
@@ -421,6 +428,8 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
     if init is not None:
         check_tensor("init", init, torch.float32, (n_users, d), device)
     if val is not None:
+        if len(val) != 4:
+            raise ValueError(f"val must be (indptr, items, ratings, weights), got {len(val)} entries")
         check_ratings(*val, device)
         check_tensor("val indptr", val[0], torch.int64, (n_users + 1,), device)
     if snapshots is not None:
@@ -428,6 +437,8 @@ def train_checkpoints(emb, adam_m, adam_v, lrs, regs, indptr, keys, items, ratin
         if snapshots.shape[0] >= len(ends):
             raise ValueError(f"snapshots: at most {len(ends) - 1} (one per checkpoint but the last), "
                              f"got {snapshots.shape[0]}")
+    check_disjoint(emb=emb, adam_m=adam_m if is_adam else None, adam_v=adam_v if is_adam else None, init=init,
+                   snapshots=snapshots)  # written in place (init: read while emb is written)
     w1, c1, w2, c2, h1, n_layers, act1, act2 = tower_args(tower, d, h, item_bias)
     if item_vectors.stride(1) != 1:
         raise ValueError("item_vectors rows must be contiguous")

@@ -17,7 +17,7 @@ from .baselines import batched, eager_loop
 from .contract import initial_embeddings, user_key
 from .data import Ratings
 from .demo import describe, load_ratings
-from .errors import InputError
+from .errors import InputError, check_int
 from .hyperparams import HyperParams, model_family
 from .pretrain import pretrain
 from .report import markdown_table
@@ -58,9 +58,13 @@ def run_bench(*, model: str, users: int, seed: int = 0, probes: int = 8, epochs:
 
     ``users``: synthetic users; ``model``: its head is fitted by one ALS sweep; ``probes`` train at
     once for ``epochs`` timed epochs; the baselines are timed on ``baseline_steps`` optimizer steps
-    per probe.  InputError for an unknown backend name.
+    per probe.  InputError for an unknown backend name, or a count below 1.
     """
     model_family(model)
+    # Each at least 1: 0 probes or epochs timed nothing and printed a table of zeros, -1 probes
+    # raised inside torch.logspace.
+    for name, value in (("users", users), ("probes", probes), ("epochs", epochs), ("baseline_steps", baseline_steps)):
+        check_int(name, value, 1)
     names = list(backends) if backends else _fast_backends()
     for name in names:
         if name not in BACKENDS or name == "auto":

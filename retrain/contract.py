@@ -48,6 +48,10 @@ INIT_DOMAIN = 0x1D2E3F40
 PERM_DOMAIN = 0x5A17C0DE
 PERM_ROUNDS = 4
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Far above any user's rating count (a larger batch is the same full batch); near 2^63 a kernel's
+# step count (n + batch_size - 1) / batch_size overflows int64.
+MAX_BATCH_SIZE = 2**62
+MAX_SEED = 2**32 - 1  # the contract hashes the seed mod 2**32: a larger one would alias a smaller one
 
 
 def fmix32(x):
@@ -76,11 +80,22 @@ def id_words(user_ids) -> np.ndarray:
     (little-endian) for strings.  Stable across runs, processes and machines."""
     ids = np.asarray(user_ids)
     if ids.dtype.kind in "US" or (ids.dtype == object and all(isinstance(x, str) for x in ids.ravel())):
-        digest = lambda text: hashlib.blake2b(str(text).encode("utf-8"), digest_size=8).digest()
-        return np.frombuffer(b"".join(digest(x) for x in ids.ravel()), dtype="<u8").reshape(ids.shape).copy()
+        return np.frombuffer(b"".join(_text_digest(x) for x in ids.ravel()), dtype="<u8").reshape(ids.shape).copy()
     if ids.dtype == np.uint64:
         return ids.copy()
     return ids.astype(np.int64).view(np.uint64)
+
+
+def _text_digest(text) -> bytes:
+    """The first 8 bytes of BLAKE2b of ``text``'s UTF-8; InputError for text that has none (a lone
+    surrogate, as ``surrogateescape`` makes of bytes that are not UTF-8): a UnicodeEncodeError in
+    the middle of a training run before."""
+    try:
+        data = str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"user id {str(text)!r} is not valid text (it holds a lone surrogate): it has no UTF-8 "
+                         "bytes to key it by") from None
+    return hashlib.blake2b(data, digest_size=8).digest()
 
 
 def user_key(user_ids) -> np.ndarray:
@@ -187,8 +202,8 @@ class StepSpec:
     ``reg_u = fl32(reg + fl32(damping / n))`` for a user with ``n`` training ratings in the call
     (all of them, not the minibatch: ``damping_terms``).
     ``optimizer``: ``Adam(beta1, beta2, eps)`` or ``SGD()`` (a name is accepted too).
-    ``batch_size``: ratings per step (a user's last step may be shorter).
-    ``seed``: keys the permutations and the initial embeddings (used mod 2**32).
+    ``batch_size``: ratings per step (a user's last step may be shorter), at most ``MAX_BATCH_SIZE`` (2**62).
+    ``seed``: keys the permutations and the initial embeddings, in ``[0, MAX_SEED = 2**32 - 1]``.
     ``damping``: count-independent L2 on the user embedding, in ratings (finite, >= 0): a user
     with ``n`` ratings is shrunk as if by ``damping / n`` more reg; 0 leaves every result as
     without it, bit for bit.
@@ -212,8 +227,10 @@ class StepSpec:
             raise InputError(f"optimizer must be Adam() or SGD(), got {self.optimizer!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        check_int("batch_size", self.batch_size, 1)
-        check_int("seed", self.seed, 0)
+        # HyperParams' ranges: the C++ backend takes int64 (2^63 was a TypeError inside pybind11), and
+        # a seed of 2^32 trained as seed 0
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        check_int("seed", self.seed, 0, MAX_SEED)
         object.__setattr__(self, "damping", check_float("damping", self.damping, 0.0, maximum=FLOAT32_MAX))
 
 

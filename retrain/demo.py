@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,10 @@ from pathlib import Path
 from .artifacts import make_out_dir
 from .backends import get_backend
 from .data import Ratings, synthetic_ratings
-from .errors import InputError
+from .errors import InputError, check_float, check_int
 from .files import atomic_write_bytes
 from .heads import Head, Model
-from .hyperparams import DEFAULT_DAMPING, HyperParams, model_family
+from .hyperparams import DEFAULT_DAMPING, HyperParams
 from .movielens import load_movielens
 from .pipeline import RetrainResult, retrain_user_embeddings, tuning_subsample
 from .plots import plot_tuning_landscape, plot_validation_curve
@@ -119,14 +120,28 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     draws bars on stderr; ``max_evals`` / ``n_starts`` / ``max_time`` (seconds) are the tuning
     budget; ``new_users`` / ``val`` / ``test`` the fractions of ``protocol_split``; ``damping`` the
     recipe's ``HyperParams.damping``.  InputError
-    for a bad argument (before any work), or when the split holds out no new users.
+    for a bad argument (before any work), or when the split holds out no new users or leaves a
+    test part without ratings.
     """
-    model_family(model)
+    # Every argument before any work: a bad seed, max_evals or damping used to be found only after
+    # the pretraining (minutes on a large file), with the output folder already made.
+    HyperParams(model=model, seed=seed, damping=damping)  # the recipe's rules for these fields
+    check_int("max_evals", max_evals, 1)
+    if n_starts is not None:
+        check_int("n_starts", n_starts, 1)
+    if max_time != math.inf:  # inf: no limit
+        check_float("max_time", max_time, 0.0, strict=True)
     start = time.perf_counter()
     backend = MeteredBackend(get_backend(backend), progress=progress)
     split = protocol_split(data, new_users, val, test, seed=seed)
     if split.new_users is None:
         raise InputError("the demo needs new users: new_users must be > 0")
+    # Every predictor is scored on the test parts: without ratings there, every RMSE of the report
+    # is NaN (protocol_split allows test = 0, and a new user's part is rounded per user).
+    for part, users in ((split.test, "known"), (split.new_test, "new")):
+        if part.nnz == 0:
+            raise InputError(f"the test part of the {users} users is empty (test={test:g} of each user's ratings, "
+                             "rounded per user): the demo scores every predictor on it; use test > 0 or more data")
     out = make_out_dir(out)
     log.info("data: %s (%s); known users: %d pretraining / %d validation / %d test ratings; new users: %d",
              source, describe(data), split.pretrain.nnz, split.val.nnz, split.test.nnz, split.new_users.n_users)

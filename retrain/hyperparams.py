@@ -5,7 +5,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from .contract import FLOAT32_MAX
+from .contract import FLOAT32_MAX, MAX_BATCH_SIZE, MAX_SEED
 from .errors import InputError, check_float, check_fraction, check_int
 
 OPTIMIZERS = ("adam", "sgd")
@@ -20,10 +20,6 @@ _DEFAULTS = {
 }
 
 
-# Far above any user's rating count (a larger batch is the same full batch); near 2^63 a kernel's
-# step count (n + batch_size - 1) / batch_size overflows int64.
-MAX_BATCH_SIZE = 2**62
-MAX_SEED = 2**32 - 1  # the contract hashes the seed mod 2**32: a larger one would alias a smaller one
 DEFAULT_DAMPING = 5.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
 # Fields added after files began recording hyper-parameters, with the value every older file's
 # model was trained with.

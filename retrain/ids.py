@@ -237,3 +237,8 @@ def decode(tensors: dict, name: str) -> np.ndarray | None:
 def format_id(value) -> str:
     """An id as text (CSV files, messages)."""
     return str(value.item() if hasattr(value, "item") else value)
+
+
+def shown_ids(ids, most: int = 5) -> str:
+    """The first ``most`` ids as text, for a message: ``"3, 8, ..."``."""
+    return ", ".join(format_id(u) for u in ids[:most]) + (", ..." if len(ids) > most else "")

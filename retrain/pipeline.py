@@ -10,6 +10,7 @@ on held-out users.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -118,8 +119,9 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
        If every point diverged, InputError: there is nothing to retrain with.
     2. Retrain all users with the tuned values, a checkpoint every epoch and patience
        ``hyp.epochs_per_checkpoint``, and keep the best checkpoint and its epoch count.  This
-       retrain stops after ``final_max_time`` seconds (default ``max_time``) at its next
-       checkpoint, keeping the best checkpoint so far (``stop_reason == "deadline"``, logged).
+       retrain stops after ``final_max_time`` seconds (default ``max_time``; ``math.inf``: no
+       limit) at its next checkpoint, keeping the best checkpoint so far (``stop_reason ==
+       "deadline"``, logged).
     3. With ``refit`` (the default), train every user again from its init on all of its ratings
        (``train`` and ``val``) for that epoch count with the tuned values: the serving recipe
        exactly, so a fold-in of the same ratings reproduces each row (docs/pipeline.md gives the
@@ -149,8 +151,9 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     check_item_ids(head, train, "train")
     check_item_ids(head, val, "val")
     check_training_inputs(head, train, val)
-    final_max_time = check_float("final_max_time", max_time if final_max_time is None else final_max_time, 0.0,
-                                 strict=True)
+    final_max_time = max_time if final_max_time is None else final_max_time
+    if final_max_time != math.inf:  # inf: no limit, as tune's max_time (which it defaults to)
+        final_max_time = check_float("final_max_time", final_max_time, 0.0, strict=True)
     if path is not None:
         check_writable(path, "path")
     max_gather_bytes = check_int("max_gather_bytes", max_gather_bytes, 0)
@@ -176,7 +179,8 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     retrain_hyp = hyp.replace(learning_rate=tuned.lr, regularization=tuned.reg, num_users=train.n_users)
     final = (head, train, val, [tuned.lr], [tuned.reg],
              retrain_hyp.replace(epochs_per_checkpoint=1, patience=hyp.epochs_per_checkpoint))
-    options = dict(return_embeddings=True, deadline=time.monotonic() + final_max_time)
+    options = dict(return_embeddings=True,
+                   deadline=None if final_max_time == math.inf else time.monotonic() + final_max_time)
     if sharded is None:
         (probe,) = train_probes(*final, backend=backend, **options)
         shard = None

@@ -13,12 +13,13 @@ import logging
 import numpy as np
 import torch
 
-from .contract import initial_embeddings, user_key
+from .contract import FLOAT32_MAX, MAX_SEED, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
 from .heads import Head, Layer, Model
 from .hyperparams import model_family
 from .ridge import ridge_embeddings
+from .trainer import check_ratings
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,19 @@ def pretrain(ratings: Ratings, model: str = "matrix_factorization_32", *, seed: 
             global mean, so an item with one 5-star rating no longer tops everyone's list.  0 gives
             plain weighted-lambda ALS.
 
-    Raises InputError for an unknown model name, no ratings (or only ratings of weight 0), or a bad
-    ``seed``/``reg``/``iterations``.
+    Raises InputError for an unknown model name, no ratings (or only ratings of weight 0), malformed
+    hand-built ratings (naming the row), or a bad ``seed``/``reg``/``iterations``.
     ``ratings`` may be a pandas DataFrame (``Ratings.from_pandas`` reads it).
     """
     ratings = as_ratings(ratings, "ratings")
+    # Hand-built Ratings (no constructor checks): the MLP trained item -1 as the last item and a
+    # negative weight with its sign flipped, silently; ALS named the items "users".
+    check_ratings(ratings, "ratings", ratings.n_items)
     family = model_family(model)
-    seed = check_int("seed", seed, 0)
-    reg = None if reg is None else check_float("reg", reg, 0.0)
-    item_damping = check_float("item_damping", item_damping, 0.0)
+    seed = check_int("seed", seed, 0, MAX_SEED)  # HyperParams' range; torch's generator overflowed at 2^64
+    # float32's range: torch's weight decay cannot hold 1e308 (a RuntimeError inside Adam's step)
+    reg = None if reg is None else check_float("reg", reg, 0.0, maximum=FLOAT32_MAX)
+    item_damping = check_float("item_damping", item_damping, 0.0, maximum=FLOAT32_MAX)
     iterations = None if iterations is None else check_int("iterations", iterations, 1)
     if ratings.nnz == 0:
         raise InputError("pretrain needs at least one rating")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .data import Ratings, as_ratings
 from .errors import InputError, check_fraction, check_int
+from .trainer import check_ratings
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,12 @@ def protocol_split(data: Ratings, new_users: float = 0.2, val: float = 0.2, test
             ``seed + 1`` and ``seed + 2``).
 
     Fractions of a user's ratings are rounded per user (``Ratings.split_per_user``).  Raises
-    InputError naming the argument for a bad fraction, and when the split leaves no known users,
-    or a pretraining or validation part (or, with ``test > 0``, a test part) without ratings.
+    InputError naming the row for malformed hand-built ratings, naming the argument for a bad
+    fraction, and when the split leaves no known users, or a pretraining or validation part (or,
+    with ``test > 0``, a test part) without ratings.
     """
     data = as_ratings(data, "data")
+    check_ratings(data, "data", data.n_items)  # a hand-built indptr that ended short dropped ratings from every part
     new_users = check_fraction("new_users", new_users)
     val = check_fraction("val", val, zero=False)
     test = check_fraction("test", test)

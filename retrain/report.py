@@ -14,6 +14,7 @@ import torch
 from .data import Ratings
 from .errors import InputError
 from .heads import Head
+from .trainer import check_ratings
 
 ITEM_BIAS_DAMPING = 5.0  # pseudo-ratings at the global mean that shrink a rarely rated item's bias
 
@@ -30,9 +31,11 @@ def weighted_rmse(pred, ratings: Ratings) -> float:
 
 
 def model_rmse(head: Head, embeddings: torch.Tensor, ratings: Ratings) -> float:
-    """RMSE of ``head`` with user embeddings ``[ratings.n_users, d]`` (row u is ratings' user u)."""
+    """RMSE of ``head`` with user embeddings ``[ratings.n_users, d]`` (row u is ratings' user u);
+    InputError naming the row for malformed hand-built ``ratings``."""
     if embeddings.shape != (ratings.n_users, head.d):
         raise InputError(f"embeddings must be [n_users={ratings.n_users}, d={head.d}], got {tuple(embeddings.shape)}")
+    check_ratings(ratings, "ratings", head.n_items)  # a hand-built item -1 was scored as the last item
     users = torch.from_numpy(ratings.user_of_row())
     items = torch.from_numpy(ratings.items)
     with torch.no_grad():

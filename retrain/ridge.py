@@ -16,9 +16,11 @@ import functools
 import numpy as np
 import torch
 
+from .contract import FLOAT32_MAX
 from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, check_float
 from .heads import Head
+from .ids import shown_ids
 from .trainer import check_ratings
 
 _GRAM_CHUNK_BYTES = 64 << 20
@@ -37,8 +39,9 @@ def ridge_embeddings(head: Head, ratings: Ratings, reg: float, *, init: torch.Te
     Users without ratings get ``init`` (their initial embedding; zeros when not given), as in
     the contract where they keep their init.  Raises InputError for a bad ``reg``, ratings on
     other items than the head's, hand-built ratings with an item index out of range or a
-    negative or non-finite weight (naming the row), when ``reg == 0`` leaves a user's system
-    singular, and for a non-linear head.  A non-finite rating gives its user a non-finite row.
+    negative or non-finite weight (naming the row), when a too small ``reg`` (0) leaves a user's
+    system singular (its rated items span fewer than ``d`` dimensions; naming the users), and for a
+    non-linear head.  A non-finite rating gives its user a non-finite row.
     """
     return torch.from_numpy(ridge_solve(head, ratings, reg, init=init, damping=damping)[0])
 
@@ -48,13 +51,14 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
     """``ridge_embeddings`` as a float64 numpy array ``[n_users, d]``, and the indices of the users
     with ratings (the others got ``init``): serving converts once, and inits only the others."""
     ratings = as_ratings(ratings, "ratings", frames=False)
-    reg = check_float("reg", reg, 0.0)
-    damping = check_float("damping", damping, 0.0)
+    # float32's range, as every other reg: n * reg stays finite in float64 (1e308 made the systems inf)
+    reg = check_float("reg", reg, 0.0, maximum=FLOAT32_MAX)
+    damping = check_float("damping", damping, 0.0, maximum=FLOAT32_MAX)
     if ratings.n_items != head.n_items:
         raise InputError(f"ratings have {ratings.n_items} items but the head has {head.n_items}")
     if not head.is_linear:
         raise InputError(f"the ridge solver needs a linear head (no tower or identity activations), not {head.name!r}")
-    if not well_formed(ratings, head.n_items, finite_ratings=False):  # a non-finite rating gives a non-finite row
+    if not well_formed_request(ratings, head.n_items, finite_ratings=False):  # a non-finite rating: a non-finite row
         check_ratings(ratings, "ratings", head.n_items)
     counts = ratings.counts
     has = counts.nonzero()[0]
@@ -70,12 +74,25 @@ def ridge_solve(head: Head, ratings: Ratings, reg: float, *, init=None,
     rows = np.arange(ratings.nnz) if per_rating else ratings.items  # each rating's row of A
     gram, rhs = _normal_equations(A, c, rows, ratings, has)
     diagonal = np.arange(d)
-    gram[:, diagonal, diagonal] += (counts[has] * reg + damping)[:, None]  # n times the system (module docstring)
+    added = counts[has] * reg + damping
+    gram[:, diagonal, diagonal] += added[:, None]  # n times the system (module docstring)
+    maybe = _may_be_singular(added, np.trace(gram, axis1=1, axis2=2), d)
+    if maybe.any():
+        _check_regular(gram[maybe], added[maybe], ratings.user_ids[has[maybe]])
     try:
         out[has] = np.linalg.solve(gram, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError:
         raise InputError(_SINGULAR) from None
     return out, has
+
+
+def well_formed_request(ratings: Ratings, n_items: int, *, finite_ratings: bool = True) -> bool:
+    """``retrain.data.well_formed`` (three reductions) and ``indptr``'s ends and order (one diff):
+    a request's cheap check.  False sends the caller to ``check_ratings``, which names what is
+    wrong; a hand-built ``indptr`` that started at 1 or ended short silently dropped ratings."""
+    indptr = ratings.indptr
+    return bool(well_formed(ratings, n_items, finite_ratings=finite_ratings) and len(indptr) and indptr[0] == 0
+                and indptr[-1] == ratings.nnz and (len(indptr) < 3 or np.diff(indptr).min() >= 0))
 
 
 def _solve_few_users(head: Head, ratings: Ratings, users: np.ndarray, reg: float, damping: float,
@@ -89,8 +106,32 @@ def _solve_few_users(head: Head, ratings: Ratings, users: np.ndarray, reg: float
         w, n = ratings.weights[start:stop].astype(np.float64), stop - start
         Xw = X * w[:, None]
         gram = X.T @ Xw
-        gram.flat[::d + 1] += n * reg + damping  # the diagonal, in place: n times the system
+        added = n * reg + damping
+        gram.flat[::d + 1] += added  # the diagonal, in place: n times the system
+        if _may_be_singular(added, gram.trace(), d):
+            _check_regular(gram[None], np.array([added]), ratings.user_ids[u:u + 1])
         out[u] = _solve_spd(gram, Xw.T @ (ratings.ratings[start:stop] - c))
+
+
+def _may_be_singular(added, trace, d: int):
+    """Whether a system whose ridge term ``added`` is on its diagonal may be singular at numpy's
+    rank tolerance (``d * eps * largest eigenvalue``; its ``trace`` bounds that eigenvalue): the
+    term bounds every eigenvalue from below, so a regularised request checks nothing but a trace.
+    Works on scalars and on arrays of users alike."""
+    return added <= 2 * d * np.finfo(np.float64).eps * trace
+
+
+def _check_regular(gram: np.ndarray, added: np.ndarray, user_ids) -> None:
+    """InputError naming the users whose system ``gram [u, d, d]`` (ridge term ``added [u]`` on
+    its diagonal) has rank below ``d`` at numpy's tolerance.  A solve seldom meets an exact zero
+    pivot, so fewer independent rated items than ``d`` with ``reg = 0`` returned one of infinitely
+    many minimisers, picked by rounding."""
+    d = gram.shape[-1]
+    bad = np.flatnonzero(np.linalg.matrix_rank(gram, hermitian=True) < d)
+    if len(bad):
+        raise InputError(f"the ridge system is singular for user ids {shown_ids(user_ids[bad])} ({len(bad)} of them): "
+                         f"their rated items span fewer than d = {d} dimensions and reg * n + damping = {added[bad[0]]:g} "
+                         "does not make up for it: use reg > 0")
 
 
 def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -16,9 +16,9 @@ from .backends import get_backend
 from .data import Ratings, as_ratings
 from .errors import InputError
 from .heads import Head, Model
-from .ids import format_id
+from .ids import shown_ids
 from .hyperparams import HyperParams
-from .ridge import ridge_solve
+from .ridge import ridge_solve, well_formed_request
 from .trainer import check_ratings, contract_init, train_embeddings
 
 SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are computed this many bytes at a time
@@ -81,11 +81,6 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
     return train_embeddings(head, ratings, hyp, epochs, backend=backend)
 
 
-def shown_ids(ids, most: int = 5) -> str:
-    """The first ``most`` ids as text, for a message: ``"3, 8, ..."``."""
-    return ", ".join(format_id(u) for u in ids[:most]) + (", ..." if len(ids) > most else "")
-
-
 def diverged_message(user_ids, n: int, hyp: HyperParams) -> str:
     """The error for users whose fold-in is not finite."""
     return (f"the fold-in diverged for {len(user_ids)} of {n} users (user ids {shown_ids(user_ids)}): their embeddings are not "
@@ -119,7 +114,8 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     Returns ``(items, scores)``: int64 item indices ``[n, k]`` (``head.item_ids[items]`` are the
     original ids) and float32 scores ``[n, k]``, best first, on the CPU.  A score that is NaN is
     never ranked (it counts as ``-inf``); an embedding that is not finite is an InputError naming
-    its row.
+    its row, and so is a hand-built ``exclude_seen`` with an item index out of range or a broken
+    ``indptr``.
     """
     model = model_or_head if isinstance(model_or_head, Model) else None
     head = _head_of(model_or_head)
@@ -139,6 +135,10 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     n = embeddings.shape[0]
     if exclude_seen is not None:
         check_item_ids(head, exclude_seen, "exclude_seen")
+        # A hand-built one (no constructor checks) with item -1 excluded the last item instead, and
+        # with an index past the items or a broken indptr raised inside torch / numpy.
+        if not well_formed_request(exclude_seen, head.n_items, finite_ratings=False):
+            check_ratings(exclude_seen, "exclude_seen", head.n_items)
         if exclude_seen.n_users != n:
             raise InputError(f"exclude_seen has {exclude_seen.n_users} users but embeddings have {n} rows")
     if exclude_items is not None:

@@ -23,6 +23,7 @@ from retrain.files import atomic_write_bytes, atomic_write_files, read_safetenso
 from retrain.heads import Head, Model
 from retrain.hyperparams import HyperParams
 from retrain.movielens import load_movielens
+from retrain.protocol import protocol_split
 from retrain.serving import fold_in, recommend
 from retrain.trainer import train_embeddings
 
@@ -171,12 +172,44 @@ API_CASES = {
     "ridge fold-in, negative weight": (lambda t, s: fold_in(s.head, _hand_built(s.seen.select_users([1]), "weights", 2,
                                                                                 -4.0), HYP, 0, solver="ridge"),
                                        InputError, r"row 2 has a negative weight"),
+    # a broken indptr: the ridge solver's cheap check did not look at it, and an indptr that started
+    # at 1 or ended short dropped ratings silently
+    "ridge fold-in, indptr ending short": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "indptr", -1, s.seen.nnz - 2),
+                                                                HYP, 0, solver="ridge"), InputError,
+                                           r"indptr must start at 0, never decrease and end at nnz"),
+    "ridge, indptr starting at 1": (lambda t, s: retrain.ridge.ridge_embeddings(s.head, _hand_built(s.seen, "indptr", 0, 1),
+                                                                              0.1), InputError,
+                                    r"indptr must start at 0, never decrease and end at nnz"),
+    # pretrain and protocol_split checked nothing: the MLP trained item -1 as the last item (and
+    # 12 raised an IndexError inside torch), a split dropped the ratings past a short indptr
+    "pretrain an MLP, negative item index": (lambda t, s: retrain.pretrain(_hand_built(s.seen, "items", 5, -1),
+                                                                                    "mlp_2x2", iterations=1),
+                                             InputError, r"ratings: row 5 has an item index < 0"),
+    "pretrain ALS, negative weight": (lambda t, s: retrain.pretrain(_hand_built(s.seen, "weights", 5, -1.0),
+                                                                             "matrix_factorization_2", iterations=1),
+                                      InputError, r"ratings: row 5 has a negative weight"),
+    "protocol_split, indptr ending short": (lambda t, s: protocol_split(_hand_built(s.seen, "indptr", -1, s.seen.nnz - 2)),
+                                            InputError, r"data: indptr must start at 0, never decrease"),
+    "model_rmse, negative item index": (lambda t, s: retrain.report.model_rmse(s.head, s.model.user_embeddings,
+                                                                              _hand_built(s.seen, "items", 5, -1)),
+                                        InputError, r"ratings: row 5 has an item index < 0"),  # scored the last item
     "served fold-in, negative item index": (lambda t, s: s.fold_in(_hand_built(s.seen, "items", 5, -3)), InputError,
                                             r"row 5 has an item index < 0"),
     "ridge fold-in, NaN rating": (lambda t, s: fold_in(s.head, _hand_built(s.seen, "ratings", 7, np.nan), HYP, 0,
                                                        solver="ridge"), InputError, r"row 7 has a non-finite rating"),
     "served fold-in, NaN rating": (lambda t, s: s.fold_in(_hand_built(s.seen, "ratings", 7, np.nan), solver="ridge"),
                                    InputError, r"row 7 has a non-finite rating"),
+    # recommend's exclude_seen: item -1 excluded the last item instead of the seen one, 12 raised an
+    # IndexError inside torch, a decreasing indptr a ValueError inside numpy
+    "recommend excluding a negative item index": (lambda t, s: recommend(s.head, s.model.user_embeddings, 3,
+                                                                         exclude_seen=_hand_built(s.seen, "items", 5, -1)),
+                                                  InputError, r"exclude_seen: row 5 has an item index < 0"),
+    "recommend excluding an item index too big": (lambda t, s: recommend(s.head, s.model.user_embeddings, 3,
+                                                                         exclude_seen=_hand_built(s.seen, "items", 5, 12)),
+                                                  InputError, r"exclude_seen: row 5 has an item index >= 12"),
+    "recommend excluding with a decreasing indptr": (lambda t, s: recommend(
+        s.head, s.model.user_embeddings, 3, exclude_seen=_hand_built(s.seen, "indptr", 2, 0)), InputError,
+        r"exclude_seen: indptr must start at 0, never decrease"),
     "fold-in of a non-model": (lambda t, s: fold_in("model.safetensors", s.seen, HYP, 1), InputError,
                                r"expected a retrain Model or a Head, got str"),
     "fold-in of a dict": (lambda t, s: s.fold_in({"userId": [1]}), InputError, r"Ratings or a pandas DataFrame"),

@@ -21,6 +21,7 @@ from retrain import protocol_split
 from retrain.cli import main
 from retrain.data import Ratings, synthetic_ratings
 from retrain.demo import load_ratings, run_demo
+from retrain.errors import InputError
 from retrain.heads import Model
 from retrain.report import rmse_table
 
@@ -112,6 +113,26 @@ def test_run_demo_returns_the_rows_of_the_table_it_prints(tmp_path):
     assert len(result.rows) == len(ROWS) and all(row.name.startswith(n) for row, n in zip(result.rows, ROWS))
     assert rmse_table(result.rows) in result.text and f"artifacts in {result.out}/" in result.text
     assert (result.out / "report.md").is_file() and result.out == tmp_path / "run"
+
+
+@pytest.mark.parametrize("new_users,test,part", [(0.2, 0.0, "known"),  # no test part at all
+                                                  (0.05, 0.01, "new")])  # 0.01 of each new user: none
+def test_run_demo_refuses_a_split_without_test_ratings(tmp_path, new_users, test, part):
+    # Every RMSE of the report (or the new users' column) was NaN, after the whole pipeline had run.
+    data, source = load_ratings(n_users=USERS, seed=SEED)
+    with pytest.raises(InputError, match=f"test part of the {part} users is empty"):
+        run_demo(data, source, model=MODEL, seed=SEED, out=tmp_path / "run", new_users=new_users, test=test)
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("argument,value", [("seed", 2**33), ("max_evals", 0), ("damping", -1.0), ("max_time", -1.0)])
+def test_run_demo_checks_every_argument_before_any_work(tmp_path, argument, value, monkeypatch):
+    # They were found only after the pretraining (minutes on a large file), the folder made.
+    monkeypatch.setattr("retrain.demo.pretrain", lambda *a, **k: pytest.fail("pretrained before the checks"))
+    data, source = load_ratings(n_users=USERS, seed=SEED)
+    with pytest.raises(InputError, match=argument):
+        run_demo(data, source, model=MODEL, out=tmp_path / "run", **{argument: value})
+    assert not (tmp_path / "run").exists()
 
 
 def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
@@ -225,6 +246,16 @@ def test_bench_compares_backends_with_the_eager_loop():
                "--quiet")
     check_ok(proc)
     assert "| backend " in proc.stdout and "eager PyTorch loop" in proc.stdout and "× eager loop" in proc.stdout
+
+
+@pytest.mark.parametrize("count", ["probes", "epochs", "baseline_steps"])
+def test_run_bench_refuses_counts_below_one(count):
+    # 0 timed nothing and printed a table of zeros; -1 probes raised inside torch.logspace.
+    from retrain.bench import run_bench
+
+    for value in (0, -1):
+        with pytest.raises(InputError, match=f"{count} must be an integer >= 1"):
+            run_bench(model=MODEL, users=USERS, backends=["reference"], **{count: value})
 
 
 def test_metered_backend_records_what_the_trainer_saw():

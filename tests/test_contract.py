@@ -159,7 +159,11 @@ def test_step_spec_names_and_checks_its_constants():
     for kwargs, match in ((dict(optimizer="rmsprop"), "optimizer"), (dict(loss="huber"), "loss"),
                           (dict(batch_size=0), "batch_size"), (dict(batch_size=2.0), "batch_size"),
                           (dict(seed=-1), "seed"), (dict(damping=-0.5), "damping"),
-                          (dict(damping=float("nan")), "damping"), (dict(damping=1e39), "damping")):
+                          (dict(damping=float("nan")), "damping"), (dict(damping=1e39), "damping"),
+                          # HyperParams' ranges: 2^63 was a TypeError inside the cpu backend's pybind11
+                          # call, and the seed 2^32 trained as seed 0
+                          (dict(batch_size=2**63), r"batch_size must be an integer in \[1, 4611686018427387904\]"),
+                          (dict(seed=2**32), r"seed must be an integer in \[0, 4294967295\]")):
         with pytest.raises(InputError, match=match):
             StepSpec(**kwargs)
     with pytest.raises(ValueError, match="beta1"):
@@ -191,6 +195,13 @@ def test_keys_of_wide_integer_and_string_ids():
     assert wide.tolist() == user_key(np.array([-1, -(2**63) + 5])).tolist()
     assert user_key(["alice", "bob", "Zoë"]).tolist() == PINNED_STRING_KEYS
     assert user_key(np.array(["alice", "bob", "Zoë"], dtype=object)).tolist() == PINNED_STRING_KEYS
+
+
+def test_a_string_id_without_utf8_is_an_input_error():
+    # A lone surrogate (what surrogateescape makes of bytes that are not UTF-8) has no UTF-8 to hash:
+    # a UnicodeEncodeError in the middle of a training run.
+    with pytest.raises(InputError, match=r"user id 'a\\udc80' is not valid text"):
+        user_key(["b", "a\udc80"])
 
 
 def test_damping_terms_are_float32_divisions_and_zero_damping_changes_no_reg():

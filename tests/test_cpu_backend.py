@@ -100,6 +100,31 @@ def test_train_entry_checks_name_the_argument(case):
     assert np.array_equal(emb, before)  # checked before any work
 
 
+def test_hostile_calls_raise_value_errors_naming_the_argument_or_give_their_documented_result():
+    # One child process runs the cases of tests/hostile_calls.py in turn; when it dies (a
+    # segfault, an abort), the case it was running is reported and a new child goes on.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("hostile_calls.py")
+    sys.path.insert(0, str(script.parent))
+    from hostile_calls import cases
+
+    todo, failed = sorted(cases()), []
+    while todo:
+        proc = subprocess.run([sys.executable, str(script), *todo], capture_output=True, text=True, timeout=300)
+        lines = proc.stdout.splitlines()
+        for line in lines:
+            name, outcome, detail = line.split("\t", 2)
+            if outcome != "match":
+                failed.append(f"{name}: {outcome}: {detail}")
+        if len(lines) < len(todo):  # the child died in the next case
+            failed.append(f"{todo[len(lines)]}: the process died (exit {proc.returncode}): {proc.stderr[-300:]}")
+        todo = todo[len(lines) + 1:]
+    assert not failed, "\n".join(failed)
+
+
 def test_sgd_needs_no_moments_and_a_fresh_call_writes_the_init():
     args, kwargs = _valid_args("sgd")
     args["adam_m"] = args["adam_v"] = np.zeros(0, np.float32)  # empty moments are fine for sgd
@@ -260,6 +285,30 @@ def test_validation_sums_are_the_contract_fixed_point_sums():
     want, ok = fixed_point_limbs(torch.from_numpy(terms.astype(np.float64)))
     assert finite.all() and ok.all() and terms.max() > 2.0**63 and 0 < terms[3] < 2.0**-64
     assert fixed_point_value(limbs[0]) == fixed_point_value(want.sum(0))
+
+
+@pytest.mark.parametrize("simd", _C.simd_paths() if HAS_CPU_EXTENSION else [])
+def test_validation_sums_past_2_to_the_64_do_not_wrap(simd):
+    # Eight users with one term of 5e18 each (the fast path: below 2**63) add up to 4e19, past
+    # 2**64 (2**128 units of 2**-64): the 128-bit sum wrapped and gave 1.55e18 (it must carry).
+    from retrain.contract import fixed_point_limbs
+
+    n = 8
+    emb = np.full((n, 1, 1), 2.236e9, np.float32)
+    csr = (np.arange(n + 1, dtype=np.int64), np.zeros(n, np.int32), np.zeros(n, np.float32), np.ones(n, np.float32))
+    head = (np.ones((1, 1), np.float32), np.zeros(1, np.float32), 0.0, [], [], [])
+    term = float(emb[0, 0, 0] * emb[0, 0, 0])  # w (pred - r)^2 in float32, as the kernels compute it
+    want = fixed_point_value(fixed_point_limbs(torch.full((n,), term, dtype=torch.float64))[0].sum(0))
+    assert term < 2.0**63 and n * term > 2.0**64
+    for threads in (1, 2):
+        limbs, finite = _C.validation_loss(emb, *csr, *head, num_threads=threads, simd=simd)
+        assert finite.all() and fixed_point_value(limbs) == want
+        finite, limbs = _C.train_epochs(
+            emb.copy(), emb.copy(), emb.copy(), np.ones(1, np.float32), np.zeros(1, np.float32), *csr,
+            np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64), *head, epoch_start=0, n_epochs=0,
+            batch_size=1, optimizer="adam", beta1=0.9, beta2=0.999, eps=1e-8, seed=0, init=emb[:, 0],
+            val=csr, num_threads=threads, simd=simd)
+        assert finite.all() and fixed_point_value(limbs[0]) == want
 
 
 def test_thread_count_follows_the_work_unless_given():

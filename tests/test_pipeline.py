@@ -196,3 +196,15 @@ def test_validation_ratings_are_required_for_the_retrain_and_its_tuning_subsampl
         retrain_user_embeddings(model, train, val._subset_rows(keep), planted_hyp(), backend=BACKEND)
     with pytest.raises(retrain.InputError, match="the tuning subsample"):  # what the tune command trains on too
         pipeline.tuning_subsample(train, val._subset_rows(keep), planted_hyp())
+
+
+def test_max_time_inf_means_no_limit_for_the_tuning_and_the_final_retrain():
+    # tune takes max_time = math.inf as no limit; the pipeline passed it on as final_max_time and
+    # refused it ("final_max_time must be a finite number > 0"), an argument the caller never gave.
+    head, train, val = planted_problem(n_users=20)
+    result = retrain_user_embeddings(_pretrained(head, train), train, val, planted_hyp(), max_iters=4, n_starts=4,
+                                     max_time=math.inf, backend=BACKEND)
+    assert result.stop_reason != "deadline" and result.epochs >= 1
+    with pytest.raises(retrain.InputError, match="final_max_time must be a finite number > 0"):
+        retrain_user_embeddings(_pretrained(head, train), train, val, planted_hyp(), final_max_time=-1.0,
+                                backend=BACKEND)

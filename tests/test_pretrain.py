@@ -36,7 +36,10 @@ def test_models_beat_the_global_mean_on_synthetic_data():
     ("matrix_factorization_4", dict(iterations=0), "iterations must be an integer >= 1"),
     ("matrix_factorization_4", dict(reg=float("nan")), "reg must be a finite number >= 0"),
     ("mlp_4x4", dict(reg=-1.0), "reg must be a finite number >= 0"),
-    ("user_item_biases", dict(seed=-1), "seed must be an integer >= 0"),
+    ("user_item_biases", dict(seed=-1), r"seed must be an integer in \[0, 4294967295\]"),
+    ("mlp_4x4", dict(seed=2**64), r"seed must be an integer in \[0, 4294967295\]"),  # overflowed in torch's generator
+    ("mlp_4x4", dict(reg=1e308), r"reg must be .* <= 3.40282e\+38"),  # a RuntimeError inside torch's Adam
+    ("matrix_factorization_4", dict(item_damping=1e308), r"item_damping must be .* <= 3.40282e\+38"),
 ])
 def test_bad_arguments_name_the_problem(model, kwargs, message):
     with pytest.raises(InputError, match=message):

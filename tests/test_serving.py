@@ -129,6 +129,23 @@ def test_ridge_solver_refuses_a_singular_system(scipy, monkeypatch):
 
 
 
+@pytest.mark.parametrize("n_users", [1, 12])  # the user-by-user path, the bucketed path
+@pytest.mark.parametrize("scipy", [True, False])
+def test_ridge_solver_refuses_a_rank_deficient_system_without_an_exact_zero_pivot(n_users, scipy, monkeypatch):
+    # Three ratings span at most 3 of d = 4 dimensions: with reg = 0 every user's system is
+    # singular, but rounding leaves no exact zero pivot, so the solves returned one of infinitely
+    # many minimisers (seed 1: on all four paths).
+    if not scipy:
+        monkeypatch.setattr(retrain.ridge, "_dposv", lambda: None)
+    head = random_head("mf", n_items=6, d=4, seed=1)
+    data = random_ratings(n_users, 6, counts=[3] * n_users, seed=1)
+    with pytest.raises(InputError, match=rf"singular for user ids 1000\b.*\({n_users} of them\).*d = 4"):
+        ridge_embeddings(head, data, 0.0)
+    ridge_embeddings(head, data, 1e-9)  # a little regularisation makes every system regular
+    with pytest.raises(InputError, match="reg must be .* <= 3.40282e"):  # n * 1e308 is inf: no system at all
+        ridge_embeddings(head, data, 1e308)
+
+
 def test_ridge_serves_a_head_edited_in_place_with_its_new_values():
     # The ridge path caches the item table as numpy arrays per head: an in-place edit of the
     # head's tensors must reach the next request (else: the old biases, silently).

@@ -229,6 +229,27 @@ def test_launcher_rejects_bad_inputs():
         call(init=torch.zeros(3, 3, device=DEVICE))
     with pytest.raises(ValueError, match="rows"):
         pick_blocks("train", 2, 2, 2, 2, 2, rows=3)
+    # Before the checks: a TypeError, a ZeroDivisionError, or silently wrong numbers.
+    with pytest.raises(ValueError, match=r"val must be \(indptr, items, ratings, weights\), got 3"):
+        call(val=(data_t.indptr, data_t.items, data_t.ratings))
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        call(batch_size=2.5)
+    with pytest.raises(ValueError, match=r"checkpoint_ends\[0\] must be an integer"):
+        train_checkpoints(emb, torch.zeros_like(emb), torch.zeros_like(emb), lr, lr, data_t.indptr, data_t.keys,
+                          data_t.items, data_t.ratings, data_t.weights, item_vectors, item_bias, 0.0, [],
+                          checkpoint_ends="12", **{k: v for k, v in good.items() if k != "n_epochs"})  # epochs 1, 2
+    with pytest.raises(ValueError, match="adam must be"):
+        call(adam=(1.0, 0.999, 1e-8))  # beta1 = 1: every probe NaN
+    with pytest.raises(ValueError, match=r"item_vectors must be \[n_items, h >= 1\]"):
+        user_losses(emb[:, :, :0].contiguous(), data_t.indptr, data_t.items, data_t.ratings, data_t.weights,
+                    item_vectors[:, :0].contiguous(), item_bias, 0.0, [])
+    moment = torch.zeros_like(emb)
+    with pytest.raises(ValueError, match="emb and adam_m share memory"):
+        train_epochs(emb, emb, moment, lr, lr, data_t.indptr, data_t.keys, data_t.items, data_t.ratings,
+                     data_t.weights, item_vectors, item_bias, 0.0, [], **good)
+    with pytest.raises(ValueError, match="adam_m and adam_v share memory"):
+        train_epochs(emb, moment, moment, lr, lr, data_t.indptr, data_t.keys, data_t.items, data_t.ratings,
+                     data_t.weights, item_vectors, item_bias, 0.0, [], **good)
 
 
 BENCH = Path(__file__).parent / "benchmarks" / "gpu_bench.py"
