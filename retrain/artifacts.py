@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def recommendations_bytes(items: torch.Tensor, scores: torch.Tensor, user_ids: n
 
     ``items`` / ``scores``: ``[n, k]`` item indices and scores; row ``r`` belongs to user
     ``user_ids[r]``; ``item_ids`` maps item indices to original ids.  Entries scored ``-inf``
-    (fewer than ``k`` unseen items) are left out.
+    (fewer than ``k`` unseen items) or NaN (ranked as ``-inf``) are left out; a score that
+    overflowed to ``+inf`` is the user's best item and is written (``inf``).
     """
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")  # quotes a string id holding a comma, a quote or a newline
@@ -74,7 +76,7 @@ def recommendations_bytes(items: torch.Tensor, scores: torch.Tensor, user_ids: n
     for row, user in enumerate(user_ids):
         writer.writerows([user, rank + 1, item_ids[item], f"{score:.6g}"]
                          for rank, (item, score) in enumerate(zip(items[row].tolist(), scores[row].tolist()))
-                         if np.isfinite(score))
+                         if score > -math.inf)  # False for -inf and NaN
     return text.getvalue().encode()
 
 

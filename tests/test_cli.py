@@ -393,6 +393,7 @@ def test_recommendations_quote_string_ids_that_hold_commas_quotes_or_line_breaks
     # They used to be written bare: "smith, j" became two fields and shifted every column after it.
     import csv
     import io
+    import math
 
     import torch
 
@@ -406,3 +407,7 @@ def test_recommendations_quote_string_ids_that_hold_commas_quotes_or_line_breaks
                     ["smith, j", "2", "plain", "1"], ['say "hi"', "1", "a\nb", "3"], ['say "hi"', "2", "c,d", "0.5"]]
     plain = recommendations_bytes(torch.tensor([[1]]), torch.tensor([[4.25]]), np.array([7]), np.array([10, 11]))
     assert plain == b"user_id,rank,item_id,score\n7,1,11,4.25\n"  # plain ids: as before
+    # A score that overflowed to +inf is the best item, kept; -inf (padding) and NaN are left out.
+    extremes = recommendations_bytes(torch.tensor([[0, 1, 2]]), torch.tensor([[math.inf, -math.inf, math.nan]]),
+                                     np.array([7]), np.array([10, 11, 12]))
+    assert extremes == b"user_id,rank,item_id,score\n7,1,10,inf\n"
