@@ -41,13 +41,14 @@ from .errors import InputError, blame
 from .files import atomic_write_files, check_writable
 from .heads import Model
 from .hyperparams import DEFAULT_DAMPING, MAX_SEED, HyperParams, model_family
+from .ids import shown_ids
 from .movielens import load_movielens
 from .plots import plot_tuning_landscape
 from .pretrain import pretrain
 from .progress import MeteredBackend, configure_logging, progress_enabled
 from .protocol import ProtocolSplit, protocol_split
 from .report import model_rmse
-from .serving import diverged_message, recommend, shown_ids
+from .serving import diverged_message, recommend
 from .tuner import DEFAULT_BOUNDS
 
 log = logging.getLogger(__name__)
