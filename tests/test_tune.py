@@ -652,6 +652,38 @@ def test_an_interrupted_batch_keeps_its_finished_probes_and_resumes_to_the_same_
     assert (resumed.a, resumed.b, resumed.val_loss) == (whole.a, whole.b, whole.val_loss)
 
 
+@pytest.mark.parametrize("cut", [1, 4, 9])
+def test_a_batch_interrupted_in_any_memory_group_resumes_to_the_same_search(problem, monkeypatch, tmp_path, cut):
+    """A memory budget of 5 probes splits the pruned 12-point batches into groups; a run killed at
+    the ``cut``-th finished probe (in the first group, the second, ...) resumes to the uninterrupted
+    run: every point with the same loss, pruning mark and epochs (the resumed batch trains in the
+    whole batch's groups, so that each probe's pruning knows what it knew there)."""
+    head, train, val = problem
+    hyp, kwargs = planted_hyp(max_epochs=32), dict(max_evals=48, backend=BACKEND)
+    per_probe = prepare(head, train, val, hyp, BACKEND).state_bytes(1, keep_best=False)
+    monkeypatch.setattr(tune_module, "default_memory_budget", lambda device: 5 * per_probe)
+    whole = tune(head, train, val, hyp, **kwargs)
+    assert any(e.pruned for e in whole.history) and whole.n_batches >= 2
+    journal, finished = tmp_path / "tune.jsonl", []
+
+    def interrupted(problem, lrs, regs, hyp, on_finish=None, **kw):
+        def finish(index, result):
+            on_finish(index, result)
+            finished.append(index)
+            if len(finished) == cut:
+                raise KeyboardInterrupt
+        return run_probes(problem, lrs, regs, hyp, on_finish=finish, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tune_module, "run_probes", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            tune(head, train, val, hyp, journal=journal, **kwargs)
+    resumed = tune(head, train, val, hyp, journal=journal, **kwargs)
+    assert sum(not e.trained for e in resumed.history) == cut
+    assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in resumed.history] == \
+        [(e.point, e.loss, e.pruned, e.epochs_trained) for e in whole.history]
+
+
 @pytest.mark.parametrize("empty", ["no ratings", "zero weights"])
 def test_a_validation_set_that_validates_nothing_is_refused(problem, empty):
     """Every loss would be 0, so the untrained init (epoch 0) would win: an InputError, not epochs 0."""
