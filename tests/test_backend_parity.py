@@ -317,6 +317,26 @@ def test_batches_on_one_problem_equal_fresh_problems(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
+def test_a_prepared_problem_keeps_its_own_copy_of_the_ratings_and_the_init(backend):
+    """The caller's arrays changed in place after ``prepare`` (ratings, weights, the init) change
+    nothing: the next batch trains what was prepared.  On the CPU the problem held views of them,
+    and trained and validated the changed values (with the old validation weight and epoch-0 loss)."""
+    head, train, val, hyp = _trainer_problem()
+    init = np.random.default_rng(0).uniform(-0.1, 0.1, (train.n_users, head.d)).astype(np.float32)
+    problem = prepare(head, train, val, hyp, backend, init=torch.from_numpy(init))
+    lrs, regs = [1e-2, 2e-1], [1e-3, 1e-2]
+    first = run_probes(problem, lrs, regs, hyp, return_embeddings=True)
+    train.ratings[:] = 1.0
+    val.ratings[:] = 100.0
+    val.weights[:] = 0.0
+    init[:] = 5.0
+    second = run_probes(problem, lrs, regs, hyp, return_embeddings=True)
+    assert [r.history for r in second] == [r.history for r in first]
+    for a, b in zip(second, first):
+        assert torch.equal(a.embeddings, b.embeddings)
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_users_without_train_or_val_ratings(backend):
     head = random_head("mf", 10, 2)
     data = random_ratings(6, 10, counts=[0, 1, 2, 5, 8, 4], seed=0)
