@@ -149,7 +149,7 @@ class _StateBuffer:
         size = self.n_users * n_probes * self.d
         if self.flat.numel() < size:
             self.flat = torch.empty(0, dtype=torch.float32, device=self.device)  # free the old one first
-            self.flat = torch.empty(size, dtype=torch.float32, device=self.device)
+            self.flat = allocate((self.n_users, n_probes, self.d), self.device, "the probe state").view(-1)
         self._set(n_probes)
 
     def keep(self, slots: torch.Tensor) -> None:
@@ -249,12 +249,14 @@ class Problem:
         lrs = torch.as_tensor(np.asarray(lrs, dtype=np.float32), device=self.device)
         regs = torch.as_tensor(np.asarray(regs, dtype=np.float32), device=self.device)
         P = len(lrs)
+        self.live, self._best, self._snapshots = np.zeros(0, dtype=np.int64), None, []  # no batch, should it not fit
         for buffer in [self._emb, *self._moments]:
             buffer.resize(P)
+        best = allocate((self.n_users, P, self.d), self.device, "the best checkpoints' copy") if keep_best else None
         self.lrs, self.regs = lrs, regs
         self.live = np.arange(P, dtype=np.int64)
         self._state_finite = np.ones(P, dtype=bool)
-        self._best = torch.empty((self.n_users, P, self.d), device=self.device) if keep_best else None
+        self._best = best
         self._snapshots = []
         self.epoch = 0
         self.fresh = True
@@ -420,6 +422,18 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.device})"
+
+
+def allocate(shape: tuple, device, what: str) -> torch.Tensor:
+    """``torch.empty(shape)`` float32 on ``device``; MemoryError naming ``what``, its shape and its
+    bytes when the allocator refuses (torch raises a RuntimeError from inside the batch)."""
+    try:
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    except RuntimeError as exc:  # the CPU allocator's "can't allocate memory"; torch.OutOfMemoryError on a GPU
+        gib = 4 * float(np.prod(shape, dtype=np.float64)) / 2**30
+        raise MemoryError(f"{what}, float32 {list(shape)} ({gib:.4g} GiB), does not fit in the memory of {device}: "
+                          "train fewer probes at a time (run_probes' memory_budget) or fewer users per process "
+                          "(retrain.distributed shards them)") from exc
 
 
 def limbs_of_partials(partial: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
