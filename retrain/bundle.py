@@ -155,6 +155,12 @@ class ServedModel:
         self.model, self.recipe, self.seen, self.item_support = model, recipe, seen, item_support
         self._adding = threading.Lock()  # add_users from several threads: one table update at a time
 
+    def __getstate__(self) -> dict:  # pickled or copied without the lock (a new one on the other side)
+        return {name: value for name, value in self.__dict__.items() if name != "_adding"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _adding=threading.Lock())
+
     @property
     def head(self) -> Head:
         return self.model.head

@@ -1,6 +1,7 @@
 """The one-file model (``RetrainResult.save`` / ``retrain.load``): what it holds, and serving in original ids."""
 import dataclasses
 import json
+import pickle
 import threading
 import time
 
@@ -193,6 +194,10 @@ def test_add_users_from_two_threads_at_once_adds_both(monkeypatch):
     assert served.model.user_ids[order].tolist() == one_by_one.model.user_ids[expected].tolist()
     assert torch.equal(served.model.user_embeddings[order], one_by_one.model.user_embeddings[expected])
     assert served.seen.nnz == one_by_one.seen.nnz == ratings.nnz + 4
+    copied = pickle.loads(pickle.dumps(served))  # the lock stays behind: a copy has its own
+    assert torch.equal(copied.model.user_embeddings, served.model.user_embeddings)
+    copied.add_users(copied.fold_in(Ratings.from_ids([3, 3], item[4:6], [1.0, 5.0])))
+    assert copied.model.n_users == served.model.n_users + 1
 
 
 def test_a_single_diverged_fold_in_is_an_error_and_a_batch_is_flagged():
