@@ -21,6 +21,7 @@ import logging
 import math
 import numbers
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,6 +153,13 @@ class ServedModel:
                                  f"{support.dtype} {list(support.shape)}")
             item_support = support.astype(np.int64)
         self.model, self.recipe, self.seen, self.item_support = model, recipe, seen, item_support
+        self._adding = threading.Lock()  # add_users from several threads: one table update at a time
+
+    def __getstate__(self) -> dict:  # pickled or copied without the lock (a new one on the other side)
+        return {name: value for name, value in self.__dict__.items() if name != "_adding"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _adding=threading.Lock())
 
     @property
     def head(self) -> Head:
@@ -203,7 +211,9 @@ class ServedModel:
     def add_users(self, ratings_or_result, **fold_in_options) -> FoldInResult:
         """Fold in users (as ``fold_in``, or a ``FoldInResult`` already computed) and put them in the
         user table: a new id is appended, a known id's row and seen items are replaced.  Diverged
-        users are an InputError (nothing is added)."""
+        users are an InputError (nothing is added).  Safe to call from several threads at once: the
+        fold-ins run side by side, the table updates one after the other (each reads the table the
+        last one wrote; two threads' users were lost, and the second raised about a user index)."""
         if isinstance(ratings_or_result, FoldInResult):
             result = ratings_or_result
             check_item_ids(self.head, result.ratings, "the fold-in result's ratings")  # another model's result?
@@ -215,6 +225,11 @@ class ServedModel:
         if result.diverged.any():
             raise InputError(diverged_message(result.user_ids[result.diverged], len(result.user_ids),
                                               self.recipe.hyp) + ": not added")
+        with self._adding:
+            self._add(result)
+        return result
+
+    def _add(self, result: FoldInResult) -> None:
         index, found = self.model.user_lookup.find(result.user_ids)
         table = self.model.user_embeddings.clone()
         table[torch.from_numpy(index[found])] = result.embeddings[torch.from_numpy(found)]
@@ -223,7 +238,6 @@ class ServedModel:
         if self.seen is not None:
             self.seen = _replace_seen(self.seen, result.ratings, index, found, user_ids)
         self.model = Model(self.head, table, user_ids)
-        return result
 
     # ----------------------------------------------------------------- serving
     def predict(self, user_ids, item_ids, *, clip: bool = True) -> np.ndarray:

@@ -101,7 +101,8 @@ class Pruning:
     trained in this call (a resumed batch's probes that had finished before the interruption),
     each known from the checkpoint at the epoch it stopped at, as it was when it trained beside
     the others: so the probes trained now stop where they stopped in the whole batch (when it
-    trained in one memory group of ``run_probes``).
+    trained in one memory group of ``run_probes``; the tuner resumes a batch of several groups
+    group by group, ``memory_group``).
     """
 
     known: tuple[float, ...] = ()
@@ -333,7 +334,7 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
         check_float("memory_budget", memory_budget, 0.0)
     per_probe = problem.state_bytes(1, return_embeddings)
     budget = memory_budget if memory_budget is not None else default_memory_budget(problem.device)
-    group = max(1, min(len(lrs), int(budget // max(per_probe, 1))))
+    group = min(len(lrs), memory_group(problem, return_embeddings, budget))
     if per_probe > budget:  # one probe is the least a batch can hold: it was exceeded silently
         log.warning("memory budget %.3g bytes is below one probe's state (%d bytes): training one probe at a time "
                     "beyond it", budget, per_probe)
@@ -349,6 +350,12 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
             finished = tuple(r.best_val_loss for r in done if r.stop_reason in FINAL)
             pruning = replace(pruning, known=pruning.known + finished)
     return results
+
+
+def memory_group(problem: Problem, keep_best: bool, budget: float) -> int:
+    """Probes per memory group of ``run_probes``: as many as ``budget`` bytes hold the state of
+    (``Problem.state_bytes``), at least one."""
+    return max(1, int(budget // max(problem.state_bytes(1, keep_best), 1)))
 
 
 def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embeddings: bool, budget: int,

@@ -88,7 +88,8 @@ from .errors import InputError, check_float, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
-from .trainer import Pruning, check_training_inputs, check_validation, prepare, run_probes, validation_weight
+from .trainer import (Pruning, check_training_inputs, check_validation, default_memory_budget, memory_group, prepare,
+                      run_probes, validation_weight)
 
 log = logging.getLogger(__name__)
 
@@ -489,15 +490,43 @@ class _Evaluator:
         """Train the points ``to_train`` of the batch ``fresh`` into ``done`` (key -> Evaluation),
         each journaled as soon as its probe finishes.  With ``pruning``, the batch's points in
         ``done`` already (journaled by an interrupted run) count towards its target from the epoch
-        they stopped at, as they did when they trained beside the others."""
-        points = [fresh[k][0] for k in to_train]
+        they stopped at, as they did when they trained beside the others.
+
+        The batch trains in the memory groups ``run_probes`` would make of all its points, those in
+        ``done`` included, so that a resumed batch's points train beside those they trained beside
+        in the whole batch, and a group's pruning knows the final losses of the groups before it."""
         t0 = time.perf_counter()
         if self.problem is None:  # prepared once per tuning run, on its first batch
             self.problem = prepare(self.head, self.train, self.val, self.hyp, self.backend)
-        if pruning is not None:
-            final = [e for e in done.values() if not (e.pruned or e.diverged)]
-            pruning = dataclasses.replace(pruning, known=tuple(e.loss for e in self.history),
-                                          known_at=tuple((e.epochs_trained, e.loss) for e in final))
+        budget = default_memory_budget(self.problem.device)
+        group = memory_group(self.problem, False, budget)
+        batch, untrained = list(fresh), set(to_train)
+
+        def final(k) -> bool:  # a finished point's loss (not a pruned one's bound, not a penalty)
+            return k in done and not (done[k].pruned or done[k].diverged)
+
+        known = tuple(e.loss for e in self.history)
+        for first in range(0, len(batch), group):
+            members = batch[first:first + group]
+            journaled = [done[k] for k in members if k not in untrained and final(k)]
+            group_pruning = None if pruning is None else dataclasses.replace(
+                pruning, known=known, known_at=tuple((e.epochs_trained, e.loss) for e in journaled))
+            self._train_group(fresh, [k for k in members if k in untrained], done, group_pruning, budget)
+            known += tuple(done[k].loss for k in members if final(k))
+        self.n_batches += 1
+        unfinished = sum(k not in done for k in to_train)  # stopped by max_time: their losses are not the points'
+        best = min([e.loss for e in self.history] + [e.loss for e in done.values()], default=math.nan)
+        log.info("tune batch %d: trained %d points in %.2f s (%d evaluations, best %.6g)", self.n_batches,
+                 len(to_train), time.perf_counter() - t0, len(self.history) + len(done), best)
+        if unfinished:
+            log.warning("tune: max_time = %g s ran out during batch %d: %d of its %d points did not finish "
+                        "(not counted)", self.max_time, self.n_batches, unfinished, len(to_train))
+
+    def _train_group(self, fresh: dict, to_train: list, done: dict, pruning: Pruning | None, budget: int) -> None:
+        """One ``run_probes`` call for the points ``to_train`` of a memory group."""
+        if not to_train:
+            return
+        points = [fresh[k][0] for k in to_train]
 
         def finished(index: int, probe) -> None:
             k, point = to_train[index], points[index]
@@ -511,15 +540,8 @@ class _Evaluator:
                 self.journal.append(done[k])
 
         run_probes(self.problem, [lr_from_a(p[0]) for p in points], [reg_from_b(p[1]) for p in points], self.hyp,
-                   deadline=None if math.isinf(self.deadline) else self.deadline, pruning=pruning, on_finish=finished)
-        self.n_batches += 1
-        unfinished = sum(k not in done for k in to_train)  # stopped by max_time: their losses are not the points'
-        best = min([e.loss for e in self.history] + [e.loss for e in done.values()], default=math.nan)
-        log.info("tune batch %d: trained %d points in %.2f s (%d evaluations, best %.6g)", self.n_batches, len(points),
-                 time.perf_counter() - t0, len(self.history) + len(done), best)
-        if unfinished:
-            log.warning("tune: max_time = %g s ran out during batch %d: %d of its %d points did not finish "
-                        "(not counted)", self.max_time, self.n_batches, unfinished, len(points))
+                   memory_budget=budget, deadline=None if math.isinf(self.deadline) else self.deadline,
+                   pruning=pruning, on_finish=finished)
 
     def _record(self, evaluation: Evaluation, key) -> None:
         self.cache[key] = evaluation

@@ -22,6 +22,7 @@ from retrain.backends import available_backends
 from retrain.contract import initial_embeddings, permutation, user_key
 from retrain.data import Ratings
 from retrain.errors import InputError
+from retrain.heads import Head
 from retrain.hyperparams import HyperParams
 from retrain.trainer import prepare, run_probes, train_embeddings, train_probes
 
@@ -314,6 +315,43 @@ def test_batches_on_one_problem_equal_fresh_problems(backend):
     assert [r.history for r in first] == [r.history for r in
                                           train_probes(head, train, val, [1e-2, 5e-2, 2e-1], [1e-3, 0.0, 1e-2], hyp,
                                                        backend=backend)]
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_a_prepared_problem_keeps_its_own_copy_of_the_ratings_and_the_init(backend):
+    """The caller's arrays changed in place after ``prepare`` (ratings, weights, the init) change
+    nothing: the next batch trains what was prepared.  On the CPU the problem held views of them,
+    and trained and validated the changed values (with the old validation weight and epoch-0 loss)."""
+    head, train, val, hyp = _trainer_problem()
+    init = np.random.default_rng(0).uniform(-0.1, 0.1, (train.n_users, head.d)).astype(np.float32)
+    problem = prepare(head, train, val, hyp, backend, init=torch.from_numpy(init))
+    lrs, regs = [1e-2, 2e-1], [1e-3, 1e-2]
+    first = run_probes(problem, lrs, regs, hyp, return_embeddings=True)
+    train.ratings[:] = 1.0
+    val.ratings[:] = 100.0
+    val.weights[:] = 0.0
+    init[:] = 5.0
+    second = run_probes(problem, lrs, regs, hyp, return_embeddings=True)
+    assert [r.history for r in second] == [r.history for r in first]
+    for a, b in zip(second, first):
+        assert torch.equal(a.embeddings, b.embeddings)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_a_probe_state_that_cannot_be_allocated_is_a_memory_error_naming_its_size(backend):
+    """8192 users x 2^23 probes x d = 1024 is 2^48 bytes, beyond any address space: a MemoryError
+    naming the state and its size (it was the allocator's RuntimeError), leaving the problem
+    without a batch, ready for one that fits."""
+    d, n_users, n_probes = 1024, 8192, 2**23
+    head = Head.matrix_factorization(torch.full((2, d), 0.01), torch.zeros(2), 3.0)
+    data = Ratings.from_coo(np.arange(n_users), np.arange(n_users) % 2, np.full(n_users, 4.0), n_users=n_users,
+                            n_items=2)
+    problem = prepare(head, data, data, HyperParams(model=f"matrix_factorization_{d}"), backend)
+    with pytest.raises(MemoryError, match=r"the probe state, float32 \[8192, 8388608, 1024\] \(2\.621e\+05 GiB\)"):
+        problem.start(np.full(n_probes, 0.1, dtype=np.float32), np.zeros(n_probes, dtype=np.float32))
+    assert problem.n_probes == 0
+    problem.start([0.1, 0.2], [0.0, 0.0], keep_best=True)
+    assert problem.n_probes == 2 and torch.equal(problem.embeddings()[:, 1].cpu(), problem.init.cpu())
 
 
 @pytest.mark.parametrize("backend", ALL)

@@ -1,6 +1,9 @@
 """The one-file model (``RetrainResult.save`` / ``retrain.load``): what it holds, and serving in original ids."""
 import dataclasses
 import json
+import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -154,6 +157,47 @@ def test_add_users_then_predict_and_recommend_in_original_ids():
     support = served.item_support
     rare = set(item[support < 3])
     assert rare and not set(served.recommend(["zoe"], k=5, min_support=3).item_ids[0]) & rare
+
+
+def test_add_users_from_two_threads_at_once_adds_both(monkeypatch):
+    """Two threads adding other users at once: the table ends with both, rows and seen items as
+    added one after the other.  The id concatenation is slowed so that the updates overlap (one
+    thread's users were lost, and the other raised an InputError about a user index)."""
+    served, ratings = _served(*ID_KINDS["int64"])
+    item = ratings.item_ids
+    results = [served.fold_in(Ratings.from_ids([user] * 2, item[first:first + 2], [4.0, 2.0]))
+               for user, first in ((1, 0), (2, 2))]
+    one_by_one, _ = _served(*ID_KINDS["int64"])
+    for result in results:
+        one_by_one.add_users(result)
+    concatenate, errors = retrain.bundle.concatenate, []
+
+    def slow(*args):
+        time.sleep(0.1)
+        return concatenate(*args)
+
+    def add(result):
+        try:
+            served.add_users(result)
+        except Exception as exc:  # collected: an exception in a thread would only be printed
+            errors.append(exc)
+
+    monkeypatch.setattr(retrain.bundle, "concatenate", slow)
+    threads = [threading.Thread(target=add, args=(result,)) for result in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    order = np.argsort(served.model.user_ids)  # the order the threads ran in is not fixed
+    expected = np.argsort(one_by_one.model.user_ids)
+    assert served.model.user_ids[order].tolist() == one_by_one.model.user_ids[expected].tolist()
+    assert torch.equal(served.model.user_embeddings[order], one_by_one.model.user_embeddings[expected])
+    assert served.seen.nnz == one_by_one.seen.nnz == ratings.nnz + 4
+    copied = pickle.loads(pickle.dumps(served))  # the lock stays behind: a copy has its own
+    assert torch.equal(copied.model.user_embeddings, served.model.user_embeddings)
+    copied.add_users(copied.fold_in(Ratings.from_ids([3, 3], item[4:6], [1.0, 5.0])))
+    assert copied.model.n_users == served.model.n_users + 1
 
 
 def test_a_single_diverged_fold_in_is_an_error_and_a_batch_is_flagged():

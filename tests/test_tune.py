@@ -611,6 +611,28 @@ def test_pruning_the_space_filling_batches_changes_no_search(problem, monkeypatc
         [(e.point, e.loss, e.pruned, e.epochs_trained) for e in pruned.history]
 
 
+def _tune_killed(monkeypatch, cut: int, first_call_only: bool, *args, **kwargs) -> None:
+    """``tune(*args, **kwargs)`` killed (KeyboardInterrupt) once ``cut`` probes have finished: in its
+    first ``run_probes`` call when ``first_call_only``, else in all its calls together."""
+    calls, finished = [], []
+
+    def interrupted(problem, lrs, regs, hyp, on_finish=None, **kw):
+        calls.append(len(lrs))
+
+        def finish(index, result):
+            on_finish(index, result)
+            if len(calls) == 1 or not first_call_only:
+                finished.append(index)
+            if len(finished) == cut:
+                raise KeyboardInterrupt
+        return run_probes(problem, lrs, regs, hyp, on_finish=finish, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tune_module, "run_probes", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            tune(*args, **kwargs)
+
+
 def test_an_interrupted_batch_keeps_its_finished_probes_and_resumes_to_the_same_search(problem, monkeypatch,
                                                                                         tmp_path):
     """Killed in the middle of the pruned space-filling batch: the probes that had finished are in
@@ -621,23 +643,8 @@ def test_an_interrupted_batch_keeps_its_finished_probes_and_resumes_to_the_same_
     whole = tune(head, train, val, hyp, **kwargs)
     first_batch = [e for e in whole.history if e.round == 0]
     assert any(e.pruned for e in first_batch)
-    journal, cut, calls = tmp_path / "tune.jsonl", len(first_batch) // 2, []
-
-    def interrupted(problem, lrs, regs, hyp, on_finish=None, **kw):
-        calls.append(len(lrs))
-        finished = []
-
-        def finish(index, result):  # killed in the first batch once ``cut`` of its probes have finished
-            on_finish(index, result)
-            finished.append(index)
-            if len(calls) == 1 and len(finished) == cut:
-                raise KeyboardInterrupt
-        return run_probes(problem, lrs, regs, hyp, on_finish=finish, **kw)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(tune_module, "run_probes", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            tune(head, train, val, hyp, journal=journal, **kwargs)
+    journal, cut = tmp_path / "tune.jsonl", len(first_batch) // 2
+    _tune_killed(monkeypatch, cut, True, head, train, val, hyp, journal=journal, **kwargs)  # in the first batch
     assert len(_entries(journal)) == cut  # nothing finished is lost
 
     trained = []
@@ -650,6 +657,26 @@ def test_an_interrupted_batch_keeps_its_finished_probes_and_resumes_to_the_same_
     assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in resumed.history] == \
         [(e.point, e.loss, e.pruned, e.epochs_trained) for e in whole.history]
     assert (resumed.a, resumed.b, resumed.val_loss) == (whole.a, whole.b, whole.val_loss)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 9])
+def test_a_batch_interrupted_in_any_memory_group_resumes_to_the_same_search(problem, monkeypatch, tmp_path, cut):
+    """A memory budget of 5 probes splits the pruned 12-point batches into groups; a run killed at
+    the ``cut``-th finished probe (in the first group, the second, ...) resumes to the uninterrupted
+    run: every point with the same loss, pruning mark and epochs (the resumed batch trains in the
+    whole batch's groups, so that each probe's pruning knows what it knew there)."""
+    head, train, val = problem
+    hyp, kwargs = planted_hyp(max_epochs=32), dict(max_evals=48, backend=BACKEND)
+    per_probe = prepare(head, train, val, hyp, BACKEND).state_bytes(1, keep_best=False)
+    monkeypatch.setattr(tune_module, "default_memory_budget", lambda device: 5 * per_probe)
+    whole = tune(head, train, val, hyp, **kwargs)
+    assert any(e.pruned for e in whole.history) and whole.n_batches >= 2
+    journal = tmp_path / "tune.jsonl"
+    _tune_killed(monkeypatch, cut, False, head, train, val, hyp, journal=journal, **kwargs)
+    resumed = tune(head, train, val, hyp, journal=journal, **kwargs)
+    assert sum(not e.trained for e in resumed.history) == cut
+    assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in resumed.history] == \
+        [(e.point, e.loss, e.pruned, e.epochs_trained) for e in whole.history]
 
 
 @pytest.mark.parametrize("empty", ["no ratings", "zero weights"])

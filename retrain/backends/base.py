@@ -96,12 +96,23 @@ def csr_tensors(ratings, device) -> CSRTensors:
     """``Ratings`` as ``CSRTensors`` on ``device``; keys come from the original user ids."""
     if ratings.n_items >= 2**31:
         raise InputError(f"at most 2**31 - 1 items are supported, got {ratings.n_items}")
+    return CSRTensors(_owned(ratings.indptr, np.int64, device), _owned(ratings.items, np.int32, device),
+                      _owned(ratings.ratings, np.float32, device), _owned(ratings.weights, np.float32, device),
+                      _owned(user_key(ratings.user_ids), np.int64, device))
+
+
+def _owned(array: np.ndarray, dtype, device) -> torch.Tensor:
+    """``array`` as a contiguous ``dtype`` tensor on ``device`` that shares no memory with it.
+
+    On the CPU, conversion and move return the caller's own memory when the dtype matches: a
+    prepared problem read the ratings as they were at each call (the caller changing them in place
+    between two batches, or from another thread while the GIL was released, changed the results)."""
     # Converted by numpy, then moved: torch's multi-threaded .to(dtype) of these small arrays costs
     # a fold-in's prepare 12-15 ms on a loaded 2-core machine (0.5 ms one-threaded); same values.
-    as_t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a, dtype=dt)).to(device)
-    return CSRTensors(as_t(ratings.indptr, np.int64), as_t(ratings.items, np.int32),
-                      as_t(ratings.ratings, np.float32), as_t(ratings.weights, np.float32),
-                      as_t(user_key(ratings.user_ids), np.int64))
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(device)
+    if tensor.device.type == "cpu" and np.may_share_memory(tensor.numpy(), array):
+        tensor = tensor.clone()
+    return tensor
 
 
 def validation_weight(val) -> float:
@@ -138,7 +149,7 @@ class _StateBuffer:
         size = self.n_users * n_probes * self.d
         if self.flat.numel() < size:
             self.flat = torch.empty(0, dtype=torch.float32, device=self.device)  # free the old one first
-            self.flat = torch.empty(size, dtype=torch.float32, device=self.device)
+            self.flat = allocate((self.n_users, n_probes, self.d), self.device, "the probe state").view(-1)
         self._set(n_probes)
 
     def keep(self, slots: torch.Tensor) -> None:
@@ -174,7 +185,9 @@ class Problem:
         self.n_train = train.nnz
         if init.shape != (self.n_users, self.d):
             raise InputError(f"init must be [n_users={self.n_users}, d={self.d}], got {tuple(init.shape)}")
-        self.init = init.to(device=self.device, dtype=torch.float32).contiguous()
+        # A copy: the caller's init tensor, changed later, would train the next batch from another init
+        # while epoch 0 kept the validation of the first (computed once per problem).
+        self.init = init.to(device=self.device, dtype=torch.float32, copy=True).contiguous()
         counts = train.counts
         self.order = heaviest_first(counts)  # every user: the ones without ratings come last
         self.n_with_ratings = int((counts > 0).sum())
@@ -236,12 +249,14 @@ class Problem:
         lrs = torch.as_tensor(np.asarray(lrs, dtype=np.float32), device=self.device)
         regs = torch.as_tensor(np.asarray(regs, dtype=np.float32), device=self.device)
         P = len(lrs)
+        self.live, self._best, self._snapshots = np.zeros(0, dtype=np.int64), None, []  # no batch, should it not fit
         for buffer in [self._emb, *self._moments]:
             buffer.resize(P)
+        best = allocate((self.n_users, P, self.d), self.device, "the best checkpoints' copy") if keep_best else None
         self.lrs, self.regs = lrs, regs
         self.live = np.arange(P, dtype=np.int64)
         self._state_finite = np.ones(P, dtype=bool)
-        self._best = torch.empty((self.n_users, P, self.d), device=self.device) if keep_best else None
+        self._best = best
         self._snapshots = []
         self.epoch = 0
         self.fresh = True
@@ -407,6 +422,18 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.device})"
+
+
+def allocate(shape: tuple, device, what: str) -> torch.Tensor:
+    """``torch.empty(shape)`` float32 on ``device``; MemoryError naming ``what``, its shape and its
+    bytes when the allocator refuses (torch raises a RuntimeError from inside the batch)."""
+    try:
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    except RuntimeError as exc:  # the CPU allocator's "can't allocate memory"; torch.OutOfMemoryError on a GPU
+        gib = 4 * float(np.prod(shape, dtype=np.float64)) / 2**30
+        raise MemoryError(f"{what}, float32 {list(shape)} ({gib:.4g} GiB), does not fit in the memory of {device}: "
+                          "train fewer probes at a time (run_probes' memory_budget) or fewer users per process "
+                          "(retrain.distributed shards them)") from exc
 
 
 def limbs_of_partials(partial: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 
 from ..contract import Adam
 from ..errors import check_int
-from .base import ACTIVATION_CODES, Backend, Problem, _StateBuffer, csr_tensors, head_tensors
+from .base import ACTIVATION_CODES, Backend, Problem, _StateBuffer, allocate, csr_tensors, head_tensors
 
 try:
     from .. import _C
@@ -107,7 +107,9 @@ class CpuProblem(Problem):
         if self._best is not None and K > 1:
             size = (K - 1) * self.n_users * self.n_probes * self.d
             if self._snapshot_flat.numel() < size:
-                self._snapshot_flat = torch.empty(size, dtype=torch.float32)
+                self._snapshot_flat = torch.empty(0, dtype=torch.float32)  # free the old one first
+                self._snapshot_flat = allocate((K - 1, self.n_users, self.n_probes, self.d), "cpu",
+                                               "the checkpoints' snapshots").view(-1)
             snapshots = self._snapshot_flat[:size].view(K - 1, self.n_users, self.n_probes, self.d)
         finite, limbs = self._call(ends, validate=self.has_val, snapshots=snapshots)
         return self._fused_checkpoints(int(ends[-1]), finite, limbs, snapshots)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..contract import Adam
 from ..errors import InputError
-from .base import ACTIVATION_CODES, Backend, Problem, csr_tensors, head_tensors, limbs_of_partials
+from .base import ACTIVATION_CODES, Backend, Problem, allocate, csr_tensors, head_tensors, limbs_of_partials
 
 try:
     import triton  # noqa: F401  (only to know whether it is there)
@@ -101,7 +101,7 @@ class TritonProblem(Problem):
         K = len(ends)
         snapshots = None
         if self._best is not None and K > 1:
-            snapshots = torch.empty((K - 1, self.n_users, self.n_probes, self.d), device=self.device)
+            snapshots = allocate((K - 1, self.n_users, self.n_probes, self.d), self.device, "the checkpoints' snapshots")
         bad, partial = self._launch(ends, order=self._order, validate=self.has_val, snapshots=snapshots)
         finite, limbs = (bad == 0).cpu().numpy(), None
         if self.has_val:
