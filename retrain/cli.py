@@ -2,9 +2,11 @@
 
 It parses the options and calls the library (``retrain.protocol``, ``retrain.artifacts``,
 ``retrain.demo``, ``retrain.bench``).  Results go to stdout; progress bars and log lines go to
-stderr.  Exit status: 0 when done; 2 for a mistake in the input (``retrain.InputError``) or a file
-that cannot be read or written (``OSError``), reported as one line ``retrain <command>: error:
-...``; 1 for any other exception (a bug in retrain), with its traceback; 130 when interrupted.
+stderr.  Exit status: 0 when done; 2 for a mistake in the input (``retrain.InputError``), a file
+that cannot be read or written (``OSError``) or a job larger than the memory (``MemoryError``: the
+backends name the buffer, its size and what to do), reported as one line ``retrain <command>:
+error: ...``; 1 for any other exception (a bug in retrain), with its traceback; 130 when
+interrupted.
 ``--verbose`` prints the traceback of every error.
 
 Under torchrun (``torchrun --nproc-per-node N -m retrain run ...``) every rank runs the command:
@@ -429,7 +431,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"retrain {name}: interrupted", file=sys.stderr)
         return 130
-    except (InputError, OSError) as exc:  # OSError: unreadable input, unwritable output
+    except (InputError, OSError, MemoryError) as exc:  # OSError: unreadable input, unwritable output
         if args.verbose:
             traceback.print_exc()
         message = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the message

@@ -383,6 +383,15 @@ def test_a_plain_value_error_is_a_bug_too(tmp_path, capsys, monkeypatch, restore
     assert code == 1 and "Traceback" in capsys.readouterr().err
 
 
+def test_a_job_larger_than_the_memory_is_one_error_line_and_exit_2(tmp_path, capsys, monkeypatch, restore_logger):
+    # The backends' MemoryError names the buffer, its size and the remedy: not a bug's traceback.
+    monkeypatch.setattr(Ratings, "split_per_user", _raise(MemoryError("the probe state, float32 [8, 2, 4] ...")))
+    code = in_process(capsys, "pretrain", "--users", 40, "--out", tmp_path / "model.safetensors")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "retrain pretrain: error: the probe state, float32 [8, 2, 4] ..."
+
+
 def test_an_interrupt_exits_130(tmp_path, capsys, monkeypatch, restore_logger):
     monkeypatch.setattr(Ratings, "split_per_user", _raise(KeyboardInterrupt()))
     code = in_process(capsys, "pretrain", "--users", 40, "--out", tmp_path / "model.safetensors")
