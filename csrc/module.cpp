@@ -289,11 +289,12 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     a.order = order_arg(order, a.data.n_users, &a.n_order);
     if (epoch_start < 0) fail("epoch_start must be >= 0, got " + std::to_string(epoch_start));
     if (n_epochs < 0) fail("n_epochs must be >= 0, got " + std::to_string(n_epochs));
-    // At most 2^62 (retrain.hyperparams.MAX_BATCH_SIZE): a step count (n + batch_size - 1) / batch_size
+    // At most 2^62 (retrain.contract.MAX_BATCH_SIZE): a step count (n + batch_size - 1) / batch_size
     // near 2^63 overflows; any batch above a user's count is the same full batch.
     if (batch_size < 1 || batch_size > (int64_t{1} << 62))
         fail("batch_size must be in [1, 2^62], got " + std::to_string(batch_size));
-    // A user's Adam step count reaches (epoch_start + n_epochs) * steps per epoch: at most 2^62,
+    // A user's Adam step count reaches (epoch_start + n_epochs) * steps per epoch: at most 2^62
+    // (retrain.contract.MAX_STEPS),
     // so that it (and the bias-correction table's size) never overflows int64.
     int64_t most = 0;
     for (int64_t u = 0; u < a.data.n_users; ++u) most = std::max(most, a.data.indptr[u + 1] - a.data.indptr[u]);

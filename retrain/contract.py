@@ -52,6 +52,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # step count (n + batch_size - 1) / batch_size overflows int64.
 MAX_BATCH_SIZE = 2**62
 MAX_SEED = 2**32 - 1  # the contract hashes the seed mod 2**32: a larger one would alias a smaller one
+MAX_STEPS = 2**62  # a user's Adam step count, int64 in every backend (the cpu kernel refuses more)
 
 
 def fmix32(x):

@@ -22,7 +22,7 @@ import torch
 
 from .backends import get_backend
 from .backends.base import Problem, validation_weight
-from .contract import FLOAT32_MAX, StepSpec, initial_embeddings, user_key
+from .contract import FLOAT32_MAX, MAX_STEPS, StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
 from .heads import Head, check_head_like
@@ -453,9 +453,12 @@ def train_embeddings(head, ratings: Ratings, hyp: HyperParams, epochs: int, back
     reproduced), else ``ratings.n_users``.  A user whose training diverges gets a non-finite row
     (no error here: the callers flag or refuse those users, ``retrain.serving``, the pipeline's refit).
     """
-    epochs = check_int("epochs", epochs, 0)
     check_step_sizes(np.array([hyp.learning_rate]), np.array([hyp.regularization]))
     problem = prepare(head, ratings, None, hyp, backend, init=init)
+    # The heaviest user takes epochs * its steps per epoch Adam steps: counted in int64, at most
+    # MAX_STEPS (the cpu kernel refused more with a plain ValueError; the reference trained for ever).
+    steps = max(1, -(-int(ratings.counts.max(initial=0)) // hyp.batch_size))
+    epochs = check_int("epochs", epochs, 0, MAX_STEPS // steps)
     problem.start([hyp.learning_rate], [hyp.regularization])
     problem.train(epochs)
     return problem.embeddings()[:, 0].cpu().clone()
