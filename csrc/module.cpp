@@ -294,8 +294,8 @@ py::tuple train_epochs_py(const py::handle& emb, const py::handle& adam_m, const
     if (batch_size < 1 || batch_size > (int64_t{1} << 62))
         fail("batch_size must be in [1, 2^62], got " + std::to_string(batch_size));
     // A user's Adam step count reaches (epoch_start + n_epochs) * steps per epoch: at most 2^62
-    // (retrain.contract.MAX_STEPS),
-    // so that it (and the bias-correction table's size) never overflows int64.
+    // (retrain.contract.MAX_STEPS), so that it (and the bias-correction table's size) never
+    // overflows int64.
     int64_t most = 0;
     for (int64_t u = 0; u < a.data.n_users; ++u) most = std::max(most, a.data.indptr[u + 1] - a.data.indptr[u]);
     const int64_t max_epochs = (int64_t{1} << 62) / std::max<int64_t>(1, (most + batch_size - 1) / batch_size);
