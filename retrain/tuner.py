@@ -140,9 +140,8 @@ class Evaluation:
     local search that asked for it first (-1: the space-filling batches), ``time`` seconds since
     ``tune`` started when its probe finished (for a point read from the journal, when it was read;
     ``history`` is in batch order, not in time order), ``trained`` False when read from the
-    journal, ``pruned`` True when training
-    stopped it early because it could not matter (``retrain.trainer.Pruning``: ``val_loss`` is its
-    best so far, no lower than its full value).
+    journal, ``pruned`` True when training stopped it early because it could not matter
+    (``retrain.trainer.Pruning``: ``val_loss`` is its best so far, no lower than its full value).
     """
 
     a: float

@@ -102,17 +102,13 @@ def csr_tensors(ratings, device) -> CSRTensors:
 
 
 def _owned(array: np.ndarray, dtype, device) -> torch.Tensor:
-    """``array`` as a contiguous ``dtype`` tensor on ``device`` that shares no memory with it.
-
-    On the CPU, conversion and move return the caller's own memory when the dtype matches: a
-    prepared problem read the ratings as they were at each call (the caller changing them in place
-    between two batches, or from another thread while the GIL was released, changed the results)."""
+    """``array`` as a contiguous ``dtype`` tensor on ``device`` in memory of its own (``np.array``
+    copies): a prepared problem that held the caller's memory read the ratings as they were at each
+    call (changed in place between two batches, or from another thread while the GIL was released,
+    they changed the results)."""
     # Converted by numpy, then moved: torch's multi-threaded .to(dtype) of these small arrays costs
     # a fold-in's prepare 12-15 ms on a loaded 2-core machine (0.5 ms one-threaded); same values.
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(device)
-    if tensor.device.type == "cpu" and np.may_share_memory(tensor.numpy(), array):
-        tensor = tensor.clone()
-    return tensor
+    return torch.from_numpy(np.array(array, dtype=dtype, order="C")).to(device)
 
 
 def validation_weight(val) -> float:
