@@ -152,7 +152,10 @@ class ServedModel:
                 raise InputError(f"item_support must be integer counts >= 0 [n_items={model.head.n_items}], got "
                                  f"{support.dtype} {list(support.shape)}")
             item_support = support.astype(np.int64)
-        self.model, self.recipe, self.seen, self.item_support = model, recipe, seen, item_support
+        self.recipe, self.item_support = recipe, item_support
+        # The user table and its seen items, replaced together by add_users in one assignment: a
+        # reader takes the pair once, so it never pairs one update's rows with another's items.
+        self._table = (model, seen)
         self._adding = threading.Lock()  # add_users from several threads: one table update at a time
 
     def __getstate__(self) -> dict:  # pickled or copied without the lock (a new one on the other side)
@@ -160,6 +163,16 @@ class ServedModel:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _adding=threading.Lock())
+
+    @property
+    def model(self) -> Model:
+        """The ``Model`` served now (``add_users`` replaces it)."""
+        return self._table[0]
+
+    @property
+    def seen(self) -> Ratings | None:
+        """The ratings each user of ``model`` was trained on (row u: user u), or None."""
+        return self._table[1]
 
     @property
     def head(self) -> Head:
@@ -213,7 +226,9 @@ class ServedModel:
         user table: a new id is appended, a known id's row and seen items are replaced.  Diverged
         users are an InputError (nothing is added).  Safe to call from several threads at once: the
         fold-ins run side by side, the table updates one after the other (each reads the table the
-        last one wrote; two threads' users were lost, and the second raised about a user index)."""
+        last one wrote; two threads' users were lost, and the second raised about a user index).
+        ``predict``, ``recommend`` and ``save`` meanwhile read the table before or after an update,
+        never half of one."""
         if isinstance(ratings_or_result, FoldInResult):
             result = ratings_or_result
             check_item_ids(self.head, result.ratings, "the fold-in result's ratings")  # another model's result?
@@ -230,14 +245,15 @@ class ServedModel:
         return result
 
     def _add(self, result: FoldInResult) -> None:
-        index, found = self.model.user_lookup.find(result.user_ids)
-        table = self.model.user_embeddings.clone()
+        model, seen = self._table
+        index, found = model.user_lookup.find(result.user_ids)
+        table = model.user_embeddings.clone()
         table[torch.from_numpy(index[found])] = result.embeddings[torch.from_numpy(found)]
-        user_ids = concatenate(self.model.user_ids, result.user_ids[~found], "user id")
+        user_ids = concatenate(model.user_ids, result.user_ids[~found], "user id")
         table = torch.cat([table, result.embeddings[torch.from_numpy(~found)]])
-        if self.seen is not None:
-            self.seen = _replace_seen(self.seen, result.ratings, index, found, user_ids)
-        self.model = Model(self.head, table, user_ids)
+        if seen is not None:
+            seen = _replace_seen(seen, result.ratings, index, found, user_ids)
+        self._table = (Model(self.head, table, user_ids), seen)
 
     # ----------------------------------------------------------------- serving
     def predict(self, user_ids, item_ids, *, clip: bool = True) -> np.ndarray:
@@ -254,24 +270,26 @@ class ServedModel:
         out when ``exclude_seen`` (and the model knows them), and items with fewer than
         ``min_support`` training ratings (when the model knows the support)."""
         min_support = check_int("min_support", min_support, 0)
-        rows = self.model.user_index(user_ids)
+        model, seen = self._table  # one table: an add_users meanwhile is not half seen
+        rows = model.user_index(user_ids)
         exclude = None
         if min_support > 0:
             if self.item_support is None:
                 raise InputError("min_support needs the item support, which this model file does not hold")
             exclude = self.item_support < min_support
-        seen = self.seen.select_users(rows) if exclude_seen and self.seen is not None else None
+        seen = seen.select_users(rows) if exclude_seen and seen is not None else None
         k = min(check_int("k", k, 1), self.head.n_items)
-        items, scores = recommend(self.head, self.model.user_embeddings[torch.from_numpy(rows)], k,
+        items, scores = recommend(self.head, model.user_embeddings[torch.from_numpy(rows)], k,
                                   exclude_seen=seen, exclude_items=exclude, backend=backend)
         scores = scores.numpy()
-        return Recommendations(self.model.user_ids[rows], self.head.item_ids[items.numpy()], scores,
+        return Recommendations(model.user_ids[rows], self.head.item_ids[items.numpy()], scores,
                                np.isfinite(scores).sum(1))
 
     # ----------------------------------------------------------------- files
     def save(self, path) -> None:
         """Write the bundle (module docstring) in one atomic, byte-reproducible write."""
-        save_bundle(path, self.model, self.recipe, self.seen, self.item_support)
+        model, seen = self._table  # one table: an add_users meanwhile is not half saved
+        save_bundle(path, model, self.recipe, seen, self.item_support)
 
 
 def _replace_seen(seen: Ratings, new: Ratings, index: np.ndarray, found: np.ndarray, user_ids: np.ndarray) -> Ratings:

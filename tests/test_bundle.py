@@ -200,6 +200,35 @@ def test_add_users_from_two_threads_at_once_adds_both(monkeypatch):
     assert copied.model.n_users == served.model.n_users + 1
 
 
+def test_recommend_and_save_during_add_users_see_the_table_before_it(monkeypatch, tmp_path):
+    """A reader while ``add_users`` replaces a user sees the whole table before the update (or
+    after it), never the new seen items beside the old rows: the update is paused where the old
+    code had stored the new seen items but not yet the new table, and recommend and save run
+    there (recommend left the user's new items out of the old embedding's list)."""
+    served, ratings = _served(*ID_KINDS["int64"])
+    user = served.model.user_ids[2]
+    before, table = served.recommend([user], k=3), served.model.user_embeddings.clone()
+    # Re-add the user with ratings on its current top items: the new seen items change its list.
+    result = served.fold_in(Ratings.from_ids([user] * 3, before.item_ids[0], [5.0, 4.0, 3.0]))
+    real_model, during = retrain.bundle.Model, {}
+
+    def paused(*args):  # the new table is being made: read the served model from "another thread"
+        during["top"] = served.recommend([user], k=3)
+        served.save(tmp_path / "during.safetensors")
+        return real_model(*args)
+
+    monkeypatch.setattr(retrain.bundle, "Model", paused)
+    served.add_users(result)
+    assert during["top"].item_ids.tolist() == before.item_ids.tolist()
+    assert np.array_equal(during["top"].scores, before.scores)
+    saved = retrain.load(tmp_path / "during.safetensors")
+    assert torch.equal(saved.model.user_embeddings, table)
+    row = saved.model.user_index([user])
+    assert np.array_equal(saved.seen.select_users(row).items, ratings.select_users(row).items)
+    after = served.recommend([user], k=3)
+    assert not set(after.item_ids[0]) & set(before.item_ids[0])  # the update itself took effect
+
+
 def test_a_single_diverged_fold_in_is_an_error_and_a_batch_is_flagged():
     served, ratings = _served(*ID_KINDS["int64"])
     served.recipe = Recipe(HYP.replace(learning_rate=1e30, optimizer="sgd"), EPOCHS)
