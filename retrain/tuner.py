@@ -387,8 +387,10 @@ class _Evaluator:
     """The gate's bookkeeping: cache, budgets, history, journal, and training a round's new points."""
 
     def __init__(self, head, train, val, hyp, backend, max_evals, max_time, journaled: dict,
-                 journal: Journal | None):
+                 journal: Journal | None, memory_budget: int | None = None):
         self.head, self.train, self.val, self.hyp, self.backend = head, train, val, hyp, backend
+        self.memory_budget = memory_budget  # None: the device's default, read at each batch
+        self.warned_groups = False
         self.problem = None  # the prepared problem, shared by every batch of the run
         self.max_evals, self.max_time = max_evals, max_time
         self.journal, self.journaled = journal, journaled
@@ -497,9 +499,14 @@ class _Evaluator:
         t0 = time.perf_counter()
         if self.problem is None:  # prepared once per tuning run, on its first batch
             self.problem = prepare(self.head, self.train, self.val, self.hyp, self.backend)
-        budget = default_memory_budget(self.problem.device)
+        budget = self.memory_budget or default_memory_budget(self.problem.device)
         group = memory_group(self.problem, False, budget)
         batch, untrained = list(fresh), set(to_train)
+        if pruning is not None and group < len(batch) and not self.warned_groups:
+            self.warned_groups = True
+            log.warning("tune: a pruned batch of %d points trains in memory groups of %d (memory budget %.3g bytes): "
+                        "which points are pruned depends on the group size, so this result depends on the budget; "
+                        "pass memory_budget= (the same on every machine) to reproduce it", len(batch), group, budget)
 
         def final(k) -> bool:  # a finished point's loss (not a pruned one's bound, not a penalty)
             return k in done and not (done[k].pruned or done[k].diverged)
@@ -817,7 +824,7 @@ def _configured(nlopt, code: int, lower, upper, step, max_evals: int):
 def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_evals: int = 64,
          max_time: float = 3600.0, algorithm: str = "LN_BOBYQA", n_starts: int | None = 8, width: int | None = None,
          bounds=DEFAULT_BOUNDS, starts=None, space_filling_first_batch: bool = True, journal=None, backend="auto",
-         seed: int = 0) -> TuneResult:
+         seed: int = 0, memory_budget: int | None = None) -> TuneResult:
     """Find ``(a, b)`` minimising the best validation loss of a probe with ``lr = 1e-3 * 10**a``,
     ``reg = 1e-5 * 10**b`` (early stopping as set by ``hyp``: a checkpoint every
     ``hyp.epochs_per_checkpoint`` epochs, ``hyp.patience``, ``hyp.max_epochs``).
@@ -854,6 +861,10 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
             resumable on another backend, see ``problem_fingerprint``).
         backend: backend name or instance used for every batch.
         seed: seeds the Halton design and stochastic NLopt algorithms (``hyp.seed`` seeds training).
+        memory_budget: bytes of probe state a batch trains at once (None: ``run_probes``' default,
+            a quarter of the RAM or half the free GPU memory).  A pruned batch that does not fit
+            trains in memory groups, and which of its probes are pruned depends on their size
+            (logged as a warning): give the same budget on every machine to get the same result.
 
     Returns a ``TuneResult``.  Raises InputError for bad arguments, for a journal another run
     holds, that belongs to another problem or that an older retrain wrote, and when ``max_time``
@@ -871,10 +882,13 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     if starts is not None:
         starts = check_starts(starts, lower, upper)
     width = width or default_width(backend)
+    if memory_budget is not None:
+        memory_budget = check_int("memory_budget", memory_budget, 1)
 
     jr = Journal(journal, problem_fingerprint(head, train, val, hyp)) if journal is not None else None
     try:
-        evaluator = _Evaluator(head, train, val, hyp, backend, max_evals, float(max_time), jr.open() if jr else {}, jr)
+        evaluator = _Evaluator(head, train, val, hyp, backend, max_evals, float(max_time), jr.open() if jr else {}, jr,
+                               memory_budget)
         search = _Search(evaluator, code, lower, upper, seed, width, n_starts)
         if starts is not None:
             search.run(starts, INITIAL_STEP * (upper - lower) / math.sqrt(len(starts)), all_at_once=True)

@@ -1,6 +1,7 @@
 """The lock-step NLopt tuner: quality against a dense grid, batching, cache, journal, budgets, inputs."""
 import itertools
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -677,6 +678,28 @@ def test_a_batch_interrupted_in_any_memory_group_resumes_to_the_same_search(prob
     assert sum(not e.trained for e in resumed.history) == cut
     assert [(e.point, e.loss, e.pruned, e.epochs_trained) for e in resumed.history] == \
         [(e.point, e.loss, e.pruned, e.epochs_trained) for e in whole.history]
+
+
+def test_memory_budget_pins_the_memory_groups_of_a_pruned_batch(problem, monkeypatch, caplog):
+    """A pruned batch split into memory groups prunes by its groups, so the result follows the
+    budget: the default budget changes with the machine (and the free GPU memory), a given one
+    does not.  Oracle: the run under a default budget of the same size."""
+    head, train, val = problem
+    hyp, kwargs = planted_hyp(max_epochs=32), dict(max_evals=48, backend=BACKEND)
+    per_probe = prepare(head, train, val, hyp, BACKEND).state_bytes(1, keep_best=False)
+    key = lambda result: [(e.point, e.loss, e.pruned, e.epochs_trained) for e in result.history]
+    with caplog.at_level(logging.WARNING, logger="retrain"):
+        pinned = tune(head, train, val, hyp, memory_budget=5 * per_probe, **kwargs)
+    assert "pass memory_budget=" in caplog.text and "memory groups of 5" in caplog.text
+    one_group = tune(head, train, val, hyp, **kwargs)  # this machine's default holds a whole batch
+    assert key(one_group) != key(pinned)
+    monkeypatch.setattr(tune_module, "default_memory_budget", lambda device: 5 * per_probe)
+    assert key(tune(head, train, val, hyp, **kwargs)) == key(pinned)
+    monkeypatch.setattr(tune_module, "default_memory_budget", lambda device: per_probe)  # another machine
+    assert key(tune(head, train, val, hyp, memory_budget=5 * per_probe, **kwargs)) == key(pinned)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="memory_budget"):
+            tune(head, train, val, hyp, memory_budget=bad, **kwargs)
 
 
 @pytest.mark.parametrize("empty", ["no ratings", "zero weights"])
