@@ -259,14 +259,18 @@ def _common(parser, *, data=True, backend=True, seed_help=SEED_HELP, seed_defaul
     group.add_argument("--verbose", "-v", action="store_true", help="debug log lines; the traceback of any error")
 
 
-def _tuning(parser) -> None:
+def _tuning(parser, *, retrains: bool = True) -> None:
+    """The tuning options; ``retrains``: the command also retrains every user, and ``--max-time``
+    bounds that retrain too (``retrain_user_embeddings``' ``final_max_time`` defaults to it)."""
     group = parser.add_argument_group("tuning")
     group.add_argument("--max-evals", type=_positive_int, default=DEFAULT_MAX_EVALS, metavar="N",
                        help=f"points the tuner evaluates (default {DEFAULT_MAX_EVALS})")
     group.add_argument("--n-starts", type=_positive_int, default=8, metavar="K",
                        help="the most NLopt local searches live at once after the wide first batch (default 8)")
     group.add_argument("--max-time", type=_positive_float, default=3600.0, metavar="S",
-                       help="tuning time budget in seconds (default 3600)")
+                       help="tuning time budget in seconds" + (
+                           ", and again the final retrain's, which then keeps its best checkpoint so far"
+                           if retrains else "") + " (default 3600)")
     group.add_argument("--damping", type=_non_negative_float, default=DEFAULT_DAMPING, metavar="D",
                        help="count-independent L2 on the user embeddings, in ratings: a user with n ratings is "
                             f"shrunk as if by D/n more reg; fixed, not tuned (default {DEFAULT_DAMPING:g})")
@@ -346,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "users: train on the pretraining part, early-stop and score on the validation "
                                    "part.  A rerun with the same --journal resumes without retraining.")
     _common(p)
-    _tuning(p)
+    _tuning(p, retrains=False)
     p.add_argument("--model", required=True, metavar="FILE", help="model file written by 'pretrain'")
     p.add_argument("--journal", default="journal.jsonl", metavar="FILE", help="JSONL journal (default journal.jsonl)")
     p.add_argument("--algorithm", default="LN_BOBYQA", help="NLopt algorithm (default LN_BOBYQA)")

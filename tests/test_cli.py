@@ -151,7 +151,8 @@ def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
     folded = load_file(tmp_path / "emb.safetensors")
     model = Model.load(out / "model.safetensors")
     assert folded["user_ids"].tolist() == ratings.user_ids.tolist()
-    np.testing.assert_allclose(folded["embeddings"].numpy(), model.user_embeddings[users].numpy(), atol=1e-5)
+    # the refit is the serving recipe, and both processes train on the backend auto picks: the same bits
+    np.testing.assert_array_equal(folded["embeddings"].numpy(), model.user_embeddings[users].numpy())
 
     top = [line.split(",") for line in (tmp_path / "top.csv").read_text().splitlines()[1:]]
     assert len(top) == 3 * 5
