@@ -40,9 +40,11 @@ FINAL = ("patience", "max_epochs")  # the stop reasons whose best_val_loss is wh
 class ProbeResult:
     """The outcome of one probe.
 
-    ``history`` holds ``(epoch, val_loss)`` at every checkpoint (epoch 0 is the init).
+    ``history`` holds ``(epoch, val_loss)`` at every checkpoint (epoch 0 is the init; at the
+    checkpoint where a probe diverged, the loss summed over the users whose sums were finite).
     ``best_epoch`` / ``best_val_loss`` are the best finite checkpoint; ``embeddings`` (``[U, d]``,
-    only when asked for) are the embeddings at ``best_epoch``.  ``stop_reason`` says why it
+    only when asked for) are the embeddings at ``best_epoch``.  A probe without a finite checkpoint
+    (the init's loss was not finite) has ``best_val_loss`` inf, ``best_epoch`` 0 and the init.  ``stop_reason`` says why it
     stopped: ``"patience"`` (no improvement for ``patience + 1`` checkpoints), ``"max_epochs"``
     (the cap; it may still have been improving), ``"diverged"`` (its state or loss became NaN/inf),
     ``"deadline"`` (``run_probes``' time budget ran out: its result is not final) or ``"pruned"``
@@ -391,7 +393,9 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                     r.stop_reason, stopped[slot] = "patience", True
                 elif epoch >= hyp.max_epochs:
                     r.stop_reason, stopped[slot] = "max_epochs", True
-            problem.keep_best(improved, index)
+            # At epoch 0 every probe is at the init: kept for all, so that a probe whose init loss is
+            # not finite (diverged before any checkpoint) returns the init, its best_epoch, not unset memory.
+            problem.keep_best(np.arange(len(active)) if epoch == 0 else improved, index)
             if pruning is not None and epoch < hyp.max_epochs:
                 finished = np.array([r.best_val_loss for r in results if r.stop_reason in FINAL])
                 target = pruning.target(finished, epoch)
