@@ -270,6 +270,19 @@ def test_a_probe_without_a_finite_checkpoint_returns_the_init(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
+def test_an_init_that_is_not_finite_is_named(backend):
+    # a NaN row trained NaN (train_embeddings returned it; train_probes called every probe diverged)
+    head, train, val, hyp = _trainer_problem()
+    for bad in (math.nan, math.inf):
+        init = prepare(head, train, val, hyp).init.clone()
+        init[3, 1] = bad
+        with pytest.raises(InputError, match=r"init row 3 is not finite \(1 of 10 rows\)"):
+            train_probes(head, train, val, [1e-2], [1e-4], hyp, backend=backend, init=init)
+        with pytest.raises(InputError, match=r"init row 3 is not finite"):
+            train_embeddings(head, train, hyp, 2, backend=backend, init=init)
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_early_stopping_and_best_state(backend):
     head, train, val, hyp = _trainer_problem()
     hyp = hyp.replace(max_epochs=30, epochs_per_checkpoint=1, patience=0)
