@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "matrix_factorization_32"
 DEFAULT_MAX_EVALS = 64  # the seed notebook's max_iters
-DEMO_USERS = 3000  # the whole demo runs in about a minute on 2 CPU cores with the cpu backend
+DEMO_USERS = 3000  # the whole demo runs in about 6 seconds on 2 CPU cores with the cpu backend
 ITEMS_PER_USER = 1 / 3  # synthetic catalogue size relative to the user count (at least 100 items)
 
 
