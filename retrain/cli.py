@@ -174,7 +174,8 @@ def cmd_run(args) -> int:
 
 def _served(args) -> ServedModel:
     """The ``--model`` bundle with its recipe (or an old model's ``--hyp`` file, or the options
-    alone); ``--lr`` / ``--reg`` / ``--epochs`` / ``--num-users`` / ``--damping`` override it."""
+    alone); ``--lr`` / ``--reg`` / ``--epochs`` / ``--num-users`` / ``--damping`` / ``--seed``
+    override it."""
     if args.hyp:
         hyp, epochs = read_hyp(args.hyp)
         served = ServedModel(Model.load(args.model), Recipe(hyp, epochs))
@@ -185,10 +186,11 @@ def _served(args) -> ServedModel:
             if "holds no recipe" not in str(exc) or None in (args.lr, args.reg, args.epochs, args.num_users):
                 raise
             model = Model.load(args.model)  # a model without a recipe: the options are the recipe
-            served = ServedModel(model, Recipe(HyperParams(model=model.head.name, seed=args.seed, num_users=1), 0))
+            served = ServedModel(model, Recipe(HyperParams(model=model.head.name, num_users=1), 0))
     recipe = served.recipe
     changes = {name: value for name, value in (("learning_rate", args.lr), ("regularization", args.reg),
-                                               ("num_users", args.num_users), ("damping", args.damping))
+                                               ("num_users", args.num_users), ("damping", args.damping),
+                                               ("seed", args.seed))
                if value is not None}
     served.recipe = dataclasses.replace(recipe, hyp=recipe.hyp.replace(**changes),
                                         epochs=recipe.epochs if args.epochs is None else args.epochs)
@@ -235,7 +237,10 @@ def cmd_bench(args) -> int:
 
 
 # --------------------------------------------------------------------------- the parser
-def _common(parser, *, data=True, backend=True) -> None:
+SEED_HELP = "seeds the data split, the init and the schedule (default 0)"
+
+
+def _common(parser, *, data=True, backend=True, seed_help=SEED_HELP, seed_default=0) -> None:
     group = parser.add_argument_group("common options")
     if data:
         group.add_argument("--data", metavar="PATH", help="MovieLens ratings file (u.data, ratings.dat, ratings.csv); "
@@ -249,20 +254,23 @@ def _common(parser, *, data=True, backend=True) -> None:
     if backend:
         group.add_argument("--backend", default="auto", choices=BACKENDS,
                            help="probe-training backend (default auto: triton on a CUDA GPU, else cpu, else reference)")
-    group.add_argument("--seed", type=_seed, default=0,
-                       help="seeds the data split, the init and the schedule (default 0)")
+    group.add_argument("--seed", type=_seed, default=seed_default, help=seed_help)
     group.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     group.add_argument("--verbose", "-v", action="store_true", help="debug log lines; the traceback of any error")
 
 
-def _tuning(parser) -> None:
+def _tuning(parser, *, retrains: bool = True) -> None:
+    """The tuning options; ``retrains``: the command also retrains every user, and ``--max-time``
+    bounds that retrain too (``retrain_user_embeddings``' ``final_max_time`` defaults to it)."""
     group = parser.add_argument_group("tuning")
     group.add_argument("--max-evals", type=_positive_int, default=DEFAULT_MAX_EVALS, metavar="N",
                        help=f"points the tuner evaluates (default {DEFAULT_MAX_EVALS})")
     group.add_argument("--n-starts", type=_positive_int, default=8, metavar="K",
                        help="the most NLopt local searches live at once after the wide first batch (default 8)")
     group.add_argument("--max-time", type=_positive_float, default=3600.0, metavar="S",
-                       help="tuning time budget in seconds (default 3600)")
+                       help="tuning time budget in seconds" + (
+                           ", and again the final retrain's, which then keeps its best checkpoint so far"
+                           if retrains else "") + " (default 3600)")
     group.add_argument("--damping", type=_non_negative_float, default=DEFAULT_DAMPING, metavar="D",
                        help="count-independent L2 on the user embeddings, in ratings: a user with n ratings is "
                             f"shrunk as if by D/n more reg; fixed, not tuned (default {DEFAULT_DAMPING:g})")
@@ -342,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "users: train on the pretraining part, early-stop and score on the validation "
                                    "part.  A rerun with the same --journal resumes without retraining.")
     _common(p)
-    _tuning(p)
+    _tuning(p, retrains=False)
     p.add_argument("--model", required=True, metavar="FILE", help="model file written by 'pretrain'")
     p.add_argument("--journal", default="journal.jsonl", metavar="FILE", help="JSONL journal (default journal.jsonl)")
     p.add_argument("--algorithm", default="LN_BOBYQA", help="NLopt algorithm (default LN_BOBYQA)")
@@ -367,9 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fold-in", help="embeddings of new users, trained with the retrain's recipe",
                        description="Train each user of --ratings with the retrain's hyper-parameters and epoch count "
                                    "(the recipe inside --model; an older model's --hyp FILE or <model>.hyp.json; or "
-                                   "--lr/--reg/--epochs/--num-users).  Ratings on unknown items are dropped.  Writes "
-                                   "'embeddings' [n, d] and 'user_ids' [n] as safetensors, and the top-k as CSV.")
-    _common(p, data=False)
+                                   "--lr/--reg/--epochs/--num-users, which override it, as --damping and --seed do).  "
+                                   "Ratings on unknown items are dropped.  Writes 'embeddings' [n, d] and 'user_ids' [n] "
+                                   "as safetensors, and the top-k as CSV.")
+    _common(p, data=False, seed_default=None,
+            seed_help="override the recipe's seed, which keys the init and the schedule (default: the recipe's; 0 "
+                      "for a model without one)")
     p.add_argument("--model", required=True, metavar="FILE", help="retrained model file written by 'run' or 'demo'")
     p.add_argument("--ratings", required=True, metavar="FILE", help="the new users' ratings, MovieLens format")
     p.add_argument("--hyp", metavar="JSON", help="hyper-parameter file of an older model (default: the recipe "
@@ -390,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time each backend on synthetic data (P probes, after a warm-up epoch) and the "
                                    "eager and batched PyTorch loops on their first steps; print rating·probe·epochs "
                                    "per second and the speed-up over the eager loop.")
-    _common(p, data=False, backend=False)
+    _common(p, data=False, backend=False,
+            seed_help="seeds the synthetic data, the head's fit, the init and the schedule (default 0)")
     p.add_argument("--users", type=_positive_int, default=2000, metavar="N", help="synthetic users (default 2000)")
     p.add_argument("--model", type=_model_name, default=DEFAULT_MODEL, help=model_help + "; fitted by one ALS sweep")
     p.add_argument("--probes", type=_positive_int, default=8, metavar="P", help="probes trained at once (default 8)")

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "matrix_factorization_32"
 DEFAULT_MAX_EVALS = 64  # the seed notebook's max_iters
-DEMO_USERS = 3000  # the whole demo runs in about a minute on 2 CPU cores with the cpu backend
+DEMO_USERS = 3000  # the whole demo runs in about 6 seconds on 2 CPU cores with the cpu backend
 ITEMS_PER_USER = 1 / 3  # synthetic catalogue size relative to the user count (at least 100 items)
 
 
@@ -118,7 +118,7 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
 
     ``source`` describes the data in the report; ``backend`` is a name or a backend; ``progress``
     draws bars on stderr; ``max_evals`` / ``n_starts`` / ``max_time`` (seconds) are the tuning
-    budget; ``new_users`` / ``val`` / ``test`` the fractions of ``protocol_split``; ``damping`` the
+    budget, ``max_time`` the final retrain's too (``retrain_user_embeddings``); ``new_users`` / ``val`` / ``test`` the fractions of ``protocol_split``; ``damping`` the
     recipe's ``HyperParams.damping``.  InputError
     for a bad argument (before any work), or when the split holds out no new users or leaves a
     test part without ratings.

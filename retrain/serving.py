@@ -19,7 +19,7 @@ from .heads import Head, Model
 from .ids import shown_ids
 from .hyperparams import HyperParams
 from .ridge import ridge_solve, well_formed_request
-from .trainer import check_ratings, contract_init, train_embeddings
+from .trainer import check_finite_rows, check_ratings, contract_init, train_embeddings
 
 SCORE_BLOCK_BYTES = 1 << 28  # rows of the [n, n_items] score matrix are computed this many bytes at a time
 
@@ -126,10 +126,7 @@ def recommend(model_or_head: Model | Head, embeddings: torch.Tensor | None = Non
     embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
     if embeddings.ndim != 2 or embeddings.shape[1] != head.d:
         raise InputError(f"embeddings must be [n, d={head.d}], got {tuple(embeddings.shape)}")
-    bad = ~torch.isfinite(embeddings).all(1)
-    if bad.any():
-        raise InputError(f"embeddings row {int(bad.nonzero()[0])} is not finite ({int(bad.sum())} of "
-                         f"{len(embeddings)} rows): refusing to rank its scores")
+    check_finite_rows("embeddings", embeddings, ": refusing to rank its scores")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= head.n_items:
         raise InputError(f"k must be an integer in [1, n_items={head.n_items}], got {k!r}")
     n = embeddings.shape[0]

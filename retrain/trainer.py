@@ -40,14 +40,16 @@ FINAL = ("patience", "max_epochs")  # the stop reasons whose best_val_loss is wh
 class ProbeResult:
     """The outcome of one probe.
 
-    ``history`` holds ``(epoch, val_loss)`` at every checkpoint (epoch 0 is the init).
+    ``history`` holds ``(epoch, val_loss)`` at every checkpoint (epoch 0 is the init; at the
+    checkpoint where a probe diverged, the loss summed over the users whose sums were finite).
     ``best_epoch`` / ``best_val_loss`` are the best finite checkpoint; ``embeddings`` (``[U, d]``,
-    only when asked for) are the embeddings at ``best_epoch``.  ``stop_reason`` says why it
-    stopped: ``"patience"`` (no improvement for ``patience + 1`` checkpoints), ``"max_epochs"``
-    (the cap; it may still have been improving), ``"diverged"`` (its state or loss became NaN/inf),
-    ``"deadline"`` (``run_probes``' time budget ran out: its result is not final) or ``"pruned"``
-    (``Pruning`` showed it cannot reach the target: ``best_val_loss`` is its best so far, an upper
-    bound of what training it on would have given).
+    only when asked for) are the embeddings at ``best_epoch``.  A probe without a finite checkpoint
+    (the init's loss was not finite) has ``best_val_loss`` inf, ``best_epoch`` 0 and the init.
+    ``stop_reason`` says why it stopped: ``"patience"`` (no improvement for ``patience + 1``
+    checkpoints), ``"max_epochs"`` (the cap; it may still have been improving), ``"diverged"`` (its
+    state or loss became NaN/inf), ``"deadline"`` (``run_probes``' time budget ran out: its result
+    is not final) or ``"pruned"`` (``Pruning`` showed it cannot reach the target:
+    ``best_val_loss`` is its best so far, an upper bound of what training it on would have given).
     """
 
     lr: float
@@ -242,7 +244,8 @@ def prepare(head, train: Ratings, val: Ratings | None, hyp: HyperParams, backend
         hyp: fixes the step (optimizer, batch size, seed) and the init (the Glorot bound uses
             ``hyp.num_users``, else ``train.n_users``); the other fields are ``run_probes``'.
         backend: name or ``Backend``.
-        init: initial embeddings ``[U, d]`` instead of the contract's.
+        init: initial embeddings ``[U, d]`` instead of the contract's (finite: InputError naming
+            the first row that is not).
     """
     check_training_inputs(head, train, val)
     if backend == "auto" and not isinstance(head, Head):
@@ -254,7 +257,17 @@ def prepare(head, train: Ratings, val: Ratings | None, hyp: HyperParams, backend
         init = torch.as_tensor(init, dtype=torch.float32)
         if init.shape != (train.n_users, head.d):
             raise InputError(f"init must be [n_users={train.n_users}, d={head.d}], got {tuple(init.shape)}")
+        check_finite_rows("init", init)  # a NaN row trained NaN: every probe "diverged" at epoch 0
     return be.prepare(head, train, val, step_spec(hyp), init=init)
+
+
+def check_finite_rows(name: str, rows: torch.Tensor, consequence: str = "") -> None:
+    """InputError naming the first row of ``rows [n, d]`` that holds a NaN or an infinity, and how
+    many do (``consequence`` is appended to the message)."""
+    bad = ~torch.isfinite(rows).all(1)
+    if bad.any():
+        raise InputError(f"{name} row {int(bad.nonzero()[0])} is not finite ({int(bad.sum())} of {len(rows)} "
+                         f"rows){consequence}")
 
 
 def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams, backend="auto", *,
@@ -272,7 +285,7 @@ def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams
         backend: name or ``Backend``.
         return_embeddings: keep each probe's best embeddings ``[U, d]`` (CPU tensors).
         memory_budget: bytes for probe states; probes are split into groups to fit.
-        init: optional initial embeddings ``[U, d]`` (default: the contract's init).
+        init: optional initial embeddings ``[U, d]``, finite (default: the contract's init).
         deadline: a ``time.monotonic()`` instant; once it has passed, the probes stop at their next
             checkpoint with ``stop_reason == "deadline"`` (checked between training calls).
 
@@ -391,7 +404,9 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                     r.stop_reason, stopped[slot] = "patience", True
                 elif epoch >= hyp.max_epochs:
                     r.stop_reason, stopped[slot] = "max_epochs", True
-            problem.keep_best(improved, index)
+            # At epoch 0 every probe is at the init: kept for all, so that a probe whose init loss is
+            # not finite (diverged before any checkpoint) returns the init, its best_epoch, not unset memory.
+            problem.keep_best(np.arange(len(active)) if epoch == 0 else improved, index)
             if pruning is not None and epoch < hyp.max_epochs:
                 finished = np.array([r.best_val_loss for r in results if r.stop_reason in FINAL])
                 target = pruning.target(finished, epoch)

@@ -10,6 +10,7 @@ Then the trainer's behaviour, for every backend through the same prepared-proble
 early stopping, best-state keeping, divergence, memory groups, checkpoint cadence, batches reusing
 one problem.  Under the Triton interpreter every program runs in Python: those cases stay small.
 """
+import math
 import os
 import time
 
@@ -251,6 +252,34 @@ def test_trainer_isolates_a_diverging_probe(backend):
     assert torch.equal(mixed[1].embeddings, prepare(head, train, val, hyp).init)
     for a, b in ((mixed[0], good[0]), (mixed[2], good[1])):
         assert a.history == b.history and torch.equal(a.embeddings, b.embeddings)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_a_probe_without_a_finite_checkpoint_returns_the_init(backend):
+    # Validation ratings of 1e20 (finite, accepted) put the init's loss past 2^127: every probe
+    # diverges at epoch 0, before any checkpoint was kept, and its embeddings were uninitialised memory.
+    head, train, val, hyp = _trainer_problem()
+    huge = Ratings.from_coo(val.user_of_row(), val.items, np.full(val.nnz, 1e20), n_users=val.n_users,
+                            n_items=val.n_items, user_ids=val.user_ids)
+    results = train_probes(head, train, huge, [1e-2, 3e-2], [1e-4, 1e-3], hyp, backend=backend,
+                           return_embeddings=True)
+    init = prepare(head, train, huge, hyp).init
+    for r in results:
+        assert r.stop_reason == "diverged" and r.best_epoch == 0 and r.best_val_loss == math.inf
+        assert torch.equal(r.embeddings, init)  # the embeddings at best_epoch 0
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_an_init_that_is_not_finite_is_named(backend):
+    # a NaN row trained NaN (train_embeddings returned it; train_probes called every probe diverged)
+    head, train, val, hyp = _trainer_problem()
+    for bad in (math.nan, math.inf):
+        init = prepare(head, train, val, hyp).init.clone()
+        init[3, 1] = bad
+        with pytest.raises(InputError, match=r"init row 3 is not finite \(1 of 10 rows\)"):
+            train_probes(head, train, val, [1e-2], [1e-4], hyp, backend=backend, init=init)
+        with pytest.raises(InputError, match=r"init row 3 is not finite"):
+            train_embeddings(head, train, hyp, 2, backend=backend, init=init)
 
 
 @pytest.mark.parametrize("backend", ALL)

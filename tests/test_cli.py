@@ -151,12 +151,35 @@ def test_fold_in_of_known_users_reproduces_their_retrained_rows(demo, tmp_path):
     folded = load_file(tmp_path / "emb.safetensors")
     model = Model.load(out / "model.safetensors")
     assert folded["user_ids"].tolist() == ratings.user_ids.tolist()
-    np.testing.assert_allclose(folded["embeddings"].numpy(), model.user_embeddings[users].numpy(), atol=1e-5)
+    # the refit is the serving recipe, and both processes train on the backend auto picks: the same bits
+    np.testing.assert_array_equal(folded["embeddings"].numpy(), model.user_embeddings[users].numpy())
 
     top = [line.split(",") for line in (tmp_path / "top.csv").read_text().splitlines()[1:]]
     assert len(top) == 3 * 5
     seen = set(zip(ratings.user_ids[ratings.user_of_row()].tolist(), ratings.item_ids[ratings.items].tolist()))
     assert not seen & {(int(user), int(item)) for user, _, item, _ in top}
+
+
+def test_fold_in_seed_overrides_the_recipes_seed_and_defaults_to_it(demo, tmp_path, capsys, restore_logger):
+    # --help says the seed keys the init and the schedule; it was ignored for a model with a recipe
+    _, out = demo
+    served = retrain.load(out / "model.safetensors")
+    ratings = Ratings.from_ids(["new-a", "new-a", "new-b"], served.head.item_ids[[0, 1, 2]], [4.0, 3.0, 5.0])
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("userId,movieId,rating\n" + "".join(
+        f"{ratings.user_ids[u]},{ratings.item_ids[i]},{r}\n"
+        for u, i, r in zip(ratings.user_of_row(), ratings.items, ratings.ratings)))
+    recipe = served.recipe
+    assert recipe.hyp.seed == SEED
+    for seed in (None, 7):
+        emb = tmp_path / f"emb-{seed}.safetensors"
+        args = [] if seed is None else ["--seed", seed]
+        assert in_process(capsys, "fold-in", "--model", out / "model.safetensors", "--ratings", csv, "--out", emb,
+                          "--backend", "cpu", "--quiet", *args) == 0
+        hyp = recipe.hyp if seed is None else recipe.hyp.replace(seed=seed)
+        want = retrain.fold_in(served.head, ratings.with_items(served.head.item_ids), hyp, recipe.epochs,
+                               backend="cpu")
+        np.testing.assert_array_equal(load_file(emb)["embeddings"].numpy(), want.numpy())
 
 
 def test_a_fold_in_whose_recommendations_meet_a_full_disk_writes_neither_file(demo, tmp_path, capsys, monkeypatch):
