@@ -16,6 +16,10 @@ bit-identical values.  ``docs/semantics.md`` states the same functions in words.
   ``[0, 2**bits)``  ``x -> (x * M_r + K_r) & mask; x ^= x >> shift`` (four rounds) is applied to
   position ``i`` repeatedly until the value is below ``n`` (cycle walking).  Position ``i`` of the
   epoch visits the user's rating ``perm(i)`` (canonical order index).
+* Users sampled by a seeded ``fraction`` (``sample_users``): with ``lo``, ``hi`` the 32-bit halves
+  of a user's id word (``id_words``), its rank is ``(combine(combine(combine(SAMPLE_DOMAIN, seed),
+  lo), hi), word, id)`` (lexicographic), and the ``k = max(1, round(n * fraction))`` users of least
+  rank are chosen: the choice depends on each id alone, not on the order or the index of the users.
 * Adam step count of a user's step ``c`` (0-based) in epoch ``t``: ``t * ceil(n / B) + c + 1``.
 * The step itself (loss, optimizer and its constants, batch size, seed, damping) is a
   ``StepSpec``: every backend receives one and takes its constants from it.
@@ -38,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_float, check_fraction, check_int
 
 CONTRACT_VERSION = "1"
 
@@ -46,6 +50,7 @@ MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
 INIT_DOMAIN = 0x1D2E3F40
 PERM_DOMAIN = 0x5A17C0DE
+SAMPLE_DOMAIN = 0x5E1EC7ED
 PERM_ROUNDS = 4
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Far above any user's rating count (a larger batch is the same full batch); near 2^63 a kernel's
@@ -110,6 +115,45 @@ def user_key(user_ids) -> np.ndarray:
     lo = (words & np.uint64(MASK32)).astype(np.uint32)
     hi = (words >> np.uint64(32)).astype(np.uint32)
     return (lo ^ fmix32(hi)).astype(np.int64)
+
+
+def sample_users(user_ids, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices (int64 ``[k]``) into ``user_ids [n]`` (distinct ids, as ``Ratings`` holds) of
+    a seeded ``fraction`` of the users: the ``k = max(1, round(n * fraction))`` users of least rank
+    (all of them for ``fraction = 1``, none for ``n = 0``).
+
+    A user's rank is ``(combine(combine(combine(SAMPLE_DOMAIN, seed), lo), hi), word, id)``, compared
+    in that order, where ``word`` is its 64-bit id word (``id_words``) and ``lo``, ``hi`` its 32-bit
+    halves.  The hash alone would tie about ``n**2 / 2**33`` pairs (a hundred at a million users);
+    the word breaks those ties, and the id itself the ties of two string ids whose 8-byte digests
+    agree, so the order is total.  Whether a user is chosen therefore depends on its id, ``seed``
+    and ``fraction`` only, and on the other users only through ``k`` and their ranks, never on the
+    order in which the users are given or their indices.  So adding one user (a daily job's new
+    id, wherever it sorts) keeps the choice but for the new user coming in and the user at the
+    boundary going out, or, where ``k`` grows by the rounding, one user coming in.
+
+    ``fraction`` in ``(0, 1]``, ``seed`` in ``[0, MAX_SEED]``; InputError otherwise.
+    """
+    fraction = check_fraction("fraction", fraction, zero=False, one=True)
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    ids = np.asarray(user_ids)
+    if ids.ndim != 1:
+        raise InputError(f"user_ids must be one-dimensional, got shape {ids.shape}")
+    n = len(ids)
+    k = min(n, max(1, int(round(n * fraction))))
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    words = id_words(ids)
+    lo = (words & np.uint64(MASK32)).astype(np.uint32)
+    hi = (words >> np.uint64(32)).astype(np.uint32)
+    rank = combine(combine(combine(SAMPLE_DOMAIN, np.uint32(seed)), lo), hi)
+    # The k least of a total order without sorting all n: every rank below the k-th least is in,
+    # and the users tied with it (usually one) are ordered by word, then id, for the rest.
+    cut = np.partition(rank, k - 1)[k - 1]
+    below = np.flatnonzero(rank < cut)
+    tied = np.flatnonzero(rank == cut)
+    tied = tied[np.lexsort((ids[tied], words[tied]))]
+    return np.sort(np.concatenate([below, tied[:k - len(below)]])).astype(np.int64)
 
 
 def init_scale(scheme: str, d: int, n_users: int) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .contract import sample_users
 from .errors import InputError, check_float, check_fraction, check_indices, check_int
 from .ids import IdIndex, exact_ids, format_id
 
@@ -255,14 +256,17 @@ class Ratings:
     def subsample_users(self, fraction: float, seed: int = 0) -> "Ratings":
         """A seeded random ``fraction`` of the users (at least one), in index order.
 
-        The choice depends only on ``(n_users, fraction, seed)``, so a train and a val set of the
-        same users subsample to the same users.
+        The users are chosen by their ids (``retrain.contract.sample_users``): the choice depends
+        on the ids, ``fraction`` and ``seed`` only, not on the users' order nor, but through the
+        count, on the other users.  So a train and a val set of the same users subsample to the
+        same users, and so do the same users given in another order.
         """
-        return self.select_users(sample_users(self.n_users, fraction, seed))
+        return self.select_users(sample_users(self.user_ids, fraction, seed))
 
     def split_users(self, fraction: float, seed: int = 0) -> tuple["Ratings", "Ratings"]:
-        """Hold out a random ``fraction`` of the users: returns (kept users, held-out users)."""
-        held = sample_users(self.n_users, fraction, seed)
+        """Hold out a seeded random ``fraction`` of the users: returns (kept users, held-out users),
+        each in index order.  The held-out users are those ``subsample_users`` chooses (by id)."""
+        held = sample_users(self.user_ids, fraction, seed)
         kept = np.setdiff1d(np.arange(self.n_users), held)
         return self.select_users(kept), self.select_users(held)
 
@@ -366,13 +370,6 @@ def find_columns(available: list, chosen: dict, where: str, fix: str) -> dict:
             raise InputError(f"{where} has no {name} column: expected one of {list(candidates)} "
                              f"(columns: {available}); {fix.format(name=name)}")
     return out
-
-
-def sample_users(n_users: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded random ``fraction`` of ``n_users`` users (at least one)."""
-    fraction, seed = check_fraction("fraction", fraction, zero=False, one=True), check_int("seed", seed, 0)
-    k = max(1, int(round(n_users * fraction)))
-    return np.sort(np.random.default_rng(seed).permutation(n_users)[:k])
 
 
 def synthetic_ratings(n_users: int = 2000, n_items: int = 1000, mean_ratings_per_user: float = 40.0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .contract import MAX_SEED
 from .data import Ratings, as_ratings
 from .errors import InputError, check_fraction, check_int
 from .trainer import check_ratings
@@ -55,8 +56,9 @@ def protocol_split(data: Ratings, new_users: float = 0.2, val: float = 0.2, test
         test: fraction of each user's ratings for testing, in [0, 1); a new user's other ratings
             are its fold-in part.  ``val + test < 1``: the rest of a known user's ratings is its
             pretraining part.
-        seed: seeds the choice of new users (``seed``) and the per-user splits (``seed``,
-            ``seed + 1`` and ``seed + 2``).
+        seed: in ``[0, 2**32 - 1]``; seeds the choice of new users (``Ratings.split_users``: by
+            user id, so the same users in another order hold out the same new users) and the
+            per-user splits (``seed``, ``seed + 1`` and ``seed + 2``).
 
     Fractions of a user's ratings are rounded per user (``Ratings.split_per_user``).  Raises
     InputError naming the row for malformed hand-built ratings, naming the argument for a bad
@@ -68,7 +70,7 @@ def protocol_split(data: Ratings, new_users: float = 0.2, val: float = 0.2, test
     new_users = check_fraction("new_users", new_users)
     val = check_fraction("val", val, zero=False)
     test = check_fraction("test", test)
-    seed = check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0, MAX_SEED)
     if val + test >= 1.0:
         raise InputError(f"val + test must be < 1 (the rest is the pretraining part), got val={val}, test={test}")
     known, new = data.split_users(new_users, seed) if new_users > 0 else (data, None)

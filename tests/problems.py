@@ -48,6 +48,21 @@ def random_ratings(n_users: int, n_items: int, counts=None, seed: int = 0) -> Ra
                             user_ids=1000 + 7 * np.arange(n_users))
 
 
+def permuted_users(r: Ratings, order: np.ndarray) -> Ratings:
+    """``r``'s users given in another index order: user ``u`` becomes index ``order[u]``, with its
+    id and ratings (as the same data read from another file or frame would be)."""
+    user_ids = np.empty_like(r.user_ids)
+    user_ids[order] = r.user_ids
+    return Ratings.from_coo(order[r.user_of_row()], r.items, r.ratings, r.weights, n_users=r.n_users,
+                            n_items=r.n_items, user_ids=user_ids, item_ids=r.item_ids)
+
+
+def users_by_id(r: Ratings) -> list:
+    """Each user's ``(id, items, ratings)``, sorted by id: equal for the same users at any indices."""
+    return sorted((u.item(), r.items[a:b].tolist(), r.ratings[a:b].tolist())
+                  for u, a, b in zip(r.user_ids, r.indptr[:-1], r.indptr[1:]))
+
+
 def rel_err(a, b) -> float:
     """``max|a - b| / max|b|`` (0 when both are zero)."""
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)

@@ -1,9 +1,12 @@
 """Ratings: construction from every source, canonical order, checks, splits and subsamples."""
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from retrain import InputError
+from problems import permuted_users, users_by_id
 from retrain.data import Ratings, sample_users, synthetic_ratings
 
 
@@ -98,6 +101,114 @@ def test_subsample_users_same_users_for_train_and_val():
     a, b = train.subsample_users(0.3, seed=7), val.subsample_users(0.3, seed=7)
     assert a.n_users == 30 and np.array_equal(a.user_ids, b.user_ids)
     assert not np.array_equal(a.user_ids, train.subsample_users(0.3, seed=8).user_ids)
+
+
+# ----------------------------------------------------------------------------- keyed user samples
+# The oracle: docs/semantics.md's rank, in Python integers (not retrain.contract's numpy code).
+def _fmix32(x):
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _combine(h, v):
+    return _fmix32(h ^ ((v + 0x9E3779B9) & 0xFFFFFFFF))
+
+
+def _rank(user_id, seed):
+    """(hash, word, id) of docs/semantics.md: the word of an integer id is the id mod 2^64, that of
+    a string the first 8 bytes of its BLAKE2b digest, little-endian."""
+    if isinstance(user_id, str):
+        word = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "little")
+    else:
+        word = user_id % 2**64
+    return _combine(_combine(_combine(0x5E1EC7ED, seed), word & 0xFFFFFFFF), word >> 32), word, user_id
+
+
+def _chosen_by_hand(ids, fraction, seed):
+    k = max(1, round(len(ids) * fraction))
+    return sorted(sorted(ids, key=lambda u: _rank(u, seed))[:k], key=ids.index)
+
+
+EDGE_INT64 = [-2**63, -2**63 + 1, -2**32, -1, 0, 1, 2**32 - 1, 2**32, 2**63 - 2, 2**63 - 1]
+NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "ß", "用户"]
+
+
+@pytest.mark.parametrize("ids,dtype,fraction,seed,expected", [
+    # Fixed values, each also recomputed from the formula above (an implementation that agreed with
+    # itself but not with the documented rank fails either way).
+    (EDGE_INT64, np.int64, 0.3, 0, [-2**32, 2**32 - 1, 2**63 - 2]),
+    (EDGE_INT64, np.int64, 0.5, 7, [-2**63, -2**63 + 1, 0, 1, 2**63 - 1]),
+    ([2**63, 2**64 - 1, 5, 2**63 + 1], np.uint64, 0.5, 3, [2**63, 5]),
+    (NAMES, str, 0.25, 0, ["carol", "frank", "grace"]),
+    (NAMES, str, 0.5, 11, ["carol", "dave", "erin", "frank", "grace", "judy"]),
+    # 159907 and -248685 share the hash at seed 0: the smaller 64-bit word (159907; -248685's is
+    # 2^64 - 248685) breaks the tie, given in either order
+    ([-248685, 159907], np.int64, 0.5, 0, [159907]),
+    ([159907, -248685], np.int64, 0.5, 0, [159907]),
+])
+def test_sample_users_chooses_the_least_ranked_ids(ids, dtype, fraction, seed, expected):
+    assert _chosen_by_hand(ids, fraction, seed) == expected
+    chosen = sample_users(np.array(ids, dtype=dtype), fraction, seed)
+    assert chosen.dtype == np.int64 and [ids[i] for i in chosen] == expected
+    if len(ids) == 2:
+        assert _rank(ids[0], seed)[0] == _rank(ids[1], seed)[0]  # the case really is a tie
+
+
+def test_sample_users_edge_counts():
+    assert sample_users(np.array([4, 2, 9]), 1.0, 5).tolist() == [0, 1, 2]
+    assert sample_users(np.array([4, 2, 9]), 0.01, 5).size == 1  # at least one user
+    assert sample_users(np.zeros(0, dtype=np.int64), 0.5, 0).size == 0
+    with pytest.raises(InputError, match=r"seed must be an integer in \[0, 4294967295\], got 4294967296"):
+        sample_users(np.array([1, 2]), 0.5, 2**32)  # the hash takes 32 bits of seed: 2^32 would be seed 0
+
+
+def test_subsample_and_holdout_do_not_depend_on_the_users_order():
+    r = Ratings.from_ids(np.repeat(np.random.default_rng(0).integers(-2**63, 2**63 - 1, 120), 3),
+                         np.tile([0, 1, 2], 120), np.arange(360) % 5 + 1.0)
+    for seed in (0, 1, 2):
+        other = permuted_users(r, np.random.default_rng(seed).permutation(r.n_users))
+        assert not np.array_equal(other.user_ids, r.user_ids)
+        assert users_by_id(other.subsample_users(0.3, seed)) == users_by_id(r.subsample_users(0.3, seed))
+        for mine, theirs in zip(r.split_users(0.2, seed), other.split_users(0.2, seed)):
+            assert users_by_id(mine) == users_by_id(theirs)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_one_more_user_changes_the_sample_by_at_most_one_in_and_one_out(where):
+    ids = np.sort(np.random.default_rng(1).choice(10**6, 400, replace=False)).astype(np.int64)
+    new = {"first": -5, "middle": int(ids[200]) + 1, "last": 10**7}[where]
+    grown = np.sort(np.append(ids, new))  # as a file or frame gives them: sorted, every index after the new one shifted
+    for fraction in (0.1, 0.25, 0.5, 0.9):
+        for seed in range(8):
+            before = set(ids[sample_users(ids, fraction, seed)].tolist())
+            after = set(grown[sample_users(grown, fraction, seed)].tolist())
+            k_before, k_after = max(1, round(400 * fraction)), max(1, round(401 * fraction))
+            assert (len(before), len(after)) == (k_before, k_after)
+            if k_after == k_before:  # at most the new user in, one boundary user out
+                assert after - before <= {new} and len(before - after) == len(after - before)
+            else:  # k grew by the rounding: one user in (the new one or the next of the old order), none out
+                assert before < after and len(after - before) == 1
+
+
+def test_sample_users_includes_each_user_at_the_fraction_over_seeds():
+    # 2000 seeds: a user's rate has a standard deviation of 0.01 around 0.3; +-0.05 is 5 of them, for
+    # consecutive integer ids (the hash must not keep their order) and for strings.
+    for ids in (np.arange(40, dtype=np.int64), np.array([f"user{i}" for i in range(40)])):
+        chosen = np.zeros(len(ids))
+        pairs = 0
+        for seed in range(2000):
+            picked = np.zeros(len(ids), dtype=bool)
+            picked[sample_users(ids, 0.3, seed)] = True
+            chosen += picked
+            pairs += (picked[1:] & picked[:-1]).sum()
+        rate = chosen / 2000
+        assert np.all(np.abs(rate - 0.3) < 0.05), rate
+        # neighbours are not chosen together more (or less) often than two of 12 in 40 users by chance
+        both = pairs / (2000 * 39)
+        assert abs(both - 12 / 40 * 11 / 39) < 0.02, both
 
 
 def test_split_users_is_disjoint():

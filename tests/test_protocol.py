@@ -96,6 +96,7 @@ def test_with_items_reindexes_every_part():
     (dict(val=0.5, test=0.5), "val + test"),
     (dict(seed=-1), "seed"),
     (dict(seed=1.0), "seed"),
+    (dict(seed=2**32), "seed"),  # the new users' hash takes 32 bits of seed: 2^32 would hold out seed 0's
 ])
 def test_bad_arguments_raise_input_error_naming_them(kwargs, names):
     with pytest.raises(InputError, match=r"^" + names.replace("+", r"\+") + " must be"):
