@@ -257,9 +257,10 @@ class Ratings:
         """A seeded random ``fraction`` of the users (at least one), in index order.
 
         The users are chosen by their ids (``retrain.contract.sample_users``): the choice depends
-        on the ids, ``fraction`` and ``seed`` only, not on the users' order nor, but through the
-        count, on the other users.  So a train and a val set of the same users subsample to the
-        same users, and so do the same users given in another order.
+        on the ids, ``fraction`` and ``seed`` (on the other users only through their count), not
+        on the order the users come in.  So a train and a val set of the same users subsample to
+        the same users, and so do the same users given in another order; one more user changes the
+        choice by at most one user in and one out.
         """
         return self.select_users(sample_users(self.user_ids, fraction, seed))
 
