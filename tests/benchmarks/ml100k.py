@@ -105,9 +105,10 @@ def held_out_users(n_users: int, fraction: float, seed: int) -> np.ndarray:
     *indices* (into the sorted ids).
 
     The documented ML-100k numbers (docs/pipeline.md) were measured with this draw, which was
-    ``retrain.data.sample_users`` until that chose users by id; it is kept here so that the
-    protocol, and its numbers, stay what they were.  (ML-100k's ids are fixed, so the order
-    dependence that made the pipeline key its draw by id does not arise.)
+    ``retrain.data.sample_users`` until that chose users by id; it is kept here so that each
+    fold's new and known users stay what they were (the pipeline's tuning subsample of the known
+    users is chosen by id, as everywhere).  ML-100k's ids and their order are fixed, so the order
+    dependence that made the library key its draw does not arise here.
     """
     return np.sort(np.random.default_rng(seed).permutation(n_users)[:max(1, int(round(n_users * fraction)))])
 
