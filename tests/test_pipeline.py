@@ -215,6 +215,19 @@ def test_tuning_subsample_and_new_users_do_not_depend_on_the_users_order():
         assert sorted(theirs.pretrain.user_ids.tolist()) == sorted(mine.pretrain.user_ids.tolist())
 
 
+def test_the_same_users_in_another_order_are_tuned_and_retrained_alike_bitwise():
+    # Everything else is keyed by id (init, permutations, exact validation sums): with the tuning
+    # subsample keyed too, users given in another order get the same tuning, epochs and rows.
+    head, train, val = planted_problem(n_users=40)
+    hyp = planted_hyp(subsampling_factor=0.5, seed=4)
+    order = np.random.default_rng(3).permutation(40)
+    a, b = (retrain_user_embeddings(_pretrained(head, t), t, v, hyp, max_iters=8, n_starts=4, backend=BACKEND)
+            for t, v in ((train, val), (permuted_users(train, order), permuted_users(val, order))))
+    assert [(e.a, e.b, e.loss, e.epochs) for e in a.tune.history] == [(e.a, e.b, e.loss, e.epochs) for e in b.tune.history]
+    assert (a.epochs, a.val_loss, a.hyp) == (b.epochs, b.val_loss, b.hyp)
+    assert torch.equal(b.model.user_embeddings[order], a.model.user_embeddings)  # user u is b's row order[u]
+
+
 def test_one_more_user_keeps_the_tuning_subsample_but_for_one_in_and_one_out():
     # A daily job's data sorted by id: a new user with the smallest id shifts every index; the
     # tuning subsample (so the tuned hyper-parameters) used to be redrawn whole.
