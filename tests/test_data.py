@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from retrain import InputError
-from problems import permuted_users, users_by_id
+from problems import permuted_items, permuted_users, ratings_by_id, users_by_id
 from retrain.data import Ratings, sample_users, synthetic_ratings
 
 
@@ -62,7 +62,9 @@ def test_bad_input_names_the_problem(kwargs, message):
 @pytest.mark.parametrize("call,message", [
     (lambda r: r.split_per_user(1.0), r"val_fraction must be a fraction in \[0, 1\), got 1.0"),
     (lambda r: r.split_per_user(float("nan")), "val_fraction must be"),
-    (lambda r: r.split_per_user(0.2, seed=-1), "seed must be an integer >= 0"),
+    (lambda r: r.split_per_user(0.2, seed=-1), r"seed must be an integer in \[0, 4294967295\], got -1"),
+    (lambda r: r.split_per_user(0.2, seed=2**32), "seed must be an integer in"),  # hashed as 32 bits: 2^32 would be 0
+    (lambda r: r.split_random(0.2, seed=2**32), "seed must be an integer in"),
     (lambda r: r.split_random(-0.1), "fraction must be a fraction"),
     (lambda r: r.split_users(0.0), r"fraction must be a fraction in \(0, 1\]"),
     (lambda r: r.subsample_users(0.5, seed=1.5), "seed must be an integer"),
@@ -117,13 +119,17 @@ def _combine(h, v):
     return _fmix32(h ^ ((v + 0x9E3779B9) & 0xFFFFFFFF))
 
 
+def _word(id_):
+    """docs/semantics.md's id word: an integer id mod 2^64, a string's first 8 bytes of its BLAKE2b
+    digest, little-endian."""
+    if isinstance(id_, str):
+        return int.from_bytes(hashlib.blake2b(id_.encode(), digest_size=8).digest(), "little")
+    return id_ % 2**64
+
+
 def _rank(user_id, seed):
-    """(hash, word, id) of docs/semantics.md: the word of an integer id is the id mod 2^64, that of
-    a string the first 8 bytes of its BLAKE2b digest, little-endian."""
-    if isinstance(user_id, str):
-        word = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "little")
-    else:
-        word = user_id % 2**64
+    """(hash, word, id) of docs/semantics.md."""
+    word = _word(user_id)
     return _combine(_combine(_combine(0x5E1EC7ED, seed), word & 0xFFFFFFFF), word >> 32), word, user_id
 
 
@@ -217,6 +223,126 @@ def test_split_users_is_disjoint():
     assert held.n_users == 10 and kept.n_users == 40
     assert not set(kept.user_ids) & set(held.user_ids)
     assert kept.nnz + held.nnz == r.nnz
+
+
+# ----------------------------------------------------------------------------- keyed rating splits
+# The oracle: docs/semantics.md's per-rating hash and rank, in Python integers.
+def _rating_hash(user_id, item_id, seed):
+    h = _combine(0x5B1175ED, seed)
+    for word in (_word(user_id), _word(item_id)):
+        h = _combine(_combine(h, word & 0xFFFFFFFF), word >> 32)
+    return h
+
+
+def _split_by_hand(rows, fraction, seed):
+    """The rows ``(user id, item id, rating, weight)`` of the second part, sorted: each user's
+    ``round(fraction * n_u)`` of least ``(hash, item word, item id, rating, weight)``."""
+    chosen = []
+    for user in {row[0] for row in rows}:
+        mine = sorted((row for row in rows if row[0] == user),
+                      key=lambda row: (_rating_hash(user, row[1], seed), _word(row[1]), row[1], row[2], row[3]))
+        chosen += mine[:round(fraction * len(mine))]
+    return sorted(chosen)
+
+
+def keyed_ratings(seed=0, n_users=50, n_items=30) -> Ratings:
+    """Users with string ids, integer item ids of both signs (other high words), neither in index
+    order; some items rated twice by one user, with other ratings or weights."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), rng.integers(1, 14, n_users))
+    return Ratings.from_coo(users, rng.integers(0, n_items, len(users)), rng.integers(1, 6, len(users)),
+                            rng.choice([0.5, 1.0, 2.0], len(users)), n_users=n_users, n_items=n_items,
+                            user_ids=np.array([f"u{i}" for i in rng.permutation(n_users)]),
+                            item_ids=rng.choice(2**40, n_items, replace=False) - 2**39)
+
+
+# At seed 0, fraction 0.5: items 21385 and -266 tie on the hash for user 7 (the smaller word,
+# 21385's, goes first); user 8 holds out round(1.5) = 2: item 4 (the least hash) and one of its
+# two ratings of item 9 (the same hash: the smaller rating); user -3 holds out round(2.5) = 2
+# (half to even): items 1 and 2, of the least hashes.
+TINY = [(7, -266, 4.0, 1.0), (7, 21385, 3.0, 1.0), (8, 9, 4.0, 1.0), (8, 4, 1.0, 1.0), (8, 9, 2.0, 1.0),
+        (-3, 1, 5.0, 1.0), (-3, 2, 4.0, 2.0), (-3, 3, 3.0, 1.0), (-3, 4, 2.0, 1.0), (-3, 5, 1.0, 1.0)]
+TINY_HELD = [(-3, 1, 5.0, 1.0), (-3, 2, 4.0, 2.0), (7, 21385, 3.0, 1.0), (8, 4, 1.0, 1.0), (8, 9, 2.0, 1.0)]
+
+
+def test_split_per_user_holds_out_the_documented_least_ranked_ratings():
+    assert _rating_hash(7, 21385, 0) == _rating_hash(7, -266, 0)  # the case really is a tie
+    assert _split_by_hand(TINY, 0.5, 0) == TINY_HELD  # the fixed values are the documented formula's
+    users, items, ratings, weights = zip(*TINY)
+    for order in ([*range(10)], [*range(9, -1, -1)]):  # the rows in either order
+        r = Ratings.from_ids(np.array(users)[order], np.array(items)[order], np.array(ratings)[order],
+                             np.array(weights)[order])
+        train, val = r.split_per_user(0.5, seed=0)
+        assert ratings_by_id(val) == TINY_HELD
+        assert sorted(ratings_by_id(train) + ratings_by_id(val)) == sorted(TINY)
+    r = keyed_ratings()
+    rows = ratings_by_id(r)
+    for fraction, seed in ((0.2, 0), (0.5, 3), (0.75, 2**32 - 1)):
+        train, val = r.split_per_user(fraction, seed)
+        assert ratings_by_id(val) == _split_by_hand(rows, fraction, seed)
+        assert sorted(ratings_by_id(train) + ratings_by_id(val)) == rows
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.7])
+def test_split_per_user_holds_out_round_fraction_n_of_each_user(fraction):
+    r = Ratings.from_coo(np.repeat(np.arange(12), np.arange(1, 13)), np.concatenate([np.arange(n) for n in range(1, 13)]),
+                         np.ones(78))
+    train, val = r.split_per_user(fraction, seed=1)
+    assert val.counts.tolist() == [round(n * fraction) for n in range(1, 13)]  # half to even: 0.5 -> 0, 2.5 -> 2
+    assert (train.counts + val.counts).tolist() == list(range(1, 13))
+
+
+@pytest.mark.parametrize("split", ["split_per_user", "split_random"])
+def test_rating_splits_do_not_depend_on_the_users_or_items_order(split):
+    # The same ratings read from another file order or under another catalogue's item indices
+    # got other splits: the draw was one random number per row, in CSR order.
+    r = keyed_ratings(seed=1)
+    for seed in (0, 1, 2):
+        mine = getattr(r, split)(0.3, seed)
+        rng = np.random.default_rng(seed)
+        for other in (permuted_users(r, rng.permutation(r.n_users)), permuted_items(r, rng.permutation(r.n_items))):
+            assert [ratings_by_id(part) for part in getattr(other, split)(0.3, seed)] == [ratings_by_id(p) for p in mine]
+
+
+def test_one_item_rated_twice_splits_alike_in_either_row_order():
+    # Two ratings of one item by one user tie on the hash and the item; the rating decides, not
+    # the input order (which the canonical order keeps for them).
+    users = np.repeat(np.arange(40), 2)
+    items, ratings = np.zeros(80, dtype=np.int64), np.tile([2.0, 4.0], 40)
+    for split in ("split_per_user", "split_random"):
+        parts = [[ratings_by_id(p) for p in getattr(Ratings.from_coo(users[o], items[o], ratings[o]), split)(0.5, 3)]
+                 for o in (np.arange(80), np.arange(80)[::-1])]
+        assert parts[0] == parts[1]
+    assert set(Ratings.from_coo(users, items, ratings).split_per_user(0.5, 3)[1].ratings.tolist()) == {2.0}
+
+
+@pytest.mark.parametrize("new_id", ["a", "u25x", "zz"])
+def test_one_more_user_leaves_every_other_users_split(new_id):
+    # A daily job's data sorted by id: a new user shifts every later user's rows and index; each
+    # other user's train / val ratings must stay what they were.
+    r = keyed_ratings(seed=2)
+    grown = Ratings.from_ids(np.concatenate([r.user_ids[r.user_of_row()], [new_id] * 5]),
+                             np.concatenate([r.item_ids[r.items], r.item_ids[:5]]),
+                             np.concatenate([r.ratings, [1.0, 2.0, 3.0, 4.0, 5.0]]),
+                             np.concatenate([r.weights, np.ones(5)]))
+    for split in ("split_per_user", "split_random"):
+        for seed in (0, 5):
+            before = [ratings_by_id(part) for part in getattr(r, split)(0.3, seed)]
+            after = [[row for row in ratings_by_id(part) if row[0] != new_id] for part in getattr(grown, split)(0.3, seed)]
+            assert after == before
+
+
+def test_rating_splits_hold_out_each_rating_at_the_fraction_over_seeds():
+    # 1000 seeds: a rating's rate has a standard deviation of 0.0145 around 0.3; +-0.075 is five of
+    # them (320 ratings: the largest of their deviations is about three), for consecutive item ids
+    # (the hash must not keep their order) and both splits.  The seeds are fixed: not flaky.
+    r = Ratings.from_coo(np.repeat(np.arange(32), 10), np.tile(np.arange(10), 32), np.ones(320))
+    for split in ("split_per_user", "split_random"):
+        held = np.zeros(r.nnz)
+        for seed in range(1000):
+            part = getattr(r, split)(0.3, seed)[1]
+            held[part.user_of_row() * 10 + part.items] += 1  # r's row of (user, item)
+        assert np.all(np.abs(held / 1000 - 0.3) < 0.075), (split, held.min(), held.max())
 
 
 def test_synthetic_is_realistic():
