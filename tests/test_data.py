@@ -283,6 +283,16 @@ def test_split_per_user_holds_out_the_documented_least_ranked_ratings():
         assert sorted(ratings_by_id(train) + ratings_by_id(val)) == rows
 
 
+def test_split_random_takes_each_rating_of_hash_below_the_fraction():
+    r = keyed_ratings(seed=4)
+    rows = ratings_by_id(r)
+    for fraction, seed in ((0.3, 0), (0.5, 9)):
+        rest, chosen = r.split_random(fraction, seed)
+        expected = [row for row in rows if _rating_hash(row[0], row[1], seed) < fraction * 2**32]
+        assert ratings_by_id(chosen) == expected and 0 < len(expected) < len(rows)
+        assert sorted(ratings_by_id(rest) + expected) == rows
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.7])
 def test_split_per_user_holds_out_round_fraction_n_of_each_user(fraction):
     r = Ratings.from_coo(np.repeat(np.arange(12), np.arange(1, 13)), np.concatenate([np.arange(n) for n in range(1, 13)]),
