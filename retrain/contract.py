@@ -16,6 +16,16 @@ bit-identical values.  ``docs/semantics.md`` states the same functions in words.
   ``[0, 2**bits)``  ``x -> (x * M_r + K_r) & mask; x ^= x >> shift`` (four rounds) is applied to
   position ``i`` repeatedly until the value is below ``n`` (cycle walking).  Position ``i`` of the
   epoch visits the user's rating ``perm(i)`` (canonical order index).
+* Users sampled by a seeded ``fraction`` (``sample_users``): with ``lo``, ``hi`` the 32-bit halves
+  of a user's id word (``id_words``), its rank is ``(combine(combine(combine(SAMPLE_DOMAIN, seed),
+  lo), hi), word, id)`` (lexicographic), and the ``k = max(1, round(n * fraction))`` users of least
+  rank are chosen: the choice depends on each id alone, not on the order or the index of the users.
+* Ratings split per user by a seeded ``fraction`` (``sample_ratings_per_user``): with ``lo``/``hi``
+  the halves of the user's and of the item's id words, a rating's hash is
+  ``combine(combine(combine(combine(combine(SPLIT_DOMAIN, seed), user lo), user hi), item lo),
+  item hi)``; its rank inside its user orders the user's ratings by ``(hash, item word, item id,
+  rating, weight)``, and a user's ``round(fraction * n_u)`` (half to even) ratings of least rank are
+  chosen.  ``sample_ratings`` chooses each rating of ``hash < fraction * 2**32`` (not per user).
 * Adam step count of a user's step ``c`` (0-based) in epoch ``t``: ``t * ceil(n / B) + c + 1``.
 * The step itself (loss, optimizer and its constants, batch size, seed, damping) is a
   ``StepSpec``: every backend receives one and takes its constants from it.
@@ -38,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_float, check_fraction, check_int
 
 CONTRACT_VERSION = "1"
 
@@ -46,6 +56,8 @@ MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
 INIT_DOMAIN = 0x1D2E3F40
 PERM_DOMAIN = 0x5A17C0DE
+SAMPLE_DOMAIN = 0x5E1EC7ED
+SPLIT_DOMAIN = 0x5B1175ED
 PERM_ROUNDS = 4
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Far above any user's rating count (a larger batch is the same full batch); near 2^63 a kernel's
@@ -75,26 +87,34 @@ def combine(h, v):
         return fmix32(h ^ (v + np.uint32(GOLDEN)))
 
 
-def id_words(user_ids) -> np.ndarray:
+def id_words(user_ids, what: str = "user id") -> np.ndarray:
     """The 64-bit word (uint64) each original id is keyed by: the id itself for integers (int64 or
     uint64: negatives wrap, as two's complement), the first 8 bytes of BLAKE2b of the UTF-8 text
-    (little-endian) for strings.  Stable across runs, processes and machines."""
+    (little-endian) for strings.  Stable across runs, processes and machines.  ``what`` names the
+    ids in the error for text without UTF-8 bytes (``"item id"`` for item ids)."""
     ids = np.asarray(user_ids)
     if ids.dtype.kind in "US" or (ids.dtype == object and all(isinstance(x, str) for x in ids.ravel())):
-        return np.frombuffer(b"".join(_text_digest(x) for x in ids.ravel()), dtype="<u8").reshape(ids.shape).copy()
+        return np.frombuffer(b"".join(_text_digest(x, what) for x in ids.ravel()),
+                             dtype="<u8").reshape(ids.shape).copy()
     if ids.dtype == np.uint64:
         return ids.copy()
     return ids.astype(np.int64).view(np.uint64)
 
 
-def _text_digest(text) -> bytes:
+def word_halves(words) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)``: the low and high 32-bit halves (uint32) of 64-bit id words (``id_words``)."""
+    words = np.asarray(words, dtype=np.uint64)
+    return (words & np.uint64(MASK32)).astype(np.uint32), (words >> np.uint64(32)).astype(np.uint32)
+
+
+def _text_digest(text, what: str) -> bytes:
     """The first 8 bytes of BLAKE2b of ``text``'s UTF-8; InputError for text that has none (a lone
     surrogate, as ``surrogateescape`` makes of bytes that are not UTF-8): a UnicodeEncodeError in
     the middle of a training run before."""
     try:
         data = str(text).encode("utf-8")
     except UnicodeEncodeError:
-        raise InputError(f"user id {str(text)!r} is not valid text (it holds a lone surrogate): it has no UTF-8 "
+        raise InputError(f"{what} {str(text)!r} is not valid text (it holds a lone surrogate): it has no UTF-8 "
                          "bytes to key it by") from None
     return hashlib.blake2b(data, digest_size=8).digest()
 
@@ -106,10 +126,123 @@ def user_key(user_ids) -> np.ndarray:
     Keys depend on the id alone, so a user gets the same initial embedding and schedule in a full
     retrain and when folded in at serving time.  Returned as int64 in ``[0, 2**32)``.
     """
-    words = id_words(user_ids)
-    lo = (words & np.uint64(MASK32)).astype(np.uint32)
-    hi = (words >> np.uint64(32)).astype(np.uint32)
+    lo, hi = word_halves(id_words(user_ids))
     return (lo ^ fmix32(hi)).astype(np.int64)
+
+
+def sample_users(user_ids, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices (int64 ``[k]``) into ``user_ids [n]`` (distinct ids, as ``Ratings`` holds) of
+    a seeded ``fraction`` of the users: the ``k = max(1, round(n * fraction))`` users of least rank
+    (all of them for ``fraction = 1``, none for ``n = 0``).
+
+    A user's rank is ``(combine(combine(combine(SAMPLE_DOMAIN, seed), lo), hi), word, id)``, compared
+    in that order, where ``word`` is its 64-bit id word (``id_words``) and ``lo``, ``hi`` its 32-bit
+    halves.  The hash alone would tie about ``n**2 / 2**33`` pairs (a hundred at a million users);
+    the word breaks those ties, and the id itself the ties of two string ids whose 8-byte digests
+    agree, so the order is total.  Whether a user is chosen therefore depends on its id, ``seed``
+    and ``fraction`` only, and on the other users only through ``k`` and their ranks, never on the
+    order in which the users are given or their indices.  So adding one user (a daily job's new
+    id, wherever it sorts) keeps the choice but for the new user coming in and the user at the
+    boundary going out, or, where ``k`` grows by the rounding, one user coming in.
+
+    ``fraction`` in ``(0, 1]``, ``seed`` in ``[0, MAX_SEED]``; InputError otherwise.
+    """
+    fraction = check_fraction("fraction", fraction, zero=False, one=True)
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    ids = np.asarray(user_ids)
+    if ids.ndim != 1:
+        raise InputError(f"user_ids must be one-dimensional, got shape {ids.shape}")
+    n = len(ids)
+    k = min(n, max(1, int(round(n * fraction))))
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    words = id_words(ids)
+    lo, hi = word_halves(words)
+    rank = combine(combine(combine(SAMPLE_DOMAIN, np.uint32(seed)), lo), hi)
+    # The k least of a total order without sorting all n: every rank below the k-th least is in,
+    # and the users tied with it (usually one) are ordered by word, then id, for the rest.
+    cut = np.partition(rank, k - 1)[k - 1]
+    below = np.flatnonzero(rank < cut)
+    tied = np.flatnonzero(rank == cut)
+    tied = tied[np.lexsort((ids[tied], words[tied]))]
+    return np.sort(np.concatenate([below, tied[:k - len(below)]])).astype(np.int64)
+
+
+def rating_hashes(users, items, user_ids, item_ids, seed: int) -> np.ndarray:
+    """Seeded hash (uint32 ``[nnz]``) of each rating, from its user's and its item's id words:
+    ``combine(combine(combine(combine(combine(SPLIT_DOMAIN, seed), ulo), uhi), ilo), ihi)`` with
+    ``ulo``, ``uhi`` (``ilo``, ``ihi``) the 32-bit halves of the user's (item's) id word.
+
+    ``users``, ``items``: int64 ``[nnz]`` indices into ``user_ids [n_users]`` and ``item_ids
+    [n_items]``, the rows in any order.  The hash depends on ``seed`` and the two ids only.
+    """
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    user_lo, user_hi = word_halves(id_words(user_ids))
+    item_lo, item_hi = word_halves(id_words(item_ids, "item id"))
+    per_user = combine(combine(combine(SPLIT_DOMAIN, np.uint32(seed)), user_lo), user_hi)  # [n_users]: once per user
+    return combine(combine(per_user[users], item_lo[items]), item_hi[items])
+
+
+def rating_ranks(users, items, ratings, weights, user_ids, item_ids, seed: int) -> np.ndarray:
+    """Rank (int64 ``[nnz]``, ``0 .. n_u - 1``) of each rating inside its user, in the order of
+    ``(rating_hashes, item word, item id, rating, weight)`` (compared in that order).
+
+    ``users``, ``items`` as for ``rating_hashes``; ``ratings``, ``weights``: ``[nnz]``.  The 32-bit
+    hash ties two of a user's items rarely (about ``n_u**2 / 2**33`` pairs, and never two ids of
+    one high half: it is a bijection of the low half); the item word breaks those
+    ties, the item id those of two string ids whose 8-byte digests agree, and the rating and weight
+    those of one item rated twice by the user (``Ratings`` keeps such rows): the order is total up
+    to rows equal in all of (user, item, rating, weight), which are interchangeable.  So a rating's
+    rank depends on the ids, values and seed of its user's ratings only: not on the row order, the
+    user or item indices, nor on any other user.
+    """
+    users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    ratings, weights = np.asarray(ratings), np.asarray(weights)
+    if len(user_ids) > 2**32:  # the user index takes the high 32 bits of the sort word below
+        raise InputError(f"rating_ranks takes at most 2**32 users, got {len(user_ids)}")
+    # Sort by (user, hash) as one 64-bit word (a tenth of the time of lexsort over all the keys),
+    # then order the few rows that tie on it (two of a user's ratings of one hash) by the rest.
+    word = (users.astype(np.uint64) << np.uint64(32)) | rating_hashes(users, items, user_ids, item_ids, seed)
+    order = np.argsort(word, kind="stable")  # stable: timsort, fast on rows already by user (CSR)
+    same = word[order[1:]] == word[order[:-1]]
+    tied = np.flatnonzero(np.concatenate([same, [False]]) | np.concatenate([[False], same]))
+    if len(tied):
+        rows = order[tied]
+        id_order = np.unique(np.asarray(item_ids), return_inverse=True)[1].reshape(-1)  # each item's place in id order
+        order[tied] = rows[np.lexsort((weights[rows], ratings[rows], id_order[items[rows]],
+                                       id_words(item_ids, "item id")[items[rows]], word[rows]))]
+    counts = np.bincount(users, minlength=len(user_ids))
+    first = np.cumsum(counts) - counts  # the position of each user's first rating in ``order``
+    ranks = np.empty(len(users), dtype=np.int64)
+    ranks[order] = np.arange(len(users), dtype=np.int64) - first[users[order]]
+    return ranks
+
+
+def sample_ratings_per_user(users, items, ratings, weights, user_ids, item_ids, fraction: float,
+                            seed: int) -> np.ndarray:
+    """Which ratings (bool ``[nnz]``) a seeded ``fraction`` of each user's ratings is: the user's
+    ``round(fraction * n_u)`` (half to even) ratings of least ``rating_ranks``.
+
+    Arguments as for ``rating_ranks``; ``fraction`` in ``[0, 1]``, ``seed`` in ``[0, MAX_SEED]``.
+    Whether a rating is chosen depends on its user's ratings (ids, values) and on ``fraction`` and
+    ``seed`` only: the same ratings in another row order, under other user or item indices, or
+    beside other users (one more user, wherever its id sorts) give each user the same choice.
+    """
+    fraction = check_fraction("fraction", fraction, one=True)
+    users = np.asarray(users, dtype=np.int64)
+    ranks = rating_ranks(users, items, ratings, weights, user_ids, item_ids, seed)
+    chosen = np.round(np.bincount(users, minlength=len(user_ids)) * fraction).astype(np.int64)
+    return ranks < chosen[users]
+
+
+def sample_ratings(users, items, user_ids, item_ids, fraction: float, seed: int) -> np.ndarray:
+    """Which ratings (bool ``[nnz]``) a seeded ``fraction`` of all the ratings is, not per user:
+    each rating whose ``rating_hashes`` value is below ``fraction * 2**32`` (about ``fraction`` of
+    them, each independently).  Arguments as for ``rating_hashes``; ``fraction`` in ``[0, 1]``.
+    Whether a rating is chosen depends on its user's and item's ids and ``seed`` only.
+    """
+    fraction = check_fraction("fraction", fraction, one=True)
+    return rating_hashes(users, items, user_ids, item_ids, seed) < fraction * 2.0**32
 
 
 def init_scale(scheme: str, d: int, n_users: int) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .contract import MAX_SEED, sample_ratings, sample_ratings_per_user, sample_users
 from .errors import InputError, check_float, check_fraction, check_indices, check_int
 from .ids import IdIndex, exact_ids, format_id
 
@@ -219,25 +220,32 @@ class Ratings:
         return Ratings(indptr, self.items[keep], self.ratings[keep], self.weights[keep], self.user_ids, self.item_ids)
 
     def split_random(self, fraction: float = 0.2, seed: int = 0) -> tuple["Ratings", "Ratings"]:
-        """Split all ratings at random (not per user) into (rest, ``fraction`` of the ratings)."""
-        fraction, seed = check_fraction("fraction", fraction), check_int("seed", seed, 0)
-        chosen = np.random.default_rng(seed).random(self.nnz) < fraction
+        """Split all ratings at random (not per user) into (rest, about ``fraction`` of the ratings).
+
+        Each rating goes to the second part by a seeded hash of its user's and item's ids
+        (``retrain.contract.sample_ratings``), independently of the others: the split depends on
+        the ids, ``fraction`` and ``seed`` (in ``[0, 2**32 - 1]``), not on the order of the rows,
+        the user or item indices, or the other users.
+        """
+        fraction, seed = check_fraction("fraction", fraction), check_int("seed", seed, 0, MAX_SEED)
+        chosen = sample_ratings(self.user_of_row(), self.items, self.user_ids, self.item_ids, fraction, seed)
         return self._subset_rows(~chosen), self._subset_rows(chosen)
 
     def split_per_user(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["Ratings", "Ratings"]:
-        """Split each user's ratings at random into (train, val), ``round(val_fraction * n_u)`` to val.
+        """Split each user's ratings at random into (train, val), ``round(val_fraction * n_u)``
+        (half to even) to val.
 
-        Both parts keep every user and item index, so they describe the same users.
+        The ratings that go to val are those of least seeded hash of (user id, item id)
+        (``retrain.contract.sample_ratings_per_user``; ties broken by the item id, then the rating
+        and weight): a user's split depends on its own ratings, ``val_fraction`` and ``seed`` (in
+        ``[0, 2**32 - 1]``) only, not on the order of the users or rows, the user or item indices,
+        or the other users (a new user leaves everyone else's split as it was).  Both parts keep
+        every user and item index, so they describe the same users.
         """
-        val_fraction, seed = check_fraction("val_fraction", val_fraction), check_int("seed", seed, 0)
-        rng = np.random.default_rng(seed)
-        key = rng.random(self.nnz)
-        users = self.user_of_row()
-        order = np.lexsort((key, users))  # random order inside each user
-        rank = np.empty(self.nnz, dtype=np.int64)
-        rank[order] = np.arange(self.nnz) - np.repeat(self.indptr[:-1], self.counts)
-        n_val = np.round(self.counts * val_fraction).astype(np.int64)
-        to_val = rank < n_val[users]
+        val_fraction = check_fraction("val_fraction", val_fraction)
+        seed = check_int("seed", seed, 0, MAX_SEED)
+        to_val = sample_ratings_per_user(self.user_of_row(), self.items, self.ratings, self.weights, self.user_ids,
+                                         self.item_ids, val_fraction, seed)
         return self._subset_rows(~to_val), self._subset_rows(to_val)
 
     def select_users(self, users) -> "Ratings":
@@ -255,14 +263,18 @@ class Ratings:
     def subsample_users(self, fraction: float, seed: int = 0) -> "Ratings":
         """A seeded random ``fraction`` of the users (at least one), in index order.
 
-        The choice depends only on ``(n_users, fraction, seed)``, so a train and a val set of the
-        same users subsample to the same users.
+        The users are chosen by their ids (``retrain.contract.sample_users``): the choice depends
+        on the ids, ``fraction`` and ``seed`` (on the other users only through their count), not
+        on the order the users come in.  So a train and a val set of the same users subsample to
+        the same users, and so do the same users given in another order; one more user changes the
+        choice by at most one user in and one out.
         """
-        return self.select_users(sample_users(self.n_users, fraction, seed))
+        return self.select_users(sample_users(self.user_ids, fraction, seed))
 
     def split_users(self, fraction: float, seed: int = 0) -> tuple["Ratings", "Ratings"]:
-        """Hold out a random ``fraction`` of the users: returns (kept users, held-out users)."""
-        held = sample_users(self.n_users, fraction, seed)
+        """Hold out a seeded random ``fraction`` of the users: returns (kept users, held-out users),
+        each in index order.  The held-out users are those ``subsample_users`` chooses (by id)."""
+        held = sample_users(self.user_ids, fraction, seed)
         kept = np.setdiff1d(np.arange(self.n_users), held)
         return self.select_users(kept), self.select_users(held)
 
@@ -366,13 +378,6 @@ def find_columns(available: list, chosen: dict, where: str, fix: str) -> dict:
             raise InputError(f"{where} has no {name} column: expected one of {list(candidates)} "
                              f"(columns: {available}); {fix.format(name=name)}")
     return out
-
-
-def sample_users(n_users: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded random ``fraction`` of ``n_users`` users (at least one)."""
-    fraction, seed = check_fraction("fraction", fraction, zero=False, one=True), check_int("seed", seed, 0)
-    k = max(1, int(round(n_users * fraction)))
-    return np.sort(np.random.default_rng(seed).permutation(n_users)[:k])
 
 
 def synthetic_ratings(n_users: int = 2000, n_items: int = 1000, mean_ratings_per_user: float = 40.0,

@@ -87,11 +87,15 @@ class RetrainResult:
 def tuning_subsample(train: Ratings, val: Ratings, hyp: HyperParams) -> tuple[Ratings, Ratings, HyperParams]:
     """The seeded ``hyp.subsampling_factor`` of the users that tuning trains on, and ``hyp`` with
     ``num_users`` set to the subsample's size (the Glorot bound follows the subsample, as in the seed).
+
+    The users are chosen by id (``retrain.contract.sample_users`` of ``train.user_ids``): the
+    subsample depends on the ids, the factor and ``hyp.seed``, not on the users' order, and a day
+    with one more user tunes on the same users but for at most one in and one out.
     InputError when ``val`` or the subsample's part of it has no ratings: every loss would be 0,
     and the epoch-0 init would win (a table of untrained rows)."""
     if val.nnz == 0:
         raise InputError("val has no ratings: tuning and early stopping validate on it (protocol_split makes one)")
-    users = sample_users(train.n_users, hyp.subsampling_factor, hyp.seed)
+    users = sample_users(train.user_ids, hyp.subsampling_factor, hyp.seed)
     sub_val = val.select_users(users)
     if sub_val.nnz == 0:
         raise InputError(f"the tuning subsample ({len(users)} of {train.n_users} users, hyp.subsampling_factor "

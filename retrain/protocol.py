@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .contract import MASK32, MAX_SEED
 from .data import Ratings, as_ratings
 from .errors import InputError, check_fraction, check_int
 from .trainer import check_ratings
@@ -55,9 +56,15 @@ def protocol_split(data: Ratings, new_users: float = 0.2, val: float = 0.2, test
         test: fraction of each user's ratings for testing, in [0, 1); a new user's other ratings
             are its fold-in part.  ``val + test < 1``: the rest of a known user's ratings is its
             pretraining part.
-        seed: seeds the choice of new users (``seed``) and the per-user splits (``seed``,
-            ``seed + 1`` and ``seed + 2``).
+        seed: in ``[0, 2**32 - 1]``; seeds the choice of new users (``Ratings.split_users``: by
+            user id, so the same users in another order hold out the same new users) and the
+            per-user splits (``Ratings.split_per_user`` with ``seed``, ``seed + 1`` and ``seed + 2``,
+            mod ``2**32``: by user and item id, so each user's parts depend on its own ratings only).
 
+    Every part is a function of the ids and values of the ratings, the fractions and ``seed``: the
+    same users in another order or the items under other indices give the same parts, and one
+    more user changes the new users by at most one in and one out and leaves the parts of every
+    other user that stays known (or stays new) as they were.
     Fractions of a user's ratings are rounded per user (``Ratings.split_per_user``).  Raises
     InputError naming the row for malformed hand-built ratings, naming the argument for a bad
     fraction, and when the split leaves no known users, or a pretraining or validation part (or,
@@ -68,19 +75,19 @@ def protocol_split(data: Ratings, new_users: float = 0.2, val: float = 0.2, test
     new_users = check_fraction("new_users", new_users)
     val = check_fraction("val", val, zero=False)
     test = check_fraction("test", test)
-    seed = check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0, MAX_SEED)
     if val + test >= 1.0:
         raise InputError(f"val + test must be < 1 (the rest is the pretraining part), got val={val}, test={test}")
     known, new = data.split_users(new_users, seed) if new_users > 0 else (data, None)
     if known.n_users == 0:
         raise InputError(f"new_users={new_users} holds out all {data.n_users} users: no known users are left")
     rest, test_part = known.split_per_user(test, seed)
-    pretrain_part, val_part = rest.split_per_user(val / (1.0 - test), seed + 1)
+    pretrain_part, val_part = rest.split_per_user(val / (1.0 - test), (seed + 1) & MASK32)
     for name, part, fraction in (("pretraining", pretrain_part, 1.0 - val - test), ("validation", val_part, val),
                                  ("test", test_part, test)):
         if part.nnz == 0 and fraction > 0:
             raise InputError(f"the {name} part is empty: {known.n_users} known users with {known.nnz} ratings, "
                              f"{fraction:g} of each user's ratings (rounded per user) gives none; "
                              "use more data or other fractions (val, test)")
-    new_fold_in, new_test = new.split_per_user(test, seed + 2) if new is not None else (None, None)
+    new_fold_in, new_test = new.split_per_user(test, (seed + 2) & MASK32) if new is not None else (None, None)
     return ProtocolSplit(pretrain_part, val_part, test_part, new, new_fold_in, new_test)

@@ -48,6 +48,37 @@ def random_ratings(n_users: int, n_items: int, counts=None, seed: int = 0) -> Ra
                             user_ids=1000 + 7 * np.arange(n_users))
 
 
+def permuted_users(r: Ratings, order: np.ndarray) -> Ratings:
+    """``r``'s users given in another index order: user ``u`` becomes index ``order[u]``, with its
+    id and ratings (as the same data read from another file or frame would be)."""
+    user_ids = np.empty_like(r.user_ids)
+    user_ids[order] = r.user_ids
+    return Ratings.from_coo(order[r.user_of_row()], r.items, r.ratings, r.weights, n_users=r.n_users,
+                            n_items=r.n_items, user_ids=user_ids, item_ids=r.item_ids)
+
+
+def permuted_items(r: Ratings, order: np.ndarray) -> Ratings:
+    """``r`` with its items given in another index order: item ``i`` becomes index ``order[i]``,
+    with its id (as another catalogue's order would give them); the users stay where they are."""
+    item_ids = np.empty_like(r.item_ids)
+    item_ids[order] = r.item_ids
+    return Ratings.from_coo(r.user_of_row(), order[r.items], r.ratings, r.weights, n_users=r.n_users,
+                            n_items=r.n_items, user_ids=r.user_ids, item_ids=item_ids)
+
+
+def ratings_by_id(r: Ratings) -> list:
+    """The sorted ``(user id, item id, rating, weight)`` of every rating: equal for the same
+    ratings under any user and item indices and in any row order."""
+    return sorted(zip(r.user_ids[r.user_of_row()].tolist(), r.item_ids[r.items].tolist(), r.ratings.tolist(),
+                      r.weights.tolist()))
+
+
+def users_by_id(r: Ratings) -> list:
+    """Each user's ``(id, items, ratings)``, sorted by id: equal for the same users at any indices."""
+    return sorted((u.item(), r.items[a:b].tolist(), r.ratings[a:b].tolist())
+                  for u, a, b in zip(r.user_ids, r.indptr[:-1], r.indptr[1:]))
+
+
 def rel_err(a, b) -> float:
     """``max|a - b| / max|b|`` (0 when both are zero)."""
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)

@@ -14,6 +14,7 @@ import torch
 from retrain.backends import available_backends
 from retrain.contract import (SGD, Adam, StepSpec, adam_step, damping_terms, exact_sum, fixed_point_limbs,
                               fixed_point_value, fmix32, init_scale, initial_embeddings, permutation, user_key)
+from retrain.data import Ratings
 from retrain.errors import InputError
 
 PINNED_STRING_KEYS = [50747558, 3736593416, 3650754705]  # "alice", "bob", "Zoë"
@@ -202,6 +203,10 @@ def test_a_string_id_without_utf8_is_an_input_error():
     # a UnicodeEncodeError in the middle of a training run.
     with pytest.raises(InputError, match=r"user id 'a\\udc80' is not valid text"):
         user_key(["b", "a\udc80"])
+    # Item ids are hashed too (the per-user rating splits): the error names them.
+    ratings = Ratings.from_ids(["u", "u"], ["x", "y\udc80"], [1.0, 2.0])
+    with pytest.raises(InputError, match=r"item id 'y\\udc80' is not valid text"):
+        ratings.split_per_user(0.5)
 
 
 def test_damping_terms_are_float32_divisions_and_zero_damping_changes_no_reg():

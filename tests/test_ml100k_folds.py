@@ -101,3 +101,16 @@ def test_wheel_path_names_a_missing_wheel(tmp_path):
     assert ml100k.wheel_path(str(path)) == str(path)
     with pytest.raises(FileNotFoundError, match="recbole wheel not found: .*nowhere.whl"):
         ml100k.wheel_path(str(tmp_path / "nowhere.whl"))
+
+
+@pytest.mark.parametrize("seed,first,total", [
+    (0, [2, 8, 13, 19, 23, 25], 86401), (1, [4, 9, 10, 16, 23, 31], 92333), (2, [0, 4, 7, 20, 23, 47], 87392),
+    (3, [1, 5, 6, 11, 16, 24], 92633), (4, [3, 10, 14, 17, 20, 34], 97123),
+])
+def test_held_out_users_is_the_draw_the_documented_numbers_used(seed, first, total):
+    # Folds u1..u5 (seeds 0-4) held out these 189 of 943 user indices when docs/pipeline.md's ML-100k
+    # tables were measured (retrain.data.sample_users(943, 0.2, seed) on main at 4b4ec9f, before
+    # it chose users by id): the protocol must keep them.
+    held = ml100k.held_out_users(943, 0.2, seed)
+    assert len(held) == 189 and held[:6].tolist() == first and int(held.sum()) == total
+    assert np.all(np.diff(held) > 0)

@@ -11,7 +11,7 @@ import torch
 
 import retrain
 import retrain.pipeline as pipeline
-from problems import BACKEND, planted_hyp, planted_problem, rel_err
+from problems import BACKEND, permuted_users, planted_hyp, planted_problem, rel_err, users_by_id
 from retrain.data import Ratings, sample_users
 from retrain.heads import Model
 from retrain.hyperparams import HyperParams
@@ -55,7 +55,7 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch):
 
     # Tuning ran on the seeded half of the users, with the Glorot bound of the subsample.
     sub_train, sub_val, tune_hyp, kwargs = seen["tune"]
-    users = sample_users(train.n_users, 0.5, 3)
+    users = sample_users(train.user_ids, 0.5, 3)
     assert np.array_equal(sub_train.user_ids, train.user_ids[users]) and sub_val.n_users == len(users) == 30
     assert tune_hyp.num_users == 30 and kwargs["max_evals"] == 24 and kwargs["n_starts"] == 4
     # Both space-filling batches (6 points each), then searches, which may converge under the budget.
@@ -189,13 +189,62 @@ def test_validation_ratings_are_required_for_the_retrain_and_its_tuning_subsampl
     empty = val._subset_rows(np.zeros(val.nnz, dtype=bool))
     with pytest.raises(retrain.InputError, match="val has no ratings"):
         retrain_user_embeddings(model, train, empty, planted_hyp(), backend=BACKEND)
-    tuned = sample_users(train.n_users, planted_hyp().subsampling_factor, planted_hyp().seed)
+    tuned = sample_users(train.user_ids, planted_hyp().subsampling_factor, planted_hyp().seed)
     keep = ~np.isin(val.user_of_row(), tuned)  # validation ratings only for users outside the subsample
     with pytest.raises(retrain.InputError, match=r"the tuning subsample \(\d+ of 20 users, hyp.subsampling_factor "
                                                  r"[0-9.]+\) has no validation ratings"):
         retrain_user_embeddings(model, train, val._subset_rows(keep), planted_hyp(), backend=BACKEND)
     with pytest.raises(retrain.InputError, match="the tuning subsample"):  # what the tune command trains on too
         pipeline.tuning_subsample(train, val._subset_rows(keep), planted_hyp())
+
+
+def test_tuning_subsample_and_new_users_do_not_depend_on_the_users_order():
+    # The same users at other indices (another file's or frame's order) tuned on another subsample,
+    # and protocol_split held out other new users.
+    head, train, val = planted_problem(n_users=60)
+    hyp = planted_hyp(subsampling_factor=0.3, seed=5)
+    sub_train, sub_val, sub_hyp = pipeline.tuning_subsample(train, val, hyp)
+    data = train.union(val)
+    for seed in (0, 1):
+        order = np.random.default_rng(seed).permutation(train.n_users)
+        other = pipeline.tuning_subsample(permuted_users(train, order), permuted_users(val, order), hyp)
+        assert users_by_id(other[0]) == users_by_id(sub_train) and users_by_id(other[1]) == users_by_id(sub_val)
+        assert other[2].num_users == sub_hyp.num_users == 18
+        mine, theirs = retrain.protocol_split(data, seed=seed), retrain.protocol_split(permuted_users(data, order), seed=seed)
+        assert users_by_id(theirs.new_users) == users_by_id(mine.new_users)
+        assert sorted(theirs.pretrain.user_ids.tolist()) == sorted(mine.pretrain.user_ids.tolist())
+
+
+def test_the_same_users_in_another_order_are_tuned_and_retrained_alike_bitwise():
+    # Everything else is keyed by id (init, permutations, exact validation sums): with the tuning
+    # subsample keyed too, users given in another order get the same tuning, epochs and rows.
+    head, train, val = planted_problem(n_users=40)
+    hyp = planted_hyp(subsampling_factor=0.5, seed=4)
+    order = np.random.default_rng(3).permutation(40)
+    a, b = (retrain_user_embeddings(_pretrained(head, t), t, v, hyp, max_iters=8, n_starts=4, backend=BACKEND)
+            for t, v in ((train, val), (permuted_users(train, order), permuted_users(val, order))))
+    assert [(e.a, e.b, e.loss, e.epochs) for e in a.tune.history] == [(e.a, e.b, e.loss, e.epochs) for e in b.tune.history]
+    assert (a.epochs, a.val_loss, a.hyp) == (b.epochs, b.val_loss, b.hyp)
+    assert torch.equal(b.model.user_embeddings[order], a.model.user_embeddings)  # user u is b's row order[u]
+
+
+def test_one_more_user_keeps_the_tuning_subsample_but_for_one_in_and_one_out():
+    # A daily job's data sorted by id: a new user with the smallest id shifts every index; the
+    # tuning subsample (so the tuned hyper-parameters) used to be redrawn whole.
+    head, train, val = planted_problem(n_users=60)  # ids 500 + 3 i
+    hyp = planted_hyp(subsampling_factor=0.25, seed=2)
+
+    def with_new_user(r, items, ratings):
+        return Ratings.from_coo(np.concatenate([[0] * len(items), r.user_of_row() + 1]), np.concatenate([items, r.items]),
+                                np.concatenate([ratings, r.ratings]), n_users=r.n_users + 1, n_items=r.n_items,
+                                user_ids=np.concatenate([[7], r.user_ids]), item_ids=r.item_ids)
+
+    before = set(pipeline.tuning_subsample(train, val, hyp)[0].user_ids.tolist())
+    grown = pipeline.tuning_subsample(with_new_user(train, [1, 4, 9], [3.0, 4.0, 2.0]), with_new_user(val, [2], [5.0]),
+                                      hyp)[0]
+    after = set(grown.user_ids.tolist())
+    assert len(before) == len(after) == 15  # round(60 / 4) == round(61 / 4)
+    assert after - before <= {7} and len(before - after) == len(after - before)
 
 
 def test_max_time_inf_means_no_limit_for_the_tuning_and_the_final_retrain():

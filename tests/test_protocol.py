@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import retrain
+from problems import permuted_items, permuted_users
 from retrain import InputError, Ratings, protocol_split
 
 
@@ -85,6 +86,44 @@ def test_with_items_reindexes_every_part():
         split.with_items(data.item_ids[1:])
 
 
+PARTS = ("pretrain", "val", "test", "new_users", "new_fold_in", "new_test")
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**32 - 1])  # the last: seed + 1 and seed + 2 wrap to 0 and 1
+def test_the_same_ratings_in_another_order_give_the_same_parts(seed):
+    # Another file's order of the users, or another catalogue's item indices, gave other
+    # validation and test ratings to every user (the per-user draw went by row): run, tune and
+    # demo tuned on other parts of the same data.
+    data = tagged_ratings(seed=2)
+    split = protocol_split(data, seed=seed)
+    rng = np.random.default_rng(seed)
+    users, items = rng.permutation(data.n_users), rng.permutation(data.n_items)
+    for other in (permuted_users(data, users), permuted_items(data, items),
+                  permuted_items(permuted_users(data, users), items)):
+        moved = protocol_split(other, seed=seed)
+        for name in PARTS:
+            assert identities(getattr(moved, name)) == identities(getattr(split, name)), name
+
+
+def test_one_more_user_leaves_the_other_users_parts():
+    # A daily job's new user (its id sorts first: every other user's index and rows shift) may
+    # swap one user in or out of the new users; everyone else keeps their parts rating for rating.
+    data = tagged_ratings(seed=3)
+    grown = Ratings.from_ids(np.concatenate([[1], data.user_ids[data.user_of_row()]]),
+                             np.concatenate([[data.item_ids[0]], data.item_ids[data.items]]),
+                             np.concatenate([[4.0], data.ratings]), np.concatenate([[0.5], data.weights]))
+    for seed in (0, 1, 2):
+        before, after = protocol_split(data, seed=seed), protocol_split(grown, seed=seed)
+        known_in_both = set(before.pretrain.user_ids.tolist()) & set(after.pretrain.user_ids.tolist())
+        new_in_both = set(before.new_users.user_ids.tolist()) & set(after.new_users.user_ids.tolist())
+        assert len(known_in_both) >= before.pretrain.n_users - 1 and len(new_in_both) >= before.new_users.n_users - 1
+        for names, kept in ((("pretrain", "val", "test"), known_in_both), (("new_fold_in", "new_test"), new_in_both)):
+            for name in names:
+                mine, theirs = (Counter({r: c for r, c in identities(getattr(s, name)).items() if r[0] in kept})
+                                for s in (before, after))
+                assert mine == theirs, (seed, name)
+
+
 @pytest.mark.parametrize("kwargs,names", [
     (dict(new_users=1.0), "new_users"),
     (dict(new_users=-0.1), "new_users"),
@@ -96,6 +135,7 @@ def test_with_items_reindexes_every_part():
     (dict(val=0.5, test=0.5), "val + test"),
     (dict(seed=-1), "seed"),
     (dict(seed=1.0), "seed"),
+    (dict(seed=2**32), "seed"),  # the new users' hash takes 32 bits of seed: 2^32 would hold out seed 0's
 ])
 def test_bad_arguments_raise_input_error_naming_them(kwargs, names):
     with pytest.raises(InputError, match=r"^" + names.replace("+", r"\+") + " must be"):

@@ -386,8 +386,8 @@ def test_max_time_stops_probes_at_a_checkpoint_and_unfinished_points_are_not_cou
     ticks = itertools.count()
     with monkeypatch.context() as clock:
         clock.setattr(time, "monotonic", lambda: float(next(ticks)))
-        cut = tune(head, train, val, planted_hyp(), max_time=60, journal=journal, **kwargs)
-    assert stopped, "the 60-tick budget should stop some probes inside a batch"
+        cut = tune(head, train, val, planted_hyp(), max_time=30, journal=journal, **kwargs)
+    assert stopped, "the 30-tick budget should stop some probes inside a batch"
     lines = [json.loads(line) for line in _entries(journal)]
     assert len(lines) == cut.n_evals < 24
     unfinished = {tune_module._key(p) for p in stopped}
