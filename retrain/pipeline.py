@@ -112,11 +112,12 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
                             backend="auto", path=None, journal=None, n_starts: int = 8,
                             max_time: float = 3600.0, refit: bool = True,
                             final_max_time: float | None = None, group=None, shards: bool | None = None,
-                            max_gather_bytes: int = DEFAULT_MAX_GATHER_BYTES) -> RetrainResult:
+                            max_gather_bytes: int = DEFAULT_MAX_GATHER_BYTES,
+                            memory_budget: int | None = None) -> RetrainResult:
     """Re-initialise and retrain every user embedding of ``model`` against its frozen head.
 
     1. Tune ``(lr, reg)`` with ``tune`` (``max_iters`` evaluations, ``n_starts`` lock-step starts,
-       ``max_time`` seconds, optional ``journal``) on a seeded subsample of
+       ``max_time`` seconds, optional ``journal`` and ``memory_budget``) on a seeded subsample of
        ``hyp.subsampling_factor`` of the users; as in the seed, the Glorot bound of the init
        follows the subsample's user count.  Each evaluation early-stops as ``hyp`` says (a
        checkpoint every ``hyp.epochs_per_checkpoint`` epochs, ``hyp.patience``, 0 in the seed).
@@ -168,7 +169,8 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
         raise InputError("shards=True writes one file per rank: it needs a sharded run (a torch.distributed group)")
 
     sub_train, sub_val, sub_hyp = tuning_subsample(train, val, hyp)
-    tune_options = dict(max_evals=max_iters, max_time=max_time, n_starts=n_starts, journal=journal, seed=hyp.seed)
+    tune_options = dict(max_evals=max_iters, max_time=max_time, n_starts=n_starts, journal=journal, seed=hyp.seed,
+                        memory_budget=memory_budget)
     if sharded is None:
         tuned = tune(head, sub_train, sub_val, sub_hyp, backend=backend, **tune_options)
     else:

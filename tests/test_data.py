@@ -120,8 +120,8 @@ def _combine(h, v):
 
 
 def _word(id_):
-    """docs/semantics.md's id word: an integer id mod 2^64, a string's first 8 bytes of its BLAKE2b
-    digest, little-endian."""
+    """docs/semantics.md's id word: an integer id mod 2^64, a string's 8-byte BLAKE2b digest
+    (``digest_size=8``), little-endian."""
     if isinstance(id_, str):
         return int.from_bytes(hashlib.blake2b(id_.encode(), digest_size=8).digest(), "little")
     return id_ % 2**64

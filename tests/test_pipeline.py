@@ -51,13 +51,15 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "train_probes", spy_train_probes)
     path, journal = tmp_path / "model.safetensors", tmp_path / "tune.jsonl"
     result = retrain_user_embeddings(_pretrained(head, train), train, val, hyp, max_iters=24, n_starts=4,
-                                     backend=BACKEND, path=path, journal=journal, refit=False)
+                                     backend=BACKEND, path=path, journal=journal, refit=False,
+                                     memory_budget=2**30)
 
     # Tuning ran on the seeded half of the users, with the Glorot bound of the subsample.
     sub_train, sub_val, tune_hyp, kwargs = seen["tune"]
     users = sample_users(train.user_ids, 0.5, 3)
     assert np.array_equal(sub_train.user_ids, train.user_ids[users]) and sub_val.n_users == len(users) == 30
     assert tune_hyp.num_users == 30 and kwargs["max_evals"] == 24 and kwargs["n_starts"] == 4
+    assert kwargs["memory_budget"] == 2**30
     # Both space-filling batches (6 points each), then searches, which may converge under the budget.
     entries = journal.read_text().splitlines()[1:]  # after the header
     assert len(entries) == result.tune.n_evals and 12 < result.tune.n_evals <= 24
