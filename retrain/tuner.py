@@ -11,8 +11,8 @@ NLopt asks for one point at a time, so ``tune`` runs:
    to ``max_epochs``), as do those of the zoomed batch that cannot come within ``START_MARGIN``
    of the best: neither the zoomed box nor the starts depend on their values, so the search is
    the one without pruning (``Evaluation.pruned`` marks them; their loss is their best so far);
-2. a *zoomed batch*: a second Halton design of as many points (a quarter of ``max_evals``) over
-   the box of the best 15 % of the first batch, widened by one trust radius on each side.  The
+2. a *zoomed batch*: a second Halton design of twice as many points (half of ``max_evals``, up
+   to ``width``) over the box of the best 15 % of the first batch, widened by one trust radius on each side.  The
    optimum of a tuning problem lies in a narrow, long valley (lr against reg) whose floor early
    stopping makes bumpy at the 0.1 % level (the best epoch jumps by a checkpoint); a design over
    the whole box lands a few points on that floor, the zoomed one several times as many;
@@ -108,7 +108,9 @@ XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 
 FTOL_REL = 1e-4  # ... or change its value by less than this share: early stopping's bumps are ten times larger
 INITIAL_STEP = 0.25  # first trust radius of K explicit starts, as a fraction of the range / sqrt(K)
 FIRST_BATCH_SHARE = 0.25  # the space-filling batch spends at most this share of max_evals
-ZOOM_SHARE = 0.25  # the zoomed batch over the best first-batch points spends this share of max_evals
+ZOOM_SHARE = 0.5  # the zoomed batch over the best first-batch points spends this share of max_evals:
+# one wide batch costs less than the search rounds it replaces, and on seeds 0-19 of the benchmark's two
+# data sets it lost to TPE as often or less than 0.25 did (docs/benchmarks.md, "Tuner", round 7)
 ZOOM_BEST = 0.15  # the zoomed batch covers the box of this share of the best first-batch points ...
 # ... widened by one first trust radius on each side
 START_MARGIN = 0.005  # a search starts only from a point at most this share worse than the best point:
@@ -848,8 +850,9 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
         n_starts: the most local searches live at once (None: as many as ``width`` and the budget
             allow); without the space-filling batch, the number of searches.
         width: the most points a probe batch trains (None: ``default_width(backend)``, 64 on a
-            CPU, 256 on a GPU).  The space-filling and the zoomed batch have ``min(width,
-            max_evals // 4)`` points each.
+            CPU, 256 on a GPU).  The space-filling batch has ``min(width, max_evals // 4)``
+            points, the zoomed batch ``min(width, max_evals // 2)`` (fewer, down to the first
+            batch's size, where that would leave too few evaluations for one search).
         bounds: ``((a_lo, a_hi), (b_lo, b_hi))``, default ``DEFAULT_BOUNDS`` = a in [-2, 3]
             (lr 1e-5 .. 1), b in [-3, 5] (reg 1e-8 .. 1).  A best point on a bound is logged as
             a warning and named in ``TuneResult.at_bound``.
@@ -956,6 +959,9 @@ class _Search:
         if losses is None:  # max_time ran out during the batch
             return
         n_zoom = min(self.width, int(ev.max_evals * ZOOM_SHARE))
+        # A small budget keeps one search's opening and steps (down to the first batch's size):
+        # a search is what walks to an optimum on a bound, or between the design's points.
+        n_zoom = max(min(n_zoom, ev.left - OPENING - STEPS_RESERVED), min(n_zoom, n))
         if n_zoom >= 1:
             # The basin a dense grid would find is narrow in some direction (a valley in (a, b)):
             # a second design over the box of the best points puts several times as many points

@@ -60,9 +60,11 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch):
     assert np.array_equal(sub_train.user_ids, train.user_ids[users]) and sub_val.n_users == len(users) == 30
     assert tune_hyp.num_users == 30 and kwargs["max_evals"] == 24 and kwargs["n_starts"] == 4
     assert kwargs["memory_budget"] == 2**30
-    # Both space-filling batches (6 points each), then searches, which may converge under the budget.
+    # The space-filling batch (6 points) and the zoomed one (10: it leaves a search's opening and
+    # steps, 8), then searches, which may converge under the budget.
     entries = journal.read_text().splitlines()[1:]  # after the header
-    assert len(entries) == result.tune.n_evals and 12 < result.tune.n_evals <= 24
+    assert len(entries) == result.tune.n_evals and 16 < result.tune.n_evals <= 24
+    assert [e.round for e in result.tune.history[:16]] == [0] * 6 + [1] * 10
     # The retrain: every user, a checkpoint every epoch, patience = the tuning's checkpoint interval.
     retrain_data, retrain_hyp = seen["retrain"]
     assert retrain_data.n_users == 60 and retrain_hyp.epochs_per_checkpoint == 1 and retrain_hyp.patience == 2
