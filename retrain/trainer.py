@@ -141,14 +141,14 @@ def reachable_loss(history: list, max_epochs: int, window: int) -> float:
     """``Pruning``'s bound of a probe with ``history = [(epoch, loss), ...]``: the lowest loss it
     reaches by ``max_epochs`` if it never falls faster per epoch than over its last ``window``
     checkpoint intervals."""
-    epochs = np.array([e for e, _ in history], dtype=np.float64)
-    losses = np.array([v for _, v in history], dtype=np.float64)
-    best = float(losses.min())
     if len(history) < 2:
         return -math.inf  # no rate known yet
-    falls = (losses[:-1] - losses[1:]) / np.diff(epochs)
-    rate = max(0.0, float(np.max(falls[-window:])))
-    return min(best, float(losses[-1]) - (max_epochs - epochs[-1]) * rate)
+    # Plain floats over the last window + 1 checkpoints: called per probe and checkpoint.
+    tail = history[-(window + 1):]
+    rate = max(0.0, *((loss - next_loss) / (next_epoch - epoch)
+                      for (epoch, loss), (next_epoch, next_loss) in zip(tail, tail[1:])))
+    last_epoch, last_loss = tail[-1]
+    return min(min(loss for _, loss in history), float(last_loss) - (max_epochs - last_epoch) * rate)
 
 
 def _as_vector(values, name: str) -> np.ndarray:
@@ -411,8 +411,9 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                 finished = np.array([r.best_val_loss for r in results if r.stop_reason in FINAL])
                 target = pruning.target(finished, epoch)
                 for slot, probe in enumerate(active):
-                    bound = reachable_loss(results[probe].history, hyp.max_epochs, pruning.window)
-                    if not stopped[slot] and bound > target:
+                    if stopped[slot] or math.isinf(target):
+                        continue
+                    if reachable_loss(results[probe].history, hyp.max_epochs, pruning.window) > target:
                         results[probe].stop_reason, stopped[slot] = "pruned", True
             if on_finish is not None:
                 for slot in np.flatnonzero(stopped & ~reported):
