@@ -90,8 +90,9 @@ def combine(h, v):
 def id_words(user_ids, what: str = "user id") -> np.ndarray:
     """The 64-bit word (uint64) each original id is keyed by: the id itself for integers (int64 or
     uint64: negatives wrap, as two's complement), the 8-byte BLAKE2b digest (``digest_size=8``, not
-    a prefix of the 64-byte one) of the UTF-8 text (little-endian) for strings.  Stable across runs, processes and machines.  ``what`` names the
-    ids in the error for text without UTF-8 bytes (``"item id"`` for item ids)."""
+    a prefix of the 64-byte one) of the UTF-8 text, read little-endian, for strings.  Stable across
+    runs, processes and machines.  ``what`` names the ids in the error for text without UTF-8
+    bytes (``"item id"`` for item ids)."""
     ids = np.asarray(user_ids)
     if ids.dtype.kind in "US" or (ids.dtype == object and all(isinstance(x, str) for x in ids.ravel())):
         return np.frombuffer(b"".join(_text_digest(x, what) for x in ids.ravel()),
@@ -108,9 +109,9 @@ def word_halves(words) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _text_digest(text, what: str) -> bytes:
-    """The 8-byte BLAKE2b digest (``digest_size=8``) of ``text``'s UTF-8; InputError for text that has none (a lone
-    surrogate, as ``surrogateescape`` makes of bytes that are not UTF-8): a UnicodeEncodeError in
-    the middle of a training run before."""
+    """The 8-byte BLAKE2b digest (``digest_size=8``) of ``text``'s UTF-8; InputError for text that
+    has none (a lone surrogate, as ``surrogateescape`` makes of bytes that are not UTF-8): a
+    UnicodeEncodeError in the middle of a training run before."""
     try:
         data = str(text).encode("utf-8")
     except UnicodeEncodeError:

@@ -118,10 +118,10 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
 
     ``source`` describes the data in the report; ``backend`` is a name or a backend; ``progress``
     draws bars on stderr; ``max_evals`` / ``n_starts`` / ``max_time`` (seconds) are the tuning
-    budget, ``max_time`` the final retrain's too (``retrain_user_embeddings``); ``new_users`` / ``val`` / ``test`` the fractions of ``protocol_split``; ``damping`` the
-    recipe's ``HyperParams.damping``.  InputError
-    for a bad argument (before any work), or when the split holds out no new users or leaves a
-    test part without ratings.
+    budget, ``max_time`` the final retrain's too (``retrain_user_embeddings``); ``new_users`` /
+    ``val`` / ``test`` the fractions of ``protocol_split``; ``damping`` the recipe's
+    ``HyperParams.damping``.  InputError for a bad argument (before any work), or when the split
+    holds out no new users or leaves a test part without ratings.
     """
     # Every argument before any work: a bad seed, max_evals or damping used to be found only after
     # the pretraining (minutes on a large file), with the output folder already made.
