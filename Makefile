@@ -1,5 +1,6 @@
 # make demo / make test create .venv on first use and install everything into it.
-# TORCH_SPEC picks the CPU build of torch when no CUDA GPU is present (override: make TORCH_SPEC=torch).
+# TORCH_SPEC pins torch 2.13.0 when no CUDA GPU is present (override: make TORCH_SPEC=torch); which
+# build the pin installs is pip's choice (README: a CPU build from PyTorch's index into .venv first).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
