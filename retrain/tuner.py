@@ -12,10 +12,11 @@ NLopt asks for one point at a time, so ``tune`` runs:
    of the best: neither the zoomed box nor the starts depend on their values, so the search is
    the one without pruning (``Evaluation.pruned`` marks them; their loss is their best so far);
 2. a *zoomed batch*: a second Halton design of twice as many points (half of ``max_evals``, up
-   to ``width``) over the box of the best 15 % of the first batch, widened by one trust radius on each side.  The
-   optimum of a tuning problem lies in a narrow, long valley (lr against reg) whose floor early
-   stopping makes bumpy at the 0.1 % level (the best epoch jumps by a checkpoint); a design over
-   the whole box lands a few points on that floor, the zoomed one several times as many;
+   to ``width``; fewer where that would leave no room for one search) over the box of the best
+   15 % of the first batch, widened by one trust radius on each side.  The optimum of a tuning
+   problem lies in a narrow, long valley (lr against reg) whose floor early stopping makes bumpy
+   at the 0.1 % level (the best epoch jumps by a checkpoint); a design over the whole box lands a
+   few points on that floor, the zoomed one several times as many;
 3. NLopt *local searches* (BOBYQA by default), each from the best point evaluated so far that no
    better point and no earlier start lies within one first trust radius of (half the zoomed
    batch's spacing), as long as such a point is within ``START_MARGIN`` of the best; in
