@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .backends.base import Problem, validation_weight
+from .backends.base import Problem
 from .contract import FLOAT32_MAX, MAX_STEPS, StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_float, check_int
@@ -299,9 +299,10 @@ def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams
 
 def check_validation(val_weight: float) -> None:
     """InputError unless the validation ratings weigh more than 0 in all (``val_weight``: a prepared
-    problem's, every rank's users together; or ``validation_weight(val)``).  Early stopping keeps
-    each probe's checkpoint of least validation loss, and without validation every loss is 0: the
-    untrained init (epoch 0) would come back as the best checkpoint, and the tuned optimum."""
+    problem's, every rank's users together; or ``retrain.backends.base.validation_weight(val)``).
+    Early stopping keeps each probe's checkpoint of least validation loss, and without validation
+    every loss is 0: the untrained init (epoch 0) would come back as the best checkpoint, and the
+    tuned optimum."""
     if not val_weight > 0:
         raise InputError("val has no ratings of weight > 0 (it is empty, or every weight is 0): early stopping and "
                          "tuning minimise the validation loss, so they need some (retrain.protocol_split makes them; "

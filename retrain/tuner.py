@@ -84,13 +84,14 @@ import numpy as np
 import torch
 
 from .backends import get_backend
+from .backends.base import validation_weight
 from .contract import FLOAT32_MAX
 from .errors import InputError, check_float, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
 from .trainer import (Pruning, check_training_inputs, check_validation, default_memory_budget, memory_group, prepare,
-                      run_probes, validation_weight)
+                      run_probes)
 
 log = logging.getLogger(__name__)
 
