@@ -177,9 +177,13 @@ def rating_hashes(users, items, user_ids, item_ids, seed: int) -> np.ndarray:
     ``users``, ``items``: int64 ``[nnz]`` indices into ``user_ids [n_users]`` and ``item_ids
     [n_items]``, the rows in any order.  The hash depends on ``seed`` and the two ids only.
     """
+    return _rating_hashes(users, items, id_words(user_ids), id_words(item_ids, "item id"), seed)
+
+
+def _rating_hashes(users, items, user_words, item_words, seed: int) -> np.ndarray:
+    """``rating_hashes`` from the users' and items' id words (``id_words``)."""
     seed = check_int("seed", seed, 0, MAX_SEED)
-    user_lo, user_hi = word_halves(id_words(user_ids))
-    item_lo, item_hi = word_halves(id_words(item_ids, "item id"))
+    (user_lo, user_hi), (item_lo, item_hi) = word_halves(user_words), word_halves(item_words)
     per_user = combine(combine(combine(SPLIT_DOMAIN, np.uint32(seed)), user_lo), user_hi)  # [n_users]: once per user
     return combine(combine(per_user[users], item_lo[items]), item_hi[items])
 
@@ -203,7 +207,9 @@ def rating_ranks(users, items, ratings, weights, user_ids, item_ids, seed: int) 
         raise InputError(f"rating_ranks takes at most 2**32 users, got {len(user_ids)}")
     # Sort by (user, hash) as one 64-bit word (a tenth of the time of lexsort over all the keys),
     # then order the few rows that tie on it (two of a user's ratings of one hash) by the rest.
-    word = (users.astype(np.uint64) << np.uint64(32)) | rating_hashes(users, items, user_ids, item_ids, seed)
+    item_words = id_words(item_ids, "item id")  # hashed once: string ids cost a BLAKE2b each
+    word = (users.astype(np.uint64) << np.uint64(32)) | _rating_hashes(users, items, id_words(user_ids), item_words,
+                                                                        seed)
     order = np.argsort(word, kind="stable")  # stable: timsort, fast on rows already by user (CSR)
     same = word[order[1:]] == word[order[:-1]]
     tied = np.flatnonzero(np.concatenate([same, [False]]) | np.concatenate([[False], same]))
@@ -211,7 +217,7 @@ def rating_ranks(users, items, ratings, weights, user_ids, item_ids, seed: int) 
         rows = order[tied]
         id_order = np.unique(np.asarray(item_ids), return_inverse=True)[1].reshape(-1)  # each item's place in id order
         order[tied] = rows[np.lexsort((weights[rows], ratings[rows], id_order[items[rows]],
-                                       id_words(item_ids, "item id")[items[rows]], word[rows]))]
+                                       item_words[items[rows]], word[rows]))]
     counts = np.bincount(users, minlength=len(user_ids))
     first = np.cumsum(counts) - counts  # the position of each user's first rating in ``order``
     ranks = np.empty(len(users), dtype=np.int64)
