@@ -19,6 +19,7 @@
 
 #include "contract.h"
 #include "fused.h"
+#include "state.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -401,6 +402,21 @@ py::array_t<float> initial_embeddings_py(const py::handle& keys, int d, int64_t 
 // Asks Linux to back the 2 MiB-aligned interior of `array`'s memory with huge pages
 // (MADV_HUGEPAGE, honoured where transparent huge pages are "always" or "madvise"); effective for
 // pages not yet touched.  True when the kernel accepted it; false elsewhere or for a small array.
+void keep_probes_py(const py::handle& state, const py::handle& slots, int num_threads) {
+    auto s = array_arg<float>(state, "state", 3, true);
+    const auto k = array_arg<int64_t>(slots, "slots", 1);
+    const int64_t n_probes = s.shape(2), n_keep = k.shape(0);
+    const int64_t* keep = ptr<int64_t>(k);
+    for (int64_t j = 0; j < n_keep; ++j)
+        if (keep[j] < 0 || keep[j] >= n_probes || (j > 0 && keep[j] <= keep[j - 1]))
+            fail("slots must be increasing probe slots in [0, " + std::to_string(n_probes) + "), got " +
+                 std::to_string(keep[j]) + " at entry " + std::to_string(j));
+    const int threads = threads_arg(num_threads);
+    float* x = static_cast<float*>(s.mutable_data());
+    py::gil_scoped_release release;
+    keep_probes(x, s.shape(0) * s.shape(1), n_probes, keep, n_keep, threads);
+}
+
 bool advise_huge_pages_py(const py::handle& array) {
     if (!py::isinstance<py::array>(array)) fail("array must be a numpy array");
     const auto a = py::reinterpret_borrow<py::array>(array);
@@ -441,6 +457,10 @@ PYBIND11_MODULE(_C, m) {
     m.def("advise_huge_pages", &advise_huge_pages_py,
           "Ask the OS to back the array's memory (its 2 MiB-aligned interior, pages not yet touched) with "
           "huge pages; returns whether it accepted.  Changes no value.", "array"_a);
+    m.def("keep_probes", &keep_probes_py,
+          "Keep probes slots (int64 [K], increasing, in [0, P)) of a probes-last state float32 [U, d, P] in "
+          "place: afterwards its first U * d * K floats are the [U, d, K] state of those probes.  num_threads "
+          "0: OpenMP's default.", "state"_a, "slots"_a, py::kw_only(), "num_threads"_a = 0);
     m.def("train_epochs", &train_epochs_py,
           "Advance P probes by n_epochs epochs in place: emb, adam_m, adam_v float32 [U, P, d], or [U, d, P] "
           "with probes_last (moments ignored for sgd), lrs/regs float32 [P], CSR ratings (indptr int64, items int32, ratings/weights "

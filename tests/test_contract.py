@@ -6,6 +6,7 @@ a change to any implementation of the contract (Python, C++, Triton) that alters
 fails here, and would make saved models irreproducible (bump ``CONTRACT_VERSION`` then).
 """
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -181,6 +182,22 @@ def test_exact_sums_do_not_depend_on_order_and_match_fsum():
     halves = fixed_point_limbs(torch.from_numpy(values[:7000]))[0].sum(0) + \
         fixed_point_limbs(torch.from_numpy(values[7000:]))[0].sum(0)
     assert fixed_point_value(halves) == total  # split across processes: the same bits
+
+
+def test_fixed_point_value_rounds_any_limb_sums_once():
+    # Summed limbs are any int64s (carries never propagated, negative low limbs from negative
+    # values): the value is their exact sum rounded once to float64, here against Fraction's
+    # correctly rounded conversion, for every shape a caller passes (numpy, torch, [..., 6]).
+    rng = np.random.default_rng(3)
+    limbs = rng.integers(-2**63, 2**63 - 1, (40, 6), dtype=np.int64, endpoint=True)
+    limbs[:10, 3:] = 0  # small values: the low limbs carry the rounding
+    limbs[10:20, 5] = rng.integers(-3, 3, 10)
+    limbs[20] = [2**63 - 1, 2**63 - 1, 0, 0, 0, 0]  # a carry into limb 2 only
+    limbs[21] = [-(2**63), 0, 0, 0, 0, 0]
+    want = [float(Fraction(sum(int(limb) << (32 * k) for k, limb in enumerate(row)), 2**64)) for row in limbs]
+    assert fixed_point_value(limbs).tolist() == want
+    assert fixed_point_value(torch.from_numpy(limbs).reshape(4, 10, 6)).reshape(-1).tolist() == want
+    assert fixed_point_value(limbs[0]).shape == () and float(fixed_point_value(limbs[0])) == want[0]
 
 
 def test_exact_sums_flag_what_they_cannot_hold():

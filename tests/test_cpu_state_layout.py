@@ -152,3 +152,35 @@ def test_huge_page_advice_changes_no_value():
     assert _C.advise_huge_pages(np.zeros(10, np.float32)) is False  # no whole huge page inside
     with pytest.raises(ValueError, match="numpy array"):
         _C.advise_huge_pages([1.0])
+
+
+@pytest.mark.parametrize("U, d, P, slots", [
+    (9, 5, 17, [1, 4, 5, 11, 16]),  # the drop above: short runs
+    (3, 7, 64, list(range(0, 20)) + list(range(21, 64))),  # one probe out: two long runs (memmove)
+    (4, 3, 6, [5]), (2, 2, 5, [0, 1, 2, 3, 4]), (5, 4, 8, []),
+    (700, 32, 9, [0, 2, 3, 4, 5, 6, 7, 8]),  # 22,400 rows: blocks of them move on several threads
+    (1100, 16, 3, [2]),
+])
+def test_keep_probes_compacts_in_place(U, d, P, slots):
+    rng = np.random.default_rng(U * P)
+    state = rng.standard_normal((U, d, P)).astype(np.float32)
+    want = state[:, :, slots].copy()  # numpy's gather: the oracle
+    tail = state.reshape(-1)[U * d * len(slots):].copy()
+    _C.keep_probes(state, np.array(slots, dtype=np.int64), num_threads=2)
+    flat = state.reshape(-1)
+    assert np.array_equal(flat[:U * d * len(slots)].reshape(U, d, len(slots)), want)
+    if not slots:  # nothing kept: nothing written
+        assert np.array_equal(flat, tail)
+
+
+def test_keep_probes_checks_its_arguments():
+    state = np.zeros((2, 3, 4), np.float32)
+    for slots, message in [([1, 1], "increasing"), ([2, 1], "increasing"), ([0, 4], r"in \[0, 4\), got 4 at entry 1"),
+                           ([-1], "got -1 at entry 0")]:
+        with pytest.raises(ValueError, match=message):
+            _C.keep_probes(state, np.array(slots, dtype=np.int64))
+    with pytest.raises(ValueError, match="state must have dtype"):
+        _C.keep_probes(state.astype(np.float64), np.array([0], dtype=np.int64))
+    with pytest.raises(ValueError, match="state must be writeable"):
+        state.setflags(write=False)
+        _C.keep_probes(state, np.array([0], dtype=np.int64))
