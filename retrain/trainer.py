@@ -407,7 +407,8 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                     r.stop_reason, stopped[slot] = "max_epochs", True
             # At epoch 0 every probe is at the init: kept for all, so that a probe whose init loss is
             # not finite (diverged before any checkpoint) returns the init, its best_epoch, not unset memory.
-            problem.keep_best(np.arange(len(active)) if epoch == 0 else improved, index)
+            if return_embeddings:  # else a no-op after its index checks, at every checkpoint of a tuning run
+                problem.keep_best(np.arange(len(active)) if epoch == 0 else improved, index)
             if pruning is not None and epoch < hyp.max_epochs:
                 finished = np.array([r.best_val_loss for r in results if r.stop_reason in FINAL])
                 target = pruning.target(finished, epoch)
