@@ -22,7 +22,7 @@ import torch
 
 from .backends.base import CSRTensors, heaviest_first
 from .contract import GOLDEN, MASK32, PERM_DOMAIN, PERM_ROUNDS, Adam, combine, damping_terms
-from .errors import InputError
+from .errors import InputError, check_bool
 from .heads import Head
 
 _ADAM = Adam()  # the contract's constants
@@ -146,6 +146,7 @@ def batched(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor,
     ``max_steps`` caps the number of minibatches.  Returns ``[U, P, d]``.
     """
     _check(head, data, init, lrs, regs, batch_size)
+    compile = check_bool("compile", compile)
     device = init.device
     head = head.to(device)
     users, items, ratings, weights = _rows(data, device)

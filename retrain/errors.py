@@ -43,6 +43,21 @@ def check_int(name: str, value, minimum: int | None = 0, maximum: int | None = N
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` as a Python bool, or InputError naming ``name`` and the value.
+
+    Accepts ``True``, ``False`` and numpy's ``bool_`` (what ``array.any()`` and a comparison of
+    numpy scalars give).  Everything else is refused, because Python would take it by its truth:
+    ``"no"`` and ``"false"`` are non-empty strings, so True, a silently wrong result.  The ints 0
+    and 1 are refused too: torch's functions refuse them for their bool arguments
+    (``keepdim=1`` is a TypeError), ``check_int`` refuses a bool where a count belongs, and no
+    flag of this API is documented to take an int; a caller with an int writes ``bool(x)``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InputError(f"{name} must be True or False, got {value!r}")
+
+
 def check_float(name: str, value, minimum: float | None = None, *, strict: bool = False,
                 maximum: float | None = None) -> float:
     """``value`` as a finite float (``> minimum`` when ``strict``, else ``>=``), or InputError."""

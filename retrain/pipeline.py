@@ -19,7 +19,7 @@ import torch
 from . import distributed
 from .bundle import Recipe, ServedModel, item_support
 from .data import Ratings, as_ratings, sample_users
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_bool, check_float, check_int
 from .files import check_writable
 from .heads import Model
 from .hyperparams import HyperParams
@@ -162,6 +162,8 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     if path is not None:
         check_writable(path, "path")
     max_gather_bytes = check_int("max_gather_bytes", max_gather_bytes, 0)
+    refit = check_bool("refit", refit)  # "no" refitted
+    shards = None if shards is None else check_bool("shards", shards)
     sharded = distributed.sharded_backend(backend, group)
     if shards is None:
         shards = sharded is not None and train.n_users * head.d * 4 > max_gather_bytes

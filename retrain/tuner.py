@@ -86,7 +86,7 @@ import torch
 from .backends import get_backend
 from .backends.base import validation_weight
 from .contract import FLOAT32_MAX
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_bool, check_float, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
@@ -880,6 +880,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     max_evals = check_int("max_evals", max_evals, 1)
     n_starts = None if n_starts is None else check_int("n_starts", n_starts, 1)
     width = None if width is None else check_int("width", width, 1)
+    space_filling_first_batch = check_bool("space_filling_first_batch", space_filling_first_batch)
     no_limit = isinstance(max_time, numbers.Real) and not isinstance(max_time, bool) and max_time == math.inf
     max_time = math.inf if no_limit else check_float("max_time", max_time, 0.0, strict=True)  # seconds
     check_training_inputs(head, train, val)
