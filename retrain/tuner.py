@@ -85,7 +85,7 @@ import torch
 
 from .backends import get_backend
 from .backends.base import validation_weight
-from .contract import FLOAT32_MAX
+from .contract import FLOAT32_MAX, MAX_SEED
 from .errors import InputError, check_bool, check_float, check_int
 from .data import Ratings
 from .heads import Head
@@ -109,6 +109,7 @@ FD_STEP = 0.01  # finite-difference step, as a fraction of each bound's range
 XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 % of lr or reg) ...
 FTOL_REL = 1e-4  # ... or change its value by less than this share: early stopping's bumps are ten times larger
 INITIAL_STEP = 0.25  # first trust radius of K explicit starts, as a fraction of the range / sqrt(K)
+MAX_EVALS = 2**31 - 1  # tune's max_evals: NLopt counts evaluations in a C int (set_maxeval raised OverflowError)
 FIRST_BATCH_SHARE = 0.25  # the space-filling batch spends at most this share of max_evals
 ZOOM_SHARE = 0.5  # the zoomed batch over the best first-batch points spends this share of max_evals:
 # one wide batch costs less than the search rounds it replaces, and on seeds 0-19 of the benchmark's two
@@ -843,7 +844,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
             probes early-stop on and what is minimised: the item side must not have seen it).
         hyp: everything but lr and reg.
         max_evals: the most distinct points evaluated (both space-filling batches, openings and
-            finite-difference points included); ``>= 1``.
+            finite-difference points included); in ``[1, MAX_EVALS = 2**31 - 1]`` (NLopt's C int).
         max_time: seconds, checked at every checkpoint; points it stops are not counted
             (``math.inf``: no limit).
         algorithm: an NLopt algorithm name (``LN_*``, ``GN_*``; ``LD_*`` / ``GD_*`` get finite
@@ -865,7 +866,8 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
         journal: path of a JSONL journal to append to and resume from (locked while the run lasts;
             resumable on another backend, see ``problem_fingerprint``).
         backend: backend name or instance used for every batch.
-        seed: seeds the Halton design and stochastic NLopt algorithms (``hyp.seed`` seeds training).
+        seed: seeds the Halton design and stochastic NLopt algorithms (``hyp.seed`` seeds training);
+            in ``[0, 2**32 - 1]``, as ``hyp.seed``.
         memory_budget: bytes of probe state a batch trains at once (None: ``run_probes``' default,
             a quarter of the RAM or half the free GPU memory).  A pruned batch that does not fit
             trains in memory groups, and which of its probes are pruned depends on their size
@@ -877,7 +879,8 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     """
     code = _algorithm(algorithm)
     lower, upper = check_bounds(bounds)
-    max_evals = check_int("max_evals", max_evals, 1)
+    max_evals = check_int("max_evals", max_evals, 1, MAX_EVALS)
+    seed = check_int("seed", seed, 0, MAX_SEED)  # NLopt's srand takes an unsigned long, numpy no negative seed
     n_starts = None if n_starts is None else check_int("n_starts", n_starts, 1)
     width = None if width is None else check_int("width", width, 1)
     space_filling_first_batch = check_bool("space_filling_first_batch", space_filling_first_batch)

@@ -1,8 +1,10 @@
-"""Argument types across the public API: flags that are no bools (issue: the sixth audit).
+"""Argument types across the public API (the sixth audit): flags that are no bools, integers
+beyond what they reach.
 
 Python takes a flag by its truth, so ``refit="no"`` refitted and ``exclude_seen="false"`` excluded:
-silently wrong results.  Each row calls one public entry point with such a value and expects an
-InputError naming the argument and the value, raised before any work.
+silently wrong results.  An integer beyond int64 (or a C int) reached pybind11, NLopt, numpy or
+torch and raised a bare OverflowError or TypeError there.  Each row calls one public entry point
+with such a value and expects an InputError naming the argument and the value, before any work.
 """
 import dataclasses
 
@@ -51,11 +53,11 @@ def served():
     return ServedModel(Model(head, torch.zeros(3, 3), ratings.user_ids), Recipe(hyp, 2, (1.0, 4.0)), ratings)
 
 
-def _pipeline(problem, **flags):
+def _pipeline(problem, max_iters=2, **flags):
     head, train, val = problem
     model = Model(head, torch.zeros(train.n_users, head.d), train.user_ids)
-    retrain.retrain_user_embeddings(model, train, val, planted_hyp(max_epochs=2), 2, backend=BACKEND, n_starts=1,
-                                    **flags)
+    retrain.retrain_user_embeddings(model, train, val, planted_hyp(max_epochs=2), max_iters, backend=BACKEND,
+                                    n_starts=1, **flags)
 
 
 def _run_probes(problem, **flags):
@@ -120,3 +122,60 @@ def test_a_numpy_bool_flag_is_taken_as_its_value(served):
     assert not {50, 51} & set(seen.item_ids[0][np.isfinite(seen.scores[0])].tolist())
     assert set(every.item_ids[0].tolist()) == set(range(50, 56))
     assert Recipe(served.recipe.hyp, 2, refit=np.True_).refit is True
+
+
+BEYOND_INT64 = 2**70
+
+
+def _cpu_threads(problem, threads):
+    if "cpu" not in available_backends():
+        pytest.skip("the C++ extension is not built")
+    from retrain.backends.cpu import CpuBackend
+    retrain.train_probes(*problem, [0.1], [0.1], planted_hyp(max_epochs=2), CpuBackend(num_threads=threads))
+
+
+# (the argument, a call that passes it ``value``, the range the message names); each one went on to
+# raise a bare OverflowError, TypeError or ValueError in pybind11, NLopt, numpy or torch.
+INT_CASES = [
+    ("max_epochs", lambda p, v: planted_hyp(max_epochs=v), r"\[1, 4611686018427387904\]"),
+    ("epochs_per_checkpoint", lambda p, v: planted_hyp(epochs_per_checkpoint=v), r"\[1, 4611686018427387904\]"),
+    ("patience", lambda p, v: planted_hyp(patience=v), r"\[0, 4611686018427387904\]"),
+    ("num_threads", _cpu_threads, r"\[1, 2\*\*63 - 1\]"),
+    ("max_evals", lambda p, v: retrain.tune(*p, planted_hyp(max_epochs=2), max_evals=v, backend=BACKEND),
+     r"\[1, 2147483647\]"),
+    ("seed", lambda p, v: retrain.tune(*p, planted_hyp(max_epochs=2), max_evals=2, seed=v, backend=BACKEND),
+     r"\[0, 4294967295\]"),
+    ("max_iters", lambda p, v: _pipeline(p, max_iters=v), r"\[1, 2147483647\]"),
+    ("max_evals", lambda p, v: run_demo(retrain.synthetic_ratings(n_users=20, n_items=10), "synthetic", max_evals=v),
+     r"\[1, 2147483647\]"),
+    ("n_users", lambda p, v: retrain.synthetic_ratings(n_users=v), r"\[1, 2\*\*63 - 1\]"),
+    ("n_items", lambda p, v: retrain.synthetic_ratings(n_items=v), r"\[2, 2\*\*63 - 1\]"),
+    ("rank", lambda p, v: retrain.synthetic_ratings(n_users=10, rank=v), r"\[1, 2\*\*63 - 1\]"),
+    ("n_users", lambda p, v: Ratings.from_coo([0], [0], [1.0], n_users=v), r"\[0, 2\*\*63 - 1\]"),
+    ("n_items", lambda p, v: Ratings.from_coo([0], [0], [1.0], n_items=v), r"\[0, 2\*\*63 - 1\]"),
+]
+
+
+@pytest.mark.parametrize("name,call,bounds", INT_CASES, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(INT_CASES)])
+def test_an_integer_beyond_its_range_is_refused_naming_it(name, call, bounds, problem, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run_demo's default output folder, were it reached
+    with pytest.raises(InputError, match=rf"^{name} must be an integer in {bounds}, got {BEYOND_INT64}$"):
+        call(problem, BEYOND_INT64)
+
+
+def test_the_tuner_seed_is_checked_as_hyp_seed(problem):
+    for seed in (-1, 2**32, "1"):  # numpy refused -1 with a ValueError, NLopt 2**64 with an OverflowError
+        with pytest.raises(InputError, match=r"^seed must be an integer in \[0, 4294967295\], got "):
+            retrain.tune(*problem, planted_hyp(max_epochs=2), max_evals=2, seed=seed, backend=BACKEND)
+
+
+@pytest.mark.parametrize("model", [f"matrix_factorization_{2**31}", f"mlp_{BEYOND_INT64}x4", f"mlp_4x{2**31}"])
+def test_a_model_size_beyond_a_c_int_is_refused(model):
+    with pytest.raises(InputError, match=rf"^model name '{model}': its sizes must be in \[1, 2147483647\]$"):
+        retrain.HyperParams(model=model)
+
+
+def test_the_largest_allowed_counts_are_taken():
+    hyp = retrain.HyperParams(model="matrix_factorization_2147483647", max_epochs=2**62, epochs_per_checkpoint=2**62,
+                              patience=2**62)
+    assert (hyp.max_epochs, hyp.epochs_per_checkpoint, hyp.patience) == (2**62, 2**62, 2**62)
