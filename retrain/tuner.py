@@ -249,14 +249,6 @@ def problem_fingerprint(head: Head, train: Ratings, val: Ratings, hyp: HyperPara
     return digest.hexdigest()[:16]
 
 
-def _is_json(line: bytes) -> bool:
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
-
-
 class Journal:
     """Append-only JSONL record of finished points, locked while open.
 
@@ -309,8 +301,7 @@ class Journal:
         lines = data.split(b"\n")
         complete, tail = lines[:-1], lines[-1]  # ``tail`` is what follows the last newline
         if not complete:  # a new journal, or one killed while its header was written
-            if _is_json(tail):  # a whole line without its newline: the header, else refused
-                self._check_header(tail)
+            if self._check_header(tail, cut=True):  # a whole line without its newline
                 self._write(b"\n")
             else:
                 self._file.truncate(0)
@@ -333,11 +324,15 @@ class Journal:
                 self._write(b"\n")  # a whole last line that only lacks its newline
         return entries
 
-    def _check_header(self, line: bytes) -> None:
-        """InputError unless ``line`` is this version's header."""
+    def _check_header(self, line: bytes, *, cut: bool = False) -> bool:
+        """True when ``line`` is this version's header, else InputError; with ``cut`` (the file's
+        only bytes, without a newline), False when it is no JSON: a header a kill cut short (or
+        nothing, a new journal).  The line is parsed once."""
         try:
             header = json.loads(line)
         except ValueError:
+            if cut:
+                return False
             header = None
         if isinstance(header, dict) and header.get("format") == JOURNAL_FORMAT:
             if header.get("fingerprint_version") != FINGERPRINT_VERSION:
@@ -345,7 +340,7 @@ class Journal:
                                  f"{header.get('fingerprint_version')!r}, this retrain checks version "
                                  f"{FINGERPRINT_VERSION}: delete or rename it, or resume it with the retrain that "
                                  "wrote it")
-            return
+            return True
         if isinstance(header, dict) and "problem" in header:  # an entry: journals had no header before version 2
             raise InputError(f"journal {self.path} was written by an older retrain, whose fingerprints of the problem "
                              "this version cannot check: delete or rename it (its points are then trained again)")
