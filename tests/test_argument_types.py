@@ -17,7 +17,7 @@ from problems import BACKEND, planted_hyp, planted_problem, random_head
 from retrain import InputError, Ratings, distributed
 from retrain.backends import available_backends
 from retrain.backends.base import csr_tensors
-from retrain.baselines import batched
+from retrain.baselines import batched, eager_loop, user_parallel
 from retrain.bench import run_bench
 from retrain.bundle import Recipe, ServedModel
 from retrain.demo import run_demo
@@ -179,3 +179,17 @@ def test_the_largest_allowed_counts_are_taken():
     hyp = retrain.HyperParams(model="matrix_factorization_2147483647", max_epochs=2**62, epochs_per_checkpoint=2**62,
                               patience=2**62)
     assert (hyp.max_epochs, hyp.epochs_per_checkpoint, hyp.patience) == (2**62, 2**62, 2**62)
+
+
+@pytest.mark.parametrize("baseline", [eager_loop, batched, user_parallel])
+@pytest.mark.parametrize("argument,value,bounds", [
+    ("seed", 2**32, r"\[0, 4294967295\]"),  # user_parallel hashes it mod 2**32: it trained as seed 0
+    ("batch_size", BEYOND_INT64, r"\[1, 4611686018427387904\]"),  # one minibatch of everything
+    ("max_steps", 2.5, r"\[0, 2\*\*63 - 1\]"),  # three steps
+])
+def test_a_baseline_checks_its_counts_as_the_backends_do(baseline, argument, value, bounds, problem):
+    head, train, _ = problem
+    counts = dict(n_epochs=1, batch_size=2, seed=0, max_steps=None)
+    with pytest.raises(InputError, match=rf"^{argument} must be an integer in {bounds}, got {value}$"):
+        baseline(head, csr_tensors(train, "cpu"), torch.zeros(train.n_users, head.d), torch.ones(1), torch.ones(1),
+                 **{**counts, argument: value})
