@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from .backends.base import CSRTensors, heaviest_first
-from .contract import GOLDEN, MASK32, PERM_DOMAIN, PERM_ROUNDS, Adam, combine, damping_terms
-from .errors import InputError
+from .contract import GOLDEN, MASK32, MAX_BATCH_SIZE, MAX_SEED, PERM_DOMAIN, PERM_ROUNDS, Adam, combine, damping_terms
+from .errors import InputError, check_bool, check_int
 from .heads import Head
 
 _ADAM = Adam()  # the contract's constants
@@ -48,13 +48,18 @@ def _batches(n: int, batch_size: int, n_epochs: int, generator: torch.Generator,
 
 
 def _check(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor,
-           batch_size: int) -> None:
+           batch_size: int, n_epochs: int, seed: int, max_steps: int | None) -> None:
+    # The counts as the backends take them: a seed above 2**32 - 1 aliased a smaller one in
+    # user_parallel (which hashes it mod 2**32, as the contract) and overflowed torch's generator.
+    check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+    check_int("n_epochs", n_epochs, 0)
+    check_int("seed", seed, 0, MAX_SEED)
+    if max_steps is not None:
+        check_int("max_steps", max_steps, 0)
     if init.ndim != 2 or init.shape != (data.n_users, head.d):  # another d crashed inside a matmul
         raise InputError(f"init must be [n_users={data.n_users}, d={head.d}], got {tuple(init.shape)}")
     if lrs.ndim != 1 or lrs.shape != regs.shape:
         raise InputError(f"lrs and regs must be [P] vectors of one length, got {tuple(lrs.shape)} and {tuple(regs.shape)}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
 
 
 def eager_loop(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor, regs: torch.Tensor, *,
@@ -67,7 +72,7 @@ def eager_loop(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tens
     weight decay.  ``max_steps`` caps the optimizer steps per probe (to time a slice of big data).
     Every probe sees the same minibatches.  Returns ``[U, P, d]``.
     """
-    _check(head, data, init, lrs, regs, batch_size)
+    _check(head, data, init, lrs, regs, batch_size, n_epochs, seed, max_steps)
     device = init.device
     head = head.to(device)
     users, items, ratings, weights = _rows(data, device)
@@ -145,7 +150,8 @@ def batched(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.Tensor,
     ``compile=True`` runs the gradient and update through ``torch.compile`` (dynamic shapes).
     ``max_steps`` caps the number of minibatches.  Returns ``[U, P, d]``.
     """
-    _check(head, data, init, lrs, regs, batch_size)
+    _check(head, data, init, lrs, regs, batch_size, n_epochs, seed, max_steps)
+    compile = check_bool("compile", compile)
     device = init.device
     head = head.to(device)
     users, items, ratings, weights = _rows(data, device)
@@ -285,7 +291,7 @@ def user_parallel(head: Head, data: CSRTensors, init: torch.Tensor, lrs: torch.T
     step spec's (each user's reg is ``reg + damping_terms(damping, counts)``).  ``max_steps`` caps the
     number of steps (each one minibatch of every active user).  Runs on ``init.device``.
     """
-    _check(head, data, init, lrs, regs, batch_size)
+    _check(head, data, init, lrs, regs, batch_size, n_epochs, seed, max_steps)
     device = init.device
     head = head.to(device)
     counts_all = (data.indptr[1:] - data.indptr[:-1]).cpu().numpy()

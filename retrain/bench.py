@@ -17,7 +17,7 @@ from .baselines import batched, eager_loop
 from .contract import initial_embeddings, user_key
 from .data import Ratings
 from .demo import describe, load_ratings
-from .errors import InputError, check_int
+from .errors import InputError, check_bool, check_int
 from .hyperparams import HyperParams, model_family
 from .pretrain import pretrain
 from .report import markdown_table
@@ -65,6 +65,7 @@ def run_bench(*, model: str, users: int, seed: int = 0, probes: int = 8, epochs:
     # raised inside torch.logspace.
     for name, value in (("users", users), ("probes", probes), ("epochs", epochs), ("baseline_steps", baseline_steps)):
         check_int(name, value, 1)
+    baselines = check_bool("baselines", baselines)
     names = list(backends) if backends else _fast_backends()
     for name in names:
         if name not in BACKENDS or name == "auto":

@@ -30,7 +30,7 @@ import torch
 from .artifacts import hyp_path, read_hyp
 from .contract import CONTRACT_VERSION
 from .data import Ratings, as_ratings, well_formed
-from .errors import InputError, blame, check_int
+from .errors import InputError, blame, check_bool, check_int
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
 from .ids import concatenate, format_id, same_kind
@@ -60,9 +60,7 @@ class Recipe:
     def __post_init__(self):
         # Stored as plain Python values, so that to_json writes them (json refuses numpy's scalars).
         object.__setattr__(self, "epochs", check_int("epochs", self.epochs, 0))
-        if not isinstance(self.refit, (bool, np.bool_)):  # bool("false") is True
-            raise InputError(f"refit must be true or false, got {self.refit!r}")
-        object.__setattr__(self, "refit", bool(self.refit))
+        object.__setattr__(self, "refit", check_bool("refit", self.refit))  # bool("false") is True
         if self.val_loss is not None:
             if isinstance(self.val_loss, (bool, np.bool_)) or not isinstance(self.val_loss, numbers.Real):
                 raise InputError(f"val_loss must be a number, got {self.val_loss!r}")
@@ -259,6 +257,7 @@ class ServedModel:
     def predict(self, user_ids, item_ids, *, clip: bool = True) -> np.ndarray:
         """Predicted ratings (float32 ``[n]``) for equal-length original ``user_ids`` and ``item_ids``,
         clipped to the recipe's rating range when ``clip``; InputError naming an unknown id."""
+        clip = check_bool("clip", clip)
         pred = self.model.predict(user_ids, item_ids).numpy()
         if clip and self.recipe.rating_range is not None:
             pred = np.clip(pred, *self.recipe.rating_range).astype(np.float32)
@@ -270,6 +269,7 @@ class ServedModel:
         out when ``exclude_seen`` (and the model knows them), and items with fewer than
         ``min_support`` training ratings (when the model knows the support)."""
         min_support = check_int("min_support", min_support, 0)
+        exclude_seen = check_bool("exclude_seen", exclude_seen)  # "no" excluded them
         model, seen = self._table  # one table: an add_users meanwhile is not half seen
         rows = model.user_index(user_ids)
         exclude = None

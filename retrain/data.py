@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .contract import MAX_SEED, sample_ratings, sample_ratings_per_user, sample_users
-from .errors import InputError, check_float, check_fraction, check_indices, check_int
+from .errors import InputError, check_bool, check_float, check_fraction, check_indices, check_int
 from .ids import IdIndex, exact_ids, format_id
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,7 @@ class Ratings:
         An item id that space lacks raises InputError naming it, or with ``drop_unknown`` its
         ratings are dropped (``self.counts - result.counts`` per user).
         """
+        drop_unknown = check_bool("drop_unknown", drop_unknown)  # "no" dropped them
         index = _id_index(item_ids)
         position, found = self.known_items(index)
         if not found.all() and not drop_unknown:

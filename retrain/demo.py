@@ -19,7 +19,7 @@ from pathlib import Path
 from .artifacts import make_out_dir
 from .backends import get_backend
 from .data import Ratings, synthetic_ratings
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_bool, check_float, check_int
 from .files import atomic_write_bytes
 from .heads import Head, Model
 from .hyperparams import DEFAULT_DAMPING, HyperParams
@@ -32,7 +32,7 @@ from .protocol import ProtocolSplit, protocol_split
 from .report import BiasBaseline, Row, demo_summary, model_rmse, render_demo_report
 from .ridge import ridge_embeddings
 from .serving import fold_in
-from .tuner import DEFAULT_BOUNDS, TuneResult, tune
+from .tuner import DEFAULT_BOUNDS, MAX_EVALS, TuneResult, tune
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def run_demo(data: Ratings, source: str, *, model: str = DEFAULT_MODEL, backend=
     # Every argument before any work: a bad seed, max_evals or damping used to be found only after
     # the pretraining (minutes on a large file), with the output folder already made.
     HyperParams(model=model, seed=seed, damping=damping)  # the recipe's rules for these fields
-    check_int("max_evals", max_evals, 1)
+    check_int("max_evals", max_evals, 1, MAX_EVALS)
+    progress = check_bool("progress", progress)
     if n_starts is not None:
         check_int("n_starts", n_starts, 1)
     if max_time != math.inf:  # inf: no limit

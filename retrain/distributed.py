@@ -49,7 +49,7 @@ from .backends import get_backend
 from .backends.base import Backend, Checkpoint, Problem
 from .bundle import item_support
 from .contract import FIXED_POINT_LIMBS, fixed_point_limbs, fixed_point_value, fmix32, user_key
-from .errors import InputError
+from .errors import InputError, check_bool
 
 log = logging.getLogger(__name__)
 
@@ -500,6 +500,7 @@ def train_probes(head, train, val, lrs, regs, hyp, backend="auto", *, group=None
     users ``Shard.of(backend).users``).  ``backend``: the inner backend (``"cpu"`` with gloo,
     ``"triton"`` with NCCL) or a ``ShardedBackend`` (wrapped or not, see ``sharded_backend``).
     """
+    return_embeddings, gather = check_bool("return_embeddings", return_embeddings), check_bool("gather", gather)
     driver, sharded = _sharded(backend, group)
 
     def lead():
@@ -536,6 +537,7 @@ def train_embeddings(head, ratings, hyp, epochs: int, backend="auto", *, group=N
     embeddings ``[U, d]`` on rank 0 and None elsewhere, or with ``gather=False`` this rank's
     users' rows on every rank.  ``owner``: the assignment to use (``Shard.owner`` of an earlier
     call over the same users) instead of ``shard_users`` of ``ratings``' counts."""
+    gather = check_bool("gather", gather)
     driver, sharded = _sharded(backend, group)
     with sharded.assigned(owner):
         local = trainer.train_embeddings(head, ratings, hyp, epochs, driver, init=init)

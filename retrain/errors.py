@@ -30,10 +30,16 @@ def blame(name):
         raise InputError(f"{name}: {exc}") from None
 
 
-def check_int(name: str, value, minimum: int | None = 0, maximum: int | None = None) -> int:
+INT64_MAX = 2**63 - 1
+
+
+def check_int(name: str, value, minimum: int | None = 0, maximum: int | None = INT64_MAX) -> int:
     """``value`` as a Python int, or InputError naming ``name`` and the allowed range.
 
     Accepts Python and numpy integers; rejects bools, floats (also ``16.0``) and strings.
+    ``maximum`` is int64's by default: every count, size and seed ends up an int64 somewhere (a
+    numpy or torch index, a kernel's ``int64_t``), and a larger Python int raised a bare
+    OverflowError or pybind11's TypeError there.  ``None``: no maximum.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputError(f"{name} must be an integer{_range_text(minimum, maximum)}, got {value!r}")
@@ -41,6 +47,21 @@ def check_int(name: str, value, minimum: int | None = 0, maximum: int | None = N
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise InputError(f"{name} must be an integer{_range_text(minimum, maximum)}, got {value}")
     return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a Python bool, or InputError naming ``name`` and the value.
+
+    Accepts ``True``, ``False`` and numpy's ``bool_`` (what ``array.any()`` and a comparison of
+    numpy scalars give).  Everything else is refused, because Python would take it by its truth:
+    ``"no"`` and ``"false"`` are non-empty strings, so True, a silently wrong result.  The ints 0
+    and 1 are refused too: torch's functions refuse them for their bool arguments
+    (``keepdim=1`` is a TypeError), ``check_int`` refuses a bool where a count belongs, and no
+    flag of this API is documented to take an int; a caller with an int writes ``bool(x)``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InputError(f"{name} must be True or False, got {value!r}")
 
 
 def check_float(name: str, value, minimum: float | None = None, *, strict: bool = False,
@@ -98,10 +119,11 @@ def check_indices(name: str, values, n: int, what: str = "integer") -> np.ndarra
 
 
 def _range_text(minimum, maximum) -> str:
+    high = "2**63 - 1" if maximum == INT64_MAX else maximum  # the default, in the form one recognises
     if minimum is not None and maximum is not None:
-        return f" in [{minimum}, {maximum}]"
+        return f" in [{minimum}, {high}]"
     if minimum is not None:
         return f" >= {minimum}"
     if maximum is not None:
-        return f" <= {maximum}"
+        return f" <= {high}"
     return ""

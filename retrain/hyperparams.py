@@ -5,7 +5,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from .contract import FLOAT32_MAX, MAX_BATCH_SIZE, MAX_SEED
+from .contract import FLOAT32_MAX, MAX_BATCH_SIZE, MAX_SEED, MAX_STEPS
 from .errors import InputError, check_float, check_fraction, check_int
 
 OPTIMIZERS = ("adam", "sgd")
@@ -20,6 +20,7 @@ _DEFAULTS = {
 }
 
 
+MAX_MODEL_SIZE = 2**31 - 1  # a model name's d and h: C ints in the cpu kernels
 DEFAULT_DAMPING = 5.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
 # Fields added after files began recording hyper-parameters, with the value every older file's
 # model was trained with.
@@ -43,8 +44,9 @@ def model_family(model: str) -> str:
         raise InputError(
             f"unknown model name {model!r}: expected 'user_item_biases', 'matrix_factorization_K' or 'mlp_DxH'"
         )
-    if any(size is not None and int(size) == 0 for size in m.groups()[1:]):  # mlp_0x4 pretrained a d = 0 model
-        raise InputError(f"model name {model!r}: its sizes must be >= 1")
+    # mlp_0x4 pretrained a d = 0 model; the kernels take d and h as C ints (pybind11 refused more)
+    if any(size is not None and not 1 <= int(size) <= MAX_MODEL_SIZE for size in m.groups()[1:]):
+        raise InputError(f"model name {model!r}: its sizes must be in [1, {MAX_MODEL_SIZE}]")
     return model.rsplit("_", 1)[0] if m.group(2) else ("mlp" if m.group(3) else model)
 
 
@@ -59,7 +61,8 @@ class HyperParams:
     L2 on the user embedding, in ratings: a user with n ratings is shrunk as if by ``damping / n``
     more reg (``StepSpec.damping``, docs/semantics.md); fixed, the tuner does not search it.  A bad
     value (a float or a bool where an integer belongs, a negative count, a seed above ``2**32 - 1``,
-    a non-finite rate) raises InputError naming the field.
+    ``max_epochs``, ``epochs_per_checkpoint`` or ``patience`` above ``MAX_STEPS = 2**62``, which an
+    epoch's one Adam step or more would pass, a non-finite rate) raises InputError naming the field.
     """
 
     model: str = "matrix_factorization_32"
@@ -89,9 +92,9 @@ class HyperParams:
             regularization=check_float("regularization", self.regularization, 0.0, maximum=FLOAT32_MAX),
             batch_size=check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE),
             seed=check_int("seed", self.seed, 0, MAX_SEED),
-            max_epochs=check_int("max_epochs", self.max_epochs, 1),
-            epochs_per_checkpoint=check_int("epochs_per_checkpoint", self.epochs_per_checkpoint, 1),
-            patience=check_int("patience", self.patience, 0),
+            max_epochs=check_int("max_epochs", self.max_epochs, 1, MAX_STEPS),
+            epochs_per_checkpoint=check_int("epochs_per_checkpoint", self.epochs_per_checkpoint, 1, MAX_STEPS),
+            patience=check_int("patience", self.patience, 0, MAX_STEPS),
             subsampling_factor=check_fraction("subsampling_factor", self.subsampling_factor, zero=False, one=True),
             num_users=None if self.num_users is None else check_int("num_users", self.num_users, 1),
             damping=check_float("damping", self.damping, 0.0, maximum=FLOAT32_MAX),

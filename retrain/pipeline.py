@@ -19,13 +19,13 @@ import torch
 from . import distributed
 from .bundle import Recipe, ServedModel, item_support
 from .data import Ratings, as_ratings, sample_users
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_bool, check_float, check_int
 from .files import check_writable
 from .heads import Model
 from .hyperparams import HyperParams
 from .serving import check_item_ids
 from .trainer import check_training_inputs, train_embeddings, train_probes
-from .tuner import TuneResult, tune
+from .tuner import MAX_EVALS, TuneResult, tune
 
 log = logging.getLogger("retrain")
 
@@ -116,11 +116,12 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
                             memory_budget: int | None = None) -> RetrainResult:
     """Re-initialise and retrain every user embedding of ``model`` against its frozen head.
 
-    1. Tune ``(lr, reg)`` with ``tune`` (``max_iters`` evaluations, ``n_starts`` lock-step starts,
-       ``max_time`` seconds, optional ``journal`` and ``memory_budget``) on a seeded subsample of
-       ``hyp.subsampling_factor`` of the users; as in the seed, the Glorot bound of the init
-       follows the subsample's user count.  Each evaluation early-stops as ``hyp`` says (a
-       checkpoint every ``hyp.epochs_per_checkpoint`` epochs, ``hyp.patience``, 0 in the seed).
+    1. Tune ``(lr, reg)`` with ``tune`` (``max_iters`` evaluations, at most ``2**31 - 1``,
+       ``n_starts`` lock-step starts, ``max_time`` seconds, optional ``journal`` and
+       ``memory_budget``) on a seeded subsample of ``hyp.subsampling_factor`` of the users; as
+       in the seed, the Glorot bound of the init follows the subsample's user count.  Each
+       evaluation early-stops as ``hyp`` says (a checkpoint every ``hyp.epochs_per_checkpoint``
+       epochs, ``hyp.patience``, 0 in the seed).
        If every point diverged, InputError: there is nothing to retrain with.
     2. Retrain all users with the tuned values, a checkpoint every epoch and patience
        ``hyp.epochs_per_checkpoint``, and keep the best checkpoint and its epoch count.  This
@@ -162,6 +163,9 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     if path is not None:
         check_writable(path, "path")
     max_gather_bytes = check_int("max_gather_bytes", max_gather_bytes, 0)
+    max_iters = check_int("max_iters", max_iters, 1, MAX_EVALS)  # named as here, not as tune's max_evals
+    refit = check_bool("refit", refit)  # "no" refitted
+    shards = None if shards is None else check_bool("shards", shards)
     sharded = distributed.sharded_backend(backend, group)
     if shards is None:
         shards = sharded is not None and train.n_users * head.d * 4 > max_gather_bytes

@@ -24,7 +24,7 @@ from .backends import get_backend
 from .backends.base import Problem
 from .contract import FLOAT32_MAX, MAX_STEPS, StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_bool, check_float, check_int
 from .heads import Head, check_head_like
 from .hyperparams import HyperParams
 from .ids import format_id
@@ -292,6 +292,7 @@ def train_probes(head, train: Ratings, val: Ratings, lrs, regs, hyp: HyperParams
     Returns one ``ProbeResult`` per probe, in order.  To train several batches on the same data,
     ``prepare`` once and call ``run_probes``.
     """
+    check_bool("return_embeddings", return_embeddings)  # before the preparation's work
     problem = prepare(head, train, val, hyp, backend, init=init)
     return run_probes(problem, lrs, regs, hyp, return_embeddings=return_embeddings, memory_budget=memory_budget,
                       deadline=deadline)
@@ -336,6 +337,7 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     ``embeddings``, attached when the call returns.  The tuner journals each point there, so an
     interrupted batch loses none of its finished probes."""
     check_validation(problem.val_weight)
+    return_embeddings = check_bool("return_embeddings", return_embeddings)
     lrs, regs = _as_vector(lrs, "lrs"), _as_vector(regs, "regs")
     if lrs.shape != regs.shape:
         raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")

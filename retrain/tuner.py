@@ -85,8 +85,8 @@ import torch
 
 from .backends import get_backend
 from .backends.base import validation_weight
-from .contract import FLOAT32_MAX
-from .errors import InputError, check_float, check_int
+from .contract import FLOAT32_MAX, MAX_SEED
+from .errors import InputError, check_bool, check_float, check_int
 from .data import Ratings
 from .heads import Head
 from .hyperparams import HyperParams, lr_from_a, reg_from_b
@@ -109,6 +109,7 @@ FD_STEP = 0.01  # finite-difference step, as a fraction of each bound's range
 XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 % of lr or reg) ...
 FTOL_REL = 1e-4  # ... or change its value by less than this share: early stopping's bumps are ten times larger
 INITIAL_STEP = 0.25  # first trust radius of K explicit starts, as a fraction of the range / sqrt(K)
+MAX_EVALS = 2**31 - 1  # tune's max_evals: NLopt counts evaluations in a C int (set_maxeval raised OverflowError)
 FIRST_BATCH_SHARE = 0.25  # the space-filling batch spends at most this share of max_evals
 ZOOM_SHARE = 0.5  # the zoomed batch over the best first-batch points spends this share of max_evals:
 # one wide batch costs less than the search rounds it replaces, and on seeds 0-19 of the benchmark's two
@@ -248,14 +249,6 @@ def problem_fingerprint(head: Head, train: Ratings, val: Ratings, hyp: HyperPara
     return digest.hexdigest()[:16]
 
 
-def _is_json(line: bytes) -> bool:
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
-
-
 class Journal:
     """Append-only JSONL record of finished points, locked while open.
 
@@ -308,8 +301,7 @@ class Journal:
         lines = data.split(b"\n")
         complete, tail = lines[:-1], lines[-1]  # ``tail`` is what follows the last newline
         if not complete:  # a new journal, or one killed while its header was written
-            if _is_json(tail):  # a whole line without its newline: the header, else refused
-                self._check_header(tail)
+            if self._check_header(tail, cut=True):  # a whole line without its newline
                 self._write(b"\n")
             else:
                 self._file.truncate(0)
@@ -332,11 +324,15 @@ class Journal:
                 self._write(b"\n")  # a whole last line that only lacks its newline
         return entries
 
-    def _check_header(self, line: bytes) -> None:
-        """InputError unless ``line`` is this version's header."""
+    def _check_header(self, line: bytes, *, cut: bool = False) -> bool:
+        """True when ``line`` is this version's header, else InputError; with ``cut`` (the file's
+        only bytes, without a newline), False when it is no JSON: a header a kill cut short (or
+        nothing, a new journal).  The line is parsed once."""
         try:
             header = json.loads(line)
         except ValueError:
+            if cut:
+                return False
             header = None
         if isinstance(header, dict) and header.get("format") == JOURNAL_FORMAT:
             if header.get("fingerprint_version") != FINGERPRINT_VERSION:
@@ -344,7 +340,7 @@ class Journal:
                                  f"{header.get('fingerprint_version')!r}, this retrain checks version "
                                  f"{FINGERPRINT_VERSION}: delete or rename it, or resume it with the retrain that "
                                  "wrote it")
-            return
+            return True
         if isinstance(header, dict) and "problem" in header:  # an entry: journals had no header before version 2
             raise InputError(f"journal {self.path} was written by an older retrain, whose fingerprints of the problem "
                              "this version cannot check: delete or rename it (its points are then trained again)")
@@ -843,7 +839,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
             probes early-stop on and what is minimised: the item side must not have seen it).
         hyp: everything but lr and reg.
         max_evals: the most distinct points evaluated (both space-filling batches, openings and
-            finite-difference points included); ``>= 1``.
+            finite-difference points included); in ``[1, MAX_EVALS = 2**31 - 1]`` (NLopt's C int).
         max_time: seconds, checked at every checkpoint; points it stops are not counted
             (``math.inf``: no limit).
         algorithm: an NLopt algorithm name (``LN_*``, ``GN_*``; ``LD_*`` / ``GD_*`` get finite
@@ -865,7 +861,8 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
         journal: path of a JSONL journal to append to and resume from (locked while the run lasts;
             resumable on another backend, see ``problem_fingerprint``).
         backend: backend name or instance used for every batch.
-        seed: seeds the Halton design and stochastic NLopt algorithms (``hyp.seed`` seeds training).
+        seed: seeds the Halton design and stochastic NLopt algorithms (``hyp.seed`` seeds training);
+            in ``[0, 2**32 - 1]``, as ``hyp.seed``.
         memory_budget: bytes of probe state a batch trains at once (None: ``run_probes``' default,
             a quarter of the RAM or half the free GPU memory).  A pruned batch that does not fit
             trains in memory groups, and which of its probes are pruned depends on their size
@@ -877,9 +874,11 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     """
     code = _algorithm(algorithm)
     lower, upper = check_bounds(bounds)
-    max_evals = check_int("max_evals", max_evals, 1)
+    max_evals = check_int("max_evals", max_evals, 1, MAX_EVALS)
+    seed = check_int("seed", seed, 0, MAX_SEED)  # NLopt's srand takes an unsigned long, numpy no negative seed
     n_starts = None if n_starts is None else check_int("n_starts", n_starts, 1)
     width = None if width is None else check_int("width", width, 1)
+    space_filling_first_batch = check_bool("space_filling_first_batch", space_filling_first_batch)
     no_limit = isinstance(max_time, numbers.Real) and not isinstance(max_time, bool) and max_time == math.inf
     max_time = math.inf if no_limit else check_float("max_time", max_time, 0.0, strict=True)  # seconds
     check_training_inputs(head, train, val)

@@ -277,7 +277,7 @@ API_CASES = {
     "load a recipe with a text rating range": (lambda t, s: retrain.load(_edited(t, s, recipe={
         "rating_range": "15"})), InputError, r"malformed \(rating_range must be"),
     "load a recipe with refit as text": (lambda t, s: retrain.load(_edited(t, s, recipe={"refit": "false"})),
-                                         InputError, r"malformed \(refit must be true or false, got 'false'\)"),
+                                         InputError, r"malformed \(refit must be True or False, got 'false'\)"),
     "load a recipe with val_loss as text": (lambda t, s: retrain.load(_edited(t, s, recipe={"val_loss": "x"})),
                                             InputError, r"malformed \(val_loss must be a number"),
     "load a recipe without its learning rate": (lambda t, s: retrain.load(_edited(t, s, recipe={"hyperparams": {

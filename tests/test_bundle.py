@@ -416,5 +416,5 @@ def test_a_recipe_of_numpy_scalars_saves_as_the_plain_one(tmp_path):
     assert served.recipe == plain and served.recipe.to_json() == plain.to_json()
     served.save(tmp_path / "m.safetensors")
     assert retrain.load(tmp_path / "m.safetensors").recipe == plain
-    with pytest.raises(InputError, match="refit must be true or false, got 'no'"):
+    with pytest.raises(InputError, match="refit must be True or False, got 'no'"):
         Recipe(HYP, EPOCHS, refit="no")

@@ -277,7 +277,7 @@ def test_run_bench_refuses_counts_below_one(count):
     from retrain.bench import run_bench
 
     for value in (0, -1):
-        with pytest.raises(InputError, match=f"{count} must be an integer >= 1"):
+        with pytest.raises(InputError, match=rf"{count} must be an integer in \[1, 2\*\*63 - 1\]"):
             run_bench(model=MODEL, users=USERS, backends=["reference"], **{count: value})
 
 

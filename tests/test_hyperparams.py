@@ -39,9 +39,10 @@ def test_float_fields_reject_non_finite_and_out_of_range_values(field, value):
     ("model", "svd_8", "unknown model name 'svd_8'"),
     ("model", None, "unknown model name None"),
     ("optimizer", "rmsprop", "optimizer must be one of"),
-    ("model", "mlp_0x4", r"model name 'mlp_0x4': its sizes must be >= 1"),  # pretrained a model with d = 0
-    ("model", "mlp_4x00", r"model name 'mlp_4x00': its sizes must be >= 1"),
-    ("model", "matrix_factorization_0", r"model name 'matrix_factorization_0': its sizes must be >= 1"),
+    # mlp_0x4 pretrained a model with d = 0
+    ("model", "mlp_0x4", r"model name 'mlp_0x4': its sizes must be in \[1, 2147483647\]"),
+    ("model", "mlp_4x00", r"model name 'mlp_4x00': its sizes must be in \[1, 2147483647\]"),
+    ("model", "matrix_factorization_0", r"model name 'matrix_factorization_0': its sizes must be in \[1, 2147483647\]"),
 ])
 def test_names_must_be_known(field, value, match):
     with pytest.raises(InputError, match=match):

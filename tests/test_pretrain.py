@@ -32,8 +32,8 @@ def test_models_beat_the_global_mean_on_synthetic_data():
 @pytest.mark.parametrize("model,kwargs,message", [
     ("svd_8", {}, "unknown model name"),
     ("matrix_factorization_1", {}, "K >= 2"),
-    ("matrix_factorization_4", dict(iterations=2.0), "iterations must be an integer >= 1"),
-    ("matrix_factorization_4", dict(iterations=0), "iterations must be an integer >= 1"),
+    ("matrix_factorization_4", dict(iterations=2.0), r"iterations must be an integer in \[1, 2\*\*63 - 1\]"),
+    ("matrix_factorization_4", dict(iterations=0), r"iterations must be an integer in \[1, 2\*\*63 - 1\]"),
     ("matrix_factorization_4", dict(reg=float("nan")), "reg must be a finite number >= 0"),
     ("mlp_4x4", dict(reg=-1.0), "reg must be a finite number >= 0"),
     ("user_item_biases", dict(seed=-1), r"seed must be an integer in \[0, 4294967295\]"),

@@ -300,6 +300,20 @@ def test_a_journal_killed_while_its_header_was_written_starts_afresh(tmp_path):
     assert _entries(journal) == []
 
 
+@pytest.mark.parametrize("ending", ["\n", ""])
+def test_a_header_only_journal_loads_empty_and_its_header_is_parsed_once(tmp_path, monkeypatch, ending):
+    # A run killed before its first point finished; without the newline, one killed as it wrote it.
+    header = json.dumps({"format": JOURNAL_FORMAT, "fingerprint_version": FINGERPRINT_VERSION})
+    journal = tmp_path / "tune.jsonl"
+    journal.write_text(header + ending)
+    parsed = []
+    loads = json.loads
+    monkeypatch.setattr(tune_module.json, "loads", lambda text, **kw: parsed.append(bytes(text)) or loads(text, **kw))
+    assert Journal(journal, "0123456789abcdef").load() == {}
+    assert parsed == [header.encode()]  # the header was read twice: once to see it is JSON, once to check it
+    assert journal.read_text() == header + "\n"  # the newline is completed, nothing else written
+
+
 def test_divergence_is_a_finite_penalty(problem):
     head, train, val = problem
     # SGD with one rating per step blows up to NaN within an epoch once lr >= 1e2 or so.

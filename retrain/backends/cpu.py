@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..contract import Adam
-from ..errors import check_int
+from ..errors import check_bool, check_int
 from .base import ACTIVATION_CODES, Backend, Problem, _StateBuffer, allocate, csr_tensors, head_tensors
 
 try:
@@ -161,7 +161,7 @@ class CpuBackend(Backend):
         super().__init__("cpu")
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1)
         self.simd = simd
-        self.users_in_lanes = bool(users_in_lanes)
+        self.users_in_lanes = check_bool("users_in_lanes", users_in_lanes)  # bool("no") is True
 
     def threads(self, ratings: int, n_probes: int, n_users: int) -> int:
         """Threads for a call that visits ``ratings`` ratings of ``n_users`` users with ``n_probes`` probes each."""

@@ -9,8 +9,8 @@ tuned recipe (what ``refit=True`` does), and score on the test part: RMSE of eac
 closed-form ridge fold-in (tuned reg) and of the item-bias baseline; recall@10 / NDCG@10
 (test ratings >= 4 are relevant) of the refitted users' top-10 unseen items; and the share of
 top-10 slots given to items with at most 2 pretraining ratings.  New users (``--new-users``, off by
-default): each held-out user with more than k ratings is folded in on k random ones (the served
-recipe) and scored on the others, against the closed-form ridge fold-in (tuned reg, the recipe's
+default): each held-out user with more than k ratings is folded in on k of them (keyed by id:
+``first_k``; the served recipe) and scored on the others, against the closed-form ridge fold-in (tuned reg, the recipe's
 damping: ``fold_in(solver="ridge")``), the same with a count-independent penalty
 (``--new-user-damping``, ``ridge_embeddings(damping=...)``, instead of the recipe's) and
 the item-bias baseline on the same ratings, for k in ``KS``.  ``--damping D`` sets the recipe's
@@ -24,8 +24,8 @@ the means.  Not a timed benchmark: it measures quality.
 ML-100k's official folds u1..u5 instead (``ml100k.py``: read from the recbole 1.2.1 wheel; ``fetch``
 downloads it into a cache outside the repo), the same protocol on each (``ml100k.fold_split``):
 20 % of the users (``--held-out``) held out as new users, each known user's u{i}.base split into pretraining and
-validation (a quarter), scored on its u{i}.test ratings; new users folded in on k random ones of
-their u{i}.base ratings and scored on their u{i}.test ratings.  Prints every column.
+validation (a quarter), scored on its u{i}.test ratings; new users folded in on k of their
+u{i}.base ratings (``first_k``) and scored on their u{i}.test ratings.  Prints every column.
 """
 import argparse
 import os
@@ -36,6 +36,7 @@ import numpy as np
 
 from retrain import (HyperParams, fold_in, load_movielens, pretrain, protocol_split, recommend,
                      retrain_user_embeddings)
+from retrain.contract import rating_ranks
 from retrain.report import BiasBaseline, model_rmse, ranking_metrics, rare_item_share
 from retrain.ridge import ridge_embeddings
 from retrain.trainer import train_embeddings
@@ -50,19 +51,21 @@ KS = (1, 3, 5, 10, 20)
 
 
 def first_k(ratings, k: int, seed: int):
-    """(fold-in, test): ``k`` random ratings of each user with more than ``k``, and its others."""
+    """(fold-in, test): ``k`` ratings of each user with more than ``k``, and its others.
+
+    The ``k`` are keyed by id as the library samples a user's ratings: the user's ``k`` of least
+    ``retrain.contract.rating_ranks`` (the order ``sample_ratings_per_user`` takes its share from),
+    so a user's choice depends on its own ratings and ``seed`` only, not on the row order or the
+    other users (a draw by row re-chose every user's ratings when one user was added)."""
     keep = ratings.select_users(np.flatnonzero(ratings.counts > k))
-    key = np.random.default_rng(seed).random(keep.nnz)
-    users = keep.user_of_row()
-    order = np.lexsort((key, users))
-    rank = np.empty(keep.nnz, dtype=np.int64)
-    rank[order] = np.arange(keep.nnz) - np.repeat(keep.indptr[:-1], keep.counts)
+    rank = rating_ranks(keep.user_of_row(), keep.items, keep.ratings, keep.weights, keep.user_ids, keep.item_ids,
+                        seed)
     return keep._subset_rows(rank < k), keep._subset_rows(rank >= k)
 
 
 def base_k(split, k: int, seed: int):
     """(fold-in, test) of the new users of an ML-100k fold with more than ``k`` u{i}.base ratings:
-    ``k`` random ones of those, and their u{i}.test ratings."""
+    ``k`` of those (``first_k``), and their u{i}.test ratings."""
     fold, _ = first_k(split.new_fold_in, k, seed)
     return fold, split.new_test.select_users(np.flatnonzero(split.new_fold_in.counts > k))
 

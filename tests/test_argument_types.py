@@ -1,0 +1,195 @@
+"""Argument types across the public API (the sixth audit): flags that are no bools, integers
+beyond what they reach.
+
+Python takes a flag by its truth, so ``refit="no"`` refitted and ``exclude_seen="false"`` excluded:
+silently wrong results.  An integer beyond int64 (or a C int) reached pybind11, NLopt, numpy or
+torch and raised a bare OverflowError or TypeError there.  Each row calls one public entry point
+with such a value and expects an InputError naming the argument and the value, before any work.
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import retrain
+from problems import BACKEND, planted_hyp, planted_problem, random_head
+from retrain import InputError, Ratings, distributed
+from retrain.backends import available_backends
+from retrain.backends.base import csr_tensors
+from retrain.baselines import batched, eager_loop, user_parallel
+from retrain.bench import run_bench
+from retrain.bundle import Recipe, ServedModel
+from retrain.demo import run_demo
+from retrain.errors import check_bool
+from retrain.heads import Model
+from retrain.trainer import prepare, run_probes
+
+
+@pytest.mark.parametrize("value", [True, False, np.True_, np.False_, np.array([1, 2]).any()])
+def test_check_bool_accepts_bools_and_numpy_bools(value):
+    assert check_bool("flag", value) is bool(value)
+
+
+@pytest.mark.parametrize("value", ["no", "false", "True", "", 1, 0, 1.0, None, np.int64(1), np.array(True),
+                                   torch.tensor(True), [False]])
+def test_check_bool_refuses_everything_else(value):
+    with pytest.raises(InputError, match=r"^flag must be True or False, got "):
+        check_bool("flag", value)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    head, train, val = planted_problem(n_users=12, n_items=20)
+    return head, train, val
+
+
+@pytest.fixture(scope="module")
+def served():
+    head = dataclasses.replace(random_head("mf", n_items=6, d=3, seed=1), item_ids=np.arange(6) + 50)
+    hyp = retrain.HyperParams(model="matrix_factorization_3", batch_size=2, num_users=3)
+    ratings = Ratings.from_coo([0, 0, 1, 2], [0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0], n_users=3, n_items=6,
+                               user_ids=[7, 8, 9], item_ids=head.item_ids)
+    return ServedModel(Model(head, torch.zeros(3, 3), ratings.user_ids), Recipe(hyp, 2, (1.0, 4.0)), ratings)
+
+
+def _pipeline(problem, max_iters=2, **flags):
+    head, train, val = problem
+    model = Model(head, torch.zeros(train.n_users, head.d), train.user_ids)
+    retrain.retrain_user_embeddings(model, train, val, planted_hyp(max_epochs=2), max_iters, backend=BACKEND,
+                                    n_starts=1, **flags)
+
+
+def _run_probes(problem, **flags):
+    head, train, val = problem
+    run_probes(prepare(head, train, val, planted_hyp(), BACKEND), [0.1], [0.1], planted_hyp(max_epochs=2), **flags)
+
+
+def _batched(problem, **flags):
+    head, train, _ = problem
+    init = torch.zeros(train.n_users, head.d)
+    batched(head, csr_tensors(train, "cpu"), init, torch.ones(1), torch.ones(1), n_epochs=1, batch_size=2, **flags)
+
+
+def _cpu_backend(**flags):
+    if "cpu" not in available_backends():
+        pytest.skip("the C++ extension is not built")
+    from retrain.backends.cpu import CpuBackend
+    CpuBackend(**flags)
+
+
+# (entry point, the flag, a call that passes it)
+FLAG_CASES = [
+    ("retrain_user_embeddings", "refit", lambda p, s, v: _pipeline(p, refit=v)),
+    ("retrain_user_embeddings", "shards", lambda p, s, v: _pipeline(p, shards=v)),
+    ("train_probes", "return_embeddings",
+     lambda p, s, v: retrain.train_probes(*p, [0.1], [0.1], planted_hyp(max_epochs=2), BACKEND, return_embeddings=v)),
+    ("run_probes", "return_embeddings", lambda p, s, v: _run_probes(p, return_embeddings=v)),
+    ("tune", "space_filling_first_batch",
+     lambda p, s, v: retrain.tune(*p, planted_hyp(max_epochs=2), max_evals=2, backend=BACKEND,
+                                  space_filling_first_batch=v)),
+    ("CpuBackend", "users_in_lanes", lambda p, s, v: _cpu_backend(users_in_lanes=v)),
+    ("ServedModel.predict", "clip", lambda p, s, v: s.predict([7], [50], clip=v)),
+    ("ServedModel.recommend", "exclude_seen", lambda p, s, v: s.recommend([7], k=2, exclude_seen=v)),
+    ("Recipe", "refit", lambda p, s, v: Recipe(s.recipe.hyp, 2, refit=v)),
+    ("Ratings.with_items", "drop_unknown", lambda p, s, v: s.seen.with_items(np.arange(6) + 50, drop_unknown=v)),
+    ("baselines.batched", "compile", lambda p, s, v: _batched(p, compile=v)),
+    ("bench.run_bench", "baselines", lambda p, s, v: run_bench(model="matrix_factorization_2", users=20, probes=1,
+                                                                epochs=1, baseline_steps=1, baselines=v)),
+    ("demo.run_demo", "progress", lambda p, s, v: run_demo(retrain.synthetic_ratings(n_users=20, n_items=10),
+                                                            "synthetic", progress=v, max_evals=1)),
+    ("distributed.train_probes", "return_embeddings",
+     lambda p, s, v: distributed.train_probes(*p, [0.1], [0.1], planted_hyp(), return_embeddings=v)),
+    ("distributed.train_probes", "gather",
+     lambda p, s, v: distributed.train_probes(*p, [0.1], [0.1], planted_hyp(), gather=v)),
+    ("distributed.train_embeddings", "gather",
+     lambda p, s, v: distributed.train_embeddings(p[0], p[1], planted_hyp(num_users=12), 1, gather=v)),
+]
+
+
+@pytest.mark.parametrize("value", ["no", 1])
+@pytest.mark.parametrize("entry,flag,call", FLAG_CASES, ids=[f"{e}-{f}" for e, f, _ in FLAG_CASES])
+def test_a_flag_that_is_no_bool_is_refused(entry, flag, call, value, problem, served, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run_demo's default output folder, were it reached
+    with pytest.raises(InputError, match=f"^{flag} must be True or False, got {value!r}$"):
+        call(problem, served, value)
+
+
+def test_a_numpy_bool_flag_is_taken_as_its_value(served):
+    # User 7 rated items 50 and 51: np.True_ leaves them out, np.False_ ranks them with the rest.
+    seen = served.recommend([7], k=6, exclude_seen=np.True_)
+    every = served.recommend([7], k=6, exclude_seen=np.False_)
+    assert not {50, 51} & set(seen.item_ids[0][np.isfinite(seen.scores[0])].tolist())
+    assert set(every.item_ids[0].tolist()) == set(range(50, 56))
+    assert Recipe(served.recipe.hyp, 2, refit=np.True_).refit is True
+
+
+BEYOND_INT64 = 2**70
+
+
+def _cpu_threads(problem, threads):
+    if "cpu" not in available_backends():
+        pytest.skip("the C++ extension is not built")
+    from retrain.backends.cpu import CpuBackend
+    retrain.train_probes(*problem, [0.1], [0.1], planted_hyp(max_epochs=2), CpuBackend(num_threads=threads))
+
+
+# (the argument, a call that passes it ``value``, the range the message names); each one went on to
+# raise a bare OverflowError, TypeError or ValueError in pybind11, NLopt, numpy or torch.
+INT_CASES = [
+    ("max_epochs", lambda p, v: planted_hyp(max_epochs=v), r"\[1, 4611686018427387904\]"),
+    ("epochs_per_checkpoint", lambda p, v: planted_hyp(epochs_per_checkpoint=v), r"\[1, 4611686018427387904\]"),
+    ("patience", lambda p, v: planted_hyp(patience=v), r"\[0, 4611686018427387904\]"),
+    ("num_threads", _cpu_threads, r"\[1, 2\*\*63 - 1\]"),
+    ("max_evals", lambda p, v: retrain.tune(*p, planted_hyp(max_epochs=2), max_evals=v, backend=BACKEND),
+     r"\[1, 2147483647\]"),
+    ("seed", lambda p, v: retrain.tune(*p, planted_hyp(max_epochs=2), max_evals=2, seed=v, backend=BACKEND),
+     r"\[0, 4294967295\]"),
+    ("max_iters", lambda p, v: _pipeline(p, max_iters=v), r"\[1, 2147483647\]"),
+    ("max_evals", lambda p, v: run_demo(retrain.synthetic_ratings(n_users=20, n_items=10), "synthetic", max_evals=v),
+     r"\[1, 2147483647\]"),
+    ("n_users", lambda p, v: retrain.synthetic_ratings(n_users=v), r"\[1, 2\*\*63 - 1\]"),
+    ("n_items", lambda p, v: retrain.synthetic_ratings(n_items=v), r"\[2, 2\*\*63 - 1\]"),
+    ("rank", lambda p, v: retrain.synthetic_ratings(n_users=10, rank=v), r"\[1, 2\*\*63 - 1\]"),
+    ("n_users", lambda p, v: Ratings.from_coo([0], [0], [1.0], n_users=v), r"\[0, 2\*\*63 - 1\]"),
+    ("n_items", lambda p, v: Ratings.from_coo([0], [0], [1.0], n_items=v), r"\[0, 2\*\*63 - 1\]"),
+]
+
+
+@pytest.mark.parametrize("name,call,bounds", INT_CASES, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(INT_CASES)])
+def test_an_integer_beyond_its_range_is_refused_naming_it(name, call, bounds, problem, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run_demo's default output folder, were it reached
+    with pytest.raises(InputError, match=rf"^{name} must be an integer in {bounds}, got {BEYOND_INT64}$"):
+        call(problem, BEYOND_INT64)
+
+
+def test_the_tuner_seed_is_checked_as_hyp_seed(problem):
+    for seed in (-1, 2**32, "1"):  # numpy refused -1 with a ValueError, NLopt 2**64 with an OverflowError
+        with pytest.raises(InputError, match=r"^seed must be an integer in \[0, 4294967295\], got "):
+            retrain.tune(*problem, planted_hyp(max_epochs=2), max_evals=2, seed=seed, backend=BACKEND)
+
+
+@pytest.mark.parametrize("model", [f"matrix_factorization_{2**31}", f"mlp_{BEYOND_INT64}x4", f"mlp_4x{2**31}"])
+def test_a_model_size_beyond_a_c_int_is_refused(model):
+    with pytest.raises(InputError, match=rf"^model name '{model}': its sizes must be in \[1, 2147483647\]$"):
+        retrain.HyperParams(model=model)
+
+
+def test_the_largest_allowed_counts_are_taken():
+    hyp = retrain.HyperParams(model="matrix_factorization_2147483647", max_epochs=2**62, epochs_per_checkpoint=2**62,
+                              patience=2**62)
+    assert (hyp.max_epochs, hyp.epochs_per_checkpoint, hyp.patience) == (2**62, 2**62, 2**62)
+
+
+@pytest.mark.parametrize("baseline", [eager_loop, batched, user_parallel])
+@pytest.mark.parametrize("argument,value,bounds", [
+    ("seed", 2**32, r"\[0, 4294967295\]"),  # user_parallel hashes it mod 2**32: it trained as seed 0
+    ("batch_size", BEYOND_INT64, r"\[1, 4611686018427387904\]"),  # one minibatch of everything
+    ("max_steps", 2.5, r"\[0, 2\*\*63 - 1\]"),  # three steps
+])
+def test_a_baseline_checks_its_counts_as_the_backends_do(baseline, argument, value, bounds, problem):
+    head, train, _ = problem
+    counts = dict(n_epochs=1, batch_size=2, seed=0, max_steps=None)
+    with pytest.raises(InputError, match=rf"^{argument} must be an integer in {bounds}, got {value}$"):
+        baseline(head, csr_tensors(train, "cpu"), torch.zeros(train.n_users, head.d), torch.ones(1), torch.ones(1),
+                 **{**counts, argument: value})
