@@ -29,7 +29,7 @@ import torch
 
 from ..contract import (FIXED_POINT_LIMBS, StepSpec, damping_terms, exact_sum, fixed_point_limbs, fixed_point_value,
                         user_key)
-from ..errors import InputError, check_indices, check_int
+from ..errors import InputError, check_bool, check_indices, check_int
 from ..heads import Head
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "tanh": 2}
@@ -242,6 +242,7 @@ class Problem:
         ``lrs``, ``regs``: length-P float sequences.  ``keep_best``: keep each probe's embeddings
         at its best checkpoint (``keep_best``, ``best_embeddings``).
         """
+        keep_best = check_bool("keep_best", keep_best)  # "no" kept a copy of every probe
         lrs = torch.as_tensor(np.asarray(lrs, dtype=np.float32), device=self.device)
         regs = torch.as_tensor(np.asarray(regs, dtype=np.float32), device=self.device)
         P = len(lrs)

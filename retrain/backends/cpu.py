@@ -159,7 +159,8 @@ class CpuBackend(Backend):
 
     def __init__(self, num_threads: int | None = None, simd: str = "auto", users_in_lanes: bool = True):
         super().__init__("cpu")
-        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1)
+        # OpenMP takes a C int: a larger count was pybind11's TypeError at the first call
+        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1, 2**31 - 1)
         self.simd = simd
         self.users_in_lanes = check_bool("users_in_lanes", users_in_lanes)  # bool("no") is True
 
