@@ -410,6 +410,7 @@ class ShardedProblem:
         return self.largest_shard * self.inner.n_probes * self.inner.d * 4
 
     def start(self, lrs, regs, *, keep_best: bool = False) -> None:
+        keep_best = check_bool("keep_best", keep_best)  # here first: a refused call is never sent
         self.backend._command("start", np.asarray(lrs), np.asarray(regs), keep_best=keep_best)
         self.inner.start(lrs, regs, keep_best=keep_best)
 
