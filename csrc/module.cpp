@@ -399,9 +399,7 @@ py::array_t<float> initial_embeddings_py(const py::handle& keys, int d, int64_t 
     return out;
 }
 
-// Asks Linux to back the 2 MiB-aligned interior of `array`'s memory with huge pages
-// (MADV_HUGEPAGE, honoured where transparent huge pages are "always" or "madvise"); effective for
-// pages not yet touched.  True when the kernel accepted it; false elsewhere or for a small array.
+// Keeps probes `slots` of a probes-last state [U, d, P] in place (retrain.backends.cpu drops probes so).
 void keep_probes_py(const py::handle& state, const py::handle& slots, int num_threads) {
     auto s = array_arg<float>(state, "state", 3, true);
     const auto k = array_arg<int64_t>(slots, "slots", 1);
@@ -417,6 +415,9 @@ void keep_probes_py(const py::handle& state, const py::handle& slots, int num_th
     keep_probes(x, s.shape(0) * s.shape(1), n_probes, keep, n_keep, threads);
 }
 
+// Asks Linux to back the 2 MiB-aligned interior of `array`'s memory with huge pages
+// (MADV_HUGEPAGE, honoured where transparent huge pages are "always" or "madvise"); effective for
+// pages not yet touched.  True when the kernel accepted it; false elsewhere or for a small array.
 bool advise_huge_pages_py(const py::handle& array) {
     if (!py::isinstance<py::array>(array)) fail("array must be a numpy array");
     const auto a = py::reinterpret_borrow<py::array>(array);
