@@ -12,11 +12,14 @@ from setuptools import setup
 
 
 def get_extensions():
-    from pybind11.setup_helpers import Pybind11Extension
+    from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     if not sources:
         return []
+    # One compiler per core (NPY_NUM_BUILD_JOBS overrides): the four instruction sets' kernels took
+    # 40 s one after another on two cores.
+    ParallelCompile("NPY_NUM_BUILD_JOBS").install()
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
     # x86-64: the baseline is x86-64-v2 (SSE4.2); the AVX2 and AVX-512 kernels enable their own
     # instruction sets and are chosen at run time.  Elsewhere only the portable kernel is built.
