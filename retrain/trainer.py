@@ -414,10 +414,9 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
             if pruning is not None and epoch < hyp.max_epochs:
                 finished = np.array([r.best_val_loss for r in results if r.stop_reason in FINAL])
                 target = pruning.target(finished, epoch)
-                for slot, probe in enumerate(active):
-                    if stopped[slot] or math.isinf(target):
-                        continue
-                    if reachable_loss(results[probe].history, hyp.max_epochs, pruning.window) > target:
+                for slot, probe in enumerate(active if math.isfinite(target) else ()):  # inf: none pruned
+                    if not stopped[slot] and \
+                            reachable_loss(results[probe].history, hyp.max_epochs, pruning.window) > target:
                         results[probe].stop_reason, stopped[slot] = "pruned", True
             if on_finish is not None:
                 for slot in np.flatnonzero(stopped & ~reported):
