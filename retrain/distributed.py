@@ -46,7 +46,7 @@ import torch.distributed as dist
 
 from . import shards, trainer, tuner
 from .backends import get_backend
-from .backends.base import Backend, Checkpoint, Problem
+from .backends.base import Backend, Checkpoint, Problem, steps_per_epoch
 from .bundle import item_support
 from .contract import FIXED_POINT_LIMBS, fixed_point_limbs, fixed_point_value, fmix32, user_key
 from .errors import InputError, check_bool
@@ -250,6 +250,7 @@ class ShardedBackend(Backend):
         users = np.flatnonzero(self.owner == self.rank)
         local_val = val.select_users(users) if val is not None else None
         inner = self.inner.prepare(head, train.select_users(users), local_val, spec, init=init[torch.from_numpy(users)])
+        inner.steps_per_epoch = steps_per_epoch(train.counts, spec.batch_size)  # every rank's heaviest user
         return ShardedProblem(self, inner, users, local_val)
 
     def score(self, head, emb):
@@ -415,6 +416,7 @@ class ShardedProblem:
         self.inner.start(lrs, regs, keep_best=keep_best)
 
     def train(self, n_epochs: int) -> None:
+        self.inner.check_epochs("n_epochs", [n_epochs])  # here first: a refused call is never sent
         self.backend._command("train", n_epochs)
         self.inner.train(n_epochs)
 
@@ -426,7 +428,7 @@ class ShardedProblem:
         return self.checkpoints([n_epochs])[0]
 
     def checkpoints(self, epochs) -> list[Checkpoint]:
-        epochs = [int(n) for n in epochs]
+        epochs = self.inner.check_epochs("epochs", epochs)
         self.backend._command("checkpoints", epochs)
         return self.inner.checkpoints(epochs)
 

@@ -22,7 +22,7 @@ import torch
 
 from .backends import get_backend
 from .backends.base import Problem
-from .contract import FLOAT32_MAX, MAX_STEPS, StepSpec, initial_embeddings, user_key
+from .contract import FLOAT32_MAX, StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_bool, check_float, check_int
 from .heads import Head, check_head_like
@@ -344,6 +344,7 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     check_step_sizes(lrs, regs)
     if step_spec(hyp) != problem.spec:
         raise InputError(f"hyp describes the step {step_spec(hyp)} but the problem was prepared for {problem.spec}")
+    problem.check_epochs("hyp.max_epochs", [hyp.max_epochs], start=0)  # else refused mid-batch
     if deadline is not None:
         check_float("deadline", deadline)
     if memory_budget is not None:
@@ -474,10 +475,7 @@ def train_embeddings(head, ratings: Ratings, hyp: HyperParams, epochs: int, back
     """
     check_step_sizes(np.array([hyp.learning_rate]), np.array([hyp.regularization]))
     problem = prepare(head, ratings, None, hyp, backend, init=init)
-    # The heaviest user takes epochs * its steps per epoch Adam steps: counted in int64, at most
-    # MAX_STEPS (the cpu kernel refused more with a plain ValueError; the reference trained for ever).
-    steps = max(1, -(-int(ratings.counts.max(initial=0)) // hyp.batch_size))
-    epochs = check_int("epochs", epochs, 0, MAX_STEPS // steps)
+    epochs, = problem.check_epochs("epochs", [epochs], start=0)
     problem.start([hyp.learning_rate], [hyp.regularization])
     problem.train(epochs)
     return problem.embeddings()[:, 0].cpu().clone()

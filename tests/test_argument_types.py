@@ -20,6 +20,7 @@ from retrain.backends.base import csr_tensors
 from retrain.baselines import batched, eager_loop, user_parallel
 from retrain.bench import run_bench
 from retrain.bundle import Recipe, ServedModel
+from retrain.contract import MAX_STEPS
 from retrain.demo import run_demo
 from retrain.errors import check_bool
 from retrain.heads import Model
@@ -205,3 +206,47 @@ def test_a_baseline_checks_its_counts_as_the_backends_do(baseline, argument, val
     with pytest.raises(InputError, match=rf"^{argument} must be an integer in {bounds}, got {value}$"):
         baseline(head, csr_tensors(train, "cpu"), torch.zeros(train.n_users, head.d), torch.ones(1), torch.ones(1),
                  **{**counts, argument: value})
+
+
+# A user's Adam step count is an int64 in every backend, at most MAX_STEPS = 2**62.  A batch that
+# would train its heaviest user past it raised an OverflowError (cpu, for 2**70 epochs) or a plain
+# ValueError from the kernel, and never returned on the reference backend.
+PROBLEM_BACKENDS = [b for b in ("reference", "cpu") if b in available_backends()]
+
+
+def _steps(problem, batch_size):
+    return -(-int(problem[1].counts.max()) // batch_size)  # the heaviest user's steps per epoch
+
+
+@pytest.mark.parametrize("backend", PROBLEM_BACKENDS)
+@pytest.mark.parametrize("call", ["train", "checkpoints"])
+def test_a_batch_that_would_step_its_heaviest_user_past_2_62_is_refused(backend, call, problem):
+    hyp = planted_hyp(max_epochs=2, batch_size=2)
+    prepared = prepare(*problem, hyp, backend)
+    steps = _steps(problem, 2)
+    assert steps > 1  # so that the bound is not MAX_STEPS itself
+    prepared.start([0.1], [0.1])
+    prepared.checkpoints([1])
+    left = MAX_STEPS // steps - 1
+    run = (lambda n: prepared.train(n)) if call == "train" else (lambda n: prepared.checkpoints([1, n - 1]))
+    name = "n_epochs" if call == "train" else "epochs"
+    for n in (left + 1, 2**70):
+        with pytest.raises(InputError, match=rf"^{name}: {n} epochs from epoch 1 would take the heaviest user "
+                                             rf"\({steps} Adam steps per epoch\) past {MAX_STEPS} steps: at most {left}$"):
+            run(n)
+    assert prepared.epoch == 1  # nothing trained
+    for bad in (2.5, -1, True, "2"):  # int(2.5) trained 2 epochs; -1 trained none, silently
+        with pytest.raises(InputError, match=rf"^{name} must be an integer"):
+            run(bad) if call == "train" else prepared.checkpoints([bad])
+    assert prepared.epoch == 1
+
+
+@pytest.mark.parametrize("backend", PROBLEM_BACKENDS)
+def test_max_epochs_past_2_62_steps_of_the_heaviest_user_is_refused_before_any_training(backend, problem):
+    steps = _steps(problem, 2)
+    most = MAX_STEPS // steps
+    hyp = planted_hyp(max_epochs=most + 1, epochs_per_checkpoint=most + 1, batch_size=2)
+    prepared = prepare(*problem, hyp, backend)
+    with pytest.raises(InputError, match=rf"^hyp.max_epochs: {most + 1} epochs from epoch 0 .* at most {most}$"):
+        run_probes(prepared, [0.1], [0.1], hyp)
+    assert prepared.n_probes == 0  # no batch was started

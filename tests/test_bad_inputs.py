@@ -241,7 +241,8 @@ API_CASES = {
     # 2^62 Adam steps per user at most: the cpu kernel refused more with a plain ValueError (the
     # reference backend trained for ever); 4 ratings a user, batch 4: one step an epoch
     "train for more than 2^62 steps": (lambda t, s: train_embeddings(s.head, s.seen, HYP, 2**62 + 1, "cpu"), InputError,
-                                       r"epochs must be an integer in \[0, 4611686018427387904\], got 4611686018427387905"),
+                                       r"epochs: 4611686018427387905 epochs from epoch 0 would take the heaviest user "
+                                       r"\(1 Adam steps per epoch\) past 4611686018427387904 steps: at most 4611686018427387904"),
     "ridge on a list": (lambda t, s: retrain.ridge.ridge_embeddings(s.head, [1, 2], 0.1), InputError,
                         r"ratings must be retrain.Ratings, got list"),
     # a mask that is not bool used to be cast: 0.5 excluded every item, indices [0, 1, 2] the wrong ones

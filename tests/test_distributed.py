@@ -17,7 +17,7 @@ from problems import BACKEND, planted_hyp, planted_problem, random_head
 from ranks import free_port, results, run_ranks
 from retrain.backends import available_backends, get_backend
 from retrain.progress import MeteredBackend
-from retrain.contract import user_key
+from retrain.contract import MAX_STEPS, user_key
 from retrain.data import Ratings, synthetic_ratings
 from retrain.errors import InputError
 from retrain.heads import Head
@@ -403,3 +403,26 @@ def test_a_sharded_problem_checks_slots_before_it_sends_them(one_rank):
                 with pytest.raises(InputError, match="must be a 1-d array of probe slot indices"):
                     getattr(problem, call)(bad)
         assert [name for name, _, _ in backend._queue] == ["start"] and problem.n_probes == 4
+
+
+def _too_many_epochs_job(rank):
+    head, data = random_head("mf", 20, 3, seed=5), synthetic_ratings(6, 20, mean_ratings_per_user=5, seed=3)
+    heaviest = int(np.argmax(data.counts))
+    owner = np.zeros(data.n_users, dtype=np.int64)
+    owner[heaviest] = 1  # rank 0 holds lighter users only: its own bound on the epochs is looser
+    most = MAX_STEPS // int(data.counts.max())  # batch 1: a step per rating
+    assert MAX_STEPS // int(np.delete(data.counts, heaviest).max()) > most
+    hyp = HyperParams(model="matrix_factorization_3", batch_size=1, max_epochs=most + 1, epochs_per_checkpoint=most + 1)
+    backend = distributed.ShardedBackend(BACKEND)
+    with backend.assigned(owner):
+        try:
+            distributed.train_probes(head, data, data, [0.01], [0.0], hyp, backend)
+        except InputError as exc:
+            return str(exc)
+
+
+def test_a_sharded_batch_is_bounded_by_the_heaviest_user_of_every_rank():
+    # Each shard's problem knew its own heaviest user only: rank 0 would train its users for
+    # 2**62 / 6 epochs (never returning) while rank 1's kernel refused them and left the group.
+    for message in results(run_ranks(2, _too_many_epochs_job)):
+        assert message is not None and "hyp.max_epochs" in message and "heaviest user" in message

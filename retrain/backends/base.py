@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..contract import (FIXED_POINT_LIMBS, StepSpec, damping_terms, exact_sum, fixed_point_limbs, fixed_point_value,
+from ..contract import (FIXED_POINT_LIMBS, MAX_STEPS, StepSpec, damping_terms, exact_sum, fixed_point_limbs, fixed_point_value,
                         user_key)
 from ..errors import InputError, check_bool, check_indices, check_int
 from ..heads import Head
@@ -119,6 +119,11 @@ def validation_weight(val) -> float:
     return float(exact_sum(torch.from_numpy(val.weights.astype(np.float64)))[0])
 
 
+def steps_per_epoch(counts: np.ndarray, batch_size: int) -> int:
+    """The Adam steps one epoch takes the heaviest of the users with ``counts`` ratings (at least 1)."""
+    return max(1, -(-int(np.max(counts, initial=0)) // batch_size))
+
+
 def heaviest_first(counts: np.ndarray) -> np.ndarray:
     """User indices by decreasing rating count, ties in index order (int64): the longest users
     start first, so the threads or programs of a launch finish together."""
@@ -187,6 +192,9 @@ class Problem:
         counts = train.counts
         self.order = heaviest_first(counts)  # every user: the ones without ratings come last
         self.n_with_ratings = int((counts > 0).sum())
+        # The heaviest user's Adam steps per epoch (retrain.distributed sets every shard's to the
+        # global one, so that all ranks refuse the same calls): ``check_epochs`` bounds a batch by it.
+        self.steps_per_epoch = steps_per_epoch(counts, spec.batch_size)
         # float32 [U]: each user's damping / n, added to every probe's reg (docs/semantics.md).
         self.user_damping = torch.from_numpy(damping_terms(spec.damping, counts)).to(self.device)
         self.val_weight = validation_weight(val)
@@ -258,9 +266,24 @@ class Problem:
         self.epoch = 0
         self.fresh = True
 
+    def check_epochs(self, name: str, epochs, start: int | None = None) -> list[int]:
+        """``epochs`` (a sequence of epoch counts, each an integer >= 0) as ints, or InputError
+        naming ``name`` when one is not, or when training them from epoch ``start`` (None: the
+        batch's current epoch) would take the heaviest user past ``MAX_STEPS`` Adam steps: every
+        backend counts a user's steps in int64 (the cpu kernel refused more with a plain
+        ValueError, the reference backend trained for ever)."""
+        epochs = [check_int(name, n, 0, None) for n in epochs]  # the bound below names the heaviest user
+        start = self.epoch if start is None else start
+        left = MAX_STEPS // self.steps_per_epoch - start
+        if sum(epochs) > left:
+            raise InputError(f"{name}: {sum(epochs)} epochs from epoch {start} would take the heaviest user "
+                             f"({self.steps_per_epoch} Adam steps per epoch) past {MAX_STEPS} steps: at most {left}")
+        return epochs
+
     def train(self, n_epochs: int) -> None:
-        """Advance the live probes by ``n_epochs`` epochs of the contract's schedule."""
-        if n_epochs <= 0 or self.n_probes == 0:
+        """Advance the live probes by ``n_epochs`` epochs (an integer >= 0) of the contract's schedule."""
+        n_epochs, = self.check_epochs("n_epochs", [n_epochs])
+        if n_epochs == 0 or self.n_probes == 0:
             return
         finite, _ = self._reduce(self._train(self.epoch, n_epochs, self.fresh), None)
         self._state_finite &= np.asarray(finite, dtype=bool)
@@ -281,11 +304,12 @@ class Problem:
 
     def checkpoints(self, epochs) -> list[Checkpoint]:
         """Train ``epochs[0]`` epochs and validate, then ``epochs[1]`` more and validate, ...: one
-        ``Checkpoint`` per entry (each ``>= 1``).  With ``keep_best``, the embeddings at each of
+        ``Checkpoint`` per entry (each an integer ``>= 0``; 0 validates again).  With ``keep_best``, the embeddings at each of
         these checkpoints stay available to ``keep_best(slots, index)`` until the next call.
 
         Here, one pass over the state per entry; a backend may do them all in one pass.
         """
+        epochs = self.check_epochs("epochs", epochs)
         out, self._snapshots = [], []
         for j, n_epochs in enumerate(epochs):
             self.train(n_epochs)

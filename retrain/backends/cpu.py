@@ -105,8 +105,8 @@ class CpuProblem(Problem):
     def checkpoints(self, epochs):
         """All the checkpoints in one pass: each user trains through every epoch of the call and is
         checked and validated at each checkpoint while its state is in this thread's cache."""
-        epochs = [int(n) for n in epochs]
-        if self.n_probes == 0 or min(epochs) < 1:
+        epochs = self.check_epochs("epochs", epochs)  # int(2.5) trained 2 epochs
+        if self.n_probes == 0 or not epochs or min(epochs) < 1:
             return super().checkpoints(epochs)
         ends = np.cumsum(epochs).astype(np.int64)
         K, snapshots = len(epochs), None
