@@ -137,10 +137,10 @@ class Pruning:
         return max(float(known[self.rank - 1]), (1.0 + self.margin) * float(known[0]))
 
 
-def reachable_loss(history: list, max_epochs: int, window: int) -> float:
+def reachable_loss(history: list, max_epochs: int, window: int, best: float | None = None) -> float:
     """``Pruning``'s bound of a probe with ``history = [(epoch, loss), ...]``: the lowest loss it
     reaches by ``max_epochs`` if it never falls faster per epoch than over its last ``window``
-    checkpoint intervals."""
+    checkpoint intervals.  ``best``: the lowest loss of ``history`` when the caller knows it."""
     if len(history) < 2:
         return -math.inf  # no rate known yet
     # Plain floats over the last window + 1 checkpoints: called per probe and checkpoint.
@@ -148,7 +148,9 @@ def reachable_loss(history: list, max_epochs: int, window: int) -> float:
     rate = max(0.0, *((loss - next_loss) / (next_epoch - epoch)
                       for (epoch, loss), (next_epoch, next_loss) in zip(tail, tail[1:])))
     last_epoch, last_loss = tail[-1]
-    return min(min(loss for _, loss in history), float(last_loss) - (max_epochs - last_epoch) * rate)
+    if best is None:
+        best = min(loss for _, loss in history)
+    return min(best, float(last_loss) - (max_epochs - last_epoch) * rate)
 
 
 def _as_vector(values, name: str) -> np.ndarray:
@@ -379,22 +381,26 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                  deadline: float | None, pruning: Pruning | None, on_finish) -> list[ProbeResult]:
     results = [ProbeResult(float(lr), float(reg)) for lr, reg in zip(lrs, regs)]
     problem.start(lrs, regs, keep_best=return_embeddings)
-    active = np.arange(len(lrs))  # probe ids still training, in slot order
-    since_best = np.zeros(len(lrs), dtype=np.int64)
+    # Plain Python lists and floats in the per-probe loop below: numpy scalars cost a few times
+    # more there, at every probe and checkpoint (a tuning run's probes are many and its epochs cheap).
+    active = list(range(len(lrs)))  # probe ids still training, in slot order
+    since_best = [0] * len(lrs)
+    finished = []  # best losses of the probes whose stop is final (FINAL): the pruning's known ones
     epoch = 0
     checkpoints, epochs = [problem.validate()], [0]  # epoch 0: the init
     while True:
-        stopped = np.zeros(len(active), dtype=bool)  # stopped at an earlier checkpoint of this call
-        reported = np.zeros(len(active), dtype=bool)  # passed to on_finish
+        stopped = [False] * len(active)  # stopped at an earlier checkpoint of this call
+        reported = [False] * len(active)  # passed to on_finish
         for index, (checkpoint, n_epochs) in enumerate(zip(checkpoints, epochs)):
             epoch += n_epochs
             improved = []
+            losses, finite = checkpoint.losses.tolist(), checkpoint.finite.tolist()
             for slot, probe in enumerate(active):
                 if stopped[slot]:
                     continue
-                r, loss = results[probe], float(checkpoint.losses[slot])
+                r, loss = results[probe], losses[slot]
                 r.history.append((epoch, loss))
-                if not (checkpoint.finite[slot] and math.isfinite(loss)):
+                if not (finite[slot] and math.isfinite(loss)):
                     r.stop_reason, stopped[slot] = "diverged", True
                     log.debug("probe %d (lr %.3g, reg %.3g) diverged at epoch %d", probe, r.lr, r.reg, epoch)
                     continue
@@ -406,34 +412,39 @@ def _train_group(problem: Problem, lrs, regs, hyp: HyperParams, return_embedding
                     since_best[probe] += 1
                 if since_best[probe] > hyp.patience:
                     r.stop_reason, stopped[slot] = "patience", True
+                    finished.append(r.best_val_loss)
                 elif epoch >= hyp.max_epochs:
                     r.stop_reason, stopped[slot] = "max_epochs", True
+                    finished.append(r.best_val_loss)
             # At epoch 0 every probe is at the init: kept for all, so that a probe whose init loss is
             # not finite (diverged before any checkpoint) returns the init, its best_epoch, not unset memory.
             if return_embeddings:  # else a no-op after its index checks, at every checkpoint of a tuning run
                 problem.keep_best(np.arange(len(active)) if epoch == 0 else improved, index)
             if pruning is not None and epoch < hyp.max_epochs:
-                finished = np.array([r.best_val_loss for r in results if r.stop_reason in FINAL])
-                target = pruning.target(finished, epoch)
+                target = pruning.target(np.array(finished), epoch)
                 for slot, probe in enumerate(active if math.isfinite(target) else ()):  # inf: none pruned
+                    r = results[probe]
                     if not stopped[slot] and \
-                            reachable_loss(results[probe].history, hyp.max_epochs, pruning.window) > target:
-                        results[probe].stop_reason, stopped[slot] = "pruned", True
+                            reachable_loss(r.history, hyp.max_epochs, pruning.window, r.best_val_loss) > target:
+                        r.stop_reason, stopped[slot] = "pruned", True
             if on_finish is not None:
-                for slot in np.flatnonzero(stopped & ~reported):
-                    on_finish(int(active[slot]), results[active[slot]])
-                reported |= stopped
-        keep = np.flatnonzero(~stopped)
-        if len(keep) and deadline is not None and time.monotonic() >= deadline:
-            for probe in active[keep]:
-                results[probe].stop_reason = "deadline"
+                for slot, probe in enumerate(active):
+                    if stopped[slot] and not reported[slot]:
+                        on_finish(probe, results[probe])
+                        reported[slot] = True
+        keep = [slot for slot in range(len(active)) if not stopped[slot]]
+        if keep and deadline is not None and time.monotonic() >= deadline:
+            for slot in keep:
+                results[active[slot]].stop_reason = "deadline"
             log.info("time budget spent: %d probes stopped at epoch %d before early stopping did", len(keep), epoch)
-            keep = keep[:0]
-        if len(keep) == 0:
+            keep = []
+        if not keep:
             break
-        problem.drop(keep)
-        active = active[keep]
-        epochs = _next_checkpoints(problem, hyp, epoch, since_best[active], return_embeddings, budget)
+        if len(keep) < len(active):
+            problem.drop(np.array(keep, dtype=np.int64))
+            active = [active[slot] for slot in keep]
+        epochs = _next_checkpoints(problem, hyp, epoch, np.array([since_best[p] for p in active]), return_embeddings,
+                                   budget)
         checkpoints = problem.checkpoints(epochs)
     capped = [r for r in results if r.stop_reason == "max_epochs" and r.best_epoch == r.epochs_trained]
     if capped:
