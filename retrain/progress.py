@@ -203,6 +203,7 @@ class _MeteredProblem:
         return self.checkpoints([n_epochs])[0]
 
     def checkpoints(self, epochs):
+        epochs = self._inner.check_epochs("epochs", epochs)  # summed below: ["2"] raised a TypeError
         epoch = self._inner.epoch
         out = self._timed(lambda: self._inner.checkpoints(epochs), sum(epochs))
         for n_epochs, checkpoint in zip(epochs, out):

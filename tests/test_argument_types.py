@@ -15,7 +15,7 @@ import torch
 import retrain
 from problems import BACKEND, planted_hyp, planted_problem, random_head
 from retrain import InputError, Ratings, distributed
-from retrain.backends import available_backends
+from retrain.backends import available_backends, get_backend
 from retrain.backends.base import csr_tensors
 from retrain.baselines import batched, eager_loop, user_parallel
 from retrain.bench import run_bench
@@ -24,6 +24,7 @@ from retrain.contract import MAX_STEPS
 from retrain.demo import run_demo
 from retrain.errors import check_bool
 from retrain.heads import Model
+from retrain.progress import MeteredBackend
 from retrain.trainer import prepare, run_probes
 
 
@@ -250,3 +251,12 @@ def test_max_epochs_past_2_62_steps_of_the_heaviest_user_is_refused_before_any_t
     with pytest.raises(InputError, match=rf"^hyp.max_epochs: {most + 1} epochs from epoch 0 .* at most {most}$"):
         run_probes(prepared, [0.1], [0.1], hyp)
     assert prepared.n_probes == 0  # no batch was started
+
+
+def test_a_metered_problem_checks_the_epochs_before_it_counts_them(problem):
+    # The meter summed the entries first: ["2"] raised a bare TypeError there.
+    prepared = prepare(*problem, planted_hyp(max_epochs=2), MeteredBackend(get_backend(BACKEND)))
+    prepared.start([0.1], [0.1])
+    with pytest.raises(InputError, match="^epochs must be an integer >= 0, got '2'$"):
+        prepared.checkpoints(["2"])
+    assert prepared.epoch == 0

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..contract import (FIXED_POINT_LIMBS, MAX_STEPS, StepSpec, damping_terms, exact_sum, fixed_point_limbs, fixed_point_value,
-                        user_key)
+from ..contract import (FIXED_POINT_LIMBS, MAX_STEPS, StepSpec, damping_terms, exact_sum, fixed_point_limbs,
+                        fixed_point_value, user_key)
 from ..errors import InputError, check_bool, check_indices, check_int
 from ..heads import Head
 
@@ -304,8 +304,9 @@ class Problem:
 
     def checkpoints(self, epochs) -> list[Checkpoint]:
         """Train ``epochs[0]`` epochs and validate, then ``epochs[1]`` more and validate, ...: one
-        ``Checkpoint`` per entry (each an integer ``>= 0``; 0 validates again).  With ``keep_best``, the embeddings at each of
-        these checkpoints stay available to ``keep_best(slots, index)`` until the next call.
+        ``Checkpoint`` per entry (each an integer ``>= 0``; 0 validates again, ``check_epochs``).
+        With ``keep_best``, the embeddings at each of these checkpoints stay available to
+        ``keep_best(slots, index)`` until the next call.
 
         Here, one pass over the state per entry; a backend may do them all in one pass.
         """
