@@ -240,6 +240,10 @@ def test_a_batch_that_would_step_its_heaviest_user_past_2_62_is_refused(backend,
         with pytest.raises(InputError, match=rf"^{name} must be an integer"):
             run(bad) if call == "train" else prepared.checkpoints([bad])
     assert prepared.epoch == 1
+    if call == "checkpoints":  # a TypeError from iterating a number; "12" read as [1, 2]
+        for bad in (4, "12", None):
+            with pytest.raises(InputError, match=r"^epochs must be a sequence of epoch counts, got "):
+                prepared.checkpoints(bad)
 
 
 @pytest.mark.parametrize("backend", PROBLEM_BACKENDS)

@@ -22,6 +22,7 @@ of the training call's epilogue and the validation pass, never from an extra swe
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -272,6 +273,8 @@ class Problem:
         batch's current epoch) would take the heaviest user past ``MAX_STEPS`` Adam steps: every
         backend counts a user's steps in int64 (the cpu kernel refused more with a plain
         ValueError, the reference backend trained for ever)."""
+        if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Iterable):  # checkpoints(4): a TypeError
+            raise InputError(f"{name} must be a sequence of epoch counts, got {epochs!r}")
         epochs = [check_int(name, n, 0, None) for n in epochs]  # the bound below names the heaviest user
         start = self.epoch if start is None else start
         left = MAX_STEPS // self.steps_per_epoch - start
