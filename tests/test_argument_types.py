@@ -212,7 +212,7 @@ def test_a_baseline_checks_its_counts_as_the_backends_do(baseline, argument, val
 # A user's Adam step count is an int64 in every backend, at most MAX_STEPS = 2**62.  A batch that
 # would train its heaviest user past it raised an OverflowError (cpu, for 2**70 epochs) or a plain
 # ValueError from the kernel, and never returned on the reference backend.
-PROBLEM_BACKENDS = [b for b in ("reference", "cpu") if b in available_backends()]
+PROBLEM_BACKENDS = [b for b in ("reference", "cpu", "triton") if b in available_backends()]  # triton: interpreted
 
 
 def _steps(problem, batch_size):

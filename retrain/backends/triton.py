@@ -94,8 +94,8 @@ class TritonProblem(Problem):
         """All the checkpoints in one launch: each user trains through every epoch of the call and
         is checked, validated and (with ``keep_best``) copied at each checkpoint while its state
         is in registers: no extra pass over the state."""
-        epochs = [int(n) for n in epochs]
-        if self.n_probes == 0 or min(epochs) < 1:
+        epochs = self.check_epochs("epochs", epochs)  # int(2.5) trained 2 epochs
+        if self.n_probes == 0 or not epochs or min(epochs) < 1:
             return super().checkpoints(epochs)
         ends = np.cumsum(epochs).tolist()
         K = len(ends)
