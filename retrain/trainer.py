@@ -40,8 +40,8 @@ FINAL = ("patience", "max_epochs")  # the stop reasons whose best_val_loss is wh
 class ProbeResult:
     """The outcome of one probe.
 
-    ``history`` holds ``(epoch, val_loss)`` at every checkpoint (epoch 0 is the init; at the
-    checkpoint where a probe diverged, the loss summed over the users whose sums were finite).
+    ``history`` holds ``(epoch, val_loss)`` at every checkpoint (epoch 0 is the init; NaN at a
+    checkpoint where some user's state or loss was not finite: the loss is undefined there).
     ``best_epoch`` / ``best_val_loss`` are the best finite checkpoint; ``embeddings`` (``[U, d]``,
     only when asked for) are the embeddings at ``best_epoch``.  A probe without a finite checkpoint
     (the init's loss was not finite) has ``best_val_loss`` inf, ``best_epoch`` 0 and the init.

@@ -49,8 +49,10 @@ Rules, applied in a fixed order so that a run is deterministic:
 * a probe that diverges scores the finite penalty ``2 * L0 + 1``, where ``L0`` is the validation
   loss of the untrained init (the same for every probe: they share the init).  A probe that does
   not diverge scores at most ``L0`` (its checkpoints include epoch 0), so the penalty is worse
-  than every real value and NLopt never sees NaN or inf.  When every point diverged the result
-  says so (``TuneResult.all_diverged``) and carries no validation loss;
+  than every real value and NLopt never sees NaN or inf.  When ``L0`` itself is not finite (the
+  head's predictions overflow on these ratings), every probe diverges at epoch 0 and scores
+  ``FLOAT32_MAX``.  When every point diverged the result says so (``TuneResult.all_diverged``) and
+  carries no validation loss;
 * gradient-based algorithms (``LD_*``, ``GD_*``) get central finite differences with a step of
   ``FD_STEP`` of each bound's range (one-sided at a bound); those points train in the same batch
   as the point itself.
@@ -538,6 +540,8 @@ class _Evaluator:
             k, point = to_train[index], points[index]
             diverged = probe.diverged or not math.isfinite(probe.best_val_loss)
             penalty = 2.0 * probe.history[0][1] + 1.0  # the init's loss: shared by every probe
+            if not math.isfinite(penalty):  # the init's loss is not finite: every probe diverged at epoch 0
+                penalty = FLOAT32_MAX  # finite, and small enough for BOBYQA's squares
             done[k] = Evaluation(float(point[0]), float(point[1]), float(penalty if diverged else probe.best_val_loss),
                                  float(probe.best_val_loss), int(probe.best_epoch), diverged, self.n_batches,
                                  fresh[k][1], self.elapsed(), pruned=probe.stop_reason == "pruned",
@@ -922,7 +926,11 @@ def _result(evaluator: _Evaluator, hyp: HyperParams, lower: np.ndarray, upper: n
     tolerance = FD_STEP * (upper - lower)
     at_bound = tuple(f"{name}_{side}" for i, name in enumerate("ab")
                      for side, edge in (("lo", lower[i]), ("hi", upper[i])) if abs(best.point[i] - edge) <= tolerance[i])
-    if all_diverged:
+    if all_diverged and all(e.epochs_trained == 0 for e in evaluator.history):
+        log.warning("tune: all %d points diverged at epoch 0: the untrained init's validation loss is not finite "
+                    "(the head's predictions or squared errors overflow on these ratings): check the head and the "
+                    "ratings' scale; no learning rate can help", len(evaluator.history))
+    elif all_diverged:
         log.warning("tune: all %d points diverged; there is no usable (lr, reg): narrow the bounds towards smaller "
                     "learning rates", len(evaluator.history))
     elif at_bound:

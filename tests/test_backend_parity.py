@@ -249,6 +249,10 @@ def test_trainer_isolates_a_diverging_probe(backend):
     assert mixed[1].diverged and not mixed[0].diverged and not mixed[2].diverged
     assert mixed[1].stop_reason == "diverged"
     assert mixed[1].best_epoch == 0 and np.isfinite(mixed[1].best_val_loss)  # the init stays its best
+    # Its last checkpoint's loss is undefined: NaN, not the partial sum of the users that stayed
+    # finite (which read lower than any real loss); every earlier one is finite.
+    *before, (_, last) = mixed[1].history
+    assert math.isnan(last) and all(math.isfinite(loss) for _, loss in before)
     assert torch.equal(mixed[1].embeddings, prepare(head, train, val, hyp).init)
     for a, b in ((mixed[0], good[0]), (mixed[2], good[1])):
         assert a.history == b.history and torch.equal(a.embeddings, b.embeddings)
@@ -267,6 +271,7 @@ def test_a_probe_without_a_finite_checkpoint_returns_the_init(backend):
     for r in results:
         assert r.stop_reason == "diverged" and r.best_epoch == 0 and r.best_val_loss == math.inf
         assert torch.equal(r.embeddings, init)  # the embeddings at best_epoch 0
+        assert len(r.history) == 1 and r.history[0][0] == 0 and math.isnan(r.history[0][1])  # was 0.0
 
 
 @pytest.mark.parametrize("backend", ALL)

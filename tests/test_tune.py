@@ -1,4 +1,5 @@
 """The lock-step NLopt tuner: quality against a dense grid, batching, cache, journal, budgets, inputs."""
+import dataclasses
 import itertools
 import json
 import logging
@@ -10,8 +11,10 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import retrain.tuner as tune_module
+from retrain.contract import FLOAT32_MAX
 from retrain.data import Ratings
 from retrain.errors import InputError
 from retrain.hyperparams import HyperParams, lr_from_a, reg_from_b
@@ -431,6 +434,23 @@ def test_a_run_where_every_point_diverged_is_flagged(problem, caplog):
     assert result.val_loss == math.inf  # never the penalty passed off as a validation loss
     assert "all 8 points diverged" in caplog.text
     assert not tune(head, train, val, planted_hyp(), max_evals=8, backend=BACKEND).all_diverged
+
+
+def test_a_head_whose_init_loss_overflows_is_named_not_blamed_on_the_learning_rates(problem, caplog, tmp_path):
+    # Item biases of 3e38 overflow every prediction's square: the init's loss is not finite, every
+    # probe diverges at epoch 0. Its penalty was 2 * 0.0 + 1 (the partial sum of no user read as the
+    # init's loss) and the warning said to narrow the bounds towards smaller learning rates.
+    head, train, val = problem
+    big = dataclasses.replace(head, item_bias=torch.full_like(head.item_bias, 3e38))
+    journal = tmp_path / "journal.jsonl"
+    with caplog.at_level("WARNING", logger="retrain.tuner"):
+        result = tune(big, train, val, planted_hyp(), max_evals=6, backend=BACKEND, journal=journal)
+    assert result.all_diverged and result.val_loss == math.inf
+    assert [e.loss for e in result.history] == [FLOAT32_MAX] * 6  # finite, worse than any real loss
+    assert "all 6 points diverged at epoch 0: the untrained init's validation loss is not finite" in caplog.text
+    assert "smaller learning rates" not in caplog.text
+    resumed = tune(big, train, val, planted_hyp(), max_evals=6, backend=BACKEND, journal=journal)
+    assert [e.loss for e in resumed.history] == [FLOAT32_MAX] * 6 and not any(e.trained for e in resumed.history)
 
 
 def test_an_optimum_on_a_bound_is_flagged(problem, caplog):

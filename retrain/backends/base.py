@@ -77,11 +77,16 @@ class CSRTensors:
 @dataclass(frozen=True)
 class Checkpoint:
     """One validation of the live probes: ``losses`` float64 ``[P]`` (``sum w (pred - r)^2 / sum w``,
-    0 without validation ratings) and ``finite`` bool ``[P]`` (False once a probe's state or loss
-    became NaN/inf)."""
+    0 without validation ratings; NaN where ``finite`` is False) and ``finite`` bool ``[P]`` (False
+    once a probe's state or loss became NaN/inf)."""
 
     losses: np.ndarray
     finite: np.ndarray
+
+    def __post_init__(self):
+        # The backends sum only the users whose sums are finite: that partial sum (0.0 when no
+        # user's is) read as the probe's loss, lower than any real one, in every history and meter.
+        object.__setattr__(self, "losses", np.where(self.finite, self.losses, np.nan))  # frozen
 
 
 def head_tensors(head: Head, device, backend: str) -> HeadTensors:
