@@ -46,7 +46,7 @@ import torch.distributed as dist
 
 from . import shards, trainer, tuner
 from .backends import get_backend
-from .backends.base import Backend, Checkpoint, Problem, steps_per_epoch
+from .backends.base import Backend, Checkpoint, Problem, probe_steps, steps_per_epoch
 from .bundle import item_support
 from .contract import FIXED_POINT_LIMBS, fixed_point_limbs, fixed_point_value, fmix32, user_key
 from .errors import InputError, check_bool
@@ -412,7 +412,8 @@ class ShardedProblem:
 
     def start(self, lrs, regs, *, keep_best: bool = False) -> None:
         keep_best = check_bool("keep_best", keep_best)  # here first: a refused call is never sent
-        self.backend._command("start", np.asarray(lrs), np.asarray(regs), keep_best=keep_best)
+        lrs, regs = probe_steps(lrs, regs, allow_empty=True)
+        self.backend._command("start", lrs, regs, keep_best=keep_best)
         self.inner.start(lrs, regs, keep_best=keep_best)
 
     def train(self, n_epochs: int) -> None:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .backends.base import Problem
-from .contract import FLOAT32_MAX, StepSpec, initial_embeddings, user_key
+from .backends.base import Problem, check_step_sizes, probe_steps
+from .contract import StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_bool, check_float, check_int
 from .heads import Head, check_head_like
@@ -151,18 +151,6 @@ def reachable_loss(history: list, max_epochs: int, window: int, best: float | No
     if best is None:
         best = min(loss for _, loss in history)
     return min(best, float(last_loss) - (max_epochs - last_epoch) * rate)
-
-
-def _as_vector(values, name: str) -> np.ndarray:
-    try:
-        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    except (TypeError, ValueError):  # "a", None, ragged lists
-        raise InputError(f"{name} must be a non-empty 1-d sequence of numbers, got {values!r}") from None
-    if v.ndim != 1 or v.size == 0:
-        raise InputError(f"{name} must be a non-empty 1-d sequence, got shape {v.shape}")
-    if not np.all(np.isfinite(v)):
-        raise InputError(f"{name} must be finite, got {v.tolist()}")
-    return v
 
 
 def check_ratings(data: Ratings, name: str, n_items: int) -> None:
@@ -312,20 +300,6 @@ def check_validation(val_weight: float) -> None:
                          "train_embeddings trains a fixed number of epochs without)")
 
 
-def check_step_sizes(lrs: np.ndarray, regs: np.ndarray) -> None:
-    """InputError unless every learning rate is > 0 and every regularisation >= 0 in float32, the
-    step's precision: above float32's range the step is inf (it read as a divergence), and a
-    learning rate below ~1.4e-45 is 0 there (the probe never moved and its init won)."""
-    if (lrs <= 0).any() or (regs < 0).any():
-        raise InputError("learning rates must be > 0 and regularisations >= 0")
-    if max(lrs.max(), regs.max()) > FLOAT32_MAX:
-        raise InputError(f"learning rates and regularisations must be at most {FLOAT32_MAX:g} (float32's range), got "
-                         f"{max(lrs.max(), regs.max()):g}")
-    if (lrs.astype(np.float32) == 0).any():
-        raise InputError(f"learning rates must be at least float32's smallest number (~1.4e-45; a smaller one trains "
-                         f"with 0), got {lrs.min():g}")
-
-
 def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddings: bool = False,
                memory_budget: int | None = None, deadline: float | None = None,
                pruning: Pruning | None = None, on_finish=None) -> list[ProbeResult]:
@@ -340,10 +314,7 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     interrupted batch loses none of its finished probes."""
     check_validation(problem.val_weight)
     return_embeddings = check_bool("return_embeddings", return_embeddings)
-    lrs, regs = _as_vector(lrs, "lrs"), _as_vector(regs, "regs")
-    if lrs.shape != regs.shape:
-        raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")
-    check_step_sizes(lrs, regs)
+    lrs, regs = probe_steps(lrs, regs)
     if step_spec(hyp) != problem.spec:
         raise InputError(f"hyp describes the step {step_spec(hyp)} but the problem was prepared for {problem.spec}")
     problem.check_epochs("hyp.max_epochs", [hyp.max_epochs], start=0)  # else refused mid-batch

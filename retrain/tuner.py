@@ -128,7 +128,7 @@ DRY_RUN_CALLS = 8  # the longest opening looked for
 OPENING = 2 * 2 + 1  # BOBYQA's opening in two dimensions: what a new search is budgeted for
 CPU_WIDTH, GPU_WIDTH = 64, 256  # default batch widths, measured (docs/benchmarks.md, "Tuner")
 DEFAULT_BOUNDS = ((-2.0, 3.0), (-3.0, 5.0))  # a: lr from 1e-5 to 1; b: reg from 1e-8 to 1
-# The widest bounds whose lr and reg float32 holds (retrain.trainer.check_step_sizes): beyond, the
+# The widest bounds whose lr and reg float32 holds (retrain.backends.base.check_step_sizes): beyond, the
 # batch raised mid-run (lr or reg inf) or trained a learning rate of 0 that let the init win.  Rounded
 # inwards to 0.01: at the exact edge 10^a rounds past float32's largest number.
 A_MAX = math.floor(100 * math.log10(FLOAT32_MAX / lr_from_a(0))) / 100

@@ -264,3 +264,22 @@ def test_a_metered_problem_checks_the_epochs_before_it_counts_them(problem):
     with pytest.raises(InputError, match="^epochs must be an integer >= 0, got '2'$"):
         prepared.checkpoints(["2"])
     assert prepared.epoch == 0
+
+
+@pytest.mark.parametrize("backend", PROBLEM_BACKENDS)
+@pytest.mark.parametrize("lrs,regs,message", [
+    ([0.1, 0.2], [0.1], r"^lrs and regs must have the same length, got 2 and 1$"),  # reference: broadcast
+    ([-0.1], [0.1], r"^learning rates must be > 0 and regularisations >= 0$"),  # trained uphill
+    ([0.1], [-1.0], r"^learning rates must be > 0 and regularisations >= 0$"),
+    ([0.1, float("nan")], [0.1, 0.1], r"^lrs must be finite, got \[0.1, nan\]$"),
+    ([[0.1]], [[0.1]], r"^lrs must be a non-empty 1-d sequence, got shape \(1, 1\)$"),  # a torch RuntimeError
+    (["a"], [0.1], r"^lrs must be a non-empty 1-d sequence of numbers, got \['a'\]$"),
+])
+def test_a_problem_start_checks_its_step_sizes_as_run_probes_does(backend, lrs, regs, message, problem):
+    prepared = prepare(*problem, planted_hyp(max_epochs=2), backend)
+    prepared.start([0.1, 0.2, 0.3], [0.0, 0.0, 0.0])
+    with pytest.raises(InputError, match=message):
+        prepared.start(lrs, regs)
+    assert prepared.n_probes == 3  # the batch before is still there
+    prepared.start([], [])  # an empty batch stays allowed
+    assert prepared.n_probes == 0

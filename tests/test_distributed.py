@@ -404,6 +404,11 @@ def test_a_sharded_problem_checks_slots_before_it_sends_them(one_rank):
                 with pytest.raises(InputError, match="must be a 1-d array of probe slot indices"):
                     getattr(problem, call)(bad)
         assert [name for name, _, _ in backend._queue] == ["start"] and problem.n_probes == 4
+        # So are the step sizes: np.asarray(["a"]) was queued for the followers before rank 0 refused it.
+        for lrs, regs in ((["a"], [0.1]), ([0.1, 0.2], [0.1]), ([-0.1], [0.1])):
+            with pytest.raises(InputError, match="^(lrs|learning rates)"):
+                problem.start(lrs, regs)
+        assert [name for name, _, _ in backend._queue] == ["start"] and problem.n_probes == 4
 
 
 def _too_many_epochs_job(rank):

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..contract import (FIXED_POINT_LIMBS, MAX_STEPS, StepSpec, damping_terms, exact_sum, fixed_point_limbs,
-                        fixed_point_value, user_key)
+from ..contract import (FIXED_POINT_LIMBS, FLOAT32_MAX, MAX_STEPS, StepSpec, damping_terms, exact_sum,
+                        fixed_point_limbs, fixed_point_value, user_key)
 from ..errors import InputError, check_bool, check_indices, check_int
 from ..heads import Head
 
@@ -123,6 +123,44 @@ def validation_weight(val) -> float:
     if val is None:
         return 0.0
     return float(exact_sum(torch.from_numpy(val.weights.astype(np.float64)))[0])
+
+
+def _as_vector(values, name: str, allow_empty: bool) -> np.ndarray:
+    try:
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    except (TypeError, ValueError):  # "a", None, ragged lists
+        raise InputError(f"{name} must be a non-empty 1-d sequence of numbers, got {values!r}") from None
+    if v.ndim != 1 or (v.size == 0 and not allow_empty):
+        raise InputError(f"{name} must be a non-empty 1-d sequence, got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise InputError(f"{name} must be finite, got {v.tolist()}")
+    return v
+
+
+def check_step_sizes(lrs: np.ndarray, regs: np.ndarray) -> None:
+    """InputError unless every learning rate is > 0 and every regularisation >= 0 in float32, the
+    step's precision: above float32's range the step is inf (it read as a divergence), and a
+    learning rate below ~1.4e-45 is 0 there (the probe never moved and its init won)."""
+    if (lrs <= 0).any() or (regs < 0).any():
+        raise InputError("learning rates must be > 0 and regularisations >= 0")
+    if max(lrs.max(), regs.max()) > FLOAT32_MAX:
+        raise InputError(f"learning rates and regularisations must be at most {FLOAT32_MAX:g} (float32's range), got "
+                         f"{max(lrs.max(), regs.max()):g}")
+    if (lrs.astype(np.float32) == 0).any():
+        raise InputError(f"learning rates must be at least float32's smallest number (~1.4e-45; a smaller one trains "
+                         f"with 0), got {lrs.min():g}")
+
+
+def probe_steps(lrs, regs, *, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(lrs, regs)`` as float64 vectors ``[P]``, or InputError naming the problem: not 1-d
+    sequences of finite numbers (empty ones only with ``allow_empty``), of different lengths, or
+    step sizes that ``check_step_sizes`` refuses."""
+    lrs, regs = _as_vector(lrs, "lrs", allow_empty), _as_vector(regs, "regs", allow_empty)
+    if lrs.shape != regs.shape:
+        raise InputError(f"lrs and regs must have the same length, got {lrs.size} and {regs.size}")
+    if lrs.size:
+        check_step_sizes(lrs, regs)
+    return lrs, regs
 
 
 def steps_per_epoch(counts: np.ndarray, batch_size: int) -> int:
@@ -257,8 +295,11 @@ class Problem:
         at its best checkpoint (``keep_best``, ``best_embeddings``).
         """
         keep_best = check_bool("keep_best", keep_best)  # "no" kept a copy of every probe
-        lrs = torch.as_tensor(np.asarray(lrs, dtype=np.float32), device=self.device)
-        regs = torch.as_tensor(np.asarray(regs, dtype=np.float32), device=self.device)
+        # The reference backend broadcast regs of length 1 over every probe (the others refused it
+        # at the first call), and a negative lr or reg trained: the trainer's checks, here too.
+        lrs, regs = probe_steps(lrs, regs, allow_empty=True)
+        lrs = torch.as_tensor(lrs.astype(np.float32), device=self.device)
+        regs = torch.as_tensor(regs.astype(np.float32), device=self.device)
         P = len(lrs)
         self.live, self._best, self._snapshots = np.zeros(0, dtype=np.int64), None, []  # no batch, should it not fit
         for buffer in [self._emb, *self._moments]:
