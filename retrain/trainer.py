@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -119,6 +120,9 @@ class Pruning:
         check_int("Pruning.rank", self.rank, 1)
         check_int("Pruning.window", self.window, 1)
         check_float("Pruning.margin", self.margin, 0.0)
+        for loss in self.known:  # a string raised numpy's ValueError at the first checkpoint, after training
+            if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+                raise InputError(f"Pruning.known must hold losses (numbers), got {loss!r}")
         for pair in self.known_at:
             if not (isinstance(pair, tuple) and len(pair) == 2):
                 raise InputError(f"Pruning.known_at must hold (epoch, loss) pairs, got {pair!r}")
@@ -312,6 +316,13 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
     deadline), before the others train on: its ``ProbeResult`` is final then, but for
     ``embeddings``, attached when the call returns.  The tuner journals each point there, so an
     interrupted batch loses none of its finished probes."""
+    # Each raised an AttributeError or TypeError, the last two only once training had begun.
+    if not all(hasattr(problem, name) for name in ("start", "checkpoints", "validate", "drop", "spec")):
+        raise InputError(f"problem must be a prepared problem (retrain.trainer.prepare), got {type(problem).__name__}")
+    if pruning is not None and not isinstance(pruning, Pruning):
+        raise InputError(f"pruning must be a retrain.trainer.Pruning or None, got {type(pruning).__name__}")
+    if on_finish is not None and not callable(on_finish):
+        raise InputError(f"on_finish must be a callable (index, result) or None, got {on_finish!r}")
     check_validation(problem.val_weight)
     return_embeddings = check_bool("return_embeddings", return_embeddings)
     lrs, regs = probe_steps(lrs, regs)

@@ -701,8 +701,8 @@ def check_starts(starts, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
         array = array[None]  # one point given as (a, b)
     if array.ndim != 2 or array.shape[1:] != (2,) or len(array) == 0 or \
             not np.all((array >= lower) & (array <= upper)):
-        raise InputError(f"starts must be a non-empty list of (a, b) inside the bounds {tuple(zip(lower, upper))}, "
-                         f"got {starts!r}")
+        box = tuple((float(lo), float(hi)) for lo, hi in zip(lower, upper))  # not numpy 2's np.float64(...) reprs
+        raise InputError(f"starts must be a non-empty list of (a, b) inside the bounds {box}, got {starts!r}")
     return array
 
 

@@ -25,7 +25,7 @@ from retrain.demo import run_demo
 from retrain.errors import check_bool
 from retrain.heads import Model
 from retrain.progress import MeteredBackend
-from retrain.trainer import prepare, run_probes
+from retrain.trainer import Pruning, prepare, run_probes
 
 
 @pytest.mark.parametrize("value", [True, False, np.True_, np.False_, np.array([1, 2]).any()])
@@ -283,3 +283,24 @@ def test_a_problem_start_checks_its_step_sizes_as_run_probes_does(backend, lrs, 
     assert prepared.n_probes == 3  # the batch before is still there
     prepared.start([], [])  # an empty batch stays allowed
     assert prepared.n_probes == 0
+
+
+def test_run_probes_refuses_what_is_no_problem_pruning_or_callback_before_training(problem):
+    # An AttributeError or TypeError before; the bad callback and the string loss only at a probe's
+    # stop or the first checkpoint, after training had begun.
+    hyp = planted_hyp(max_epochs=2)
+    prepared = prepare(*problem, hyp, BACKEND)
+    for kwargs, message in ((dict(pruning="x"), r"^pruning must be a retrain.trainer.Pruning or None, got str$"),
+                            (dict(on_finish=3), r"^on_finish must be a callable \(index, result\) or None, got 3$")):
+        with pytest.raises(InputError, match=message):
+            run_probes(prepared, [0.1], [0.1], hyp, **kwargs)
+    assert prepared.n_probes == 0  # no batch was started
+    with pytest.raises(InputError, match=r"^problem must be a prepared problem \(retrain.trainer.prepare\), got str$"):
+        run_probes("problem", [0.1], [0.1], hyp)
+    with pytest.raises(InputError, match=r"^Pruning.known must hold losses \(numbers\), got 'a'$"):
+        Pruning(known=(0.5, "a"))
+
+
+def test_starts_outside_the_bounds_name_them_as_plain_numbers(problem):
+    with pytest.raises(InputError, match=r"inside the bounds \(\(-2.0, 3.0\), \(-3.0, 5.0\)\), got \[\(9, 9\)\]$"):
+        retrain.tune(*problem, planted_hyp(max_epochs=2), max_evals=2, starts=[(9, 9)], backend=BACKEND)
