@@ -206,7 +206,10 @@ def check_writable(path, what: str) -> None:
     """InputError unless a file could be written at ``path`` (the folder of its ``write_target``
     exists or can be created, and is writable; ``path`` is not a folder).  Lets a long run fail
     before it starts."""
-    path = os.fspath(path)
+    try:
+        path = os.fspath(path)
+    except TypeError:  # an int or None: os's TypeError named neither the argument nor the value
+        raise InputError(f"{what} must be a file path (str or os.PathLike), got {path!r}") from None
     if not path:
         raise InputError(f"{what} is empty, expected a file name")
     if os.path.isdir(path) or not os.path.basename(path):  # "new/" names a folder too

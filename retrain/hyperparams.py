@@ -125,3 +125,12 @@ class HyperParams:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_hyperparams(hyp, name: str = "hyp") -> HyperParams:
+    """``hyp`` if it is a ``HyperParams``, else InputError naming ``name`` (a dict or a model name
+    raised an AttributeError on its first field deep in the trainer)."""
+    if not isinstance(hyp, HyperParams):
+        raise InputError(f"{name} must be a retrain.HyperParams, got {type(hyp).__name__}: build one with "
+                         f"retrain.HyperParams(model=...)")
+    return hyp

@@ -22,7 +22,7 @@ from .data import Ratings, as_ratings, sample_users
 from .errors import InputError, check_bool, check_float, check_int
 from .files import check_writable
 from .heads import Model
-from .hyperparams import HyperParams
+from .hyperparams import HyperParams, check_hyperparams
 from .serving import check_item_ids
 from .trainer import check_training_inputs, train_embeddings, train_probes
 from .tuner import MAX_EVALS, TuneResult, tune
@@ -149,7 +149,11 @@ def retrain_user_embeddings(model: Model, train: Ratings, val: Ratings, hyp: Hyp
     stays on its ranks and is written as one file per rank plus an index at ``path``, which
     ``retrain.load`` reads (see ``RetrainResult``).
     """
+    if not isinstance(model, Model):  # an AttributeError on model.head before
+        raise InputError(f"model must be a retrain.heads.Model (the pretrained head, a user table and its ids), "
+                         f"got {type(model).__name__}")
     head = model.head
+    hyp = check_hyperparams(hyp)
     train, val = as_ratings(train, "train", frames=False), as_ratings(val, "val", frames=False)
     if hyp.model != head.name:  # else the bundle would refuse it only after the whole tuning
         raise InputError(f"hyp.model is {hyp.model!r} but the model's head is {head.name!r}: the recipe must be "

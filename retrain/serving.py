@@ -17,7 +17,7 @@ from .data import Ratings, as_ratings
 from .errors import InputError
 from .heads import Head, Model
 from .ids import shown_ids
-from .hyperparams import HyperParams
+from .hyperparams import HyperParams, check_hyperparams
 from .ridge import ridge_solve, well_formed_request
 from .trainer import check_finite_rows, check_ratings, contract_init, train_embeddings
 
@@ -67,6 +67,7 @@ def fold_in_rows(head: Head, ratings: Ratings, hyp: HyperParams, epochs: int, *,
     """``fold_in`` without the divergence check: rows of diverged users are not finite."""
     if solver not in ("train", "ridge"):
         raise InputError(f"solver must be 'train' or 'ridge', got {solver!r}")
+    hyp = check_hyperparams(hyp)
     if head.init == "glorot" and hyp.num_users is None:
         raise InputError("hyp.num_users must be the user count of the retrain being reproduced (it sets the "
                          "Glorot bound of the init); RetrainResult.hyp carries it")

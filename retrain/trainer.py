@@ -27,7 +27,7 @@ from .contract import StepSpec, initial_embeddings, user_key
 from .data import Ratings, as_ratings
 from .errors import InputError, check_bool, check_float, check_int
 from .heads import Head, check_head_like
-from .hyperparams import HyperParams
+from .hyperparams import HyperParams, check_hyperparams
 from .ids import format_id
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,7 @@ def prepare(head, train: Ratings, val: Ratings | None, hyp: HyperParams, backend
             the first row that is not).
     """
     check_training_inputs(head, train, val)
+    hyp = check_hyperparams(hyp)
     if backend == "auto" and not isinstance(head, Head):
         backend = "reference"  # the fast backends train the dense Head only
     be = get_backend(backend)
@@ -323,6 +324,7 @@ def run_probes(problem: Problem, lrs, regs, hyp: HyperParams, *, return_embeddin
         raise InputError(f"pruning must be a retrain.trainer.Pruning or None, got {type(pruning).__name__}")
     if on_finish is not None and not callable(on_finish):
         raise InputError(f"on_finish must be a callable (index, result) or None, got {on_finish!r}")
+    hyp = check_hyperparams(hyp)
     check_validation(problem.val_weight)
     return_embeddings = check_bool("return_embeddings", return_embeddings)
     lrs, regs = probe_steps(lrs, regs)
@@ -466,6 +468,7 @@ def train_embeddings(head, ratings: Ratings, hyp: HyperParams, epochs: int, back
     reproduced), else ``ratings.n_users``.  A user whose training diverges gets a non-finite row
     (no error here: the callers flag or refuse those users, ``retrain.serving``, the pipeline's refit).
     """
+    hyp = check_hyperparams(hyp)
     check_step_sizes(np.array([hyp.learning_rate]), np.array([hyp.regularization]))
     problem = prepare(head, ratings, None, hyp, backend, init=init)
     epochs, = problem.check_epochs("epochs", [epochs], start=0)

@@ -91,7 +91,8 @@ from .contract import FLOAT32_MAX, MAX_SEED
 from .errors import InputError, check_bool, check_float, check_int
 from .data import Ratings
 from .heads import Head
-from .hyperparams import HyperParams, lr_from_a, reg_from_b
+from .files import check_writable
+from .hyperparams import HyperParams, check_hyperparams, lr_from_a, reg_from_b
 from .trainer import (Pruning, check_training_inputs, check_validation, default_memory_budget, memory_group, prepare,
                       run_probes)
 
@@ -886,6 +887,7 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     no_limit = isinstance(max_time, numbers.Real) and not isinstance(max_time, bool) and max_time == math.inf
     max_time = math.inf if no_limit else check_float("max_time", max_time, 0.0, strict=True)  # seconds
     check_training_inputs(head, train, val)
+    hyp = check_hyperparams(hyp)
     check_validation(validation_weight(val))  # before the journal is opened and anything trains
     if starts is not None:
         starts = check_starts(starts, lower, upper)
@@ -893,6 +895,8 @@ def tune(head: Head, train: Ratings, val: Ratings, hyp: HyperParams, *, max_eval
     if memory_budget is not None:
         memory_budget = check_int("memory_budget", memory_budget, 1)
 
+    if journal is not None:
+        check_writable(journal, "journal")  # a folder raised IsADirectoryError, an int a TypeError
     jr = Journal(journal, problem_fingerprint(head, train, val, hyp)) if journal is not None else None
     try:
         evaluator = _Evaluator(head, train, val, hyp, backend, max_evals, float(max_time), jr.open() if jr else {}, jr,

@@ -304,3 +304,36 @@ def test_run_probes_refuses_what_is_no_problem_pruning_or_callback_before_traini
 def test_starts_outside_the_bounds_name_them_as_plain_numbers(problem):
     with pytest.raises(InputError, match=r"inside the bounds \(\(-2.0, 3.0\), \(-3.0, 5.0\)\), got \[\(9, 9\)\]$"):
         retrain.tune(*problem, planted_hyp(max_epochs=2), max_evals=2, starts=[(9, 9)], backend=BACKEND)
+
+
+HYP_ENTRIES = {  # an AttributeError on the first field each read ("'str' object has no attribute 'num_users'")
+    "prepare": lambda p, hyp: prepare(*p, hyp, BACKEND),
+    "train_probes": lambda p, hyp: retrain.train_probes(*p, [0.1], [0.1], hyp, BACKEND),
+    "run_probes": lambda p, hyp: run_probes(prepare(*p, planted_hyp(max_epochs=2), BACKEND), [0.1], [0.1], hyp),
+    "train_embeddings": lambda p, hyp: retrain.train_embeddings(p[0], p[1], hyp, 2, BACKEND),
+    "fold_in": lambda p, hyp: retrain.fold_in(p[0], p[1], hyp, 2, backend=BACKEND),
+    "tune": lambda p, hyp: retrain.tune(*p, hyp, max_evals=2, backend=BACKEND),
+    "retrain_user_embeddings": lambda p, hyp: retrain.retrain_user_embeddings(
+        Model(p[0], torch.zeros(p[1].n_users, p[0].d), p[1].user_ids), p[1], p[2], hyp, 2, backend=BACKEND),
+}
+
+
+@pytest.mark.parametrize("entry", HYP_ENTRIES)
+@pytest.mark.parametrize("hyp", ["matrix_factorization_3", {"max_epochs": 2}, None])
+def test_hyperparameters_that_are_no_hyperparams_are_named(entry, hyp, problem):
+    with pytest.raises(InputError, match=rf"^hyp must be a retrain.HyperParams, got {type(hyp).__name__}: "):
+        HYP_ENTRIES[entry](problem, hyp)
+
+
+def test_retrain_refuses_a_model_that_is_no_model(problem):
+    head, train, val = problem
+    with pytest.raises(InputError, match=r"^model must be a retrain.heads.Model \(.*\), got Head$"):
+        retrain.retrain_user_embeddings(head, train, val, planted_hyp(max_epochs=2), 2, backend=BACKEND)
+
+
+def test_a_tuning_journal_that_is_a_folder_or_no_path_is_refused_before_tuning(problem, tmp_path):
+    # IsADirectoryError and os.fspath's TypeError before.
+    for journal, message in ((tmp_path, rf"^journal {tmp_path} is a folder, expected a file name$"),
+                             (3, r"^journal must be a file path \(str or os.PathLike\), got 3$")):
+        with pytest.raises(InputError, match=message):
+            retrain.tune(*problem, planted_hyp(max_epochs=2), max_evals=2, journal=journal, backend=BACKEND)
