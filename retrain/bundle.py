@@ -31,6 +31,7 @@ from .artifacts import hyp_path, read_hyp
 from .contract import CONTRACT_VERSION
 from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, blame, check_bool, check_int
+from .files import as_path
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
 from .hyperparams import HyperParams
 from .ids import concatenate, format_id, same_kind
@@ -325,7 +326,7 @@ def load(path) -> ServedModel:
     run``; the index of a bundle in shards included), or of an older model with its
     ``<model>.hyp.json``.  InputError naming the file when it is no model, has no recipe, lacks a
     tensor, or (shards) is missing or does not match the index."""
-    path = os.fspath(path)
+    path = as_path(path, "path")
     head, tensors, metadata = read_index(path) if is_index(path) else read_model_file(path)
     model = model_from_tensors(path, head, tensors)
     if "recipe" in metadata:

@@ -59,11 +59,20 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def as_path(path, what: str) -> str:
+    """``os.fspath(path)``, or InputError naming ``what`` for what is no path (an int, None: os's
+    TypeError named neither the argument nor the value)."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise InputError(f"{what} must be a file path (str or os.PathLike), got {path!r}") from None
+
+
 def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file; InputError when it is missing or not one."""
     from safetensors import safe_open
 
-    path = os.fspath(path)
+    path = as_path(path, "model file")
     if not os.path.isfile(path):
         raise InputError(f"model file {path} is a folder, expected a file" if os.path.isdir(path)
                          else f"model file not found: {path}")
@@ -206,10 +215,7 @@ def check_writable(path, what: str) -> None:
     """InputError unless a file could be written at ``path`` (the folder of its ``write_target``
     exists or can be created, and is writable; ``path`` is not a folder).  Lets a long run fail
     before it starts."""
-    try:
-        path = os.fspath(path)
-    except TypeError:  # an int or None: os's TypeError named neither the argument nor the value
-        raise InputError(f"{what} must be a file path (str or os.PathLike), got {path!r}") from None
+    path = as_path(path, what)
     if not path:
         raise InputError(f"{what} is empty, expected a file name")
     if os.path.isdir(path) or not os.path.basename(path):  # "new/" names a folder too

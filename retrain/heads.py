@@ -25,7 +25,7 @@ import torch
 
 from .contract import CONTRACT_VERSION, init_scale
 from .errors import InputError, blame, check_indices, check_int
-from .files import atomic_write_bytes, read_safetensors, safetensors_bytes
+from .files import as_path, atomic_write_bytes, read_safetensors, safetensors_bytes
 from .ids import IdIndex, decode, encode, exact_ids, format_id, same_kind
 
 ACTIVATIONS = ("identity", "relu", "tanh")
@@ -417,6 +417,7 @@ def save_file(path, *, head: Head, user_embeddings=None, user_ids=None, extra_te
               extra_metadata=None) -> None:
     """Atomically write a head (and optionally a user table, and more tensors and metadata
     entries) as safetensors, the same bytes for the same content."""
+    path = as_path(path, "path")  # before any work: os's TypeError deep in the write for an int
     tensors = head_tensors(head)
     if user_embeddings is not None:
         tensors["user_embeddings"] = torch.as_tensor(user_embeddings, dtype=torch.float32)

@@ -22,6 +22,7 @@ import numpy as np
 
 from .data import Ratings, find_columns, value_problem
 from .errors import InputError
+from .files import as_path
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def load_movielens(path) -> Ratings:
 
     Raises InputError with one clear line for a missing file or a malformed line.
     """
-    path = os.fspath(path)
+    path = as_path(path, "ratings file")
     if not os.path.isfile(path):
         raise InputError(f"ratings file {path} is a folder, expected a file" if os.path.isdir(path)
                          else f"ratings file not found: {path}")

@@ -337,3 +337,13 @@ def test_a_tuning_journal_that_is_a_folder_or_no_path_is_refused_before_tuning(p
                              (3, r"^journal must be a file path \(str or os.PathLike\), got 3$")):
         with pytest.raises(InputError, match=message):
             retrain.tune(*problem, planted_hyp(max_epochs=2), max_evals=2, journal=journal, backend=BACKEND)
+
+
+def test_a_path_that_is_no_path_is_named(served):
+    # os.fspath's TypeError ("expected str, bytes or os.PathLike object, not int") named no argument.
+    for call, message in ((lambda: retrain.load(3), r"^path must be a file path \(str or os.PathLike\), got 3$"),
+                          (lambda: served.save(None), r"^path must be a file path \(str or os.PathLike\), got None$"),
+                          (lambda: retrain.load_movielens(3),
+                           r"^ratings file must be a file path \(str or os.PathLike\), got 3$")):
+        with pytest.raises(InputError, match=message):
+            call()
