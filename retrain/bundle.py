@@ -33,7 +33,7 @@ from .data import Ratings, as_ratings, well_formed
 from .errors import InputError, blame, check_bool, check_int
 from .files import as_path
 from .heads import Head, Model, model_from_tensors, read_model_file, save_file
-from .hyperparams import HyperParams
+from .hyperparams import HyperParams, check_hyperparams
 from .ids import concatenate, format_id, same_kind
 from .serving import check_item_ids, diverged_message, fold_in_rows, recommend
 from .shards import is_index, read_index
@@ -59,6 +59,7 @@ class Recipe:
     refit: bool = False
 
     def __post_init__(self):
+        check_hyperparams(self.hyp)  # a string raised an AttributeError on hyp.num_users below
         # Stored as plain Python values, so that to_json writes them (json refuses numpy's scalars).
         object.__setattr__(self, "epochs", check_int("epochs", self.epochs, 0))
         object.__setattr__(self, "refit", check_bool("refit", self.refit))  # bool("false") is True
@@ -137,6 +138,10 @@ class ServedModel:
     """
 
     def __init__(self, model: Model, recipe: Recipe, seen: Ratings | None = None, item_support=None):
+        if not all(hasattr(model, name) for name in ("head", "user_embeddings", "user_ids")):  # model.head below
+            raise InputError(f"model must be a retrain.heads.Model, got {type(model).__name__}")
+        if not isinstance(recipe, Recipe):
+            raise InputError(f"recipe must be a retrain.bundle.Recipe, got {type(recipe).__name__}")
         if recipe.hyp.model != model.head.name:
             raise InputError(f"the recipe is for model {recipe.hyp.model!r} but the head is {model.head.name!r}")
         if seen is not None and (seen.n_users != model.n_users or seen.n_items != model.head.n_items

@@ -308,7 +308,12 @@ class Model:
     user_ids: np.ndarray
 
     def __post_init__(self):
-        self.user_embeddings = torch.as_tensor(self.user_embeddings, dtype=torch.float32).contiguous()
+        check_head_like(self.head)  # a string raised an AttributeError on head.d below
+        try:
+            self.user_embeddings = torch.as_tensor(self.user_embeddings, dtype=torch.float32).contiguous()
+        except (TypeError, ValueError, RuntimeError):  # torch's "new(): invalid data type 'str'"
+            raise InputError(f"user_embeddings must be a [n_users, d] tensor or array of numbers, got "
+                             f"{type(self.user_embeddings).__name__}") from None
         self.user_ids = exact_ids(self.user_ids, "user_ids")
         if self.user_embeddings.ndim != 2 or self.user_embeddings.shape[1] != self.head.d:
             raise InputError(f"user_embeddings must be [n_users, d={self.head.d}] for head {self.head.name!r}, "

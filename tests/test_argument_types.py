@@ -347,3 +347,17 @@ def test_a_path_that_is_no_path_is_named(served):
                            r"^ratings file must be a file path \(str or os.PathLike\), got 3$")):
         with pytest.raises(InputError, match=message):
             call()
+
+
+def test_serving_objects_name_a_wrong_type(served):
+    # AttributeErrors on their first field before, and torch's "new(): invalid data type 'str'".
+    head, recipe = served.model.head, served.recipe
+    for call, message in (
+            (lambda: Recipe("matrix_factorization_3", 2), r"^hyp must be a retrain.HyperParams, got str: "),
+            (lambda: ServedModel("model", recipe), r"^model must be a retrain.heads.Model, got str$"),
+            (lambda: ServedModel(served.model, {"epochs": 2}), r"^recipe must be a retrain.bundle.Recipe, got dict$"),
+            (lambda: Model("head", torch.zeros(3, 3), [7, 8, 9]), r"^head must be a retrain.Head or implement "),
+            (lambda: Model(head, "table", [7, 8, 9]),
+             r"^user_embeddings must be a \[n_users, d\] tensor or array of numbers, got str$")):
+        with pytest.raises(InputError, match=message):
+            call()
