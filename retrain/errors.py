@@ -31,6 +31,7 @@ def blame(name):
 
 
 INT64_MAX = 2**63 - 1
+C_INT_MAX = 2**31 - 1  # a C int (OpenMP's thread count, NLopt's evaluation count, the kernels' sizes)
 
 
 def check_int(name: str, value, minimum: int | None = 0, maximum: int | None = INT64_MAX) -> int:

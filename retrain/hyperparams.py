@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .contract import FLOAT32_MAX, MAX_BATCH_SIZE, MAX_SEED, MAX_STEPS
-from .errors import InputError, check_float, check_fraction, check_int
+from .errors import C_INT_MAX, InputError, check_float, check_fraction, check_int
 
 OPTIMIZERS = ("adam", "sgd")
 _MODEL_RE = re.compile(r"^(user_item_biases|matrix_factorization_(\d+)|mlp_(\d+)x(\d+))$")
@@ -20,7 +20,7 @@ _DEFAULTS = {
 }
 
 
-MAX_MODEL_SIZE = 2**31 - 1  # a model name's d and h: C ints in the cpu kernels
+MAX_MODEL_SIZE = C_INT_MAX  # a model name's d and h: C ints in the cpu kernels
 DEFAULT_DAMPING = 5.0  # HyperParams.damping's default (docs/pipeline.md, "New users with few ratings")
 # Fields added after files began recording hyper-parameters, with the value every older file's
 # model was trained with.

@@ -88,7 +88,7 @@ import torch
 from .backends import get_backend
 from .backends.base import validation_weight
 from .contract import FLOAT32_MAX, MAX_SEED
-from .errors import InputError, check_bool, check_float, check_int
+from .errors import C_INT_MAX, InputError, check_bool, check_float, check_int
 from .data import Ratings
 from .heads import Head
 from .files import check_writable
@@ -112,7 +112,7 @@ FD_STEP = 0.01  # finite-difference step, as a fraction of each bound's range
 XTOL_ABS = 1e-3  # a search stops when its steps in (a, b) fall below this (0.2 % of lr or reg) ...
 FTOL_REL = 1e-4  # ... or change its value by less than this share: early stopping's bumps are ten times larger
 INITIAL_STEP = 0.25  # first trust radius of K explicit starts, as a fraction of the range / sqrt(K)
-MAX_EVALS = 2**31 - 1  # tune's max_evals: NLopt counts evaluations in a C int (set_maxeval raised OverflowError)
+MAX_EVALS = C_INT_MAX  # tune's max_evals: NLopt counts evaluations in a C int (set_maxeval raised OverflowError)
 FIRST_BATCH_SHARE = 0.25  # the space-filling batch spends at most this share of max_evals
 ZOOM_SHARE = 0.5  # the zoomed batch over the best first-batch points spends this share of max_evals:
 # one wide batch costs less than the search rounds it replaces, and on seeds 0-19 of the benchmark's two

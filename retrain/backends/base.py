@@ -30,7 +30,7 @@ import torch
 
 from ..contract import (FIXED_POINT_LIMBS, FLOAT32_MAX, MAX_STEPS, StepSpec, damping_terms, exact_sum,
                         fixed_point_limbs, fixed_point_value, user_key)
-from ..errors import InputError, check_bool, check_indices, check_int
+from ..errors import C_INT_MAX, InputError, check_bool, check_indices, check_int
 from ..heads import Head
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "tanh": 2}
@@ -100,8 +100,8 @@ def head_tensors(head: Head, device, backend: str) -> HeadTensors:
 
 def csr_tensors(ratings, device) -> CSRTensors:
     """``Ratings`` as ``CSRTensors`` on ``device``; keys come from the original user ids."""
-    if ratings.n_items >= 2**31:
-        raise InputError(f"at most 2**31 - 1 items are supported, got {ratings.n_items}")
+    if ratings.n_items > C_INT_MAX:
+        raise InputError(f"at most {C_INT_MAX} items are supported, got {ratings.n_items}")
     return CSRTensors(_owned(ratings.indptr, np.int64, device), _owned(ratings.items, np.int32, device),
                       _owned(ratings.ratings, np.float32, device), _owned(ratings.weights, np.float32, device),
                       _owned(user_key(ratings.user_ids), np.int64, device))

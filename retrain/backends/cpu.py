@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..contract import Adam
-from ..errors import check_bool, check_int
+from ..errors import C_INT_MAX, check_bool, check_int
 from .base import ACTIVATION_CODES, Backend, Problem, _StateBuffer, allocate, csr_tensors, head_tensors
 
 try:
@@ -160,7 +160,7 @@ class CpuBackend(Backend):
     def __init__(self, num_threads: int | None = None, simd: str = "auto", users_in_lanes: bool = True):
         super().__init__("cpu")
         # OpenMP takes a C int: a larger count was pybind11's TypeError at the first call
-        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1, 2**31 - 1)
+        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1, C_INT_MAX)
         self.simd = simd
         self.users_in_lanes = check_bool("users_in_lanes", users_in_lanes)  # bool("no") is True
 
